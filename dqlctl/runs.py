@@ -1,0 +1,436 @@
+"""Run orchestration, provider-agnostic: launch, follow, reconcile, stop.
+
+Core functions return data (``Run`` rows, event dicts); the CLI and the TUI only render them.
+
+The lifecycle is DESIGN.md's. Each step is committed to the registry *before* it is acted on, and
+teardown runs on every exit path of ``launch`` (an exception, a failed bootstrap, Ctrl+C). Once a
+run is RUNNING it belongs to its instance, not to the dqlctl process that started it: ``follow``
+can be interrupted (or dqlctl killed) and the run goes on; any later ``ps``/``show``/``logs``
+reconciles it with what the provider reports (SkyPilot's ``sky launch`` behaves the same way).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dqlctl import registry as reg
+from dqlctl.context import Context
+from dqlctl.errors import DqlctlError, ProviderFailure, UsageError
+from dqlctl.registry import Run
+from engine.events import TERMINAL_EVENTS, parse_event_line
+from providers.base import Capability, Instance, JobSpec, LaunchSpec, ProviderError
+
+AGENT_TYPES = ("dql", "custom", "memory")
+ENGINE_COMMANDS = ("full-workflow", "train")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+POLL_S = 0.2
+
+
+@dataclass
+class LaunchRequest:
+    provider: str = "local"
+    data: str = "STOCKS_GOOGL.csv"
+    agent_type: str = "custom"
+    episodes: int = 20
+    name: str | None = None
+    command: str = "full-workflow"
+    tune: bool = False
+    runtime: str = "auto"
+    region: str | None = None
+    instance_type: str | None = None
+    gpu: str | None = None
+    spot: bool = True
+    seed: int | None = None
+    results_dir: str | None = None
+    engine_args: list[str] = field(default_factory=list)
+
+
+def validate_request(ctx: Context, req: LaunchRequest) -> str:
+    """Check everything that can be checked before anything is created; the resolved data path."""
+    from providers import COMPUTE_PROVIDERS, PLANNED_PROVIDERS
+
+    if req.provider not in COMPUTE_PROVIDERS:
+        known = ", ".join(sorted(COMPUTE_PROVIDERS))
+        if req.provider in PLANNED_PROVIDERS:
+            raise UsageError(f"provider {req.provider!r} is not available in this build yet "
+                             f"(available: {known})")
+        raise UsageError(f"unknown provider {req.provider!r} (choose from: {known})")
+    if req.agent_type not in AGENT_TYPES:
+        raise UsageError(f"unknown agent type {req.agent_type!r} (choose from: "
+                         f"{', '.join(AGENT_TYPES)})")
+    if req.command not in ENGINE_COMMANDS:
+        raise UsageError(f"unknown engine command {req.command!r} (choose from: "
+                         f"{', '.join(ENGINE_COMMANDS)})")
+    if req.episodes <= 0:
+        raise UsageError(f"--episodes must be a positive number of episodes, got {req.episodes}")
+    if req.name is not None and not _NAME_RE.match(req.name):
+        raise UsageError(f"run name {req.name!r} is not valid: use letters, digits, '.', '_' "
+                         "and '-' (at most 63 characters)")
+    from engine.paths import DataFileNotFound, resolve_data_path
+
+    try:
+        return resolve_data_path(req.data)
+    except DataFileNotFound as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _engine_args(req: LaunchRequest, experiment: str) -> list[str]:
+    args = [req.command, "--agent_type", req.agent_type, "--episodes", str(req.episodes),
+            "--experiment_name", experiment]
+    if req.command == "full-workflow" and not req.tune:
+        args.append("--skip_tuning")
+    if req.seed is not None:
+        args += ["--seed", str(req.seed)]
+    return args + list(req.engine_args)
+
+
+def launch(ctx: Context, req: LaunchRequest,
+           on_state: Callable[[Run], None] | None = None) -> Run:
+    """Create the run, start it on its provider; the run is RUNNING when this returns.
+
+    Any failure (or Ctrl+C) before that point tears down what was started and records why.
+    """
+    data_path = validate_request(ctx, req)
+    provider = ctx.provider(req.provider)
+    run_id = reg.new_run_id()
+    name = req.name or f"{Path(data_path).stem.lower().replace('_', '-')}-{req.agent_type}"
+    workdir = ctx.run_dir(run_id)
+    results_dir = req.results_dir or str(workdir / "results")
+    job = JobSpec(engine_args=_engine_args(req, name), data_file=data_path,
+                  results_dir=results_dir, experiment=name)
+    spec = LaunchSpec(run_id=run_id, name=name, job=job, region=req.region,
+                      instance_type=req.instance_type, gpu=req.gpu, spot=req.spot,
+                      runtime=req.runtime, tags={"dqlctl:run": run_id}, workdir=str(workdir))
+    registry = ctx.registry
+    registry.create(name=name, provider=req.provider, spec=asdict(spec), region=req.region,
+                          instance_type=req.instance_type, spot=req.spot,
+                          results_uri=str(Path(results_dir) / name), run_id=run_id)
+    instance: Instance | None = None
+
+    def step(state: str, **fields: Any) -> None:
+        registry.transition(run_id, state, **fields)
+        if on_state is not None:
+            on_state(registry.get(run_id))
+
+    try:
+        step(reg.PROVISIONING)
+        instance = provider.launch(spec)
+        registry.update(run_id, instance=instance.to_dict(), instance_ids=[instance.instance_id],
+                        region=instance.region, instance_type=instance.instance_type,
+                        spot=instance.spot)
+        step(reg.BOOTSTRAPPING)
+        instance = provider.wait_ready(instance)
+        registry.update(run_id, instance=instance.to_dict())
+        step(reg.RUNNING)
+    except BaseException as exc:
+        reason = _one_line(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+        if instance is not None:
+            try:
+                provider.terminate(instance)
+            except Exception as term_exc:  # keep the original error; say teardown failed
+                reason += f"; teardown failed: {_one_line(term_exc)}"
+        state = reg.CANCELLED if isinstance(exc, KeyboardInterrupt) else reg.FAILED
+        registry.transition(run_id, state, reason=reason)
+        if isinstance(exc, ProviderError):
+            raise ProviderFailure(f"launch failed: {reason}") from None
+        raise
+    return registry.get(run_id)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# -- following and reconciling ----------------------------------------------------------------------
+
+
+def _instance(run: Run) -> Instance | None:
+    return Instance.from_dict(run.instance) if run.instance else None
+
+
+def events_path(run: Run) -> Path | None:
+    if not run.results_uri or "://" in run.results_uri:
+        return None
+    return Path(run.results_uri) / "events.jsonl"
+
+
+def log_path(ctx: Context, run: Run) -> Path | None:
+    inst = _instance(run)
+    if inst is None:
+        return None
+    provider = ctx.provider(run.provider)
+    if Capability.LOCAL_JOB in provider.capabilities:
+        return provider.log_path(inst)
+    return None
+
+
+class FileFollower:
+    """Reads whole lines appended to a file since the last call (a half-written line waits)."""
+
+    def __init__(self, path: Path | None, offset: int = 0) -> None:
+        self.path = path
+        self.offset = offset
+        self._partial = b""
+
+    def read_lines(self) -> list[str]:
+        if self.path is None:
+            return []
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        if not chunk:
+            return []
+        self.offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return [line.decode("utf-8", errors="replace") for line in lines]
+
+
+def apply_engine_events(ctx: Context, run: Run, events: list[dict[str, Any]]) -> None:
+    """Fold engine events into the registry row: progress and metrics."""
+    progress = dict(run.progress)
+    metrics = dict(run.metrics)
+    changed = False
+    for ev in events:
+        kind = ev.get("event")
+        if kind == "episode":
+            progress.update({k: ev.get(k) for k in ("episode", "episodes", "reward", "loss",
+                                                     "epsilon", "val_sharpe", "steps_per_s",
+                                                     "env_steps")})
+            changed = True
+        elif kind == "stage":
+            progress["stage"] = ev.get("name")
+            changed = True
+        elif kind == "trial":
+            progress.update({"trial": ev.get("trial"), "trials": ev.get("trials")})
+            changed = True
+        elif kind == "evaluation" and isinstance(ev.get("metrics"), dict):
+            metrics[ev.get("split") or "test"] = ev["metrics"]
+            changed = True
+        elif kind in TERMINAL_EVENTS:
+            progress["engine_status"] = kind
+            if kind == "failed":
+                progress["engine_reason"] = ev.get("reason")
+            if isinstance(ev.get("metrics"), dict) and ev["metrics"]:
+                metrics["test"] = ev["metrics"]
+            changed = True
+    if changed:
+        ctx.registry.update(run.id, progress=progress, metrics=metrics)
+        run.progress, run.metrics = progress, metrics
+
+
+def _cost(run: Run, now: float) -> float:
+    if not run.price_per_hour or not run.started_at:
+        return run.cost_usd
+    end = run.ended_at or now
+    return round(run.price_per_hour * max(0.0, end - run.started_at) / 3600.0, 4)
+
+
+def finish_if_ended(ctx: Context, run: Run) -> Run:
+    """If the run's job has ended, record how (COLLECTING -> SUCCEEDED, or FAILED)."""
+    if run.terminal or run.state not in (reg.RUNNING, reg.COLLECTING):
+        return run
+    inst = _instance(run)
+    if inst is None:
+        return run
+    provider = ctx.provider(run.provider)
+    if Capability.LOCAL_JOB not in provider.capabilities:
+        return run  # remote providers reconcile through their own runner
+    status = provider.job_status(inst)
+    if status.running:
+        return run
+    registry = ctx.registry
+    path = events_path(run)
+    if path is not None:  # the last events may have landed after the last poll
+        from engine.events import read_events
+
+        apply_engine_events(ctx, run, list(read_events(path))[-50:])
+    reason = run.progress.get("engine_reason") or status.reason
+    code = status.exit_code
+    if code == 0:
+        if registry.transition(run.id, reg.COLLECTING, expect={reg.RUNNING}, exit_code=0):
+            provider.terminate(inst)
+            registry.transition(run.id, reg.SUCCEEDED, expect={reg.COLLECTING},
+                                cost_usd=_cost(run, ctx.clock()))
+    else:
+        if not reason:
+            reason = f"engine exited with code {code}" if code is not None else "engine ended"
+        provider.terminate(inst)
+        registry.transition(run.id, reg.FAILED, expect={reg.RUNNING, reg.COLLECTING},
+                            reason=reason, exit_code=code, cost_usd=_cost(run, ctx.clock()))
+    return registry.get(run.id)
+
+
+def reconcile(ctx: Context, run: Run) -> Run:
+    """Bring one run's row up to date with its engine events and its provider."""
+    if run.terminal:
+        return run
+    path = events_path(run)
+    if path is not None and run.state == reg.RUNNING:
+        from engine.events import read_events
+
+        apply_engine_events(ctx, run, list(read_events(path)))
+    if run.state in (reg.PENDING, reg.PROVISIONING, reg.BOOTSTRAPPING):
+        return _reconcile_stuck_launch(ctx, run)
+    return finish_if_ended(ctx, run)
+
+
+def _reconcile_stuck_launch(ctx: Context, run: Run) -> Run:
+    """A launch whose controller died before RUNNING: is anything alive? Else mark it failed."""
+    from dqlctl import registry as r
+
+    owner_alive = False
+    inst = _instance(run)
+    provider = ctx.provider(run.provider)
+    if inst is not None:
+        inst = provider.describe(inst)
+        owner_alive = inst.state in ("pending", "running")
+    # A launch in progress in another process is at most a few minutes old; leave it alone.
+    if not owner_alive and ctx.clock() - run.updated_at > 600:
+        if inst is not None:
+            provider.terminate(inst)
+        ctx.registry.transition(run.id, r.FAILED, expect={run.state},
+                                reason=f"launch interrupted in {run.state}; cleaned up")
+        return ctx.registry.get(run.id)
+    return run
+
+
+def reconcile_all(ctx: Context) -> list[Run]:
+    return [reconcile(ctx, run) for run in ctx.registry.list(include_terminal=False)]
+
+
+def follow(ctx: Context, run: Run, on_event: Callable[[dict[str, Any]], None] | None = None,
+           on_log: Callable[[str], None] | None = None, poll_s: float = POLL_S,
+           from_start: bool = True) -> Run:
+    """Stream a run's engine events (and log lines) until it ends; the final row."""
+    events = FileFollower(events_path(run))
+    logs = FileFollower(log_path(ctx, run)) if on_log is not None else FileFollower(None)
+    if not from_start and logs.path is not None and logs.path.exists():
+        logs.offset = logs.path.stat().st_size
+    while True:
+        new_events = [e for e in (parse_event_line(x) for x in events.read_lines()) if e]
+        if new_events:
+            apply_engine_events(ctx, run, new_events)
+            if on_event is not None:
+                for ev in new_events:
+                    on_event(ev)
+        if on_log is not None:
+            for line in logs.read_lines():
+                on_log(line)
+        run = ctx.registry.get(run.id)
+        if run.terminal:
+            return run
+        checked = finish_if_ended(ctx, run)
+        if checked.terminal:
+            # drain what was written in the last moments
+            for ev in (e for e in (parse_event_line(x) for x in events.read_lines()) if e):
+                if on_event is not None:
+                    on_event(ev)
+            if on_log is not None:
+                for line in logs.read_lines():
+                    on_log(line)
+            return checked
+        time.sleep(poll_s)
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a file without reading all of it."""
+    if n <= 0:
+        return []
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return []
+    block = 64 * 1024
+    data = b""
+    with open(path, "rb") as fh:
+        pos = size
+        while pos > 0 and data.count(b"\n") <= n:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            data = fh.read(step) + data
+    return [x.decode("utf-8", errors="replace") for x in data.splitlines()[-n:]]
+
+
+def iter_log(ctx: Context, run: Run, follow_: bool, tail: int | None,
+             poll_s: float = POLL_S) -> Iterator[str]:
+    """Lines of a run's log: the last ``tail`` (or all), then new ones while it runs."""
+    path = log_path(ctx, run)
+    if path is None:
+        raise DqlctlError(f"run {run.id} has no log yet (state {run.state})")
+    if tail is not None:
+        yield from tail_lines(path, tail)
+        follower = FileFollower(path, path.stat().st_size if path.exists() else 0)
+    else:
+        follower = FileFollower(path)
+        yield from follower.read_lines()
+    if not follow_:
+        if follower._partial:
+            yield follower._partial.decode("utf-8", errors="replace")
+        return
+    while True:
+        yield from follower.read_lines()
+        run = reconcile(ctx, ctx.registry.get(run.id))
+        if run.terminal:
+            yield from follower.read_lines()
+            return
+        time.sleep(poll_s)
+
+
+def down(ctx: Context, run: Run) -> Run:
+    """Stop a run and release its instance; idempotent."""
+    registry = ctx.registry
+    inst = _instance(run)
+    provider = ctx.provider(run.provider)
+    if not run.terminal:
+        # record the intent first: a crash mid-teardown leaves CANCELLED + a live instance that
+        # `ps --orphans` still shows (tagged), never a RUNNING row with nothing behind it.
+        registry.transition(run.id, reg.CANCELLED, reason="stopped by `dqlctl down`",
+                            cost_usd=_cost(run, ctx.clock()))
+    if inst is not None:
+        try:
+            provider.terminate(inst)
+        except ProviderError as exc:
+            raise ProviderFailure(f"could not terminate {inst.instance_id}: {exc}") from None
+    registry.add_event(run.id, "down", {"instance": inst.instance_id if inst else None})
+    return registry.get(run.id)
+
+
+def run_exit_code(run: Run) -> int:
+    """What `launch --follow` returns: 0 succeeded, 2 the engine refused its input, else 1."""
+    if run.state == reg.SUCCEEDED:
+        return 0
+    if run.exit_code == 2:
+        return 2
+    return 1
+
+
+def run_summary(run: Run, now: float | None = None) -> dict[str, Any]:
+    """The JSON shape of a run for `ps --json` and `show --json`."""
+    now = now if now is not None else time.time()
+    data = run.to_dict()
+    data["cost_usd"] = _cost(run, now)
+    data["age_s"] = round(now - run.created_at, 1)
+    return data
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"

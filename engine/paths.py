@@ -1,0 +1,53 @@
+"""Where a data file named on the command line really is. Standard library only (dqlctl uses it).
+
+A path that exists is used as it is. A bare file name is looked up, in order, under ``./data/``,
+under ``$DQL_DATA_DIR``, and in the project's bundled ``data/`` folder (the predecessor's users
+type ``--data_file test_small.csv``). Storage URIs (``s3://``, ``gs://``, ``az://``) pass through
+unchanged; ``file://`` is stripped to a path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+URI_SCHEMES = ("s3://", "gs://", "az://")
+BUNDLED_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+
+class DataFileNotFound(FileNotFoundError):
+    """The named data file is in none of the places searched (the message lists them)."""
+
+
+def is_uri(name: str) -> bool:
+    return name.startswith(URI_SCHEMES)
+
+
+def data_search_dirs() -> list[Path]:
+    dirs = [Path.cwd() / "data"]
+    env = os.environ.get("DQL_DATA_DIR")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(BUNDLED_DATA_DIR)
+    return dirs
+
+
+def resolve_data_path(name: str) -> str:
+    """The absolute path (or URI) of the data file ``name``; DataFileNotFound if none."""
+    if is_uri(name):
+        return name
+    if name.startswith("file://"):
+        name = name[len("file://"):]
+    path = Path(name).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    searched = [str(path)]
+    if len(path.parts) == 1:
+        for folder in data_search_dirs():
+            candidate = folder / name
+            if candidate.is_file():
+                return str(candidate.resolve())
+            searched.append(str(candidate))
+    raise DataFileNotFound(
+        f"data file {name!r} not found (looked in: {', '.join(dict.fromkeys(searched))}); "
+        "give a path to a CSV or Parquet file")

@@ -1,0 +1,155 @@
+"""Provider verbs and the typed records they exchange (DESIGN.md, "Provider verbs").
+
+Every compute provider implements the same small, fixed set of verbs::
+
+    check() -> CheckResult
+    offers(spec) -> list[Offer]
+    launch(spec) -> Instance
+    wait_ready(instance) -> Instance
+    describe(instance) -> Instance
+    list_instances(tag) -> list[Instance]
+    terminate(instance)            # idempotent
+    ssh_target(instance) -> SshTarget
+
+plus, for providers that run the engine themselves without SSH (the local one), the job verbs
+``job_status(instance) -> JobStatus`` and ``log_path(instance)``. Provider-specific fields go in
+``extra``. What a provider cannot do is declared in ``capabilities``, not discovered by try/except.
+Standard library only: this module is on the CLI's fast path.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class ProviderError(Exception):
+    """A provider or credential problem: one line for the operator; exit code 3."""
+
+    exit_code = 3
+
+
+class Capability(enum.StrEnum):
+    SPOT = "spot"              # can launch preemptible capacity
+    GPU = "gpu"                # has GPU offers
+    SSH = "ssh"                # instances are reached over SSH
+    LOCAL_JOB = "local_job"    # runs the job itself (no SSH); job_status/log_path work
+    CONTAINER = "container"    # can run the engine's container image
+    PRICES = "prices"          # offers() carries real prices
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run: the engine's command and flags, where its data is and where it writes.
+
+    ``engine_args`` are the engine's own arguments without ``--data_file`` and ``--results_dir``
+    (e.g. ``["full-workflow", "--agent_type", "custom", "--episodes", "20", ...]``); each provider
+    adds those two for its machine (a local path, a path mounted into a container, a URI).
+    """
+
+    engine_args: list[str]
+    data_file: str                          # path or storage URI of the market data
+    results_dir: str                        # path or storage URI where the engine writes
+    experiment: str                         # results_dir/<experiment>/ holds events.jsonl
+    env: dict[str, str] = field(default_factory=dict)   # never secrets: those go in files
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    run_id: str
+    name: str
+    job: JobSpec
+    region: str | None = None
+    instance_type: str | None = None
+    gpu: str | None = None                  # e.g. "T4:1"
+    spot: bool = True
+    max_price: float | None = None
+    image: str | None = None
+    runtime: str = "native"                 # native | docker | podman
+    tags: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None              # where the provider keeps this run's files
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Instance:
+    provider: str
+    instance_id: str
+    state: str                              # pending | running | stopped | terminated | unknown
+    region: str | None = None
+    instance_type: str | None = None
+    spot: bool = False
+    public_ip: str | None = None
+    launched_at: float | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Instance:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Offer:
+    provider: str
+    region: str
+    instance_type: str
+    gpu: str | None
+    gpu_count: int
+    vcpus: int
+    memory_gib: float
+    spot: bool
+    price_per_hour: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    port: int
+    username: str
+    key_path: str
+    host_key: str | None = None            # "ssh-ed25519 AAAA..." once pinned
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    name: str
+    ok: bool
+    detail: str
+    fix: str | None = None                 # what to do when not ok
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    provider: str
+    ok: bool
+    items: list[CheckItem]
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """The state of the job on an instance, as the provider sees it."""
+
+    running: bool
+    exit_code: int | None = None            # None while running or when unknown
+    reason: str | None = None               # why it ended, when it did not end by itself
+
+
+@runtime_checkable
+class ComputeProvider(Protocol):
+    name: str
+    capabilities: frozenset[Capability]
+
+    def check(self) -> CheckResult: ...
+    def offers(self, spec: LaunchSpec) -> list[Offer]: ...
+    def launch(self, spec: LaunchSpec) -> Instance: ...
+    def wait_ready(self, instance: Instance) -> Instance: ...
+    def describe(self, instance: Instance) -> Instance: ...
+    def list_instances(self, tag: dict[str, str]) -> list[Instance]: ...
+    def terminate(self, instance: Instance) -> None: ...
+    def ssh_target(self, instance: Instance) -> SshTarget: ...

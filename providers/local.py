@@ -1,0 +1,257 @@
+"""The local provider: this machine is the "instance"; the engine runs as a detached process.
+
+``launch`` starts ``providers.local_supervisor`` in a new session (so the run outlives dqlctl and
+its terminal), which runs the engine natively (``sys.executable -m engine``) or in a container
+(``--runtime docker|podman``) and records how it ended in the run's work directory. The instance
+id is ``local-<supervisor pid>``; the pid and its kernel start time are kept so that a recycled
+pid is never mistaken for our run.
+
+Runtime choice (SkyPilot/dstack pick the container when there is one): ``auto`` uses a container
+engine when one answers *and* the engine image is present locally (``dqlctl image build``), else
+runs natively. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from providers.base import (
+    Capability,
+    CheckItem,
+    CheckResult,
+    Instance,
+    JobStatus,
+    LaunchSpec,
+    Offer,
+    ProviderError,
+    SshTarget,
+)
+
+DEFAULT_IMAGE = "dqlctl-engine:latest"
+CONTAINER_ENGINES = ("docker", "podman")
+RUNTIMES = ("auto", "native", *CONTAINER_ENGINES)
+
+
+def _proc_start_ticks(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot); None if it is gone/zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            stat = fh.read()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    if fields[0] in ("Z", "X"):  # zombie or dead: it has exited
+        return None
+    return int(fields[19])
+
+
+def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
+    if Path("/proc").is_dir():
+        ticks = _proc_start_ticks(pid)
+        if ticks is None:
+            return False
+        return start_ticks is None or ticks == start_ticks
+    try:  # pragma: no cover - non-Linux fallback
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def container_engine_available(name: str) -> bool:
+    if shutil.which(name) is None:
+        return False
+    try:
+        proc = subprocess.run([name, "info"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def image_present(engine: str, image: str) -> bool:
+    try:
+        proc = subprocess.run([engine, "image", "inspect", image], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+class LocalProvider:
+    name = "local"
+    capabilities = frozenset({Capability.LOCAL_JOB, Capability.CONTAINER})
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+
+    # -- verbs -----------------------------------------------------------------------------------
+
+    def check(self) -> CheckResult:
+        import importlib.util
+
+        items = [CheckItem("python", True, f"{self.python} ({sys.version.split()[0]})")]
+        missing = [m for m in ("torch", "numpy", "pandas") if importlib.util.find_spec(m) is None]
+        items.append(CheckItem(
+            "engine dependencies", not missing,
+            "torch, numpy, pandas importable" if not missing else f"missing: {', '.join(missing)}",
+            None if not missing else "pip install 'dqlctl[engine]' (or run `make install`)"))
+        engines = [e for e in CONTAINER_ENGINES if shutil.which(e)]
+        items.append(CheckItem(
+            "container engine (optional)", True,
+            f"found {', '.join(engines)}" if engines else "none; runs use --runtime native"))
+        return CheckResult(self.name, all(i.ok for i in items), items)
+
+    def offers(self, spec: LaunchSpec) -> list[Offer]:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        return [Offer(self.name, "local", "localhost", None, 0, os.cpu_count() or 1,
+                      round(mem, 1), False, 0.0)]
+
+    def resolve_runtime(self, requested: str, image: str | None) -> str:
+        if requested not in RUNTIMES:
+            raise ProviderError(f"unknown runtime {requested!r} (choose from {', '.join(RUNTIMES)})")
+        if requested == "native":
+            return "native"
+        if requested in CONTAINER_ENGINES:
+            if not container_engine_available(requested):
+                raise ProviderError(
+                    f"runtime {requested}: no working {requested} engine here; "
+                    "start it or use --runtime native")
+            return requested
+        for engine in CONTAINER_ENGINES:  # auto
+            if container_engine_available(engine) and image_present(engine, image or DEFAULT_IMAGE):
+                return engine
+        return "native"
+
+    def _command(self, spec: LaunchSpec, runtime: str) -> list[str]:
+        job = spec.job
+        if runtime == "native":
+            return [self.python, "-u", "-m", "engine", *job.engine_args,
+                    "--data_file", job.data_file, "--results_dir", job.results_dir]
+        data = Path(job.data_file)
+        return [runtime, "run", "--rm", "--name", f"dqlctl-{spec.run_id}",
+                "--label", f"dqlctl.run={spec.run_id}", "--network", "none",
+                "-v", f"{data.parent}:/data:ro", "-v", f"{job.results_dir}:/results",
+                spec.image or DEFAULT_IMAGE, *job.engine_args,
+                "--data_file", f"/data/{data.name}", "--results_dir", "/results"]
+
+    def launch(self, spec: LaunchSpec) -> Instance:
+        if not spec.workdir:
+            raise ProviderError("local launch needs a work directory")
+        workdir = Path(spec.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        Path(spec.job.results_dir).mkdir(parents=True, exist_ok=True)
+        runtime = self.resolve_runtime(spec.runtime, spec.image)
+        command = self._command(spec, runtime)
+        log_path = workdir / "engine.log"
+        env = {**os.environ, **spec.job.env, "PYTHONUNBUFFERED": "1"}
+        tags = [f"--tag={k}={v}" for k, v in sorted(spec.tags.items())]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [self.python, "-m", "providers.local_supervisor", "--workdir", str(workdir),
+                 *tags, "--", *command],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True, env=env,
+                cwd=str(Path(__file__).resolve().parents[1]))
+        # Never waited on here: liveness comes from /proc (a zombie counts as exited) and the
+        # supervisor's exit.json; subprocess reaps the child on a later Popen.
+        return Instance(
+            provider=self.name, instance_id=f"local-{proc.pid}", state="running",
+            region="local", instance_type="localhost", spot=False, launched_at=time.time(),
+            tags=dict(spec.tags),
+            extra={"pid": proc.pid, "start_ticks": _proc_start_ticks(proc.pid),
+                   "workdir": str(workdir), "log_path": str(log_path), "runtime": runtime,
+                   "command": command})
+
+    def wait_ready(self, instance: Instance) -> Instance:
+        return self.describe(instance)
+
+    def describe(self, instance: Instance) -> Instance:
+        alive = pid_alive(instance.extra["pid"], instance.extra.get("start_ticks"))
+        instance.state = "running" if alive else "terminated"
+        return instance
+
+    def list_instances(self, tag: dict[str, str]) -> list[Instance]:
+        """Supervisors on this machine whose command line carries every ``tag``."""
+        wanted = {f"--tag={k}={v}" for k, v in tag.items()}
+        found = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv if a]
+            if "providers.local_supervisor" not in args or not wanted.issubset(args):
+                continue
+            pid = int(entry.name)
+            tags = dict(a[len("--tag="):].split("=", 1) for a in args if a.startswith("--tag="))
+            workdir = args[args.index("--workdir") + 1] if "--workdir" in args else None
+            found.append(Instance(self.name, f"local-{pid}", "running", "local", "localhost",
+                                  tags=tags, extra={"pid": pid,
+                                                    "start_ticks": _proc_start_ticks(pid),
+                                                    "workdir": workdir}))
+        return found
+
+    def terminate(self, instance: Instance, grace_s: float = 30.0) -> None:
+        """Ask the run to stop (SIGTERM: the engine checkpoints), then kill what is left."""
+        pid = instance.extra["pid"]
+        ticks = instance.extra.get("start_ticks")
+        if not pid_alive(pid, ticks):
+            instance.state = "terminated"
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and pid_alive(pid, ticks):
+            time.sleep(0.05)
+        if pid_alive(pid, ticks):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        instance.state = "terminated"
+
+    def ssh_target(self, instance: Instance) -> SshTarget:
+        raise ProviderError("the local provider has no SSH target")
+
+    # -- job verbs (Capability.LOCAL_JOB) --------------------------------------------------------
+
+    def log_path(self, instance: Instance) -> Path:
+        return Path(instance.extra["log_path"])
+
+    def job_status(self, instance: Instance) -> JobStatus:
+        workdir = Path(instance.extra["workdir"])
+        ended = _read_json(workdir / "exit.json")
+        if ended is not None:
+            sig = ended.get("signal")
+            reason = ended.get("reason")
+            if sig and not reason:
+                reason = f"engine killed by {sig}"
+            return JobStatus(False, int(ended["exit_code"]), reason)
+        if pid_alive(instance.extra["pid"], instance.extra.get("start_ticks")):
+            return JobStatus(True)
+        # Exited between the two reads?
+        ended = _read_json(workdir / "exit.json")
+        if ended is not None:
+            return self.job_status(instance)
+        return JobStatus(False, None, "the run's process vanished without an exit status "
+                                      "(killed with its supervisor, or the machine restarted)")
