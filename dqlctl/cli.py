@@ -90,7 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="what each provider needs and whether it is there")
     p.add_argument("providers", nargs="*", metavar="PROVIDER")
     p.add_argument("--json", action="store_true")
+
+    # Verbs that live in their own modules. Each module imports only the standard library at
+    # its top and defines `register(subparsers)`, which adds its parser and sets `func`.
+    import importlib
+
+    for module in VERB_MODULES:
+        importlib.import_module(module).register(sub)
     return parser
+
+
+# Modules that add verbs (see build_parser); each sets `func=cmd(ctx, args) -> int` as default.
+VERB_MODULES: tuple[str, ...] = ()
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -382,8 +393,9 @@ def main(argv: list[str] | None = None, ctx: Any = None) -> int:
     from dqlctl.context import Context
 
     ctx = ctx or Context(debug=args.debug)
+    handler = getattr(args, "func", None) or VERBS[args.verb]
     try:
-        return VERBS[args.verb](ctx, args)
+        return handler(ctx, args)
     except DqlctlError as exc:
         if args.debug:
             raise

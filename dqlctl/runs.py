@@ -265,10 +265,18 @@ def finish_if_ended(ctx: Context, run: Run) -> Run:
     else:
         if not reason:
             reason = f"engine exited with code {code}" if code is not None else "engine ended"
+            last = _last_log_line(provider.log_path(inst))
+            if last:
+                reason += f": {last}"
         provider.terminate(inst)
         registry.transition(run.id, reg.FAILED, expect={reg.RUNNING, reg.COLLECTING},
                             reason=reason, exit_code=code, cost_usd=_cost(run, ctx.clock()))
     return registry.get(run.id)
+
+
+def _last_log_line(path: Path) -> str | None:
+    lines = [x.strip() for x in tail_lines(path, 5) if x.strip()]
+    return lines[-1][:300] if lines else None
 
 
 def reconcile(ctx: Context, run: Run) -> Run:

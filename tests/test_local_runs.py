@@ -1,0 +1,203 @@
+"""End to end on this machine: dqlctl launches the real engine through the local provider.
+
+Each test waits on what the run writes (events.jsonl, exit.json, the registry), never on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dqlctl import registry as reg
+from dqlctl.cli import main
+from dqlctl.context import Context
+from providers.base import ProviderError
+from providers.local import LocalProvider, pid_alive
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--", "--n_envs", "4"]  # small engine settings for quick runs
+
+
+def dqlctl(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DQLCTL_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "dqlctl", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=timeout)
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 180) -> Any:
+    """Poll a condition the run itself makes true; fail with ``what`` if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def runs_json(home: Path) -> list[dict[str, Any]]:
+    proc = dqlctl(home, "ps", "--all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def engine_events(run: dict[str, Any]) -> list[dict[str, Any]]:
+    path = Path(run["results_uri"]) / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def launch_detached(home: Path, name: str, episodes: int = 500) -> dict[str, Any]:
+    proc = dqlctl(home, "launch", "--data", "test_small.csv", "--agent-type", "dql",
+                  "--episodes", str(episodes), "--command", "train", "--name", name, "--json",
+                  *FAST)
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout)
+    assert run["state"] == reg.RUNNING
+    return run
+
+
+def wait_first_episode(run: dict[str, Any]) -> None:
+    wait_for(lambda: any(e["event"] == "episode" for e in engine_events(run)),
+             "the first episode event")
+
+
+def test_launch_follow_streams_progress_and_another_process_sees_the_run(tmp_path: Path) -> None:
+    proc = dqlctl(tmp_path, "launch", "--data", "test_small.csv", "--agent-type", "dql",
+                  "--episodes", "2", "--command", "train", "--name", "smoke", "--seed", "3",
+                  "--follow", *FAST)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "episode 1/2" in proc.stdout and "episode 2/2" in proc.stdout
+    assert "SUCCEEDED" in proc.stdout
+    (run,) = runs_json(tmp_path)
+    assert run["name"] == "smoke" and run["state"] == reg.SUCCEEDED
+    assert run["progress"]["episode"] == 2 and run["exit_code"] == 0
+    logs = dqlctl(tmp_path, "logs", "smoke")
+    assert logs.returncode == 0 and logs.stdout.strip()
+    show = dqlctl(tmp_path, "show", run["id"][:4])
+    assert show.returncode == 0 and "SUCCEEDED" in show.stdout
+    # nothing of the run is left running
+    assert LocalProvider().list_instances({"dqlctl:run": run["id"]}) == []
+
+
+def test_killing_the_engine_marks_the_run_failed_with_the_reason(tmp_path: Path) -> None:
+    run = launch_detached(tmp_path, "victim")
+    wait_first_episode(run)
+    workdir = tmp_path / "runs" / run["id"]
+    engine_pid = json.loads((workdir / "job.json").read_text())["pid"]
+    os.kill(engine_pid, signal.SIGKILL)
+    wait_for(lambda: (workdir / "exit.json").exists(), "the supervisor to record the exit")
+    (row,) = runs_json(tmp_path)
+    assert row["state"] == reg.FAILED
+    assert "SIGKILL" in row["reason"]
+
+
+def test_dqlctl_killed_while_following_leaves_the_run_going(tmp_path: Path) -> None:
+    env = {**os.environ, "DQLCTL_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "dqlctl", "launch", "--data", "test_small.csv", "--agent-type",
+         "dql", "--episodes", "500", "--command", "train", "--name", "orphaned", "--follow",
+         *FAST], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        for line in follower.stdout:  # the follower prints each episode as it happens
+            if line.startswith("episode "):
+                break
+        follower.kill()
+        follower.wait(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    (run,) = runs_json(tmp_path)
+    assert run["state"] == reg.RUNNING  # a new process reconciled it: still alive
+    inst = run["instance"]["extra"]
+    assert pid_alive(inst["pid"], inst["start_ticks"])
+    down = dqlctl(tmp_path, "down", "orphaned", "--yes")
+    assert down.returncode == 0, down.stderr
+    (run,) = runs_json(tmp_path)
+    assert run["state"] == reg.CANCELLED
+    assert not pid_alive(inst["pid"], inst["start_ticks"])
+    assert LocalProvider().list_instances({"dqlctl:run": run["id"]}) == []
+
+
+def test_a_vanished_process_is_not_left_running(tmp_path: Path) -> None:
+    run = launch_detached(tmp_path, "vanish")
+    wait_first_episode(run)
+    pid = run["instance"]["extra"]["pid"]
+    os.killpg(pid, signal.SIGKILL)  # supervisor and engine together: no exit status written
+    wait_for(lambda: not pid_alive(pid, run["instance"]["extra"]["start_ticks"]),
+             "the process group to die")
+    (row,) = runs_json(tmp_path)
+    assert row["state"] == reg.FAILED
+    assert "vanished" in row["reason"]
+
+
+def test_logs_follow_ends_with_the_run(tmp_path: Path) -> None:
+    run = launch_detached(tmp_path, "short", episodes=2)
+    proc = dqlctl(tmp_path, "logs", "-f", run["id"])
+    assert proc.returncode == 0, proc.stderr
+    (row,) = runs_json(tmp_path)
+    assert row["state"] == reg.SUCCEEDED
+    log = (tmp_path / "runs" / run["id"] / "engine.log").read_text()
+    assert proc.stdout.strip().splitlines()[-1] == log.strip().splitlines()[-1]
+    tail = dqlctl(tmp_path, "logs", "--tail", "1", run["id"])
+    assert tail.stdout.strip() == log.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["launch", "--provider", "nimbus"], "unknown provider 'nimbus'"),
+    (["launch", "--data", "no_such_file.csv"], "no_such_file.csv"),
+    (["launch", "--episodes", "-5"], "--episodes"),
+    (["launch", "--agent-type", "transformer"], "unknown agent type"),
+    (["show", "deadbeef"], "no run 'deadbeef'"),
+    (["logs", "deadbeef"], "no run 'deadbeef'"),
+    (["down", "deadbeef", "--yes"], "no run 'deadbeef'"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = dqlctl(tmp_path, *args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+    assert runs_json(tmp_path) == []  # nothing was created
+
+
+def test_bad_data_fails_the_run_with_the_engines_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,open,high,low,close,volume\n2024-01-01,1,1,1,1,1\n"
+                   "2024-01-02,1,1,1,-3,1\n")
+    proc = dqlctl(tmp_path, "launch", "--data", str(bad), "--episodes", "1", "--command",
+                  "train", "--follow")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (run,) = runs_json(tmp_path)
+    assert run["state"] == reg.FAILED
+    assert "bad.csv" in proc.stdout
+
+
+class _BrokenBootstrap(LocalProvider):
+    def wait_ready(self, instance):  # type: ignore[no-untyped-def]
+        self.started = instance
+        raise ProviderError("bootstrap failed: engine image missing")
+
+
+def test_failed_bootstrap_tears_down_what_was_started(tmp_path: Path) -> None:
+    provider = _BrokenBootstrap()
+    ctx = Context(home=tmp_path, providers={"local": provider})
+    code = main(["launch", "--data", "test_small.csv", "--episodes", "500", "--command", "train",
+                 *FAST], ctx=ctx)
+    assert code == 3
+    ctx = Context(home=tmp_path)
+    (run,) = ctx.registry.list()
+    assert run.state == reg.FAILED and "engine image missing" in run.reason
+    extra = provider.started.extra
+    assert not pid_alive(extra["pid"], extra["start_ticks"])
