@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", help="GPU type and count, e.g. T4:1")
     p.add_argument("--on-demand", dest="spot", action="store_false",
                    help="use on-demand capacity (spot is the default where there is one)")
+    p.add_argument("--max-price", type=float, help="spot: the most to pay per hour (USD)")
+    p.add_argument("--image-id", help="VM image (AMI id on AWS); default: a deep-learning image")
+    p.add_argument("--image", help="engine container image for --runtime docker")
+    p.add_argument("--ssh-cidr", help="who may reach the VM's port 22 (default: this "
+                   "machine's public address/32)")
+    p.add_argument("--keep", action="store_true", help="leave the VM up when the run ends")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be created, create nothing")
     p.add_argument("--results-dir", help="where results go (default: the run's folder)")
     p.add_argument("-f", "--follow", action="store_true",
                    help="stream progress until the run ends; exit with its status")
@@ -101,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add verbs (see build_parser); each sets `func=cmd(ctx, args) -> int` as default.
-VERB_MODULES: tuple[str, ...] = ()
+VERB_MODULES: tuple[str, ...] = ("dqlctl.image_cmd",)
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -202,8 +210,19 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
         episodes=args.episodes, name=args.name, command=args.command, tune=args.tune,
         runtime=args.runtime, region=args.region, instance_type=args.instance_type,
         gpu=args.gpu, spot=args.spot, seed=args.seed, results_dir=args.results_dir,
-        engine_args=args.engine_args)
+        max_price=args.max_price, image=args.image, image_id=args.image_id,
+        ssh_cidr=args.ssh_cidr, keep=args.keep, engine_args=args.engine_args)
     quiet = args.json
+    if args.dry_run:
+        plan = runs.plan(ctx, req)
+        if args.json:
+            print(json.dumps(plan, indent=2), file=ctx.stdout)
+        else:
+            print("dry run: nothing is created. `launch` without --dry-run would:", file=ctx.stdout)
+            for key, value in plan.items():
+                if value is not None:
+                    print(f"  {key.replace('_', ' '):<16} {value}", file=ctx.stdout)
+        return 0
 
     def on_state(run: Any) -> None:
         if not quiet:
@@ -233,8 +252,7 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
         print(json.dumps(runs.run_summary(run, ctx.clock()), indent=2), file=ctx.stdout)
     else:
         if run.state != "SUCCEEDED":
-            path = runs.log_path(ctx, run)
-            tail = runs.tail_lines(path, 10) if path else []
+            tail = runs.log_tail(ctx, run, 10)
             if tail:
                 print("last lines of the engine log:", file=ctx.stdout)
                 for line in tail:

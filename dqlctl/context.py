@@ -22,6 +22,7 @@ class Context:
     # name -> provider object; filled lazily from providers.COMPUTE_PROVIDERS
     providers: dict[str, Any] = field(default_factory=dict)
     _registry: Registry | None = None
+    _config: dict[str, Any] | None = None
 
     @property
     def registry(self) -> Registry:
@@ -29,11 +30,37 @@ class Context:
             self._registry = Registry(self.home / "registry.db", clock=self.clock)
         return self._registry
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """``<home>/config.toml`` (absent means defaults). ``[providers.NAME]`` tables hold
+        provider settings, e.g. ``[providers.aws] ssh_host_override = "127.0.0.1:2222"``."""
+        if self._config is None:
+            import tomllib
+
+            path = self.home / "config.toml"
+            try:
+                with open(path, "rb") as fh:
+                    self._config = tomllib.load(fh)
+            except FileNotFoundError:
+                self._config = {}
+            except tomllib.TOMLDecodeError as exc:
+                from dqlctl.errors import UsageError
+
+                raise UsageError(f"{path}: not valid TOML ({exc}); fix or remove it") from None
+        return self._config
+
     def provider(self, name: str) -> Any:
         if name not in self.providers:
             from providers import get_provider
 
-            self.providers[name] = get_provider(name)
+            settings = dict(self.config.get("providers", {}).get(name, {}))
+            try:
+                self.providers[name] = get_provider(name, home=str(self.home), **settings)
+            except TypeError as exc:
+                from dqlctl.errors import UsageError
+
+                raise UsageError(f"{self.home / 'config.toml'} [providers.{name}]: {exc}") \
+                    from None
         return self.providers[name]
 
     def run_dir(self, run_id: str) -> Path:

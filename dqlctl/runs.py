@@ -11,6 +11,7 @@ reconciles it with what the provider reports (SkyPilot's ``sky launch`` behaves 
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from dqlctl.context import Context
 from dqlctl.errors import DqlctlError, ProviderFailure, UsageError
 from dqlctl.registry import Run
 from engine.events import TERMINAL_EVENTS, parse_event_line
-from providers.base import Capability, Instance, JobSpec, LaunchSpec, ProviderError
+from providers.base import Instance, JobHandle, JobSpec, LaunchSpec, ProviderError
 
 AGENT_TYPES = ("dql", "custom", "memory")
 ENGINE_COMMANDS = ("full-workflow", "train")
@@ -47,6 +48,11 @@ class LaunchRequest:
     spot: bool = True
     seed: int | None = None
     results_dir: str | None = None
+    image: str | None = None          # engine container image (--runtime docker)
+    image_id: str | None = None       # the VM image (AMI / GCE image / Azure image)
+    ssh_cidr: str | None = None       # who may reach port 22 (default: this machine's address)
+    max_price: float | None = None
+    keep: bool = False                # leave the VM up after the run (for debugging)
     engine_args: list[str] = field(default_factory=list)
 
 
@@ -89,27 +95,66 @@ def _engine_args(req: LaunchRequest, experiment: str) -> list[str]:
     return args + list(req.engine_args)
 
 
+def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
+    """The provider's launch spec for a validated request."""
+    data_path = validate_request(ctx, req)
+    name = req.name or f"{Path(data_path).stem.lower().replace('_', '-')}-{req.agent_type}"
+    workdir = ctx.run_dir(run_id)
+    results_dir = req.results_dir or str(workdir / "results")
+    job = JobSpec(engine_args=_engine_args(req, name), data_file=data_path,
+                  results_dir=results_dir, experiment=name)
+    extra: dict[str, Any] = {"keep": req.keep}
+    if req.ssh_cidr:
+        extra["ssh_cidr"] = req.ssh_cidr
+    if req.image_id:
+        extra["image_id"] = req.image_id
+    return LaunchSpec(run_id=run_id, name=name, job=job, region=req.region,
+                      instance_type=req.instance_type, gpu=req.gpu, spot=req.spot,
+                      max_price=req.max_price, image=req.image,
+                      runtime=req.runtime, tags={"dqlctl:run": run_id}, workdir=str(workdir),
+                      extra=extra)
+
+
+# Secrets the engine may need, taken from the operator's environment. They go to the machine as
+# a 0600 file (or the process environment locally), never into a command line, log or registry.
+SECRET_ENV = ("TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID")
+
+
+def _secrets() -> dict[str, str]:
+    return {k: os.environ[k] for k in SECRET_ENV if os.environ.get(k)}
+
+
+def plan(ctx: Context, req: LaunchRequest) -> dict[str, Any]:
+    """What ``launch`` would do (``--dry-run``); creates nothing, not even a registry row."""
+    spec = build_spec(ctx, req, "dry-run")
+    provider = ctx.provider(req.provider)
+    out: dict[str, Any] = {"name": spec.name, "data": spec.job.data_file,
+                           "engine": " ".join(spec.job.engine_args)}
+    planner = getattr(provider, "plan", None)
+    if planner is not None:
+        try:
+            out.update(planner(spec))
+        except ProviderError as exc:
+            raise ProviderFailure(str(exc)) from None
+    else:
+        out.update({"provider": req.provider, "runtime": req.runtime})
+    return out
+
+
 def launch(ctx: Context, req: LaunchRequest,
            on_state: Callable[[Run], None] | None = None) -> Run:
     """Create the run, start it on its provider; the run is RUNNING when this returns.
 
     Any failure (or Ctrl+C) before that point tears down what was started and records why.
     """
-    data_path = validate_request(ctx, req)
-    provider = ctx.provider(req.provider)
     run_id = reg.new_run_id()
-    name = req.name or f"{Path(data_path).stem.lower().replace('_', '-')}-{req.agent_type}"
-    workdir = ctx.run_dir(run_id)
-    results_dir = req.results_dir or str(workdir / "results")
-    job = JobSpec(engine_args=_engine_args(req, name), data_file=data_path,
-                  results_dir=results_dir, experiment=name)
-    spec = LaunchSpec(run_id=run_id, name=name, job=job, region=req.region,
-                      instance_type=req.instance_type, gpu=req.gpu, spot=req.spot,
-                      runtime=req.runtime, tags={"dqlctl:run": run_id}, workdir=str(workdir))
+    spec = build_spec(ctx, req, run_id)
+    provider = ctx.provider(req.provider)
+    name, job = spec.name, spec.job
     registry = ctx.registry
     registry.create(name=name, provider=req.provider, spec=asdict(spec), region=req.region,
                           instance_type=req.instance_type, spot=req.spot,
-                          results_uri=str(Path(results_dir) / name), run_id=run_id)
+                          results_uri=f"{job.results_dir.rstrip('/')}/{name}", run_id=run_id)
     instance: Instance | None = None
 
     def step(state: str, **fields: Any) -> None:
@@ -125,6 +170,8 @@ def launch(ctx: Context, req: LaunchRequest,
                         spot=instance.spot)
         step(reg.BOOTSTRAPPING)
         instance = provider.wait_ready(instance)
+        registry.update(run_id, instance=instance.to_dict())
+        instance = provider.start_job(instance, spec, secrets=_secrets())
         registry.update(run_id, instance=instance.to_dict())
         step(reg.RUNNING)
     except BaseException as exc:
@@ -154,46 +201,55 @@ def _instance(run: Run) -> Instance | None:
     return Instance.from_dict(run.instance) if run.instance else None
 
 
-def events_path(run: Run) -> Path | None:
-    if not run.results_uri or "://" in run.results_uri:
-        return None
-    return Path(run.results_uri) / "events.jsonl"
-
-
-def log_path(ctx: Context, run: Run) -> Path | None:
+def job_handle(ctx: Context, run: Run) -> JobHandle | None:
+    """The provider's view of the run's job (log, events, exit), or None before it has one."""
     inst = _instance(run)
     if inst is None:
         return None
-    provider = ctx.provider(run.provider)
-    if Capability.LOCAL_JOB in provider.capabilities:
-        return provider.log_path(inst)
-    return None
+    return ctx.provider(run.provider).job(inst, run.spec)
 
 
-class FileFollower:
-    """Reads whole lines appended to a file since the last call (a half-written line waits)."""
+class Follower:
+    """Whole lines appended to one of a job's files since the last call; keeps the byte offset.
 
-    def __init__(self, path: Path | None, offset: int = 0) -> None:
-        self.path = path
+    A half-written last line waits for its newline, so nothing is printed twice or cut.
+    """
+
+    def __init__(self, handle: JobHandle | None, name: str, offset: int = 0) -> None:
+        self.handle = handle
+        self.name = name
         self.offset = offset
         self._partial = b""
 
     def read_lines(self) -> list[str]:
-        if self.path is None:
+        if self.handle is None:
             return []
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return []
+        chunk = self.handle.read(self.name, self.offset)
         if not chunk:
             return []
         self.offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
+        lines = (self._partial + chunk).split(b"\n")
         self._partial = lines.pop()
         return [line.decode("utf-8", errors="replace") for line in lines]
+
+    def rest(self) -> list[str]:
+        """Everything left, the unterminated last line included (the job has ended)."""
+        lines = self.read_lines()
+        if self._partial:
+            lines.append(self._partial.decode("utf-8", errors="replace"))
+            self._partial = b""
+        return lines
+
+
+def read_all_lines(handle: JobHandle, name: str) -> list[str]:
+    """Every line of one of a job's files as it is now."""
+    follower = Follower(handle, name)
+    lines: list[str] = []
+    while True:
+        before = follower.offset
+        lines.extend(follower.read_lines())
+        if follower.offset == before:
+            return lines + follower.rest()
 
 
 def apply_engine_events(ctx: Context, run: Run, events: list[dict[str, Any]]) -> None:
@@ -229,6 +285,10 @@ def apply_engine_events(ctx: Context, run: Run, events: list[dict[str, Any]]) ->
         run.progress, run.metrics = progress, metrics
 
 
+def _events(lines: list[str]) -> list[dict[str, Any]]:
+    return [e for e in (parse_event_line(x) for x in lines) if e]
+
+
 def _cost(run: Run, now: float) -> float:
     if not run.price_per_hour or not run.started_at:
         return run.cost_usd
@@ -236,7 +296,22 @@ def _cost(run: Run, now: float) -> float:
     return round(run.price_per_hour * max(0.0, end - run.started_at) / 3600.0, 4)
 
 
-def finish_if_ended(ctx: Context, run: Run) -> Run:
+def _last_log_line(handle: JobHandle) -> str | None:
+    lines = [x.strip() for x in read_all_lines(handle, "log")[-5:] if x.strip()]
+    return lines[-1][:300] if lines else None
+
+
+def log_tail(ctx: Context, run: Run, n: int) -> list[str]:
+    handle = job_handle(ctx, run)
+    if handle is None or n <= 0:
+        return []
+    try:
+        return read_all_lines(handle, "log")[-n:]
+    finally:
+        handle.close()
+
+
+def finish_if_ended(ctx: Context, run: Run, handle: JobHandle | None = None) -> Run:
     """If the run's job has ended, record how (COLLECTING -> SUCCEEDED, or FAILED)."""
     if run.terminal or run.state not in (reg.RUNNING, reg.COLLECTING):
         return run
@@ -244,59 +319,61 @@ def finish_if_ended(ctx: Context, run: Run) -> Run:
     if inst is None:
         return run
     provider = ctx.provider(run.provider)
-    if Capability.LOCAL_JOB not in provider.capabilities:
-        return run  # remote providers reconcile through their own runner
-    status = provider.job_status(inst)
-    if status.running:
-        return run
-    registry = ctx.registry
-    path = events_path(run)
-    if path is not None:  # the last events may have landed after the last poll
-        from engine.events import read_events
-
-        apply_engine_events(ctx, run, list(read_events(path))[-50:])
-    reason = run.progress.get("engine_reason") or status.reason
-    code = status.exit_code
-    if code == 0:
-        if registry.transition(run.id, reg.COLLECTING, expect={reg.RUNNING}, exit_code=0):
+    own = handle is None
+    handle = handle or provider.job(inst, run.spec)
+    try:
+        status = handle.status()
+        if status.running:
+            return run
+        # the last events may have landed after the last poll
+        apply_engine_events(ctx, run, _events(read_all_lines(handle, "events"))[-50:])
+        registry = ctx.registry
+        reason = run.progress.get("engine_reason") or status.reason
+        code = status.exit_code
+        if code == 0:
+            if registry.transition(run.id, reg.COLLECTING, expect={reg.RUNNING}, exit_code=0):
+                collect = getattr(provider, "collect", None)
+                if collect is not None:
+                    collect(inst, run.spec)
+                if not run.spec.get("extra", {}).get("keep"):
+                    provider.terminate(inst)
+                registry.transition(run.id, reg.SUCCEEDED, expect={reg.COLLECTING},
+                                    cost_usd=_cost(run, ctx.clock()))
+        else:
+            if not reason:
+                reason = (f"engine exited with code {code}" if code is not None
+                          else "engine ended")
+                last = _last_log_line(handle)
+                if last:
+                    reason += f": {last}"
             provider.terminate(inst)
-            registry.transition(run.id, reg.SUCCEEDED, expect={reg.COLLECTING},
-                                cost_usd=_cost(run, ctx.clock()))
-    else:
-        if not reason:
-            reason = f"engine exited with code {code}" if code is not None else "engine ended"
-            last = _last_log_line(provider.log_path(inst))
-            if last:
-                reason += f": {last}"
-        provider.terminate(inst)
-        registry.transition(run.id, reg.FAILED, expect={reg.RUNNING, reg.COLLECTING},
-                            reason=reason, exit_code=code, cost_usd=_cost(run, ctx.clock()))
-    return registry.get(run.id)
-
-
-def _last_log_line(path: Path) -> str | None:
-    lines = [x.strip() for x in tail_lines(path, 5) if x.strip()]
-    return lines[-1][:300] if lines else None
+            registry.transition(run.id, reg.FAILED, expect={reg.RUNNING, reg.COLLECTING},
+                                reason=reason, exit_code=code, cost_usd=_cost(run, ctx.clock()))
+        return registry.get(run.id)
+    finally:
+        if own:
+            handle.close()
 
 
 def reconcile(ctx: Context, run: Run) -> Run:
     """Bring one run's row up to date with its engine events and its provider."""
     if run.terminal:
         return run
-    path = events_path(run)
-    if path is not None and run.state == reg.RUNNING:
-        from engine.events import read_events
-
-        apply_engine_events(ctx, run, list(read_events(path)))
     if run.state in (reg.PENDING, reg.PROVISIONING, reg.BOOTSTRAPPING):
         return _reconcile_stuck_launch(ctx, run)
-    return finish_if_ended(ctx, run)
+    handle = job_handle(ctx, run)
+    if handle is None:
+        return run
+    try:
+        if run.state == reg.RUNNING:
+            apply_engine_events(ctx, run, _events(read_all_lines(handle, "events")))
+        return finish_if_ended(ctx, run, handle)
+    finally:
+        handle.close()
 
 
 def _reconcile_stuck_launch(ctx: Context, run: Run) -> Run:
     """A launch whose controller died before RUNNING: is anything alive? Else mark it failed."""
-    from dqlctl import registry as r
-
     owner_alive = False
     inst = _instance(run)
     provider = ctx.provider(run.provider)
@@ -307,7 +384,7 @@ def _reconcile_stuck_launch(ctx: Context, run: Run) -> Run:
     if not owner_alive and ctx.clock() - run.updated_at > 600:
         if inst is not None:
             provider.terminate(inst)
-        ctx.registry.transition(run.id, r.FAILED, expect={run.state},
+        ctx.registry.transition(run.id, reg.FAILED, expect={run.state},
                                 reason=f"launch interrupted in {run.state}; cleaned up")
         return ctx.registry.get(run.id)
     return run
@@ -318,82 +395,65 @@ def reconcile_all(ctx: Context) -> list[Run]:
 
 
 def follow(ctx: Context, run: Run, on_event: Callable[[dict[str, Any]], None] | None = None,
-           on_log: Callable[[str], None] | None = None, poll_s: float = POLL_S,
-           from_start: bool = True) -> Run:
+           on_log: Callable[[str], None] | None = None, poll_s: float = POLL_S) -> Run:
     """Stream a run's engine events (and log lines) until it ends; the final row."""
-    events = FileFollower(events_path(run))
-    logs = FileFollower(log_path(ctx, run)) if on_log is not None else FileFollower(None)
-    if not from_start and logs.path is not None and logs.path.exists():
-        logs.offset = logs.path.stat().st_size
-    while True:
-        new_events = [e for e in (parse_event_line(x) for x in events.read_lines()) if e]
-        if new_events:
-            apply_engine_events(ctx, run, new_events)
+    handle = job_handle(ctx, run)
+    if handle is None:
+        return run
+    events = Follower(handle, "events")
+    logs = Follower(handle if on_log is not None else None, "log")
+
+    def pump(final: bool = False) -> None:
+        new = _events(events.rest() if final else events.read_lines())
+        if new:
+            apply_engine_events(ctx, run, new)
             if on_event is not None:
-                for ev in new_events:
+                for ev in new:
                     on_event(ev)
         if on_log is not None:
-            for line in logs.read_lines():
+            for line in (logs.rest() if final else logs.read_lines()):
                 on_log(line)
-        run = ctx.registry.get(run.id)
-        if run.terminal:
-            return run
-        checked = finish_if_ended(ctx, run)
-        if checked.terminal:
-            # drain what was written in the last moments
-            for ev in (e for e in (parse_event_line(x) for x in events.read_lines()) if e):
-                if on_event is not None:
-                    on_event(ev)
-            if on_log is not None:
-                for line in logs.read_lines():
-                    on_log(line)
-            return checked
-        time.sleep(poll_s)
 
-
-def tail_lines(path: Path, n: int) -> list[str]:
-    """The last ``n`` lines of a file without reading all of it."""
-    if n <= 0:
-        return []
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return []
-    block = 64 * 1024
-    data = b""
-    with open(path, "rb") as fh:
-        pos = size
-        while pos > 0 and data.count(b"\n") <= n:
-            step = min(block, pos)
-            pos -= step
-            fh.seek(pos)
-            data = fh.read(step) + data
-    return [x.decode("utf-8", errors="replace") for x in data.splitlines()[-n:]]
+        while True:
+            pump()
+            current = ctx.registry.get(run.id)
+            if current.terminal:
+                pump(final=True)
+                return current
+            checked = finish_if_ended(ctx, current, handle)
+            if checked.terminal:
+                pump(final=True)
+                return checked
+            time.sleep(poll_s)
+    finally:
+        handle.close()
 
 
 def iter_log(ctx: Context, run: Run, follow_: bool, tail: int | None,
              poll_s: float = POLL_S) -> Iterator[str]:
     """Lines of a run's log: the last ``tail`` (or all), then new ones while it runs."""
-    path = log_path(ctx, run)
-    if path is None:
+    handle = job_handle(ctx, run)
+    if handle is None:
         raise DqlctlError(f"run {run.id} has no log yet (state {run.state})")
-    if tail is not None:
-        yield from tail_lines(path, tail)
-        follower = FileFollower(path, path.stat().st_size if path.exists() else 0)
-    else:
-        follower = FileFollower(path)
-        yield from follower.read_lines()
-    if not follow_:
-        if follower._partial:
-            yield follower._partial.decode("utf-8", errors="replace")
-        return
-    while True:
-        yield from follower.read_lines()
-        run = reconcile(ctx, ctx.registry.get(run.id))
-        if run.terminal:
-            yield from follower.read_lines()
+    try:
+        follower = Follower(handle, "log")
+        lines = follower.read_lines()
+        yield from (lines[-tail:] if tail else [] if tail == 0 else lines)
+        if not follow_:
+            yield from follower.rest()
             return
-        time.sleep(poll_s)
+        while True:
+            yield from follower.read_lines()
+            run = ctx.registry.get(run.id)
+            if not run.terminal:
+                run = finish_if_ended(ctx, run, handle)
+            if run.terminal:
+                yield from follower.rest()
+                return
+            time.sleep(poll_s)
+    finally:
+        handle.close()
 
 
 def down(ctx: Context, run: Run) -> Run:

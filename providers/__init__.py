@@ -8,9 +8,10 @@ from typing import Any
 # name -> "module:Class". Nothing here is imported until a provider is asked for.
 COMPUTE_PROVIDERS: dict[str, str] = {
     "local": "providers.local:LocalProvider",
+    "aws": "providers.aws:AwsProvider",
 }
 # Named by the CLI before their adapters land, so the error can say so plainly.
-PLANNED_PROVIDERS = ("aws", "gcp", "azure")
+PLANNED_PROVIDERS = ("gcp", "azure")
 
 
 def provider_names() -> list[str]:

@@ -11,8 +11,9 @@ Every compute provider implements the same small, fixed set of verbs::
     terminate(instance)            # idempotent
     ssh_target(instance) -> SshTarget
 
-plus, for providers that run the engine themselves without SSH (the local one), the job verbs
-``job_status(instance) -> JobStatus`` and ``log_path(instance)``. Provider-specific fields go in
+plus the job verbs ``start_job(instance, spec)`` (bootstrap the machine and start the engine
+detached; a no-op where ``launch`` already started it) and ``job(instance, spec) -> JobHandle``
+(read the engine's log and events from an offset, ask whether it has ended). Provider-specific fields go in
 ``extra``. What a provider cannot do is declared in ``capabilities``, not discovered by try/except.
 Standard library only: this module is on the CLI's fast path.
 """
@@ -34,7 +35,7 @@ class Capability(enum.StrEnum):
     SPOT = "spot"              # can launch preemptible capacity
     GPU = "gpu"                # has GPU offers
     SSH = "ssh"                # instances are reached over SSH
-    LOCAL_JOB = "local_job"    # runs the job itself (no SSH); job_status/log_path work
+    LOCAL_JOB = "local_job"    # the job runs on this machine: its files are local paths
     CONTAINER = "container"    # can run the engine's container image
     PRICES = "prices"          # offers() carries real prices
 
@@ -140,6 +141,18 @@ class JobStatus:
     reason: str | None = None               # why it ended, when it did not end by itself
 
 
+class JobHandle(Protocol):
+    """A view of a run's job on its instance: its files read from a byte offset, its state.
+
+    ``name`` is ``"log"`` (the engine's stdout/stderr) or ``"events"`` (events.jsonl). Reads are
+    resumable: a follower keeps the offset, so a dropped connection loses and doubles nothing.
+    """
+
+    def read(self, name: str, offset: int) -> bytes: ...
+    def status(self) -> JobStatus: ...
+    def close(self) -> None: ...
+
+
 @runtime_checkable
 class ComputeProvider(Protocol):
     name: str
@@ -153,3 +166,6 @@ class ComputeProvider(Protocol):
     def list_instances(self, tag: dict[str, str]) -> list[Instance]: ...
     def terminate(self, instance: Instance) -> None: ...
     def ssh_target(self, instance: Instance) -> SshTarget: ...
+    def start_job(self, instance: Instance, spec: LaunchSpec,
+                  secrets: dict[str, str] | None = None) -> Instance: ...
+    def job(self, instance: Instance, spec: dict[str, Any]) -> JobHandle: ...

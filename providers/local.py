@@ -13,7 +13,6 @@ runs natively. Standard library only.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -28,12 +27,12 @@ from providers.base import (
     CheckItem,
     CheckResult,
     Instance,
-    JobStatus,
     LaunchSpec,
     Offer,
     ProviderError,
     SshTarget,
 )
+from providers.jobs import LocalJobHandle
 
 DEFAULT_IMAGE = "dqlctl-engine:latest"
 CONTAINER_ENGINES = ("docker", "podman")
@@ -70,13 +69,6 @@ def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
     return True
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def container_engine_available(name: str) -> bool:
     if shutil.which(name) is None:
         return False
@@ -99,7 +91,7 @@ class LocalProvider:
     name = "local"
     capabilities = frozenset({Capability.LOCAL_JOB, Capability.CONTAINER})
 
-    def __init__(self, python: str | None = None) -> None:
+    def __init__(self, python: str | None = None, home: str | None = None) -> None:
         self.python = python or sys.executable
 
     # -- verbs -----------------------------------------------------------------------------------
@@ -233,25 +225,16 @@ class LocalProvider:
     def ssh_target(self, instance: Instance) -> SshTarget:
         raise ProviderError("the local provider has no SSH target")
 
-    # -- job verbs (Capability.LOCAL_JOB) --------------------------------------------------------
+    # -- job verbs --------------------------------------------------------------------------------
 
-    def log_path(self, instance: Instance) -> Path:
-        return Path(instance.extra["log_path"])
+    def start_job(self, instance: Instance, spec: LaunchSpec,
+                  secrets: dict[str, str] | None = None) -> Instance:
+        # launch() already started the supervisor and the engine, which inherits this process's
+        # environment (secrets included) without them appearing on any command line
+        return instance
 
-    def job_status(self, instance: Instance) -> JobStatus:
-        workdir = Path(instance.extra["workdir"])
-        ended = _read_json(workdir / "exit.json")
-        if ended is not None:
-            sig = ended.get("signal")
-            reason = ended.get("reason")
-            if sig and not reason:
-                reason = f"engine killed by {sig}"
-            return JobStatus(False, int(ended["exit_code"]), reason)
-        if pid_alive(instance.extra["pid"], instance.extra.get("start_ticks")):
-            return JobStatus(True)
-        # Exited between the two reads?
-        ended = _read_json(workdir / "exit.json")
-        if ended is not None:
-            return self.job_status(instance)
-        return JobStatus(False, None, "the run's process vanished without an exit status "
-                                      "(killed with its supervisor, or the machine restarted)")
+    def job(self, instance: Instance, spec: dict[str, Any]) -> LocalJobHandle:
+        job = spec["job"]
+        events = str(Path(job["results_dir"]) / job["experiment"] / "events.jsonl")
+        pid, ticks = instance.extra["pid"], instance.extra.get("start_ticks")
+        return LocalJobHandle(instance.extra["workdir"], events, lambda: pid_alive(pid, ticks))

@@ -35,14 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dqlctl-local-supervisor")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--tag", action="append", default=[])
+    parser.add_argument("--env-file", help="KEY=VALUE lines added to the engine's environment "
+                        "(secrets: kept off every command line)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     workdir = Path(args.workdir)
     received: list[int] = []
 
+    env = dict(os.environ)
+    if args.env_file:
+        with open(args.env_file, encoding="utf-8") as fh:
+            for line in fh:
+                key, sep, value = line.rstrip("\n").partition("=")
+                if sep and key:
+                    env[key] = value
     try:
-        child = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL)
+        child = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, env=env)
     except OSError as exc:
         print(f"dqlctl: could not start the engine: {exc}", flush=True)
         write_json_atomic(workdir / "exit.json", {"exit_code": 127, "signal": None,

@@ -1,0 +1,478 @@
+"""AWS EC2: spot (default) or on-demand GPU VMs through boto3, reached over SSH.
+
+Everything a run creates is its own and tagged ``dqlctl:run=<id>``: an ed25519 key pair (private
+key 0600 in dqlctl's data dir), a security group that opens port 22 to the operator's address
+only, an IAM role + instance profile whose policy names only the run's bucket, and the instance.
+``terminate`` removes all of it (idempotent), so nothing is left to drift or to leak; the few
+extra API calls per run are the price (SkyPilot shares one group per cluster; a per-run group is
+simpler to prove clean). No AWS key ever leaves the operator's machine: the VM acts through its
+instance role.
+
+boto3 is imported lazily; endpoints come from boto3's own ``AWS_ENDPOINT_URL``, so the moto server
+needs no special code path. ``ssh_host_override`` ("host:port", from dqlctl's config file) maps
+every instance to one SSH address: the documented hook the tests use to reach a local sshd that
+stands in for the VM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from providers.base import (
+    Capability,
+    CheckItem,
+    CheckResult,
+    Instance,
+    LaunchSpec,
+    Offer,
+    ProviderError,
+    SshTarget,
+)
+
+# --gpu NAME:COUNT -> instance type (the smallest type with that many of that GPU)
+GPU_INSTANCE_TYPES: dict[str, dict[int, str]] = {
+    "T4": {1: "g4dn.xlarge", 4: "g4dn.12xlarge", 8: "g4dn.metal"},
+    "A10G": {1: "g5.xlarge", 4: "g5.12xlarge", 8: "g5.48xlarge"},
+    "L4": {1: "g6.xlarge", 4: "g6.12xlarge", 8: "g6.48xlarge"},
+    "V100": {1: "p3.2xlarge", 4: "p3.8xlarge", 8: "p3.16xlarge"},
+    "A100": {8: "p4d.24xlarge"},
+    "H100": {8: "p5.48xlarge"},
+}
+DEFAULT_GPU = "T4:1"
+DLAMI_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/"
+                   "oss-nvidia-driver-gpu-pytorch-2.5-ubuntu-22.04/latest/ami-id")
+CAPACITY_ERRORS = frozenset({"InsufficientInstanceCapacity", "SpotMaxPriceTooLow",
+                             "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded",
+                             "VcpuLimitExceeded", "Unsupported", "InsufficientCapacity"})
+TAG = "dqlctl:run"
+
+
+def _boto3() -> Any:
+    try:
+        import boto3
+    except ImportError:
+        raise ProviderError("the AWS provider needs boto3: pip install 'dqlctl[aws]'") from None
+    return boto3
+
+
+def _code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+def instance_type_for(gpu: str | None, instance_type: str | None) -> str:
+    if instance_type:
+        return instance_type
+    name, _, count = (gpu or DEFAULT_GPU).partition(":")
+    types = GPU_INSTANCE_TYPES.get(name.upper())
+    if types is None:
+        raise ProviderError(f"unknown GPU {name!r} on AWS (known: {', '.join(GPU_INSTANCE_TYPES)})")
+    n = int(count or 1)
+    fits = [c for c in sorted(types) if c >= n]
+    if not fits:
+        raise ProviderError(f"no AWS instance has {n} x {name} (at most {max(types)})")
+    return types[fits[0]]
+
+
+def bucket_of(uri: str | None) -> str | None:
+    if uri and uri.startswith("s3://"):
+        return uri[len("s3://"):].split("/", 1)[0]
+    return None
+
+
+def bucket_policy(buckets: list[str]) -> dict[str, Any]:
+    """The instance role's only permissions: the run's bucket(s), nothing else."""
+    resources = [r for b in buckets for r in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")]
+    statements: list[dict[str, Any]] = []
+    if resources:
+        statements.append({"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject",
+                                                        "s3:DeleteObject", "s3:ListBucket",
+                                                        "s3:AbortMultipartUpload"],
+                           "Resource": resources})
+    else:  # a policy needs a statement: deny everything
+        statements.append({"Effect": "Deny", "Action": "s3:*", "Resource": "*"})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+class AwsProvider:
+    name = "aws"
+    capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
+                              Capability.CONTAINER})
+
+    def __init__(self, home: str | os.PathLike[str] | None = None,
+                 ssh_host_override: str | None = None, remote_root: str = "dqlctl",
+                 remote_python: str = "python3", ssh_user: str = "ubuntu",
+                 ssh_cidr: str | None = None, image_id: str | None = None, ready_timeout: float = 600.0) -> None:
+        self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
+        self.ssh_host_override = ssh_host_override
+        self.remote_root = remote_root
+        self.remote_python = remote_python
+        self.ssh_user = ssh_user
+        self.ssh_cidr = ssh_cidr
+        self.image_id = image_id
+        self.ready_timeout = ready_timeout
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def _session(self, region: str | None = None) -> Any:
+        boto3 = _boto3()
+        session = boto3.Session(region_name=region) if region else boto3.Session()
+        if session.get_credentials() is None:
+            raise ProviderError(
+                "no AWS credentials found: set AWS_PROFILE (see `aws configure`) or "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if not session.region_name:
+            raise ProviderError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
+        return session
+
+    def _client(self, service: str, region: str | None = None) -> Any:
+        return self._session(region).client(service)
+
+    # -- verbs -----------------------------------------------------------------------------------
+
+    def check(self) -> CheckResult:
+        items = []
+        try:
+            _boto3()
+            items.append(CheckItem("boto3", True, "installed"))
+        except ProviderError as exc:
+            return CheckResult(self.name, False, [CheckItem("boto3", False, str(exc),
+                                                            "pip install 'dqlctl[aws]'")])
+        try:
+            ident = self._client("sts").get_caller_identity()
+            items.append(CheckItem("credentials", True, f"account {ident.get('Account')}"))
+        except ProviderError as exc:
+            items.append(CheckItem("credentials", False, str(exc), "aws configure"))
+        except Exception as exc:  # noqa: BLE001 - any SDK failure is a failed check
+            items.append(CheckItem("credentials", False, f"{type(exc).__name__}: {exc}",
+                                   "aws configure"))
+        try:
+            import paramiko  # noqa: F401
+
+            items.append(CheckItem("paramiko", True, "installed"))
+        except ImportError:
+            items.append(CheckItem("paramiko", False, "missing", "pip install 'dqlctl[aws]'"))
+        return CheckResult(self.name, all(i.ok for i in items), items)
+
+    def offers(self, spec: LaunchSpec) -> list[Offer]:
+        itype = instance_type_for(spec.gpu, spec.instance_type)
+        gpu, _, count = (spec.gpu or DEFAULT_GPU).partition(":")
+        return [Offer(self.name, spec.region or self._session().region_name, itype, gpu,
+                      int(count or 1), 0, 0.0, spec.spot, None)]
+
+    def _key_path(self, run_id: str) -> Path:
+        return self.home / "keys" / f"dqlctl-{run_id}.pem"
+
+    def _ensure_key(self, ec2: Any, run_id: str, tags: list[dict[str, str]]) -> str:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        path = self._key_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH)
+        name = f"dqlctl-{run_id}"
+        ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public,
+                            TagSpecifications=[{"ResourceType": "key-pair", "Tags": tags}])
+        return name
+
+    def _operator_cidr(self, requested: str | None = None) -> str:
+        if requested or self.ssh_cidr:
+            return requested or self.ssh_cidr  # type: ignore[return-value]
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=5) as resp:
+                ip = resp.read().decode().strip()
+        except OSError as exc:
+            raise ProviderError(f"could not find this machine's public address ({exc}); "
+                                "pass --ssh-cidr ADDRESS/32") from None
+        return f"{ip}/32"
+
+    def _ensure_security_group(self, ec2: Any, run_id: str, tags: list[dict[str, str]],
+                               cidr: str | None = None) -> str:
+        cidr = self._operator_cidr(cidr)
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+        kwargs = {"VpcId": vpcs[0]["VpcId"]} if vpcs else {}
+        group = ec2.create_security_group(
+            GroupName=f"dqlctl-{run_id}", Description=f"dqlctl run {run_id}: ssh from operator",
+            TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}], **kwargs)
+        gid = group["GroupId"]
+        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[{
+            "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+            "IpRanges": [{"CidrIp": cidr, "Description": "dqlctl operator"}]}])
+        return gid
+
+    def _ensure_role(self, spec: LaunchSpec, tags: list[dict[str, str]]) -> str:
+        iam = self._client("iam", spec.region)
+        name = f"dqlctl-{spec.run_id}"
+        trust = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+            "Action": "sts:AssumeRole"}]}
+        buckets = sorted({b for b in (bucket_of(spec.job.results_dir),
+                                      bucket_of(spec.job.data_file)) if b})
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Tags=tags,
+                        Description=f"dqlctl run {spec.run_id}")
+        iam.put_role_policy(RoleName=name, PolicyName="run-bucket",
+                            PolicyDocument=json.dumps(bucket_policy(buckets)))
+        iam.create_instance_profile(InstanceProfileName=name, Tags=tags)
+        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+        return name
+
+    def _image(self, ec2: Any, ssm: Any, requested: str | None) -> str:
+        if requested or self.image_id:
+            return requested or self.image_id  # type: ignore[return-value]
+        try:
+            return ssm.get_parameter(Name=DLAMI_PARAMETER)["Parameter"]["Value"]
+        except Exception as exc:  # noqa: BLE001 - any lookup failure: say what to pass
+            raise ProviderError(f"could not find the deep-learning AMI ({_code(exc) or exc}); "
+                                "pass --image-id") from None
+
+    def launch(self, spec: LaunchSpec) -> Instance:
+        run_id = spec.run_id
+        region = spec.region or self._session().region_name
+        itype = instance_type_for(spec.gpu, spec.instance_type)
+        tags = [{"Key": TAG, "Value": run_id}, {"Key": "Name", "Value": f"dqlctl-{spec.name}"}]
+        created: dict[str, Any] = {"region": region, "run_id": run_id}
+        ec2 = self._client("ec2", region)
+        try:
+            created["key_name"] = self._ensure_key(ec2, run_id, tags)
+            created["security_group"] = self._ensure_security_group(
+                ec2, run_id, tags, spec.extra.get("ssh_cidr"))
+            created["instance_profile"] = self._ensure_role(spec, tags)
+            image = self._image(ec2, self._client("ssm", region), spec.extra.get("image_id"))
+            zones = [z["ZoneName"] for z in
+                     ec2.describe_availability_zones()["AvailabilityZones"]
+                     if z.get("State", "available") == "available"]
+            tried: list[str] = []
+            for zone in zones or [None]:  # capacity errors fall through to the next zone
+                try:
+                    return self._run_instance(ec2, spec, itype, image, zone, tags, created)
+                except Exception as exc:
+                    if _code(exc) not in CAPACITY_ERRORS:
+                        raise
+                    tried.append(f"{zone or region}: {_code(exc)}")
+            raise ProviderError(f"no capacity for {itype} in {region} ({'; '.join(tried)}); "
+                                "try another --region or --on-demand")
+        except BaseException:
+            self._cleanup(region, run_id)
+            raise
+
+    def plan(self, spec: LaunchSpec) -> dict[str, Any]:
+        """What launch would create, without creating anything (``--dry-run``)."""
+        region = spec.region or self._session().region_name
+        buckets = sorted({b for b in (bucket_of(spec.job.results_dir),
+                                      bucket_of(spec.job.data_file)) if b})
+        return {
+            "provider": self.name, "region": region,
+            "instance_type": instance_type_for(spec.gpu, spec.instance_type),
+            "gpu": spec.gpu or DEFAULT_GPU, "market": "spot" if spec.spot else "on-demand",
+            "max_price": spec.max_price, "image": spec.extra.get("image_id") or self.image_id or DLAMI_PARAMETER,
+            "security_group": f"dqlctl-{spec.run_id}: tcp 22 from "
+                              f"{spec.extra.get('ssh_cidr') or self.ssh_cidr or 'your address/32'}",
+            "instance_role": f"dqlctl-{spec.run_id}: s3 on "
+                             f"{', '.join(buckets) if buckets else 'no bucket (deny all)'}",
+            "key_pair": f"dqlctl-{spec.run_id} (ed25519, private key kept here, 0600)",
+            "runtime": "native" if spec.runtime in ("auto", "native") else spec.runtime,
+        }
+
+    def _run_instance(self, ec2: Any, spec: LaunchSpec, itype: str, image: str,
+                      zone: str | None, tags: list[dict[str, str]],
+                      created: dict[str, Any]) -> Instance:
+        kwargs: dict[str, Any] = {
+            "ImageId": image, "InstanceType": itype, "MinCount": 1, "MaxCount": 1,
+            "KeyName": created["key_name"], "SecurityGroupIds": [created["security_group"]],
+            "IamInstanceProfile": {"Name": created["instance_profile"]},
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
+                                  {"ResourceType": "volume", "Tags": tags}],
+            "MetadataOptions": {"HttpTokens": "required"},  # IMDSv2 only
+        }
+        if zone:
+            kwargs["Placement"] = {"AvailabilityZone": zone}
+        if spec.spot:
+            options: dict[str, Any] = {"SpotInstanceType": "one-time",
+                                       "InstanceInterruptionBehavior": "terminate"}
+            if spec.max_price:
+                options["MaxPrice"] = f"{spec.max_price:.4f}"
+            kwargs["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": options}
+        for attempt in range(10):  # a new instance profile takes seconds to be usable
+            try:
+                reply = ec2.run_instances(**kwargs)
+                break
+            except Exception as exc:
+                if _code(exc) == "InvalidParameterValue" and "profile" in str(exc).lower() \
+                        and attempt < 9:
+                    time.sleep(2)
+                    continue
+                raise
+        raw = reply["Instances"][0]
+        return Instance(
+            provider=self.name, instance_id=raw["InstanceId"], state="pending",
+            region=created["region"], instance_type=itype, spot=spec.spot,
+            launched_at=time.time(), tags={TAG: spec.run_id},
+            extra={**created, "zone": zone, "image": image,
+                   "key_path": str(self._key_path(spec.run_id))})
+
+    def _describe_raw(self, instance: Instance) -> dict[str, Any] | None:
+        ec2 = self._client("ec2", instance.region)
+        try:
+            res = ec2.describe_instances(InstanceIds=[instance.instance_id])["Reservations"]
+        except Exception as exc:
+            if _code(exc) == "InvalidInstanceID.NotFound":
+                return None
+            raise
+        return res[0]["Instances"][0] if res and res[0]["Instances"] else None
+
+    def describe(self, instance: Instance) -> Instance:
+        raw = self._describe_raw(instance)
+        if raw is None:
+            instance.state = "terminated"
+            return instance
+        instance.state = {"shutting-down": "terminated"}.get(raw["State"]["Name"],
+                                                             raw["State"]["Name"])
+        instance.public_ip = raw.get("PublicIpAddress") or raw.get("PrivateIpAddress")
+        return instance
+
+    def wait_ready(self, instance: Instance) -> Instance:
+        from providers.ssh import wait_for_ssh
+
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            instance = self.describe(instance)
+            if instance.state == "running" and instance.public_ip:
+                break
+            if instance.state in ("terminated", "stopped", "stopping"):
+                raise ProviderError(f"instance {instance.instance_id} is {instance.state} "
+                                    "before it was ready (spot capacity taken back?)")
+            if time.monotonic() > deadline:
+                raise ProviderError(f"instance {instance.instance_id} not running after "
+                                    f"{self.ready_timeout:.0f} s")
+            time.sleep(2)
+        session = wait_for_ssh(self.ssh_target(instance),
+                               timeout=max(10.0, deadline - time.monotonic()))
+        instance.extra["host_key"] = session.host_key  # pinned from here on
+        session.close()
+        return instance
+
+    def ssh_target(self, instance: Instance) -> SshTarget:
+        host, port = instance.public_ip or "", 22
+        if self.ssh_host_override:
+            host, _, p = self.ssh_host_override.rpartition(":")
+            port = int(p)
+        if not host:
+            raise ProviderError(f"instance {instance.instance_id} has no address yet")
+        return SshTarget(host, port, self.ssh_user, instance.extra["key_path"],
+                         instance.extra.get("host_key"))
+
+    def start_job(self, instance: Instance, spec: LaunchSpec,
+                  secrets: dict[str, str] | None = None) -> Instance:
+        from providers.remote_job import start_remote_job
+        from providers.ssh import SshSession
+
+        runtime = "native" if spec.runtime in ("auto", "native") else spec.runtime
+        with SshSession(self.ssh_target(instance)).connect() as session:
+            info = start_remote_job(session, spec, root=self.remote_root,
+                                    python=self.remote_python, runtime=runtime,
+                                    secrets=secrets, image=spec.image)
+        instance.extra.update(info)
+        return instance
+
+    def job(self, instance: Instance, spec: dict[str, Any]) -> Any:
+        from providers.jobs import RemoteJobHandle
+
+        return RemoteJobHandle(self.ssh_target(instance), instance.extra["workdir"],
+                               instance.extra["events_path"])
+
+    def collect(self, instance: Instance, spec: dict[str, Any]) -> None:
+        """Copy the VM's results to the run's results place (a local folder or a storage URI)."""
+        from providers.ssh import SshSession
+
+        job = spec["job"]
+        with SshSession(self.ssh_target(instance)).connect() as session:
+            files = session.get_tree(f"{instance.extra['results_dir']}/{job['experiment']}")
+        dest = job["results_dir"].rstrip("/") + "/" + job["experiment"]
+        if "://" in dest:
+            from providers.storage import open_store  # type: ignore[import-not-found]
+
+            store, prefix = open_store(dest)
+            for rel, data in files.items():
+                store.put_bytes(f"{prefix.rstrip('/')}/{rel}", data)
+        else:
+            for rel, data in files.items():
+                path = Path(dest) / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+
+    def list_instances(self, tag: dict[str, str]) -> list[Instance]:
+        ec2 = self._client("ec2")
+        filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tag.items()]
+        filters.append({"Name": "instance-state-name",
+                        "Values": ["pending", "running", "stopping", "stopped"]})
+        out = []
+        for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+            for res in page["Reservations"]:
+                for raw in res["Instances"]:
+                    tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+                    out.append(Instance(self.name, raw["InstanceId"], raw["State"]["Name"],
+                                        ec2.meta.region_name, raw["InstanceType"],
+                                        raw.get("InstanceLifecycle") == "spot",
+                                        raw.get("PublicIpAddress"), tags=tags))
+        return out
+
+    def terminate(self, instance: Instance) -> None:
+        ec2 = self._client("ec2", instance.region)
+        try:
+            ec2.terminate_instances(InstanceIds=[instance.instance_id])
+            ec2.get_waiter("instance_terminated").wait(
+                InstanceIds=[instance.instance_id], WaiterConfig={"Delay": 2, "MaxAttempts": 300})
+        except Exception as exc:
+            if _code(exc) != "InvalidInstanceID.NotFound":
+                raise
+        instance.state = "terminated"
+        self._cleanup(instance.region, instance.tags.get(TAG) or instance.extra.get("run_id"))
+
+    def _cleanup(self, region: str | None, run_id: str | None) -> None:
+        """Delete what the run created besides its instance; each step tolerates 'not found'."""
+        if not run_id:
+            return
+        name = f"dqlctl-{run_id}"
+        ec2 = self._client("ec2", region)
+        iam = self._client("iam", region)
+
+        def quietly(fn: Any, **kwargs: Any) -> None:
+            try:
+                fn(**kwargs)
+            except Exception as exc:
+                code = _code(exc)
+                if not (code.endswith("NotFound") or code in ("NoSuchEntity",
+                                                              "InvalidKeyPair.NotFound")):
+                    raise
+
+        groups = ec2.describe_security_groups(
+            Filters=[{"Name": f"tag:{TAG}", "Values": [run_id]}])["SecurityGroups"]
+        for group in groups:
+            for attempt in range(30):  # the group stays in use until the instance is gone
+                try:
+                    ec2.delete_security_group(GroupId=group["GroupId"])
+                    break
+                except Exception as exc:
+                    if _code(exc) != "DependencyViolation" or attempt == 29:
+                        raise
+                    time.sleep(2)
+        quietly(ec2.delete_key_pair, KeyName=name)
+        quietly(iam.remove_role_from_instance_profile, InstanceProfileName=name, RoleName=name)
+        quietly(iam.delete_instance_profile, InstanceProfileName=name)
+        quietly(iam.delete_role_policy, RoleName=name, PolicyName="run-bucket")
+        quietly(iam.delete_role, RoleName=name)
+        key = self._key_path(run_id)
+        if key.exists():
+            key.unlink()

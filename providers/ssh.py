@@ -1,0 +1,222 @@
+"""SSH to a VM with a pinned host key (paramiko, imported lazily).
+
+The first host key a run sees is recorded with the run; every later connection refuses any other
+key (paramiko ``RejectPolicy`` with the pinned key as the only known host). ``wait_for_ssh``
+retries until the VM's sshd answers. File reads go over SFTP from a byte offset, so a follower
+that loses its connection resumes exactly where it stopped: no line lost or doubled.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shlex
+import socket
+import time
+from dataclasses import replace
+from typing import Any
+
+from providers.base import ProviderError, SshTarget
+
+
+class HostKeyMismatch(ProviderError):
+    pass
+
+
+class SshUnavailable(ProviderError):
+    pass
+
+
+def _paramiko() -> Any:
+    try:
+        import paramiko
+    except ImportError:  # pragma: no cover - depends on the extra
+        raise ProviderError("SSH needs paramiko: pip install 'dqlctl[aws]' "
+                            "(or [gcp] / [azure])") from None
+    return paramiko
+
+
+def _key_line(key: Any) -> str:
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+class SshSession:
+    """One SSH connection to ``target``; ``host_key`` is the pinned key after ``connect``."""
+
+    def __init__(self, target: SshTarget, connect_timeout: float = 10.0) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self.host_key: str | None = target.host_key
+        self._client: Any = None
+        self._sftp: Any = None
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def connect(self) -> SshSession:
+        paramiko = _paramiko()
+        client = paramiko.SSHClient()
+        hostname = (self.target.host if self.target.port == 22
+                    else f"[{self.target.host}]:{self.target.port}")
+        if self.host_key:
+            kind, _, blob = self.host_key.partition(" ")
+            key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob.split()[0]))
+            client.get_host_keys().add(hostname, kind, key)
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        else:
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # first key: pin it
+        pkey = paramiko.Ed25519Key.from_private_key_file(self.target.key_path)
+        try:
+            client.connect(self.target.host, port=self.target.port,
+                           username=self.target.username, pkey=pkey,
+                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout, allow_agent=False,
+                           look_for_keys=False)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyMismatch(
+                f"host key of {self.target.host}:{self.target.port} changed (expected the key "
+                f"pinned at first contact, got {exc.key.get_name()}); refusing to connect") from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyMismatch(
+                    f"host key of {self.target.host}:{self.target.port} does not match the "
+                    "pinned key; refusing to connect") from None
+            raise SshUnavailable(f"ssh {self.target.host}:{self.target.port}: {exc}") from None
+        except (OSError, EOFError) as exc:
+            client.close()
+            raise SshUnavailable(f"ssh {self.target.host}:{self.target.port}: {exc}") from None
+        transport = client.get_transport()
+        transport.set_keepalive(15)
+        self.host_key = _key_line(transport.get_remote_server_key())
+        self._client = client
+        return self
+
+    @property
+    def connected(self) -> bool:
+        t = self._client.get_transport() if self._client else None
+        return bool(t and t.is_active())
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel
+                pass
+            self._sftp = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> SshSession:
+        if self._client is None:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sftp(self) -> Any:
+        if self._sftp is None:
+            self._sftp = self._client.open_sftp()
+        return self._sftp
+
+    # -- commands and files ----------------------------------------------------------------------
+
+    def run(self, command: str, timeout: float | None = 120.0,
+            stdin_data: bytes | None = None) -> tuple[int, str, str]:
+        """Run ``command`` (a shell string) to completion: (exit code, stdout, stderr)."""
+        stdin, stdout, stderr = self._client.exec_command(command, timeout=timeout)
+        if stdin_data is not None:
+            stdin.write(stdin_data)
+            stdin.channel.shutdown_write()
+        out = stdout.read().decode("utf-8", errors="replace")
+        err = stderr.read().decode("utf-8", errors="replace")
+        return stdout.channel.recv_exit_status(), out, err
+
+    def check(self, command: str, what: str, timeout: float | None = 600.0) -> str:
+        code, out, err = self.run(command, timeout=timeout)
+        if code != 0:
+            detail = (err.strip() or out.strip()).splitlines()[-1:] or [f"exit {code}"]
+            raise ProviderError(f"{what} failed on {self.target.host}: {detail[0]}")
+        return out
+
+    def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
+        """Write a file atomically (temp + rename), created with ``mode`` before any byte lands."""
+        sftp = self.sftp()
+        tmp = f"{remote_path}.tmp"
+        with sftp.open(tmp, "wb") as fh:
+            fh.chmod(mode)
+            fh.write(data)
+        sftp.posix_rename(tmp, remote_path)
+
+    def read_from(self, remote_path: str, offset: int, limit: int = 4 * 2**20) -> bytes:
+        """Bytes of a remote file from ``offset`` (b"" when it does not exist yet)."""
+        sftp = self.sftp()
+        try:
+            with sftp.open(remote_path, "rb") as fh:
+                fh.seek(offset)
+                return fh.read(limit)
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 2:
+                return b""
+            raise
+
+    def exists(self, remote_path: str) -> bool:
+        try:
+            self.sftp().stat(remote_path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 2:
+                return False
+            raise
+        return True
+
+    def get_tree(self, remote_dir: str) -> dict[str, bytes]:
+        """Every file under ``remote_dir`` (relative path -> bytes); for collecting results."""
+        import stat as st
+
+        sftp = self.sftp()
+        out: dict[str, bytes] = {}
+
+        def walk(path: str, rel: str) -> None:
+            for entry in sftp.listdir_attr(path):
+                child, child_rel = f"{path}/{entry.filename}", f"{rel}{entry.filename}"
+                if st.S_ISDIR(entry.st_mode):
+                    walk(child, child_rel + "/")
+                elif st.S_ISREG(entry.st_mode):
+                    buf = io.BytesIO()
+                    sftp.getfo(child, buf)
+                    out[child_rel] = buf.getvalue()
+
+        walk(remote_dir, "")
+        return out
+
+
+def wait_for_ssh(target: SshTarget, timeout: float = 600.0, interval: float = 2.0) -> SshSession:
+    """Connect as soon as the VM's sshd answers (a fresh VM takes a minute); pins the key."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((target.host, target.port), timeout=5):
+                pass
+            return SshSession(target).connect()
+        except HostKeyMismatch:
+            raise
+        except (OSError, ProviderError) as exc:
+            last = exc
+        time.sleep(interval)
+    raise SshUnavailable(f"ssh {target.host}:{target.port} did not answer within {timeout:.0f} s"
+                         f" ({last})")
+
+
+def pinned(target: SshTarget, host_key: str | None) -> SshTarget:
+    return replace(target, host_key=host_key)
+
+
+def q(value: str) -> str:
+    return shlex.quote(value)

@@ -1,0 +1,217 @@
+"""AWS end to end on real stand-ins: moto server for EC2/IAM/SSM, a real OpenSSH server as the VM.
+
+The VM stand-in trusts the key pairs registered with (moto's) EC2, as cloud-init does on a real
+instance: its sshd asks for authorized keys with ``AuthorizedKeysCommand``, which lists the key
+pairs' public keys through boto3. dqlctl reaches it through the documented test hook
+``[providers.aws] ssh_host_override`` in its config file. Runs use ``--runtime native``: the
+engine's code is shipped over SFTP and runs under the VM's Python.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from dqlctl import registry as reg
+from dqlctl import runs
+from dqlctl.cli import main
+from dqlctl.context import Context
+from tests.servers import free_port, moto_reset, wait_tcp
+
+ROOT = Path(__file__).resolve().parents[1]
+CIDR = "198.51.100.7/32"
+SECRET = "123456:telegram-secret-token-do-not-leak"
+
+
+@pytest.fixture()
+def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    moto_reset(moto_server)
+    for key, value in {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    yield moto_server
+
+
+@pytest.fixture()
+def vm(aws: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """An sshd that trusts the key pairs EC2 knows: the VM an instance stands for."""
+    keys_dir = Path("/run") / f"dqlctl-test-{uuid.uuid4().hex[:8]}"  # root-owned path
+    keys_dir.mkdir(mode=0o755)
+    script = keys_dir / "authorized_keys.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"exec env AWS_ENDPOINT_URL={aws} AWS_ACCESS_KEY_ID=testing "
+        f"AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 {sys.executable} -c "
+        "\"import boto3\nfor k in boto3.client('ec2').describe_key_pairs("
+        "IncludePublicKey=True)['KeyPairs']: print(k.get('PublicKey', '').strip())\"\n")
+    script.chmod(0o755)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(keys_dir / "host_ed25519")], check=True)
+    port = free_port()
+    config = keys_dir / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys_dir}/host_ed25519\n"
+        "PidFile none\nAuthorizedKeysFile none\nStrictModes no\nUsePAM no\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "Subsystem sftp internal-sftp\n"
+        f"AuthorizedKeysCommand {script}\nAuthorizedKeysCommandUser root\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_tcp("127.0.0.1", port)
+    root = tmp_path / "vm-disk"
+    root.mkdir()
+    try:
+        yield {"port": port, "pid": sshd.pid, "root": root}
+    finally:
+        sshd.terminate()
+        sshd.wait(timeout=10)
+        for child in keys_dir.iterdir():
+            child.unlink()
+        keys_dir.rmdir()
+
+
+@pytest.fixture()
+def home(tmp_path: Path, vm: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dqlctl-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        "[providers.aws]\n"
+        f'ssh_host_override = "127.0.0.1:{vm["port"]}"\n'
+        'ssh_user = "root"\n'
+        f'remote_root = "{vm["root"]}"\n'
+        f'remote_python = "{sys.executable}"\n'
+        "ready_timeout = 60\n")
+    monkeypatch.setenv("DQLCTL_HOME", str(home))
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
+    return home
+
+
+def ami() -> str:
+    return boto3.client("ec2").describe_images()["Images"][0]["ImageId"]
+
+
+def launch_args(*extra: str) -> list[str]:
+    return ["launch", "--provider", "aws", "--gpu", "T4:1", "--data", "test_small.csv",
+            "--agent-type", "dql", "--command", "train", "--ssh-cidr", CIDR,
+            "--image-id", ami(), *extra, "--", "--n_envs", "4"]
+
+
+def leftovers(run_id: str) -> dict[str, list[str]]:
+    ec2, iam = boto3.client("ec2"), boto3.client("iam")
+    live = [i["InstanceId"] for r in ec2.describe_instances(
+        Filters=[{"Name": "tag:dqlctl:run", "Values": [run_id]}])["Reservations"]
+        for i in r["Instances"] if i["State"]["Name"] != "terminated"]
+    return {
+        "instances": live,
+        "key_pairs": [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]
+                      if k["KeyName"].startswith("dqlctl-")],
+        "security_groups": [g["GroupName"] for g in ec2.describe_security_groups()
+                            ["SecurityGroups"] if g["GroupName"].startswith("dqlctl-")],
+        "profiles": [p["InstanceProfileName"] for p in iam.list_instance_profiles()
+                     ["InstanceProfiles"] if p["InstanceProfileName"].startswith("dqlctl-")],
+        "roles": [r["RoleName"] for r in iam.list_roles()["Roles"]
+                  if r["RoleName"].startswith("dqlctl-")],
+    }
+
+
+NOTHING = {"instances": [], "key_pairs": [], "security_groups": [], "profiles": [], "roles": []}
+
+
+def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any]) -> None:
+    ctx = Context(home=home)
+    assert main(launch_args("--episodes", "2", "--name", "e2e", "--json"), ctx=ctx) == 0
+    ctx = Context(home=home)
+    (run,) = ctx.registry.list()
+    assert run.state == reg.RUNNING, run.reason
+    # security while it runs: port 22 from the given address only; the role names no bucket
+    ec2 = boto3.client("ec2")
+    (group,) = ec2.describe_security_groups(
+        Filters=[{"Name": "tag:dqlctl:run", "Values": [run.id]}])["SecurityGroups"]
+    assert [(p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]])
+            for p in group["IpPermissions"]] == [(22, [CIDR])]
+    policy = boto3.client("iam").get_role_policy(RoleName=f"dqlctl-{run.id}",
+                                                  PolicyName="run-bucket")["PolicyDocument"]
+    assert all(s["Effect"] == "Deny" for s in policy["Statement"])
+    inst = boto3.client("ec2").describe_instances(InstanceIds=run.instance_ids)
+    raw = inst["Reservations"][0]["Instances"][0]
+    assert raw.get("InstanceLifecycle") == "spot" and raw["InstanceType"] == "g4dn.xlarge"
+    assert run.instance["extra"]["host_key"].startswith("ssh-ed25519 ")
+
+    final = runs.follow(ctx, run)
+    assert final.state == reg.SUCCEEDED, final.reason
+    # results came home from the VM
+    events = (Path(final.results_uri) / "events.jsonl").read_text().splitlines()
+    kinds = [json.loads(x)["event"] for x in events]
+    assert kinds.count("episode") == 2 and kinds[-1] == "finished"
+    assert leftovers(run.id) == NOTHING
+    # the secret reached the VM only as a 0600 file, never a command line, log or registry row
+    workdir = Path(final.instance["extra"]["workdir"])
+    assert oct((workdir / "secrets.env").stat().st_mode & 0o777) == "0o600"
+    assert SECRET not in (workdir / "engine.log").read_text()
+    assert SECRET.encode() not in (home / "registry.db").read_bytes()
+    assert SECRET not in json.dumps(final.to_dict())
+
+
+def test_follow_survives_a_dropped_connection(home: Path, vm: dict[str, Any]) -> None:
+    ctx = Context(home=home)
+    assert main(launch_args("--episodes", "40", "--name", "drop"), ctx=ctx) == 0
+    run = Context(home=home).registry.list()[0]
+    seen: list[str] = []
+    dropped = threading.Event()
+
+    def on_event(ev: dict[str, Any]) -> None:
+        if ev["event"] == "episode" and not dropped.is_set():
+            # kill the sshd processes serving our connection (not the listener): the link drops
+            children = subprocess.run(["pgrep", "-P", str(vm["pid"])], capture_output=True,
+                                      text=True).stdout.split()
+            for pid in children:
+                os.kill(int(pid), signal.SIGKILL)
+            dropped.set()
+
+    ctx = Context(home=home)
+    final = runs.follow(ctx, run, on_event=on_event, on_log=seen.append)
+    assert dropped.is_set()
+    assert final.state == reg.SUCCEEDED, final.reason
+    log = (Path(final.instance["extra"]["workdir"]) / "engine.log").read_text()
+    assert seen == log.splitlines()  # nothing lost, nothing doubled
+    assert leftovers(run.id) == NOTHING
+
+
+def test_failed_bootstrap_still_tears_everything_down(home: Path, vm: dict[str, Any]) -> None:
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace(f'remote_python = "{sys.executable}"',
+                                                 'remote_python = "/nonexistent/python3"'))
+    ctx = Context(home=home)
+    code = main(launch_args("--episodes", "2", "--name", "broken"), ctx=ctx)
+    assert code == 3
+    (run,) = Context(home=home).registry.list()
+    assert run.state == reg.FAILED and "cannot run the engine" in run.reason
+    assert leftovers(run.id) == NOTHING
+
+
+def test_dry_run_creates_nothing_and_no_credentials_is_exit_3(
+        home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(launch_args("--dry-run"), ctx=Context(home=home)) == 0
+    out = capsys.readouterr().out
+    assert "g4dn.xlarge" in out and CIDR in out and "spot" in out
+    assert leftovers("none") == NOTHING and Context(home=home).registry.list() == []
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "none"))
+    assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
+    err = capsys.readouterr().err
+    assert "no AWS credentials" in err and "AWS_ACCESS_KEY_ID" in err
