@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ps", help="list runs")
     p.add_argument("-a", "--all", action="store_true", help="include finished runs")
+    p.add_argument("--orphans", action="store_true",
+                   help="instances tagged by dqlctl that no live run owns")
+    p.add_argument("--provider", action="append", help="with --orphans: only these providers")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("show", help="one run in detail")
@@ -92,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--tail", type=int, help="only the last N lines")
 
     p = sub.add_parser("down", help="stop a run and release its machine")
-    p.add_argument("run", metavar="RUN")
+    p.add_argument("run", metavar="RUN", nargs="?")
+    p.add_argument("--orphans", action="store_true",
+                   help="terminate every instance tagged by dqlctl that no live run owns")
+    p.add_argument("--provider", action="append", help="with --orphans: only these providers")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask")
 
     p = sub.add_parser("check", help="what each provider needs and whether it is there")
@@ -261,9 +267,23 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
     return runs.run_exit_code(run)
 
 
+def _orphan_rows(instances: list[Any]) -> str:
+    rows = [[i.provider, i.instance_id, i.tags.get("dqlctl:run", "-"), i.state,
+             i.region or "-", i.instance_type or "-"] for i in instances]
+    return render_table(rows, ("PROVIDER", "INSTANCE", "RUN", "STATE", "REGION", "TYPE"))
+
+
 def cmd_ps(ctx: Any, args: argparse.Namespace) -> int:
     from dqlctl import runs
 
+    if args.orphans:
+        found = runs.orphans(ctx, args.provider, warn=lambda m: print(f"warning: {m}",
+                                                                      file=ctx.stderr))
+        if args.json:
+            print(json.dumps([i.to_dict() for i in found], indent=2), file=ctx.stdout)
+        else:
+            print(_orphan_rows(found) if found else "no orphaned instances", file=ctx.stdout)
+        return 0
     runs.reconcile_all(ctx)
     rows = ctx.registry.list(include_terminal=args.all)
     now = ctx.clock()
@@ -344,6 +364,19 @@ def cmd_logs(ctx: Any, args: argparse.Namespace) -> int:
 def cmd_down(ctx: Any, args: argparse.Namespace) -> int:
     from dqlctl import runs
 
+    if args.orphans:
+        found = runs.orphans(ctx, args.provider)
+        if not found:
+            print("no orphaned instances", file=ctx.stdout)
+            return 0
+        if not args.yes:
+            raise DqlctlError(f"{len(found)} orphaned instance(s); add --yes to terminate them "
+                              "(`dqlctl ps --orphans` lists them)")
+        for inst_id in runs.down_orphans(ctx, found):
+            print(f"terminated {inst_id}", file=ctx.stdout)
+        return 0
+    if not args.run:
+        raise DqlctlError("name a RUN to stop (or --orphans)")
     run = runs.reconcile(ctx, _resolve(ctx, args.run))
     if not run.terminal and not args.yes:
         if not sys.stdin.isatty():
@@ -427,10 +460,12 @@ def main(argv: list[str] | None = None, ctx: Any = None) -> int:
             raise
         from providers.base import ProviderError
 
-        code = EXIT_PROVIDER if isinstance(exc, ProviderError) else 1
+        if isinstance(exc, ProviderError):
+            print(f"dqlctl: error: {exc}", file=ctx.stderr)
+            return EXIT_PROVIDER
         print(f"dqlctl: error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
               file=ctx.stderr)
-        return code
+        return 1
     finally:
         ctx.close()
 

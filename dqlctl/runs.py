@@ -475,6 +475,41 @@ def down(ctx: Context, run: Run) -> Run:
     return registry.get(run.id)
 
 
+def orphans(ctx: Context, provider_names: list[str] | None = None,
+            warn: Callable[[str], None] | None = None) -> list[Instance]:
+    """Instances tagged by dqlctl that no live run owns (they cost money).
+
+    A provider that cannot be asked (no credentials, say) is reported through ``warn``.
+    """
+    names = provider_names or sorted({"local"} | {r.provider for r in ctx.registry.list()})
+    found: list[Instance] = []
+    for name in names:
+        try:
+            instances = ctx.provider(name).list_instances({"dqlctl:run": None})
+        except ProviderError as exc:
+            if warn is None:
+                raise
+            warn(f"{name}: not checked ({exc})")
+            continue
+        for inst in instances:
+            run_id = inst.tags.get("dqlctl:run")
+            try:
+                run = ctx.registry.get(run_id) if run_id else None
+            except reg.RegistryError:
+                run = None
+            if run is None or run.terminal:
+                found.append(inst)
+    return found
+
+
+def down_orphans(ctx: Context, instances: list[Instance]) -> list[str]:
+    done = []
+    for inst in instances:
+        ctx.provider(inst.provider).terminate(inst)
+        done.append(inst.instance_id)
+    return done
+
+
 def run_exit_code(run: Run) -> int:
     """What `launch --follow` returns: 0 succeeded, 2 the engine refused its input, else 1."""
     if run.state == reg.SUCCEEDED:

@@ -414,7 +414,8 @@ class AwsProvider:
 
     def list_instances(self, tag: dict[str, str]) -> list[Instance]:
         ec2 = self._client("ec2")
-        filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in tag.items()]
+        filters = [{"Name": f"tag:{k}", "Values": [v]} if v is not None
+                   else {"Name": "tag-key", "Values": [k]} for k, v in tag.items()]
         filters.append({"Name": "instance-state-name",
                         "Values": ["pending", "running", "stopping", "stopped"]})
         out = []

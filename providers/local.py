@@ -181,8 +181,10 @@ class LocalProvider:
         return instance
 
     def list_instances(self, tag: dict[str, str]) -> list[Instance]:
-        """Supervisors on this machine whose command line carries every ``tag``."""
-        wanted = {f"--tag={k}={v}" for k, v in tag.items()}
+        """Supervisors on this machine whose command line carries every ``tag`` (a None value
+        matches any value)."""
+        wanted = {f"--tag={k}={v}" for k, v in tag.items() if v is not None}
+        keys = [f"--tag={k}=" for k, v in tag.items() if v is None]  # None: any value
         found = []
         for entry in Path("/proc").glob("[0-9]*"):
             try:
@@ -191,6 +193,8 @@ class LocalProvider:
                 continue
             args = [a.decode(errors="replace") for a in argv if a]
             if "providers.local_supervisor" not in args or not wanted.issubset(args):
+                continue
+            if not all(any(a.startswith(k) for a in args) for k in keys):
                 continue
             pid = int(entry.name)
             tags = dict(a[len("--tag="):].split("=", 1) for a in args if a.startswith("--tag="))
