@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add verbs (see build_parser); each sets `func=cmd(ctx, args) -> int` as default.
-VERB_MODULES: tuple[str, ...] = ("dqlctl.image_cmd",)
+VERB_MODULES: tuple[str, ...] = ("dqlctl.image_cmd", "dqlctl.cost_cmd")
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
     run = runs.launch(ctx, req, on_state=on_state)
     if not args.follow:
         if args.json:
-            print(json.dumps(runs.run_summary(run, ctx.clock()), indent=2), file=ctx.stdout)
+            print(json.dumps(runs.run_summary(ctx, run, ctx.clock()), indent=2), file=ctx.stdout)
         else:
             print(f"launched run {run.id} ({run.name}); follow it with: dqlctl logs -f {run.id}",
                   file=ctx.stdout)
@@ -255,7 +255,7 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
               f"`dqlctl down {run.id}` to stop it.", file=ctx.stderr)
         return 130
     if args.json:
-        print(json.dumps(runs.run_summary(run, ctx.clock()), indent=2), file=ctx.stdout)
+        print(json.dumps(runs.run_summary(ctx, run, ctx.clock()), indent=2), file=ctx.stdout)
     else:
         if run.state != "SUCCEEDED":
             tail = runs.log_tail(ctx, run, 10)
@@ -288,14 +288,14 @@ def cmd_ps(ctx: Any, args: argparse.Namespace) -> int:
     rows = ctx.registry.list(include_terminal=args.all)
     now = ctx.clock()
     if args.json:
-        print(json.dumps([runs.run_summary(r, now) for r in rows], indent=2), file=ctx.stdout)
+        print(json.dumps([runs.run_summary(ctx, r, now) for r in rows], indent=2), file=ctx.stdout)
         return 0
     if not rows:
         hint = "" if args.all else " (`dqlctl ps --all` shows finished ones)"
         print(f"no runs{hint}", file=ctx.stdout)
         return 0
     table = [[r.id, r.name, r.provider, r.state, _progress(r), runs.fmt_duration(now - r.created_at),
-              f"${runs._cost(r, now):.2f}", _result(r)] for r in rows]
+              f"${runs.run_cost(ctx, r, now):.2f}", _result(r)] for r in rows]
     print(render_table(table, PS_COLUMNS), file=ctx.stdout)
     return 0
 
@@ -315,7 +315,7 @@ def cmd_show(ctx: Any, args: argparse.Namespace) -> int:
     run = runs.reconcile(ctx, _resolve(ctx, args.run))
     now = ctx.clock()
     if args.json:
-        data = runs.run_summary(run, now)
+        data = runs.run_summary(ctx, run, now)
         data["events"] = ctx.registry.events(run.id)
         print(json.dumps(data, indent=2), file=ctx.stdout)
         return 0
@@ -325,7 +325,7 @@ def cmd_show(ctx: Any, args: argparse.Namespace) -> int:
               ("instance", ", ".join(run.instance_ids) or "-"),
               ("instance type", run.instance_type), ("spot", "yes" if run.spot else "no"),
               ("age", runs.fmt_duration(now - run.created_at)), ("progress", _progress(run)),
-              ("cost", f"${runs._cost(run, now):.4f}"), ("results", run.results_uri),
+              ("cost", f"${runs.run_cost(ctx, run, now):.4f}"), ("results", run.results_uri),
               ("reason", run.reason)]
     for key, value in fields:
         if value not in (None, ""):

@@ -167,7 +167,7 @@ def launch(ctx: Context, req: LaunchRequest,
         instance = provider.launch(spec)
         registry.update(run_id, instance=instance.to_dict(), instance_ids=[instance.instance_id],
                         region=instance.region, instance_type=instance.instance_type,
-                        spot=instance.spot)
+                        spot=instance.spot, price_per_hour=_price_for(ctx, provider, instance))
         step(reg.BOOTSTRAPPING)
         instance = provider.wait_ready(instance)
         registry.update(run_id, instance=instance.to_dict())
@@ -289,11 +289,30 @@ def _events(lines: list[str]) -> list[dict[str, Any]]:
     return [e for e in (parse_event_line(x) for x in lines) if e]
 
 
-def _cost(run: Run, now: float) -> float:
-    if not run.price_per_hour or not run.started_at:
+def run_cost(ctx: Context, run: Run, now: float | None = None) -> float:
+    """What the run has cost: the hours it held a machine (from its state events) at its $/h."""
+    if not run.price_per_hour:
         return run.cost_usd
-    end = run.ended_at or now
-    return round(run.price_per_hour * max(0.0, end - run.started_at) / 3600.0, 4)
+    from providers.prices.estimate import accrued_cost, billable_intervals
+
+    now = ctx.clock() if now is None else now
+    intervals = billable_intervals(ctx.registry.events(run.id), now)
+    return round(accrued_cost(intervals, run.price_per_hour), 4)
+
+
+def _price_for(ctx: Context, provider: Any, inst: Instance) -> float | None:
+    """The $/h a new instance costs: the provider's own figure (local: 0 or configured), else
+    the price catalog (live cache first)."""
+    own = getattr(provider, "price_per_hour", None)
+    if own is not None:
+        return float(own)
+    if not inst.instance_type or not inst.region:
+        return None
+    from providers.prices.estimate import lookup
+
+    offer = lookup(inst.provider, inst.instance_type, inst.region, spot=inst.spot,
+                   home=ctx.home)
+    return offer.price_per_hour if offer is not None else None
 
 
 def _last_log_line(handle: JobHandle) -> str | None:
@@ -338,7 +357,7 @@ def finish_if_ended(ctx: Context, run: Run, handle: JobHandle | None = None) -> 
                 if not run.spec.get("extra", {}).get("keep"):
                     provider.terminate(inst)
                 registry.transition(run.id, reg.SUCCEEDED, expect={reg.COLLECTING},
-                                    cost_usd=_cost(run, ctx.clock()))
+                                    cost_usd=run_cost(ctx, registry.get(run.id)))
         else:
             if not reason:
                 reason = (f"engine exited with code {code}" if code is not None
@@ -348,7 +367,7 @@ def finish_if_ended(ctx: Context, run: Run, handle: JobHandle | None = None) -> 
                     reason += f": {last}"
             provider.terminate(inst)
             registry.transition(run.id, reg.FAILED, expect={reg.RUNNING, reg.COLLECTING},
-                                reason=reason, exit_code=code, cost_usd=_cost(run, ctx.clock()))
+                                reason=reason, exit_code=code, cost_usd=run_cost(ctx, registry.get(run.id)))
         return registry.get(run.id)
     finally:
         if own:
@@ -465,7 +484,7 @@ def down(ctx: Context, run: Run) -> Run:
         # record the intent first: a crash mid-teardown leaves CANCELLED + a live instance that
         # `ps --orphans` still shows (tagged), never a RUNNING row with nothing behind it.
         registry.transition(run.id, reg.CANCELLED, reason="stopped by `dqlctl down`",
-                            cost_usd=_cost(run, ctx.clock()))
+                            cost_usd=run_cost(ctx, registry.get(run.id)))
     if inst is not None:
         try:
             provider.terminate(inst)
@@ -519,11 +538,11 @@ def run_exit_code(run: Run) -> int:
     return 1
 
 
-def run_summary(run: Run, now: float | None = None) -> dict[str, Any]:
+def run_summary(ctx: Context, run: Run, now: float | None = None) -> dict[str, Any]:
     """The JSON shape of a run for `ps --json` and `show --json`."""
-    now = now if now is not None else time.time()
+    now = now if now is not None else ctx.clock()
     data = run.to_dict()
-    data["cost_usd"] = _cost(run, now)
+    data["cost_usd"] = run_cost(ctx, run, now)
     data["age_s"] = round(now - run.created_at, 1)
     return data
 

@@ -91,8 +91,10 @@ class LocalProvider:
     name = "local"
     capabilities = frozenset({Capability.LOCAL_JOB, Capability.CONTAINER})
 
-    def __init__(self, python: str | None = None, home: str | None = None) -> None:
+    def __init__(self, python: str | None = None, home: str | None = None,
+                 price_per_hour: float = 0.0) -> None:
         self.python = python or sys.executable
+        self.price_per_hour = price_per_hour  # what this machine costs you ([providers.local])
 
     # -- verbs -----------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
-from tests.servers import free_port, moto_reset, wait_tcp
+from tests.servers import free_port, wait_tcp
 
 ROOT = Path(__file__).resolve().parents[1]
 CIDR = "198.51.100.7/32"
@@ -35,24 +35,14 @@ SECRET = "123456:telegram-secret-token-do-not-leak"
 
 
 @pytest.fixture()
-def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    moto_reset(moto_server)
-    for key, value in {"AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    yield moto_server
-
-
-@pytest.fixture()
-def vm(aws: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+def vm(aws_env: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """An sshd that trusts the key pairs EC2 knows: the VM an instance stands for."""
     keys_dir = Path("/run") / f"dqlctl-test-{uuid.uuid4().hex[:8]}"  # root-owned path
     keys_dir.mkdir(mode=0o755)
     script = keys_dir / "authorized_keys.sh"
     script.write_text(
         "#!/bin/sh\n"
-        f"exec env AWS_ENDPOINT_URL={aws} AWS_ACCESS_KEY_ID=testing "
+        f"exec env AWS_ENDPOINT_URL={aws_env} AWS_ACCESS_KEY_ID=testing "
         f"AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 {sys.executable} -c "
         "\"import boto3\nfor k in boto3.client('ec2').describe_key_pairs("
         "IncludePublicKey=True)['KeyPairs']: print(k.get('PublicKey', '').strip())\"\n")

@@ -1,0 +1,311 @@
+"""``dqlctl cost``: what a run would cost on each cloud, and what runs did cost.
+
+    dqlctl cost --gpu A100 --hours 10                 offers on every cloud, cheapest first
+    dqlctl cost --gpu T4:1 --on-demand --region us-east-1 --json
+    dqlctl cost --gpu A100 --data-gb 200 --data-from s3   adds egress out of S3 to other clouds
+    dqlctl cost --refresh --gpu A100                  live prices first (cached in the data dir)
+    dqlctl cost --runs                                spend per provider and month, from runs
+
+The figures come from ``providers.prices`` (the same estimate launch and the TUI use); this
+module only renders them. Standard library only at import time.
+Exit codes: 0; 2 bad input or nothing matches; 3 a refresh failed (offers are still printed,
+from the prices kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from dqlctl.errors import EXIT_PROVIDER, EXIT_USAGE, DqlctlError
+
+EPILOG = """\
+examples:
+  dqlctl cost --gpu A100 --hours 10
+  dqlctl cost --gpu T4:1 --provider aws --on-demand
+  dqlctl cost --gpu A100:8 --hours 24 --data-gb 500 --data-from gs
+  dqlctl cost --refresh --gpu L4
+  dqlctl cost --runs
+
+estimate = hours x $/h x (1 + interruption overhead) + egress. The overhead (spot) is the work
+lost per interruption (half a checkpoint interval + 6 min to restart) times the interruption
+rate of the offer's band (AWS spot advisor, Azure eviction rate) where one is known; '*' marks
+estimates without it. Egress is charged when --data-from is another cloud than the offer's.
+Live prices are cached in $DQLCTL_HOME/prices/; prices older than 3 days are marked stale.
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("cost", help="GPU offers and run cost estimates; spend per run",
+                       description="Offers across AWS, GCP and Azure cheapest first, with "
+                                   "on-demand, spot, saving\nand the estimate for a run; or "
+                                   "(--runs) what runs cost, by provider and month.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu", help="GPU model and optional count, e.g. A100 (any count) or A100:8")
+    p.add_argument("--instance-type", help="one instance type (also shows retired types)")
+    p.add_argument("--provider", help="aws, gcp or azure (default: all three)")
+    p.add_argument("--region", help="one region, e.g. us-east-1, us-central1, eastus")
+    p.add_argument("--hours", type=float, default=1.0, help="hours of work (default 1)")
+    cap = p.add_mutually_exclusive_group()
+    cap.add_argument("--spot", dest="spot", action="store_true", default=True,
+                     help="estimate on spot prices (default)")
+    cap.add_argument("--on-demand", dest="spot", action="store_false",
+                     help="estimate on on-demand prices")
+    p.add_argument("--data-gb", type=float, default=0.0,
+                   help="dataset size in GB moved to the run's machine")
+    p.add_argument("--data-from", choices=("s3", "gs", "az"),
+                   help="where the dataset lives: egress is added for offers on other clouds")
+    p.add_argument("--checkpoint-min", type=float, default=15.0,
+                   help="minutes between checkpoints, for the interruption overhead (default 15)")
+    p.add_argument("--refresh", action="store_true",
+                   help="read live prices first (AWS, Azure, GCP price APIs) into the cache")
+    p.add_argument("--limit", type=int, default=0, help="show only the N cheapest offers")
+    p.add_argument("--runs", action="store_true",
+                   help="what runs cost, by provider and month (from the run registry)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cost)
+
+
+# -- offers ----------------------------------------------------------------------------------------
+
+
+def _request(args: argparse.Namespace) -> Any:
+    from providers.prices.estimate import PriceRequest
+
+    if args.hours <= 0:
+        raise DqlctlError(f"--hours must be more than 0, got {args.hours:g}", EXIT_USAGE)
+    if args.data_gb < 0:
+        raise DqlctlError(f"--data-gb must not be negative, got {args.data_gb:g}", EXIT_USAGE)
+    if args.data_gb and not args.data_from:
+        raise DqlctlError("--data-gb needs --data-from s3|gs|az (where the data lives)",
+                          EXIT_USAGE)
+    if args.checkpoint_min <= 0:
+        raise DqlctlError("--checkpoint-min must be more than 0", EXIT_USAGE)
+    if args.limit < 0:
+        raise DqlctlError("--limit must be 0 (all) or more", EXIT_USAGE)
+    return PriceRequest(gpu=args.gpu, instance_type=args.instance_type, provider=args.provider,
+                        region=args.region, hours=args.hours, spot=args.spot,
+                        data_gb=args.data_gb, data_from=args.data_from,
+                        checkpoint_interval_h=args.checkpoint_min / 60.0)
+
+
+def fmt_price(value: float | None) -> str:
+    """A $/h as the catalog writes it: up to 6 decimals, no trailing zeros; '-' when unknown."""
+    if value is None:
+        return "-"
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return text if text else "0"
+
+
+def _interrupt(offer: Any) -> str:
+    if not offer.spot:
+        return "-"
+    band = offer.extra.get("interruption_band")
+    overhead = offer.extra["estimate"]["overhead_frac"]
+    if not band or overhead is None:
+        return "?"
+    return f"{band} +{100 * overhead:.2g}%"
+
+
+def _age(offer: Any) -> str:
+    from providers.prices.catalog import fmt_age
+
+    x = offer.extra
+    text = f"{x['price_source']} {fmt_age(x['price_age_s'])}"
+    return text + (" STALE" if x["stale"] else "")
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
+def render_offers(q: Any, limit: int = 0) -> str:
+    from dqlctl.cli import render_table
+
+    req = q.request
+    shown = q.offers[:limit] if limit else q.offers
+    egress = bool(req.data_gb)
+    headers = ["PROVIDER", "REGION", "INSTANCE TYPE", "GPUS", "VCPUS", "MEM GiB",
+               "ON-DEMAND $/H", "SPOT $/H", "SAVING", "INTERRUPTIONS"]
+    headers += ["EGRESS"] if egress else []
+    headers += ["ESTIMATE", "PRICE AGE"]
+    rows = []
+    starred = False
+    for o in shown:
+        est = o.extra["estimate"]
+        total = _money(est["total_usd"])
+        if o.spot and est["overhead_frac"] is None and est["total_usd"] is not None:
+            total += "*"
+            starred = True
+        saving = o.extra["saving_pct"]
+        row = [o.provider, o.region, o.instance_type, f"{o.gpu} x{o.gpu_count}", str(o.vcpus),
+               f"{o.memory_gib:g}", fmt_price(o.extra["on_demand"]),
+               fmt_price(o.extra["spot_price"]), "-" if saving is None else f"{saving:.0f}%",
+               _interrupt(o)]
+        row += [_money(est["egress_usd"])] if egress else []
+        row += [total, _age(o)]
+        rows.append(row)
+    kind = "spot" if req.spot else "on-demand"
+    what = req.gpu or req.instance_type or "all GPU types"
+    lines = [f"{what}, {kind}, {req.hours:g} h of work, checkpoint every "
+             f"{req.checkpoint_interval_h * 60:g} min"
+             + (f", {req.data_gb:g} GB from {req.data_from}" if egress else "")]
+    groups: dict[str, list[str]] = {}
+    for provider, f in q.freshness.items():
+        groups.setdefault(_freshness_line(f), []).append(provider)
+    for text, providers in groups.items():
+        lines.append(f"prices ({', '.join(providers)}): {text}")
+    if rows:
+        lines.append(render_table(rows, tuple(headers)))
+    else:
+        from providers.prices.catalog import load_catalog
+
+        gpus = sorted({r.gpu for r in load_catalog()})
+        lines.append("no offers match" + (f" (GPU models in the catalog: {', '.join(gpus)})"
+                                          if req.gpu else ""))
+    if limit and len(q.offers) > limit:
+        lines.append(f"{len(q.offers) - limit} more offers (--limit 0 shows all)")
+    if starred:
+        lines.append("* no interruption overhead in the estimate: the interruption band of "
+                     "that type and region is not known")
+    if egress:
+        from providers.prices.estimate import EGRESS, data_cloud
+
+        cloud = data_cloud(req.data_from) or ""
+        rate = EGRESS[cloud]
+        lines.append(f"egress: {req.data_gb:g} GB out of {cloud} to another cloud at "
+                     f"${rate.usd_per_gb}/GB ({rate.what}; {rate.as_of}); none within {cloud}")
+    if q.hidden:
+        reasons: dict[str, int] = {}
+        for _, why in q.hidden:
+            reasons[why] = reasons.get(why, 0) + 1
+        lines.append("not shown: " + "; ".join(f"{n} {why}" for why, n in reasons.items()))
+    return "\n".join(lines)
+
+
+def _freshness_line(f: dict[str, Any]) -> str:
+    from providers.prices.catalog import fmt_age
+
+    if f["oldest_age_s"] is None:
+        return "none"
+    if f["source"] == "catalog":
+        text = f"bundled catalog of {f['catalog_as_of']}"
+    else:
+        text = f"{f['source']}, cache updated {f.get('cache_updated', '?')}"
+    text += f"; oldest price {fmt_age(f['oldest_age_s'])} old"
+    if f["stale"]:
+        text += ", STALE (`dqlctl cost --refresh` reads live prices)"
+    return text
+
+
+def _refresh(ctx: Any, req: Any) -> list[Any]:
+    from providers.prices import refresh as refresh_mod
+    from providers.prices.catalog import load_catalog
+    from providers.prices.estimate import matching_rows
+
+    rows = matching_rows(req, load_catalog())
+    return refresh_mod.refresh(ctx.home, rows, req.providers(), now=ctx.clock())
+
+
+def cmd_cost(ctx: Any, args: argparse.Namespace) -> int:
+    if args.runs:
+        return _cmd_runs(ctx, args)
+    from providers.prices.estimate import PriceError, quote
+
+    try:
+        req = _request(args)
+        req.providers()
+        req.gpu_filter()
+        results = _refresh(ctx, req) if args.refresh else []
+        q = quote(req, home=ctx.home, now=ctx.clock())
+    except PriceError as exc:
+        raise DqlctlError(str(exc), EXIT_USAGE) from None
+    failed = [r for r in results if not r.ok]
+    if args.json:
+        data = q.to_dict()
+        data["refresh"] = [r.to_dict() for r in results]
+        print(json.dumps(data, indent=2), file=ctx.stdout)
+    else:
+        for r in results:
+            print(("warning: " if not r.ok else "") + r.message, file=ctx.stderr)
+        for w in q.warnings:
+            print(f"warning: {w}", file=ctx.stderr)
+        print(render_offers(q, args.limit), file=ctx.stdout)
+    if failed:
+        return EXIT_PROVIDER
+    return 0 if q.offers else EXIT_USAGE
+
+
+# -- what runs cost --------------------------------------------------------------------------------
+
+
+def run_costs(ctx: Any, now: float) -> list[dict[str, Any]]:
+    """Per run: provider, ``{month: (instance hours, usd)}``; from its billed state intervals at
+    its $/h (or its recorded cost where it has no $/h)."""
+    from providers.prices.estimate import billable_intervals, cost_by_month
+
+    out = []
+    for run in ctx.registry.list(include_terminal=True):
+        intervals = billable_intervals(ctx.registry.events(run.id), now)
+        if not intervals and run.started_at:
+            intervals = [(run.started_at, max(run.started_at, run.ended_at or now))]
+        months = cost_by_month(intervals, run.price_per_hour)
+        if not run.price_per_hour and run.cost_usd:
+            from datetime import UTC, datetime
+
+            d = datetime.fromtimestamp(run.started_at or run.created_at, UTC)
+            month = f"{d.year:04d}-{d.month:02d}"
+            hours = sum(h for h, _ in months.values())
+            months = {month: (hours, float(run.cost_usd))}
+        if not months:
+            from datetime import UTC, datetime
+
+            d = datetime.fromtimestamp(run.created_at, UTC)
+            months = {f"{d.year:04d}-{d.month:02d}": (0.0, 0.0)}
+        out.append({"run": run.id, "provider": run.provider, "months": months})
+    return out
+
+
+def spend_by_month(ctx: Any, now: float) -> list[dict[str, Any]]:
+    """``[{month, provider, runs, instance_hours, cost_usd, run_ids}]``, newest month first; a
+    run that spans a month's end counts in both months."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for rc in run_costs(ctx, now):
+        for month, (hours, usd) in rc["months"].items():
+            cell = table.setdefault((month, rc["provider"]), {
+                "month": month, "provider": rc["provider"], "runs": 0, "instance_hours": 0.0,
+                "cost_usd": 0.0, "run_ids": []})
+            cell["runs"] += 1
+            cell["run_ids"].append(rc["run"])
+            cell["instance_hours"] += hours
+            cell["cost_usd"] += usd
+    rows = sorted(table.values(), key=lambda c: (c["month"], c["provider"]))
+    rows.sort(key=lambda c: c["month"], reverse=True)
+    for c in rows:
+        c["instance_hours"] = round(c["instance_hours"], 4)
+        c["cost_usd"] = round(c["cost_usd"], 4)
+    return rows
+
+
+def _cmd_runs(ctx: Any, args: argparse.Namespace) -> int:
+    from dqlctl.cli import render_table
+
+    rows = spend_by_month(ctx, ctx.clock())
+    if args.provider:
+        rows = [r for r in rows if r["provider"] == args.provider]
+    total = round(sum(r["cost_usd"] for r in rows), 4)
+    if args.json:
+        print(json.dumps({"months": rows, "total_usd": total}, indent=2), file=ctx.stdout)
+        return 0
+    if not rows:
+        print("no runs", file=ctx.stdout)
+        return 0
+    table = [[r["month"], r["provider"], str(r["runs"]), f"{r['instance_hours']:.2f}",
+              f"${r['cost_usd']:,.2f}"] for r in rows]
+    runs = len({rid for r in rows for rid in r["run_ids"]})
+    table.append(["total", "", str(runs),
+                  f"{sum(r['instance_hours'] for r in rows):.2f}", f"${total:,.2f}"])
+    print(render_table(table, ("MONTH", "PROVIDER", "RUNS", "INSTANCE-HOURS", "COST")),
+          file=ctx.stdout)
+    return 0
