@@ -114,6 +114,7 @@ class AwsProvider:
         self.ssh_cidr = ssh_cidr
         self.image_id = image_id
         self.ready_timeout = ready_timeout
+        self._ready_sessions: dict[str, Any] = {}
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -346,6 +347,7 @@ class AwsProvider:
         from providers.ssh import wait_for_ssh
 
         deadline = time.monotonic() + self.ready_timeout
+        interval = 0.25
         while True:
             instance = self.describe(instance)
             if instance.state == "running" and instance.public_ip:
@@ -356,11 +358,12 @@ class AwsProvider:
             if time.monotonic() > deadline:
                 raise ProviderError(f"instance {instance.instance_id} not running after "
                                     f"{self.ready_timeout:.0f} s")
-            time.sleep(2)
+            time.sleep(interval)
+            interval = min(interval * 2, 5.0)
         session = wait_for_ssh(self.ssh_target(instance),
                                timeout=max(10.0, deadline - time.monotonic()))
         instance.extra["host_key"] = session.host_key  # pinned from here on
-        session.close()
+        self._ready_sessions[instance.instance_id] = session  # start_job goes on with it
         return instance
 
     def ssh_target(self, instance: Instance) -> SshTarget:
@@ -379,7 +382,10 @@ class AwsProvider:
         from providers.ssh import SshSession
 
         runtime = "native" if spec.runtime in ("auto", "native") else spec.runtime
-        with SshSession(self.ssh_target(instance)).connect() as session:
+        session = self._ready_sessions.pop(instance.instance_id, None)
+        if session is None or not session.connected:
+            session = SshSession(self.ssh_target(instance)).connect()
+        with session:
             info = start_remote_job(session, spec, root=self.remote_root,
                                     python=self.remote_python, runtime=runtime,
                                     secrets=secrets, image=spec.image)
