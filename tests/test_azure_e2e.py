@@ -1,0 +1,199 @@
+"""Azure end to end: the official azure-mgmt-* clients against a local ARM server, a real sshd as
+the VM.
+
+``tests/fake_azure.py`` answers the ARM REST shapes (long-running operations polled through
+``Azure-AsyncOperation``/``Location``, 404s, ``SkuNotAvailable`` and allocation failures).
+Credentials come through ``DefaultAzureCredential`` as in production: an ``az`` on PATH hands out
+the fake server's token, as ``az login`` would. The VM stand-in trusts the SSH public keys of
+running VMs (its ``AuthorizedKeysCommand`` asks the fake server); dqlctl reaches it through the
+documented test hook ``[providers.azure] ssh_host_override``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dqlctl import registry as reg
+from dqlctl import runs
+from dqlctl.cli import main
+from dqlctl.context import Context
+from providers.base import JobSpec, LaunchSpec
+from tests.fake_azure import FakeAzure, write_fake_az
+from tests.fake_gce import vm_sshd
+
+CIDR = "198.51.100.7/32"
+SECRET = "123456:telegram-secret-token-do-not-leak"
+NOTHING: dict[str, list[str]] = {"groups": [], "resources": [], "role_assignments": []}
+AZURE_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
+             "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE",
+             "AZURE_TOKEN_CREDENTIALS", "IDENTITY_ENDPOINT", "MSI_ENDPOINT")
+
+
+@pytest.fixture()
+def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
+    fake = FakeAzure()
+    fake.start()
+    for key in AZURE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    write_fake_az(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", fake.subscription)
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-cli"))
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture()
+def vm(arm: FakeAzure, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with vm_sshd(tmp_path / "vm-disk", arm.keys_url()) as info:
+        yield info
+
+
+@pytest.fixture()
+def home(tmp_path: Path, arm: FakeAzure, vm: dict[str, Any],
+         monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dqlctl-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        "[providers.azure]\n"
+        f'arm_endpoint = "{arm.url}"\n'
+        f'storage_account_id = "/subscriptions/{arm.subscription}/resourceGroups/data/'
+        'providers/Microsoft.Storage/storageAccounts/dqlctldata"\n'
+        f'ssh_host_override = "127.0.0.1:{vm["port"]}"\n'
+        'ssh_user = "root"\n'
+        f'remote_root = "{vm["root"]}"\n'
+        f'remote_python = "{sys.executable}"\n'
+        "ready_timeout = 60\npoll_interval = 0.05\n")
+    monkeypatch.setenv("DQLCTL_HOME", str(home))
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
+    return home
+
+
+def launch_args(*extra: str) -> list[str]:
+    return ["launch", "--provider", "azure", "--gpu", "T4:1", "--data", "test_small.csv",
+            "--agent-type", "dql", "--command", "train", "--ssh-cidr", CIDR, *extra,
+            "--", "--n_envs", "4"]
+
+
+def test_launch_train_collect_and_tear_down(home: Path, arm: FakeAzure,
+                                            vm: dict[str, Any]) -> None:
+    ctx = Context(home=home)
+    code = main(launch_args("--episodes", "2", "--name", "e2e", "--max-price", "0.35", "--json"),
+                ctx=ctx)
+    assert code == 0
+    ctx = Context(home=home)
+    (run,) = ctx.registry.list()
+    assert run.state == reg.RUNNING, run.reason
+    group = f"dqlctl-{run.id}"
+    assert arm.groups[group.lower()]["tags"] == {"dqlctl-run": run.id}
+    nsg = next(r for r in arm.resources.values()
+               if r["type"] == "Microsoft.Network/networkSecurityGroups")
+    (rule,) = nsg["properties"]["securityRules"]
+    assert {k: rule["properties"][k] for k in ("sourceAddressPrefix", "destinationPortRange",
+                                               "access", "direction", "protocol")} == \
+        {"sourceAddressPrefix": CIDR, "destinationPortRange": "22", "access": "Allow",
+         "direction": "Inbound", "protocol": "Tcp"}
+    props = arm.vm(group, group)["properties"]
+    assert (props["priority"], props["evictionPolicy"], props["billingProfile"]["maxPrice"]) \
+        == ("Spot", "Delete", 0.35)
+    assert props["hardwareProfile"]["vmSize"] == "Standard_NC4as_T4_v3"
+    linux = props["osProfile"]["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True
+    assert linux["ssh"]["publicKeys"][0]["keyData"].startswith("ssh-ed25519 ")
+    assert "identity" not in arm.vm(group, group)        # no container named: no identity
+    assert run.instance["extra"]["host_key"] == vm["host_key"]
+    key = Path(run.instance["extra"]["key_path"])
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert runs.orphans(ctx, ["azure"]) == []
+
+    final = runs.follow(ctx, run)
+    assert final.state == reg.SUCCEEDED, final.reason
+    events = (Path(final.results_uri) / "events.jsonl").read_text().splitlines()
+    kinds = [json.loads(x)["event"] for x in events]
+    assert kinds.count("episode") == 2 and kinds[-1] == "finished"
+    assert arm.leftovers() == NOTHING and not key.exists()
+    workdir = Path(final.instance["extra"]["workdir"])
+    assert SECRET not in (workdir / "engine.log").read_text()
+    assert SECRET.encode() not in (home / "registry.db").read_bytes()
+
+
+def test_zone_fall_through_scoped_identity_and_orphans(
+        home: Path, arm: FakeAzure, capsys: pytest.CaptureFixture[str]) -> None:
+    """SkuNotAvailable in zone 1 (refused at once), ZonalAllocationFailed in zone 2 (the
+    operation fails, the VM stays behind Failed and is removed): the VM lands in zone 3, and its
+    identity may write to the run's container only. Launched outside any run, it is an orphan:
+    `ps --orphans` shows it, `down --orphans` ends it."""
+    arm.sku_not_available.add("1")
+    arm.allocation_failures["2"] = "ZonalAllocationFailed"
+    provider = Context(home=home).provider("azure")
+    spec = LaunchSpec(run_id="5ca1ab1e", name="scoped", gpu="A100:1",
+                      job=JobSpec(["train"], "test_small.csv", "az://results/runs", "x"),
+                      extra={"ssh_cidr": CIDR})
+    inst = provider.launch(spec)
+    vm_puts = [b["zones"] for m, p, b in arm.received
+               if m == "PUT" and "/virtualMachines/" in p]
+    assert vm_puts == [["1"], ["2"], ["3"]] and inst.extra["zone"] == "3"
+    raw = arm.vm("dqlctl-5ca1ab1e", "dqlctl-5ca1ab1e")
+    assert raw["properties"]["hardwareProfile"]["vmSize"] == "Standard_NC24ads_A100_v4"
+    assert raw["properties"]["billingProfile"] == {"maxPrice": -1}
+    assert raw["identity"]["type"] == "SystemAssigned"
+    (assignment,) = arm.role_assignments.values()
+    assert assignment["properties"]["principalId"] == raw["identity"]["principalId"]
+    assert assignment["properties"]["scope"].endswith(
+        "/storageAccounts/dqlctldata/blobServices/default/containers/results")
+    assert assignment["properties"]["roleDefinitionId"].endswith(
+        "/roleDefinitions/ba92f5b4-2d11-453d-a403-e96b0029c9fe")  # Storage Blob Data Contributor
+    found = provider.list_instances({"dqlctl:run": "5ca1ab1e"})
+    assert [(i.instance_id, i.spot) for i in found] == [("dqlctl-5ca1ab1e", True)]
+    assert provider.list_instances({"dqlctl:run": "other"}) == []
+    # no run in the registry owns it: an orphan, which `down --orphans` removes with all it has
+    assert main(["ps", "--orphans", "--provider", "azure", "--json"],
+                ctx=Context(home=home)) == 0
+    (orphan,) = json.loads(capsys.readouterr().out)
+    assert (orphan["instance_id"], orphan["tags"]) == (inst.instance_id,
+                                                       {"dqlctl:run": "5ca1ab1e"})
+    assert main(["down", "--orphans", "--provider", "azure", "--yes"],
+                ctx=Context(home=home)) == 0
+    assert arm.leftovers() == NOTHING               # the role assignment outside the group too
+    provider.terminate(inst)                       # idempotent
+    assert provider.describe(inst).state == "terminated"
+
+
+def test_no_capacity_anywhere_fails_cleanly(home: Path, arm: FakeAzure,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    arm.allocation_failures.update({"1": "AllocationFailed", "2": "AllocationFailed",
+                                    "3": "ZonalAllocationFailed"})
+    assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
+    err = capsys.readouterr().err
+    assert "no capacity for Standard_NC4as_T4_v3 in eastus" in err and "zone 3" in err
+    (run,) = Context(home=home).registry.list()
+    assert run.state == reg.FAILED
+    assert arm.leftovers() == NOTHING
+    assert not list((home / "keys").glob("*"))
+
+
+def test_dry_run_check_and_missing_credentials_exit_3(
+        home: Path, arm: FakeAzure, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(launch_args("--dry-run"), ctx=Context(home=home)) == 0
+    out = capsys.readouterr().out
+    assert "Standard_NC4as_T4_v3" in out and CIDR in out and "spot" in out
+    assert arm.leftovers() == NOTHING and Context(home=home).registry.list() == []
+    assert main(["check", "azure"], ctx=Context(home=home)) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")     # no `az login` any more
+    assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("dqlctl: error: launch failed: ")
+    assert "no Azure credentials" in err and "AZURE_CLIENT_ID" in err and "az login" in err
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID")
+    assert main(["check", "azure"], ctx=Context(home=home)) == 3
+    assert "AZURE_SUBSCRIPTION_ID" in capsys.readouterr().out
+    assert arm.leftovers() == NOTHING

@@ -1,0 +1,215 @@
+"""GCE end to end: the official google-cloud-compute client against a local GCE server, a real sshd
+as the VM.
+
+``tests/fake_gce.py`` answers the REST shapes (long-running operations, 404s, capacity and quota
+errors); credentials are a service-account key file whose token endpoint is that server, found
+through Application Default Credentials as in production. The VM stand-in trusts the keys in the
+``ssh-keys`` metadata of running instances (its ``AuthorizedKeysCommand`` asks the fake server),
+so a deleted instance can no longer be reached. dqlctl reaches it through the documented test hook
+``[providers.gcp] ssh_host_override``. Runs use ``--runtime native`` on the VM's Python.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dqlctl import registry as reg
+from dqlctl import runs
+from dqlctl.cli import main
+from dqlctl.context import Context
+from providers.base import JobSpec, LaunchSpec
+from providers.storage import open_store
+from tests.fake_gce import FakeGce, vm_sshd, write_adc_key
+
+CIDR = "198.51.100.7/32"
+SECRET = "123456:telegram-secret-token-do-not-leak"
+NOTHING = {"instances": [], "firewalls": [], "service_accounts": [], "bucket_members": []}
+BUCKET = "dqlctl-results"
+
+
+@pytest.fixture()
+def gce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGce]:
+    fake = FakeGce()
+    url = fake.start()
+    key = write_adc_key(tmp_path / "adc.json", f"{url}/token", fake.project)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud login here
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture()
+def vm(gce: FakeGce, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with vm_sshd(tmp_path / "vm-disk", gce.keys_url()) as info:
+        yield info
+
+
+@pytest.fixture()
+def home(tmp_path: Path, gce: FakeGce, vm: dict[str, Any],
+         monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dqlctl-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        "[providers.gcp]\n"
+        f'compute_endpoint = "{gce.url}"\n'
+        f'iam_endpoint = "{gce.url}"\n'
+        f'storage_endpoint = "{gce.url}"\n'
+        f'ssh_host_override = "127.0.0.1:{vm["port"]}"\n'
+        'ssh_user = "root"\n'
+        f'remote_root = "{vm["root"]}"\n'
+        f'remote_python = "{sys.executable}"\n'
+        "ready_timeout = 60\npoll_interval = 0.1\n")
+    monkeypatch.setenv("DQLCTL_HOME", str(home))
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
+    return home
+
+
+def bindings_of(gce: FakeGce, email: str) -> dict[str, list[str]]:
+    """bucket -> the roles ``email`` holds there, from the policies the fake server was sent."""
+    member = f"serviceAccount:{email}"
+    found = {b: [x["role"] for x in p["bindings"] if member in x["members"]]
+             for b, p in gce.bucket_policies.items()}
+    return {b: roles for b, roles in found.items() if roles}
+
+
+def launch_args(*extra: str) -> list[str]:
+    return ["launch", "--provider", "gcp", "--gpu", "T4:1", "--data", "test_small.csv",
+            "--agent-type", "dql", "--command", "train", "--ssh-cidr", CIDR, *extra,
+            "--", "--n_envs", "4"]
+
+
+@pytest.fixture()
+def results_bucket(gcs_env: str) -> str:
+    """A bucket in fake-gcs-server for the run's results."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    storage.Client(project="dqlctl-test", credentials=AnonymousCredentials()).create_bucket(
+        BUCKET)
+    return f"gs://{BUCKET}/runs"
+
+
+def test_launch_train_collect_to_gcs_and_tear_down(home: Path, gce: FakeGce,
+                                                   vm: dict[str, Any], results_bucket: str) -> None:
+    ctx = Context(home=home)
+    args = launch_args("--episodes", "2", "--name", "e2e", "--results-dir", results_bucket,
+                       "--json")
+    assert main(args, ctx=ctx) == 0
+    ctx = Context(home=home)
+    (run,) = ctx.registry.list()
+    assert run.state == reg.RUNNING, run.reason
+    # while it runs: one firewall rule, port 22 from the operator only, for this instance's tag
+    rule = gce.firewalls[f"dqlctl-{run.id}"]
+    assert rule["sourceRanges"] == [CIDR] and rule["targetTags"] == [f"dqlctl-{run.id}"]
+    assert rule["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
+    ((zone, name), raw), = gce.instances.items()
+    sched = raw["scheduling"]
+    assert (sched["provisioningModel"], sched["instanceTerminationAction"],
+            sched["onHostMaintenance"], sched["automaticRestart"]) == \
+        ("SPOT", "DELETE", "TERMINATE", False)
+    assert raw["machineType"].endswith(f"zones/{zone}/machineTypes/n1-standard-4")
+    assert [(a["acceleratorType"].rsplit("/", 1)[-1], a["acceleratorCount"])
+            for a in raw["guestAccelerators"]] == [("nvidia-tesla-t4", 1)]
+    assert raw["labels"] == {"dqlctl-run": run.id} and raw["tags"]["items"] == [name]
+    meta = {i["key"]: i["value"] for i in raw["metadata"]["items"]}
+    assert meta["ssh-keys"].startswith("root:ssh-ed25519 ")
+    assert meta["block-project-ssh-keys"] == "true"
+    # its identity: a service account of its own, allowed objects in the results bucket only
+    email = f"dqlctl-{run.id}@{gce.project}.iam.gserviceaccount.com"
+    assert raw["serviceAccounts"] == [{"email": email, "scopes": [
+        "https://www.googleapis.com/auth/devstorage.read_write"]}]
+    assert bindings_of(gce, email) == {BUCKET: ["roles/storage.objectAdmin"]}
+    key = Path(run.instance["extra"]["key_path"])
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert run.instance["extra"]["host_key"] == vm["host_key"]
+    assert runs.orphans(ctx, ["gcp"]) == []       # tagged, but a live run owns it
+
+    final = runs.follow(ctx, run)
+    assert final.state == reg.SUCCEEDED, final.reason
+    # results came home to GCS (fake-gcs-server), through the storage layer
+    assert final.results_uri == f"{results_bucket}/e2e"
+    store, prefix = open_store(final.results_uri)
+    events = store.get_bytes(f"{prefix}/events.jsonl").decode().splitlines()
+    kinds = [json.loads(x)["event"] for x in events]
+    assert kinds.count("episode") == 2 and kinds[-1] == "finished"
+    assert gce.leftovers() == NOTHING and not key.exists()
+    assert gce.ssh_keys() == ""                   # the VM trusts no key any more
+    assert bindings_of(gce, email) == {}
+    workdir = Path(final.instance["extra"]["workdir"])
+    assert oct((workdir / "secrets.env").stat().st_mode & 0o777) == "0o600"
+    assert SECRET not in (workdir / "engine.log").read_text()
+    assert SECRET.encode() not in (home / "registry.db").read_bytes()
+
+
+def test_zone_fall_through_scoped_service_account_and_orphans(
+        home: Path, gce: FakeGce, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pool exhausted in zone a (an operation error), quota in zone b (a 403 on insert):
+    the instance lands in zone c; its identity may use the run's bucket and nothing else.
+    Launched outside any run, it is an orphan: `ps --orphans` shows it, `down --orphans` ends it."""
+    gce.capacity.update({"us-central1-a": "ZONE_RESOURCE_POOL_EXHAUSTED",
+                         "us-central1-b": "quotaExceeded"})
+    provider = Context(home=home).provider("gcp")
+    spec = LaunchSpec(run_id="5ca1ab1e", name="scoped", gpu="L4:1",
+                      job=JobSpec(["train"], "test_small.csv", f"gs://{BUCKET}/runs", "x"),
+                      extra={"ssh_cidr": CIDR})
+    inst = provider.launch(spec)
+    assert inst.extra["zone"] == "us-central1-c" and inst.instance_type == "g2-standard-4"
+    inserts = [p.split("/")[6] for m, p, _ in gce.received
+               if m == "POST" and p.endswith("/instances")]
+    assert inserts == ["us-central1-a", "us-central1-b", "us-central1-c"]
+    email = f"dqlctl-5ca1ab1e@{gce.project}.iam.gserviceaccount.com"
+    raw = gce.instances[("us-central1-c", "dqlctl-5ca1ab1e")]
+    assert raw["serviceAccounts"] == [{"email": email, "scopes": [
+        "https://www.googleapis.com/auth/devstorage.read_write"]}]
+    assert "guestAccelerators" not in raw or raw["guestAccelerators"] == []  # built into g2
+    assert bindings_of(gce, email) == {BUCKET: ["roles/storage.objectAdmin"]}
+    assert [i.instance_id for i in provider.list_instances({"dqlctl:run": "5ca1ab1e"})] == \
+        ["dqlctl-5ca1ab1e"]
+    assert provider.list_instances({"dqlctl:run": "other"}) == []
+    # no run in the registry owns it: an orphan, which `down --orphans` removes with all it has
+    assert main(["ps", "--orphans", "--provider", "gcp", "--json"], ctx=Context(home=home)) == 0
+    (orphan,) = json.loads(capsys.readouterr().out)
+    assert (orphan["instance_id"], orphan["tags"]) == (inst.instance_id,
+                                                       {"dqlctl:run": "5ca1ab1e"})
+    assert main(["down", "--orphans", "--provider", "gcp", "--yes"], ctx=Context(home=home)) == 0
+    assert gce.leftovers() == NOTHING
+    provider.terminate(inst)                       # idempotent
+    assert provider.describe(inst).state == "terminated"
+
+
+def test_no_capacity_anywhere_fails_cleanly(home: Path, gce: FakeGce,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    for zone in gce.regions["us-central1"]:
+        gce.capacity[zone] = "ZONE_RESOURCE_POOL_EXHAUSTED"
+    assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
+    err = capsys.readouterr().err
+    assert "no capacity for n1-standard-4 in us-central1" in err and "us-central1-c" in err
+    (run,) = Context(home=home).registry.list()
+    assert run.state == reg.FAILED
+    assert gce.leftovers() == NOTHING
+    assert not list((home / "keys").glob("*"))
+
+
+def test_dry_run_check_and_missing_credentials_exit_3(
+        home: Path, gce: FakeGce, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(launch_args("--dry-run"), ctx=Context(home=home)) == 0
+    out = capsys.readouterr().out
+    assert "n1-standard-4" in out and CIDR in out and "spot" in out and "nvidia-tesla-t4" in out
+    assert gce.leftovers() == NOTHING and Context(home=home).registry.list() == []
+    assert main(["check", "gcp"], ctx=Context(home=home)) == 0
+    capsys.readouterr()
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
+    err = capsys.readouterr().err
+    assert "no Google Cloud credentials" in err and "GOOGLE_APPLICATION_CREDENTIALS" in err
+    assert err.strip().splitlines()[-1].startswith("dqlctl: error: launch failed: ")
+    assert main(["check", "gcp"], ctx=Context(home=home)) == 3
+    assert gce.leftovers() == NOTHING
