@@ -18,28 +18,24 @@ fail (``ZONE_RESOURCE_POOL_EXHAUSTED`` and ``QUOTA_EXCEEDED`` in the operation, 
 as a synchronous 403).
 
 This module also holds the test helpers the GCE and Azure suites share: ``FakeHttpServer`` (the
-threaded JSON server both fakes build on), ``vm_sshd`` (an OpenSSH server that stands in for the
-VM and trusts the keys a fake cloud hands it) and ``write_adc_key`` (a service-account key file).
+threaded JSON server both fakes build on) and ``write_adc_key`` (a service-account key file).
+The VM stand-in itself is ``tests.vm.vm_sshd``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import re
-import subprocess
 import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
-
-from tests.servers import free_port, wait_tcp
 
 # -- a threaded JSON server ------------------------------------------------------------------------
 
@@ -150,47 +146,6 @@ class FakeHttpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def vm_sshd(disk: Path, keys_url: str | None = None,
-            keys_command: str | None = None) -> Iterator[dict[str, Any]]:
-    """An OpenSSH server standing in for a VM: it trusts exactly the public keys that
-    ``keys_url`` lists (one per line), or that the shell command ``keys_command`` prints.
-
-    ``disk`` is the VM's own folder (remote_root). Needs root (sshd, /run).
-    """
-    keys_dir = Path("/run") / f"dqlctl-test-{uuid.uuid4().hex[:8]}"  # root-owned path
-    keys_dir.mkdir(mode=0o755)
-    script = keys_dir / "authorized_keys.sh"
-    script.write_text("#!/bin/sh\n" + (keys_command or f"exec curl -sf --max-time 5 '{keys_url}'")
-                      + "\n")
-    script.chmod(0o755)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(keys_dir / "host_ed25519")], check=True)
-    port = free_port()
-    config = keys_dir / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys_dir}/host_ed25519\n"
-        "PidFile none\nAuthorizedKeysFile none\nStrictModes no\nUsePAM no\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "Subsystem sftp internal-sftp\n"
-        f"AuthorizedKeysCommand {script}\nAuthorizedKeysCommandUser root\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    disk.mkdir(parents=True, exist_ok=True)
-    try:
-        wait_tcp("127.0.0.1", port)
-        host_key = (keys_dir / "host_ed25519.pub").read_text().split()
-        yield {"port": port, "pid": sshd.pid, "root": disk,
-               "host_key": f"{host_key[0]} {host_key[1]}"}
-    finally:
-        sshd.terminate()
-        sshd.wait(timeout=10)
-        for child in keys_dir.iterdir():
-            child.unlink()
-        keys_dir.rmdir()
 
 
 def write_adc_key(path: Path, token_uri: str, project: str) -> Path:

@@ -2,7 +2,7 @@
 
 The VM stand-in trusts the key pairs registered with (moto's) EC2, as cloud-init does on a real
 instance: its sshd asks for authorized keys with ``AuthorizedKeysCommand``, which lists the key
-pairs' public keys through boto3. dqlctl reaches it through the documented test hook
+pairs' public keys from EC2's DescribeKeyPairs (tests/vm.py). dqlctl reaches it through the documented test hook
 ``[providers.aws] ssh_host_override`` in its config file. Runs use ``--runtime native``: the
 engine's code is shipped over SFTP and runs under the VM's Python.
 """
@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
-from tests.servers import free_port, wait_tcp
+from tests.vm import AWS_KEYS, vm_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
 CIDR = "198.51.100.7/32"
@@ -37,40 +36,8 @@ SECRET = "123456:telegram-secret-token-do-not-leak"
 @pytest.fixture()
 def vm(aws_env: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """An sshd that trusts the key pairs EC2 knows: the VM an instance stands for."""
-    keys_dir = Path("/run") / f"dqlctl-test-{uuid.uuid4().hex[:8]}"  # root-owned path
-    keys_dir.mkdir(mode=0o755)
-    script = keys_dir / "authorized_keys.sh"
-    script.write_text(
-        "#!/bin/sh\n"
-        f"exec env AWS_ENDPOINT_URL={aws_env} AWS_ACCESS_KEY_ID=testing "
-        f"AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 {sys.executable} -c "
-        "\"import boto3\nfor k in boto3.client('ec2').describe_key_pairs("
-        "IncludePublicKey=True)['KeyPairs']: print(k.get('PublicKey', '').strip())\"\n")
-    script.chmod(0o755)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(keys_dir / "host_ed25519")], check=True)
-    port = free_port()
-    config = keys_dir / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys_dir}/host_ed25519\n"
-        "PidFile none\nAuthorizedKeysFile none\nStrictModes no\nUsePAM no\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "Subsystem sftp internal-sftp\n"
-        f"AuthorizedKeysCommand {script}\nAuthorizedKeysCommandUser root\n")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_tcp("127.0.0.1", port)
-    root = tmp_path / "vm-disk"
-    root.mkdir()
-    try:
-        yield {"port": port, "pid": sshd.pid, "root": root}
-    finally:
-        sshd.terminate()
-        sshd.wait(timeout=10)
-        for child in keys_dir.iterdir():
-            child.unlink()
-        keys_dir.rmdir()
+    with vm_sshd(tmp_path / "vm-disk", keys_command=AWS_KEYS.format(endpoint=aws_env)) as info:
+        yield info
 
 
 @pytest.fixture()

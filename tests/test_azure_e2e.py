@@ -26,7 +26,7 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from providers.base import JobSpec, LaunchSpec
 from tests.fake_azure import FakeAzure, write_fake_az
-from tests.fake_gce import vm_sshd
+from tests.vm import vm_sshd
 
 CIDR = "198.51.100.7/32"
 SECRET = "123456:telegram-secret-token-do-not-leak"

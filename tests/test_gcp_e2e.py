@@ -25,7 +25,8 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from providers.base import JobSpec, LaunchSpec
 from providers.storage import open_store
-from tests.fake_gce import FakeGce, vm_sshd, write_adc_key
+from tests.fake_gce import FakeGce, write_adc_key
+from tests.vm import vm_sshd
 
 CIDR = "198.51.100.7/32"
 SECRET = "123456:telegram-secret-token-do-not-leak"

@@ -32,15 +32,10 @@ from providers.base import (
     SshTarget,
 )
 from tests.fake_azure import FakeAzure, write_fake_az
-from tests.fake_gce import FakeGce, vm_sshd, write_adc_key
+from tests.fake_gce import FakeGce, write_adc_key
+from tests.vm import AWS_KEYS, vm_sshd
 
 CIDR = "198.51.100.7/32"
-# The AWS VM stand-in trusts the key pairs EC2 knows: DescribeKeyPairs through EC2's query API
-# (moto does not check the signature; curl answers in milliseconds, boto3 in a second and a half)
-AWS_KEYS = ("exec curl -sf --max-time 5 -H 'Authorization: AWS4-HMAC-SHA256 Credential=testing/"
-            "20250101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0' "
-            "'{endpoint}/?Action=DescribeKeyPairs&IncludePublicKey=true&Version=2016-11-15' "
-            "| grep -o '<publicKey>[^<]*' | sed 's/<publicKey>//'")
 
 
 @dataclass
