@@ -1,0 +1,138 @@
+"""Shared fixtures: real local servers for the clouds, started only when a test asks for one.
+
+Session-scoped servers (each starts on first use, on a free port, and is killed at the end):
+
+- ``moto_server`` -> str: the endpoint URL of a moto server (AWS S3, EC2, IAM, ...).
+- ``azurite`` -> str: a connection string for an in-memory Azurite blob service.
+- ``fake_gcs`` -> str: the endpoint of an in-memory fake-gcs-server (STORAGE_EMULATOR_HOST).
+- ``sshd_vm`` -> :class:`tests.servers.SshVm`: an OpenSSH server acting as a VM (host, port,
+  username, client key path, the known_hosts line that pins its host key).
+
+Function-scoped environment fixtures point the official SDKs at them through their own
+variables, via ``monkeypatch`` (nothing leaks into other tests):
+
+- ``moto_clean`` empties the moto server (``POST /moto-api/reset``); returns its endpoint.
+- ``aws_env`` resets moto (``POST /moto-api/reset``) and sets AWS_ENDPOINT_URL + test keys.
+- ``gcs_env`` sets STORAGE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT.
+- ``azure_env`` sets AZURE_STORAGE_CONNECTION_STRING.
+- ``dqlctl_home`` sets DQLCTL_HOME to a fresh temporary folder.
+
+A server whose tool is missing fails the test with what to install; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+# Tests share few cores; keep BLAS/OpenMP pools small in every process they start. Defaults
+# only: a caller's explicit setting wins. (Never import torch here: most tests do not need it.)
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
+
+from tests import servers  # noqa: E402
+
+AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _start(start: Callable[[], servers.Server]) -> servers.Server:
+    try:
+        return start()
+    except (servers.MissingTool, servers.ServerFailed) as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint URL (``http://127.0.0.1:PORT``) of a moto server shared by the session."""
+    server = _start(lambda: servers.start_moto(tmp_path_factory.mktemp("moto")))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A connection string for an in-memory Azurite blob service shared by the session."""
+    server = _start(lambda: servers.start_azurite(tmp_path_factory.mktemp("azurite")))
+    try:
+        yield server.extra["connection_string"]
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The endpoint (``http://127.0.0.1:PORT``) of an in-memory fake-gcs-server."""
+    server = _start(lambda: servers.start_fake_gcs(tmp_path_factory.mktemp("fake-gcs")))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.SshVm]:
+    """An OpenSSH server on 127.0.0.1 with its own host key, trusting a generated client key."""
+    workdir = tmp_path_factory.mktemp("sshd-vm")
+    holder: list[servers.SshVm] = []
+
+    def start() -> servers.Server:
+        server, vm = servers.start_sshd(workdir, getpass.getuser())
+        holder.append(vm)
+        return server
+
+    server = _start(start)
+    try:
+        yield holder[0]
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def moto_clean(moto_server: str) -> str:
+    """Empty the shared moto server before the test; returns its endpoint."""
+    servers.moto_reset(moto_server)
+    return moto_server
+
+
+@pytest.fixture()
+def aws_env(moto_clean: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """boto3 pointed at a freshly reset moto server through AWS_ENDPOINT_URL; the endpoint."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_clean)
+    for key, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    return moto_clean
+
+
+@pytest.fixture()
+def gcs_env(fake_gcs: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """google-cloud-storage pointed at fake-gcs-server (STORAGE_EMULATOR_HOST); the endpoint."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "dqlctl-test")
+    return fake_gcs
+
+
+@pytest.fixture()
+def azure_env(azurite: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """azure-storage-blob pointed at Azurite (AZURE_STORAGE_CONNECTION_STRING); the string."""
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    return azurite
+
+
+@pytest.fixture()
+def dqlctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty DQLCTL_HOME for the test."""
+    home = tmp_path / "dqlctl-home"
+    home.mkdir()
+    monkeypatch.setenv("DQLCTL_HOME", str(home))
+    return home
