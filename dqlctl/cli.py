@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add verbs (see build_parser); each sets `func=cmd(ctx, args) -> int` as default.
-VERB_MODULES: tuple[str, ...] = ("dqlctl.image_cmd", "dqlctl.cost_cmd")
+VERB_MODULES: tuple[str, ...] = ("dqlctl.image_cmd", "dqlctl.cost_cmd", "dqlctl.sync_cmd")
 
 
 # -- rendering -----------------------------------------------------------------------------------

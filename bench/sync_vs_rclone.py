@@ -1,0 +1,265 @@
+"""``dqlctl sync`` (its core, ``python -m providers.sync``) side by side with rclone.
+
+Both tools run as fresh processes against the same local stand-ins (moto server, Azurite,
+fake-gcs-server; see ../shared/reference/LOCAL_CLOUD.md), on the same trees, with 4 transfers:
+
+    500 files x 4 KiB;  one 200 MiB file;  both
+
+For each case and store: a fresh sync into an empty bucket, then a no-op re-sync. Median of
+``--reps`` (3) runs, seconds, and the ratio ours/rclone (below 1.0: we are faster).
+
+    .venv/bin/python bench/sync_vs_rclone.py [--reps 3] [--only s3,gcs,azure] [--small]
+
+rclone (Debian's 1.60 package, `make system-deps`) is set up the way LOCAL_CLOUD.md says works
+here: ``env -u AWS_CA_BUNDLE``, ``--s3-no-head`` against moto, an account SAS URL for Azurite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests import servers  # noqa: E402
+
+MIB = 1024 * 1024
+
+
+def make_trees(base: Path, big_mib: int, small_files: int) -> dict[str, Path]:
+    small = base / "small"
+    for i in range(small_files):
+        path = small / f"d{i % 10}" / f"file-{i:04d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(4096))
+    big = base / "big"
+    big.mkdir()
+    with open(big / "model.bin", "wb") as out:
+        for _ in range(big_mib):
+            out.write(os.urandom(MIB))
+    both = base / "both"
+    shutil.copytree(small, both / "small")
+    os.link(big / "model.bin", both / "model.bin")
+    return {f"{small_files} x 4 KiB": small, f"one {big_mib} MiB": big,
+            f"{small_files} x 4 KiB + {big_mib} MiB": both}
+
+
+class Backend:
+    """One stand-in: how to make and drop buckets, and how rclone and we name them."""
+
+    def __init__(self, name: str, env: dict[str, str], rclone_env: dict[str, str],
+                 rclone_flags: list[str], make: Callable[[str], None],
+                 drop: Callable[[str], None], ours: Callable[[str], str],
+                 theirs: Callable[[str], str]) -> None:
+        self.name, self.env, self.rclone_env, self.rclone_flags = name, env, rclone_env, rclone_flags
+        self.make, self.drop, self.ours, self.theirs = make, drop, ours, theirs
+
+
+def s3_backend(server: servers.Server) -> Backend:
+    env = {"AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(env)
+    import boto3
+
+    client = boto3.client("s3")
+
+    def drop(bucket: str) -> None:
+        servers.moto_reset(server.url)         # frees the memory of 200 MiB objects
+
+    rclone_env = {"RCLONE_CONFIG_BENCHS3_TYPE": "s3", "RCLONE_CONFIG_BENCHS3_PROVIDER": "Other",
+                  "RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID": "testing",
+                  "RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY": "testing",
+                  "RCLONE_CONFIG_BENCHS3_ENDPOINT": server.url,
+                  "RCLONE_CONFIG_BENCHS3_REGION": "us-east-1",
+                  "RCLONE_CONFIG_BENCHS3_FORCE_PATH_STYLE": "true"}
+    return Backend("moto S3", env, rclone_env, ["--s3-no-head"],
+                   lambda b: client.create_bucket(Bucket=b), drop,
+                   lambda b: f"s3://{b}/data", lambda b: f"benchs3:{b}/data")
+
+
+def gcs_backend(server: servers.Server) -> Backend:
+    env = {"STORAGE_EMULATOR_HOST": server.url, "GOOGLE_CLOUD_PROJECT": "bench"}
+    os.environ.update(env)
+    from google.cloud import storage
+
+    client = storage.Client()
+
+    def drop(bucket: str) -> None:
+        b = client.bucket(bucket)
+        for blob in client.list_blobs(bucket):
+            blob.delete()
+        b.delete()
+
+    rclone_env = {"RCLONE_CONFIG_BENCHGS_TYPE": "google cloud storage",
+                  "RCLONE_CONFIG_BENCHGS_ANONYMOUS": "true",
+                  "RCLONE_CONFIG_BENCHGS_ENDPOINT": f"{server.url}/storage/v1/",
+                  "RCLONE_CONFIG_BENCHGS_PROJECT_NUMBER": "bench",
+                  "RCLONE_CONFIG_BENCHGS_BUCKET_POLICY_ONLY": "true"}
+    return Backend("fake-gcs-server", env, rclone_env, [],
+                   lambda b: client.create_bucket(b), drop,
+                   lambda b: f"gs://{b}/data", lambda b: f"benchgs:{b}/data")
+
+
+def azure_backend(server: servers.Server) -> Backend:
+    conn = server.extra["connection_string"]
+    env = {"AZURE_STORAGE_CONNECTION_STRING": conn}
+    os.environ.update(env)
+    from azure.storage.blob import (
+        AccountSasPermissions,
+        BlobServiceClient,
+        ResourceTypes,
+        generate_account_sas,
+    )
+
+    service = BlobServiceClient.from_connection_string(conn)
+    sas = generate_account_sas(
+        servers.AZURITE_ACCOUNT, servers.AZURITE_KEY,
+        resource_types=ResourceTypes(service=True, container=True, object=True),
+        permission=AccountSasPermissions(read=True, write=True, delete=True, list=True,
+                                         add=True, create=True),
+        expiry=dt.datetime.now(dt.UTC) + dt.timedelta(hours=6))
+    sas_url = f"{server.url}/{servers.AZURITE_ACCOUNT}?{sas}"
+    rclone_env = {"RCLONE_CONFIG_BENCHAZ_TYPE": "azureblob",
+                  "RCLONE_CONFIG_BENCHAZ_SAS_URL": sas_url}
+    return Backend("Azurite", env, rclone_env, [],
+                   lambda b: service.create_container(b),
+                   lambda b: service.delete_container(b),
+                   lambda b: f"az://{b}/data", lambda b: f"benchaz:{b}/data")
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} ... failed ({proc.returncode}): "
+                           f"{proc.stderr[-800:]}")
+    return took, proc.stdout
+
+
+def run_ours(tree: Path, uri: str, files: int, fresh: bool) -> float:
+    env = dict(os.environ)
+    took, out = timed([sys.executable, "-m", "providers.sync", str(tree), uri, "--json",
+                       "--transfers", "4"], env)
+    result = json.loads(out)
+    expected = files if fresh else 0
+    if result["copied"] != expected or not result["ok"]:
+        raise RuntimeError(f"ours copied {result['copied']} (expected {expected}): "
+                           f"{result['errors'][:3]}")
+    return took
+
+
+def run_in_process(tree: Path, uri: str) -> float:
+    """The same no-op sync called in a warm process (SDK loaded), as the TUI would call it."""
+    from providers.sync import sync
+
+    sync(str(tree), uri, transfers=4)           # warm: SDK imported, client built
+    start = time.perf_counter()
+    result = sync(str(tree), uri, transfers=4)
+    took = time.perf_counter() - start
+    if result.copied or not result.ok:
+        raise RuntimeError(f"in-process no-op copied {result.copied}: {result.errors[:3]}")
+    return took
+
+
+def run_rclone(backend: Backend, tree: Path, remote: str) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    env.update(backend.rclone_env)
+    took, _ = timed(["rclone", "sync", str(tree), remote, "--transfers", "4",
+                     "--config", "/dev/null", *backend.rclone_flags], env)
+    return took
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--only", default="s3,gcs,azure")
+    parser.add_argument("--cases", default="small,big,both", help="which trees to sync")
+    parser.add_argument("--small", action="store_true", help="20 MiB and 100 files (a check)")
+    args = parser.parse_args()
+    if not shutil.which("rclone"):
+        print("rclone not found: run `make system-deps` (apt-get install rclone)",
+              file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="dqlctl-bench-"))
+    started: list[servers.Server] = []
+    try:
+        trees = make_trees(work / "trees", 20 if args.small else 200, 100 if args.small else 500)
+        wanted = args.cases.split(",")
+        trees = {name: tree for (kind, (name, tree)) in zip(("small", "big", "both"),
+                                                            trees.items(), strict=True)
+                 if kind in wanted}
+        counts = {name: sum(1 for p in tree.rglob("*") if p.is_file())
+                  for name, tree in trees.items()}
+        backends = []
+        for kind in args.only.split(","):
+            if kind == "s3":
+                started.append(servers.start_moto(work / "moto"))
+                backends.append(s3_backend(started[-1]))
+            elif kind == "gcs":
+                started.append(servers.start_fake_gcs(work / "gcs"))
+                backends.append(gcs_backend(started[-1]))
+            elif kind == "azure":
+                started.append(servers.start_azurite(work / "azurite"))
+                backends.append(azure_backend(started[-1]))
+        rows = []
+        for case, tree in trees.items():
+            for backend in backends:
+                samples: dict[str, list[float]] = {"ours fresh": [], "ours noop": [],
+                                                   "rclone fresh": [], "rclone noop": [],
+                                                   "ours noop in-process": []}
+                for _ in range(args.reps):
+                    for tool in ("rclone", "ours"):
+                        bucket = f"bench-{uuid.uuid4().hex[:10]}"
+                        backend.make(bucket)
+                        try:
+                            if tool == "ours":
+                                samples["ours fresh"].append(
+                                    run_ours(tree, backend.ours(bucket), counts[case], True))
+                                samples["ours noop"].append(
+                                    run_ours(tree, backend.ours(bucket), counts[case], False))
+                                samples["ours noop in-process"].append(
+                                    run_in_process(tree, backend.ours(bucket)))
+                            else:
+                                remote = backend.theirs(bucket)
+                                samples["rclone fresh"].append(run_rclone(backend, tree, remote))
+                                samples["rclone noop"].append(run_rclone(backend, tree, remote))
+                        finally:
+                            backend.drop(bucket)
+                med = {k: statistics.median(v) for k, v in samples.items()}
+                rows.append((case, backend.name, med))
+                print(f"  {case:28} {backend.name:16} fresh {med['ours fresh']:6.2f} / "
+                      f"{med['rclone fresh']:6.2f}   no-op {med['ours noop']:5.2f} / "
+                      f"{med['rclone noop']:5.2f}  (in-process {med['ours noop in-process']:.3f})",
+                      file=sys.stderr, flush=True)
+        print(f"\nMedian of {args.reps}, seconds, wall time of a fresh process, 4 transfers. "
+              "ratio = ours / rclone (below 1.0: ours is faster)\n")
+        print("| data | store | ours fresh | rclone fresh | ratio | ours no-op | rclone no-op "
+              "| ratio | ours no-op in-process |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for case, name, med in rows:
+            print(f"| {case} | {name} | {med['ours fresh']:.2f} | {med['rclone fresh']:.2f} | "
+                  f"{med['ours fresh'] / med['rclone fresh']:.2f} | {med['ours noop']:.2f} | "
+                  f"{med['rclone noop']:.2f} | {med['ours noop'] / med['rclone noop']:.2f} | "
+                  f"{med['ours noop in-process']:.3f} |")
+    finally:
+        for server in started:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

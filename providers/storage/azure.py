@@ -1,0 +1,324 @@
+"""``az://container/prefix`` through azure-storage-blob (imported when a store is opened).
+
+The account comes from ``AZURE_STORAGE_CONNECTION_STRING``, else from ``AZURE_STORAGE_ACCOUNT_URL``
+(or ``AZURE_STORAGE_ACCOUNT``) with ``DefaultAzureCredential`` (az login, managed identity,
+environment). Small blobs go up in one Put Blob (Azure records their Content-MD5); larger ones
+as blocks staged in parallel and committed at the end, when the blob appears whole. Azure
+records no MD5 for a committed block list, so dqlctl sets Content-MD5 itself on commit, from
+the bytes it streamed, after the service checked each block's own MD5.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+from providers.storage.base import (
+    EXIT_BAD_INPUT,
+    EXIT_PROVIDER,
+    MD5,
+    Cancelled,
+    ObjectInfo,
+    StorageError,
+    Store,
+    missing_sdk,
+    open_source,
+    read_full,
+    source_size,
+)
+
+MIB = 1024 * 1024
+
+
+def _props_info(props: Any) -> ObjectInfo:
+    settings = getattr(props, "content_settings", None)
+    raw = getattr(settings, "content_md5", None) if settings is not None else None
+    hashes = {MD5: bytes(raw).hex()} if raw else {}
+    mtime = props.last_modified.timestamp() if props.last_modified else 0.0
+    meta = props.metadata or {}
+    with contextlib.suppress(ValueError, TypeError):
+        mtime = float(meta["mtime"]) if "mtime" in meta else mtime
+    return ObjectInfo(props.name, int(props.size or 0), mtime, hashes)
+
+
+class AzureStore(Store):
+    scheme = "az"
+    hash_types = frozenset({MD5})
+    part_size = 8 * MIB         # blocks staged 4 at a time
+
+    def __init__(self, bucket: str, **options: Any) -> None:
+        super().__init__(bucket, **options)
+        try:
+            from azure.storage.blob import BlobServiceClient
+        except ImportError:
+            raise missing_sdk("azure-storage-blob", "azure", "az") from None
+        settings: dict[str, Any] = {"max_single_get_size": 4 * MIB,
+                                    "max_chunk_get_size": 4 * MIB, "retry_total": 3}
+        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        with self._errors("connect to"):
+            if conn:
+                service = BlobServiceClient.from_connection_string(conn, **settings)
+            else:
+                url = os.environ.get("AZURE_STORAGE_ACCOUNT_URL")
+                account = os.environ.get("AZURE_STORAGE_ACCOUNT")
+                if not url and account:
+                    url = f"https://{account}.blob.core.windows.net"
+                if not url:
+                    raise StorageError(
+                        "no Azure storage account: set AZURE_STORAGE_CONNECTION_STRING, or "
+                        "AZURE_STORAGE_ACCOUNT (signed in with `az login` or a managed identity)",
+                        code=EXIT_PROVIDER)
+                try:
+                    from azure.identity import DefaultAzureCredential
+                except ImportError:
+                    raise missing_sdk("azure-identity", "azure", "az") from None
+                service = BlobServiceClient(url, credential=DefaultAzureCredential(),
+                                            **settings)
+        self.service = service
+        self.container = service.get_container_client(bucket)
+        self.account = service.account_name
+
+    # -- errors -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, what: str, key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except (StorageError, Cancelled):
+            raise
+        except Exception as exc:
+            raise self._translate(exc, what, key) from None
+
+    def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:
+        from azure.core import exceptions as aex
+
+        where = self.uri(key) if key is not None else f"az://{self.bucket}"
+        code = str(getattr(exc, "error_code", "") or "")
+        if isinstance(exc, aex.ClientAuthenticationError):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return StorageError(f"{what} {where}: Azure credentials rejected or missing "
+                                f"({first[:160]})", code=EXIT_PROVIDER)
+        if isinstance(exc, aex.ResourceNotFoundError):
+            if code == "ContainerNotFound" or key is None:
+                return StorageError(f"container az://{self.bucket} does not exist",
+                                    code=EXIT_BAD_INPUT)
+            return StorageError(f"no such object {where}", code=EXIT_BAD_INPUT)
+        if isinstance(exc, aex.ServiceRequestError | aex.ServiceResponseError):
+            return StorageError(f"{what} {where}: cannot reach Azure Blob ({exc})",
+                                code=EXIT_PROVIDER, transient=True)
+        if isinstance(exc, aex.HttpResponseError):
+            status = exc.status_code or 0
+            if status in (401, 403):
+                return StorageError(f"{what} {where}: access denied by Azure ({code})",
+                                    code=EXIT_PROVIDER)
+            return StorageError(f"{what} {where}: Azure error {status} {code}",
+                                code=EXIT_PROVIDER, transient=status >= 500 or status == 429)
+        if isinstance(exc, ValueError):
+            return StorageError(f"Azure storage settings: {exc}", code=EXIT_PROVIDER)
+        if isinstance(exc, OSError):
+            return StorageError(f"{what} {where}: {exc}", code=EXIT_PROVIDER, transient=True)
+        return StorageError(f"{what} {where}: {type(exc).__name__}: {exc}", code=EXIT_PROVIDER)
+
+    # -- listing ----------------------------------------------------------------------------
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        with self._errors("list"):
+            pages = self.container.list_blobs(name_starts_with=prefix or None,
+                                              include=["metadata"],
+                                              results_per_page=self.list_page_size).by_page()
+        while True:
+            with self._errors("list"):
+                page = next(pages, None)
+                if page is None:
+                    return
+                blobs = list(page)
+            self._count("list_page")
+            for props in blobs:
+                if not props.name.endswith("/"):
+                    yield _props_info(props)
+
+    def stat(self, key: str) -> ObjectInfo:
+        self._count("stat")
+        with self._errors("stat", key):
+            props = self.container.get_blob_client(key).get_blob_properties()
+        return _props_info(props)
+
+    # -- reading ----------------------------------------------------------------------------
+    def open_read(self, key: str) -> BinaryIO:
+        self._count("read")
+        with self._errors("read", key):
+            downloader = self.container.get_blob_client(key).download_blob()
+        return cast(BinaryIO, _Reader(downloader, self, key))
+
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        self._count("read")
+        with self._errors("read", key):
+            data: bytes = self.container.get_blob_client(key).download_blob(
+                offset=start, length=length).readall()
+        return data
+
+    # -- writing ----------------------------------------------------------------------------
+    def put(self, key: str, source: BinaryIO | IO[bytes] | str | Path, *,
+            size: int | None = None, mtime: float | None = None,
+            md5: str | None = None) -> ObjectInfo:
+        reader, opened = open_source(source)
+        try:
+            known = size if size is not None else source_size(reader)
+            first = b""
+            limit = min(self.multipart_threshold, self.buffer_limit)
+            if known is None or known <= limit:
+                first = read_full(reader, limit + 1)
+                if len(first) <= limit:
+                    return self._put_single(key, first, size, mtime, md5)
+            return self._put_blocks(key, reader, first, size, mtime, md5)
+        finally:
+            if opened:
+                reader.close()
+
+    def _metadata(self, mtime: float | None) -> dict[str, str]:
+        return {"mtime": f"{mtime:.6f}"} if mtime is not None else {}
+
+    def _check(self, key: str, got: int, size: int | None, digest: str,
+               md5: str | None) -> None:
+        if size is not None and got != size:
+            raise StorageError(f"{self.uri(key)}: read {got} bytes, expected {size} (the "
+                               "source changed while copying?)", code=EXIT_PROVIDER,
+                               transient=True)
+        if md5 is not None and digest != md5:
+            raise StorageError(f"{self.uri(key)}: md5 {digest} of the bytes read differs from "
+                               f"the source's {md5}", code=EXIT_PROVIDER, transient=True)
+
+    def _put_single(self, key: str, data: bytes, size: int | None, mtime: float | None,
+                    md5: str | None) -> ObjectInfo:
+        from azure.storage.blob import ContentSettings
+
+        raw = hashlib.md5(data).digest()
+        self._check(key, len(data), size, raw.hex(), md5)
+        self._count("put")
+        with self._errors("upload", key):
+            resp = self.container.get_blob_client(key).upload_blob(
+                data, length=len(data), overwrite=True, metadata=self._metadata(mtime),
+                content_settings=ContentSettings(content_type="application/octet-stream",
+                                                 content_md5=bytearray(raw)))
+        stored = resp.get("content_md5")
+        if stored and bytes(stored) != raw:
+            raise StorageError(f"{self.uri(key)}: Azure stored md5 {bytes(stored).hex()}, "
+                               f"sent {raw.hex()}", code=EXIT_PROVIDER, transient=True)
+        return ObjectInfo(key, len(data), mtime if mtime is not None else 0.0, {MD5: raw.hex()})
+
+    def _put_blocks(self, key: str, reader: IO[bytes] | BinaryIO, first: bytes,
+                    size: int | None, mtime: float | None, md5: str | None) -> ObjectInfo:
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        self._count("put")
+        client = self.container.get_blob_client(key)
+        tag = uuid.uuid4().hex[:16]         # block ids: equal length, unique per upload
+        whole = hashlib.md5()
+        total = 0
+        ids: list[str] = []
+        futures: list[Future[None]] = []
+        slots = threading.BoundedSemaphore(self.part_concurrency + 1)
+        pool = ThreadPoolExecutor(self.part_concurrency, thread_name_prefix="az-block")
+
+        def stage(block_id: str, chunk: bytes) -> None:
+            try:
+                self._count("put_part")
+                with self._errors("upload block of", key):
+                    client.stage_block(block_id, chunk, length=len(chunk),
+                                       validate_content=True)
+            finally:
+                slots.release()
+
+        try:
+            buffer = first
+            while True:
+                while len(buffer) < self.part_size:
+                    more = read_full(reader, self.part_size - len(buffer))
+                    if not more:
+                        break
+                    buffer += more
+                chunk, buffer = buffer[:self.part_size], buffer[self.part_size:]
+                if not chunk and ids:
+                    break
+                block_id = base64.b64encode(f"{tag}-{len(ids):08d}".encode()).decode()
+                ids.append(block_id)
+                whole.update(chunk)
+                total += len(chunk)
+                slots.acquire()
+                for done in [f for f in futures if f.done()]:
+                    done.result()
+                futures.append(pool.submit(stage, block_id, chunk))
+                if len(chunk) < self.part_size and not buffer:
+                    break
+            for fut in futures:
+                fut.result()
+            digest = whole.hexdigest()
+            self._check(key, total, size, digest, md5)
+            with self._errors("commit", key):
+                client.commit_block_list(
+                    [BlobBlock(block_id=b) for b in ids], metadata=self._metadata(mtime),
+                    content_settings=ContentSettings(content_type="application/octet-stream",
+                                                     content_md5=bytearray(whole.digest())))
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            pool.shutdown(wait=True)
+            raise       # staged blocks that are never committed are discarded by Azure
+        pool.shutdown(wait=True)
+        with self._errors("stat", key):
+            props = client.get_blob_properties()
+        info = _props_info(props)
+        if info.size != total:
+            raise StorageError(f"{self.uri(key)}: Azure holds {info.size} bytes, sent {total}",
+                               code=EXIT_PROVIDER, transient=True)
+        return ObjectInfo(key, total, info.mtime, {MD5: digest})
+
+    def delete(self, key: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self._count("delete")
+        with self._errors("delete", key):
+            with contextlib.suppress(ResourceNotFoundError):
+                self.container.get_blob_client(key).delete_blob()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.service.close()
+
+
+class _Reader:
+    """A StorageStreamDownloader as a binary file object whose errors are StorageErrors."""
+
+    def __init__(self, downloader: Any, store: AzureStore, key: str) -> None:
+        self._downloader = downloader
+        self._store = store
+        self._key = key
+        self.closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        with self._store._errors("read", self._key):
+            data: bytes = self._downloader.read(n)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,302 @@
+"""The object-storage interface every backend implements, and the records it exchanges.
+
+Standard library only: importing this (or :mod:`providers.storage`) loads no cloud SDK.
+
+A store is one bucket (S3, GCS), one container (Azure) or one filesystem root (local). Keys are
+``/``-separated paths inside it. The verbs::
+
+    list(prefix)                 -> Iterator[ObjectInfo]   paginated, recursive, sorted by key
+    stat(key)                    -> ObjectInfo             every hash the object really has
+    open_read(key)               -> BinaryIO               a streaming reader (a context manager)
+    read_range(key, start, n)    -> bytes
+    put(key, source, ...)        -> ObjectInfo             streamed; atomic from a reader's view
+    delete(key)                                            a missing key is not an error
+
+Hashes are declared, not faked (rclone's ``Hashes()``): ``hash_types`` names the hashes a
+backend's listing or ``stat`` can report, ``computable_hashes`` those it can work out by reading
+the object itself (the local disk). An :class:`ObjectInfo` carries only hashes that are known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO, ClassVar
+
+EXIT_BAD_INPUT = 2      # unknown scheme, missing bucket/container, unreadable file, overlap
+EXIT_PROVIDER = 3       # credentials, SDK missing, the provider failed
+
+MD5 = "md5"
+CRC32C = "crc32c"
+MIB = 1024 * 1024
+
+
+class StorageError(Exception):
+    """One line for the operator. ``code`` is the CLI's exit code (2 bad input, 3 provider).
+
+    ``transient`` marks errors worth retrying (a dropped connection, a 5xx, throttling).
+    """
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT, *,
+                 transient: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.transient = transient
+
+
+class Cancelled(Exception):
+    """A transfer was stopped on purpose (Ctrl+C); the upload was abandoned, nothing written."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object: its key in the store, size in bytes, modification time (epoch seconds).
+
+    ``mtime`` is the source's modification time when the backend's listing carries the one
+    dqlctl stored at upload (GCS and Azure listings do), else the service's last-modified time
+    (the upload time). ``hashes`` maps a hash name (``md5``, ``crc32c``) to lowercase hex.
+    """
+
+    key: str
+    size: int
+    mtime: float
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "size": self.size, "mtime": self.mtime,
+                "hashes": dict(self.hashes)}
+
+
+class Store(ABC):
+    """One bucket, container or filesystem root. Subclasses import their SDK lazily."""
+
+    scheme: ClassVar[str]
+    hash_types: ClassVar[frozenset[str]] = frozenset()
+    computable_hashes: ClassVar[frozenset[str]] = frozenset()
+    #: the store records an md5 only if told before the upload starts (S3 metadata)
+    wants_md5_first: ClassVar[bool] = False
+    #: files larger than this go up in parts (multipart, blocks, resumable chunks)
+    multipart_threshold: int = 16 * MIB
+    #: the most of a stream that cannot seek read into memory for a one-request upload;
+    #: longer streams go up in parts
+    buffer_limit: int = 16 * MIB
+    part_size: int = 16 * MIB
+    #: parts of one object in flight at once
+    part_concurrency: int = 4
+    list_page_size: int = 1000
+    TUNABLE: ClassVar[tuple[str, ...]] = ("multipart_threshold", "buffer_limit", "part_size",
+                                          "part_concurrency", "list_page_size")
+
+    def __init__(self, bucket: str, **options: Any) -> None:
+        """``options`` override the tuning attributes above (tests use smaller parts)."""
+        for name, value in options.items():
+            if name not in self.TUNABLE:
+                raise TypeError(f"unknown store option {name!r}")
+            setattr(self, name, int(value))
+        self.bucket = bucket
+        #: requests made, by kind ("list_page", "stat", "read", "put", "put_part", "delete"):
+        #: lets tests assert that a plan needed no HEAD per object
+        self.calls: Counter[str] = Counter()
+        self._calls_lock = threading.Lock()
+
+    def _count(self, kind: str, n: int = 1) -> None:
+        with self._calls_lock:
+            self.calls[kind] += n
+
+    # -- identity -----------------------------------------------------------------------------
+    def uri(self, key: str = "") -> str:
+        """The URI of ``key`` in this store (``s3://bucket/key``)."""
+        return f"{self.scheme}://{self.bucket}/{key}"
+
+    # -- the verbs ------------------------------------------------------------------------------
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (recursively), page by page."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """The object ``key`` with every hash it has; StorageError(code 2) if there is none."""
+
+    @abstractmethod
+    def open_read(self, key: str) -> BinaryIO:
+        """A streaming reader of the object (use it as a context manager)."""
+
+    @abstractmethod
+    def read_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end of the object)."""
+
+    @abstractmethod
+    def put(self, key: str, source: BinaryIO | IO[bytes] | str | Path, *,
+            size: int | None = None, mtime: float | None = None,
+            md5: str | None = None) -> ObjectInfo:
+        """Write the object from a file object or a local path, streaming.
+
+        Readers see the old object or the whole new one, never a part. ``mtime`` (the source's)
+        is stored with the object; ``md5`` (hex), when the caller knows it, is checked against
+        the bytes read and lets S3 record it before a multipart upload starts. The returned
+        ObjectInfo carries the hashes the service reported for what it stored, after checking
+        them against the bytes sent.
+        """
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing one is not an error."""
+
+    def compute_hash(self, key: str, kind: str) -> str:
+        """Work out a hash in ``computable_hashes`` by reading the object."""
+        raise StorageError(f"{self.scheme}:// cannot compute {kind}", code=EXIT_BAD_INPUT)
+
+    def close(self) -> None:  # noqa: B027 - optional for a backend
+        """Release connections (optional)."""
+
+    # -- conveniences -------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes, *, mtime: float | None = None) -> ObjectInfo:
+        return self.put(key, io.BytesIO(data), size=len(data), mtime=mtime)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as reader:
+            return reader.read()
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except StorageError as exc:
+            if exc.code == EXIT_BAD_INPUT:
+                return False
+            raise
+        return True
+
+
+# -- helpers shared by the backends ----------------------------------------------------------
+
+def read_full(reader: IO[bytes] | BinaryIO, n: int) -> bytes:
+    """Read up to ``n`` bytes, looping over short reads; fewer only at end of stream."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < n:
+        chunk = reader.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def md5_of_stream(reader: IO[bytes] | BinaryIO, block: int = 4 * MIB) -> tuple[str, int]:
+    """(hex md5, size) of what is left in ``reader``."""
+    digest = hashlib.md5()
+    size = 0
+    while True:
+        chunk = reader.read(block)
+        if not chunk:
+            return digest.hexdigest(), size
+        digest.update(chunk)
+        size += len(chunk)
+
+
+class HashingReader(io.RawIOBase):
+    """Passes reads through while hashing them (md5) and counting bytes."""
+
+    def __init__(self, inner: IO[bytes] | BinaryIO) -> None:
+        super().__init__()
+        self.inner = inner
+        self.digest = hashlib.md5()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        # Full reads (short only at the end): SDKs treat a short chunk as the last one.
+        data = self.inner.read() if n is None or n < 0 else read_full(self.inner, n)
+        if data:
+            self.digest.update(data)
+            self.size += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Only "stay where you are" (resumable uploads confirm their position this way)."""
+        target = offset if whence == io.SEEK_SET else self.size + offset \
+            if whence == io.SEEK_CUR else -1
+        if target != self.size:
+            raise StorageError(f"cannot rewind a stream to byte {target} (at {self.size})",
+                               code=EXIT_PROVIDER, transient=True)
+        return self.size
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+class IterReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks (for SDKs that stream by chunks)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._buf = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            parts = [self._buf, *self._chunks]
+            self._buf = b""
+            self._done = True
+            return b"".join(parts)
+        while len(self._buf) < n and not self._done:
+            try:
+                self._buf += next(self._chunks)
+            except StopIteration:
+                self._done = True
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def open_source(source: BinaryIO | IO[bytes] | str | Path) -> tuple[IO[bytes] | BinaryIO, bool]:
+    """(file object, whether we opened it) for a path or an already open binary file."""
+    if isinstance(source, str | Path):
+        try:
+            return open(source, "rb"), True  # noqa: SIM115 - closed by the caller
+        except OSError as exc:
+            raise StorageError(f"cannot read {source}: {exc.strerror or exc}",
+                               code=EXIT_BAD_INPUT) from None
+    return source, False
+
+
+def source_size(reader: IO[bytes] | BinaryIO) -> int | None:
+    """Bytes left in a seekable file object, else None."""
+    try:
+        if reader.seekable():
+            here = reader.tell()
+            end = reader.seek(0, io.SEEK_END)
+            reader.seek(here)
+            return end - here
+    except (OSError, AttributeError, ValueError):
+        pass
+    return None
+
+
+def missing_sdk(module: str, extra: str, scheme: str) -> StorageError:
+    return StorageError(f"{scheme}:// needs the {module} package: install dqlctl[{extra}] "
+                        f"(pip install 'dqlctl[{extra}]')", code=EXIT_PROVIDER)

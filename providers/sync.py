@@ -1,0 +1,536 @@
+"""``dqlctl sync SRC DST``: make DST hold what SRC holds, between any two stores.
+
+The core returns data (a :class:`SyncResult`); the CLI renders it. The steps:
+
+1. **Plan from listings.** Both sides are listed (in parallel, page by page): no request per
+   object. Each source file is compared with its counterpart by a hash both stores declare
+   (md5, then crc32c; with ``checksum=True`` also hashes a store can compute, such as a local
+   file's md5), else by size and modification time; each file's entry says which. A hash only a
+   HEAD can give (an S3 multipart object's md5 kept in metadata) is fetched for that object
+   alone, and only when the sizes agree.
+2. **Copy** in ``transfers`` threads, streamed through this host (never whole files in memory),
+   each object written atomically by its store. Every copy is verified: the store checks the
+   hash the service reports against the bytes sent, and the size and (where known) the
+   source's hash must match. Transient errors are retried with exponential backoff.
+3. **Delete** extras at DST (``delete=True``) only after every copy succeeded.
+
+``dry_run=True`` lists, compares and returns the plan without changing anything. Interrupting
+(Ctrl+C, SIGKILL) leaves no partial object at DST: uploads become visible only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from providers.storage import (
+    CRC32C,
+    EXIT_BAD_INPUT,
+    MD5,
+    Cancelled,
+    ObjectInfo,
+    StorageError,
+    Store,
+    open_store,
+)
+
+HASH_PREFERENCE = (MD5, CRC32C)
+MTIME_TOLERANCE = 1.0       # seconds: S3 keeps LastModified to the second
+RETRIES = 3                 # after the first attempt
+BACKOFF = 0.25              # seconds, doubled per retry, with jitter
+PROGRESS_EVERY = 0.2        # seconds between progress callbacks
+
+
+@dataclass
+class FileEntry:
+    """One file of the plan: what was done to it, why, and how it was compared/verified."""
+
+    key: str                     # relative to SRC (and DST)
+    action: str                  # "copy" | "skip" | "delete"
+    reason: str                  # "missing" | "size" | "hash" | "mtime" | "same" | "extra"
+    compare: str                 # "md5" | "crc32c" | "size+mtime" | "size" | "none"
+    size: int
+    verified: str | None = None  # "md5" | "crc32c" | "size": how the copy was checked
+    attempts: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Progress:
+    """What the CLI shows while a sync runs."""
+
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    elapsed: float
+    rate: float                  # bytes per second so far
+    eta: float | None            # seconds left, None until a rate is known
+
+
+@dataclass
+class SyncResult:
+    src: str
+    dst: str
+    dry_run: bool
+    delete: bool
+    checksum: bool
+    transfers: int
+    files: list[FileEntry] = field(default_factory=list)
+    copied: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    failed: int = 0
+    bytes_copied: int = 0
+    seconds: float = 0.0
+    compare: dict[str, int] = field(default_factory=dict)    # method -> files compared so
+    errors: list[str] = field(default_factory=list)
+    delete_skipped: str | None = None                        # why extras were kept
+    #: requests made to each side, by kind (list_page, stat, read, put, put_part, delete)
+    requests: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.errors
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything was done; 3 when a copy or delete failed (provider error)."""
+        return 0 if self.ok else 3
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        return out
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+
+class _Meter:
+    """Bytes moved, counted by every transfer thread (high-water mark per attempt)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bytes = 0
+        self.files = 0
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
+
+
+class _ProgressReader:
+    """Counts bytes read into the meter (those of the last pass, when a store reads a local
+    file twice, to hash it first) and stops the transfer when the sync is cancelled."""
+
+    def __init__(self, inner: Any, meter: _Meter, cancel: threading.Event) -> None:
+        self._inner = inner
+        self._meter = meter
+        self._cancel = cancel
+        self.pos = 0
+        self.high = 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self._cancel.is_set():
+            raise Cancelled("sync cancelled")
+        data: bytes = self._inner.read(n)
+        self.pos += len(data)
+        if self.pos > self.high:
+            self._meter.add(self.pos - self.high)
+            self.high = self.pos
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        try:
+            return bool(self._inner.seekable())
+        except AttributeError:
+            return False
+
+    def tell(self) -> int:
+        return int(self._inner.tell())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = int(self._inner.seek(offset, whence))
+        if self.pos < self.high:        # a store re-reads (hashes first, then sends):
+            self._meter.add(self.pos - self.high)   # count the bytes of the last pass only
+            self.high = self.pos
+        return self.pos
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _dir_prefix(key: str) -> str:
+    key = key.strip("/")
+    return f"{key}/" if key else ""
+
+
+def _location(store: Store, prefix: str) -> str:
+    if store.scheme == "file":
+        path = os.path.realpath(os.path.join(store.bucket, prefix))
+        return "file://" + path.rstrip("/") + "/"
+    return f"{store.scheme}://{store.bucket}/{prefix}"
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    base = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(rel, p) or ("/" not in p and fnmatch.fnmatchcase(base, p))
+               for p in patterns)
+
+
+def _selected(rel: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    if include and not _matches(rel, include):
+        return False
+    return not (exclude and _matches(rel, exclude))
+
+
+def _listing(store: Store, prefix: str, include: Sequence[str],
+             exclude: Sequence[str]) -> dict[str, ObjectInfo]:
+    out = {}
+    for info in store.list(prefix):
+        rel = info.key[len(prefix):]
+        if rel and _selected(rel, include, exclude):
+            out[rel] = info
+    return out
+
+
+def _usable_hashes(src: Store, dst: Store, checksum: bool) -> list[str]:
+    if checksum:
+        have_src = src.hash_types | src.computable_hashes
+        have_dst = dst.hash_types | dst.computable_hashes
+    else:
+        have_src, have_dst = src.hash_types, dst.hash_types
+    return [h for h in HASH_PREFERENCE if h in have_src and h in have_dst]
+
+
+def _hash_of(store: Store, info: ObjectInfo, kind: str) -> str | None:
+    """The ``kind`` hash of an object: from its listing, else a HEAD where the store declares
+    it, else computed where the store can (only with --checksum)."""
+    if kind in info.hashes:
+        return info.hashes[kind]
+    if kind in store.hash_types:
+        return store.stat(info.key).hashes.get(kind)
+    if kind in store.computable_hashes:
+        return store.compute_hash(info.key, kind)
+    return None
+
+
+def _compare(src_store: Store, dst_store: Store, s: ObjectInfo, d: ObjectInfo,
+             hashes: list[str], checksum: bool) -> tuple[bool, str, str]:
+    """(equal, method, reason) for a file present on both sides."""
+    for kind in hashes:
+        if s.size != d.size:
+            return False, kind, "size"
+        a = _hash_of(src_store, s, kind)
+        b = _hash_of(dst_store, d, kind) if a is not None else None
+        if a is not None and b is not None:
+            return a == b, kind, "same" if a == b else "hash"
+    if checksum:        # no hash both sides have: size alone (as rclone --checksum)
+        return s.size == d.size, "size", "same" if s.size == d.size else "size"
+    if s.size != d.size:
+        return False, "size+mtime", "size"
+    if d.mtime + MTIME_TOLERANCE < s.mtime:
+        return False, "size+mtime", "mtime"
+    return True, "size+mtime", "same"
+
+
+def sync(src: str, dst: str, *, dry_run: bool = False, delete: bool = False,
+         checksum: bool = False, transfers: int = 4, include: Iterable[str] = (),
+         exclude: Iterable[str] = (), progress: Callable[[Progress], None] | None = None,
+         _stores: tuple[Store, Store] | None = None) -> SyncResult:
+    """Make ``dst`` hold what ``src`` holds. See the module docstring.
+
+    Raises StorageError (``.code`` 2 bad input, 3 provider/credentials) for problems found
+    before anything changed: unknown scheme, missing bucket or container, no credentials, an
+    unreadable local file, SRC and DST overlapping. Failures of single copies after retries are
+    reported in the result (``ok`` False, ``exit_code`` 3) and stop ``delete``.
+    Ctrl+C cancels the transfers (uploads in flight are abandoned) and re-raises.
+    """
+    started = time.monotonic()
+    include, exclude = tuple(include), tuple(exclude)
+    if transfers < 1:
+        raise StorageError(f"--transfers must be at least 1 (got {transfers})")
+    if _stores is not None:
+        return _sync(src, dst, _stores[0], "", _stores[1], "", dry_run, delete, checksum,
+                     transfers, include, exclude, progress, started)
+    src_store, src_key = open_store(src)
+    try:
+        dst_store, dst_key = open_store(dst)
+    except BaseException:
+        src_store.close()
+        raise
+    try:
+        return _sync(src, dst, src_store, src_key, dst_store, dst_key, dry_run, delete,
+                     checksum, transfers, include, exclude, progress, started)
+    finally:
+        src_store.close()
+        dst_store.close()
+
+
+def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, dst_key: str,
+          dry_run: bool, delete: bool, checksum: bool, transfers: int, include: tuple[str, ...],
+          exclude: tuple[str, ...], progress: Callable[[Progress], None] | None,
+          started: float) -> SyncResult:
+    src_prefix, dst_prefix = _dir_prefix(src_key), _dir_prefix(dst_key)
+    result = SyncResult(src, dst, dry_run, delete, checksum, transfers)
+
+    a, b = _location(src_store, src_prefix), _location(dst_store, dst_prefix)
+    if a.startswith(b) or b.startswith(a):
+        raise StorageError(f"SRC and DST overlap ({a} and {b}): sync would copy into itself",
+                           code=EXIT_BAD_INPUT)
+    if src_store.scheme == "file":
+        path = os.path.join(src_store.bucket, src_prefix.rstrip("/"))
+        if not os.path.exists(path):
+            raise StorageError(f"source {src} does not exist", code=EXIT_BAD_INPUT)
+        if not os.path.isdir(path):
+            raise StorageError(f"source {src} is a file: sync copies a folder or a prefix",
+                               code=EXIT_BAD_INPUT)
+    if dst_store.scheme == "file":
+        path = os.path.join(dst_store.bucket, dst_prefix)
+        if os.path.exists(path.rstrip("/")) and not os.path.isdir(path.rstrip("/")):
+            raise StorageError(f"destination {dst} is a file, not a folder",
+                               code=EXIT_BAD_INPUT)
+
+    with ThreadPoolExecutor(max(2, transfers), thread_name_prefix="sync") as pool:
+        # -- 1. plan ----------------------------------------------------------------------
+        src_list_f = pool.submit(_listing, src_store, src_prefix, include, exclude)
+        dst_list_f = pool.submit(_listing, dst_store, dst_prefix, include, exclude)
+        src_files, dst_files = src_list_f.result(), dst_list_f.result()
+        if src_store.scheme == "file":
+            readable = getattr(src_store, "readable", None)
+            bad = [rel for rel, info in src_files.items()
+                   if readable is not None and not readable(info.key)]
+            if bad:
+                raise StorageError(f"cannot read {os.path.join(src_store.bucket, src_prefix, bad[0])}"
+                                   f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}: "
+                                   "permission denied; nothing was copied", code=EXIT_BAD_INPUT)
+        hashes = _usable_hashes(src_store, dst_store, checksum)
+        entries: dict[str, FileEntry] = {}
+        to_compare = []
+        for rel, s in sorted(src_files.items()):
+            d = dst_files.get(rel)
+            if d is None:
+                entries[rel] = FileEntry(rel, "copy", "missing", "none", s.size)
+            else:
+                to_compare.append((rel, s, d))
+        compared = pool.map(lambda t: _compare(src_store, dst_store, t[1], t[2], hashes,
+                                               checksum), to_compare)
+        for (rel, s, _), (equal, method, reason) in zip(to_compare, compared, strict=True):
+            entries[rel] = FileEntry(rel, "skip" if equal else "copy", reason, method, s.size)
+        extras = sorted(set(dst_files) - set(src_files))
+        files = [entries[rel] for rel in sorted(entries)]
+        if delete:
+            files += [FileEntry(rel, "delete", "extra", "none", dst_files[rel].size)
+                      for rel in extras]
+        result.files = files
+        result.compare = dict(Counter(e.compare for e in files if e.action != "delete"))
+        copies = [e for e in files if e.action == "copy"]
+        deletes = [e for e in files if e.action == "delete"]
+        result.skipped = sum(e.action == "skip" for e in files)
+        if dry_run:
+            result.copied = len(copies)
+            result.bytes_copied = sum(e.size for e in copies)
+            result.deleted = len(deletes)
+            result.requests = {"src": dict(src_store.calls), "dst": dict(dst_store.calls)}
+            result.seconds = time.monotonic() - started
+            return result
+
+        # -- 2. copy ----------------------------------------------------------------------
+        meter = _Meter()
+        cancel = threading.Event()
+        bytes_total = sum(e.size for e in copies)
+
+        def copy_one(entry: FileEntry) -> None:
+            s = src_files[entry.key]
+            dst_name = dst_prefix + entry.key
+            for attempt in range(1, RETRIES + 2):
+                entry.attempts = attempt
+                reader: _ProgressReader | None = None
+                try:
+                    md5 = s.hashes.get(MD5)
+                    if (md5 is None and dst_store.wants_md5_first and MD5 in src_store.hash_types
+                            and s.size > dst_store.buffer_limit):
+                        md5 = src_store.stat(s.key).hashes.get(MD5)  # S3 records it up front
+                    with src_store.open_read(s.key) as raw:
+                        reader = _ProgressReader(raw, meter, cancel)
+                        info = dst_store.put(dst_name, reader, size=s.size, mtime=s.mtime,
+                                             md5=md5)
+                    entry.verified = _verify(s, info)
+                    entry.error = None
+                    with meter.lock:
+                        meter.files += 1
+                    return
+                except Cancelled:
+                    entry.error = "cancelled"
+                    return
+                except StorageError as exc:
+                    entry.error = str(exc)
+                    if not exc.transient or attempt > RETRIES or cancel.is_set():
+                        return
+                except Exception as exc:  # an SDK error no store mapped: retry it
+                    entry.error = f"{type(exc).__name__}: {exc}"
+                    if attempt > RETRIES or cancel.is_set():
+                        return
+                finally:
+                    if reader is not None and entry.error is not None:
+                        meter.add(-reader.high)     # a failed attempt moved nothing
+                time.sleep(BACKOFF * 2 ** (attempt - 1) * (0.5 + random.random()))
+
+        def report() -> None:
+            if progress is None:
+                return
+            elapsed = time.monotonic() - started
+            with meter.lock:
+                done_bytes, done_files = meter.bytes, meter.files
+            rate = done_bytes / elapsed if elapsed > 0 else 0.0
+            eta = (bytes_total - done_bytes) / rate if rate > 0 else None
+            progress(Progress(done_files, len(copies), done_bytes, bytes_total, elapsed, rate,
+                              eta))
+
+        futures: set[Future[None]] = {pool.submit(copy_one, e) for e in copies}
+        try:
+            report()
+            while futures:
+                _, futures = wait(futures, timeout=PROGRESS_EVERY, return_when=FIRST_COMPLETED)
+                report()
+        except BaseException:
+            cancel.set()
+            for fut in futures:
+                fut.cancel()
+            wait(futures)
+            raise
+        failed = [e for e in copies if e.error is not None]
+        result.copied = len(copies) - len(failed)
+        result.failed = len(failed)
+        result.bytes_copied = sum(e.size for e in copies if e.error is None)
+        result.errors = [f"{e.key}: {e.error}" for e in failed]
+
+        # -- 3. delete --------------------------------------------------------------------
+        if deletes and failed:
+            result.delete_skipped = (f"{len(failed)} copies failed: kept {len(deletes)} "
+                                     "extra files at DST")
+            for e in deletes:
+                e.action, e.reason = "keep", "copy failed"
+        elif deletes:
+            def delete_one(entry: FileEntry) -> None:
+                try:
+                    dst_store.delete(dst_files[entry.key].key)
+                except StorageError as exc:
+                    entry.error = str(exc)
+
+            list(pool.map(delete_one, deletes))
+            bad = [e for e in deletes if e.error]
+            result.deleted = len(deletes) - len(bad)
+            result.errors += [f"{e.key}: {e.error}" for e in bad]
+            result.failed += len(bad)
+    result.requests = {"src": dict(src_store.calls), "dst": dict(dst_store.calls)}
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _verify(s: ObjectInfo, info: ObjectInfo) -> str:
+    """How a copy was checked; raises a transient StorageError when it does not match."""
+    if info.size != s.size:
+        raise StorageError(f"{info.key}: {info.size} bytes written, source has {s.size}",
+                           code=3, transient=True)
+    for kind in HASH_PREFERENCE:
+        if kind in s.hashes and kind in info.hashes:
+            if s.hashes[kind] != info.hashes[kind]:
+                raise StorageError(f"{info.key}: {kind} {info.hashes[kind]} written, source "
+                                   f"has {s.hashes[kind]}", code=3, transient=True)
+            return kind
+    # the store checked the hash the service reported against the bytes it sent
+    return MD5 if MD5 in info.hashes else "size"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sync flags, shared by ``dqlctl sync`` and ``python -m providers.sync``."""
+    parser.add_argument("src", metavar="SRC", help="a path or s3://, gs://, az:// URI")
+    parser.add_argument("dst", metavar="DST")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument("--delete", action="store_true",
+                        help="remove files at DST that SRC lacks (only after every copy worked)")
+    parser.add_argument("--checksum", action="store_true",
+                        help="compare by a hash both sides have, not size and time")
+    parser.add_argument("--transfers", type=int, default=4, help="parallel copies (default 4)")
+    parser.add_argument("--include", action="append", default=[], metavar="GLOB")
+    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run_from_args(args: argparse.Namespace, stdout: Any, stderr: Any, prog: str) -> int:
+    """Run a sync for parsed arguments: progress on a terminal, a summary, the exit code."""
+    if args.transfers < 1:
+        print(f"{prog}: error: --transfers must be at least 1, got {args.transfers}",
+              file=stderr)
+        return 2
+    show = stderr.isatty() and not args.json
+
+    def on_progress(p: Progress) -> None:
+        eta = f"{p.eta:.0f}s" if p.eta is not None else "?"
+        stderr.write(f"\r{p.files_done}/{p.files_total} files  {_human(p.bytes_done)}/"
+                     f"{_human(p.bytes_total)}  {_human(p.rate)}/s  ETA {eta}   ")
+
+    try:
+        result = sync(args.src, args.dst, dry_run=args.dry_run, delete=args.delete,
+                      checksum=args.checksum, transfers=args.transfers, include=args.include,
+                      exclude=args.exclude, progress=on_progress if show else None)
+    except StorageError as exc:
+        print(f"{prog}: error: {exc}", file=stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; nothing partial was left at DST", file=stderr)
+        return 130
+    if show:
+        stderr.write("\n")
+    if args.json:
+        print(result.to_json(), file=stdout)
+    else:
+        if result.dry_run:
+            for f in result.files:
+                if f.action != "skip":
+                    print(f"  would {f.action} {f.key}  ({f.reason})", file=stdout)
+        verb = "would copy" if result.dry_run else "copied"
+        print(f"{verb} {result.copied}, skipped {result.skipped}, "
+              f"{'would delete' if result.dry_run else 'deleted'} {result.deleted}, "
+              f"{_human(result.bytes_copied)} in {result.seconds:.2f}s "
+              f"(compare: {', '.join(f'{k} {v}' for k, v in result.compare.items()) or '-'})",
+              file=stdout)
+        for error in result.errors:
+            print(f"{prog}: error: {error}", file=stderr)
+    return result.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m providers.sync SRC DST [...]``: the core without the dqlctl CLI around it."""
+    parser = argparse.ArgumentParser(prog="python -m providers.sync",
+                                     description="Sync SRC to DST (paths or s3://, gs://, az://)")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv), sys.stdout, sys.stderr, "sync")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
