@@ -1,0 +1,175 @@
+"""``dql-trading`` (also ``python -m engine`` and ``python dql_trading.py``): the engine's CLI.
+
+The predecessor's commands and flags, plus this engine's (``--seed``, ``--device``,
+``--results_dir``, ``--resume``, ``--checkpoint_every``, ``--config`` ...). Every flag is a field of
+:class:`engine.config.Config`; its help is that field's docstring. Precedence: flags given on
+the command line > ``--config FILE`` (TOML or YAML) > defaults.
+
+Bad input is one line on stderr, ``dql-trading: error: ...``, and exit status 2 (no traceback
+unless ``--debug``); other exit statuses in :mod:`engine.workflow`. This module imports only the
+standard library; torch, numpy and pandas load inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from engine.config import (
+    AGENT_TYPES,
+    DEVICES,
+    EPS_SCHEDULES,
+    REWARD_GOALS,
+    SEARCH_METHODS,
+    BadInput,
+    Config,
+    ConfigError,
+    apply_overrides,
+    coerce,
+    field_docs,
+    field_kind,
+    field_names,
+    load_config_file,
+)
+
+PROG = "dql-trading"
+COMMANDS: dict[str, str] = {
+    "train": "train an agent on the training split (validation each episode; --test: then test)",
+    "evaluate": "evaluate a trained model (<results_dir>/<experiment>/model.pth) on the test split",
+    "full-workflow": "tune -> train -> evaluate -> report (--skip_tuning reuses saved parameters)",
+    "tune": "search hyperparameters (random or grid) on the validation split",
+    "report": "(re)build the report of an evaluated experiment",
+    "compare": "compare evaluated experiments side by side",
+    "check-dependencies": "show which packages, device and threads the engine would use",
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "agent_type": AGENT_TYPES, "reward_goal": REWARD_GOALS, "device": DEVICES,
+    "eps_schedule": EPS_SCHEDULES, "search_method": SEARCH_METHODS,
+}
+EXAMPLES = """examples:
+  dql-trading full-workflow --agent_type custom --data_file test_small.csv \\
+      --experiment_name local_test --episodes 100
+  dql-trading train --data_file STOCKS_GOOGL.csv --agent_type dql --episodes 50 --test
+  dql-trading train --config run.toml --resume      # continue from the newest checkpoint
+"""
+
+
+class UsageError(Exception):
+    """A command line that cannot be parsed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line (raised, printed by main)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _flag_type(name: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return coerce(name, text, source=f"--{name}")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+    parse.__name__ = field_kind(name)
+    return parse
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    docs = field_docs()
+    defaults = Config()
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="TOML or YAML file of settings (flags given here override it)")
+    for name in field_names():
+        kind = field_kind(name)
+        default = getattr(defaults, name)
+        shown = "agent default" if default is None else (
+            ",".join(map(str, default)) if isinstance(default, tuple) else default)
+        help_text = f"{docs.get(name, '')} (default: {shown})".replace("%", "%%")
+        if kind == "bool":
+            p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_text)
+        else:
+            p.add_argument(f"--{name}", type=_flag_type(name), default=argparse.SUPPRESS,
+                           choices=CHOICES.get(name), metavar=name.upper() if name not in
+                           CHOICES else None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Deep-Q-learning trading engine: train, evaluate, "
+                     "tune and report (the predecessor's commands and flags).",
+                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, text in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text)
+        if name == "check-dependencies":
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                           help="show tracebacks on errors")
+            continue
+        if name == "compare":
+            p.add_argument("--experiments", nargs="+", metavar="NAME", default=[],
+                           help="experiments under --results_dir (default: every evaluated one)")
+        _add_config_flags(p)
+    return parser
+
+
+def config_from_args(ns: argparse.Namespace) -> tuple[Config, frozenset[str]]:
+    """The Config of a parsed command line (defaults < --config file < flags) and the names
+    of the settings given as flags."""
+    given = {k: v for k, v in vars(ns).items() if k in set(field_names())}
+    cfg = Config()
+    path = getattr(ns, "config", None)
+    if path:
+        cfg = apply_overrides(cfg, load_config_file(path), source=path)
+    cfg = apply_overrides(cfg, given, source="command line")
+    cfg.validate()
+    return cfg, frozenset(given)
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(args)
+    except UsageError as exc:
+        return _error(str(exc))
+    if not ns.command:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        if ns.command == "check-dependencies":
+            cfg, given = Config(), frozenset()
+        else:
+            cfg, given = config_from_args(ns)
+        debug = debug or cfg.debug
+        from engine.workflow import run_command
+
+        return run_command(ns.command, cfg, given=given,
+                           experiments=list(getattr(ns, "experiments", []) or []))
+    except BadInput as exc:
+        if debug:
+            raise
+        return _error(str(exc).strip().splitlines()[0] if str(exc).strip() else "bad input")
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line unless --debug
+        if debug:
+            raise
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"{PROG}: error: {type(exc).__name__}: {text} (run with --debug for the "
+              "traceback)", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,593 @@
+"""Training: a batch of trading environments on the training split, a DQN-family agent learning
+from replay, a greedy validation pass after every episode, checkpoints that survive preemption.
+
+The entry point (also what tuning calls in its worker processes)::
+
+    run_training(cfg: Config, *, data: PreparedData | None = None, out_dir: Path | None = None,
+                 events: EventWriter | None = None, log: Callable[[str], None] = print,
+                 stop: StopRequest | None = None, runtime_info: RuntimeInfo | None = None,
+                 mirror: RemoteMirror | None = None,
+                 train_transaction_cost: float | None = None) -> TrainResult
+
+- ``cfg`` is resolved here (agent defaults filled in). ``data`` defaults to
+  ``prepare_data(cfg)``; pass one PreparedData to many trials to load and featurise once.
+- ``out_dir`` None (tuning trials): nothing is written. Otherwise ``out_dir`` receives
+  ``checkpoints/``, ``model.pth`` (best weights + normaliser + config) and ``train_metrics.json``,
+  and ``cfg.resume`` continues from the newest complete checkpoint there.
+- ``events`` gets ``episode`` and ``checkpoint`` events; ``log`` one human line per episode.
+- ``stop.signum`` set (by a SIGTERM/SIGINT handler) makes training finish the current vectorised
+  step, write a checkpoint, emit its event and raise :class:`TrainingInterrupted`.
+- ``train_transaction_cost`` (tuning): the cost the training environments charge, when it
+  differs from ``cfg.transaction_cost``; validation always uses ``cfg.transaction_cost``.
+- Returns :class:`TrainResult`: the history, the best validation episode and its metrics, and
+  the network holding the best weights (eval mode).
+
+What one episode is: ``L`` env steps in total, ``L`` being the decision bars of the training
+split (its bars after the feature warm-up, minus the last), spread over ``n_envs`` environments:
+``ceil(L / n_envs)`` vectorised steps. The amount of experience per episode, and with a fixed
+replay ratio the number of gradient samples, does not depend on ``n_envs``. Each environment
+plays random-start segments of ``episode_length`` bars (auto: ``ceil(L / n_envs)``, at least
+``min(L, 100)``); with ``n_envs = 1`` an episode is exactly one pass over the training split.
+The episode's ``reward`` is the sum of all its env steps' rewards, unscaled (for the profit reward:
+the net log return earned, comparable to one pass's total).
+
+Order of one vectorised step (top to bottom in :meth:`Trainer._step`): epsilon from the env-step
+count -> epsilon-greedy actions -> environment step -> n-step accumulator -> replay buffer ->
+as many gradient updates as the replay ratio has accumulated samples for (``n_envs *
+replay_ratio`` per step, ``batch_size`` per update), once ``learning_starts`` env steps are
+collected. Determinism: every random draw comes from generators seeded by ``cfg.seed`` (torch
+global for network init, the trainer's own torch generator for actions and sampling, the
+environments' numpy generator for segment starts); a CPU run is bit-for-bit repeatable, and a
+resumed run continues bit-for-bit (the test kills one with SIGKILL and compares).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine import checkpoint as ckpt
+from engine.agents import DQNAgent, epsilon_at, weights_copy
+from engine.config import RESUME_FREE, Config, ConfigError
+from engine.data import DataError, MarketData, bars_per_year, load_market_data, split_indices
+from engine.env import VecTradingEnv, evaluate_policy
+from engine.events import EventWriter
+from engine.features import FEATURE_NAMES, Normalizer, compute_features, feature_warmup
+from engine.replay import NStepAccumulator, ReplayBuffer
+from engine.runtime import RuntimeInfo, detect
+
+MODEL_FORMAT = "dqlctl-model/1"
+MIN_TRAIN_STEPS = 20  # decision bars the training split must offer
+MIN_EVAL_BARS = 2  # bars a validation / test split must hold (one decision and its outcome)
+DEFAULT_SEGMENT = 100  # shortest auto episode_length (bars), when the split is that long
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+@dataclass
+class PreparedData:
+    """A market ready for training: normalised causal features over the whole series, splits."""
+
+    md: MarketData
+    features: np.ndarray  # (T, F) float32, normalised with training-split statistics
+    close: np.ndarray  # (T,) float64
+    train: slice
+    val: slice
+    test: slice
+    start: int  # first decision bar of the training split (after the feature warm-up)
+    bars_per_year: float
+    normalizer: Normalizer
+
+    @property
+    def train_steps(self) -> int:
+        """Decision bars of the training split (``L``)."""
+        return int(self.train.stop) - 1 - self.start
+
+    def summary(self) -> dict[str, Any]:
+        def span(s: slice) -> dict[str, Any]:
+            a, b = int(s.start), int(s.stop)
+            ts = self.md.timestamps
+            return {"bars": b - a, "start": str(ts[a]) if b > a else None,
+                    "end": str(ts[b - 1]) if b > a else None}
+
+        return {"source": self.md.source, "tic": self.md.tic, "bars": self.md.n,
+                "bars_per_year": self.bars_per_year, "warnings": list(self.md.warnings),
+                "first_train_decision_bar": self.start, "train": span(self.train),
+                "val": span(self.val), "test": span(self.test),
+                "features": list(FEATURE_NAMES)}
+
+
+def prepare_data(cfg: Config, md: MarketData | None = None,
+                 normalizer: Normalizer | None = None) -> PreparedData:
+    """Load (unless given), featurise, split and normalise (fitted on the training split, or
+    ``normalizer`` when given: a saved model's); DataError if the data is too short for the
+    window, the warm-up and the splits."""
+    if md is None:
+        md = load_market_data(cfg.data_file)
+    name = Path(md.source).name or cfg.data_file
+    warm = feature_warmup(cfg.feature_window)
+    start = max(warm, cfg.window - 1)
+    try:
+        train, val, test = split_indices(md.n, cfg.train_frac, cfg.val_frac)
+    except ValueError as exc:
+        raise DataError(f"{name}: {exc}") from None
+    steps = int(train.stop) - 1 - start
+    if steps < MIN_TRAIN_STEPS:
+        need = math.ceil((start + 1 + MIN_TRAIN_STEPS) / cfg.train_frac)
+        raise DataError(f"{name}: {md.n} bars leave the training split {steps} decision bars "
+                        f"after the {start}-bar warm-up (window {cfg.window}, feature window "
+                        f"{cfg.feature_window}); need at least {MIN_TRAIN_STEPS}, i.e. about "
+                        f"{need} bars (use a longer file or smaller windows)")
+    for label, s in (("validation", val), ("test", test)):
+        if cfg.val_frac == 0 and label == "validation":
+            continue
+        if int(s.stop) - int(s.start) < MIN_EVAL_BARS:
+            raise DataError(f"{name}: the {label} split has {int(s.stop) - int(s.start)} bars of "
+                            f"{md.n}; need at least {MIN_EVAL_BARS} (use a longer file)")
+    raw = compute_features(md, window=cfg.feature_window)
+    norm = normalizer or Normalizer().fit(raw[start:int(train.stop)])
+    feats = norm.transform(raw)
+    try:
+        bpy = bars_per_year(md.timestamps)
+    except ValueError as exc:
+        raise DataError(f"{name}: {exc}") from None
+    return PreparedData(md=md, features=feats, close=np.asarray(md.close, dtype=np.float64),
+                        train=train, val=val, test=test, start=start, bars_per_year=bpy,
+                        normalizer=norm)
+
+
+def greedy_pass(net: nn.Module, data: PreparedData, split: slice, cfg: Config,
+                device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The greedy policy of ``net`` over one split, from flat: (positions, net returns) of the
+    split's ``stop - start - 1`` decision bars (the bars before the split are context only)."""
+    a, b = int(split.start), int(split.stop)
+    was_training = net.training
+    net.eval()
+
+    def policy(obs: torch.Tensor) -> torch.Tensor:
+        return net(obs).argmax(dim=1)
+
+    try:
+        pos, ret = evaluate_policy(data.features[:b], data.close[:b], policy, cfg.window,
+                                   start=a, transaction_cost=cfg.transaction_cost,
+                                   slippage=cfg.slippage, long_only=cfg.long_only,
+                                   device=str(device))
+    finally:
+        net.train(was_training)
+    return pos[a:], ret[a:]
+
+
+def split_metrics(positions: np.ndarray, returns: np.ndarray, data: PreparedData,
+                  split: slice, cfg: Config) -> dict[str, Any]:
+    """Every metric of :mod:`engine.metrics` for one split's greedy pass."""
+    from engine.metrics import compute_metrics
+
+    a, b = int(split.start), int(split.stop)
+    return compute_metrics(returns, positions, data.bars_per_year,
+                           timestamps=data.md.timestamps[a:b],
+                           cost=cfg.transaction_cost + cfg.slippage)
+
+
+# -- models on disk ----------------------------------------------------------------------------
+
+def save_model(path: Path, net: nn.Module, cfg: Config, data: PreparedData,
+               obs_shape: tuple[int, ...], n_actions: int, extra: dict[str, Any]) -> Path:
+    """``model.pth``: weights, config, normaliser, shapes (``torch.load(weights_only=True)``)."""
+    bundle = {"format": MODEL_FORMAT, "agent_type": cfg.agent_type, "config": cfg.to_dict(),
+              "obs_shape": list(obs_shape), "n_actions": int(n_actions),
+              "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+              "normalizer": data.normalizer.state_dict(), "features": list(FEATURE_NAMES),
+              **extra}
+    return ckpt.atomic_torch_save(bundle, path)
+
+
+def load_model(path: Path, device: str | torch.device = "cpu"
+               ) -> tuple[nn.Module, Config, dict[str, Any]]:
+    """The network of a ``model.pth`` (eval mode), its config and the whole bundle."""
+    from engine.agents import build_qnet
+
+    try:
+        bundle = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable model file ({str(exc).splitlines()[0]})") \
+            from None
+    if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a {MODEL_FORMAT} model file")
+    cfg = Config.from_dict(bundle["config"], source=str(path)).resolved()
+    net = build_qnet(cfg, tuple(bundle["obs_shape"]), int(bundle["n_actions"])).to(device)
+    net.load_state_dict(bundle["state_dict"])
+    net.eval()
+    return net, cfg, bundle
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+
+class StopRequest:
+    """Set by a signal handler: ``signum`` of the first SIGTERM/SIGINT, else None."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint (``path``, None if no out_dir)."""
+
+    def __init__(self, signum: int, path: Path | None, episode: int) -> None:
+        super().__init__(f"stopped by signal {signum} at episode {episode}")
+        self.signum, self.path, self.episode = signum, path, episode
+
+
+@dataclass
+class LoopState:
+    """Counters and bookkeeping of the training loop (all of it goes into checkpoints)."""
+
+    episode: int = 0  # episodes completed
+    step_in_episode: int = 0  # vectorised steps done in the current episode
+    env_steps: int = 0
+    samples_owed: float = 0.0  # gradient samples earned by the replay ratio, not yet drawn
+    ep_updates: int = 0
+    ep_time: float = 0.0  # seconds of stepping + learning in the current episode
+    best_val: float = -math.inf
+    best_episode: int = 0
+    since_best: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    config: Config
+    history: list[dict[str, Any]]
+    best_episode: int
+    best_val_sharpe: float | None
+    val_metrics: dict[str, Any] | None  # best weights on the validation split
+    val_series: tuple[np.ndarray, np.ndarray] | None  # (positions, net returns) of that pass
+    env_steps: int
+    updates: int
+    steps_per_s: float
+    wall_s: float
+    stopped_early: bool
+    net: nn.Module  # best weights, eval mode
+    model_path: Path | None
+    resumed_from: Path | None
+
+
+class Trainer:
+    """One training run (see the module docstring); ``run()`` returns a TrainResult."""
+
+    def __init__(self, cfg: Config, data: PreparedData, device: str, *,
+                 out_dir: Path | None = None, events: EventWriter | None = None,
+                 log: Callable[[str], None] = print, stop: StopRequest | None = None,
+                 mirror: ckpt.RemoteMirror | None = None,
+                 train_transaction_cost: float | None = None) -> None:
+        self.cfg, self.data, self.device = cfg, data, torch.device(device)
+        self.out_dir, self.events, self.log, self.stop = out_dir, events, log, stop
+        self.mirror = mirror
+
+        # Seeding: one block, everything derives from cfg.seed.
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(cfg.seed)
+
+        # Environments on the training split only: arrays end at its last bar.
+        L = data.train_steps
+        n = cfg.n_envs
+        self.steps_per_episode = math.ceil(L / n)
+        seg = cfg.episode_length or max(self.steps_per_episode, min(L, DEFAULT_SEGMENT))
+        self.segment = min(seg, L)
+        self.reward_scale = self._reward_scale()
+        b = int(data.train.stop)
+        self.env = VecTradingEnv(
+            data.features[:b], data.close[:b], n_envs=n, window=cfg.window,
+            transaction_cost=(cfg.transaction_cost if train_transaction_cost is None
+                              else float(train_transaction_cost)),
+            slippage=cfg.slippage, long_only=cfg.long_only, reward=cfg.reward_goal,
+            episode_length=self.segment,
+            start=data.start, device=str(self.device), seed=cfg.seed,
+            reward_scale=self.reward_scale)
+        if self.env.reward_note:
+            self.log(f"note: {self.env.reward_note}")
+        self.obs_shape = tuple(self.env.obs_shape)
+        self.total_env_steps = cfg.episodes * self.steps_per_episode * n
+
+        self.agent = DQNAgent(cfg, self.obs_shape, self.env.n_actions, self.device)
+        self.buffer = ReplayBuffer(max(cfg.buffer_size, n), self.obs_shape, self.device,
+                                   prioritized=cfg.prioritized, alpha=cfg.per_alpha)
+        self.nstep = NStepAccumulator(int(cfg.n_step or 1), cfg.gamma, n, self.obs_shape,
+                                      self.device)
+        self.s = LoopState()
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.ep_reward = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.ep_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.obs = self.env.reset()
+        self.resumed_from: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self.progressed = False  # stepped or ended an episode in this process
+
+    def _reward_scale(self) -> float:
+        cfg = self.cfg
+        if cfg.reward_scale > 0:
+            return float(cfg.reward_scale)
+        if cfg.reward_goal != "profit":
+            return 1.0
+        close = self.data.close[self.data.start:int(self.data.train.stop)]
+        std = float(np.std(np.diff(np.log(close))))
+        return 1.0 / std if std > 1e-12 else 1.0
+
+    # -- one vectorised step -------------------------------------------------------------------
+    def _step(self) -> None:
+        cfg, s, n = self.cfg, self.s, self.cfg.n_envs
+        self.progressed = True
+        eps = epsilon_at(s.env_steps, self.total_env_steps, cfg)
+        actions = self.agent.act(self.obs, eps, self.gen)
+        next_obs, reward, done, info = self.env.step(actions)
+        terminated = torch.from_numpy(info["terminated"]).to(self.device)
+        transition = self.nstep.push(self.obs, actions, reward, info["final_obs"], terminated,
+                                     done)
+        if transition is not None:
+            self.buffer.add(*transition)
+        self.obs = next_obs
+        s.env_steps += n
+        s.step_in_episode += 1
+        self.ep_reward += reward.sum(dtype=torch.float64)
+
+        if s.env_steps < cfg.learning_starts or len(self.buffer) < cfg.batch_size:
+            return
+        s.samples_owed += n * cfg.replay_ratio
+        beta = cfg.per_beta + (1.0 - cfg.per_beta) * min(1.0, s.env_steps / self.total_env_steps)
+        while s.samples_owed >= cfg.batch_size:
+            batch = self.buffer.sample(cfg.batch_size, self.gen, beta)
+            loss, td = self.agent.update(batch)
+            self.buffer.update_priorities(batch.indices, td)
+            self.ep_loss += loss
+            s.ep_updates += 1
+            s.samples_owed -= cfg.batch_size
+
+    # -- episodes ------------------------------------------------------------------------------
+    def _collect_episode(self) -> None:
+        s = self.s
+        t0 = time.perf_counter()
+        while s.step_in_episode < self.steps_per_episode:
+            self._step()
+            if self.stop is not None and self.stop.signum is not None:
+                s.ep_time += time.perf_counter() - t0
+                path = self.checkpoint()
+                raise TrainingInterrupted(self.stop.signum, path, s.episode)
+        s.ep_time += time.perf_counter() - t0
+
+    def validate(self) -> dict[str, Any] | None:
+        """Metrics of the greedy policy on the validation split (None without one)."""
+        if int(self.data.val.stop) - int(self.data.val.start) < MIN_EVAL_BARS:
+            return None
+        pos, ret = greedy_pass(self.agent.online, self.data, self.data.val, self.cfg,
+                               self.device)
+        return split_metrics(pos, ret, self.data, self.data.val, self.cfg)
+
+    def _end_episode(self) -> None:
+        from engine.metrics import score as metric_score
+
+        cfg, s = self.cfg, self.s
+        env_steps_ep = s.step_in_episode * cfg.n_envs
+        self.progressed = True
+        s.episode += 1
+        s.step_in_episode = 0
+        val = self.validate()
+        val_sharpe = None if val is None else val["sharpe_ratio"]
+        val_return = None if val is None else val["total_return"]
+        # Selection by validation Sharpe; an undefined one ranks by the sign of the return.
+        score = -math.inf if val is None else metric_score(val, "sharpe_ratio")
+        improved = val is None or score > s.best_val
+        if improved:
+            s.best_val, s.best_episode, s.since_best = score, s.episode, 0
+            self.best_weights = weights_copy(self.agent.online)
+        else:
+            s.since_best += 1
+        if cfg.patience and s.since_best >= cfg.patience:
+            s.stopped_early = True
+        loss = float(self.ep_loss) / s.ep_updates if s.ep_updates else None
+        record = {"episode": s.episode, "reward": float(self.ep_reward) / self.reward_scale,
+                  "loss": loss, "epsilon": epsilon_at(s.env_steps, self.total_env_steps, cfg),
+                  "val_sharpe": val_sharpe, "val_return": val_return, "env_steps": s.env_steps,
+                  "updates": self.agent.updates, "best": improved,
+                  "steps_per_s": env_steps_ep / s.ep_time if s.ep_time > 0 else None}
+        s.history.append(record)
+        if self.events is not None:
+            self.events.emit("episode", episode=s.episode, episodes=cfg.episodes,
+                             reward=record["reward"], loss=loss, epsilon=record["epsilon"],
+                             val_sharpe=val_sharpe, steps_per_s=record["steps_per_s"],
+                             env_steps=s.env_steps)
+        self.log(_episode_line(record, cfg.episodes))
+        self.ep_reward.zero_()
+        self.ep_loss.zero_()
+        s.ep_updates, s.ep_time = 0, 0.0
+        if s.stopped_early:
+            self.log(f"early stop: no better validation Sharpe for {cfg.patience} episodes "
+                     f"(best {s.best_val:.3f} at episode {s.best_episode})")
+
+    def run(self) -> None:
+        """Train until ``cfg.episodes`` (or early stopping); checkpoints on the way and at the end."""
+        cfg, s = self.cfg, self.s
+        while s.episode < cfg.episodes and not s.stopped_early:
+            self._collect_episode()
+            self._end_episode()
+            last = s.episode >= cfg.episodes or s.stopped_early
+            if not last and cfg.checkpoint_every and s.episode % cfg.checkpoint_every == 0:
+                self.checkpoint()
+            if self.stop is not None and self.stop.signum is not None and not last:
+                path = self.checkpoint()
+                raise TrainingInterrupted(self.stop.signum, path, s.episode)
+        if self.resumed_from is None or self.progressed:  # else: resumed at the very end
+            self.checkpoint()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _ckpt_dir(self) -> Path:
+        assert self.out_dir is not None
+        return self.out_dir / ckpt.CKPT_DIR
+
+    def state(self) -> dict[str, Any]:
+        """Everything a bit-exact continuation needs (see engine.checkpoint)."""
+        return {"config": self.cfg.to_dict(), "loop": dataclasses.asdict(self.s),
+                "ep_reward": self.ep_reward.cpu(), "ep_loss": self.ep_loss.cpu(),
+                "agent": self.agent.state_dict(), "best_weights": self.best_weights,
+                "buffer": self.buffer.state_dict(), "nstep": self.nstep.state_dict(),
+                "env": ckpt.env_state(self.env), "obs": self.obs.cpu(),
+                "rng": ckpt.rng_state(), "generator": self.gen.get_state()}
+
+    def checkpoint(self) -> Path | None:
+        """Write a checkpoint now (atomically), emit its event; None without an out_dir."""
+        if self.out_dir is None:
+            return None
+        folder = self._ckpt_dir()
+        before = set(ckpt.list_checkpoints(folder))
+        path = ckpt.save(self.state(), folder, self.s.env_steps)
+        where = str(path)
+        if self.mirror is not None:
+            rel = f"{ckpt.CKPT_DIR}/{path.name}"
+            self.mirror.put(path, rel)
+            where = f"{self.mirror.uri}/{rel}"
+            for old in before - set(ckpt.list_checkpoints(folder)):
+                self.mirror.delete(f"{ckpt.CKPT_DIR}/{old.name}")
+        self.last_checkpoint = path
+        if self.events is not None:
+            self.events.emit("checkpoint", episode=self.s.episode, path=where)
+        return path
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint's state (after __init__ built everything afresh)."""
+        check_resumable(self.cfg, state["config"], path.name)
+        dev = self.device
+        self.agent.load_state_dict(state["agent"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.nstep.load_state_dict(state["nstep"])
+        ckpt.load_env_state(self.env, state["env"])
+        self.obs = state["obs"].to(dev)
+        self.s = LoopState(**state["loop"])
+        bw = state["best_weights"]
+        self.best_weights = None if bw is None else {k: v.to(dev) for k, v in bw.items()}
+        self.ep_reward = state["ep_reward"].to(dev)
+        self.ep_loss = state["ep_loss"].to(dev)
+        ckpt.set_rng_state(state["rng"])
+        self.gen.set_state(state["generator"])
+        self.resumed_from = path
+        self.last_checkpoint = path
+
+
+def check_resumable(cfg: Config, saved: dict[str, Any], name: str) -> None:
+    """ConfigError unless a checkpoint made with settings ``saved`` can continue as ``cfg``
+    (only settings that do not change the computation may differ: RESUME_FREE)."""
+    mine = cfg.resolved().to_dict()
+    diff = [k for k in mine if k not in RESUME_FREE and saved.get(k) != mine[k]]
+    if diff:
+        shown = ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in diff[:4])
+        raise ConfigError(f"--resume: {name} was made with different settings: {shown}; "
+                          "resume with the same settings, or start afresh without --resume")
+
+
+def _episode_line(r: dict[str, Any], episodes: int) -> str:
+    def num(v: Any, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    sps = r["steps_per_s"]
+    return (f"episode {r['episode']}/{episodes}  reward {r['reward']:+.4f}  loss "
+            f"{num(r['loss'], '.4f')}  eps {r['epsilon']:.3f}  val_sharpe "
+            f"{num(r['val_sharpe'], '+.3f')}  env_steps {r['env_steps']:,}  steps/s "
+            f"{'n/a' if sps is None else f'{sps:,.0f}'}{'  *best' if r['best'] else ''}")
+
+
+def run_training(cfg: Config, *, data: PreparedData | None = None, out_dir: Path | None = None,
+                 events: EventWriter | None = None, log: Callable[[str], None] = print,
+                 stop: StopRequest | None = None, runtime_info: RuntimeInfo | None = None,
+                 mirror: ckpt.RemoteMirror | None = None,
+                 train_transaction_cost: float | None = None) -> TrainResult:
+    """Train one agent (see the module docstring for the arguments)."""
+    cfg = cfg.resolved()
+    rt = runtime_info or detect(cfg.device, cfg.torch_threads)
+    data = data or prepare_data(cfg)
+    t_start = time.perf_counter()
+    trainer = Trainer(cfg, data, rt.device, out_dir=out_dir, events=events, log=log, stop=stop,
+                      mirror=mirror, train_transaction_cost=train_transaction_cost)
+    if cfg.resume and out_dir is not None:
+        folder = out_dir / ckpt.CKPT_DIR
+        if mirror is not None:
+            mirror.fetch_checkpoints(folder)
+        found = ckpt.load_latest(folder, warn=lambda m: _warn(events, log, m))
+        if found is None:
+            _warn(events, log, f"--resume: no checkpoint in {folder}; starting from scratch")
+        else:
+            state, path = found
+            trainer.restore(state, path)
+            log(f"resumed from {path.name}: episode {trainer.s.episode}/{cfg.episodes}, "
+                f"{trainer.s.env_steps:,} env steps")
+    trainer.run()
+    wall = time.perf_counter() - t_start
+    s = trainer.s
+
+    # The best validation episode's weights are the model.
+    net = trainer.agent.online
+    if trainer.best_weights is not None:
+        net.load_state_dict(trainer.best_weights)
+    net.eval()
+    val_metrics: dict[str, Any] | None = None
+    val_series = None
+    if int(data.val.stop) - int(data.val.start) >= MIN_EVAL_BARS:
+        val_series = greedy_pass(net, data, data.val, cfg, rt.device)
+        val_metrics = split_metrics(*val_series, data, data.val, cfg)
+    steps_times = [(h["env_steps"], h["steps_per_s"]) for h in s.history if h["steps_per_s"]]
+    sps = float(np.median([v for _, v in steps_times])) if steps_times else 0.0
+    best_val = None if not math.isfinite(s.best_val) else s.best_val
+    model_path = None
+    if out_dir is not None:
+        model_path = save_model(out_dir / "model.pth", net, cfg, data, trainer.obs_shape,
+                                trainer.env.n_actions,
+                                {"best_episode": s.best_episode, "val_sharpe": best_val,
+                                 "env_steps": s.env_steps})
+        summary = {"agent_type": cfg.agent_type, "episodes": cfg.episodes,
+                   "episodes_run": s.episode, "stopped_early": s.stopped_early,
+                   "best_episode": s.best_episode, "best_val_sharpe": best_val,
+                   "env_steps": s.env_steps, "gradient_updates": trainer.agent.updates,
+                   "steps_per_episode": trainer.steps_per_episode * cfg.n_envs,
+                   "segment_length": trainer.segment, "reward_scale": trainer.reward_scale,
+                   "median_steps_per_s": sps, "val_metrics": val_metrics,
+                   "history": s.history}
+        ckpt.atomic_write_text(out_dir / "train_metrics.json",
+                               json.dumps(_json_safe(summary), indent=2) + "\n")
+    return TrainResult(config=cfg, history=list(s.history), best_episode=s.best_episode,
+                       best_val_sharpe=best_val, val_metrics=val_metrics, val_series=val_series,
+                       env_steps=s.env_steps, updates=trainer.agent.updates, steps_per_s=sps,
+                       wall_s=wall, stopped_early=s.stopped_early, net=net,
+                       model_path=model_path, resumed_from=trainer.resumed_from)
+
+
+def _warn(events: EventWriter | None, log: Callable[[str], None], message: str) -> None:
+    log(f"warning: {message}")
+    if events is not None:
+        events.emit("warning", message=message)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
