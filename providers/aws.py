@@ -30,8 +30,8 @@ from providers.base import (
     LaunchSpec,
     Offer,
     ProviderError,
-    SshTarget,
 )
+from providers.vm import SshVm
 
 # --gpu NAME:COUNT -> instance type (the smallest type with that many of that GPU)
 GPU_INSTANCE_TYPES: dict[str, dict[int, str]] = {
@@ -97,7 +97,7 @@ def bucket_policy(buckets: list[str]) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-class AwsProvider:
+class AwsProvider(SshVm):
     name = "aws"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER})
@@ -105,7 +105,8 @@ class AwsProvider:
     def __init__(self, home: str | os.PathLike[str] | None = None,
                  ssh_host_override: str | None = None, remote_root: str = "dqlctl",
                  remote_python: str = "python3", ssh_user: str = "ubuntu",
-                 ssh_cidr: str | None = None, image_id: str | None = None, ready_timeout: float = 600.0) -> None:
+                 ssh_cidr: str | None = None, image_id: str | None = None,
+                 ready_timeout: float = 600.0, poll_interval: float = 2.0) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.ssh_host_override = ssh_host_override
         self.remote_root = remote_root
@@ -114,6 +115,7 @@ class AwsProvider:
         self.ssh_cidr = ssh_cidr
         self.image_id = image_id
         self.ready_timeout = ready_timeout
+        self.poll_interval = poll_interval
         self._ready_sessions: dict[str, Any] = {}
 
     # -- clients ---------------------------------------------------------------------------------
@@ -164,40 +166,11 @@ class AwsProvider:
         return [Offer(self.name, spec.region or self._session().region_name, itype, gpu,
                       int(count or 1), 0, 0.0, spec.spot, None)]
 
-    def _key_path(self, run_id: str) -> Path:
-        return self.home / "keys" / f"dqlctl-{run_id}.pem"
-
     def _ensure_key(self, ec2: Any, run_id: str, tags: list[dict[str, str]]) -> str:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        path = self._key_path(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH)
         name = f"dqlctl-{run_id}"
-        ec2.import_key_pair(KeyName=name, PublicKeyMaterial=public,
+        ec2.import_key_pair(KeyName=name, PublicKeyMaterial=self._new_key(run_id).encode(),
                             TagSpecifications=[{"ResourceType": "key-pair", "Tags": tags}])
         return name
-
-    def _operator_cidr(self, requested: str | None = None) -> str:
-        if requested or self.ssh_cidr:
-            return requested or self.ssh_cidr  # type: ignore[return-value]
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=5) as resp:
-                ip = resp.read().decode().strip()
-        except OSError as exc:
-            raise ProviderError(f"could not find this machine's public address ({exc}); "
-                                "pass --ssh-cidr ADDRESS/32") from None
-        return f"{ip}/32"
 
     def _ensure_security_group(self, ec2: Any, run_id: str, tags: list[dict[str, str]],
                                cidr: str | None = None) -> str:
@@ -343,81 +316,6 @@ class AwsProvider:
         instance.public_ip = raw.get("PublicIpAddress") or raw.get("PrivateIpAddress")
         return instance
 
-    def wait_ready(self, instance: Instance) -> Instance:
-        from providers.ssh import wait_for_ssh
-
-        deadline = time.monotonic() + self.ready_timeout
-        interval = 0.25
-        while True:
-            instance = self.describe(instance)
-            if instance.state == "running" and instance.public_ip:
-                break
-            if instance.state in ("terminated", "stopped", "stopping"):
-                raise ProviderError(f"instance {instance.instance_id} is {instance.state} "
-                                    "before it was ready (spot capacity taken back?)")
-            if time.monotonic() > deadline:
-                raise ProviderError(f"instance {instance.instance_id} not running after "
-                                    f"{self.ready_timeout:.0f} s")
-            time.sleep(interval)
-            interval = min(interval * 2, 5.0)
-        session = wait_for_ssh(self.ssh_target(instance),
-                               timeout=max(10.0, deadline - time.monotonic()))
-        instance.extra["host_key"] = session.host_key  # pinned from here on
-        self._ready_sessions[instance.instance_id] = session  # start_job goes on with it
-        return instance
-
-    def ssh_target(self, instance: Instance) -> SshTarget:
-        host, port = instance.public_ip or "", 22
-        if self.ssh_host_override:
-            host, _, p = self.ssh_host_override.rpartition(":")
-            port = int(p)
-        if not host:
-            raise ProviderError(f"instance {instance.instance_id} has no address yet")
-        return SshTarget(host, port, self.ssh_user, instance.extra["key_path"],
-                         instance.extra.get("host_key"))
-
-    def start_job(self, instance: Instance, spec: LaunchSpec,
-                  secrets: dict[str, str] | None = None) -> Instance:
-        from providers.remote_job import start_remote_job
-        from providers.ssh import SshSession
-
-        runtime = "native" if spec.runtime in ("auto", "native") else spec.runtime
-        session = self._ready_sessions.pop(instance.instance_id, None)
-        if session is None or not session.connected:
-            session = SshSession(self.ssh_target(instance)).connect()
-        with session:
-            info = start_remote_job(session, spec, root=self.remote_root,
-                                    python=self.remote_python, runtime=runtime,
-                                    secrets=secrets, image=spec.image)
-        instance.extra.update(info)
-        return instance
-
-    def job(self, instance: Instance, spec: dict[str, Any]) -> Any:
-        from providers.jobs import RemoteJobHandle
-
-        return RemoteJobHandle(self.ssh_target(instance), instance.extra["workdir"],
-                               instance.extra["events_path"])
-
-    def collect(self, instance: Instance, spec: dict[str, Any]) -> None:
-        """Copy the VM's results to the run's results place (a local folder or a storage URI)."""
-        from providers.ssh import SshSession
-
-        job = spec["job"]
-        with SshSession(self.ssh_target(instance)).connect() as session:
-            files = session.get_tree(f"{instance.extra['results_dir']}/{job['experiment']}")
-        dest = job["results_dir"].rstrip("/") + "/" + job["experiment"]
-        if "://" in dest:
-            from providers.storage import open_store  # type: ignore[import-not-found]
-
-            store, prefix = open_store(dest)
-            for rel, data in files.items():
-                store.put_bytes(f"{prefix.rstrip('/')}/{rel}", data)
-        else:
-            for rel, data in files.items():
-                path = Path(dest) / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-
     def list_instances(self, tag: dict[str, str]) -> list[Instance]:
         ec2 = self._client("ec2")
         filters = [{"Name": f"tag:{k}", "Values": [v]} if v is not None
@@ -480,6 +378,4 @@ class AwsProvider:
         quietly(iam.delete_instance_profile, InstanceProfileName=name)
         quietly(iam.delete_role_policy, RoleName=name, PolicyName="run-bucket")
         quietly(iam.delete_role, RoleName=name)
-        key = self._key_path(run_id)
-        if key.exists():
-            key.unlink()
+        self._forget_key(run_id)

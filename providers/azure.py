@@ -38,7 +38,8 @@ from providers.base import (
     Offer,
     ProviderError,
 )
-from providers.gcp import LABEL, TAG, SshVm, quiet_logger
+from providers.gcp import LABEL, TAG, quiet_logger
+from providers.vm import SshVm
 
 # --gpu NAME:COUNT -> VM size (the smallest size with that many of that GPU)
 GPU_SIZES: dict[str, dict[int, str]] = {

@@ -15,7 +15,7 @@ blocking, as Google recommends), not with client-side sleeps.
 Credentials are Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS`` or
 ``gcloud auth application-default login``). The SDK is imported lazily. Endpoints can be set in
 ``[providers.gcp]`` (``compute_endpoint``, ``iam_endpoint``, ``storage_endpoint``): the tests point
-them at a local server that answers the real REST shapes. ``SshVm`` (the SSH half shared with the
+them at a local server that answers the real REST shapes. ``SshVm`` (providers/vm.py, the SSH half shared with the
 Azure provider: key, wait for sshd, pin its host key, start/follow/collect the job) lives here.
 """
 
@@ -37,8 +37,8 @@ from providers.base import (
     LaunchSpec,
     Offer,
     ProviderError,
-    SshTarget,
 )
+from providers.vm import SshVm
 
 TAG = "dqlctl:run"           # the run's tag as dqlctl's core knows it (Instance.tags)
 LABEL = "dqlctl-run"         # the same on the cloud (GCE label keys allow no ':')
@@ -84,134 +84,6 @@ def quiet_logger(name: str) -> Iterator[None]:
 
 
 # -- the SSH half every VM provider shares --------------------------------------------------------
-
-
-class SshVm:
-    """Key, SSH target, readiness, job start/follow/collect for a VM reached over SSH.
-
-    A subclass sets the attributes below and implements ``describe``. Identical in behaviour to
-    the AWS provider's methods (``providers.aws``), on which it is modelled.
-    """
-
-    home: Path
-    ssh_host_override: str | None
-    ssh_user: str
-    remote_root: str
-    remote_python: str
-    ssh_cidr: str | None
-    ready_timeout: float
-    poll_interval: float
-
-    def describe(self, instance: Instance) -> Instance:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _key_path(self, run_id: str) -> Path:
-        return self.home / "keys" / f"dqlctl-{run_id}.pem"
-
-    def _new_key(self, run_id: str) -> str:
-        """A fresh ed25519 key for the run: private key 0600 here, the OpenSSH public line back."""
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        path = self._key_path(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                             serialization.PublicFormat.OpenSSH).decode()
-
-    def _forget_key(self, run_id: str) -> None:
-        key = self._key_path(run_id)
-        if key.exists():
-            key.unlink()
-
-    def _operator_cidr(self, requested: str | None = None) -> str:
-        if requested or self.ssh_cidr:
-            return requested or self.ssh_cidr  # type: ignore[return-value]
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=5) as resp:
-                ip = resp.read().decode().strip()
-        except OSError as exc:
-            raise ProviderError(f"could not find this machine's public address ({exc}); "
-                                "pass --ssh-cidr ADDRESS/32") from None
-        return f"{ip}/32"
-
-    def wait_ready(self, instance: Instance) -> Instance:
-        from providers.ssh import wait_for_ssh
-
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
-            instance = self.describe(instance)
-            if instance.state == "running" and instance.public_ip:
-                break
-            if instance.state in ("terminated", "stopped", "stopping"):
-                raise ProviderError(f"instance {instance.instance_id} is {instance.state} "
-                                    "before it was ready (spot capacity taken back?)")
-            if time.monotonic() > deadline:
-                raise ProviderError(f"instance {instance.instance_id} not running after "
-                                    f"{self.ready_timeout:.0f} s")
-            time.sleep(self.poll_interval)
-        session = wait_for_ssh(self.ssh_target(instance),
-                               timeout=max(10.0, deadline - time.monotonic()),
-                               interval=min(2.0, max(0.2, self.poll_interval)))
-        instance.extra["host_key"] = session.host_key  # pinned from here on
-        session.close()
-        return instance
-
-    def ssh_target(self, instance: Instance) -> SshTarget:
-        host, port = instance.public_ip or "", 22
-        if self.ssh_host_override:
-            host, _, p = self.ssh_host_override.rpartition(":")
-            port = int(p)
-        if not host:
-            raise ProviderError(f"instance {instance.instance_id} has no address yet")
-        return SshTarget(host, port, self.ssh_user, instance.extra["key_path"],
-                         instance.extra.get("host_key"))
-
-    def start_job(self, instance: Instance, spec: LaunchSpec,
-                  secrets: dict[str, str] | None = None) -> Instance:
-        from providers.remote_job import start_remote_job
-        from providers.ssh import SshSession
-
-        runtime = "native" if spec.runtime in ("auto", "native") else spec.runtime
-        with SshSession(self.ssh_target(instance)).connect() as session:
-            info = start_remote_job(session, spec, root=self.remote_root,
-                                    python=self.remote_python, runtime=runtime,
-                                    secrets=secrets, image=spec.image)
-        instance.extra.update(info)
-        return instance
-
-    def job(self, instance: Instance, spec: dict[str, Any]) -> Any:
-        from providers.jobs import RemoteJobHandle
-
-        return RemoteJobHandle(self.ssh_target(instance), instance.extra["workdir"],
-                               instance.extra["events_path"])
-
-    def collect(self, instance: Instance, spec: dict[str, Any]) -> None:
-        """Copy the VM's results to the run's results place (a local folder or a storage URI)."""
-        from providers.ssh import SshSession
-
-        job = spec["job"]
-        with SshSession(self.ssh_target(instance)).connect() as session:
-            files = session.get_tree(f"{instance.extra['results_dir']}/{job['experiment']}")
-        dest = job["results_dir"].rstrip("/") + "/" + job["experiment"]
-        if "://" in dest:
-            from providers.storage import open_store  # type: ignore[import-not-found]
-
-            store, prefix = open_store(dest)
-            for rel, data in files.items():
-                store.put_bytes(f"{prefix.rstrip('/')}/{rel}", data)
-        else:
-            for rel, data in files.items():
-                path = Path(dest) / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
 
 
 # -- Google specifics -------------------------------------------------------------------------------
