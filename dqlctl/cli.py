@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("launch", help="start a training run",
                        description="Start a training run on a provider (default: this machine).")
-    p.add_argument("--provider", default="local", help="local (default), aws, gcp or azure")
+    p.add_argument("--provider", default="local", help="local (default), aws, gcp, azure, or "
+                   "auto: the cheapest priced offer for --gpu across the clouds")
     p.add_argument("--data", default="STOCKS_GOOGL.csv",
                    help="market data: a path, a bare name under data/ or $DQL_DATA_DIR, or a URI")
     p.add_argument("--agent-type", default="custom", help="dql, custom (default) or memory")
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-demand", dest="spot", action="store_false",
                    help="use on-demand capacity (spot is the default where there is one)")
     p.add_argument("--max-price", type=float, help="spot: the most to pay per hour (USD)")
+    p.add_argument("--max-cost", type=float, help="stop the run (it checkpoints first) before "
+                   "it has cost more than this many USD")
     p.add_argument("--image-id", help="VM image: an AMI id on AWS, an image or family URL on "
                    "GCP, a publisher:offer:sku:version URN on Azure (default: a GPU image)")
     p.add_argument("--image", help="engine container image for --runtime docker")
@@ -218,7 +221,8 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
         runtime=args.runtime, region=args.region, instance_type=args.instance_type,
         gpu=args.gpu, spot=args.spot, seed=args.seed, results_dir=args.results_dir,
         max_price=args.max_price, image=args.image, image_id=args.image_id,
-        ssh_cidr=args.ssh_cidr, keep=args.keep, engine_args=args.engine_args)
+        ssh_cidr=args.ssh_cidr, keep=args.keep, max_cost=args.max_cost,
+        engine_args=args.engine_args)
     quiet = args.json
     if args.dry_run:
         plan = runs.plan(ctx, req)

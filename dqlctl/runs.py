@@ -53,19 +53,40 @@ class LaunchRequest:
     ssh_cidr: str | None = None       # who may reach port 22 (default: this machine's address)
     max_price: float | None = None
     keep: bool = False                # leave the VM up after the run (for debugging)
+    max_cost: float | None = None     # stop the run (checkpoint first) before it costs more
     engine_args: list[str] = field(default_factory=list)
+
+
+def resolve_auto(ctx: Context, req: LaunchRequest) -> None:
+    """``--provider auto``: the cheapest priced offer that fits the request picks the cloud,
+    region and instance type (the same catalog and estimate as ``dqlctl cost``)."""
+    if req.provider != "auto":
+        return
+    from providers.prices.estimate import PriceError, PriceRequest, cheapest_offer
+
+    try:
+        offer = cheapest_offer(PriceRequest(gpu=req.gpu or "T4", instance_type=req.instance_type,
+                                            provider="auto", region=req.region, spot=req.spot),
+                               home=ctx.home)
+    except PriceError as exc:
+        raise UsageError(f"--provider auto: {exc}") from None
+    req.provider, req.region, req.instance_type = offer.provider, offer.region, offer.instance_type
 
 
 def validate_request(ctx: Context, req: LaunchRequest) -> str:
     """Check everything that can be checked before anything is created; the resolved data path."""
     from providers import COMPUTE_PROVIDERS, PLANNED_PROVIDERS
 
+    resolve_auto(ctx, req)
+    if req.max_cost is not None and req.max_cost <= 0:
+        raise UsageError(f"--max-cost must be a positive amount of USD, got {req.max_cost}")
+
     if req.provider not in COMPUTE_PROVIDERS:
         known = ", ".join(sorted(COMPUTE_PROVIDERS))
         if req.provider in PLANNED_PROVIDERS:
             raise UsageError(f"provider {req.provider!r} is not available in this build yet "
                              f"(available: {known})")
-        raise UsageError(f"unknown provider {req.provider!r} (choose from: {known})")
+        raise UsageError(f"unknown provider {req.provider!r} (choose from: {known}, or auto)")
     if req.agent_type not in AGENT_TYPES:
         raise UsageError(f"unknown agent type {req.agent_type!r} (choose from: "
                          f"{', '.join(AGENT_TYPES)})")
@@ -104,6 +125,8 @@ def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     job = JobSpec(engine_args=_engine_args(req, name), data_file=data_path,
                   results_dir=results_dir, experiment=name)
     extra: dict[str, Any] = {"keep": req.keep}
+    if req.max_cost is not None:
+        extra["max_cost"] = req.max_cost
     if req.ssh_cidr:
         extra["ssh_cidr"] = req.ssh_cidr
     if req.image_id:
@@ -138,6 +161,16 @@ def plan(ctx: Context, req: LaunchRequest) -> dict[str, Any]:
             raise ProviderFailure(str(exc)) from None
     else:
         out.update({"provider": req.provider, "runtime": req.runtime})
+    itype, region = out.get("instance_type"), out.get("region")
+    if req.provider != "local" and itype and region:
+        from providers.prices.estimate import lookup
+
+        offer = lookup(req.provider, itype, region, spot=req.spot, home=ctx.home)
+        out["price"] = (f"${offer.price_per_hour:.4f}/h ({'spot' if req.spot else 'on-demand'}"
+                        ", catalog)" if offer and offer.price_per_hour is not None
+                        else "unknown (not in the price catalog)")
+    if req.max_cost is not None:
+        out["budget"] = f"stop at ${req.max_cost:.2f} (the engine checkpoints first)"
     return out
 
 
@@ -374,8 +407,22 @@ def finish_if_ended(ctx: Context, run: Run, handle: JobHandle | None = None) -> 
             handle.close()
 
 
+def enforce_budget(ctx: Context, run: Run) -> Run:
+    """``--max-cost``: a running run that has spent its budget is stopped (the engine gets
+    SIGTERM and checkpoints first). Enforced whenever a dqlctl process looks at the run (a
+    following ``launch``, ``logs -f``, ``ps``, the TUI), so keep one watching long cloud runs."""
+    budget = (run.spec.get("extra") or {}).get("max_cost")
+    if not budget or run.state != reg.RUNNING:
+        return run
+    spent = run_cost(ctx, run)
+    if spent < budget:
+        return run
+    return down(ctx, run, reason=f"budget reached: ${spent:.2f} of --max-cost ${budget:.2f}")
+
+
 def reconcile(ctx: Context, run: Run) -> Run:
     """Bring one run's row up to date with its engine events and its provider."""
+    run = enforce_budget(ctx, run)
     if run.terminal:
         return run
     if run.state in (reg.PENDING, reg.PROVISIONING, reg.BOOTSTRAPPING):
@@ -436,7 +483,7 @@ def follow(ctx: Context, run: Run, on_event: Callable[[dict[str, Any]], None] | 
     try:
         while True:
             pump()
-            current = ctx.registry.get(run.id)
+            current = enforce_budget(ctx, ctx.registry.get(run.id))
             if current.terminal:
                 pump(final=True)
                 return current
@@ -475,7 +522,7 @@ def iter_log(ctx: Context, run: Run, follow_: bool, tail: int | None,
         handle.close()
 
 
-def down(ctx: Context, run: Run) -> Run:
+def down(ctx: Context, run: Run, reason: str = "stopped by `dqlctl down`") -> Run:
     """Stop a run and release its instance; idempotent."""
     registry = ctx.registry
     inst = _instance(run)
@@ -483,7 +530,7 @@ def down(ctx: Context, run: Run) -> Run:
     if not run.terminal:
         # record the intent first: a crash mid-teardown leaves CANCELLED + a live instance that
         # `ps --orphans` still shows (tagged), never a RUNNING row with nothing behind it.
-        registry.transition(run.id, reg.CANCELLED, reason="stopped by `dqlctl down`",
+        registry.transition(run.id, reg.CANCELLED, reason=reason,
                             cost_usd=run_cost(ctx, registry.get(run.id)))
     if inst is not None:
         try:

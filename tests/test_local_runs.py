@@ -201,3 +201,31 @@ def test_failed_bootstrap_tears_down_what_was_started(tmp_path: Path) -> None:
     assert run.state == reg.FAILED and "engine image missing" in run.reason
     extra = provider.started.extra
     assert not pid_alive(extra["pid"], extra["start_ticks"])
+
+
+def test_max_cost_stops_the_run_when_its_budget_is_spent(tmp_path: Path) -> None:
+    # this machine priced at $36,000/h: a $1 budget lasts a tenth of a second
+    (tmp_path / "config.toml").write_text("[providers.local]\nprice_per_hour = 36000.0\n")
+    proc = dqlctl(tmp_path, "launch", "--data", "test_small.csv", "--agent-type", "dql",
+                  "--episodes", "500", "--command", "train", "--name", "budget", "--max-cost",
+                  "1", "--follow", *FAST)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (run,) = runs_json(tmp_path)
+    assert run["state"] == reg.CANCELLED and "budget reached" in run["reason"]
+    assert run["price_per_hour"] == 36000.0 and run["cost_usd"] >= 1.0
+    extra = run["instance"]["extra"]
+    assert not pid_alive(extra["pid"], extra["start_ticks"])
+
+
+def test_provider_auto_picks_the_cheapest_offer_from_the_catalog(tmp_path: Path) -> None:
+    from providers.prices.estimate import PriceRequest, cheapest_offer
+
+    proc = dqlctl(tmp_path, "launch", "--provider", "auto", "--gpu", "A100", "--dry-run",
+                  "--ssh-cidr", "203.0.113.9/32", "--json")
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    best = cheapest_offer(PriceRequest(gpu="A100", provider="auto"), home=tmp_path)
+    assert (plan["provider"], plan["region"], plan["instance_type"]) == \
+        (best.provider, best.region, best.instance_type)
+    assert f"{best.price_per_hour:.4f}" in plan["price"]
+    assert runs_json(tmp_path) == []  # a dry run creates nothing
