@@ -1,0 +1,74 @@
+"""Small dataclass messages that workers post to screens (``post_message`` is thread-safe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from textual.message import Message
+
+from dqlctl.tui.model import Checked, RunInfo, RunRow
+
+
+class _Msg(Message):
+    """Textual's Message initialises itself in ``__post_init__``: dataclasses need nothing more.
+    ``eq=False`` keeps identity hashing."""
+
+
+@dataclass(eq=False)
+class RunsRefreshed(_Msg):
+    """The dashboard's rows, newest first, and what could not be reconciled."""
+
+    rows: list[RunRow]
+    problems: list[str]
+
+
+@dataclass(eq=False)
+class LogLines(_Msg):
+    """New lines of a run's engine log, in order."""
+
+    lines: list[str]
+
+    def extend(self, more: LogLines) -> None:
+        self.lines.extend(more.lines)
+
+
+@dataclass(eq=False)
+class EngineEvents(_Msg):
+    """New engine events (``episode``, ``stage``, ``evaluation``, ``finished`` ...)."""
+
+    events: list[dict[str, Any]]
+
+    def extend(self, more: EngineEvents) -> None:
+        self.events.extend(more.events)
+
+
+@dataclass(eq=False)
+class RunChanged(_Msg):
+    info: RunInfo
+
+
+@dataclass(eq=False)
+class FormChecked(_Msg):
+    checked: Checked
+
+
+@dataclass(eq=False)
+class LaunchProgress(_Msg):
+    run_id: str
+    state: str
+
+
+@dataclass(eq=False)
+class LaunchDone(_Msg):
+    run_id: str | None
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Notice(_Msg):
+    """Something to tell the operator (a toast)."""
+
+    text: str
+    severity: str = "information"
+    refresh: bool = False  # the registry changed: refresh the dashboard now

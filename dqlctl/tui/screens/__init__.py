@@ -1,0 +1,1 @@
+"""The TUI's screens: dashboard, run view, launch form, and modals."""
