@@ -88,8 +88,10 @@ NOTHING = {"instances": [], "key_pairs": [], "security_groups": [], "profiles": 
 
 
 def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any]) -> None:
+    boto3.client("s3").create_bucket(Bucket="dqlctl-results")
     ctx = Context(home=home)
-    assert main(launch_args("--episodes", "2", "--name", "e2e", "--json"), ctx=ctx) == 0
+    assert main(launch_args("--episodes", "2", "--name", "e2e", "--json", "--results-dir",
+                            "s3://dqlctl-results/runs"), ctx=ctx) == 0
     ctx = Context(home=home)
     (run,) = ctx.registry.list()
     assert run.state == reg.RUNNING, run.reason
@@ -101,7 +103,8 @@ def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any]) -> N
             for p in group["IpPermissions"]] == [(22, [CIDR])]
     policy = boto3.client("iam").get_role_policy(RoleName=f"dqlctl-{run.id}",
                                                   PolicyName="run-bucket")["PolicyDocument"]
-    assert all(s["Effect"] == "Deny" for s in policy["Statement"])
+    resources = {r for st in policy["Statement"] for r in st["Resource"]}
+    assert resources == {"arn:aws:s3:::dqlctl-results", "arn:aws:s3:::dqlctl-results/*"}
     inst = boto3.client("ec2").describe_instances(InstanceIds=run.instance_ids)
     raw = inst["Reservations"][0]["Instances"][0]
     assert raw.get("InstanceLifecycle") == "spot" and raw["InstanceType"] == "g4dn.xlarge"
@@ -109,8 +112,13 @@ def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any]) -> N
 
     final = runs.follow(ctx, run)
     assert final.state == reg.SUCCEEDED, final.reason
-    # results came home from the VM
-    events = (Path(final.results_uri) / "events.jsonl").read_text().splitlines()
+    # results went from the VM to the run's bucket
+    body = boto3.client("s3").get_object(Bucket="dqlctl-results",
+                                         Key="runs/e2e/events.jsonl")["Body"].read()
+    events = body.decode().splitlines()
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(
+        Bucket="dqlctl-results", Prefix="runs/e2e/")["Contents"]}
+    assert {"runs/e2e/model.pth", "runs/e2e/config.json"} <= keys
     kinds = [json.loads(x)["event"] for x in events]
     assert kinds.count("episode") == 2 and kinds[-1] == "finished"
     assert leftovers(run.id) == NOTHING
@@ -120,6 +128,18 @@ def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any]) -> N
     assert SECRET not in (workdir / "engine.log").read_text()
     assert SECRET.encode() not in (home / "registry.db").read_bytes()
     assert SECRET not in json.dumps(final.to_dict())
+
+
+def test_a_run_without_a_bucket_gets_a_role_that_can_do_nothing(home: Path,
+                                                                 vm: dict[str, Any]) -> None:
+    ctx = Context(home=home)
+    assert main(launch_args("--episodes", "2", "--name", "nobucket"), ctx=ctx) == 0
+    (run,) = Context(home=home).registry.list()
+    policy = boto3.client("iam").get_role_policy(RoleName=f"dqlctl-{run.id}",
+                                                  PolicyName="run-bucket")["PolicyDocument"]
+    assert [st["Effect"] for st in policy["Statement"]] == ["Deny"]
+    assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
+    assert leftovers(run.id) == NOTHING
 
 
 def test_follow_survives_a_dropped_connection(home: Path, vm: dict[str, Any]) -> None:
