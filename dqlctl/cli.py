@@ -183,12 +183,9 @@ PS_COLUMNS = ("ID", "NAME", "PROVIDER", "STATE", "PROGRESS", "AGE", "COST", "RES
 
 
 def _progress(run: Any) -> str:
-    p = run.progress or {}
-    if p.get("episode"):
-        return f"ep {p['episode']}/{p.get('episodes', '?')}"
-    if p.get("trial"):
-        return f"trial {p['trial']}/{p.get('trials', '?')}"
-    return p.get("stage") or "-"
+    from dqlctl.runs import progress_text
+
+    return progress_text(run, episode_prefix="ep ")
 
 
 def _result(run: Any) -> str:

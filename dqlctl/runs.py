@@ -594,6 +594,16 @@ def run_summary(ctx: Context, run: Run, now: float | None = None) -> dict[str, A
     return data
 
 
+def progress_text(run: Run, episode_prefix: str = "") -> str:
+    """Where a run is: ``3/20`` episodes, ``trial 4/20`` while tuning, else its stage."""
+    p = run.progress or {}
+    if p.get("episode"):
+        return f"{episode_prefix}{p['episode']}/{p.get('episodes') or '?'}"
+    if p.get("trial"):
+        return f"trial {p['trial']}/{p.get('trials') or '?'}"
+    return str(p.get("stage") or "-")
+
+
 def fmt_duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     if seconds < 60:

@@ -93,15 +93,6 @@ class RunRow:
         return all(part in hay for part in needle.lower().split())
 
 
-def progress_text(run: Run) -> str:
-    p = run.progress or {}
-    if p.get("episode"):
-        return f"{p['episode']}/{p.get('episodes') or '?'}"
-    if p.get("trial"):
-        return f"trial {p['trial']}/{p.get('trials') or '?'}"
-    return str(p.get("stage") or "-")
-
-
 def elapsed_s(run: Run, now: float) -> float:
     start = run.started_at or run.created_at
     end = run.ended_at if run.ended_at is not None else now
@@ -123,7 +114,7 @@ def run_row(ctx: Context, run: Run, now: float) -> RunRow:
         where=(f"{run.provider}/{run.region}" if run.region and run.region != run.provider
                else run.provider),
         instance=run.instance_type or (run.instance_ids[0] if run.instance_ids else "-"),
-        spot="spot" if run.spot else "-", state=run.state, episode=progress_text(run),
+        spot="spot" if run.spot else "-", state=run.state, episode=runs.progress_text(run),
         sharpe=_num(sharpe, ".3f"), elapsed=runs.fmt_duration(elapsed_s(run, now)),
         cost=f"${cost:.2f}", terminal=run.terminal, reason=run.reason)
 
