@@ -170,13 +170,23 @@ def _print_run_result(ctx: Any, run: Any) -> None:
     if run.reason:
         print(f"  reason: {run.reason}", file=out)
     test = (run.metrics or {}).get("test") or {}
-    if test:
+    shown = [k for k in SUMMARY_METRICS if k in test]
+    if shown:
         print("  test metrics:", file=out)
-        for key, value in test.items():
-            if isinstance(value, int | float | str) or value is None:
-                print(f"    {key:<24} {_fmt(value)}", file=out)
+        for key in shown:
+            print(f"    {key:<20} {_fmt(test[key])}", file=out)
     if run.results_uri:
         print(f"  results: {run.results_uri}", file=out)
+        from pathlib import Path
+
+        report = Path(run.results_uri) / "report.html"
+        if "://" not in run.results_uri and report.exists():
+            print(f"  report:  {report}", file=out)
+
+
+# The few figures a summary shows (`dqlctl show RUN --json` and test_metrics.json have them all).
+SUMMARY_METRICS = ("total_return", "annual_return", "annual_volatility", "sharpe_ratio",
+                   "sortino_ratio", "max_drawdown", "win_rate", "n_trades", "exposure")
 
 
 PS_COLUMNS = ("ID", "NAME", "PROVIDER", "STATE", "PROGRESS", "AGE", "COST", "RESULT")
@@ -333,11 +343,11 @@ def cmd_show(ctx: Any, args: argparse.Namespace) -> int:
         if value not in (None, ""):
             print(f"  {key:<14} {value}", file=out)
     test = (run.metrics or {}).get("test") or {}
-    if test:
+    shown = [k for k in SUMMARY_METRICS if k in test]
+    if shown:
         print("  test metrics:", file=out)
-        for key, value in test.items():
-            if not isinstance(value, dict | list):
-                print(f"    {key:<24} {_fmt(value)}", file=out)
+        for key in shown:
+            print(f"    {key:<20} {_fmt(test[key])}", file=out)
     print("  history:", file=out)
     import time as _time
 
