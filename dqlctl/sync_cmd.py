@@ -11,7 +11,7 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    from providers.sync import add_arguments
+    from providers.sync_cli import add_arguments
 
     p = sub.add_parser("sync", help="copy a tree between local disk, s3://, gs:// and az://",
                        description="Make DST hold what SRC holds (files that differ are copied; "
@@ -22,6 +22,6 @@ def register(sub: Any) -> None:
 
 
 def cmd_sync(ctx: Any, args: argparse.Namespace) -> int:
-    from providers.sync import run_from_args
+    from providers.sync_cli import run_from_args
 
     return run_from_args(args, ctx.stdout, ctx.stderr, "dqlctl")

@@ -1,0 +1,69 @@
+"""The command-line face of ``providers.sync`` (``dqlctl sync`` and ``python -m providers.sync``):
+its flags, progress line and summary. Standard library only at import, so ``dqlctl --help``
+stays fast; the sync machinery loads when a sync runs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sync flags, shared by ``dqlctl sync`` and ``python -m providers.sync``."""
+    parser.add_argument("src", metavar="SRC", help="a path or s3://, gs://, az:// URI")
+    parser.add_argument("dst", metavar="DST")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument("--delete", action="store_true",
+                        help="remove files at DST that SRC lacks (only after every copy worked)")
+    parser.add_argument("--checksum", action="store_true",
+                        help="compare by a hash both sides have, not size and time")
+    parser.add_argument("--transfers", type=int, default=4, help="parallel copies (default 4)")
+    parser.add_argument("--include", action="append", default=[], metavar="GLOB")
+    parser.add_argument("--exclude", action="append", default=[], metavar="GLOB")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run_from_args(args: argparse.Namespace, stdout: Any, stderr: Any, prog: str) -> int:
+    """Run a sync for parsed arguments: progress on a terminal, a summary, the exit code."""
+    if args.transfers < 1:
+        print(f"{prog}: error: --transfers must be at least 1, got {args.transfers}",
+              file=stderr)
+        return 2
+    from providers.storage import StorageError
+    from providers.sync import Progress, _human, sync
+
+    show = stderr.isatty() and not args.json
+
+    def on_progress(p: Progress) -> None:
+        eta = f"{p.eta:.0f}s" if p.eta is not None else "?"
+        stderr.write(f"\r{p.files_done}/{p.files_total} files  {_human(p.bytes_done)}/"
+                     f"{_human(p.bytes_total)}  {_human(p.rate)}/s  ETA {eta}   ")
+
+    try:
+        result = sync(args.src, args.dst, dry_run=args.dry_run, delete=args.delete,
+                      checksum=args.checksum, transfers=args.transfers, include=args.include,
+                      exclude=args.exclude, progress=on_progress if show else None)
+    except StorageError as exc:
+        print(f"{prog}: error: {exc}", file=stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; nothing partial was left at DST", file=stderr)
+        return 130
+    if show:
+        stderr.write("\n")
+    if args.json:
+        print(result.to_json(), file=stdout)
+    else:
+        if result.dry_run:
+            for f in result.files:
+                if f.action != "skip":
+                    print(f"  would {f.action} {f.key}  ({f.reason})", file=stdout)
+        verb = "would copy" if result.dry_run else "copied"
+        print(f"{verb} {result.copied}, skipped {result.skipped}, "
+              f"{'would delete' if result.dry_run else 'deleted'} {result.deleted}, "
+              f"{_human(result.bytes_copied)} in {result.seconds:.2f}s "
+              f"(compare: {', '.join(f'{k} {v}' for k, v in result.compare.items()) or '-'})",
+              file=stdout)
+        for error in result.errors:
+            print(f"{prog}: error: {error}", file=stderr)
+    return result.exit_code
