@@ -24,7 +24,7 @@ from dqlctl.context import Context
 from dqlctl.errors import DqlctlError, ProviderFailure, UsageError
 from dqlctl.registry import Run
 from engine.events import TERMINAL_EVENTS, parse_event_line
-from providers.base import Instance, JobHandle, JobSpec, LaunchSpec, ProviderError
+from providers.base import Capability, Instance, JobHandle, JobSpec, LaunchSpec, ProviderError
 
 AGENT_TYPES = ("dql", "custom", "memory")
 ENGINE_COMMANDS = ("full-workflow", "train")
@@ -374,7 +374,10 @@ def finish_if_ended(ctx: Context, run: Run, handle: JobHandle | None = None) -> 
     own = handle is None
     handle = handle or provider.job(inst, run.spec)
     try:
-        status = handle.status()
+        try:
+            status = handle.status()
+        except ProviderError as exc:  # the VM does not answer: is it still there?
+            return _machine_lost(ctx, run, inst, exc)
         if status.running:
             return run
         # the last events may have landed after the last poll
@@ -420,6 +423,31 @@ def enforce_budget(ctx: Context, run: Run) -> Run:
     return down(ctx, run, reason=f"budget reached: ${spent:.2f} of --max-cost ${budget:.2f}")
 
 
+def _machine_lost(ctx: Context, run: Run, inst: Instance, exc: Exception) -> Run:
+    """The job's machine stopped answering. Gone: PREEMPTED (spot) or FAILED, recorded with why.
+    Still there: a network hiccup; the run stays as it is and a later look tries again."""
+    provider = ctx.provider(run.provider)
+    try:
+        inst = provider.describe(inst)
+    except ProviderError:
+        return run  # the cloud does not answer either: nothing is known, nothing is changed
+    if inst.state in ("pending", "running"):
+        return run
+    if run.spot:
+        ctx.registry.transition(
+            run.id, reg.PREEMPTED, expect={reg.RUNNING, reg.COLLECTING},
+            reason=f"spot instance {inst.instance_id} was taken back ({inst.state}); its last "
+                   "checkpoint is in the run's results (relaunch with -- --resume)",
+            cost_usd=run_cost(ctx, ctx.registry.get(run.id)))
+    else:
+        ctx.registry.transition(
+            run.id, reg.FAILED, expect={reg.RUNNING, reg.COLLECTING},
+            reason=f"instance {inst.instance_id} is {inst.state}: {exc}",
+            cost_usd=run_cost(ctx, ctx.registry.get(run.id)))
+    provider.terminate(inst)  # release whatever the run created around it
+    return ctx.registry.get(run.id)
+
+
 def reconcile(ctx: Context, run: Run) -> Run:
     """Bring one run's row up to date with its engine events and its provider."""
     run = enforce_budget(ctx, run)
@@ -427,12 +455,28 @@ def reconcile(ctx: Context, run: Run) -> Run:
         return run
     if run.state in (reg.PENDING, reg.PROVISIONING, reg.BOOTSTRAPPING):
         return _reconcile_stuck_launch(ctx, run)
+    inst = _instance(run)
+    provider = ctx.provider(run.provider) if inst is not None else None
+    if inst is not None and provider is not None and run.state == reg.RUNNING and \
+            Capability.LOCAL_JOB not in provider.capabilities:
+        # ask the cloud first (one call): a machine taken back is not worth SSH retries
+        try:
+            described = provider.describe(Instance.from_dict(run.instance or {}))
+        except ProviderError:
+            described = None
+        if described is not None and described.state not in ("pending", "running"):
+            return _machine_lost(ctx, run, inst, ProviderError("no answer"))
     handle = job_handle(ctx, run)
     if handle is None:
         return run
     try:
         if run.state == reg.RUNNING:
-            apply_engine_events(ctx, run, _events(read_all_lines(handle, "events")))
+            try:
+                apply_engine_events(ctx, run, _events(read_all_lines(handle, "events")))
+            except ProviderError as exc:
+                inst = _instance(run)
+                assert inst is not None
+                return _machine_lost(ctx, run, inst, exc)
         return finish_if_ended(ctx, run, handle)
     finally:
         handle.close()
@@ -482,7 +526,15 @@ def follow(ctx: Context, run: Run, on_event: Callable[[dict[str, Any]], None] | 
 
     try:
         while True:
-            pump()
+            try:
+                pump()
+            except ProviderError as exc:
+                inst = _instance(run)
+                assert inst is not None
+                lost = _machine_lost(ctx, ctx.registry.get(run.id), inst, exc)
+                if lost.state not in (reg.RUNNING, reg.COLLECTING):
+                    return lost
+                raise
             current = enforce_budget(ctx, ctx.registry.get(run.id))
             if current.terminal:
                 pump(final=True)

@@ -144,20 +144,10 @@ class AwsProvider(SshVm):
         except ProviderError as exc:
             return CheckResult(self.name, False, [CheckItem("boto3", False, str(exc),
                                                             "pip install 'dqlctl[aws]'")])
-        try:
-            ident = self._client("sts").get_caller_identity()
-            items.append(CheckItem("credentials", True, f"account {ident.get('Account')}"))
-        except ProviderError as exc:
-            items.append(CheckItem("credentials", False, str(exc), "aws configure"))
-        except Exception as exc:  # noqa: BLE001 - any SDK failure is a failed check
-            items.append(CheckItem("credentials", False, f"{type(exc).__name__}: {exc}",
-                                   "aws configure"))
-        try:
-            import paramiko  # noqa: F401
+        def probe() -> str:
+            return f"account {self._client('sts').get_caller_identity().get('Account')}"
 
-            items.append(CheckItem("paramiko", True, "installed"))
-        except ImportError:
-            items.append(CheckItem("paramiko", False, "missing", "pip install 'dqlctl[aws]'"))
+        items += self._check_items(probe, "aws configure", "aws")
         return CheckResult(self.name, all(i.ok for i in items), items)
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:

@@ -190,21 +190,12 @@ class AzureProvider(SshVm):
         except ProviderError as exc:
             return CheckResult(self.name, False, [CheckItem("azure sdk", False, str(exc),
                                                             "pip install 'dqlctl[azure]'")])
-        try:
+        def probe() -> str:
             sub = self.subscription
             self._cred()
-            items.append(CheckItem("credentials", True, f"subscription {sub}"))
-        except ProviderError as exc:
-            items.append(CheckItem("credentials", False, str(exc), "az login"))
-        except Exception as exc:  # noqa: BLE001 - any SDK failure is a failed check
-            items.append(CheckItem("credentials", False, f"{type(exc).__name__}: {exc}",
-                                   "az login"))
-        try:
-            import paramiko  # noqa: F401
+            return f"subscription {sub}"
 
-            items.append(CheckItem("paramiko", True, "installed"))
-        except ImportError:
-            items.append(CheckItem("paramiko", False, "missing", "pip install 'dqlctl[azure]'"))
+        items += self._check_items(probe, "az login", "azure")
         return CheckResult(self.name, all(i.ok for i in items), items)
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:

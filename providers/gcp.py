@@ -289,24 +289,14 @@ class GcpProvider(SshVm):
         except ProviderError as exc:
             return CheckResult(self.name, False, [CheckItem(
                 "google-cloud-compute", False, str(exc), "pip install 'dqlctl[gcp]'")])
-        try:
+        def probe() -> str:
             creds, project = self._credentials()
             from google.auth.transport.requests import Request
 
             creds.refresh(Request())
-            items.append(CheckItem("credentials", True, f"project {project}"))
-        except ProviderError as exc:
-            items.append(CheckItem("credentials", False, str(exc),
-                                   "gcloud auth application-default login"))
-        except Exception as exc:  # noqa: BLE001 - any SDK failure is a failed check
-            items.append(CheckItem("credentials", False, f"{type(exc).__name__}: {exc}",
-                                   "gcloud auth application-default login"))
-        try:
-            import paramiko  # noqa: F401
+            return f"project {project}"
 
-            items.append(CheckItem("paramiko", True, "installed"))
-        except ImportError:
-            items.append(CheckItem("paramiko", False, "missing", "pip install 'dqlctl[gcp]'"))
+        items += self._check_items(probe, "gcloud auth application-default login", "gcp")
         return CheckResult(self.name, all(i.ok for i in items), items)
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:

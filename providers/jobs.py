@@ -108,7 +108,12 @@ class RemoteJobHandle:
                 return fn(self._session)
             except HostKeyMismatch:
                 raise
-            except (OSError, EOFError, ProviderError) as exc:
+            except Exception as exc:
+                # the channel broke (socket, EOF, paramiko.SSHException, our own SSH errors):
+                # drop the session and try again; anything else is a bug and propagates
+                if not isinstance(exc, OSError | EOFError | ProviderError) and \
+                        not type(exc).__module__.startswith("paramiko"):
+                    raise
                 last = exc
                 if self._session is not None:
                     self._session.close()
@@ -117,18 +122,6 @@ class RemoteJobHandle:
                 if attempt < self.retries:
                     time.sleep(delay)
                     delay = min(delay * 2, 10.0)
-            except Exception as exc:  # paramiko.SSHException and friends: the channel broke
-                if type(exc).__module__.startswith("paramiko"):
-                    last = exc
-                    if self._session is not None:
-                        self._session.close()
-                        self._session = None
-                        self.reconnects += 1
-                    if attempt < self.retries:
-                        time.sleep(delay)
-                        delay = min(delay * 2, 10.0)
-                    continue
-                raise
         raise ProviderError(f"lost the connection to {self.target.host}: {last}")
 
     def read(self, name: str, offset: int) -> bytes:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from providers.base import Instance, LaunchSpec, ProviderError, SshTarget
+from providers.base import CheckItem, Instance, LaunchSpec, ProviderError, SshTarget
 
 
 class SshVm:
@@ -31,6 +31,25 @@ class SshVm:
 
     def describe(self, instance: Instance) -> Instance:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _check_items(self, probe: Any, fix: str, extra: str) -> list[CheckItem]:
+        """The checks every cloud shares: ``probe()`` proves the credentials (returns what they
+        are, e.g. "account 123"), and paramiko is there for SSH."""
+        items = []
+        try:
+            items.append(CheckItem("credentials", True, probe()))
+        except ProviderError as exc:
+            items.append(CheckItem("credentials", False, str(exc), fix))
+        except Exception as exc:  # noqa: BLE001 - any SDK failure is a failed check
+            items.append(CheckItem("credentials", False, f"{type(exc).__name__}: {exc}", fix))
+        try:
+            import paramiko  # noqa: F401
+
+            items.append(CheckItem("paramiko", True, "installed"))
+        except ImportError:
+            items.append(CheckItem("paramiko", False, "missing",
+                                   f"pip install 'dqlctl[{extra}]'"))
+        return items
 
     def _key_path(self, run_id: str) -> Path:
         return self.home / "keys" / f"dqlctl-{run_id}.pem"

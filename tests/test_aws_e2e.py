@@ -167,6 +167,25 @@ def test_follow_survives_a_dropped_connection(home: Path, vm: dict[str, Any]) ->
     assert leftovers(run.id) == NOTHING
 
 
+def test_a_spot_instance_taken_back_is_preempted_not_running(home: Path,
+                                                            vm: dict[str, Any]) -> None:
+    ctx = Context(home=home)
+    assert main(launch_args("--episodes", "500", "--name", "reclaimed"), ctx=ctx) == 0
+    (run,) = Context(home=home).registry.list()
+    # the cloud takes the machine back: the instance terminates and the VM stops answering
+    boto3.client("ec2").terminate_instances(InstanceIds=run.instance_ids)
+    os.kill(vm["pid"], signal.SIGKILL)
+    for child in subprocess.run(["pgrep", "-f", f"--tag=dqlctl:run={run.id}"],
+                                capture_output=True, text=True).stdout.split():
+        os.kill(int(child), signal.SIGKILL)  # the VM's processes die with it
+    ctx = Context(home=home)
+    (row,) = runs.reconcile_all(ctx)
+    assert row.state == reg.PREEMPTED and "taken back" in row.reason
+    assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
+    assert Context(home=home).registry.get(run.id).state == reg.CANCELLED
+    assert leftovers(run.id) == NOTHING
+
+
 def test_failed_bootstrap_still_tears_everything_down(home: Path, vm: dict[str, Any]) -> None:
     config = home / "config.toml"
     config.write_text(config.read_text().replace(f'remote_python = "{sys.executable}"',
