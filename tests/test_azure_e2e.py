@@ -197,3 +197,23 @@ def test_dry_run_check_and_missing_credentials_exit_3(
     assert main(["check", "azure"], ctx=Context(home=home)) == 3
     assert "AZURE_SUBSCRIPTION_ID" in capsys.readouterr().out
     assert arm.leftovers() == NOTHING
+
+
+def test_results_land_in_the_runs_blob_container(home: Path, arm: FakeAzure, vm: dict[str, Any],
+                                                 azure_env: str) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    blobs = BlobServiceClient.from_connection_string(azure_env)
+    blobs.create_container("results")
+    ctx = Context(home=home)
+    assert main(launch_args("--episodes", "2", "--name", "toblob", "--results-dir",
+                            "az://results/runs"), ctx=ctx) == 0
+    (run,) = Context(home=home).registry.list()
+    final = runs.follow(Context(home=home), run)
+    assert final.state == reg.SUCCEEDED, final.reason
+    container = blobs.get_container_client("results")
+    names = {b.name for b in container.list_blobs(name_starts_with="runs/toblob/")}
+    assert {"runs/toblob/events.jsonl", "runs/toblob/model.pth"} <= names
+    events = container.download_blob("runs/toblob/events.jsonl").readall().decode()
+    assert [json.loads(x)["event"] for x in events.splitlines()][-1] == "finished"
+    assert arm.leftovers() == NOTHING
