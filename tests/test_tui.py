@@ -202,9 +202,16 @@ async def test_quit_leaves_runs_alone_and_palette_has_the_verbs(home: dict[str, 
         await until(pilot, lambda: isinstance(app.screen, InfoScreen), "the help")
         await pilot.press("escape")
         await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: type(app.screen).__name__ == "CommandPalette", "the palette")
         await pilot.press(*"launch")
-        await pilot.pause(0.5)
+
+        def matches() -> bool:
+            from textual.widgets import OptionList
+
+            found = app.screen.query(OptionList)
+            return bool(found) and found.first().option_count > 0
+
+        await until(pilot, matches, "the palette's matches")
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, LaunchScreen), "the launch form")
         await pilot.press("escape")
