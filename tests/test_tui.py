@@ -526,3 +526,30 @@ def test_importing_the_tui_package_does_not_load_textual() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+@run_async
+async def test_cost_view_lists_the_cheapest_offers_and_the_runs_spend(
+        home: dict[str, Any]) -> None:
+    from providers.prices.estimate import PriceRequest, quote
+
+    cheapest = next(o for o in quote(PriceRequest(hours=10.0), home=home["path"]).offers
+                    if o.price_per_hour is not None)
+    app = app_for(home["path"])
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(table_names(app)) == 3, "the runs")
+        app.action_cost()
+        screen = await until(pilot, lambda: isinstance(app.screen, InfoScreen) and app.screen,
+                             "the cost view")
+
+        def shown() -> str:
+            from rich.console import Console
+
+            console = Console(width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+            console.print(screen.body)
+            return console.export_text()
+
+        text = await until(pilot, lambda: "reading prices" not in shown() and shown(),
+                           "the offers")
+        assert cheapest.instance_type in text and f"{cheapest.price_per_hour:.3f}" in text
+        assert "What runs cost" in text and "local" in text

@@ -157,6 +157,49 @@ class DqlApp(App[int]):
                         text.append(f"         fix: {item.fix}\n", style="yellow")
         self.call_from_thread(screen.set_body, text)
 
+    def action_cost(self) -> None:
+        screen = InfoScreen("dqlctl cost", Text("reading prices ...", style="dim"))
+        self.push_screen(screen)
+        self._cost(screen)
+
+    @work(thread=True, group="cost", exit_on_error=False)
+    def _cost(self, screen: InfoScreen) -> None:
+        """The same figures as `dqlctl cost --hours 10` and `dqlctl cost --runs`."""
+        from rich.console import Group
+        from rich.table import Table
+
+        from dqlctl.cost_cmd import spend_by_month
+        from providers.prices.estimate import PriceRequest, quote
+
+        with model.worker_context(self.ctx) as ctx:
+            try:
+                q = quote(PriceRequest(hours=10.0, spot=True), home=ctx.home)
+                spend = spend_by_month(ctx, ctx.clock())
+            except Exception as exc:
+                self.call_from_thread(screen.set_body, Text(model.one_line(exc), style="red"))
+                return
+        offers = Table(title="GPU offers, spot, 10 h of work, cheapest first", expand=True)
+        for col in ("cloud", "region", "instance type", "GPUs"):
+            offers.add_column(col, no_wrap=True, overflow="ellipsis" if col == "region" else None)
+        for col in ("od $/h", "spot $/h", "save", "10 h"):
+            offers.add_column(col, justify="right", no_wrap=True)
+        for o in [o for o in q.offers if o.price_per_hour is not None][:25]:
+            x = o.extra
+            saving = f"{x['saving_pct']:.0f}%" if x.get("saving_pct") is not None else "-"
+            est = (x.get("estimate") or {}).get("total_usd")
+            offers.add_row(o.provider, o.region, o.instance_type, f"{o.gpu} x{o.gpu_count}",
+                           f"{x['on_demand']:.3f}" if x.get("on_demand") else "-",
+                           f"{o.price_per_hour:.3f}", saving,
+                           f"${est:.2f}" if est is not None else "-")
+        runs_table = Table(title="What runs cost", expand=True)
+        for col in ("month", "provider", "runs", "instance-hours", "cost"):
+            runs_table.add_column(col)
+        for row in spend:
+            runs_table.add_row(row["month"], row["provider"], str(row["runs"]),
+                               f"{row['instance_hours']:.2f}", f"${row['cost_usd']:.2f}")
+        notes = Text("\n".join(q.warnings), style="yellow") if q.warnings else Text("")
+        self.call_from_thread(screen.set_body, Group(offers, notes, runs_table))
+
     def open_path(self, path: str) -> None:
         """Show where a file is, and open it with the desktop's viewer when there is one."""
         opener = shutil.which("xdg-open") or shutil.which("open")
@@ -182,8 +225,8 @@ class DqlApp(App[int]):
                             self.action_check)
         yield SystemCommand("sync", "Copy datasets and results between stores (not yet)",
                             lambda: self.action_not_yet("sync", "sync"))
-        yield SystemCommand("cost", "GPU offers and what runs cost (not yet)",
-                            lambda: self.action_not_yet("cost", "cost"))
+        yield SystemCommand("cost", "GPU offers across clouds, cheapest first, and what runs "
+                            "cost", self.action_cost)
         yield SystemCommand("help", "Keys and screens", self.action_help)
         try:
             rows = self.dashboard.rows

@@ -77,7 +77,7 @@ class InfoScreen(ModalScreen[None]):
 HELP: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Everywhere", (
         ("?", "this help"),
-        ("ctrl+p", "command palette: launch, ps, logs/show/down RUN, check, sync, cost"),
+        ("ctrl+p", "command palette: launch, ps, logs/show/down RUN, check, cost, sync"),
         ("q", "quit (runs keep going; nothing is stopped)"),
     )),
     ("Dashboard (refreshed every second)", (
