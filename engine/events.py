@@ -13,6 +13,9 @@ Kinds and their fields:
 - ``trial``: trial, trials, params, score (tuning)
 - ``checkpoint``: episode, path
 - ``evaluation``: split, metrics (a dict)
+- ``equity``: split (``val`` | ``test``), episode (the model's episode; None for the final test),
+  agent, buy_and_hold: the two equity curves over the split from 1.0, thinned to at most 200
+  points each (``engine.metrics.equity_points``). ``val`` is sent when validation improves.
 - ``warning``: message
 - ``finished``: status ("succeeded"), metrics (test metrics dict, may be empty)
 - ``failed``: reason (one line)

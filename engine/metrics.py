@@ -86,6 +86,19 @@ def _exp_minus_one(log_value: float) -> float | None:
     return float(math.expm1(log_value))
 
 
+EQUITY_POINTS = 200  # points of an equity curve sent in an ``equity`` event
+
+
+def equity_points(net_log_returns: np.ndarray, n: int = EQUITY_POINTS) -> list[float]:
+    """The equity curve ``E[0] = 1 .. E[len]`` thinned to at most ``n`` evenly spaced points
+    (first and last kept), rounded to 6 significant digits: small enough for an event line."""
+    r = np.asarray(net_log_returns, dtype=np.float64)
+    eq = np.exp(np.concatenate(([0.0], np.cumsum(r))))
+    if len(eq) > n >= 2:
+        eq = eq[np.round(np.linspace(0, len(eq) - 1, n)).astype(np.int64)]
+    return [float(f"{x:.6g}") for x in eq]
+
+
 def drawdown(net_log_returns: np.ndarray) -> np.ndarray:
     """Drawdown of the equity curve at each of its ``n + 1`` points, as positive fractions."""
     r = np.asarray(net_log_returns, dtype=np.float64)

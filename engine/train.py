@@ -168,6 +168,22 @@ def greedy_pass(net: nn.Module, data: PreparedData, split: slice, cfg: Config,
     return pos[a:], ret[a:]
 
 
+def emit_equity(events: EventWriter | None, data: PreparedData, split: slice, name: str,
+                returns: np.ndarray, cfg: Config, episode: int | None = None) -> None:
+    """An ``equity`` event: the agent's equity over one split against buy-and-hold's, under the
+    same cost model (``engine.baselines``), for the control center's plot."""
+    if events is None:
+        return
+    from engine.baselines import run_baselines
+    from engine.metrics import equity_points
+
+    a, b = int(split.start), int(split.stop)
+    _, bh = run_baselines(data.close[:b], cfg.transaction_cost, cfg.slippage, start=a,
+                          long_only=cfg.long_only, names=("buy_and_hold",))["buy_and_hold"]
+    events.emit("equity", split=name, episode=episode, agent=equity_points(returns),
+                buy_and_hold=equity_points(bh))
+
+
 def split_metrics(positions: np.ndarray, returns: np.ndarray, data: PreparedData,
                   split: slice, cfg: Config) -> dict[str, Any]:
     """Every metric of :mod:`engine.metrics` for one split's greedy pass."""
@@ -278,6 +294,7 @@ class Trainer:
         self.cfg, self.data, self.device = cfg, data, torch.device(device)
         self.out_dir, self.events, self.log, self.stop = out_dir, events, log, stop
         self.mirror = mirror
+        self.val_returns: np.ndarray | None = None  # of the last validation pass
 
         # Seeding: one block, everything derives from cfg.seed.
         random.seed(cfg.seed)
@@ -378,6 +395,7 @@ class Trainer:
             return None
         pos, ret = greedy_pass(self.agent.online, self.data, self.data.val, self.cfg,
                                self.device)
+        self.val_returns = ret
         return split_metrics(pos, ret, self.data, self.data.val, self.cfg)
 
     def _end_episode(self) -> None:
@@ -413,6 +431,9 @@ class Trainer:
                              reward=record["reward"], loss=loss, epsilon=record["epsilon"],
                              val_sharpe=val_sharpe, steps_per_s=record["steps_per_s"],
                              env_steps=s.env_steps)
+        if improved and val is not None and self.val_returns is not None:
+            emit_equity(self.events, self.data, self.data.val, "val", self.val_returns, cfg,
+                        episode=s.episode)
         self.log(_episode_line(record, cfg.episodes))
         self.ep_reward.zero_()
         self.ep_loss.zero_()

@@ -465,6 +465,9 @@ def _evaluate_stage(ctx: _Ctx, cfg: Config, data: Any, net: Any, device: str,
         (ctx.out / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n",
                                                     encoding="utf-8")
     ctx.events.emit("evaluation", split="test", metrics=metrics)
+    from engine.train import emit_equity
+
+    emit_equity(ctx.events, data, data.test, "test", tret, cfg)
     line = (f"test: return {_pct(metrics.get('total_return'))}, Sharpe "
             f"{_num(metrics.get('sharpe_ratio'))}, max drawdown {_pct(metrics.get('max_drawdown'))}"
             f", {metrics.get('n_trades')} trades")

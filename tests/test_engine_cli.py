@@ -3,6 +3,7 @@ nothing written, config-file precedence, a light --help, and full-workflow end t
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -157,6 +158,19 @@ def test_full_workflow_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert [e["episode"] for e in events if e["event"] == "episode"] == [1, 2, 3]
     assert [e["split"] for e in events if e["event"] == "evaluation"] == ["val", "test"]
     assert events[-1]["metrics"]["sharpe_ratio"] is not None
+    # equity curves for the control center's plot: validation when it improved (episode 1
+    # always does), then the test split; each from 1.0, and ending where the metrics say
+    equity = [e for e in events if e["event"] == "equity"]
+    assert equity[0]["split"] == "val" and equity[0]["episode"] == 1
+    assert [e["split"] for e in equity][-1] == "test"
+    test_eq = equity[-1]
+    comparison = {r["strategy"]: r for r in csv.DictReader(
+        (out / "strategy_comparison.csv").open())}
+    for key, strategy in (("agent", "agent"), ("buy_and_hold", "buy_and_hold")):
+        curve = test_eq[key]
+        assert curve[0] == 1.0 and 2 <= len(curve) <= 200
+        assert curve[-1] == pytest.approx(1 + float(comparison[strategy]["total_return"]),
+                                          rel=1e-5)
     assert sum(line.startswith(STDOUT_PREFIX) for line in proc.stdout.splitlines()) == len(events)
 
     # evaluate the saved model again, in this process

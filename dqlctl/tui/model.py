@@ -140,6 +140,38 @@ def dashboard_rows(ctx: Context, reconcile: bool = True) -> tuple[list[RunRow], 
 
 
 @dataclass
+class Equity:
+    """The latest equity curves from ``equity`` events: the agent against buy-and-hold over the
+    validation split (the best model so far) until the test split's arrive, which then stay."""
+
+    split: str | None = None
+    episode: int | None = None
+    agent: list[float] = field(default_factory=list)
+    buy_and_hold: list[float] = field(default_factory=list)
+
+    def add(self, event: dict[str, Any]) -> bool:
+        split = event.get("split")
+        agent, bh = event.get("agent"), event.get("buy_and_hold")
+        if split not in ("val", "test") or not isinstance(agent, list) or not agent:
+            return False
+        if self.split == "test" and split == "val":  # a resumed run's replay: keep the test
+            return False
+        self.split, self.episode = split, event.get("episode")
+        self.agent = [float(x) for x in agent if isinstance(x, int | float)]
+        self.buy_and_hold = ([float(x) for x in bh if isinstance(x, int | float)]
+                             if isinstance(bh, list) else [])
+        return True
+
+    def title(self) -> str:
+        if self.split is None:
+            return "equity vs buy & hold"
+        if self.split == "test":
+            return "equity, test split"
+        return f"equity, val split (episode {self.episode})" if self.episode else \
+            "equity, val split"
+
+
+@dataclass
 class Curves:
     """Training curves from ``episode`` events, one point per episode."""
 
@@ -148,8 +180,11 @@ class Curves:
     val_sharpe: list[float] = field(default_factory=list)
     episodes: int = 0
     last_episode: int = 0
+    equity: Equity = field(default_factory=Equity)
 
     def add(self, event: dict[str, Any]) -> bool:
+        if event.get("event") == "equity":
+            return self.equity.add(event)
         if event.get("event") != "episode":
             return False
         episode = event.get("episode")

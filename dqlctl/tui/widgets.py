@@ -15,9 +15,10 @@ from textual.containers import Vertical
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import Label, Sparkline
 
-from dqlctl.tui.model import Curves
+from dqlctl.tui.model import Curves, Equity
 
 LOG_MAX_LINES = 200_000
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
@@ -265,3 +266,107 @@ class CurvePanel(Vertical):
             for key, _ in self.CURVES:
                 self.query_one(f"#curve-{key}", CurveView).set_values(getattr(self.curves, key))
         return changed
+
+
+# -- the equity plot --------------------------------------------------------------------------
+
+# Braille dots of one cell, by (x, y) in its 2x4 grid of pixels.
+_DOTS = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
+
+
+def braille_plot(series: Sequence[tuple[Sequence[float], str]], width: int, height: int,
+                 lo: float | None = None, hi: float | None = None) -> list[Text]:
+    """Line plot of several series in ``width`` x ``height`` cells of braille (2x4 pixels per
+    cell), each resampled to the pixel columns and drawn with joined vertical runs so a steep
+    move stays a line. Series later in the list are drawn over earlier ones (their colour wins
+    a shared cell). The y range is ``lo .. hi`` (default: all the values)."""
+    values = [v for vs, _ in series for v in vs]
+    if width < 1 or height < 1 or not values:
+        return [Text(" " * max(width, 0)) for _ in range(max(height, 0))]
+    lo = min(values) if lo is None else lo
+    hi = max(values) if hi is None else hi
+    span = (hi - lo) or 1.0
+    pw, ph = width * 2, height * 4
+    bits = [[0] * width for _ in range(height)]
+    owner: list[list[str]] = [[""] * width for _ in range(height)]
+
+    def dot(px: int, py: int, style: str) -> None:
+        cy, cx = py // 4, px // 2
+        bits[cy][cx] |= _DOTS[px % 2][py % 4]
+        owner[cy][cx] = style
+
+    for vs, style in series:
+        n = len(vs)
+        if n == 0:
+            continue
+        prev: int | None = None
+        for px in range(pw):
+            pos = px * (n - 1) / (pw - 1) if pw > 1 else 0.0
+            i = int(pos)
+            frac = pos - i
+            v = vs[i] if i + 1 >= n else vs[i] * (1 - frac) + vs[i + 1] * frac
+            py = ph - 1 - round((v - lo) / span * (ph - 1))
+            py = min(ph - 1, max(0, py))
+            a, b = (py, py) if prev is None else (min(prev, py), max(prev, py))
+            for y in range(a, b + 1):
+                dot(px, y, style)
+            prev = py
+    lines = []
+    for cy in range(height):
+        line = Text()
+        for cx in range(width):
+            b = bits[cy][cx]
+            line.append(chr(0x2800 + b) if b else " ", style=owner[cy][cx] if b else "")
+        lines.append(line)
+    return lines
+
+
+def _pct(x: float) -> str:
+    return f"{(x - 1) * 100:+.1f}%"
+
+
+class EquityPlot(Widget):
+    """The agent's equity against buy-and-hold's, from ``equity`` events (``model.Equity``):
+    the validation split's for the best model so far, then the test split's."""
+
+    DEFAULT_CSS = """
+    EquityPlot {
+        height: 9;
+        padding: 0 1;
+    }
+    """
+    AGENT, BH = "bold green", "yellow"
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.equity = Equity()
+
+    def set_equity(self, equity: Equity) -> None:
+        self.equity = equity
+        self.refresh()
+
+    def render(self) -> Text:
+        eq = self.equity
+        width, height = self.content_size.width, self.content_size.height
+        out = Text(eq.title(), style="bold", no_wrap=True, overflow="ellipsis")
+        if not eq.agent:
+            out.append("\nwaiting for the first validation", style="dim")
+            return out
+        gutter = 7
+        rows = max(1, height - 2)
+        values = eq.agent + eq.buy_and_hold
+        lo, hi = min(values), max(values)
+        plot = braille_plot([(eq.buy_and_hold, self.BH), (eq.agent, self.AGENT)],
+                            max(1, width - gutter), rows, lo, hi)
+        for i, line in enumerate(plot):
+            label = _pct(hi) if i == 0 else _pct(lo) if i == rows - 1 else ""
+            out.append("\n")
+            out.append(f"{label:>{gutter - 1}} ", style="dim")
+            out.append_text(line)
+        out.append("\n")
+        out.append("━ agent ", style=self.AGENT)
+        out.append(_pct(eq.agent[-1]))
+        if eq.buy_and_hold:
+            out.append("   ━ buy & hold ", style=self.BH)
+            out.append(_pct(eq.buy_and_hold[-1]))
+        return out

@@ -20,7 +20,7 @@ from dqlctl import runs
 from dqlctl.tui import model
 from dqlctl.tui.messages import EngineEvents, LogLines, RunChanged
 from dqlctl.tui.model import RunInfo
-from dqlctl.tui.widgets import CurvePanel, LogView
+from dqlctl.tui.widgets import CurvePanel, EquityPlot, LogView
 
 if TYPE_CHECKING:
     from dqlctl.tui.app import DqlApp
@@ -61,6 +61,7 @@ class RunScreen(Screen[None]):
         with Container(id="body"):
             with Vertical(id="side"):
                 yield CurvePanel(id="curves")
+                yield EquityPlot(id="equity")
                 yield Static("", id="metrics")
             yield LogView(id="log")
         yield Input(placeholder="search the log (Enter: find, n/N: next/previous, Esc: close)",
@@ -179,7 +180,10 @@ class RunScreen(Screen[None]):
     def on_engine_events(self, message: EngineEvents) -> None:
         self._take(message)
         self.events_seen += len(message.events)
-        self.query_one("#curves", CurvePanel).add_events(message.events)
+        curves = self.query_one("#curves", CurvePanel)
+        if curves.add_events(message.events) and any(
+                e.get("event") == "equity" for e in message.events):
+            self.query_one("#equity", EquityPlot).set_equity(curves.curves.equity)
 
     def on_run_changed(self, message: RunChanged) -> None:
         self.info = info = message.info
