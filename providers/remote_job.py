@@ -110,8 +110,10 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
                       f"-C {q(workdir)}/app", "unpacking the supervisor")
         pythonpath = f"PYTHONPATH={q(workdir + '/app')} "
     session.check(
-        f"cd {q(workdir)} && {pythonpath}setsid nohup {supervisor} >> engine.log 2>&1 "
-        f"< /dev/null & echo started", "starting the engine")
+        # the subshell exits at once; only the detached supervisor lives on, with none of the
+        # channel's descriptors (else the command would not return until the engine ends)
+        f"cd {q(workdir)} && ({pythonpath}setsid nohup {supervisor} >> engine.log 2>&1 "
+        f"< /dev/null &) && echo started", "starting the engine", timeout=60)
     deadline = time.monotonic() + start_timeout
     while not session.exists(f"{workdir}/job.json"):
         if session.exists(f"{workdir}/exit.json") or time.monotonic() > deadline:
