@@ -23,7 +23,9 @@ examples:
   dqlctl launch --data STOCKS_GOOGL.csv --agent-type custom --episodes 20 --follow
   dqlctl ps                      runs that are not finished (--all for every run)
   dqlctl logs RUN -f             follow a run's log to its end
-  dqlctl down RUN                stop a run and release its machine
+  dqlctl stop RUN                checkpoint, collect the results, release the machine
+  dqlctl down RUN                release the machine now
+  dqlctl ssh RUN [-- CMD]        a shell (or CMD) on the run's machine
 
 RUN is a run id, a unique prefix of one, or a run name (the newest of that name).
 Runs are kept in $DQLCTL_HOME (default ~/.local/share/dqlctl).
@@ -104,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="terminate every instance tagged by dqlctl that no live run owns")
     p.add_argument("--provider", action="append", help="with --orphans: only these providers")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask")
+
+    p = sub.add_parser("stop", help="stop a run gracefully: checkpoint, collect, release")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--wait", type=float, default=120.0, metavar="S",
+                   help="seconds to wait for the checkpoint before releasing anyway (120)")
+
+    p = sub.add_parser("ssh", help="a shell on a run's machine (host key pinned)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                   help="run this instead of a shell")
 
     p = sub.add_parser("check", help="what each provider needs and whether it is there")
     p.add_argument("providers", nargs="*", metavar="PROVIDER")
@@ -404,6 +416,30 @@ def cmd_down(ctx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(ctx: Any, args: argparse.Namespace) -> int:
+    from dqlctl import runs
+
+    if args.wait <= 0:
+        raise DqlctlError(f"--wait must be a positive number of seconds, got {args.wait}")
+    run = runs.stop(ctx, _resolve(ctx, args.run), wait_s=args.wait)
+    print(f"run {run.id} {run.state}" + (f": {run.reason}" if run.reason else ""),
+          file=ctx.stdout)
+    return 0
+
+
+def cmd_ssh(ctx: Any, args: argparse.Namespace) -> int:
+    import subprocess
+
+    from dqlctl import runs
+
+    shell = runs.shell_command(ctx, runs.reconcile(ctx, _resolve(ctx, args.run)), args.command)
+    try:
+        return subprocess.call(shell.argv, cwd=shell.cwd)  # noqa: S603
+    except FileNotFoundError:
+        raise DqlctlError(f"{shell.argv[0]} is not installed (the OpenSSH client: "
+                          "apt install openssh-client)") from None
+
+
 def cmd_check(ctx: Any, args: argparse.Namespace) -> int:
     from providers import COMPUTE_PROVIDERS, PLANNED_PROVIDERS
 
@@ -436,7 +472,7 @@ def cmd_check(ctx: Any, args: argparse.Namespace) -> int:
 
 
 VERBS = {"launch": cmd_launch, "ps": cmd_ps, "show": cmd_show, "logs": cmd_logs,
-         "down": cmd_down, "check": cmd_check}
+         "down": cmd_down, "stop": cmd_stop, "ssh": cmd_ssh, "check": cmd_check}
 
 
 def _split_engine_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -453,6 +489,8 @@ def main(argv: list[str] | None = None, ctx: Any = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "engine_args", None) is not None:
         args.engine_args = list(args.engine_args) + engine_args
+    elif args.verb == "ssh":
+        args.command = [*args.command, *engine_args]
     elif engine_args:
         parser.error("engine arguments after -- only go with `launch`")
     if args.verb is None:

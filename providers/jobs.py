@@ -9,11 +9,14 @@ A job on any machine has the same layout, written by ``providers.local_superviso
 
 ``LocalJobHandle`` reads it from this machine's disk; ``RemoteJobHandle`` over SSH/SFTP, and
 reconnects (with backoff) when the connection drops, resuming from the caller's offset.
+``stop()`` asks the job to end (SIGTERM to its supervisor: the engine checkpoints first).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +51,13 @@ def _parse(data: bytes | None) -> dict[str, Any] | None:
         return None
 
 
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 class LocalJobHandle:
     def __init__(self, workdir: str, events_path: str | None,
                  alive: Callable[[], bool]) -> None:
@@ -75,6 +85,18 @@ class LocalJobHandle:
 
     def status(self) -> JobStatus:
         return status_from(self._exit(), self._alive, self._exit)
+
+    def stop(self) -> bool:
+        """SIGTERM to the supervisor, which passes it to the engine (it checkpoints and exits).
+        False when the job is not running."""
+        job = _parse(_read(self.workdir / "job.json"))
+        if job is None or self._exit() is not None or not self._alive():
+            return False
+        try:
+            os.kill(int(job["supervisor_pid"]), signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        return True
 
     def close(self) -> None:
         pass
@@ -141,6 +163,16 @@ class RemoteJobHandle:
 
     def status(self) -> JobStatus:
         return status_from(self._exit(), self._alive, self._exit)
+
+    def stop(self) -> bool:
+        """SIGTERM to the supervisor on the VM (see ``LocalJobHandle.stop``)."""
+        def term(s: Any) -> bool:
+            job = _parse(s.read_from(f"{self.workdir}/job.json", 0))
+            if job is None or s.exists(f"{self.workdir}/exit.json"):
+                return False
+            code, _, _ = s.run(f"kill -TERM {int(job['supervisor_pid'])}", timeout=30)
+            return code == 0
+        return bool(self._call(term))
 
     def close(self) -> None:
         if self._session is not None:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,45 @@ def test_dry_run_creates_nothing_and_no_credentials_is_exit_3(
     assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
     err = capsys.readouterr().err
     assert "no AWS credentials" in err and "AWS_ACCESS_KEY_ID" in err
+
+
+def test_ssh_trusts_only_the_pinned_key_and_stop_keeps_the_checkpoint(
+        home: Path, vm: dict[str, Any]) -> None:
+    ctx = Context(home=home)
+    assert main(launch_args("--episodes", "100000", "--name", "stopme"), ctx=ctx) == 0
+    (run,) = Context(home=home).registry.list()
+    workdir = run.instance["extra"]["workdir"]
+    events = Path(workdir) / "results" / "stopme" / "events.jsonl"
+    deadline = time.monotonic() + 120
+    while '"episode"' not in (events.read_text() if events.exists() else ""):
+        assert time.monotonic() < deadline, "no episode on the VM"
+        time.sleep(0.05)
+
+    def ssh(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dqlctl", "ssh", run.id, "--", *cmd],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    # the real OpenSSH client, the run's key, in the run's folder on the VM
+    there = ssh("pwd")
+    assert there.returncode == 0, there.stderr
+    assert there.stdout.strip() == workdir
+    # a VM answering with another host key than the one pinned at first contact: refused
+    registry = Context(home=home).registry
+    other = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(home / "other")], check=True)
+    assert other.returncode == 0
+    forged = " ".join((home / "other.pub").read_text().split()[:2])
+    instance = registry.get(run.id).instance
+    registry.update(run.id, instance={**instance, "extra": {**instance["extra"],
+                                                            "host_key": forged}})
+    refused = ssh("pwd")
+    assert refused.returncode == 255 and "host key" in refused.stderr.lower()
+    registry.update(run.id, instance=instance)
+
+    # stop: the engine checkpoints on SIGTERM, the results come back, nothing is left
+    assert main(["stop", run.id], ctx=Context(home=home)) == 0
+    final = Context(home=home).registry.get(run.id)
+    assert final.state == reg.CANCELLED, final.reason
+    assert final.reason.startswith("stopped at episode") and "checkpoint" in final.reason
+    assert list((Path(final.results_uri) / "checkpoints").glob("ckpt-*.pt"))
+    assert leftovers(run.id) == NOTHING

@@ -229,3 +229,30 @@ def test_provider_auto_picks_the_cheapest_offer_from_the_catalog(tmp_path: Path)
         (best.provider, best.region, best.instance_type)
     assert f"{best.price_per_hour:.4f}" in plan["price"]
     assert runs_json(tmp_path) == []  # a dry run creates nothing
+
+
+def test_stop_checkpoints_then_releases_and_ssh_opens_the_runs_folder(tmp_path: Path) -> None:
+    """`stop` keeps the work (SIGTERM: the engine checkpoints) where `down` would just release;
+    `ssh` on a local run runs in the run's own folder."""
+    run = launch_detached(tmp_path, "stopme")
+    wait_first_episode(run)
+    where = dqlctl(tmp_path, "ssh", run["id"], "--", "pwd")
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.strip() == run["instance"]["extra"]["workdir"]
+
+    proc = dqlctl(tmp_path, "stop", run["id"])
+    assert proc.returncode == 0, proc.stderr
+    (row,) = runs_json(tmp_path)
+    assert row["state"] == reg.CANCELLED
+    assert row["reason"].startswith("stopped at episode ") and "checkpoint" in row["reason"]
+    ckpts = list((Path(run["results_uri"]) / "checkpoints").glob("ckpt-*.pt"))
+    assert ckpts, "the engine wrote no checkpoint on the way out"
+    workdir = Path(run["instance"]["extra"]["workdir"])
+    assert json.loads((workdir / "exit.json").read_text())["exit_code"] == 143
+    assert not pid_alive(run["instance"]["extra"]["pid"], run["instance"]["extra"]["start_ticks"])
+    # an ended run has no machine: ssh says so in one line, and stop leaves it as it is
+    again = dqlctl(tmp_path, "ssh", run["id"])
+    assert again.returncode == 2 and "no machine" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert dqlctl(tmp_path, "stop", run["id"]).returncode == 0
+    assert runs_json(tmp_path)[0]["reason"] == row["reason"]
