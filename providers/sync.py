@@ -77,6 +77,8 @@ class Progress:
     elapsed: float
     rate: float                  # bytes per second so far
     eta: float | None            # seconds left, None until a rate is known
+    #: the copies in flight, oldest first: (key, bytes read so far, size)
+    active: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -252,6 +254,7 @@ def _compare(src_store: Store, dst_store: Store, s: ObjectInfo, d: ObjectInfo,
 def sync(src: str, dst: str, *, dry_run: bool = False, delete: bool = False,
          checksum: bool = False, transfers: int = 4, include: Iterable[str] = (),
          exclude: Iterable[str] = (), progress: Callable[[Progress], None] | None = None,
+         cancel: threading.Event | None = None,
          _stores: tuple[Store, Store] | None = None) -> SyncResult:
     """Make ``dst`` hold what ``src`` holds. See the module docstring.
 
@@ -259,7 +262,8 @@ def sync(src: str, dst: str, *, dry_run: bool = False, delete: bool = False,
     before anything changed: unknown scheme, missing bucket or container, no credentials, an
     unreadable local file, SRC and DST overlapping. Failures of single copies after retries are
     reported in the result (``ok`` False, ``exit_code`` 3) and stop ``delete``.
-    Ctrl+C cancels the transfers (uploads in flight are abandoned) and re-raises.
+    Ctrl+C cancels the transfers (uploads in flight are abandoned) and re-raises; so does
+    setting ``cancel`` from another thread (a TUI's Cancel), which raises ``Cancelled``.
     """
     started = time.monotonic()
     include, exclude = tuple(include), tuple(exclude)
@@ -267,7 +271,7 @@ def sync(src: str, dst: str, *, dry_run: bool = False, delete: bool = False,
         raise StorageError(f"--transfers must be at least 1 (got {transfers})")
     if _stores is not None:
         return _sync(src, dst, _stores[0], "", _stores[1], "", dry_run, delete, checksum,
-                     transfers, include, exclude, progress, started)
+                     transfers, include, exclude, progress, cancel, started)
     src_store, src_key = open_store(src)
     try:
         dst_store, dst_key = open_store(dst)
@@ -276,7 +280,7 @@ def sync(src: str, dst: str, *, dry_run: bool = False, delete: bool = False,
         raise
     try:
         return _sync(src, dst, src_store, src_key, dst_store, dst_key, dry_run, delete,
-                     checksum, transfers, include, exclude, progress, started)
+                     checksum, transfers, include, exclude, progress, cancel, started)
     finally:
         src_store.close()
         dst_store.close()
@@ -285,7 +289,7 @@ def sync(src: str, dst: str, *, dry_run: bool = False, delete: bool = False,
 def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, dst_key: str,
           dry_run: bool, delete: bool, checksum: bool, transfers: int, include: tuple[str, ...],
           exclude: tuple[str, ...], progress: Callable[[Progress], None] | None,
-          started: float) -> SyncResult:
+          cancel: threading.Event | None, started: float) -> SyncResult:
     src_prefix, dst_prefix = _dir_prefix(src_key), _dir_prefix(dst_key)
     result = SyncResult(src, dst, dry_run, delete, checksum, transfers)
 
@@ -352,7 +356,8 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
 
         # -- 2. copy ----------------------------------------------------------------------
         meter = _Meter()
-        cancel = threading.Event()
+        cancel = cancel if cancel is not None else threading.Event()
+        active: dict[str, tuple[_ProgressReader, int]] = {}    # copies in flight, by key
         bytes_total = sum(e.size for e in copies)
 
         def copy_one(entry: FileEntry) -> None:
@@ -368,6 +373,8 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
                         md5 = src_store.stat(s.key).hashes.get(MD5)  # S3 records it up front
                     with src_store.open_read(s.key) as raw:
                         reader = _ProgressReader(raw, meter, cancel)
+                        with meter.lock:
+                            active[entry.key] = (reader, s.size)
                         info = dst_store.put(dst_name, reader, size=s.size, mtime=s.mtime,
                                              md5=md5)
                     entry.verified = _verify(s, info)
@@ -387,6 +394,8 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
                     if attempt > RETRIES or cancel.is_set():
                         return
                 finally:
+                    with meter.lock:
+                        active.pop(entry.key, None)
                     if reader is not None and entry.error is not None:
                         meter.add(-reader.high)     # a failed attempt moved nothing
                 time.sleep(BACKOFF * 2 ** (attempt - 1) * (0.5 + random.random()))
@@ -397,17 +406,20 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
             elapsed = time.monotonic() - started
             with meter.lock:
                 done_bytes, done_files = meter.bytes, meter.files
+                moving = [(key, r.high, size) for key, (r, size) in active.items()]
             rate = done_bytes / elapsed if elapsed > 0 else 0.0
             eta = (bytes_total - done_bytes) / rate if rate > 0 else None
             progress(Progress(done_files, len(copies), done_bytes, bytes_total, elapsed, rate,
-                              eta))
+                              eta, moving))
 
         futures: set[Future[None]] = {pool.submit(copy_one, e) for e in copies}
         try:
             report()
-            while futures:
+            while futures and not cancel.is_set():
                 _, futures = wait(futures, timeout=PROGRESS_EVERY, return_when=FIRST_COMPLETED)
                 report()
+            if cancel.is_set():
+                raise Cancelled("sync cancelled")
         except BaseException:
             cancel.set()
             for fut in futures:
