@@ -67,9 +67,10 @@ def sleepers() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
 def make_run(ctx: Context, name: str, state: str = reg.RUNNING, *,
              proc: subprocess.Popen[bytes] | None = None, progress: dict[str, Any] | None = None,
              metrics: dict[str, Any] | None = None, reason: str | None = None,
-             log: list[str] = (), events: list[dict[str, Any]] = ()) -> Run:  # type: ignore[assignment]
+             log: list[str] = (), events: list[dict[str, Any]] = (),  # type: ignore[assignment]
+             run_id: str | None = None) -> Run:
     """A run as the local provider would have left it: work dir, engine.log, events.jsonl."""
-    rid = reg.new_run_id()
+    rid = run_id or reg.new_run_id()
     workdir = ctx.run_dir(rid)
     results = workdir / "results"
     (results / name).mkdir(parents=True)
@@ -398,6 +399,32 @@ async def test_launch_a_real_local_run_and_watch_it_finish(tmp_path: Path) -> No
         ctx.close()
 
 
+@run_async
+async def test_stop_from_the_run_view_keeps_the_checkpoint(tmp_path: Path) -> None:
+    """x on a real run: asked first, then the engine checkpoints, the run ends CANCELLED."""
+    from dqlctl import runs
+
+    ctx = Context(home=tmp_path)
+    run = runs.launch(ctx, runs.LaunchRequest(
+        data="test_small.csv", agent_type="dql", command="train", episodes=100000,
+        name="to-stop", engine_args=["--n_envs", "4"]))
+    ctx.close()
+    app = app_for(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run(run.id)
+        view = await screen_of(pilot, app, RunScreen)
+        curves = view.query_one("#curves", CurvePanel)
+        await until(pilot, lambda: curves.curves.reward, "the first episode", timeout=120)
+        await pilot.press("x")
+        confirm = await screen_of(pilot, app, ConfirmScreen)
+        assert "Stop run to-stop" in confirm.question
+        await pilot.click("#yes")
+        await until(pilot, lambda: view.info is not None
+                    and view.info.row.state == reg.CANCELLED, "the run to stop", timeout=120)
+        assert view.info.row.reason.startswith("stopped at episode")
+    assert list((Path(run.results_uri) / "checkpoints").glob("ckpt-*.pt"))
+
+
 # -- as a person runs it: a real terminal (tmux) ----------------------------------------------------
 
 
@@ -459,8 +486,13 @@ def test_in_tmux_launch_from_the_form_watch_it_and_quit(home: dict[str, Any],
     its log and its curves move, go back to the dashboard, quit with q (runs left alone)."""
     dqlctl = Path(sys.executable).with_name("dqlctl")
     exit_file = tmp_path / "exit.txt"
+    shell_saw = tmp_path / "shell.txt"
+    fake_shell = tmp_path / "shell.sh"  # the operator's $SHELL: notes where it ran, exits
+    fake_shell.write_text(f"#!/bin/sh\npwd > {shell_saw}\n")
+    fake_shell.chmod(0o755)
     tmux = Tmux(f"cd {ROOT} && env DQLCTL_HOME={home['path']} TERM=xterm-256color "
-                f"OMP_NUM_THREADS=1 {dqlctl}; echo EXITED=$? > {exit_file}; sleep 60")
+                f"SHELL={fake_shell} OMP_NUM_THREADS=1 {dqlctl}; echo EXITED=$? > {exit_file}; "
+                "sleep 60")
     try:
         tmux.wait_for("the dashboard", lambda s: "googl-live" in s and "RUNNING" in s
                       and "Launch" in s)
@@ -491,6 +523,7 @@ def test_in_tmux_launch_from_the_form_watch_it_and_quit(home: dict[str, Any],
         tmux.keys("C-l")                                # at once: it launches once checked
         seen: set[str] = set()
         sparks: set[str] = set()
+        plots: set[str] = set()
 
         def moving(screen: str) -> bool:
             for line in screen.splitlines():
@@ -498,16 +531,28 @@ def test_in_tmux_launch_from_the_form_watch_it_and_quit(home: dict[str, Any],
                     seen.add(line.split("episode ", 1)[1].split()[0])
                 if SPARK & set(line):
                     sparks.add(line)
+                if any(0x2800 < ord(c) <= 0x28FF for c in line):  # the equity plot's braille
+                    plots.add(line)
             return "SUCCEEDED" in screen
 
         screen = tmux.wait_for("the run to finish in the run view", moving, timeout=180)
         assert "from-tmux" in screen and "12/12" in screen
         assert len(seen) >= 2, f"the episode count never moved: {seen}"
         assert len(sparks) >= 2, "the curves never moved"
+        assert plots and "equity" in screen and "buy & hold" in screen, "no equity plot"
         assert "episode 12/12" in screen or "trained:" in screen  # the engine's own log lines
         tmux.keys("Escape")
         tmux.wait_for("the run on the dashboard", lambda s: "from-tmux" in s and "SUCCEEDED" in s
                       and "googl-live" in s)
+        # a shell on the live run's machine (here, its folder): the app steps aside, comes back
+        tmux.keys("C-p")
+        tmux.wait_for("the palette", lambda s: "Search for commands" in s)
+        tmux.type("ssh googl-live")
+        tmux.wait_for("the ssh command", lambda s: "ssh googl-live" in s)
+        tmux.keys("Enter")
+        tmux.wait_for("back from the shell", lambda s: "back from run" in s)
+        assert shell_saw.read_text().strip() == str(
+            Context(home=home["path"]).run_dir(home["live"].id))
         tmux.keys("q")
         deadline = time.monotonic() + 15
         while not exit_file.exists() and time.monotonic() < deadline:

@@ -30,6 +30,7 @@ from dqlctl.tui.screens.dashboard import DashboardScreen
 from dqlctl.tui.screens.launch import LaunchScreen
 from dqlctl.tui.screens.modals import ConfirmScreen, InfoScreen, help_screen
 from dqlctl.tui.screens.run_view import RunScreen
+from dqlctl.tui.screens.sync import SyncScreen
 
 
 class DqlApp(App[int]):
@@ -90,12 +91,9 @@ class DqlApp(App[int]):
         while not isinstance(self.screen, DashboardScreen):
             self.pop_screen()
 
-    def action_not_yet(self, verb: str, what: str) -> None:
-        self.push_screen(InfoScreen(
-            f"{verb}: not available yet",
-            Text(f"The {what} screen is not in the TUI yet (it is being built). Where the "
-                 f"headless verb exists, `dqlctl {verb} --help` says what it can do today "
-                 "(`dqlctl --help` lists the verbs).")))
+    def action_sync(self, src: str = "", dst: str = "") -> None:
+        if not isinstance(self.screen, SyncScreen):
+            self.push_screen(SyncScreen(src, dst))
 
     # -- down ---------------------------------------------------------------------------------------
 
@@ -122,6 +120,59 @@ class DqlApp(App[int]):
             self.post_message(Notice(f"down {run_id} failed: {model.one_line(exc)}", "error"))
             return
         self.post_message(Notice(f"run {run.id} {run.state}; instance released", refresh=True))
+
+    # -- stop and shell ---------------------------------------------------------------------------
+
+    def confirm_stop(self, run_id: str, name: str, state: str) -> None:
+        """Ask, then ``runs.stop`` in a worker: checkpoint, collect the results, release."""
+        if state != "RUNNING":
+            self.notify(f"run {run_id} is {state}: only a RUNNING run can be stopped "
+                        "(d releases anything it holds)", severity="warning", timeout=4)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.notify(f"stopping run {run_id}: the engine writes a checkpoint ...",
+                            timeout=4)
+                self._stop(run_id)
+
+        self.push_screen(ConfirmScreen(
+            f"Stop run {name} ({run_id})?",
+            "The engine gets SIGTERM and writes a checkpoint; its results are collected, then "
+            "the machine is released.", yes="Stop"), answered)
+
+    @work(thread=True, group="stop", exit_on_error=False)
+    def _stop(self, run_id: str) -> None:
+        try:
+            with model.worker_context(self.ctx) as ctx:
+                run = runs.stop(ctx, ctx.registry.get(run_id))
+        except Exception as exc:
+            self.post_message(Notice(f"stop {run_id} failed: {model.one_line(exc)}", "error"))
+            return
+        self.post_message(Notice(f"run {run.id} {run.state}: {run.reason or ''}", refresh=True))
+
+    def open_shell(self, run_id: str) -> None:
+        """Suspend the app and open a shell on the run's machine (``dqlctl ssh RUN``)."""
+        from textual.app import SuspendNotSupported
+
+        try:
+            shell = runs.shell_command(self.ctx, self.ctx.registry.get(run_id))
+        except Exception as exc:
+            self.notify(model.one_line(exc), severity="warning", timeout=5)
+            return
+        try:
+            with self.suspend():
+                print(f"dqlctl: run {run_id}: {' '.join(shell.argv)}  (exit to come back)",
+                      flush=True)
+                code = subprocess.call(shell.argv, cwd=shell.cwd)  # noqa: S603
+        except SuspendNotSupported:
+            self.notify(f"this terminal cannot be suspended: run `dqlctl ssh {run_id}`",
+                        severity="warning", timeout=6)
+            return
+        except FileNotFoundError:
+            self.notify(f"{shell.argv[0]} is not installed", severity="error", timeout=6)
+            return
+        self.notify(f"back from run {run_id}'s shell (exit {code})", timeout=3)
 
     def on_notice(self, message: Notice) -> None:
         self.notify(message.text, severity=message.severity,  # type: ignore[arg-type]
@@ -223,8 +274,8 @@ class DqlApp(App[int]):
         yield SystemCommand("ps", "The dashboard: every run", self.action_dashboard)
         yield SystemCommand("check", "What each provider needs and whether it is there",
                             self.action_check)
-        yield SystemCommand("sync", "Copy datasets and results between stores (not yet)",
-                            lambda: self.action_not_yet("sync", "sync"))
+        yield SystemCommand("sync", "Copy datasets and results between stores (local, s3://, "
+                            "gs://, az://)", self.action_sync)
         yield SystemCommand("cost", "GPU offers across clouds, cheapest first, and what runs "
                             "cost", self.action_cost)
         yield SystemCommand("help", "Keys and screens", self.action_help)
@@ -237,6 +288,13 @@ class DqlApp(App[int]):
                                 lambda rid=row.id: self.open_run(rid), discover=False)
             yield SystemCommand(f"show {row.name} ({row.id})", f"Open run {row.id}: {row.state}",
                                 lambda rid=row.id: self.open_run(rid), discover=False)
+            if row.state == "RUNNING":
+                yield SystemCommand(
+                    f"stop {row.name} ({row.id})", f"Checkpoint, collect and release {row.id}",
+                    lambda r=row: self.confirm_stop(r.id, r.name, r.state), discover=False)
+                yield SystemCommand(
+                    f"ssh {row.name} ({row.id})", f"A shell on run {row.id}'s machine",
+                    lambda r=row: self.open_shell(r.id), discover=False)
             if not row.terminal:
                 yield SystemCommand(
                     f"down {row.name} ({row.id})", f"Stop run {row.id} and release its machine",

@@ -88,6 +88,11 @@ class LogView(ScrollView, can_focus=True):
         # the reader moved: follow again once they are back at the end, pause otherwise
         self._follow = new_value >= self.max_scroll_y
 
+    def on_resize(self) -> None:
+        # a smaller log (a plot appeared above it) has a new end: a follower stays on it
+        if self._follow:
+            self.call_after_refresh(self.follow)
+
     def _set_virtual_size(self, size: Size) -> None:
         """The scrollable size, without the screen layout that assigning ``virtual_size`` asks
         for (this widget's own size never depends on its content)."""

@@ -77,7 +77,7 @@ class InfoScreen(ModalScreen[None]):
 HELP: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("Everywhere", (
         ("?", "this help"),
-        ("ctrl+p", "command palette: launch, ps, logs/show/down RUN, check, cost, sync"),
+        ("ctrl+p", "command palette: launch, ps, logs/show/stop/ssh/down RUN, check, cost, sync"),
         ("q", "quit (runs keep going; nothing is stopped)"),
     )),
     ("Dashboard (refreshed every second)", (
@@ -92,8 +92,18 @@ HELP: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("↑ PgUp wheel", "scroll the log (pauses following)"),
         ("end G", "follow the end of the log again"),
         ("/  n  N", "search the log; next / previous match"),
-        ("d", "down (asks first)"),
+        ("x", "stop: checkpoint, collect the results, release the machine (asks first)"),
+        ("d", "down: release the machine now (asks first)"),
+        ("s", "shell on the run's machine (ssh, host key pinned); exit to come back"),
+        ("c", "sync the run's results here (the sync screen)"),
         ("o", "open the report (once the run has finished)"),
+        ("p", "hide / show the curves and the equity plot"),
+    )),
+    ("Sync screen (ctrl+p sync)", (
+        ("enter ctrl+r", "plan: what would be copied or deleted (a dry run)"),
+        ("ctrl+s", "sync, with a bar per file and overall"),
+        ("ctrl+t ctrl+g", "--delete / --checksum"),
+        ("esc", "cancel a running sync, or go back"),
     )),
     ("Launch form", (
         ("tab", "next field; each change is checked as `dqlctl launch` checks it"),
@@ -112,8 +122,8 @@ def help_text() -> Group:
         for key, what in keys:
             grid.add_row(Text(key, style="bold yellow"), what)
         parts += [Text(title, style="bold underline"), grid, Text("")]
-    parts.append(Text("The same verbs work headless: dqlctl launch | ps | logs -f | show | down "
-                      "| check.", style="dim"))
+    parts.append(Text("The same verbs work headless: dqlctl launch | ps | logs -f | show | stop "
+                      "| ssh | down | sync | cost | check.", style="dim"))
     return Group(*parts)
 
 

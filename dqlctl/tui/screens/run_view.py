@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
@@ -34,9 +35,13 @@ class RunScreen(Screen[None]):
         Binding("slash", "search", "Search"),
         Binding("n", "find_next", "Next", show=False),
         Binding("N", "find_prev", "Prev", show=False),
-        Binding("end,G", "follow", "Follow", key_display="End"),
+        Binding("end,G", "follow", "Follow", key_display="End", show=False),
+        Binding("x", "stop", "Stop"),
         Binding("d", "down", "Down"),
+        Binding("s", "shell", "Shell"),
+        Binding("c", "sync_results", "Sync"),
         Binding("o", "open_report", "Report"),
+        Binding("p", "toggle_plots", "Plots", show=False),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -271,6 +276,27 @@ class RunScreen(Screen[None]):
         row = self.info.row if self.info else None
         self.dql.confirm_down(self.run_id, row.name if row else self.run_id,
                               row.state if row else "?")
+
+    def action_stop(self) -> None:
+        row = self.info.row if self.info else None
+        self.dql.confirm_stop(self.run_id, row.name if row else self.run_id,
+                              row.state if row else "?")
+
+    def action_shell(self) -> None:
+        self.dql.open_shell(self.run_id)
+
+    def action_sync_results(self) -> None:
+        """The sync screen, from the run's results to ``./results/<name>`` here."""
+        info = self.info
+        if info is None or not info.results_uri:
+            self.notify("this run has no results place yet", severity="warning")
+            return
+        self.dql.action_sync(info.results_uri, str(Path.cwd() / "results" / info.row.name))
+
+    def action_toggle_plots(self) -> None:
+        """Hide the curves and the equity plot (the log gets the width), or show them."""
+        side = self.query_one("#side")
+        side.display = not side.display
 
     def action_open_report(self) -> None:
         info = self.info
