@@ -27,6 +27,7 @@ from dqlctl.tui.screens.modals import ConfirmScreen  # noqa: E402
 from dqlctl.tui.screens.sync import FileBar, SyncScreen, field_of  # noqa: E402
 from providers.storage import StorageError  # noqa: E402
 from providers.storage.local import LocalStore  # noqa: E402
+from tests.test_sync import write_tree  # noqa: E402
 from tests.test_tui import app_for, run_async, screen_of, until  # noqa: E402
 
 SIZE = (120, 40)
@@ -39,14 +40,6 @@ TREE = {
     "checkpoints/ep_0010/state.bin": os.urandom(50_000),
     "ünï/日本/metrics.json": b'{"sharpe": 1.5}',
 }
-
-
-def write_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
 
 
 def read_tree(root: Path) -> dict[str, bytes]:

@@ -107,19 +107,21 @@ class DqlApp(App[int]):
         def answered(yes: bool | None) -> None:
             if yes:
                 self.notify(f"stopping run {run_id} ...", timeout=2)
-                self._down(run_id)
+                self._end_run("down", run_id)
 
         self.push_screen(ConfirmScreen(question, detail, yes="Down"), answered)
 
-    @work(thread=True, group="down", exit_on_error=False)
-    def _down(self, run_id: str) -> None:
+    @work(thread=True, group="end", exit_on_error=False)
+    def _end_run(self, verb: str, run_id: str) -> None:
+        """``runs.down`` or ``runs.stop`` in a worker; a toast says how it went."""
         try:
             with model.worker_context(self.ctx) as ctx:
-                run = runs.down(ctx, ctx.registry.get(run_id))
+                run = getattr(runs, verb)(ctx, ctx.registry.get(run_id))
         except Exception as exc:
-            self.post_message(Notice(f"down {run_id} failed: {model.one_line(exc)}", "error"))
+            self.post_message(Notice(f"{verb} {run_id} failed: {model.one_line(exc)}", "error"))
             return
-        self.post_message(Notice(f"run {run.id} {run.state}; instance released", refresh=True))
+        said = f": {run.reason}" if verb == "stop" and run.reason else "; instance released"
+        self.post_message(Notice(f"run {run.id} {run.state}{said}", refresh=True))
 
     # -- stop and shell ---------------------------------------------------------------------------
 
@@ -134,22 +136,13 @@ class DqlApp(App[int]):
             if yes:
                 self.notify(f"stopping run {run_id}: the engine writes a checkpoint ...",
                             timeout=4)
-                self._stop(run_id)
+                self._end_run("stop", run_id)
 
         self.push_screen(ConfirmScreen(
             f"Stop run {name} ({run_id})?",
             "The engine gets SIGTERM and writes a checkpoint; its results are collected, then "
             "the machine is released.", yes="Stop"), answered)
 
-    @work(thread=True, group="stop", exit_on_error=False)
-    def _stop(self, run_id: str) -> None:
-        try:
-            with model.worker_context(self.ctx) as ctx:
-                run = runs.stop(ctx, ctx.registry.get(run_id))
-        except Exception as exc:
-            self.post_message(Notice(f"stop {run_id} failed: {model.one_line(exc)}", "error"))
-            return
-        self.post_message(Notice(f"run {run.id} {run.state}: {run.reason or ''}", refresh=True))
 
     def open_shell(self, run_id: str) -> None:
         """Suspend the app and open a shell on the run's machine (``dqlctl ssh RUN``)."""
