@@ -233,9 +233,15 @@ async def test_cancel_stops_a_sync_in_flight_and_leaves_nothing_partial(
             screen = await open_sync(pilot, app, src, dst)
             await pilot.press("ctrl+s")
             bars = list(screen.query(FileBar))
-            await until(pilot, lambda: sum(b.display for b in bars) == 4, "4 copies in flight")
-            shown = [b for b in bars if b.display]
-            assert all(b.query_one(ProgressBar).percentage == 0.25 for b in shown)
+
+            def held() -> list[FileBar]:
+                """The 4 copies in flight, each held at its first 64 KiB (a progress report
+                may come between two of them opening: wait for one that shows all four)."""
+                shown = [b for b in bars if b.display]
+                done = [b for b in shown if b.query_one(ProgressBar).percentage == 0.25]
+                return done if len(shown) == len(done) == 4 else []
+
+            shown = await until(pilot, held, "4 copies in flight, each at 25%")
             assert "64.0 KiB / 256.0 KiB" in str(shown[0].query_one(".file-bytes").render())
             assert "8 waiting" in text_of(screen, "#more")
             assert "0/12 files" in text_of(screen, "#overall-label")
