@@ -352,9 +352,6 @@ async def test_launch_form_checks_as_you_type(tmp_path: Path) -> None:
         await until(pilot, lambda: "quotation" in _error(screen, "engine_flags"), "flags error")
 
         screen.query_one("#engine_flags", Input).value = "--n_envs 4"
-        screen.query_one("#provider", Select).value = "aws"
-        await until(pilot, lambda: "not available from the TUI" in _error(screen, "provider"),
-                    "the provider error")
         screen.query_one("#provider", Select).value = "local"
         await until(pilot, lambda: plan_now(screen), "the plan")
         assert plan_now(screen)["engine"].endswith("--n_envs 4")
