@@ -27,12 +27,15 @@ from textual.pilot import Pilot  # noqa: E402
 from dqlctl import registry as reg  # noqa: E402
 from dqlctl.context import Context  # noqa: E402
 from dqlctl.tui.app import DqlApp  # noqa: E402
+from dqlctl.tui.model import FormValues  # noqa: E402
 from dqlctl.tui.screens.dashboard import DashboardScreen  # noqa: E402
+from dqlctl.tui.screens.launch import LaunchScreen  # noqa: E402
 from dqlctl.tui.screens.modals import InfoScreen  # noqa: E402
 from dqlctl.tui.screens.run_view import RunScreen  # noqa: E402
 from dqlctl.tui.screens.sync import SyncScreen  # noqa: E402
 from dqlctl.tui.widgets import EquityPlot, LogView  # noqa: E402
 from tests.test_tui import make_run, until  # noqa: E402
+from tests.test_tui_launch import no_clouds, settled  # noqa: E402, F401 (a fixture)
 
 T0 = 1_790_000_000.0  # a fixed "now": elapsed times and "updated" stamps never move
 
@@ -164,6 +167,24 @@ def test_sync_plan(snap_compare: Any, home: Path, tmp_path: Path, size: tuple[in
         await pilot.press("ctrl+r")
         await until(pilot, lambda: "5 to copy" in str(
             pilot.app.screen.query_one("#summary").render()), "the plan")
+        await pilot.pause()
+
+    assert snap_compare(app_for(home), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.usefixtures("no_clouds")
+@pytest.mark.parametrize("size", SIZES)
+def test_launch_form_for_a_cloud(snap_compare: Any, home: Path, size: tuple[int, int]) -> None:
+    """AWS with no credentials: the error on the provider row, the priced instance type, the
+    cost estimate and the plan (the data is a URI: no path of this machine in the picture)."""
+    values = FormValues(provider="aws", data="s3://dqlctl-data/STOCKS_GOOGL.csv",
+                        region="us-east-1", instance_type="g4dn.xlarge", max_cost="5")
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await dashboard_loaded(pilot)
+        pilot.app.push_screen(LaunchScreen(values))
+        await until(pilot, lambda: isinstance(pilot.app.screen, LaunchScreen)
+                    and settled(pilot.app.screen) is not None, "the checked form")
         await pilot.pause()
 
     assert snap_compare(app_for(home), terminal_size=size, run_before=run_before)
