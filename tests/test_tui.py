@@ -595,3 +595,19 @@ async def test_cost_view_lists_the_cheapest_offers_and_the_runs_spend(
                            "the offers")
         assert cheapest.instance_type in text and f"{cheapest.price_per_hour:.3f}" in text
         assert "What runs cost" in text and "local" in text
+
+
+def test_log_width_is_measured_as_drawn() -> None:
+    """The log's horizontal scroll range: its fast path (ASCII by length) agrees with measuring
+    every line as drawn (tabs expanded, wide characters two cells, controls one)."""
+    from rich.cells import cell_len
+
+    from dqlctl.tui.widgets import _clean, _widest
+
+    lines = ["episode 1/20  reward 1.5", "日本語のログ行", "a\tb\tc", "\x1b[31mred\x1b[0m",
+             "é" * 30, "x" * 80, "混ざった mixed 行\t!", ""]
+    for start in (0, 10, 200):
+        for i in range(len(lines)):
+            batch = lines[i:] + lines[:i]
+            expected = max([start, *(cell_len(_clean(line)) for line in batch)])
+            assert _widest(batch, start) == expected, batch

@@ -30,6 +30,20 @@ def _clean(line: str) -> str:
     return _CONTROL.sub("\ufffd", line.expandtabs())
 
 
+def _widest(lines: list[str], width: int) -> int:
+    """The widest of ``lines`` as drawn (cells), or ``width`` if none is wider. A line of plain
+    ASCII without tabs is as wide as it is long (control characters are drawn one for one), so
+    only lines that could be wider are measured: most of a fast log costs a ``len``."""
+    for line in lines:
+        n = len(line)
+        if line.isascii() and "\t" not in line:
+            if n > width:
+                width = n
+        elif n * 2 > width or "\t" in line:  # wide characters take two cells; tabs expand
+            width = max(width, cell_len(_clean(line)))
+    return width
+
+
 class LogView(ScrollView, can_focus=True):
     """A log that follows its end while the reader is there and stays put when they scroll up.
 
@@ -110,7 +124,7 @@ class LogView(ScrollView, can_focus=True):
             return
         self.received += len(lines)
         self._lines.extend(lines)
-        self._width = max(self._width, max(cell_len(_clean(line)) for line in lines))
+        self._width = _widest(lines, self._width)
         dropped = len(self._lines) - self.max_lines
         if dropped > 0:
             del self._lines[:dropped]
