@@ -470,7 +470,7 @@ def _verify(s: ObjectInfo, info: ObjectInfo) -> str:
     return MD5 if MD5 in info.hashes else "size"
 
 
-def _human(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"

@@ -30,14 +30,14 @@ def run_from_args(args: argparse.Namespace, stdout: Any, stderr: Any, prog: str)
               file=stderr)
         return 2
     from providers.storage import StorageError
-    from providers.sync import Progress, _human, sync
+    from providers.sync import Progress, human_size, sync
 
     show = stderr.isatty() and not args.json
 
     def on_progress(p: Progress) -> None:
         eta = f"{p.eta:.0f}s" if p.eta is not None else "?"
-        stderr.write(f"\r{p.files_done}/{p.files_total} files  {_human(p.bytes_done)}/"
-                     f"{_human(p.bytes_total)}  {_human(p.rate)}/s  ETA {eta}   ")
+        stderr.write(f"\r{p.files_done}/{p.files_total} files  {human_size(p.bytes_done)}/"
+                     f"{human_size(p.bytes_total)}  {human_size(p.rate)}/s  ETA {eta}   ")
 
     try:
         result = sync(args.src, args.dst, dry_run=args.dry_run, delete=args.delete,
@@ -61,7 +61,7 @@ def run_from_args(args: argparse.Namespace, stdout: Any, stderr: Any, prog: str)
         verb = "would copy" if result.dry_run else "copied"
         print(f"{verb} {result.copied}, skipped {result.skipped}, "
               f"{'would delete' if result.dry_run else 'deleted'} {result.deleted}, "
-              f"{_human(result.bytes_copied)} in {result.seconds:.2f}s "
+              f"{human_size(result.bytes_copied)} in {result.seconds:.2f}s "
               f"(compare: {', '.join(f'{k} {v}' for k, v in result.compare.items()) or '-'})",
               file=stdout)
         for error in result.errors:

@@ -34,7 +34,7 @@ from textual.widgets import (
 
 from dqlctl.tui import model
 from dqlctl.tui.screens.modals import ConfirmScreen
-from providers.sync import FileEntry, Progress, SyncResult, _human
+from providers.sync import FileEntry, Progress, SyncResult, human_size
 
 FIELDS = {"src": "Source", "dst": "Destination"}
 MAX_FILE_BARS = 8       # copies in flight shown with their own bar; the rest are counted
@@ -141,7 +141,7 @@ class FileBar(Horizontal):
         name = self.query_one(".file-name", Label)
         name.update(fit_left(key, max(8, name.size.width - 1)))
         self.query_one(ProgressBar).update(total=size, progress=done)
-        self.query_one(".file-bytes", Label).update(f"{_human(done)} / {_human(size)}")
+        self.query_one(".file-bytes", Label).update(f"{human_size(done)} / {human_size(size)}")
 
 
 class SyncScreen(Screen[None]):
@@ -489,7 +489,7 @@ class SyncScreen(Screen[None]):
         eta = f"ETA {duration(p.eta)}" if p.eta is not None else "ETA ?"
         self.query_one("#overall-label", Static).update(Text.assemble(
             ("copying  ", "bold"), f"{p.files_done}/{p.files_total} files  ·  ",
-            f"{_human(p.bytes_done)} of {_human(p.bytes_total)}  ·  {_human(p.rate)}/s  ·  {eta}"))
+            f"{human_size(p.bytes_done)} of {human_size(p.bytes_total)}  ·  {human_size(p.rate)}/s  ·  {eta}"))
         bars = list(self.query(FileBar))
         for bar, (key, done, size) in zip(bars, p.active, strict=False):
             bar.display = True
@@ -543,10 +543,10 @@ class SyncScreen(Screen[None]):
         p = self.last_progress
         if p is None:
             return
-        rate = f"  ·  {_human(p.rate)}/s" if p.bytes_done else ""
+        rate = f"  ·  {human_size(p.rate)}/s" if p.bytes_done else ""
         self.query_one("#overall-label", Static).update(Text.assemble(
             ("done  " if r.ok else "done, with errors  ", "bold green" if r.ok else "bold red"),
-            f"{p.files_done}/{p.files_total} files  ·  {_human(p.bytes_done)}{rate}  ·  "
+            f"{p.files_done}/{p.files_total} files  ·  {human_size(p.bytes_done)}{rate}  ·  "
             f"{duration(r.seconds) if r.seconds >= 1 else f'{r.seconds:.2f}s'}"))
 
     def _show_result(self, r: SyncResult) -> None:
@@ -554,13 +554,13 @@ class SyncScreen(Screen[None]):
         if r.dry_run:
             text.append("Plan  ", style="bold")
             text.append(f"{r.copied} to copy", style="bold green" if r.copied else "")
-            text.append(f" ({_human(r.bytes_copied)})  ·  {r.skipped} same  ·  ")
+            text.append(f" ({human_size(r.bytes_copied)})  ·  {r.skipped} same  ·  ")
             text.append(f"{r.deleted} to delete", style="bold red" if r.deleted else "")
             notes = ["a dry run: nothing changed; Sync (^s) does it"]
         else:
             text.append("✓ synced  " if r.ok else "✗ synced with errors  ",
                         style="bold green" if r.ok else "bold red")
-            text.append(f"copied {r.copied} ({_human(r.bytes_copied)})  ·  skipped {r.skipped}"
+            text.append(f"copied {r.copied} ({human_size(r.bytes_copied)})  ·  skipped {r.skipped}"
                         f"  ·  deleted {r.deleted}  ·  ")
             text.append(f"failed {r.failed}", style="bold red" if r.failed else "")
             notes = []
@@ -592,7 +592,7 @@ class SyncScreen(Screen[None]):
         table.add_column("action", key="action")
         table.add_column("reason", key="reason")
         table.add_column("compared by", key="compare")
-        sizes = [_human(e.size) for e in shown]
+        sizes = [human_size(e.size) for e in shown]
         size_width = max((len(x) for x in sizes), default=4)
         table.add_column("size".rjust(size_width), key="size")
         for e, size in zip(shown, sizes, strict=True):
