@@ -23,6 +23,7 @@ pytest.importorskip("textual")
 pytest.importorskip("pytest_textual_snapshot")
 
 from textual.pilot import Pilot  # noqa: E402
+from textual.widgets import Input  # noqa: E402
 
 from dqlctl import registry as reg  # noqa: E402
 from dqlctl.context import Context  # noqa: E402
@@ -94,6 +95,13 @@ def app_for(home: Path) -> DqlApp:
     return DqlApp(Context(home=home, clock=fixed_clock), refresh_s=0.2, poll_s=0.02)
 
 
+async def steady(pilot: Pilot[Any]) -> None:
+    """No blinking cursor (a picture taken mid-blink would differ), then one more frame."""
+    for box in pilot.app.screen.query(Input):
+        box.cursor_blink = False
+    await pilot.pause()
+
+
 async def dashboard_loaded(pilot: Pilot[Any]) -> DashboardScreen:
     app = pilot.app
     await until(pilot, lambda: isinstance(app.screen, DashboardScreen)
@@ -113,7 +121,7 @@ def open_run(run_id: str, lines: int, plot: bool) -> Callable[[Pilot[Any]], Any]
                     and app.screen.query_one(LogView).line_count == lines
                     and (not plot or app.screen.query_one(EquityPlot).equity.agent),
                     f"run {run_id} with its log and curves")
-        await pilot.pause()
+        await steady(pilot)
     return run_before
 
 
@@ -167,7 +175,7 @@ def test_sync_plan(snap_compare: Any, home: Path, tmp_path: Path, size: tuple[in
         await pilot.press("ctrl+r")
         await until(pilot, lambda: "5 to copy" in str(
             pilot.app.screen.query_one("#summary").render()), "the plan")
-        await pilot.pause()
+        await steady(pilot)
 
     assert snap_compare(app_for(home), terminal_size=size, run_before=run_before)
 
@@ -185,6 +193,6 @@ def test_launch_form_for_a_cloud(snap_compare: Any, home: Path, size: tuple[int,
         pilot.app.push_screen(LaunchScreen(values))
         await until(pilot, lambda: isinstance(pilot.app.screen, LaunchScreen)
                     and settled(pilot.app.screen) is not None, "the checked form")
-        await pilot.pause()
+        await steady(pilot)
 
     assert snap_compare(app_for(home), terminal_size=size, run_before=run_before)
