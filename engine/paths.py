@@ -8,6 +8,7 @@ unchanged; ``file://`` is stripped to a path.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -51,3 +52,10 @@ def resolve_data_path(name: str) -> str:
     raise DataFileNotFound(
         f"data file {name!r} not found (looked in: {', '.join(dict.fromkeys(searched))}); "
         "give a path to a CSV or Parquet file")
+
+
+def staging_key(uri: str) -> str:
+    """The folder under the staging root where a run whose results go to ``uri`` (the
+    experiment's own URI) keeps its files: ``<root>/<key>/<experiment>``. dqlctl finds a remote
+    engine's events there."""
+    return hashlib.sha1(uri.encode()).hexdigest()[:12]

@@ -52,6 +52,7 @@ from typing import Any, TextIO
 
 from engine.config import BadInput, Config, ConfigError, apply_overrides
 from engine.events import EventWriter
+from engine.paths import staging_key
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SIGNAL_EXIT = {int(signal.SIGINT): 130, int(signal.SIGTERM): 143}
@@ -170,7 +171,7 @@ def output_location(cfg: Config) -> tuple[Path, str | None]:
         return Path(root).expanduser() / cfg.experiment_name, None
     uri = f"{root.rstrip('/')}/{cfg.experiment_name}"
     staging = Path(os.environ.get("DQL_STAGING_DIR") or _cache_dir("staging"))
-    return staging / hashlib.sha1(uri.encode()).hexdigest()[:12] / cfg.experiment_name, uri
+    return staging / staging_key(uri) / cfg.experiment_name, uri
 
 
 def local_data_file(name: str) -> str:

@@ -101,13 +101,16 @@ class AwsProvider(SshVm):
     name = "aws"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER})
+    direct_results = True  # the instance role can write the run's bucket (run_policy)
 
     def __init__(self, home: str | os.PathLike[str] | None = None,
                  ssh_host_override: str | None = None, remote_root: str = "dqlctl",
                  remote_python: str = "python3", ssh_user: str = "ubuntu",
                  ssh_cidr: str | None = None, image_id: str | None = None,
-                 ready_timeout: float = 600.0, poll_interval: float = 2.0) -> None:
+                 ready_timeout: float = 600.0, poll_interval: float = 2.0,
+                 vm_env: dict[str, str] | None = None) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
+        self.extra_vm_env = dict(vm_env or {})  # test hook: e.g. AWS_ENDPOINT_URL for moto
         self.ssh_host_override = ssh_host_override
         self.remote_root = remote_root
         self.remote_python = remote_python
@@ -117,6 +120,10 @@ class AwsProvider(SshVm):
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
         self._ready_sessions: dict[str, Any] = {}
+
+    def vm_env(self, instance: Instance) -> dict[str, str]:
+        """The region for the SDK on the VM; its credentials come from the instance role."""
+        return {"AWS_DEFAULT_REGION": instance.region, **self.extra_vm_env}
 
     # -- clients ---------------------------------------------------------------------------------
 

@@ -48,17 +48,25 @@ def remote_workdir(root: str, run_id: str) -> str:
     return str(PurePosixPath(root) / "runs" / run_id)
 
 
-def _env_file(secrets: dict[str, str]) -> bytes:
-    for key, value in secrets.items():
+def _env_file(values: dict[str, str]) -> bytes:
+    for key, value in values.items():
         if "\n" in value or "=" in key:
-            raise ProviderError(f"secret {key!r} cannot be written (newline or '=' in it)")
-    return "".join(f"{k}={v}\n" for k, v in secrets.items()).encode()
+            raise ProviderError(f"setting {key!r} cannot be written (newline or '=' in it)")
+    return "".join(f"{k}={v}\n" for k, v in values.items()).encode()
 
 
 def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python: str,
                      runtime: str, secrets: dict[str, str] | None = None,
-                     image: str | None = None, start_timeout: float = 60.0) -> dict[str, Any]:
-    """Prepare the VM and start the engine detached; what the handle needs to find it again."""
+                     image: str | None = None, start_timeout: float = 60.0,
+                     env: dict[str, str] | None = None, direct: bool = False) -> dict[str, Any]:
+    """Prepare the VM and start the engine detached; what the handle needs to find it again.
+
+    ``env``: settings for the engine's environment (not secret: the region, say). ``direct``:
+    the VM has an identity that can write the run's bucket (an instance role), so a native
+    engine whose results go to object storage writes there itself: each checkpoint is uploaded
+    as it is written and survives the VM (``--resume`` finds it), and nothing is left to
+    collect. Otherwise the engine writes to the VM's disk and ``collect`` copies it home.
+    """
     job = spec.job
     workdir = remote_workdir(root, spec.run_id)
     session.check(f"mkdir -p {q(workdir)}/data {q(workdir)}/results",
@@ -73,6 +81,18 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
         session.put_bytes(local.read_bytes(), data_arg, mode=0o644)
 
     results = f"{workdir}/results"
+    env = dict(env or {})
+    events_path = f"{results}/{job.experiment}/events.jsonl"
+    direct = direct and runtime == "native" and "://" in job.results_dir \
+        and not job.results_dir.startswith("file://")
+    if direct:
+        from engine.paths import staging_key
+
+        staging = f"{workdir}/staging"
+        env["DQL_STAGING_DIR"] = staging
+        uri = f"{job.results_dir.rstrip('/')}/{job.experiment}"
+        events_path = f"{staging}/{staging_key(uri)}/{job.experiment}/events.jsonl"
+    results_arg = job.results_dir if direct else results
     if runtime == "native":
         session.put_bytes(app_tarball(), f"{workdir}/app.tar.gz", mode=0o644)
         session.check(f"mkdir -p {q(workdir)}/app && tar -xzf {q(workdir)}/app.tar.gz "
@@ -84,7 +104,7 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
                 f"the VM's Python ({python}) cannot run the engine: {missing[0]}; use a "
                 "deep-learning image or --runtime docker")
         engine = [python, "-u", "-m", "engine", *job.engine_args,
-                  "--data_file", data_arg, "--results_dir", results]
+                  "--data_file", data_arg, "--results_dir", results_arg]
     elif runtime == "docker":
         if not image:
             raise ProviderError("--runtime docker needs an engine image (dqlctl image push)")
@@ -97,7 +117,8 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     else:
         raise ProviderError(f"unknown runtime {runtime!r} for a VM (native or docker)")
 
-    session.put_bytes(_env_file(secrets or {}), f"{workdir}/secrets.env", mode=0o600)
+    session.put_bytes(_env_file({**env, **(secrets or {})}), f"{workdir}/secrets.env",
+                      mode=0o600)
     engine_cmd = " ".join(a if a.startswith("$(") else q(a) for a in engine)
     supervisor = (f"{q(python)} -m providers.local_supervisor --workdir {q(workdir)} "
                   f"--env-file {q(workdir + '/secrets.env')} --tag=dqlctl:run={q(spec.run_id)} "
@@ -121,6 +142,5 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
             last = [x for x in log.strip().splitlines() if x.strip()][-1:] or ["no output"]
             raise ProviderError(f"the engine did not start on the VM: {last[0]}")
         time.sleep(0.1)
-    return {"workdir": workdir,
-            "events_path": f"{results}/{job.experiment}/events.jsonl",
-            "results_dir": results, "runtime": runtime}
+    return {"workdir": workdir, "events_path": events_path, "results_dir": results,
+            "runtime": runtime, "direct": direct}

@@ -28,6 +28,9 @@ class SshVm:
     poll_interval: float
 
     _ready_sessions: dict[str, Any]
+    #: the VM's own identity can write the run's bucket: the engine uploads its checkpoints
+    #: there as it writes them (``start_remote_job(direct=...)``)
+    direct_results: bool = False
 
     def describe(self, instance: Instance) -> Instance:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -136,7 +139,8 @@ class SshVm:
         with session:
             info = start_remote_job(session, spec, root=self.remote_root,
                                     python=self.remote_python, runtime=runtime,
-                                    secrets=secrets, image=spec.image)
+                                    secrets=secrets, image=spec.image,
+                                    env=self.vm_env(instance), direct=self.direct_results)
         instance.extra.update(info)
         return instance
 
@@ -146,9 +150,17 @@ class SshVm:
         return RemoteJobHandle(self.ssh_target(instance), instance.extra["workdir"],
                                instance.extra["events_path"])
 
+    def vm_env(self, instance: Instance) -> dict[str, str]:
+        """Settings for the engine's environment on the VM (none by default)."""
+        return dict(getattr(self, "extra_vm_env", None) or {})
+
     def collect(self, instance: Instance, spec: dict[str, Any]) -> None:
-        """Copy the VM's results to the run's results place (a local folder or a storage URI)."""
+        """Copy the VM's results to the run's results place (a local folder or a storage URI);
+        nothing to do when the engine wrote to the bucket itself (``direct``)."""
         from providers.ssh import SshSession
+
+        if instance.extra.get("direct"):
+            return
 
         job = spec["job"]
         with SshSession(self.ssh_target(instance)).connect() as session:

@@ -27,6 +27,7 @@ from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
+from tests.fake_imds import FakeImds
 from tests.vm import AWS_KEYS, vm_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,17 @@ def vm(aws_env: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture()
-def home(tmp_path: Path, vm: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Path:
+def imds() -> Iterator[FakeImds]:
+    """The instance metadata service the VM's SDK asks for its role's credentials."""
+    server = FakeImds()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def home(tmp_path: Path, vm: dict[str, Any], imds: FakeImds, aws_env: str,
+         monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "dqlctl-home"
     home.mkdir()
     (home / "config.toml").write_text(
@@ -51,7 +62,11 @@ def home(tmp_path: Path, vm: dict[str, Any], monkeypatch: pytest.MonkeyPatch) ->
         'ssh_user = "root"\n'
         f'remote_root = "{vm["root"]}"\n'
         f'remote_python = "{sys.executable}"\n'
-        "ready_timeout = 60\n")
+        "ready_timeout = 60\n"
+        # test hook: the VM's SDK reaches moto, and the metadata service here (no keys)
+        "[providers.aws.vm_env]\n"
+        f'AWS_ENDPOINT_URL = "{aws_env}"\n'
+        f'AWS_EC2_METADATA_SERVICE_ENDPOINT = "{imds.url}"\n')
     monkeypatch.setenv("DQLCTL_HOME", str(home))
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
     return home
@@ -88,7 +103,8 @@ def leftovers(run_id: str) -> dict[str, list[str]]:
 NOTHING = {"instances": [], "key_pairs": [], "security_groups": [], "profiles": [], "roles": []}
 
 
-def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any]) -> None:
+def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any],
+                                            imds: FakeImds) -> None:
     boto3.client("s3").create_bucket(Bucket="dqlctl-results")
     ctx = Context(home=home)
     assert main(launch_args("--episodes", "2", "--name", "e2e", "--json", "--results-dir",
@@ -113,7 +129,11 @@ def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any]) -> N
 
     final = runs.follow(ctx, run)
     assert final.state == reg.SUCCEEDED, final.reason
-    # results went from the VM to the run's bucket
+    # the engine wrote to the run's bucket itself, with the instance role's credentials from
+    # the metadata service: no key was shipped to the VM
+    assert final.instance["extra"]["direct"] and imds.credential_requests >= 1
+    env_file = (Path(final.instance["extra"]["workdir"]) / "secrets.env").read_text()
+    assert "AWS_ACCESS_KEY_ID" not in env_file and "AWS_SECRET" not in env_file
     body = boto3.client("s3").get_object(Bucket="dqlctl-results",
                                          Key="runs/e2e/events.jsonl")["Body"].read()
     events = body.decode().splitlines()
