@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-price", type=float, help="spot: the most to pay per hour (USD)")
     p.add_argument("--max-cost", type=float, help="stop the run (it checkpoints first) before "
                    "it has cost more than this many USD")
+    p.add_argument("--max-recoveries", type=int, default=3, metavar="N",
+                   help="relaunch a spot run taken back from its last checkpoint up to N times "
+                   "(needs --results-dir on a bucket; 0: never; default 3)")
     p.add_argument("--image-id", help="VM image: an AMI id on AWS, an image or family URL on "
                    "GCP, a publisher:offer:sku:version URN on Azure (default: a GPU image)")
     p.add_argument("--image", help="engine container image for --runtime docker")
@@ -241,7 +244,7 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
         gpu=args.gpu, spot=args.spot, seed=args.seed, results_dir=args.results_dir,
         max_price=args.max_price, image=args.image, image_id=args.image_id,
         ssh_cidr=args.ssh_cidr, keep=args.keep, max_cost=args.max_cost,
-        engine_args=args.engine_args)
+        max_recoveries=args.max_recoveries, engine_args=args.engine_args)
     quiet = args.json
     if args.dry_run:
         plan = runs.plan(ctx, req)

@@ -11,11 +11,12 @@ reconciles it with what the provider reports (SkyPilot's ``sky launch`` behaves 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ class LaunchRequest:
     max_price: float | None = None
     keep: bool = False                # leave the VM up after the run (for debugging)
     max_cost: float | None = None     # stop the run (checkpoint first) before it costs more
+    max_recoveries: int = 3           # relaunches after a spot preemption (see ``recover``)
     engine_args: list[str] = field(default_factory=list)
 
 
@@ -78,6 +80,8 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
     from providers import COMPUTE_PROVIDERS, PLANNED_PROVIDERS
 
     resolve_auto(ctx, req)
+    if req.max_recoveries < 0:
+        raise UsageError(f"--max-recoveries must be 0 or more, got {req.max_recoveries}")
     if req.max_cost is not None and req.max_cost <= 0:
         raise UsageError(f"--max-cost must be a positive amount of USD, got {req.max_cost}")
 
@@ -124,7 +128,7 @@ def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     results_dir = req.results_dir or str(workdir / "results")
     job = JobSpec(engine_args=_engine_args(req, name), data_file=data_path,
                   results_dir=results_dir, experiment=name)
-    extra: dict[str, Any] = {"keep": req.keep}
+    extra: dict[str, Any] = {"keep": req.keep, "max_recoveries": req.max_recoveries}
     if req.max_cost is not None:
         extra["max_cost"] = req.max_cost
     if req.ssh_cidr:
@@ -188,6 +192,18 @@ def launch(ctx: Context, req: LaunchRequest,
     registry.create(name=name, provider=req.provider, spec=asdict(spec), region=req.region,
                           instance_type=req.instance_type, spot=req.spot,
                           results_uri=f"{job.results_dir.rstrip('/')}/{name}", run_id=run_id)
+    registry.transition(run_id, reg.PROVISIONING)
+    if on_state is not None:
+        on_state(registry.get(run_id))
+    _bring_up(ctx, run_id, provider, spec, on_state)
+    return registry.get(run_id)
+
+
+def _bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
+              on_state: Callable[[Run], None] | None = None, **running: Any) -> None:
+    """A machine for the run, ready, with its engine started: BOOTSTRAPPING, then RUNNING (with
+    ``running`` fields). Any failure (or Ctrl+C) tears down what was started and records why."""
+    registry = ctx.registry
     instance: Instance | None = None
 
     def step(state: str, **fields: Any) -> None:
@@ -196,7 +212,6 @@ def launch(ctx: Context, req: LaunchRequest,
             on_state(registry.get(run_id))
 
     try:
-        step(reg.PROVISIONING)
         instance = provider.launch(spec)
         registry.update(run_id, instance=instance.to_dict(), instance_ids=[instance.instance_id],
                         region=instance.region, instance_type=instance.instance_type,
@@ -206,7 +221,7 @@ def launch(ctx: Context, req: LaunchRequest,
         registry.update(run_id, instance=instance.to_dict())
         instance = provider.start_job(instance, spec, secrets=_secrets())
         registry.update(run_id, instance=instance.to_dict())
-        step(reg.RUNNING)
+        step(reg.RUNNING, **running)
     except BaseException as exc:
         reason = _one_line(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
         if instance is not None:
@@ -219,7 +234,6 @@ def launch(ctx: Context, req: LaunchRequest,
         if isinstance(exc, ProviderError):
             raise ProviderFailure(f"launch failed: {reason}") from None
         raise
-    return registry.get(run_id)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -543,10 +557,12 @@ def _machine_lost(ctx: Context, run: Run, inst: Instance, exc: Exception) -> Run
     if inst.state in ("pending", "running"):
         return run
     if run.spot:
+        why_not = recoverable(ctx, run)
         ctx.registry.transition(
             run.id, reg.PREEMPTED, expect={reg.RUNNING, reg.COLLECTING},
-            reason=f"spot instance {inst.instance_id} was taken back ({inst.state}); its last "
-                   "checkpoint is in the run's results (relaunch with -- --resume)",
+            reason=f"spot instance {inst.instance_id} was taken back ({inst.state}); " + (
+                "relaunching it from its last checkpoint" if why_not is None else
+                f"not relaunched: {why_not}; relaunch with -- --resume"),
             cost_usd=run_cost(ctx, ctx.registry.get(run.id)))
     else:
         ctx.registry.transition(
@@ -554,7 +570,59 @@ def _machine_lost(ctx: Context, run: Run, inst: Instance, exc: Exception) -> Run
             reason=f"instance {inst.instance_id} is {inst.state}: {exc}",
             cost_usd=run_cost(ctx, ctx.registry.get(run.id)))
     provider.terminate(inst)  # release whatever the run created around it
-    return ctx.registry.get(run.id)
+    return recover(ctx, ctx.registry.get(run.id))
+
+
+def _spec_of(run: Run) -> LaunchSpec:
+    """The run's launch spec, as stored in the registry."""
+    names = {f.name for f in fields(LaunchSpec)}
+    data = {k: v for k, v in run.spec.items() if k in names}
+    return LaunchSpec(**{**data, "job": JobSpec(**data["job"])})
+
+
+def recoverable(ctx: Context, run: Run) -> str | None:
+    """Why a PREEMPTED run cannot be relaunched on its own, or None when it can: a spot run whose
+    checkpoints survive the machine (its engine writes them to the bucket itself) and that has
+    recoveries left (``--max-recoveries``, 3 by default)."""
+    extra = run.spec.get("extra") or {}
+    limit = int(extra.get("max_recoveries", 0))
+    done = int(extra.get("recoveries", 0))
+    results = str((run.spec.get("job") or {}).get("results_dir", ""))
+    if done >= limit:
+        return f"{done} of --max-recoveries {limit} used"
+    if "://" not in results or results.startswith("file://") or not getattr(
+            ctx.provider(run.provider), "direct_results", False):
+        return ("its checkpoints were on the machine's disk (give --results-dir a bucket to "
+                "have it relaunched from them)")
+    return None
+
+
+def recover(ctx: Context, run: Run) -> Run:
+    """A spot run whose machine was taken back: a new machine, the engine started again with
+    ``--resume`` from the last checkpoint in the run's bucket (SkyPilot's managed-job recovery).
+    PREEMPTED -> RECOVERING -> BOOTSTRAPPING -> RUNNING, or FAILED with why. One process wins
+    the RECOVERING transition; the others see the run it brings up."""
+    registry = ctx.registry
+    if run.state != reg.PREEMPTED or recoverable(ctx, run) is not None:
+        return run
+    spec = _spec_of(run)
+    n = int(spec.extra.get("recoveries", 0)) + 1
+    spec.extra["recoveries"] = n
+    if "--resume" not in spec.job.engine_args:
+        spec = dataclasses.replace(spec, job=dataclasses.replace(
+            spec.job, engine_args=[*spec.job.engine_args, "--resume"]))
+    if not registry.transition(run.id, reg.RECOVERING, expect={reg.PREEMPTED},
+                               spec={**run.spec, **asdict(spec)}):
+        return registry.get(run.id)
+    registry.add_event(run.id, "recovering", {"recovery": n,
+                                              "old_instance": (run.instance_ids or [None])[0]})
+    try:
+        _bring_up(ctx, run.id, ctx.provider(run.provider), spec,
+                  reason=f"recovered from a spot preemption ({n} of at most "
+                         f"{spec.extra.get('max_recoveries')}); resumed from its last checkpoint")
+    except DqlctlError:
+        pass  # recorded: FAILED with why (the caller sees the row)
+    return registry.get(run.id)
 
 
 def reconcile(ctx: Context, run: Run) -> Run:
@@ -562,6 +630,8 @@ def reconcile(ctx: Context, run: Run) -> Run:
     run = enforce_budget(ctx, run)
     if run.terminal:
         return run
+    if run.state == reg.PREEMPTED:
+        return recover(ctx, run)
     if run.state in (reg.PENDING, reg.PROVISIONING, reg.BOOTSTRAPPING):
         return _reconcile_stuck_launch(ctx, run)
     inst = _instance(run)
@@ -641,10 +711,15 @@ def follow(ctx: Context, run: Run, on_event: Callable[[dict[str, Any]], None] | 
                 inst = _instance(run)
                 assert inst is not None
                 lost = _machine_lost(ctx, ctx.registry.get(run.id), inst, exc)
+                if lost.state == reg.RUNNING and lost.instance_ids != run.instance_ids:
+                    return follow(ctx, lost, on_event, on_log, poll_s)  # recovered: go on there
                 if lost.state not in (reg.RUNNING, reg.COLLECTING):
                     return lost
                 raise
             current = enforce_budget(ctx, ctx.registry.get(run.id))
+            if current.instance_ids != run.instance_ids and not current.terminal:
+                # another dqlctl process recovered it on a new machine: follow it there
+                return follow(ctx, reconcile(ctx, current), on_event, on_log, poll_s)
             if current.terminal:
                 pump(final=True)
                 return current

@@ -45,17 +45,26 @@ def vm_sshd(disk: Path, keys_url: str | None = None,
         "Subsystem sftp internal-sftp\n"
         f"AuthorizedKeysCommand {script}\nAuthorizedKeysCommandUser root\n")
     Path("/run/sshd").mkdir(exist_ok=True)
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs: list[subprocess.Popen[bytes]] = []
+    info: dict[str, Any] = {"port": port, "root": disk}
+
+    def start() -> None:
+        """(Again:) a machine answering at the address, e.g. the one a relaunch brings up."""
+        procs.append(subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        info["pid"] = procs[-1].pid
+        wait_tcp("127.0.0.1", port)
+
     disk.mkdir(parents=True, exist_ok=True)
     try:
-        wait_tcp("127.0.0.1", port)
+        start()
         host_key = (keys_dir / "host_ed25519.pub").read_text().split()
-        yield {"port": port, "pid": sshd.pid, "root": disk,
-               "host_key": f"{host_key[0]} {host_key[1]}"}
+        info.update(host_key=f"{host_key[0]} {host_key[1]}", restart=start)
+        yield info
     finally:
-        sshd.terminate()
-        sshd.wait(timeout=10)
+        for sshd in procs:
+            sshd.terminate()
+            sshd.wait(timeout=10)
         for child in keys_dir.iterdir():
             child.unlink()
         keys_dir.rmdir()

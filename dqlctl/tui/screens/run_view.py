@@ -22,6 +22,7 @@ from dqlctl.tui import model
 from dqlctl.tui.messages import EngineEvents, LogLines, RunChanged
 from dqlctl.tui.model import RunInfo
 from dqlctl.tui.widgets import CurvePanel, EquityPlot, LogView
+from providers.base import ProviderError
 
 if TYPE_CHECKING:
     from dqlctl.tui.app import DqlApp
@@ -131,11 +132,24 @@ class RunScreen(Screen[None]):
                             events = runs.Follower(handle, "events")
                     ended = run.terminal
                     if log is not None and events is not None:
-                        self._pump(log, events, final=ended)
+                        try:
+                            self._pump(log, events, final=ended)
+                        except ProviderError:
+                            if ended:
+                                break
+                            next_check = 0.0  # its machine does not answer: ask the cloud now
                     if ended:
                         break
                     if time.monotonic() >= next_check:
+                        before = run.instance_ids
                         run = runs.reconcile(ctx, ctx.registry.get(self.run_id))
+                        if run.instance_ids != before and handle is not None:
+                            # recovered on a new machine: its log and events start there
+                            handle.close()
+                            handle = log = events = None
+                            self._post(LogLines([f"[dqlctl] {run.reason or 'a new machine'}; "
+                                                 "following it on "
+                                                 f"{', '.join(run.instance_ids)}"]))
                         self.post_message(RunChanged(model.run_info(ctx, run)))
                         next_check = time.monotonic() + self.dql.refresh_s
                         if run.terminal:
