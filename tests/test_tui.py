@@ -422,6 +422,40 @@ async def test_stop_from_the_run_view_keeps_the_checkpoint(tmp_path: Path) -> No
     assert list((Path(run.results_uri) / "checkpoints").glob("ckpt-*.pt"))
 
 
+@run_async
+async def test_run_view_moves_to_the_machine_a_recovery_brings_up(
+        home: dict[str, Any], sleepers: Callable[[], subprocess.Popen[bytes]]) -> None:
+    """Another dqlctl process recovers the run on a new machine (``runs.recover`` records the
+    new instance): the run view says so and follows the new machine's log and events."""
+    live = home["live"]
+    app = app_for(home["path"])
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_run(live.id)
+        screen = await screen_of(pilot, app, RunScreen)
+        log = screen.query_one("#log", LogView)
+        curves = screen.query_one("#curves", CurvePanel)
+        await until(pilot, lambda: log.line_count == 30, "the first machine's log")
+
+        proc = sleepers()
+        workdir = home["path"] / "second-machine"
+        workdir.mkdir()
+        (workdir / "engine.log").write_text("resumed from ckpt-000003.pt: episode 3/50\n")
+        with open(Path(live.results_uri) / "events.jsonl", "a") as fh:
+            fh.write(json.dumps(episode(4)) + "\n")
+        inst = Instance("local", f"local-{proc.pid}", "running", "local", "localhost",
+                        extra={"pid": proc.pid, "start_ticks": _proc_start_ticks(proc.pid),
+                               "workdir": str(workdir)})
+        ctx = Context(home=home["path"])
+        ctx.registry.update(live.id, instance=inst.to_dict(), instance_ids=[inst.instance_id],
+                            reason="recovered from a spot preemption (1 of at most 3)")
+        ctx.close()
+        await until(pilot, lambda: log.lines[-1:] == ["resumed from ckpt-000003.pt: "
+                                                      "episode 3/50"], "the new machine's log")
+        assert any(line.startswith("[dqlctl] recovered from a spot preemption")
+                   and inst.instance_id in line for line in log.lines)
+        await until(pilot, lambda: len(curves.curves.reward) == 4, "episode 4, once")
+
+
 # -- as a person runs it: a real terminal (tmux) ----------------------------------------------------
 
 
