@@ -25,10 +25,10 @@ from providers.storage.base import (
     EXIT_BAD_INPUT,
     EXIT_PROVIDER,
     MD5,
-    Cancelled,
     ObjectInfo,
     StorageError,
     Store,
+    StoreReader,
     missing_sdk,
     open_source,
     read_full,
@@ -87,15 +87,6 @@ class AzureStore(Store):
         self.account = service.account_name
 
     # -- errors -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _errors(self, what: str, key: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except (StorageError, Cancelled):
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what, key) from None
-
     def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:
         from azure.core import exceptions as aex
 
@@ -132,16 +123,9 @@ class AzureStore(Store):
             pages = self.container.list_blobs(name_starts_with=prefix or None,
                                               include=["metadata"],
                                               results_per_page=self.list_page_size).by_page()
-        while True:
-            with self._errors("list"):
-                page = next(pages, None)
-                if page is None:
-                    return
-                blobs = list(page)
-            self._count("list_page")
-            for props in blobs:
-                if not props.name.endswith("/"):
-                    yield _props_info(props)
+        for props in self._paged(pages):
+            if not props.name.endswith("/"):
+                yield _props_info(props)
 
     def stat(self, key: str) -> ObjectInfo:
         self._count("stat")
@@ -154,7 +138,7 @@ class AzureStore(Store):
         self._count("read")
         with self._errors("read", key):
             downloader = self.container.get_blob_client(key).download_blob()
-        return cast(BinaryIO, _Reader(downloader, self, key))
+        return cast(BinaryIO, StoreReader(downloader, self, key))
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
@@ -294,31 +278,3 @@ class AzureStore(Store):
             self.service.close()
 
 
-class _Reader:
-    """A StorageStreamDownloader as a binary file object whose errors are StorageErrors."""
-
-    def __init__(self, downloader: Any, store: AzureStore, key: str) -> None:
-        self._downloader = downloader
-        self._store = store
-        self._key = key
-        self.closed = False
-
-    def read(self, n: int = -1) -> bytes:
-        with self._store._errors("read", self._key):
-            data: bytes = self._downloader.read(n)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def __enter__(self) -> _Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -19,12 +19,13 @@ the object itself (the local disk). An :class:`ObjectInfo` carries only hashes t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, ClassVar
@@ -41,13 +42,15 @@ class StorageError(Exception):
     """One line for the operator. ``code`` is the CLI's exit code (2 bad input, 3 provider).
 
     ``transient`` marks errors worth retrying (a dropped connection, a 5xx, throttling).
+    ``side`` is ``"src"`` or ``"dst"`` when a sync's error is about one of its two ends.
     """
 
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT, *,
-                 transient: bool = False) -> None:
+                 transient: bool = False, side: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.transient = transient
+        self.side = side
 
 
 class Cancelled(Exception):
@@ -108,6 +111,34 @@ class Store(ABC):
     def _count(self, kind: str, n: int = 1) -> None:
         with self._calls_lock:
             self.calls[kind] += n
+
+    # -- errors and paging -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _errors(self, what: str, key: str | None = None) -> Iterator[None]:
+        """An SDK's exception inside becomes one ``StorageError`` (``_translate``); ours pass."""
+        try:
+            yield
+        except (StorageError, Cancelled):
+            raise
+        except Exception as exc:
+            raise self._translate(exc, what, key) from None
+
+    def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:
+        """What an SDK's exception means, in one line (backends say more)."""
+        where = self.uri(key) if key is not None else self.uri()
+        return StorageError(f"{what} {where}: {type(exc).__name__}: {exc}", code=EXIT_PROVIDER)
+
+    def _paged(self, pages: Iterator[Iterable[Any]]) -> Iterator[Any]:
+        """The items of an SDK's page iterator; each page fetched inside ``_errors`` (a
+        listing fails as one StorageError, not halfway through a page) and counted."""
+        while True:
+            with self._errors("list"):
+                page = next(pages, None)
+                if page is None:
+                    return
+                items = list(page)
+            self._count("list_page")
+            yield from items
 
     # -- identity -----------------------------------------------------------------------------
     def uri(self, key: str = "") -> str:
@@ -239,6 +270,38 @@ class HashingReader(io.RawIOBase):
 
     def hexdigest(self) -> str:
         return self.digest.hexdigest()
+
+
+class StoreReader(io.RawIOBase):
+    """An SDK's download stream as a binary file object whose errors are StorageErrors (the
+    store's ``_errors``); closing it closes the stream. ``read_all`` is what the SDK's
+    ``read`` takes for "everything" (-1, or None for botocore)."""
+
+    def __init__(self, inner: Any, store: Store, key: str, read_all: int | None = -1) -> None:
+        super().__init__()
+        self._inner = inner
+        self._store = store
+        self._key = key
+        self._all = read_all
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        with self._store._errors("read", self._key):
+            data: bytes = self._inner.read(self._all if n is None or n < 0 else n)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._inner.close()
+        super().close()
 
 
 class IterReader(io.RawIOBase):

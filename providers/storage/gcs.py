@@ -15,18 +15,18 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 from providers.storage.base import (
     CRC32C,
     EXIT_BAD_INPUT,
     EXIT_PROVIDER,
     MD5,
-    Cancelled,
     HashingReader,
     ObjectInfo,
     StorageError,
     Store,
+    StoreReader,
     missing_sdk,
     open_source,
     read_full,
@@ -73,15 +73,6 @@ class GcsStore(Store):
         self._bucket = self.client.bucket(bucket)
 
     # -- errors -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _errors(self, what: str, key: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except (StorageError, Cancelled):
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what, key) from None
-
     def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:
         from google.api_core import exceptions as gex
         from google.auth import exceptions as aex
@@ -123,16 +114,9 @@ class GcsStore(Store):
         with self._errors("list"):
             pages = self.client.list_blobs(self.bucket, prefix=prefix or None,
                                            page_size=self.list_page_size).pages
-        while True:
-            with self._errors("list"):
-                page = next(pages, None)
-                if page is None:
-                    return
-                blobs = list(page)
-            self._count("list_page")
-            for blob in blobs:
-                if not blob.name.endswith("/"):
-                    yield _blob_info(blob)
+        for blob in self._paged(pages):
+            if not blob.name.endswith("/"):
+                yield _blob_info(blob)
 
     def stat(self, key: str) -> ObjectInfo:
         self._count("stat")
@@ -148,7 +132,7 @@ class GcsStore(Store):
         blob = self._bucket.blob(key)
         with self._errors("read", key):
             reader = blob.open("rb", chunk_size=min(self.part_size, 16 * MIB))
-        return _ErrorMappingReader(reader, self, key)
+        return cast(BinaryIO, StoreReader(reader, self, key))
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
@@ -243,29 +227,3 @@ class _Chain(io.RawIOBase):
         return read_full(self._rest, n)
 
 
-class _ErrorMappingReader(io.RawIOBase):
-    """A BlobReader whose SDK errors come out as StorageError."""
-
-    def __init__(self, inner: Any, store: GcsStore, key: str) -> None:
-        super().__init__()
-        self._inner = inner
-        self._store = store
-        self._key = key
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        with self._store._errors("read", self._key):
-            data: bytes = self._inner.read(-1 if n is None else n)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._inner.close()
-        super().close()

@@ -25,10 +25,10 @@ from providers.storage.base import (
     EXIT_BAD_INPUT,
     EXIT_PROVIDER,
     MD5,
-    Cancelled,
     ObjectInfo,
     StorageError,
     Store,
+    StoreReader,
     md5_of_stream,
     missing_sdk,
     open_source,
@@ -91,15 +91,6 @@ class S3Store(Store):
         self.client = client
 
     # -- errors -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _errors(self, what: str, key: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except (StorageError, Cancelled):
-            raise
-        except Exception as exc:
-            raise self._translate(exc, what, key) from None
-
     def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:
         from botocore import exceptions as bex
 
@@ -177,7 +168,7 @@ class S3Store(Store):
         self._count("read")
         with self._errors("read", key):
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        return cast(BinaryIO, _Body(body, self, key))
+        return cast(BinaryIO, StoreReader(body, self, key, read_all=None))
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
@@ -353,39 +344,6 @@ class S3Store(Store):
 
     def close(self) -> None:
         """Nothing to release: the client is shared (see ``__init__``)."""
-
-
-class _Body:
-    """An S3 response body as a binary file object whose errors are StorageErrors."""
-
-    def __init__(self, body: Any, store: S3Store, key: str) -> None:
-        self._body = body
-        self._store = store
-        self._key = key
-        self.closed = False
-
-    def read(self, n: int = -1) -> bytes:
-        with self._store._errors("read", self._key):
-            data: bytes = self._body.read(None if n is None or n < 0 else n)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            with contextlib.suppress(Exception):
-                self._body.close()
-
-    def __enter__(self) -> _Body:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _seekable(reader: Any) -> bool:
