@@ -24,14 +24,13 @@ from typing import Any
 
 from providers.base import (
     Capability,
-    CheckItem,
     CheckResult,
     Instance,
     LaunchSpec,
     Offer,
     ProviderError,
 )
-from providers.vm import SshVm
+from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
 
 # --gpu NAME:COUNT -> instance type (the smallest type with that many of that GPU)
 GPU_INSTANCE_TYPES: dict[str, dict[int, str]] = {
@@ -42,7 +41,6 @@ GPU_INSTANCE_TYPES: dict[str, dict[int, str]] = {
     "A100": {8: "p4d.24xlarge"},
     "H100": {8: "p5.48xlarge"},
 }
-DEFAULT_GPU = "T4:1"
 DLAMI_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/"
                    "oss-nvidia-driver-gpu-pytorch-2.5-ubuntu-22.04/latest/ami-id")
 CAPACITY_ERRORS = frozenset({"InsufficientInstanceCapacity", "SpotMaxPriceTooLow",
@@ -66,15 +64,7 @@ def _code(exc: Exception) -> str:
 def instance_type_for(gpu: str | None, instance_type: str | None) -> str:
     if instance_type:
         return instance_type
-    name, _, count = (gpu or DEFAULT_GPU).partition(":")
-    types = GPU_INSTANCE_TYPES.get(name.upper())
-    if types is None:
-        raise ProviderError(f"unknown GPU {name!r} on AWS (known: {', '.join(GPU_INSTANCE_TYPES)})")
-    n = int(count or 1)
-    fits = [c for c in sorted(types) if c >= n]
-    if not fits:
-        raise ProviderError(f"no AWS instance has {n} x {name} (at most {max(types)})")
-    return types[fits[0]]
+    return smallest_for_gpu(GPU_INSTANCE_TYPES, gpu, "AWS", "instance")[1]
 
 
 def bucket_of(uri: str | None) -> str | None:
@@ -144,24 +134,16 @@ class AwsProvider(SshVm):
     # -- verbs -----------------------------------------------------------------------------------
 
     def check(self) -> CheckResult:
-        items = []
-        try:
-            _boto3()
-            items.append(CheckItem("boto3", True, "installed"))
-        except ProviderError as exc:
-            return CheckResult(self.name, False, [CheckItem("boto3", False, str(exc),
-                                                            "pip install 'dqlctl[aws]'")])
         def probe() -> str:
             return f"account {self._client('sts').get_caller_identity().get('Account')}"
 
-        items += self._check_items(probe, "aws configure", "aws")
-        return CheckResult(self.name, all(i.ok for i in items), items)
+        return self._check("boto3", _boto3, probe, "aws configure", "aws")
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:
         itype = instance_type_for(spec.gpu, spec.instance_type)
-        gpu, _, count = (spec.gpu or DEFAULT_GPU).partition(":")
+        gpu, count = parse_gpu(spec.gpu)
         return [Offer(self.name, spec.region or self._session().region_name, itype, gpu,
-                      int(count or 1), 0, 0.0, spec.spot, None)]
+                      count, 0, 0.0, spec.spot, None)]
 
     def _ensure_key(self, ec2: Any, run_id: str, tags: list[dict[str, str]]) -> str:
         name = f"dqlctl-{run_id}"

@@ -31,7 +31,6 @@ from typing import Any
 
 from providers.base import (
     Capability,
-    CheckItem,
     CheckResult,
     Instance,
     LaunchSpec,
@@ -39,7 +38,7 @@ from providers.base import (
     ProviderError,
 )
 from providers.gcp import LABEL, TAG, quiet_logger
-from providers.vm import SshVm
+from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
 
 # --gpu NAME:COUNT -> VM size (the smallest size with that many of that GPU)
 GPU_SIZES: dict[str, dict[int, str]] = {
@@ -51,7 +50,6 @@ GPU_SIZES: dict[str, dict[int, str]] = {
     "H100": {1: "Standard_NC40ads_H100_v5", 2: "Standard_NC80adis_H100_v5",
              8: "Standard_ND96isr_H100_v5"},
 }
-DEFAULT_GPU = "T4:1"
 DEFAULT_IMAGE = "microsoft-dsvm:ubuntu-2204:2204-gen2:latest"   # Data Science VM (CUDA, PyTorch)
 ARM_SCOPE = "https://management.azure.com/.default"
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
@@ -81,15 +79,7 @@ def _sdk() -> dict[str, Any]:
 def vm_size_for(gpu: str | None, instance_type: str | None) -> str:
     if instance_type:
         return instance_type
-    name, _, count = (gpu or DEFAULT_GPU).partition(":")
-    sizes = GPU_SIZES.get(name.upper())
-    if sizes is None:
-        raise ProviderError(f"unknown GPU {name!r} on Azure (known: {', '.join(GPU_SIZES)})")
-    n = int(count or 1)
-    fits = [c for c in sorted(sizes) if c >= n]
-    if not fits:
-        raise ProviderError(f"no Azure VM size has {n} x {name} (at most {max(sizes)})")
-    return sizes[fits[0]]
+    return smallest_for_gpu(GPU_SIZES, gpu, "Azure", "VM size")[1]
 
 
 def containers_of(*uris: str | None) -> list[str]:
@@ -183,26 +173,18 @@ class AzureProvider(SshVm):
     # -- verbs -------------------------------------------------------------------------------------
 
     def check(self) -> CheckResult:
-        items = []
-        try:
-            _sdk()
-            items.append(CheckItem("azure sdk", True, "installed"))
-        except ProviderError as exc:
-            return CheckResult(self.name, False, [CheckItem("azure sdk", False, str(exc),
-                                                            "pip install 'dqlctl[azure]'")])
         def probe() -> str:
             sub = self.subscription
             self._cred()
             return f"subscription {sub}"
 
-        items += self._check_items(probe, "az login", "azure")
-        return CheckResult(self.name, all(i.ok for i in items), items)
+        return self._check("azure sdk", _sdk, probe, "az login", "azure")
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:
         size = vm_size_for(spec.gpu, spec.instance_type)
-        gpu, _, count = (spec.gpu or DEFAULT_GPU).partition(":")
-        return [Offer(self.name, spec.region or self.location, size, gpu.upper(),
-                      int(count or 1), 0, 0.0, spec.spot, None)]
+        gpu, count = parse_gpu(spec.gpu)
+        return [Offer(self.name, spec.region or self.location, size, gpu, count, 0, 0.0,
+                      spec.spot, None)]
 
     def _scopes(self, spec: LaunchSpec) -> list[str]:
         containers = containers_of(spec.job.results_dir, spec.job.data_file)

@@ -31,14 +31,13 @@ from typing import Any
 
 from providers.base import (
     Capability,
-    CheckItem,
     CheckResult,
     Instance,
     LaunchSpec,
     Offer,
     ProviderError,
 )
-from providers.vm import SshVm
+from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
 
 TAG = "dqlctl:run"           # the run's tag as dqlctl's core knows it (Instance.tags)
 LABEL = "dqlctl-run"         # the same on the cloud (GCE label keys allow no ':')
@@ -57,7 +56,6 @@ GPU_MACHINES: dict[str, dict[int, tuple[str, str | None]]] = {
              8: ("a2-highgpu-8g", None)},
     "H100": {8: ("a3-highgpu-8g", None)},
 }
-DEFAULT_GPU = "T4:1"
 # a Deep Learning VM image with PyTorch and the NVIDIA driver (``--runtime native`` needs torch)
 DEFAULT_IMAGE = ("projects/deeplearning-platform-release/global/images/family/"
                  "pytorch-2-7-cu128-ubuntu-2204-nvidia-570")
@@ -100,19 +98,15 @@ def _compute() -> Any:
 
 def machine_for(gpu: str | None, instance_type: str | None) -> tuple[str, str | None, int]:
     """(machine type, accelerator type or None, accelerator count) for ``--gpu``/``--instance-type``."""
-    name, _, count = (gpu or DEFAULT_GPU).partition(":")
-    n = int(count or 1)
-    table = GPU_MACHINES.get(name.upper())
-    if table is None:
-        raise ProviderError(f"unknown GPU {name!r} on GCP (known: {', '.join(GPU_MACHINES)})")
     if instance_type:  # an explicit machine type; attach the GPUs where the type takes them
+        name, n = parse_gpu(gpu)
+        if name not in GPU_MACHINES:
+            smallest_for_gpu(GPU_MACHINES, gpu, "GCE", "machine")  # says which GPUs there are
+        table = GPU_MACHINES[name]
         accel = table[min(table)][1] if instance_type.startswith("n1-") and gpu else None
         return instance_type, accel, n if accel else 0
-    fits = [c for c in sorted(table) if c >= n]
-    if not fits:
-        raise ProviderError(f"no GCE machine has {n} x {name} (at most {max(table)})")
-    machine, accel = table[fits[0]]
-    return machine, accel, fits[0] if accel else 0
+    count, (machine, accel) = smallest_for_gpu(GPU_MACHINES, gpu, "GCE", "machine")
+    return machine, accel, count if accel else 0
 
 
 def buckets_of(*uris: str | None) -> list[str]:
@@ -282,13 +276,6 @@ class GcpProvider(SshVm):
     # -- verbs -------------------------------------------------------------------------------------
 
     def check(self) -> CheckResult:
-        items = []
-        try:
-            _compute()
-            items.append(CheckItem("google-cloud-compute", True, "installed"))
-        except ProviderError as exc:
-            return CheckResult(self.name, False, [CheckItem(
-                "google-cloud-compute", False, str(exc), "pip install 'dqlctl[gcp]'")])
         def probe() -> str:
             creds, project = self._credentials()
             from google.auth.transport.requests import Request
@@ -296,15 +283,14 @@ class GcpProvider(SshVm):
             creds.refresh(Request())
             return f"project {project}"
 
-        items += self._check_items(probe, "gcloud auth application-default login", "gcp")
-        return CheckResult(self.name, all(i.ok for i in items), items)
+        return self._check("google-cloud-compute", _compute, probe,
+                           "gcloud auth application-default login", "gcp")
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:
         machine, _, count = machine_for(spec.gpu, spec.instance_type)
-        gpu = (spec.gpu or DEFAULT_GPU).partition(":")[0].upper()
-        return [Offer(self.name, spec.region or self.region, machine, gpu,
-                      count or int((spec.gpu or DEFAULT_GPU).partition(":")[2] or 1), 0, 0.0,
-                      spec.spot, None)]
+        gpu, asked = parse_gpu(spec.gpu)
+        return [Offer(self.name, spec.region or self.region, machine, gpu, count or asked, 0,
+                      0.0, spec.spot, None)]
 
     @staticmethod
     def _no_price_cap(spec: LaunchSpec) -> None:

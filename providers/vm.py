@@ -8,7 +8,36 @@ import time
 from pathlib import Path
 from typing import Any
 
-from providers.base import CheckItem, Instance, LaunchSpec, ProviderError, SshTarget
+from providers.base import (
+    CheckItem,
+    CheckResult,
+    Instance,
+    LaunchSpec,
+    ProviderError,
+    SshTarget,
+)
+
+DEFAULT_GPU = "T4:1"
+
+
+def parse_gpu(gpu: str | None) -> tuple[str, int]:
+    """``--gpu NAME[:COUNT]`` as (NAME in capitals, COUNT); one T4 when not given."""
+    name, _, count = (gpu or DEFAULT_GPU).partition(":")
+    return name.upper(), int(count or 1)
+
+
+def smallest_for_gpu(tables: dict[str, dict[int, Any]], gpu: str | None, cloud: str,
+                     what: str) -> tuple[int, Any]:
+    """(GPU count, machine) of the smallest machine in ``tables[NAME]`` (count -> machine)
+    with at least the GPUs ``--gpu`` asks for; ProviderError naming what there is."""
+    name, n = parse_gpu(gpu)
+    table = tables.get(name)
+    if table is None:
+        raise ProviderError(f"unknown GPU {name!r} on {cloud} (known: {', '.join(tables)})")
+    fits = [c for c in sorted(table) if c >= n]
+    if not fits:
+        raise ProviderError(f"no {cloud} {what} has {n} x {name} (at most {max(table)})")
+    return fits[0], table[fits[0]]
 
 
 class SshVm:
@@ -35,10 +64,17 @@ class SshVm:
     def describe(self, instance: Instance) -> Instance:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _check_items(self, probe: Any, fix: str, extra: str) -> list[CheckItem]:
-        """The checks every cloud shares: ``probe()`` proves the credentials (returns what they
-        are, e.g. "account 123"), and paramiko is there for SSH."""
-        items = []
+    def _check(self, sdk: str, load_sdk: Any, probe: Any, fix: str, extra: str) -> CheckResult:
+        """``check()`` as every cloud does it: its SDK (``load_sdk()`` raises ProviderError
+        when missing), then ``probe()`` proves the credentials (returns what they are, e.g.
+        "account 123"), and paramiko is there for SSH."""
+        name = getattr(self, "name", extra)
+        try:
+            load_sdk()
+        except ProviderError as exc:
+            return CheckResult(name, False, [CheckItem(sdk, False, str(exc),
+                                                       f"pip install 'dqlctl[{extra}]'")])
+        items = [CheckItem(sdk, True, "installed")]
         try:
             items.append(CheckItem("credentials", True, probe()))
         except ProviderError as exc:
@@ -52,7 +88,7 @@ class SshVm:
         except ImportError:
             items.append(CheckItem("paramiko", False, "missing",
                                    f"pip install 'dqlctl[{extra}]'"))
-        return items
+        return CheckResult(name, all(i.ok for i in items), items)
 
     def _key_path(self, run_id: str) -> Path:
         return self.home / "keys" / f"dqlctl-{run_id}.pem"
