@@ -21,6 +21,7 @@ The core returns data (a :class:`SyncResult`); the CLI renders it. The steps:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import os
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -177,6 +178,17 @@ class _ProgressReader:
         self._inner.close()
 
 
+@contextlib.contextmanager
+def _side(side: str) -> Iterator[None]:
+    """A StorageError raised inside is about this end of the sync (``StorageError.side``)."""
+    try:
+        yield
+    except StorageError as exc:
+        if exc.side is None:
+            exc.side = side
+        raise
+
+
 def _dir_prefix(key: str) -> str:
     key = key.strip("/")
     return f"{key}/" if key else ""
@@ -272,9 +284,11 @@ def sync(src: str, dst: str, *, dry_run: bool = False, delete: bool = False,
     if _stores is not None:
         return _sync(src, dst, _stores[0], "", _stores[1], "", dry_run, delete, checksum,
                      transfers, include, exclude, progress, cancel, started)
-    src_store, src_key = open_store(src)
+    with _side("src"):
+        src_store, src_key = open_store(src)
     try:
-        dst_store, dst_key = open_store(dst)
+        with _side("dst"):
+            dst_store, dst_key = open_store(dst)
     except BaseException:
         src_store.close()
         raise
@@ -296,25 +310,28 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
     a, b = _location(src_store, src_prefix), _location(dst_store, dst_prefix)
     if a.startswith(b) or b.startswith(a):
         raise StorageError(f"SRC and DST overlap ({a} and {b}): sync would copy into itself",
-                           code=EXIT_BAD_INPUT)
+                           code=EXIT_BAD_INPUT, side="dst")
     if src_store.scheme == "file":
         path = os.path.join(src_store.bucket, src_prefix.rstrip("/"))
         if not os.path.exists(path):
-            raise StorageError(f"source {src} does not exist", code=EXIT_BAD_INPUT)
+            raise StorageError(f"source {src} does not exist", code=EXIT_BAD_INPUT, side="src")
         if not os.path.isdir(path):
             raise StorageError(f"source {src} is a file: sync copies a folder or a prefix",
-                               code=EXIT_BAD_INPUT)
+                               code=EXIT_BAD_INPUT, side="src")
     if dst_store.scheme == "file":
         path = os.path.join(dst_store.bucket, dst_prefix)
         if os.path.exists(path.rstrip("/")) and not os.path.isdir(path.rstrip("/")):
             raise StorageError(f"destination {dst} is a file, not a folder",
-                               code=EXIT_BAD_INPUT)
+                               code=EXIT_BAD_INPUT, side="dst")
 
     with ThreadPoolExecutor(max(2, transfers), thread_name_prefix="sync") as pool:
         # -- 1. plan ----------------------------------------------------------------------
         src_list_f = pool.submit(_listing, src_store, src_prefix, include, exclude)
         dst_list_f = pool.submit(_listing, dst_store, dst_prefix, include, exclude)
-        src_files, dst_files = src_list_f.result(), dst_list_f.result()
+        with _side("src"):
+            src_files = src_list_f.result()
+        with _side("dst"):
+            dst_files = dst_list_f.result()
         if src_store.scheme == "file":
             readable = getattr(src_store, "readable", None)
             bad = [rel for rel, info in src_files.items()
@@ -322,7 +339,8 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
             if bad:
                 raise StorageError(f"cannot read {os.path.join(src_store.bucket, src_prefix, bad[0])}"
                                    f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}: "
-                                   "permission denied; nothing was copied", code=EXIT_BAD_INPUT)
+                                   "permission denied; nothing was copied", code=EXIT_BAD_INPUT,
+                                   side="src")
         hashes = _usable_hashes(src_store, dst_store, checksum)
         entries: dict[str, FileEntry] = {}
         to_compare = []

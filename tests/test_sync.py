@@ -418,3 +418,18 @@ def test_python_m_providers_sync_json(tmp_path: Path, capsys: pytest.CaptureFixt
     assert out["copied"] == 0 and out["compare"] == {"size+mtime": len(SMALL_TREE)}
 
 
+def test_an_error_says_which_end_of_the_sync_it_is_about(tmp_path: Path) -> None:
+    """``StorageError.side``: what the sync screen marks (src or dst), from the core itself."""
+    src = write_tree(tmp_path / "src", {"a.txt": b"a"})
+    (tmp_path / "file").write_bytes(b"x")
+    cases = [(str(tmp_path / "missing"), str(tmp_path / "out"), "src"),
+             (str(src / "a.txt"), str(tmp_path / "out"), "src"),
+             (str(src), str(tmp_path / "file"), "dst"),
+             (str(src), "ftp://host/x", "dst"),
+             ("ftp://host/x", str(tmp_path / "out"), "src"),
+             (str(src), str(src / "inner"), "dst")]
+    for a, b, side in cases:
+        with pytest.raises(StorageError) as info:
+            sync(a, b)
+        assert info.value.side == side, (a, b, str(info.value))
+    assert not (tmp_path / "out").exists()

@@ -24,7 +24,7 @@ from textual.widgets import Button, Checkbox, DataTable, Input, ProgressBar, Sta
 
 from dqlctl.tui.app import DqlApp  # noqa: E402
 from dqlctl.tui.screens.modals import ConfirmScreen  # noqa: E402
-from dqlctl.tui.screens.sync import FileBar, SyncScreen, field_of  # noqa: E402
+from dqlctl.tui.screens.sync import FileBar, SyncScreen  # noqa: E402
 from providers.storage import StorageError  # noqa: E402
 from providers.storage.local import LocalStore  # noqa: E402
 from tests.test_sync import write_tree  # noqa: E402
@@ -314,18 +314,6 @@ async def test_80x24_shows_the_form_and_the_result(tmp_path: Path) -> None:
             region = screen.query_one(selector).region
             assert region.height >= 1 and full.contains_region(region), (selector, region)
         assert screen.query_one("#files", DataTable).region.height >= 5
-
-
-def test_field_of_names_the_input_an_error_is_about() -> None:
-    assert field_of("source /x does not exist", "/x", "/y") == "src"
-    assert field_of("destination /y is a file, not a folder", "/x", "/y") == "dst"
-    assert field_of("unknown storage scheme 'ftp' in 'ftp://h/x' (known: ...)",
-                    "/x", "ftp://h/x") == "dst"
-    assert field_of("bucket s3://b does not exist", "s3://b/p", "/tmp/out") == "src"
-    assert field_of("no AWS credentials found: set ...", "/tmp/in", "s3://b/p") == "dst"
-    assert field_of("cannot read folder /tmp/out/x: Permission denied", "s3://b/p",
-                    "/tmp/out") == "dst"
-    assert field_of("something else", "/a", "/b") is None
 
 
 # -- S3 (moto) -------------------------------------------------------------------------------

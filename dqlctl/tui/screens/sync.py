@@ -8,7 +8,6 @@ core's ``cancel`` event: uploads in flight are abandoned, nothing partial is lef
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
@@ -66,34 +65,6 @@ class SyncDone(_Msg):
     error: str | None = None
     field: str | None = None    # "src" | "dst": the input a bad-input error is about
     cancelled: bool = False
-
-
-def field_of(error: str, src: str, dst: str) -> str | None:
-    """Which input a StorageError is about ("src", "dst"), from what the core says."""
-    low = error.lower()
-    if low.startswith("source"):
-        return "src"
-    if low.startswith(("destination", "src and dst overlap")):
-        return "dst"
-    best: tuple[int, str | None] = (0, None)
-    for name, uri in (("src", src), ("dst", dst)):
-        scheme, _, rest = uri.partition("://") if "://" in uri else ("", "", uri)
-        tokens = [uri, uri.rstrip("/")]
-        if scheme:
-            tokens.append(f"{scheme}://{rest.split('/')[0]}")
-        elif uri:       # a local path: the core names it absolute
-            tokens.append(os.path.abspath(os.path.expanduser(uri)))
-        for token in tokens:
-            if token and token in error and len(token) > best[0]:
-                best = (len(token), name)
-    if best[1] is not None:
-        return best[1]
-    words = {"s3": ("aws", "s3"), "gs": ("google", "gcs"), "gcs": ("google", "gcs"),
-             "az": ("azure",)}
-    hits = [name for name, uri in (("src", src), ("dst", dst))
-            if any(w in low for w in words.get(uri.partition("://")[0].lower(), ()))
-            and "://" in uri]
-    return hits[0] if len(hits) == 1 else None
 
 
 def duration(seconds: float) -> str:
@@ -468,8 +439,7 @@ class SyncScreen(Screen[None]):
                           cancel=cancel,
                           progress=lambda p: self.post_message(SyncProgressed(gen, p)))
         except StorageError as exc:
-            error = model.one_line(exc)
-            self.post_message(SyncDone(gen, None, error, field_of(error, src, dst)))
+            self.post_message(SyncDone(gen, None, model.one_line(exc), exc.side))
             return
         except Cancelled:
             self.post_message(SyncDone(gen, None, cancelled=True))
