@@ -101,6 +101,14 @@ def leftovers(run_id: str) -> dict[str, list[str]]:
     }
 
 
+def kill_vm_processes(run_id: str) -> None:
+    """The run's processes on the VM die with it: the supervisor's whole session, the engine
+    included (else it would go on training, and pruning checkpoints, after the test)."""
+    for pid in subprocess.run(["pgrep", "-f", f"--tag=dqlctl:run={run_id}"],
+                              capture_output=True, text=True).stdout.split():
+        subprocess.run(["pkill", "-KILL", "-s", str(os.getsid(int(pid)))], check=False)
+
+
 NOTHING = {"instances": [], "key_pairs": [], "security_groups": [], "profiles": [], "roles": []}
 
 
@@ -197,9 +205,7 @@ def test_a_spot_instance_taken_back_is_preempted_not_running(home: Path,
     # the cloud takes the machine back: the instance terminates and the VM stops answering
     boto3.client("ec2").terminate_instances(InstanceIds=run.instance_ids)
     os.kill(vm["pid"], signal.SIGKILL)
-    for child in subprocess.run(["pgrep", "-f", f"--tag=dqlctl:run={run.id}"],
-                                capture_output=True, text=True).stdout.split():
-        os.kill(int(child), signal.SIGKILL)  # the VM's processes die with it
+    kill_vm_processes(run.id)
     ctx = Context(home=home)
     (row,) = runs.reconcile_all(ctx)
     assert row.state == reg.PREEMPTED and "taken back" in row.reason
@@ -300,9 +306,7 @@ def test_a_spot_run_taken_back_is_relaunched_and_resumes_from_its_bucket(
     # the cloud takes the machine back: the instance ends, its processes and disk are gone
     boto3.client("ec2").terminate_instances(InstanceIds=run.instance_ids)
     os.kill(vm["pid"], signal.SIGKILL)
-    for pid in subprocess.run(["pgrep", "-f", f"--tag=dqlctl:run={run.id}"],
-                              capture_output=True, text=True).stdout.split():
-        os.kill(int(pid), signal.SIGKILL)
+    kill_vm_processes(run.id)
     shutil.rmtree(run.instance["extra"]["workdir"])
     vm["restart"]()  # the address now answers for whatever instance comes next
 
