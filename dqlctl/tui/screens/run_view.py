@@ -22,6 +22,7 @@ from dqlctl.tui import model
 from dqlctl.tui.messages import EngineEvents, LogLines, RunChanged
 from dqlctl.tui.model import RunInfo
 from dqlctl.tui.widgets import CurvePanel, EquityPlot, LogView
+from engine.events import parse_event_line
 from providers.base import ProviderError
 
 if TYPE_CHECKING:
@@ -168,8 +169,6 @@ class RunScreen(Screen[None]):
         lines = log.rest() if final else log.read_lines()
         if lines:
             self._post(LogLines(lines))
-        from engine.events import parse_event_line
-
         new = [e for e in map(parse_event_line, events.rest() if final else events.read_lines())
                if e]
         if new:
