@@ -20,7 +20,16 @@ class DqlctlError(Exception):
 
 
 class UsageError(DqlctlError):
+    """Bad input. ``field`` names the launch-request field it is about (``"episodes"``,
+    ``"data"``, ``"instance_type"``...), so a form can show it on that row; None when it is about
+    no single field."""
+
     exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, exit_code: int | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message, exit_code)
+        self.field = field
 
 
 class ProviderFailure(DqlctlError):
