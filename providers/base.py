@@ -26,9 +26,17 @@ from typing import Any, Protocol, runtime_checkable
 
 
 class ProviderError(Exception):
-    """A provider or credential problem: one line for the operator; exit code 3."""
+    """A provider or credential problem: one line for the operator; exit code 3.
+
+    ``field`` names the launch-request field it is about when there is one (``"provider"`` for
+    missing credentials, ``"instance_type"``, ``"region"``, ``"data"``), so a form can show it on
+    that row."""
 
     exit_code = 3
+
+    def __init__(self, message: str = "", field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class Capability(enum.StrEnum):
