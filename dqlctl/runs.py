@@ -25,7 +25,17 @@ from dqlctl.context import Context
 from dqlctl.errors import DqlctlError, ProviderFailure, UsageError
 from dqlctl.registry import Run
 from engine.events import TERMINAL_EVENTS, parse_event_line
-from providers.base import Capability, Instance, JobHandle, JobSpec, LaunchSpec, ProviderError
+from providers import AUTO, DEFAULT_PROVIDER
+from providers import provider_names as all_providers
+from providers.base import (
+    RUN_TAG,
+    Capability,
+    Instance,
+    JobHandle,
+    JobSpec,
+    LaunchSpec,
+    ProviderError,
+)
 
 AGENT_TYPES = ("dql", "custom", "memory")
 ENGINE_COMMANDS = ("full-workflow", "train")
@@ -35,7 +45,7 @@ POLL_S = 0.2
 
 @dataclass
 class LaunchRequest:
-    provider: str = "local"
+    provider: str = DEFAULT_PROVIDER
     data: str = "STOCKS_GOOGL.csv"
     agent_type: str = "custom"
     episodes: int = 20
@@ -62,13 +72,13 @@ class LaunchRequest:
 def resolve_auto(ctx: Context, req: LaunchRequest) -> None:
     """``--provider auto``: the cheapest priced offer that fits the request picks the cloud,
     region and instance type (the same catalog and estimate as ``dqlctl cost``)."""
-    if req.provider != "auto":
+    if req.provider != AUTO:
         return
     from providers.prices.estimate import PriceError, PriceRequest, cheapest_offer
 
     try:
         offer = cheapest_offer(PriceRequest(gpu=req.gpu or "T4", instance_type=req.instance_type,
-                                            provider="auto", region=req.region, spot=req.spot),
+                                            provider=AUTO, region=req.region, spot=req.spot),
                                home=ctx.home)
     except PriceError as exc:
         raise UsageError(f"--provider auto: {exc}") from None
@@ -138,7 +148,7 @@ def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     return LaunchSpec(run_id=run_id, name=name, job=job, region=req.region,
                       instance_type=req.instance_type, gpu=req.gpu, spot=req.spot,
                       max_price=req.max_price, image=req.image,
-                      runtime=req.runtime, tags={"dqlctl:run": run_id}, workdir=str(workdir),
+                      runtime=req.runtime, tags={RUN_TAG: run_id}, workdir=str(workdir),
                       extra=extra)
 
 
@@ -157,16 +167,12 @@ def plan(ctx: Context, req: LaunchRequest) -> dict[str, Any]:
     provider = ctx.provider(req.provider)
     out: dict[str, Any] = {"name": spec.name, "data": spec.job.data_file,
                            "engine": " ".join(spec.job.engine_args)}
-    planner = getattr(provider, "plan", None)
-    if planner is not None:
-        try:
-            out.update(planner(spec))
-        except ProviderError as exc:
-            raise ProviderFailure(str(exc)) from None
-    else:
-        out.update({"provider": req.provider, "runtime": req.runtime})
+    try:
+        out.update(provider.plan(spec))
+    except ProviderError as exc:
+        raise ProviderFailure(str(exc)) from None
     itype, region = out.get("instance_type"), out.get("region")
-    if req.provider != "local" and itype and region:
+    if Capability.PRICES in provider.capabilities and itype and region:
         from providers.prices.estimate import lookup
 
         offer = lookup(req.provider, itype, region, spot=req.spot, home=ctx.home)
@@ -215,7 +221,7 @@ def _bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
         instance = provider.launch(spec)
         registry.update(run_id, instance=instance.to_dict(), instance_ids=[instance.instance_id],
                         region=instance.region, instance_type=instance.instance_type,
-                        spot=instance.spot, price_per_hour=_price_for(ctx, provider, instance))
+                        spot=instance.spot, price_per_hour=provider.price_per_hour(instance))
         step(reg.BOOTSTRAPPING)
         instance = provider.wait_ready(instance)
         registry.update(run_id, instance=instance.to_dict())
@@ -347,21 +353,6 @@ def run_cost(ctx: Context, run: Run, now: float | None = None) -> float:
     return round(accrued_cost(intervals, run.price_per_hour), 4)
 
 
-def _price_for(ctx: Context, provider: Any, inst: Instance) -> float | None:
-    """The $/h a new instance costs: the provider's own figure (local: 0 or configured), else
-    the price catalog (live cache first)."""
-    own = getattr(provider, "price_per_hour", None)
-    if own is not None:
-        return float(own)
-    if not inst.instance_type or not inst.region:
-        return None
-    from providers.prices.estimate import lookup
-
-    offer = lookup(inst.provider, inst.instance_type, inst.region, spot=inst.spot,
-                   home=ctx.home)
-    return offer.price_per_hour if offer is not None else None
-
-
 def _last_log_line(handle: JobHandle) -> str | None:
     lines = [x.strip() for x in read_all_lines(handle, "log")[-5:] if x.strip()]
     return lines[-1][:300] if lines else None
@@ -403,9 +394,7 @@ def finish_if_ended(ctx: Context, run: Run, handle: JobHandle | None = None) -> 
             return _finish_stopped(ctx, run, inst, provider)
         if code == 0:
             if registry.transition(run.id, reg.COLLECTING, expect={reg.RUNNING}, exit_code=0):
-                collect = getattr(provider, "collect", None)
-                if collect is not None:
-                    collect(inst, run.spec)
+                provider.collect(inst, run.spec)
                 if not run.spec.get("extra", {}).get("keep"):
                     provider.terminate(inst)
                 registry.transition(run.id, reg.SUCCEEDED, expect={reg.COLLECTING},
@@ -434,9 +423,7 @@ def _finish_stopped(ctx: Context, run: Run, inst: Instance, provider: Any) -> Ru
         return registry.get(run.id)  # another dqlctl process is finishing it
     reason = f"stopped at episode {run.progress.get('episode', 0)}"
     try:
-        collect = getattr(provider, "collect", None)
-        if collect is not None:
-            collect(inst, run.spec)
+        provider.collect(inst, run.spec)
         reason += f"; checkpoint and results in {run.results_uri}"
     except Exception as exc:  # the machine is released anyway: say what was not collected
         reason += f"; results not collected: {_one_line(exc)}"
@@ -503,10 +490,10 @@ def shell_command(ctx: Context, run: Run, command: list[str] | None = None) -> S
     if run.terminal or inst is None:
         raise UsageError(f"run {run.id} is {run.state}: it has no machine to open a shell on")
     workdir = inst.extra.get("workdir")
-    if run.provider == "local":
+    provider = ctx.provider(run.provider)
+    if Capability.LOCAL_JOB in provider.capabilities:
         shell = os.environ.get("SHELL") or "/bin/sh"
         return ShellCommand(command or [shell], cwd=workdir)
-    provider = ctx.provider(run.provider)
     try:
         target = provider.ssh_target(inst)
     except ProviderError as exc:
@@ -590,8 +577,8 @@ def recoverable(ctx: Context, run: Run) -> str | None:
     results = str((run.spec.get("job") or {}).get("results_dir", ""))
     if done >= limit:
         return f"{done} of --max-recoveries {limit} used"
-    if "://" not in results or results.startswith("file://") or not getattr(
-            ctx.provider(run.provider), "direct_results", False):
+    if "://" not in results or results.startswith("file://") or \
+            Capability.DIRECT_RESULTS not in ctx.provider(run.provider).capabilities:
         return ("its checkpoints were on the machine's disk (give --results-dir a bucket to "
                 "have it relaunched from them)")
     return None
@@ -783,18 +770,19 @@ def orphans(ctx: Context, provider_names: list[str] | None = None,
 
     A provider that cannot be asked (no credentials, say) is reported through ``warn``.
     """
-    names = provider_names or sorted({"local"} | {r.provider for r in ctx.registry.list()})
+    names = provider_names or sorted(set(all_providers()) & (
+        {r.provider for r in ctx.registry.list()} | {DEFAULT_PROVIDER}))
     found: list[Instance] = []
     for name in names:
         try:
-            instances = ctx.provider(name).list_instances({"dqlctl:run": None})
+            instances = ctx.provider(name).list_instances({RUN_TAG: None})
         except ProviderError as exc:
             if warn is None:
                 raise
             warn(f"{name}: not checked ({exc})")
             continue
         for inst in instances:
-            run_id = inst.tags.get("dqlctl:run")
+            run_id = inst.tags.get(RUN_TAG)
             try:
                 run = ctx.registry.get(run_id) if run_id else None
             except reg.RegistryError:

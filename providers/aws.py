@@ -90,8 +90,8 @@ def bucket_policy(buckets: list[str]) -> dict[str, Any]:
 class AwsProvider(SshVm):
     name = "aws"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
-                              Capability.CONTAINER})
-    direct_results = True  # the instance role can write the run's bucket (run_policy)
+                              Capability.CONTAINER, Capability.PRICES,
+                              Capability.DIRECT_RESULTS})  # the role writes the run's bucket
 
     def __init__(self, home: str | os.PathLike[str] | None = None,
                  ssh_host_override: str | None = None, remote_root: str = "dqlctl",

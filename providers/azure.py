@@ -103,7 +103,7 @@ def _code(exc: BaseException) -> str:
 class AzureProvider(SshVm):
     name = "azure"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
-                              Capability.CONTAINER})
+                              Capability.CONTAINER, Capability.PRICES})
 
     def __init__(self, home: str | os.PathLike[str] | None = None,
                  subscription_id: str | None = None, location: str = "eastus",

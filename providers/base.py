@@ -13,7 +13,11 @@ Every compute provider implements the same small, fixed set of verbs::
 
 plus the job verbs ``start_job(instance, spec)`` (bootstrap the machine and start the engine
 detached; a no-op where ``launch`` already started it) and ``job(instance, spec) -> JobHandle``
-(read the engine's log and events from an offset, ask whether it has ended). Provider-specific fields go in
+(read the engine's log and events from an offset, ask whether it has ended), and the run verbs
+``plan(spec) -> dict`` (what ``launch`` would create, for ``--dry-run``),
+``price_per_hour(instance) -> float | None`` (what the instance costs) and
+``collect(instance, spec)`` (bring the run's results to its results place; a no-op where they
+are already there). Provider-specific fields go in
 ``extra``. What a provider cannot do is declared in ``capabilities``, not discovered by try/except.
 Standard library only: this module is on the CLI's fast path.
 """
@@ -45,7 +49,14 @@ class Capability(enum.StrEnum):
     SSH = "ssh"                # instances are reached over SSH
     LOCAL_JOB = "local_job"    # the job runs on this machine: its files are local paths
     CONTAINER = "container"    # can run the engine's container image
-    PRICES = "prices"          # offers() carries real prices
+    PRICES = "prices"          # its instance types are in the price catalog (plan quotes them)
+    #: the engine on the machine writes results and checkpoints to the run's bucket itself, with
+    #: the machine's own identity, so they survive the machine (spot recovery can resume them)
+    DIRECT_RESULTS = "direct_results"
+
+
+#: the tag every resource dqlctl creates carries: the run id it belongs to
+RUN_TAG = "dqlctl:run"
 
 
 @dataclass(frozen=True)
@@ -178,3 +189,6 @@ class ComputeProvider(Protocol):
     def start_job(self, instance: Instance, spec: LaunchSpec,
                   secrets: dict[str, str] | None = None) -> Instance: ...
     def job(self, instance: Instance, spec: dict[str, Any]) -> JobHandle: ...
+    def plan(self, spec: LaunchSpec) -> dict[str, Any]: ...
+    def price_per_hour(self, instance: Instance) -> float | None: ...
+    def collect(self, instance: Instance, spec: dict[str, Any]) -> None: ...

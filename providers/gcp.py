@@ -148,7 +148,7 @@ def _not_found(exc: BaseException) -> bool:
 class GcpProvider(SshVm):
     name = "gcp"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
-                              Capability.CONTAINER})
+                              Capability.CONTAINER, Capability.PRICES})
 
     def __init__(self, home: str | os.PathLike[str] | None = None, project: str | None = None,
                  region: str = "us-central1", zones: list[str] | None = None,

@@ -94,7 +94,7 @@ class LocalProvider:
     def __init__(self, python: str | None = None, home: str | None = None,
                  price_per_hour: float = 0.0) -> None:
         self.python = python or sys.executable
-        self.price_per_hour = price_per_hour  # what this machine costs you ([providers.local])
+        self._price = price_per_hour  # what this machine costs you ([providers.local])
 
     # -- verbs -----------------------------------------------------------------------------------
 
@@ -112,6 +112,15 @@ class LocalProvider:
             "container engine (optional)", True,
             f"found {', '.join(engines)}" if engines else "none; runs use --runtime native"))
         return CheckResult(self.name, all(i.ok for i in items), items)
+
+    def plan(self, spec: LaunchSpec) -> dict[str, Any]:
+        return {"provider": self.name, "runtime": spec.runtime}
+
+    def price_per_hour(self, instance: Instance) -> float | None:
+        return float(self._price)
+
+    def collect(self, instance: Instance, spec: dict[str, Any]) -> None:
+        """Nothing to bring home: the engine wrote to the run's results place itself."""
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from providers.base import (
+    Capability,
     CheckItem,
     CheckResult,
     Instance,
@@ -57,9 +58,7 @@ class SshVm:
     poll_interval: float
 
     _ready_sessions: dict[str, Any]
-    #: the VM's own identity can write the run's bucket: the engine uploads its checkpoints
-    #: there as it writes them (``start_remote_job(direct=...)``)
-    direct_results: bool = False
+    capabilities: frozenset[Capability]
 
     def describe(self, instance: Instance) -> Instance:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -176,7 +175,8 @@ class SshVm:
             info = start_remote_job(session, spec, root=self.remote_root,
                                     python=self.remote_python, runtime=runtime,
                                     secrets=secrets, image=spec.image,
-                                    env=self.vm_env(instance), direct=self.direct_results)
+                                    env=self.vm_env(instance),
+                                    direct=Capability.DIRECT_RESULTS in self.capabilities)
         instance.extra.update(info)
         return instance
 
@@ -185,6 +185,16 @@ class SshVm:
 
         return RemoteJobHandle(self.ssh_target(instance), instance.extra["workdir"],
                                instance.extra["events_path"])
+
+    def price_per_hour(self, instance: Instance) -> float | None:
+        """The instance's $/h from the price catalog (the live cache first); None if unknown."""
+        if not instance.instance_type or not instance.region:
+            return None
+        from providers.prices.estimate import lookup
+
+        offer = lookup(instance.provider, instance.instance_type, instance.region,
+                       spot=instance.spot, home=self.home)
+        return offer.price_per_hour if offer is not None else None
 
     def vm_env(self, instance: Instance) -> dict[str, str]:
         """Settings for the engine's environment on the VM (none by default)."""
