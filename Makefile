@@ -15,22 +15,27 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed-engine: pyproject.toml | $(BIN)/python
+# torch first, from its CPU wheel: a bare `torch` requirement would pull a 5 GB CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q 'torch==2.13.*'
-	$(BIN)/pip install -q -e '.[engine]'
+	$(BIN)/pip install -q -e '.[all]'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-engine
-	$(BIN)/pip install -q -e '.[engine,dev,tui,aws,gcp,azure]'
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[all,dev]'
 	touch $@
 
-install: $(VENV)/.installed-engine
+# Everything an operator uses: the engine, the TUI, the AWS, GCP and Azure SDKs.
+install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev system-deps
 
+# Trains on this machine, follows the run live, then says how to open it in the control center.
 run: install
-	$(BIN)/dqlctl launch --provider local --data $(DATA) --agent-type $(AGENT) \
-		--episodes $(EPISODES) --name quickstart --follow
+	@$(BIN)/dqlctl launch --provider local --data $(DATA) --agent-type $(AGENT) \
+		--episodes $(EPISODES) --name quickstart --follow; rc=$$?; \
+		echo; echo "Open this run in the control center:  $(BIN)/dqlctl tui quickstart"; \
+		exit $$rc
 
 # Servers and tools the tests use: OpenSSH (a VM stand-in) from Debian, Azurite from npm,
 # rclone (Debian's, the baseline of bench/sync_vs_rclone.py). moto and fake-gcs-server come
