@@ -28,7 +28,7 @@ from textual.widgets import Input  # noqa: E402
 from dqlctl import registry as reg  # noqa: E402
 from dqlctl.context import Context  # noqa: E402
 from dqlctl.tui.app import DqlApp  # noqa: E402
-from dqlctl.tui.model import FormValues  # noqa: E402
+from dqlctl.tui.models.launch import FormValues  # noqa: E402
 from dqlctl.tui.screens.dashboard import DashboardScreen  # noqa: E402
 from dqlctl.tui.screens.launch import LaunchScreen  # noqa: E402
 from dqlctl.tui.screens.modals import InfoScreen  # noqa: E402
