@@ -26,6 +26,7 @@ pytest.importorskip("textual", reason="the TUI is the `tui` extra: pip install '
 
 from textual.pilot import Pilot  # noqa: E402
 from textual.widgets import Button, DataTable, Input, Select, Static  # noqa: E402
+from textual.widgets.data_table import ColumnKey  # noqa: E402
 
 from dqlctl import registry as reg  # noqa: E402
 from dqlctl.context import Context  # noqa: E402
@@ -625,7 +626,7 @@ async def test_cost_screen_lists_the_cheapest_offers_in_full_and_the_runs_spend(
         assert f"${cheapest.price_per_hour:.3f}" in first
         # every column as wide as its widest value: nothing is cut, the table scrolls sideways
         widest = max(len(o.instance_type) for o in priced)
-        assert offers.columns[offers.get_column_index("instance_type")].content_width >= widest
+        assert offers.columns[ColumnKey("instance_type")].content_width >= widest
         assert offers.virtual_size.width > offers.size.width
         await pilot.press("right", "right")
         await until(pilot, lambda: offers.scroll_x > 0, "the table scrolled sideways")

@@ -11,13 +11,13 @@ from dqlctl.tui.models.common import usd
 
 HOURS = 10.0  # the work the estimate column prices (spot interruptions included)
 
-# (key, heading, right-aligned)
+# (key, heading, right-aligned). At 120 columns every one fits; at 80 the table scrolls sideways
+# and shows up to the spot price first (what the offers are ranked by).
 OFFER_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("cloud", "cloud", False), ("region", "region", False),
     ("instance_type", "instance type", False), ("gpu", "GPU", False),
-    ("vcpus", "vCPU", True), ("memory", "memory", True),
-    ("on_demand", "on-demand $/h", True), ("spot", "spot $/h", True), ("save", "spot saves", True),
-    ("estimate", f"est. {HOURS:g} h spot", True),
+    ("spot", "spot $/h", True), ("estimate", f"est. {HOURS:g} h", True),
+    ("on_demand", "on-demand $/h", True), ("save", "saves", True), ("vcpus", "vCPU", True),
 )
 SPEND_COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("month", "month", False), ("provider", "provider", False), ("runs", "runs", True),
@@ -47,12 +47,13 @@ def cost_view(ctx: Context) -> CostView:
         x = o.extra
         saving = x.get("saving_pct")
         est = (x.get("estimate") or {}).get("total_usd")
-        offers.append((o.provider, o.region, o.instance_type, f"{o.gpu} x{o.gpu_count}",
-                       str(o.vcpus) if o.vcpus else "-",
-                       f"{o.memory_gib:g} GiB" if o.memory_gib else "-",
-                       usd(x.get("on_demand")), usd(o.price_per_hour),
-                       f"{saving:.0f}%" if saving is not None else "-",
-                       f"${est:,.2f}" if est is not None else "-"))
+        cells = {"cloud": o.provider, "region": o.region, "instance_type": o.instance_type,
+                 "gpu": f"{o.gpu} x{o.gpu_count}", "spot": usd(o.price_per_hour),
+                 "estimate": f"${est:,.2f}" if est is not None else "-",
+                 "on_demand": usd(x.get("on_demand")),
+                 "save": f"{saving:.0f}%" if saving is not None else "-",
+                 "vcpus": str(o.vcpus) if o.vcpus else "-"}
+        offers.append(tuple(cells[key] for key, _, _ in OFFER_COLUMNS))
     spend = [(row["month"], row["provider"], str(row["runs"]), f"{row['instance_hours']:.2f}",
               f"${row['cost_usd']:.2f}") for row in spend_by_month(ctx, ctx.clock())]
     return CostView(offers, spend, list(q.warnings))
