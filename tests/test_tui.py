@@ -26,11 +26,13 @@ pytest.importorskip("textual", reason="the TUI is the `tui` extra: pip install '
 
 from textual.pilot import Pilot  # noqa: E402
 from textual.widgets import Button, DataTable, Input, Select, Static  # noqa: E402
+from textual.widgets.data_table import ColumnKey  # noqa: E402
 
 from dqlctl import registry as reg  # noqa: E402
 from dqlctl.context import Context  # noqa: E402
 from dqlctl.registry import Run  # noqa: E402
 from dqlctl.tui.app import DqlApp  # noqa: E402
+from dqlctl.tui.screens.cost import CostScreen  # noqa: E402
 from dqlctl.tui.screens.dashboard import DashboardScreen  # noqa: E402
 from dqlctl.tui.screens.launch import LaunchScreen  # noqa: E402
 from dqlctl.tui.screens.modals import ConfirmScreen, InfoScreen  # noqa: E402
@@ -605,30 +607,33 @@ def test_importing_the_tui_package_does_not_load_textual() -> None:
 
 
 @run_async
-async def test_cost_view_lists_the_cheapest_offers_and_the_runs_spend(
+async def test_cost_screen_lists_the_cheapest_offers_in_full_and_the_runs_spend(
         home: dict[str, Any]) -> None:
     from providers.prices.estimate import PriceRequest, quote
 
-    cheapest = next(o for o in quote(PriceRequest(hours=10.0), home=home["path"]).offers
-                    if o.price_per_hour is not None)
+    priced = [o for o in quote(PriceRequest(hours=10.0), home=home["path"]).offers
+              if o.price_per_hour is not None]
+    cheapest = priced[0]
     app = app_for(home["path"])
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: len(table_names(app)) == 3, "the runs")
         app.action_cost()
-        screen = await until(pilot, lambda: isinstance(app.screen, InfoScreen) and app.screen,
-                             "the cost view")
-
-        def shown() -> str:
-            from rich.console import Console
-
-            console = Console(width=160, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
-            console.print(screen.body)
-            return console.export_text()
-
-        text = await until(pilot, lambda: "reading prices" not in shown() and shown(),
-                           "the offers")
-        assert cheapest.instance_type in text and f"{cheapest.price_per_hour:.3f}" in text
-        assert "What runs cost" in text and "local" in text
+        screen = await screen_of(pilot, app, CostScreen)
+        offers = screen.query_one("#offers", DataTable)
+        await until(pilot, lambda: offers.row_count == len(priced), "every priced offer")
+        first = [str(cell) for cell in offers.get_row_at(0)]
+        assert first[:3] == [cheapest.provider, cheapest.region, cheapest.instance_type]
+        assert f"${cheapest.price_per_hour:.3f}" in first
+        # every column as wide as its widest value: nothing is cut, the table scrolls sideways
+        widest = max(len(o.instance_type) for o in priced)
+        assert offers.columns[ColumnKey("instance_type")].content_width >= widest
+        assert offers.virtual_size.width > offers.size.width
+        await pilot.press("right", "right")
+        await until(pilot, lambda: offers.scroll_x > 0, "the table scrolled sideways")
+        spend = screen.query_one("#spend", DataTable)
+        assert spend.display and "local" in [str(c) for c in spend.get_row_at(0)]
+        await pilot.press("escape")
+        await screen_of(pilot, app, DashboardScreen)
 
 
 def test_log_width_is_measured_as_drawn() -> None:

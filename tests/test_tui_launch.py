@@ -22,8 +22,8 @@ pytest.importorskip("textual", reason="the TUI is the `tui` extra: pip install '
 from textual.widgets import Button, Input, Select, Switch  # noqa: E402
 
 from dqlctl.context import Context  # noqa: E402
-from dqlctl.tui import model  # noqa: E402
-from dqlctl.tui.model import FormValues  # noqa: E402
+from dqlctl.tui.models import launch as model  # noqa: E402
+from dqlctl.tui.models.launch import FormValues  # noqa: E402
 from dqlctl.tui.screens.launch import LaunchScreen  # noqa: E402
 from providers.prices.estimate import lookup  # noqa: E402
 from tests.test_tui import SIZE, _error, app_for, plan_now, run_async, screen_of, until  # noqa: E402

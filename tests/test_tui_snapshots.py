@@ -23,12 +23,13 @@ pytest.importorskip("textual")
 pytest.importorskip("pytest_textual_snapshot")
 
 from textual.pilot import Pilot  # noqa: E402
-from textual.widgets import Input  # noqa: E402
+from textual.widgets import DataTable, Input  # noqa: E402
 
 from dqlctl import registry as reg  # noqa: E402
 from dqlctl.context import Context  # noqa: E402
 from dqlctl.tui.app import DqlApp  # noqa: E402
-from dqlctl.tui.model import FormValues  # noqa: E402
+from dqlctl.tui.models.launch import FormValues  # noqa: E402
+from dqlctl.tui.screens.cost import CostScreen  # noqa: E402
 from dqlctl.tui.screens.dashboard import DashboardScreen  # noqa: E402
 from dqlctl.tui.screens.launch import LaunchScreen  # noqa: E402
 from dqlctl.tui.screens.modals import InfoScreen  # noqa: E402
@@ -193,6 +194,22 @@ def test_launch_form_for_a_cloud(snap_compare: Any, home: Path, size: tuple[int,
         pilot.app.push_screen(LaunchScreen(values))
         await until(pilot, lambda: isinstance(pilot.app.screen, LaunchScreen)
                     and settled(pilot.app.screen) is not None, "the checked form")
+        await steady(pilot)
+
+    assert snap_compare(app_for(home), terminal_size=size, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_cost(snap_compare: Any, home: Path, size: tuple[int, int]) -> None:
+    """The catalog's offers with every value in full (the table scrolls sideways at 80 columns,
+    nothing is cut) and what the runs cost."""
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await dashboard_loaded(pilot)
+        pilot.app.action_cost()
+        await until(pilot, lambda: isinstance(pilot.app.screen, CostScreen)
+                    and bool(pilot.app.screen.query("#offers"))
+                    and pilot.app.screen.query_one("#offers", DataTable).row_count > 0,
+                    "the offers")
         await steady(pilot)
 
     assert snap_compare(app_for(home), terminal_size=size, run_before=run_before)

@@ -1,9 +1,10 @@
-"""The dqlctl Textual app: dashboard, run view, launch form; the verbs in the command palette.
+"""The dqlctl Textual app: it routes between the screens (dashboard, run view, launch form, sync,
+check, cost; ``screens/``) and holds the verbs of the command palette and the confirmations.
 
 Everything that touches the registry or a provider runs in a thread worker with its own
-``Context`` (``model.worker_context``) and posts small dataclass messages back, so the event loop
-never waits on SQLite, a process, the network or SSH (DESIGN.md, Style 8). The app is given a
-``Context`` (Style 9): tests pass one whose home is a temporary folder.
+``Context`` (``models.common.worker_context``) and posts small dataclass messages back, so the
+event loop never waits on SQLite, a process, the network or SSH (DESIGN.md, Style 8). The app is
+given a ``Context`` (Style 9): tests pass one whose home is a temporary folder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from rich.text import Text
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -24,8 +24,10 @@ from textual.screen import Screen
 from dqlctl import runs
 from dqlctl.context import Context
 from dqlctl.registry import TERMINAL
-from dqlctl.tui import model
 from dqlctl.tui.messages import Notice
+from dqlctl.tui.models.common import one_line, worker_context
+from dqlctl.tui.screens.check import CheckScreen
+from dqlctl.tui.screens.cost import CostScreen
 from dqlctl.tui.screens.dashboard import DashboardScreen
 from dqlctl.tui.screens.launch import LaunchScreen
 from dqlctl.tui.screens.modals import ConfirmScreen, InfoScreen, help_screen
@@ -44,14 +46,18 @@ class DqlApp(App[int]):
     ]
 
     def __init__(self, ctx: Context | None = None, *, refresh_s: float = 1.0,
-                 poll_s: float = 0.05, freeze_gc: bool = False) -> None:
+                 poll_s: float = 0.05, freeze_gc: bool = False,
+                 open_run: str | None = None) -> None:
         super().__init__()
         self.ctx = ctx or Context()
         self.refresh_s = refresh_s   # dashboard and run-state refresh period
         self.poll_s = poll_s         # how often a followed log is read
         self.freeze_gc = freeze_gc   # run_tui: True (the process is the app's alone)
+        self.first_run = open_run    # a run id to open on start (`dqlctl tui RUN`)
 
     def on_mount(self) -> None:
+        if self.first_run is not None:  # its view on top, the dashboard under it
+            self.open_run(self.first_run)
         if self.freeze_gc:
             # What is alive once the app is up (Textual, its CSS, the widgets) lives as long as
             # the app: keep it out of the full collections that a fast log sets off, which walk
@@ -115,10 +121,10 @@ class DqlApp(App[int]):
     def _end_run(self, verb: str, run_id: str) -> None:
         """``runs.down`` or ``runs.stop`` in a worker; a toast says how it went."""
         try:
-            with model.worker_context(self.ctx) as ctx:
+            with worker_context(self.ctx) as ctx:
                 run = getattr(runs, verb)(ctx, ctx.registry.get(run_id))
         except Exception as exc:
-            self.post_message(Notice(f"{verb} {run_id} failed: {model.one_line(exc)}", "error"))
+            self.post_message(Notice(f"{verb} {run_id} failed: {one_line(exc)}", "error"))
             return
         said = f": {run.reason}" if verb == "stop" and run.reason else "; instance released"
         self.post_message(Notice(f"run {run.id} {run.state}{said}", refresh=True))
@@ -151,7 +157,7 @@ class DqlApp(App[int]):
         try:
             shell = runs.shell_command(self.ctx, self.ctx.registry.get(run_id))
         except Exception as exc:
-            self.notify(model.one_line(exc), severity="warning", timeout=5)
+            self.notify(one_line(exc), severity="warning", timeout=5)
             return
         try:
             with self.suspend():
@@ -173,76 +179,15 @@ class DqlApp(App[int]):
         if message.refresh:
             self.dashboard.refresh_now()
 
-    # -- check and report ------------------------------------------------------------------------
+    # -- check, cost and report ------------------------------------------------------------------
 
     def action_check(self) -> None:
-        screen = InfoScreen("dqlctl check", Text("asking each provider ...", style="dim"))
-        self.push_screen(screen)
-        self._check(screen)
-
-    @work(thread=True, group="check", exit_on_error=False)
-    def _check(self, screen: InfoScreen) -> None:
-        from providers import COMPUTE_PROVIDERS
-
-        text = Text()
-        with model.worker_context(self.ctx) as ctx:
-            for name in sorted(COMPUTE_PROVIDERS):
-                try:
-                    result = ctx.provider(name).check()
-                except Exception as exc:
-                    text.append(f"✗ {name}: {model.one_line(exc)}\n", style="red")
-                    continue
-                text.append(f"{'✓' if result.ok else '✗'} {name}\n",
-                            style="bold green" if result.ok else "bold red")
-                for item in result.items:
-                    text.append(f"    {'ok ' if item.ok else 'no '} {item.name}: {item.detail}\n",
-                                style="" if item.ok else "red")
-                    if item.fix and not item.ok:
-                        text.append(f"         fix: {item.fix}\n", style="yellow")
-        self.call_from_thread(screen.set_body, text)
+        if not isinstance(self.screen, CheckScreen):
+            self.push_screen(CheckScreen())
 
     def action_cost(self) -> None:
-        screen = InfoScreen("dqlctl cost", Text("reading prices ...", style="dim"))
-        self.push_screen(screen)
-        self._cost(screen)
-
-    @work(thread=True, group="cost", exit_on_error=False)
-    def _cost(self, screen: InfoScreen) -> None:
-        """The same figures as `dqlctl cost --hours 10` and `dqlctl cost --runs`."""
-        from rich.console import Group
-        from rich.table import Table
-
-        from dqlctl.cost_cmd import spend_by_month
-        from providers.prices.estimate import PriceRequest, quote
-
-        with model.worker_context(self.ctx) as ctx:
-            try:
-                q = quote(PriceRequest(hours=10.0, spot=True), home=ctx.home)
-                spend = spend_by_month(ctx, ctx.clock())
-            except Exception as exc:
-                self.call_from_thread(screen.set_body, Text(model.one_line(exc), style="red"))
-                return
-        offers = Table(title="GPU offers, spot, 10 h of work, cheapest first", expand=True)
-        for col in ("cloud", "region", "instance type", "GPUs"):
-            offers.add_column(col, no_wrap=True, overflow="ellipsis" if col == "region" else None)
-        for col in ("od $/h", "spot $/h", "save", "10 h"):
-            offers.add_column(col, justify="right", no_wrap=True)
-        for o in [o for o in q.offers if o.price_per_hour is not None][:25]:
-            x = o.extra
-            saving = f"{x['saving_pct']:.0f}%" if x.get("saving_pct") is not None else "-"
-            est = (x.get("estimate") or {}).get("total_usd")
-            offers.add_row(o.provider, o.region, o.instance_type, f"{o.gpu} x{o.gpu_count}",
-                           f"{x['on_demand']:.3f}" if x.get("on_demand") else "-",
-                           f"{o.price_per_hour:.3f}", saving,
-                           f"${est:.2f}" if est is not None else "-")
-        runs_table = Table(title="What runs cost", expand=True)
-        for col in ("month", "provider", "runs", "instance-hours", "cost"):
-            runs_table.add_column(col)
-        for row in spend:
-            runs_table.add_row(row["month"], row["provider"], str(row["runs"]),
-                               f"{row['instance_hours']:.2f}", f"${row['cost_usd']:.2f}")
-        notes = Text("\n".join(q.warnings), style="yellow") if q.warnings else Text("")
-        self.call_from_thread(screen.set_body, Group(offers, notes, runs_table))
+        if not isinstance(self.screen, CostScreen):
+            self.push_screen(CostScreen())
 
     def open_path(self, path: str) -> None:
         """Show where a file is, and open it with the desktop's viewer when there is one."""

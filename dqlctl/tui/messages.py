@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from dqlctl.tui.model import Checked, RunInfo, RunRow
+if TYPE_CHECKING:
+    from dqlctl.tui.models.cost import CostView
+    from dqlctl.tui.models.dashboard import RunRow
+    from dqlctl.tui.models.launch import Checked
+    from dqlctl.tui.models.run_view import RunInfo
+    from providers.sync import Progress, SyncResult
 
 
 class _Msg(Message):
@@ -72,3 +77,37 @@ class Notice(_Msg):
     text: str
     severity: str = "information"
     refresh: bool = False  # the registry changed: refresh the dashboard now
+
+
+@dataclass(eq=False)
+class SyncProgressed(_Msg):
+    """The sync core's progress callback: totals and the copies in flight."""
+
+    gen: int
+    progress: Progress
+
+
+@dataclass(eq=False)
+class SyncDone(_Msg):
+    """A plan or a sync ended: its result, or why there is none."""
+
+    gen: int
+    result: SyncResult | None
+    error: str | None = None
+    field: str | None = None    # "src" | "dst": the input a bad-input error is about
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class ChecksDone(_Msg):
+    """Every provider's ``check()`` answer (``CheckResult``), by name."""
+
+    results: list[Any]
+
+
+@dataclass(eq=False)
+class CostReady(_Msg):
+    """The cost screen's tables, or why there are none."""
+
+    view: CostView | None
+    error: str | None = None

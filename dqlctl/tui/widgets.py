@@ -18,7 +18,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Label, Sparkline
 
-from dqlctl.tui.model import Curves, Equity
+from dqlctl.tui.models.run_view import Curves, Equity
 
 LOG_MAX_LINES = 200_000
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
@@ -345,7 +345,7 @@ def _pct(x: float) -> str:
 
 
 class EquityPlot(Widget):
-    """The agent's equity against buy-and-hold's, from ``equity`` events (``model.Equity``):
+    """The agent's equity against buy-and-hold's, from ``equity`` events (``models.run_view.Equity``):
     the validation split's for the best model so far, then the test split's."""
 
     DEFAULT_CSS = """

@@ -14,16 +14,16 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
-from dqlctl.tui import model
 from dqlctl.tui.messages import RunsRefreshed
-from dqlctl.tui.model import COLUMNS, RunRow
+from dqlctl.tui.models.common import STATE_STYLES, one_line, worker_context
+from dqlctl.tui.models.dashboard import COLUMNS, RunRow, dashboard_rows
 
 if TYPE_CHECKING:
     from dqlctl.tui.app import DqlApp
 
 
 def state_text(state: str) -> Text:
-    return Text(state, style=model.STATE_STYLES.get(state, ""))
+    return Text(state, style=STATE_STYLES.get(state, ""))
 
 
 class DashboardScreen(Screen[None]):
@@ -77,12 +77,12 @@ class DashboardScreen(Screen[None]):
     def _refresher(self) -> None:
         worker = get_current_worker()
         period = self.dql.refresh_s
-        with model.worker_context(self.dql.ctx) as ctx:
+        with worker_context(self.dql.ctx) as ctx:
             while not worker.is_cancelled:
                 try:
-                    rows, problems = model.dashboard_rows(ctx)
+                    rows, problems = dashboard_rows(ctx)
                 except Exception as exc:  # the registry itself failed: say so, keep trying
-                    rows, problems = self.rows, [model.one_line(exc)]
+                    rows, problems = self.rows, [one_line(exc)]
                 if worker.is_cancelled:
                     return
                 self.post_message(RunsRefreshed(rows, problems))

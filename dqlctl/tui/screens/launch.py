@@ -1,15 +1,15 @@
 """The launch form: checked through the core as the operator types; shows the plan; launches.
 
-Fields, in tab order: provider (local, aws, gcp, azure, auto), then the cloud rows, hidden for
-``local`` where they mean nothing: region, instance type, spot, max cost (USD), hours (estimate);
-then data, agent type, command, episodes, name, engine flags. ``ctrl+l`` launches from anywhere;
+Fields, in tab order: provider (every compute provider, then auto), then the cloud rows, shown
+only where the catalog prices the provider's instance types (``Capability.PRICES``, and auto):
+region, instance type, spot, max cost (USD), hours (estimate); then data, agent type, command, episodes, name, engine flags. ``ctrl+l`` launches from anywhere;
 the buttons sit below the scrolling form, so they stay in view at 80x24.
 
 How it stays responsive (DESIGN.md, Style 8): nothing here waits on the event loop.
 
 - Options: the Region and Instance type choices come from the price catalog
-  (``model.form_options``: the bundled CSV with the live-price cache laid over it, filtered and
-  ranked by ``providers.prices.estimate.quote``), computed in a thread worker whenever the
+  (``models.offers.form_options``: the bundled CSV with the live-price cache laid over it,
+  filtered and ranked by ``providers.prices.estimate.quote``), computed in a thread worker whenever the
   provider, the region or the market changes, and applied when they arrive. Measured (120x40,
   provider/spot/data changed 80 times in 6 s): 4-15 ms in the worker (50 ms at most, with
   first imports), 0.5-2.5 ms on the loop to swap up to ~170 options in; the loop's lag meanwhile
@@ -21,10 +21,10 @@ How it stays responsive (DESIGN.md, Style 8): nothing here waits on the event lo
   default (T4 x1; ``auto``: the cheapest T4), as ``dqlctl launch`` without ``--instance-type``.
   A type the catalog does not list for the provider, or not in the region (kept when the region
   changes, or given in the initial values), stays selected, marked, with its error inline.
-- Checking: ``model.check_fields`` (the fields, ``runs.validate_request`` + ``runs.plan`` as
+- Checking: ``models.launch.check_fields`` (the fields, ``runs.validate_request`` + ``runs.plan`` as
   ``dqlctl launch --dry-run``, the instance type against the catalog, the cost) then the cloud's
   ``check()`` for its credentials, both in the debounced check worker. The check answer is cached
-  ``model.CHECK_TTL_S`` (``model.CheckCache``), so typing does not ask the cloud again; when it
+  ``models.check.CHECK_TTL_S`` (``CheckCache``), so typing does not ask the cloud again; when it
   has to ask, the plan is posted first and the credentials after, so a slow cloud API never
   holds the plan back. Launch waits for a good answer.
 
@@ -57,31 +57,44 @@ from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from dqlctl import runs
-from dqlctl.tui import model
 from dqlctl.tui.messages import FormChecked, LaunchDone, LaunchProgress
-from dqlctl.tui.model import Checked, FormValues
+from dqlctl.tui.models.check import CheckCache
+from dqlctl.tui.models.common import one_line, worker_context
+from dqlctl.tui.models.launch import (
+    CLOUD_FIELDS,
+    FORM_FIELDS,
+    Checked,
+    FormValues,
+    build_request,
+    check_credentials,
+    check_fields,
+    has_cloud_fields,
+    tui_providers,
+)
+from dqlctl.tui.models.offers import FormOptions, form_options
+from providers import AUTO
 
 if TYPE_CHECKING:
     from dqlctl.tui.app import DqlApp
 
-FIELDS = ("provider", "region", "instance_type", "spot", "max_cost", "hours", "data",
-          "agent_type", "command", "episodes", "name", "engine_flags")
 DEBOUNCE_S = 0.15
 SPOT_TEXT = {True: "spot: cheaper, can be interrupted (the run resumes)",
              False: "on-demand: full price, never interrupted"}
 SHORT_BELOW = (32, 44)  # rows under which the form drops its spacing: (local, cloud)
-PROVIDER_LABELS = {"auto": "auto (the cheapest offer that fits)"}
+PROVIDER_LABELS = {AUTO: f"{AUTO} (the cheapest offer that fits)"}
 # (provider, region the instance types are priced in, spot)
 OptionsKey = tuple[str, str, bool]
 
 
 def _provider_options() -> list[tuple[str, str]]:
-    from providers import COMPUTE_PROVIDERS, PLANNED_PROVIDERS
+    """Every compute provider and ``auto``; one the CLI names before its adapter lands is listed
+    as such."""
+    from providers import PLANNED_PROVIDERS
 
-    names = list(model.TUI_PROVIDERS) + sorted(
-        (set(COMPUTE_PROVIDERS) | set(PLANNED_PROVIDERS)) - set(model.TUI_PROVIDERS))
-    return [(PROVIDER_LABELS.get(n, n) if n in model.TUI_PROVIDERS else f"{n} (CLI only for now)",
-             n) for n in names]
+    usable = tui_providers()
+    planned = sorted(set(PLANNED_PROVIDERS) - set(usable))
+    return [(PROVIDER_LABELS.get(n, n), n) for n in usable] + \
+        [(f"{n} (CLI only for now)", n) for n in planned]
 
 
 @dataclass(eq=False)
@@ -89,7 +102,7 @@ class OptionsReady(Message):
     """The Region / Instance type choices for ``key``, and how long they took to compute."""
 
     key: OptionsKey
-    options: model.FormOptions
+    options: FormOptions
     elapsed_s: float
 
 
@@ -105,7 +118,7 @@ class LaunchScreen(Screen[None]):
         self.checked: Checked | None = None
         self.launching = False
         self.launch_when_checked = False
-        self.checks = model.CheckCache()
+        self.checks = CheckCache()
         self.options_timings: list[tuple[float, float]] = []   # (worker s, apply on the loop s)
         self._provider = self.initial.provider
         # choices to select once their options arrive (the initial values, for their provider)
@@ -116,7 +129,7 @@ class LaunchScreen(Screen[None]):
         self._regions_for: str | None = None
         self._default_region: dict[str, str] = {}      # provider -> the region its plan names
         self._creds: dict[str, str | None] = {}        # provider -> its last check's error
-        self._options: model.FormOptions | None = None  # the ones applied, to relabel on resize
+        self._options: FormOptions | None = None  # the ones applied, to relabel on resize
         self._label_width: int | None = None
 
     @property
@@ -188,10 +201,10 @@ class LaunchScreen(Screen[None]):
 
     def _layout(self) -> None:
         """No spacing between the rows when they would push the plan out of sight."""
-        self.set_class(self.size.height < SHORT_BELOW[self._provider != "local"], "-short")
+        self.set_class(self.size.height < SHORT_BELOW[has_cloud_fields(self._provider)], "-short")
 
     def on_mount(self) -> None:
-        for key in FIELDS:
+        for key in FORM_FIELDS:
             self.query_one(f"#err-{key}").display = False
         self._show_cloud(self.initial.cloud)
         self.query_one("#data", Input).focus()
@@ -223,7 +236,7 @@ class LaunchScreen(Screen[None]):
             row.set_class(row in event.widget.ancestors_with_self, "-focused")
 
     def _show_cloud(self, cloud: bool) -> None:
-        for key in model.CLOUD_FIELDS:
+        for key in CLOUD_FIELDS:
             self.query_one(f"#row-{key}").display = cloud
             if not cloud:
                 self.query_one(f"#err-{key}").display = False
@@ -256,7 +269,7 @@ class LaunchScreen(Screen[None]):
                 select = self.query_one(f"#{key}", Select)
                 select.set_options([])
                 select.prompt = "provider default"
-        self._show_cloud(provider != "local")
+        self._show_cloud(has_cloud_fields(provider))
         self._layout()
 
     # -- the catalog's options (a worker) ---------------------------------------------------------
@@ -265,7 +278,7 @@ class LaunchScreen(Screen[None]):
         values = self.values()
         if not values.cloud:
             return None
-        region = values.region or ("" if values.provider == "auto"
+        region = values.region or ("" if values.provider == AUTO
                                    else self._default_region.get(values.provider, ""))
         return values.provider, region, values.spot
 
@@ -279,7 +292,7 @@ class LaunchScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="options", exit_on_error=False)
     def _load_options(self, key: OptionsKey) -> None:
         start = time.perf_counter()
-        options = model.form_options(*key, home=self.dql.ctx.home)
+        options = form_options(*key, home=self.dql.ctx.home)
         self.post_message(OptionsReady(key, options, time.perf_counter() - start))
 
     def on_options_ready(self, message: OptionsReady) -> None:
@@ -292,7 +305,7 @@ class LaunchScreen(Screen[None]):
         self._request_options()  # a restored region changes what to price
         self._check(self.values())
 
-    def _apply_options(self, options: model.FormOptions) -> None:
+    def _apply_options(self, options: FormOptions) -> None:
         self._options = options
         self._label_width = self._options_width()
         if self._label_width is None:  # not laid out yet: cut the labels once it is
@@ -310,7 +323,7 @@ class LaunchScreen(Screen[None]):
                 region.set_options(choices)
                 if wanted:
                     region.value = wanted
-                region.prompt = "any (the cheapest)" if options.provider == "auto" else \
+                region.prompt = "any (the cheapest)" if options.provider == AUTO else \
                     self._region_prompt(options.provider)
             kept = itype.value if isinstance(itype.value, str) else \
                 self._restore.pop("instance_type", "") or ""
@@ -338,12 +351,12 @@ class LaunchScreen(Screen[None]):
         time.sleep(DEBOUNCE_S)  # a newer keystroke cancels this one before it runs
         if worker.is_cancelled:
             return
-        with model.worker_context(self.dql.ctx) as ctx:
-            checked = model.check_fields(ctx, values)
+        with worker_context(self.dql.ctx) as ctx:
+            checked = check_fields(ctx, values)
             if checked.target is not None and checked.credentials == "pending":
                 if self.checks.fresh(checked.target) is None and not worker.is_cancelled:
                     self.post_message(FormChecked(checked))  # the plan now, credentials after
-                checked = model.check_credentials(ctx, checked, self.checks)
+                checked = check_credentials(ctx, checked, self.checks)
         if not worker.is_cancelled:
             self.post_message(FormChecked(checked))
 
@@ -365,7 +378,7 @@ class LaunchScreen(Screen[None]):
 
     def _show_errors(self, checked: Checked) -> None:
         cloud = checked.values.cloud
-        for key in FIELDS:
+        for key in FORM_FIELDS:
             err = self.query_one(f"#err-{key}", Static)
             row = self.query_one(f"#row-{key}")
             message = checked.errors.get(key)
@@ -375,7 +388,7 @@ class LaunchScreen(Screen[None]):
                 last = self._creds.get(checked.target or "", "")
                 text = (Text(f"… checking {checked.target} credentials", style="dim")
                         if last == "" else Text(f"✗ {last}", style="bold red") if last else None)
-            if key in model.CLOUD_FIELDS and not cloud:
+            if key in CLOUD_FIELDS and not cloud:
                 text = None
             err.display = text is not None
             row.set_class(message is not None, "-invalid")
@@ -390,10 +403,10 @@ class LaunchScreen(Screen[None]):
             return
         if not values.instance_type and plan.get("instance_type"):
             self.query_one("#instance_type", Select).prompt = (
-                f"cheapest T4: {plan['instance_type']}" if values.provider == "auto"
+                f"cheapest T4: {plan['instance_type']}" if values.provider == AUTO
                 else f"default: {plan['instance_type']}")
         region = plan.get("region")
-        if values.provider != "auto" and not values.region and region \
+        if values.provider != AUTO and not values.region and region \
                 and self._default_region.get(values.provider) != region:
             self._default_region[values.provider] = str(region)
             self.query_one("#region", Select).prompt = self._region_prompt(values.provider)
@@ -461,12 +474,12 @@ class LaunchScreen(Screen[None]):
     def _launch(self, values: FormValues) -> None:
         """``runs.launch``, as `dqlctl launch` calls it. Teardown on failure is the core's."""
         try:
-            req = model.build_request(values)
-            with model.worker_context(self.dql.ctx) as ctx:
+            req = build_request(values)
+            with worker_context(self.dql.ctx) as ctx:
                 run = runs.launch(ctx, req, on_state=lambda r: self.post_message(
                     LaunchProgress(r.id, r.state)))
         except Exception as exc:
-            self.post_message(LaunchDone(None, model.one_line(exc)))
+            self.post_message(LaunchDone(None, one_line(exc)))
             return
         self.post_message(LaunchDone(run.id))
 

@@ -1,4 +1,4 @@
-"""Modal screens: confirm before destroying, help, and plain information (check, placeholders)."""
+"""Modal screens: confirm before destroying, and plain information (the help)."""
 
 from __future__ import annotations
 

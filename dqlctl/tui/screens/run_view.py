@@ -18,9 +18,9 @@ from textual.widgets import Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from dqlctl import runs
-from dqlctl.tui import model
 from dqlctl.tui.messages import EngineEvents, LogLines, RunChanged
-from dqlctl.tui.model import RunInfo
+from dqlctl.tui.models.common import STATE_STYLES, one_line, worker_context
+from dqlctl.tui.models.run_view import RunInfo, run_info
 from dqlctl.tui.widgets import CurvePanel, EquityPlot, LogView
 from engine.events import parse_event_line
 from providers.base import ProviderError
@@ -119,7 +119,7 @@ class RunScreen(Screen[None]):
         run's row current with ``runs.reconcile``, until the run has ended and all is read."""
         worker = get_current_worker()
         poll_s = self.dql.poll_s
-        with model.worker_context(self.dql.ctx) as ctx:
+        with worker_context(self.dql.ctx) as ctx:
             run = ctx.registry.get(self.run_id)
             handle: Any = None
             log = events = None
@@ -151,16 +151,16 @@ class RunScreen(Screen[None]):
                             self._post(LogLines([f"[dqlctl] {run.reason or 'a new machine'}; "
                                                  "following it on "
                                                  f"{', '.join(run.instance_ids)}"]))
-                        self.post_message(RunChanged(model.run_info(ctx, run)))
+                        self.post_message(RunChanged(run_info(ctx, run)))
                         next_check = time.monotonic() + self.dql.refresh_s
                         if run.terminal:
                             continue  # one last read of everything left
                     time.sleep(poll_s)
-                self.post_message(RunChanged(model.run_info(ctx, ctx.registry.get(self.run_id))))
+                self.post_message(RunChanged(run_info(ctx, ctx.registry.get(self.run_id))))
             except Exception as exc:
                 self.post_message(LogLines([f"[dqlctl] could not follow this run: "
-                                            f"{model.one_line(exc)}"]))
-                self.post_message(RunChanged(model.run_info(ctx, ctx.registry.get(self.run_id))))
+                                            f"{one_line(exc)}"]))
+                self.post_message(RunChanged(run_info(ctx, ctx.registry.get(self.run_id))))
             finally:
                 if handle is not None:
                     handle.close()
@@ -194,6 +194,7 @@ class RunScreen(Screen[None]):
     def on_log_lines(self, message: LogLines) -> None:
         self._take(message)
         self.query_one("#log", LogView).write_batch(message.lines)
+        self._update_log_status()  # the count changed: say so now, not at the next tick
 
     def on_engine_events(self, message: EngineEvents) -> None:
         self._take(message)
@@ -207,10 +208,10 @@ class RunScreen(Screen[None]):
         self.info = info = message.info
         row = info.row
         text = Text.assemble((row.name, "bold"), f"  {row.id}  ",
-                             (row.state, model.STATE_STYLES.get(row.state, "")))
+                             (row.state, STATE_STYLES.get(row.state, "")))
         text.append(f"   {row.where} · {row.instance}"
                     + (" · spot" if row.spot == "spot" else "")
-                    + f" · episode {row.episode} · val Sharpe {row.sharpe}"
+                    + f" · episode {row.episode} · best val Sharpe {row.sharpe}"
                     + f" · {row.elapsed} · {row.cost}")
         if info.stage and not row.terminal:
             text.append(f" · stage {info.stage}", style="dim")
@@ -226,7 +227,8 @@ class RunScreen(Screen[None]):
         self._update_log_status()
 
     def _update_log_status(self) -> None:
-        """The line under the log (4 times a second, and at once after a key)."""
+        """The line under the log: at once when lines arrive or after a key, and 4 times a
+        second (a scroll that follows the end)."""
         log = self.query_one("#log", LogView)
         state = (Text("● following", style="green") if log.following
                  else Text("⏸ paused: End or G to follow", style="yellow"))

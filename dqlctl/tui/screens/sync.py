@@ -9,7 +9,6 @@ core's ``cancel`` event: uploads in flight are abandoned, nothing partial is lef
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 from rich.text import Text
 from textual import on, work
@@ -17,7 +16,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.events import Resize
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import (
     Button,
@@ -31,7 +29,8 @@ from textual.widgets import (
     Static,
 )
 
-from dqlctl.tui import model
+from dqlctl.tui.messages import SyncDone, SyncProgressed
+from dqlctl.tui.models.common import one_line
 from dqlctl.tui.screens.modals import ConfirmScreen
 from providers.sync import FileEntry, Progress, SyncResult, human_size
 
@@ -42,29 +41,6 @@ MAX_ERRORS = 5          # error lines under the result; the rest are counted
 ACTION_STYLE = {"copy": "bold green", "delete": "bold red", "keep": "yellow", "skip": "dim",
                 "failed": "bold red"}
 ACTION_ORDER = {"failed": 0, "copy": 1, "delete": 2, "keep": 3, "skip": 4}
-
-
-class _Msg(Message):
-    """Textual's Message initialises itself in ``__post_init__`` (as in ``messages.py``)."""
-
-
-@dataclass(eq=False)
-class SyncProgressed(_Msg):
-    """The core's progress callback: totals and the copies in flight."""
-
-    gen: int
-    progress: Progress
-
-
-@dataclass(eq=False)
-class SyncDone(_Msg):
-    """A plan or a sync ended: its result, or why there is none."""
-
-    gen: int
-    result: SyncResult | None
-    error: str | None = None
-    field: str | None = None    # "src" | "dst": the input a bad-input error is about
-    cancelled: bool = False
 
 
 def duration(seconds: float) -> str:
@@ -126,92 +102,6 @@ class SyncScreen(Screen[None]):
         Binding("ctrl+t", "toggle('delete')", "--delete", priority=True, show=False),
         Binding("ctrl+g", "toggle('checksum')", "--checksum", priority=True, show=False),
     ]
-    DEFAULT_CSS = """
-    SyncScreen #sync-form {
-        height: auto;
-        padding: 1 2 0 2;
-    }
-    SyncScreen .field {
-        height: 1;
-        margin-bottom: 1;
-    }
-    SyncScreen .field-label {
-        width: 13;
-        color: $text-muted;
-    }
-    SyncScreen .field.-invalid .field-label {
-        color: $error;
-        text-style: bold;
-    }
-    SyncScreen .field Input {
-        width: 1fr;
-    }
-    SyncScreen .field-error {
-        height: auto;
-        padding-left: 13;
-        margin-bottom: 1;
-    }
-    SyncScreen #options {
-        height: 1;
-    }
-    SyncScreen #options Checkbox {
-        margin-right: 2;
-    }
-    SyncScreen #options .spacer {
-        width: 1fr;
-    }
-    SyncScreen #options Button {
-        margin-left: 1;
-        min-width: 0;
-        width: 10;
-    }
-    SyncScreen #options #back {
-        width: 12;      /* fits "Cancel esc" too: the row never lays out again */
-    }
-    SyncScreen #summary {
-        height: auto;
-        margin: 1 2 0 2;
-    }
-    SyncScreen #progress {
-        height: auto;
-        margin: 1 2 0 2;
-        border: round $panel;
-        padding: 0 1;
-    }
-    SyncScreen #overall-label {
-        height: 1;
-    }
-    SyncScreen #overall {
-        width: 100%;
-    }
-    SyncScreen #overall Bar {
-        width: 1fr;
-    }
-    SyncScreen #more {
-        height: 1;
-        color: $text-muted;
-    }
-    SyncScreen #files {
-        height: 1fr;
-        margin: 1 2 0 2;
-        border: round $panel;
-    }
-    SyncScreen #files:focus {
-        border: round $accent;
-    }
-    SyncScreen.-short #sync-form {
-        padding: 0 1;
-    }
-    SyncScreen.-short .field, SyncScreen.-short .field-error {
-        margin-bottom: 0;
-    }
-    SyncScreen.-short #summary, SyncScreen.-short #files {
-        margin: 0 1;
-    }
-    SyncScreen.-short #progress {
-        margin: 0 1;
-    }
-    """
 
     def __init__(self, src: str = "", dst: str = "") -> None:
         super().__init__()
@@ -439,13 +329,13 @@ class SyncScreen(Screen[None]):
                           cancel=cancel,
                           progress=lambda p: self.post_message(SyncProgressed(gen, p)))
         except StorageError as exc:
-            self.post_message(SyncDone(gen, None, model.one_line(exc), exc.side))
+            self.post_message(SyncDone(gen, None, one_line(exc), exc.side))
             return
         except Cancelled:
             self.post_message(SyncDone(gen, None, cancelled=True))
             return
         except Exception as exc:  # an SDK error no store mapped: say it, keep the screen
-            self.post_message(SyncDone(gen, None, f"{type(exc).__name__}: {model.one_line(exc)}"))
+            self.post_message(SyncDone(gen, None, f"{type(exc).__name__}: {one_line(exc)}"))
             return
         self.post_message(SyncDone(gen, result))
 
