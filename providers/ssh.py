@@ -16,7 +16,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from providers.base import ProviderError, SshTarget
+from providers.base import ProviderError, SshTarget, install_hint
 
 
 class HostKeyMismatch(ProviderError):
@@ -31,8 +31,8 @@ def _paramiko() -> Any:
     try:
         import paramiko
     except ImportError:  # pragma: no cover - depends on the extra
-        raise ProviderError("SSH needs paramiko: pip install 'dqlctl[aws]' "
-                            "(or [gcp] / [azure])") from None
+        raise ProviderError(f"SSH needs paramiko: {install_hint('aws')} "
+                            "(or the gcp / azure extra)") from None
     return paramiko
 
 

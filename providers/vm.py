@@ -16,6 +16,7 @@ from providers.base import (
     LaunchSpec,
     ProviderError,
     SshTarget,
+    install_hint,
 )
 
 DEFAULT_GPU = "T4:1"
@@ -72,7 +73,7 @@ class SshVm:
             load_sdk()
         except ProviderError as exc:
             return CheckResult(name, False, [CheckItem(sdk, False, str(exc),
-                                                       f"pip install 'dqlctl[{extra}]'")])
+                                                       install_hint(extra))])
         items = [CheckItem(sdk, True, "installed")]
         try:
             items.append(CheckItem("credentials", True, probe()))
@@ -86,7 +87,7 @@ class SshVm:
             items.append(CheckItem("paramiko", True, "installed"))
         except ImportError:
             items.append(CheckItem("paramiko", False, "missing",
-                                   f"pip install 'dqlctl[{extra}]'"))
+                                   install_hint(extra)))
         return CheckResult(name, all(i.ok for i in items), items)
 
     def _key_path(self, run_id: str) -> Path:
