@@ -4,10 +4,12 @@ hints that say the command that works for this installation (a source checkout o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
 import sys
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ from typing import Any
 import pytest
 
 from providers import base
-from providers.base import JobSpec, LaunchSpec, install_hint
+from providers.base import Instance, JobSpec, LaunchSpec, install_hint
 from tests.fake_gce import FakeGce, Request, Response, write_adc_key
+from tests.servers import SshVm
 
 ROOT = Path(__file__).resolve().parents[1]
 CIDR = "198.51.100.7/32"
@@ -209,3 +212,107 @@ def test_missing_sdk_messages_use_the_hint() -> None:
     from providers.storage.base import missing_sdk
 
     assert install_hint("aws") in str(missing_sdk("boto3", "aws", "s3"))
+
+
+# -- SFTP transfers streamed, not held in memory --------------------------------------------------
+
+BIG = 64 * 2**20
+MEMORY_CEILING = 16 * 2**20   # far below the file: a read window plus copy buffers
+
+
+def _write_random(path: Path, size: int) -> str:
+    """A file of ``size`` random bytes; its sha256."""
+    digest = hashlib.sha256()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        for _ in range(size // 2**20):
+            block = os.urandom(2**20)
+            digest.update(block)
+            fh.write(block)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(2**20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _peak_growth(action: Any) -> int:
+    """Bytes of Python memory ``action()`` needed at its peak, above what was in use before."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        action()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def _vm(sshd_vm: SshVm, tmp_path: Path) -> Any:
+    """An SshVm provider whose VM is the sshd stand-in (same machine, same files)."""
+    from providers.vm import SshVm as VmBase
+
+    class StandIn(VmBase):
+        name = "stand-in"
+        capabilities = frozenset()
+
+        def describe(self, instance: Instance) -> Instance:
+            return instance
+
+    vm = StandIn()
+    vm.home = tmp_path / "home"
+    vm.ssh_host_override = f"{sshd_vm.host}:{sshd_vm.port}"
+    vm.ssh_user = sshd_vm.username
+    return vm
+
+
+def _instance(sshd_vm: SshVm, results_dir: Path) -> Instance:
+    return Instance("stand-in", "vm-1", "running", public_ip=sshd_vm.host,
+                    extra={"key_path": str(sshd_vm.key_path),
+                           "host_key": sshd_vm.host_public_key,
+                           "results_dir": str(results_dir)})
+
+
+@pytest.mark.parametrize("to_store", [False, True], ids=["folder", "store"])
+def test_collect_streams_a_big_results_file(sshd_vm: SshVm, tmp_path: Path,
+                                            to_store: bool) -> None:
+    """A 64 MiB results file comes home intact while Python's peak memory grows by a small
+    fraction of it, into a local folder (temp name, renamed) or a store (``put`` streamed)."""
+    remote = tmp_path / "vm" / "results"
+    want = _write_random(remote / "exp" / "checkpoints" / "big.pt", BIG)
+    (remote / "exp" / "events.jsonl").write_text('{"event": "finished"}\n')
+    (remote / "exp" / "empty").write_bytes(b"")
+    dest = tmp_path / "home-results"
+    results_dir = dest.as_uri() if to_store else str(dest)
+    vm = _vm(sshd_vm, tmp_path)
+    spec = {"job": {"results_dir": results_dir, "experiment": "exp"}}
+    growth = _peak_growth(lambda: vm.collect(_instance(sshd_vm, remote), spec))
+    assert growth < MEMORY_CEILING, f"peak grew by {growth / 2**20:.1f} MiB"
+    got = dest / "exp"
+    assert _sha256(got / "checkpoints" / "big.pt") == want
+    assert (got / "events.jsonl").read_text() == '{"event": "finished"}\n'
+    assert (got / "empty").read_bytes() == b""
+    assert sorted(p.name for p in got.rglob("*") if p.is_file()) == \
+        ["big.pt", "empty", "events.jsonl"]  # no temp names left behind
+
+
+def test_upload_streams_a_big_data_file(sshd_vm: SshVm, tmp_path: Path) -> None:
+    """put_file sends a 64 MiB data file without reading it into memory, atomically (a temp
+    name renamed) and with its mode set before any byte lands."""
+    from providers.ssh import SshSession
+
+    local = tmp_path / "data.csv"
+    want = _write_random(local, BIG)
+    target = tmp_path / "vm" / "data" / "data.csv"
+    target.parent.mkdir(parents=True)
+    vm = _vm(sshd_vm, tmp_path)
+    with SshSession(vm.ssh_target(_instance(sshd_vm, tmp_path))).connect() as session:
+        growth = _peak_growth(lambda: session.put_file(local, str(target), mode=0o644))
+    assert growth < MEMORY_CEILING, f"peak grew by {growth / 2**20:.1f} MiB"
+    assert _sha256(target) == want
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in target.parent.iterdir()] == ["data.csv"]
