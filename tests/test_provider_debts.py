@@ -18,7 +18,7 @@ import pytest
 
 from providers import base
 from providers.base import Instance, JobSpec, LaunchSpec, install_hint
-from tests.fake_gce import FakeGce, Request, Response, write_adc_key
+from tests.fake_gce import FakeGce, Request, Response, serving_adc
 from tests.servers import SshVm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,14 +56,8 @@ class RecordingGce(FakeGce):
 
 @pytest.fixture()
 def gce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingGce]:
-    fake = RecordingGce()
-    url = fake.start()
-    key = write_adc_key(tmp_path / "adc.json", f"{url}/token", fake.project)
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
-    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
-    yield fake
-    fake.stop()
+    with serving_adc(RecordingGce(), tmp_path, monkeypatch) as fake:
+        yield fake
 
 
 def _gcp(gce: FakeGce, home: Path) -> Any:
