@@ -29,6 +29,7 @@ from providers.base import (
     LaunchSpec,
     Offer,
     ProviderError,
+    install_hint,
 )
 from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
 
@@ -53,7 +54,7 @@ def _boto3() -> Any:
     try:
         import boto3
     except ImportError:
-        raise ProviderError("the AWS provider needs boto3: pip install 'dqlctl[aws]'") from None
+        raise ProviderError(f"the AWS provider needs boto3: {install_hint('aws')}") from None
     return boto3
 
 

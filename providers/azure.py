@@ -36,6 +36,7 @@ from providers.base import (
     LaunchSpec,
     Offer,
     ProviderError,
+    install_hint,
 )
 from providers.gcp import LABEL, TAG, quiet_logger
 from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
@@ -70,7 +71,7 @@ def _sdk() -> dict[str, Any]:
         from azure.mgmt.resource.resources import ResourceManagementClient
     except ImportError:
         raise ProviderError("the Azure provider needs the Azure SDK: "
-                            "pip install 'dqlctl[azure]'") from None
+                            f"{install_hint('azure')}") from None
     return {"compute": ComputeManagementClient, "network": NetworkManagementClient,
             "resource": ResourceManagementClient, "authorization": AuthorizationManagementClient,
             "HttpResponseError": HttpResponseError, "NotFound": ResourceNotFoundError}

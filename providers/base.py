@@ -25,7 +25,11 @@ Standard library only: this module is on the CLI's fast path.
 from __future__ import annotations
 
 import enum
+import functools
+import shlex
+import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -192,3 +196,39 @@ class ComputeProvider(Protocol):
     def plan(self, spec: LaunchSpec) -> dict[str, Any]: ...
     def price_per_hour(self, instance: Instance) -> float | None: ...
     def collect(self, instance: Instance, spec: dict[str, Any]) -> None: ...
+
+
+# -- what to run to install a missing extra ---------------------------------------------------------
+
+
+@functools.cache
+def source_checkout() -> Path | None:
+    """The source checkout this code runs from (the folder whose pyproject.toml names the project
+    dqlctl, beside the ``providers`` package), or None for an installed wheel."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        import tomllib
+
+        with open(root / "pyproject.toml", "rb") as fh:
+            name = tomllib.load(fh).get("project", {}).get("name")
+    except (OSError, ValueError):
+        return None
+    return root if name == "dqlctl" else None
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs dqlctl's ``extra`` into the Python running dqlctl.
+
+    From a source checkout: an editable install of that checkout with the running environment's
+    pip (``<checkout>/.venv/bin/pip install -e '<checkout>[aws]'``), which needs no package
+    index to find dqlctl itself. A pipx install (its venv holds ``pipx_metadata.json``): ``pipx install --force 'dqlctl[aws]'`` (pipx
+    reinstalls the app's venv with the extra). Otherwise pip of the running environment.
+    """
+    in_venv = sys.prefix != sys.base_prefix
+    pip = shlex.quote(str(Path(sys.prefix) / "bin" / "pip")) if in_venv else "pip"
+    checkout = source_checkout()
+    if checkout is not None:
+        return f"{pip} install -e {shlex.quote(f'{checkout}[{extra}]')}"
+    if in_venv and (Path(sys.prefix) / "pipx_metadata.json").exists():  # a pipx-made venv
+        return f"pipx install --force 'dqlctl[{extra}]'"
+    return f"{pip} install 'dqlctl[{extra}]'"

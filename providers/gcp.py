@@ -36,6 +36,7 @@ from providers.base import (
     LaunchSpec,
     Offer,
     ProviderError,
+    install_hint,
 )
 from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
 
@@ -92,7 +93,7 @@ def _compute() -> Any:
         from google.cloud import compute_v1
     except ImportError:
         raise ProviderError("the GCP provider needs google-cloud-compute: "
-                            "pip install 'dqlctl[gcp]'") from None
+                            f"{install_hint('gcp')}") from None
     return compute_v1
 
 
@@ -220,8 +221,8 @@ class GcpProvider(SshVm):
         return self._clients[kind]
 
     def _session(self) -> Any:
-        """An authorised HTTP session for the two REST calls the SDK has no REST client for
-        (IAM service accounts, bucket IAM policies)."""
+        """An authorised HTTP session for the IAM service-account calls (no SDK client for them
+        is a dependency of dqlctl)."""
         if "session" not in self._clients:
             from google.auth.transport.requests import AuthorizedSession
 
@@ -431,37 +432,64 @@ class GcpProvider(SshVm):
             self._edit_bucket_policy(bucket, email, grant=True)
         return email
 
+    def _storage(self) -> Any:
+        """A google-cloud-storage client on ``storage_endpoint`` (bucket IAM policies)."""
+        if "storage" not in self._clients:
+            try:
+                from google.cloud import storage
+            except ImportError:
+                raise ProviderError("the GCP provider needs google-cloud-storage: "
+                                    f"{install_hint('gcp')}") from None
+            from google.api_core.client_options import ClientOptions
+
+            creds, project = self._credentials()
+            self._clients["storage"] = storage.Client(
+                project=project, credentials=creds,
+                client_options=ClientOptions(api_endpoint=self.storage_endpoint))
+        return self._clients["storage"]
+
     def _edit_bucket_policy(self, bucket: str, email: str, grant: bool) -> None:
-        url = f"{self.storage_endpoint}/storage/v1/b/{bucket}/iam"
+        """Add (or remove) ``email`` as BUCKET_ROLE on ``bucket``: a read-modify-write of the
+        bucket's IAM policy (version 3, so conditional bindings of others survive), guarded
+        by its etag."""
+        from google.api_core import exceptions as gexc
+
         member = f"serviceAccount:{email}"
-        for _ in range(5):  # read-modify-write guarded by the policy's etag
-            policy = self._rest("GET", url, ok_missing=not grant)
-            if policy is None:
+        handle = self._storage().bucket(bucket)
+        for _ in range(5):
+            try:
+                policy = handle.get_iam_policy(requested_policy_version=3, timeout=60)
+            except gexc.NotFound:
+                if grant:
+                    raise ProviderError(f"bucket {bucket} not found (granting the run's "
+                                        "service account access to it)") from None
                 return
-            bindings = [b for b in policy.get("bindings", []) if b.get("members")]
+            except gexc.GoogleAPICallError as exc:
+                raise ProviderError(f"reading the IAM policy of bucket {bucket}: "
+                                    f"{exc.message}") from None
+            bindings = [b for b in policy.bindings if b.get("members")]
             target = next((b for b in bindings if b.get("role") == BUCKET_ROLE
                            and not b.get("condition")), None)
             if grant:
                 if target is None:
-                    target = {"role": BUCKET_ROLE, "members": []}
+                    target = {"role": BUCKET_ROLE, "members": set()}
                     bindings.append(target)
                 if member in target["members"]:
                     return
-                target["members"].append(member)
+                target["members"] = {*target["members"], member}
             else:
-                before = sum(len(b["members"]) for b in bindings)
-                for b in bindings:
-                    b["members"] = [m for m in b["members"] if m != member]
-                bindings = [b for b in bindings if b["members"]]
-                if sum(len(b["members"]) for b in bindings) == before:
+                if not any(member in b["members"] for b in bindings):
                     return
-            policy["bindings"] = bindings
-            resp = self._session().request("PUT", url, json=policy, timeout=60)
-            if resp.status_code == 412:  # someone else changed it: read again
+                for b in bindings:
+                    b["members"] = {m for m in b["members"] if m != member}
+            policy.bindings = [b for b in bindings if b["members"]]
+            try:
+                handle.set_iam_policy(policy, timeout=60)
+            except gexc.PreconditionFailed:  # someone else changed it: read again
                 continue
-            if resp.status_code >= 400:
+            except gexc.GoogleAPICallError as exc:
                 raise ProviderError(f"setting the IAM policy of bucket {bucket}: "
-                                    f"HTTP {resp.status_code}: {resp.text[:200]}")
+                                    f"{exc.message}") from None
             return
         raise ProviderError(f"the IAM policy of bucket {bucket} kept changing; try again")
 

@@ -31,6 +31,7 @@ from providers.base import (
     Offer,
     ProviderError,
     SshTarget,
+    install_hint,
 )
 from providers.jobs import LocalJobHandle
 
@@ -70,6 +71,7 @@ def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
 
 
 def container_engine_available(name: str) -> bool:
+    """Whether ``name`` (docker or podman) is installed and its daemon answers ``info``."""
     if shutil.which(name) is None:
         return False
     try:
@@ -77,6 +79,20 @@ def container_engine_available(name: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0
+
+
+def container_engine_item() -> CheckItem:
+    """``check``'s line about container engines: usable only when a daemon answers ``info``
+    (a client binary alone cannot run anything). Optional, so never a failed check."""
+    found = [e for e in CONTAINER_ENGINES if shutil.which(e)]
+    if not found:
+        return CheckItem("container engine (optional)", True, "none; runs use --runtime native")
+    answering = [e for e in found if container_engine_available(e)]
+    silent = [f"{e}: client found, daemon not answering" for e in found if e not in answering]
+    detail = "; ".join([*(f"{e}: daemon answers" for e in answering), *silent])
+    if not answering:
+        detail += " (start it, or use --runtime native)"
+    return CheckItem("container engine (optional)", True, detail)
 
 
 def image_present(engine: str, image: str) -> bool:
@@ -106,11 +122,8 @@ class LocalProvider:
         items.append(CheckItem(
             "engine dependencies", not missing,
             "torch, numpy, pandas importable" if not missing else f"missing: {', '.join(missing)}",
-            None if not missing else "pip install 'dqlctl[engine]' (or run `make install`)"))
-        engines = [e for e in CONTAINER_ENGINES if shutil.which(e)]
-        items.append(CheckItem(
-            "container engine (optional)", True,
-            f"found {', '.join(engines)}" if engines else "none; runs use --runtime native"))
+            None if not missing else install_hint("engine")))
+        items.append(container_engine_item())
         return CheckResult(self.name, all(i.ok for i in items), items)
 
     def plan(self, spec: LaunchSpec) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     if "://" not in job.data_file:
         local = Path(job.data_file)
         data_arg = f"{workdir}/data/{local.name}"
-        session.put_bytes(local.read_bytes(), data_arg, mode=0o644)
+        session.put_file(local, data_arg, mode=0o644)
 
     results = f"{workdir}/results"
     env = dict(env or {})

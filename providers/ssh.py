@@ -4,6 +4,10 @@ The first host key a run sees is recorded with the run; every later connection r
 key (paramiko ``RejectPolicy`` with the pinned key as the only known host). ``wait_for_ssh``
 retries until the VM's sshd answers. File reads go over SFTP from a byte offset, so a follower
 that loses its connection resumes exactly where it stopped: no line lost or doubled.
+
+Files of any size are streamed both ways: uploads are copied from a file object in pipelined
+writes, downloads are read a window of pipelined requests at a time (``SftpReader``), so a
+multi-GB data file or results folder never sits in memory.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 import base64
 import io
 import shlex
+import shutil
 import socket
 import time
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
-from providers.base import ProviderError, SshTarget
+from providers.base import ProviderError, SshTarget, install_hint
 
 
 class HostKeyMismatch(ProviderError):
@@ -31,13 +37,78 @@ def _paramiko() -> Any:
     try:
         import paramiko
     except ImportError:  # pragma: no cover - depends on the extra
-        raise ProviderError("SSH needs paramiko: pip install 'dqlctl[aws]' "
-                            "(or [gcp] / [azure])") from None
+        raise ProviderError(f"SSH needs paramiko: {install_hint('aws')} "
+                            "(or the gcp / azure extra)") from None
     return paramiko
 
 
 def _key_line(key: Any) -> str:
     return f"{key.get_name()} {key.get_base64()}"
+
+
+SFTP_REQUEST = 32768        # bytes per SFTP read/write request (paramiko's MAX_REQUEST_SIZE)
+READ_WINDOW = 4 * 2**20     # bytes of read requests in flight, and at most buffered, per file
+COPY_BLOCK = 2**20          # bytes per read when copying from a file object
+
+
+class SftpReader(io.RawIOBase):
+    """A sequential reader of ``size`` bytes of an open remote file (paramiko ``SFTPFile``).
+
+    Read requests are pipelined one window (``READ_WINDOW``) at a time with ``readv``, so a
+    high-latency link is not paid once per 32 KiB, while no more than a window is held in
+    memory however fast the network is against the consumer (paramiko's whole-file
+    ``prefetch`` buffers without bound). Closing it closes the remote file.
+    """
+
+    def __init__(self, handle: Any, size: int, window: int = READ_WINDOW) -> None:
+        super().__init__()
+        self._handle = handle
+        self._size = size
+        self._window = window
+        self._next = 0                            # where the next window starts
+        self._pieces: Any = iter(())
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> bool:
+        """Have unread bytes in ``_pending``; False at the end."""
+        while not self._pending:
+            piece = next(self._pieces, None)
+            if piece is None:
+                if self._next >= self._size:
+                    return False
+                end = min(self._next + self._window, self._size)
+                self._pieces = self._handle.readv(
+                    [(o, min(SFTP_REQUEST, end - o)) for o in range(self._next, end, SFTP_REQUEST)])
+                self._next = end
+                continue
+            self._pending = memoryview(piece)
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0 or not self._fill():
+            return b""
+        out = self._pending[:size].tobytes()
+        self._pending = self._pending[len(out):]
+        return out
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._fill():
+            return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._pieces = iter(())
+            self._handle.close()
+        super().close()
 
 
 class SshSession:
@@ -141,14 +212,25 @@ class SshSession:
             raise ProviderError(f"{what} failed on {self.target.host}: {detail[0]}")
         return out
 
-    def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
-        """Write a file atomically (temp + rename), created with ``mode`` before any byte lands."""
+    def put_file(self, source: str | Path | IO[bytes], remote_path: str,
+                 mode: int = 0o600) -> None:
+        """Write a file atomically (temp + rename), created with ``mode`` before any byte lands,
+        streamed from a local path or a binary file object (pipelined writes)."""
         sftp = self.sftp()
         tmp = f"{remote_path}.tmp"
         with sftp.open(tmp, "wb") as fh:
             fh.chmod(mode)
-            fh.write(data)
+            fh.set_pipelined(True)
+            if isinstance(source, str | Path):
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, fh, COPY_BLOCK)
+            else:
+                shutil.copyfileobj(source, fh, COPY_BLOCK)
         sftp.posix_rename(tmp, remote_path)
+
+    def put_bytes(self, data: bytes, remote_path: str, mode: int = 0o600) -> None:
+        """``put_file`` of a small payload held in memory (settings, the code tarball)."""
+        self.put_file(io.BytesIO(data), remote_path, mode)
 
     def read_from(self, remote_path: str, offset: int, limit: int = 4 * 2**20) -> bytes:
         """Bytes of a remote file from ``offset`` (b"" when it does not exist yet)."""
@@ -175,12 +257,12 @@ class SshSession:
             raise
         return True
 
-    def get_tree(self, remote_dir: str) -> dict[str, bytes]:
-        """Every file under ``remote_dir`` (relative path -> bytes); for collecting results."""
+    def list_tree(self, remote_dir: str) -> list[tuple[str, int]]:
+        """(relative path, size) of every regular file under ``remote_dir``, recursively."""
         import stat as st
 
         sftp = self.sftp()
-        out: dict[str, bytes] = {}
+        out: list[tuple[str, int]] = []
 
         def walk(path: str, rel: str) -> None:
             for entry in sftp.listdir_attr(path):
@@ -188,12 +270,14 @@ class SshSession:
                 if st.S_ISDIR(entry.st_mode):
                     walk(child, child_rel + "/")
                 elif st.S_ISREG(entry.st_mode):
-                    buf = io.BytesIO()
-                    sftp.getfo(child, buf)
-                    out[child_rel] = buf.getvalue()
+                    out.append((child_rel, entry.st_size or 0))
 
         walk(remote_dir, "")
         return out
+
+    def open_reader(self, remote_path: str, size: int) -> SftpReader:
+        """A streaming reader of the first ``size`` bytes of a remote file (close it)."""
+        return SftpReader(self.sftp().open(remote_path, "rb"), size)
 
 
 def wait_for_ssh(target: SshTarget, timeout: float = 600.0, interval: float = 2.0) -> SshSession:

@@ -4,6 +4,7 @@ follow and results collection (AWS, GCE and Azure differ only in how the VM is m
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from providers.base import (
     LaunchSpec,
     ProviderError,
     SshTarget,
+    install_hint,
 )
 
 DEFAULT_GPU = "T4:1"
@@ -72,7 +74,7 @@ class SshVm:
             load_sdk()
         except ProviderError as exc:
             return CheckResult(name, False, [CheckItem(sdk, False, str(exc),
-                                                       f"pip install 'dqlctl[{extra}]'")])
+                                                       install_hint(extra))])
         items = [CheckItem(sdk, True, "installed")]
         try:
             items.append(CheckItem("credentials", True, probe()))
@@ -86,7 +88,7 @@ class SshVm:
             items.append(CheckItem("paramiko", True, "installed"))
         except ImportError:
             items.append(CheckItem("paramiko", False, "missing",
-                                   f"pip install 'dqlctl[{extra}]'"))
+                                   install_hint(extra)))
         return CheckResult(name, all(i.ok for i in items), items)
 
     def _key_path(self, run_id: str) -> Path:
@@ -209,17 +211,23 @@ class SshVm:
             return
 
         job = spec["job"]
-        with SshSession(self.ssh_target(instance)).connect() as session:
-            files = session.get_tree(f"{instance.extra['results_dir']}/{job['experiment']}")
+        source = f"{instance.extra['results_dir']}/{job['experiment']}"
         dest = job["results_dir"].rstrip("/") + "/" + job["experiment"]
-        if "://" in dest:
-            from providers.storage import open_store  # type: ignore[import-not-found]
+        with SshSession(self.ssh_target(instance)).connect() as session:
+            files = session.list_tree(source)
+            if "://" in dest:  # streamed into the store (atomic from a reader's view)
+                from providers.storage import open_store  # type: ignore[import-not-found]
 
-            store, prefix = open_store(dest)
-            for rel, data in files.items():
-                store.put_bytes(f"{prefix.rstrip('/')}/{rel}", data)
-        else:
-            for rel, data in files.items():
+                store, prefix = open_store(dest)
+                for rel, size in files:
+                    with session.open_reader(f"{source}/{rel}", size) as reader:
+                        store.put(f"{prefix.rstrip('/')}/{rel}", reader, size=size)
+                return
+            for rel, size in files:  # streamed to a temp name, renamed when complete
                 path = Path(dest) / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+                part = path.with_name(f"{path.name}.part")
+                with session.open_reader(f"{source}/{rel}", size) as reader, \
+                        open(part, "wb") as out:
+                    shutil.copyfileobj(reader, out, 2**20)
+                os.replace(part, path)

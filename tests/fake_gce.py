@@ -18,12 +18,14 @@ fail (``ZONE_RESOURCE_POOL_EXHAUSTED`` and ``QUOTA_EXCEEDED`` in the operation, 
 as a synchronous 403).
 
 This module also holds the test helpers the GCE and Azure suites share: ``FakeHttpServer`` (the
-threaded JSON server both fakes build on) and ``write_adc_key`` (a service-account key file).
+threaded JSON server both fakes build on), ``write_adc_key`` (a service-account key file) and
+``serving_adc`` (a fake GCE started, with credentials pointed at it).
 The VM stand-in itself is ``tests.vm.vm_sshd``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -31,7 +33,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -164,6 +166,18 @@ def write_adc_key(path: Path, token_uri: str, project: str) -> Path:
         "auth_uri": "https://accounts.google.com/o/oauth2/auth"}))
     path.chmod(0o600)
     return path
+
+
+@contextlib.contextmanager
+def serving_adc(fake: FakeGce, tmp_path: Path, monkeypatch: Any) -> Iterator[FakeGce]:
+    """``fake`` started, with Application Default Credentials pointed at it (a key file whose
+    token endpoint it is, no gcloud login, the project only from the key file); stopped after."""
+    with fake:
+        key = write_adc_key(tmp_path / "adc.json", f"{fake.url}/token", fake.project)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+        monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud login
+        monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+        yield fake
 
 
 # -- GCE -----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from providers.base import JobSpec, LaunchSpec
 from providers.storage import open_store
-from tests.fake_gce import FakeGce, write_adc_key
+from tests.fake_gce import FakeGce, serving_adc
 from tests.vm import vm_sshd
 
 CIDR = "198.51.100.7/32"
@@ -36,14 +36,8 @@ BUCKET = "dqlctl-results"
 
 @pytest.fixture()
 def gce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGce]:
-    fake = FakeGce()
-    url = fake.start()
-    key = write_adc_key(tmp_path / "adc.json", f"{url}/token", fake.project)
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud login here
-    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
-    yield fake
-    fake.stop()
+    with serving_adc(FakeGce(), tmp_path, monkeypatch) as fake:
+        yield fake
 
 
 @pytest.fixture()

@@ -21,8 +21,10 @@ def run_tui(ctx: Context | None = None, run: str | None = None) -> int:
     try:
         from dqlctl.tui.app import DqlApp
     except ImportError as exc:  # textual is the `tui` extra
-        print(f"dqlctl: error: the TUI needs textual ({exc}); install dqlctl[tui]",
-              file=sys.stderr)
+        from providers.base import install_hint
+
+        print(f"dqlctl: error: the TUI needs textual ({exc}); install dqlctl[tui]: "
+              f"{install_hint('tui')}", file=sys.stderr)
         return 2
     from dqlctl.context import Context
     from dqlctl.errors import EXIT_USAGE

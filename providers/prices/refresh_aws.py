@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from providers.base import install_hint
 from providers.prices.catalog import LivePrice, PriceRow, price_key
 from providers.prices.refresh import RefreshError, to_live
 
@@ -30,7 +31,7 @@ def _boto3() -> Any:
     try:
         import boto3
     except ImportError:
-        raise RefreshError("AWS prices need boto3: pip install 'dqlctl[aws]'") from None
+        raise RefreshError(f"AWS prices need boto3: {install_hint('aws')}") from None
     return boto3
 
 

@@ -361,5 +361,7 @@ def source_size(reader: IO[bytes] | BinaryIO) -> int | None:
 
 
 def missing_sdk(module: str, extra: str, scheme: str) -> StorageError:
+    from providers.base import install_hint  # standard library only, like this module
+
     return StorageError(f"{scheme}:// needs the {module} package: install dqlctl[{extra}] "
-                        f"(pip install 'dqlctl[{extra}]')", code=EXIT_PROVIDER)
+                        f"({install_hint(extra)})", code=EXIT_PROVIDER)
