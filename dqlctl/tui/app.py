@@ -212,7 +212,7 @@ class DqlApp(App[int]):
         from rich.console import Group
         from rich.table import Table
 
-        from dqlctl.cost_cmd import spend_by_month
+        from dqlctl.runs import spend_by_month
         from providers.prices.estimate import PriceRequest, quote
 
         with model.worker_context(self.ctx) as ctx:
