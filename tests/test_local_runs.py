@@ -22,7 +22,7 @@ from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
 from dqlctl.errors import DqlctlError, ProviderFailure, UsageError
-from providers.base import ProviderError
+from providers.base import RUN_TAG, Instance, ProviderError
 from providers.local import LocalProvider, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,8 +272,35 @@ def test_down_json_prints_the_final_run_and_the_orphans_it_ended(tmp_path: Path)
     assert row["id"] == run["id"] and row["state"] == reg.CANCELLED
     assert row["events"][-1]["kind"] == "down" and "cost_usd" in row
     assert not pid_alive(run["instance"]["extra"]["pid"], run["instance"]["extra"]["start_ticks"])
-    none = dqlctl(tmp_path, "down", "--orphans", "--json")
-    assert none.returncode == 0 and json.loads(none.stdout) == []
+
+
+class _OneOrphan(LocalProvider):
+    """One tagged instance no run owns (the real local provider would see every supervisor on
+    this machine, other tests' included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.terminated: list[str] = []
+
+    def list_instances(self, tag):  # type: ignore[no-untyped-def]
+        return [] if self.terminated else [Instance(
+            "local", "local-424242", "running", "local", "localhost",
+            tags={RUN_TAG: "gone1234"}, extra={})]
+
+    def terminate(self, instance):  # type: ignore[no-untyped-def]
+        self.terminated.append(instance.instance_id)
+
+
+def test_down_orphans_json_lists_the_instances_it_terminated(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    provider = _OneOrphan()
+    ctx = Context(home=tmp_path, providers={"local": provider})
+    assert main(["down", "--orphans", "--yes", "--json", "--provider", "local"], ctx=ctx) == 0
+    (gone,) = json.loads(capsys.readouterr().out)
+    assert gone["instance_id"] == "local-424242" and provider.terminated == ["local-424242"]
+    ctx = Context(home=tmp_path, providers={"local": provider})
+    assert main(["down", "--orphans", "--json", "--provider", "local"], ctx=ctx) == 0
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def _run_row(ctx: Context) -> reg.Run:
