@@ -7,6 +7,11 @@ to see that a run ended records it; the others find the transition already made 
 
 State is written *before* it is acted on: a run is PROVISIONING before the cloud is asked for a
 machine, so a controller that dies mid-call leaves a row that ``reconcile`` can finish.
+
+Billing is kept on the row where it changes: the transition that enters or leaves a billed state
+(``BILLED``) also updates ``billed_s`` (seconds of closed billed intervals) and ``billed_since``
+(when the open one began, NULL when none), and ``cost_usd`` when the run has a $/h. So what a run
+has cost at any moment is arithmetic on its row (``Run.cost_at``), never a scan of its events.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE = frozenset({PENDING, PROVISIONING, BOOTSTRAPPING, RUNNING, COLLECTING, PREEMPTED,
                     RECOVERING})
 _ANY_END = {FAILED, CANCELLED}
+# States in which a run holds a machine (billed): from BOOTSTRAPPING until it ends or is
+# preempted; RECOVERING waits for a new machine. (``providers.prices.estimate.BILLED_STATES`` is
+# the same set, for the month-by-month report made from the events.)
+BILLED = frozenset({BOOTSTRAPPING, RUNNING, COLLECTING})
 TRANSITIONS: dict[str, set[str]] = {
     PENDING: {PROVISIONING} | _ANY_END,
     PROVISIONING: {BOOTSTRAPPING} | _ANY_END,
@@ -70,7 +79,9 @@ CREATE TABLE IF NOT EXISTS runs (
     reason        TEXT,
     spec          TEXT NOT NULL DEFAULT '{}',
     progress      TEXT NOT NULL DEFAULT '{}',
-    metrics       TEXT NOT NULL DEFAULT '{}'
+    metrics       TEXT NOT NULL DEFAULT '{}',
+    billed_s      REAL NOT NULL DEFAULT 0,
+    billed_since  REAL
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state);
 CREATE TABLE IF NOT EXISTS events (
@@ -88,7 +99,8 @@ CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
 _JSON_FIELDS = ("instance_ids", "instance", "spec", "progress", "metrics")
 _UPDATABLE = frozenset({"region", "instance_type", "spot", "started_at", "ended_at",
                         "instance_ids", "instance", "results_uri", "price_per_hour", "cost_usd",
-                        "exit_code", "reason", "spec", "progress", "metrics"})
+                        "exit_code", "reason", "spec", "progress", "metrics", "billed_s",
+                        "billed_since"})
 
 
 class RegistryError(Exception):
@@ -122,13 +134,38 @@ class Run:
     spec: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    billed_s: float = 0.0              # seconds in closed billed intervals
+    billed_since: float | None = None  # start of the billed interval still open
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
+    def billed_seconds(self, now: float) -> float:
+        """Seconds the run has held a machine up to ``now``."""
+        open_s = max(0.0, now - self.billed_since) if self.billed_since is not None else 0.0
+        return self.billed_s + open_s
+
+    def cost_at(self, now: float) -> float:
+        """USD the run has cost up to ``now``: its billed time at its $/h, else the cost
+        recorded on it (a provider with no $/h)."""
+        if not self.price_per_hour:
+            return self.cost_usd
+        return round(self.price_per_hour * self.billed_seconds(now) / 3600.0, 4)
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _bill(closed_s: float, since: float | None, to_state: str,
+          now: float) -> tuple[float, float | None]:
+    """``(billed_s, billed_since)`` after a move to ``to_state`` at ``now``: entering a billed
+    state opens an interval, leaving one closes it."""
+    if to_state in BILLED:
+        return closed_s, since if since is not None else now
+    if since is not None:
+        return closed_s + max(0.0, now - since), None
+    return closed_s, None
 
 
 def default_home() -> Path:
@@ -156,13 +193,33 @@ class Registry:
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.execute("PRAGMA foreign_keys = ON")
-        with self._tx():
+        with self._tx() as c:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
-                    self._conn.execute(statement)
+                    c.execute(statement)
+            self._migrate(c)
 
     def close(self) -> None:
         self._conn.close()
+
+    @staticmethod
+    def _migrate(c: sqlite3.Connection) -> None:
+        """Bring a database made by an older dqlctl up to this schema: the billing columns,
+        filled once from each run's state events (what was computed on every look before)."""
+        columns = {r["name"] for r in c.execute("PRAGMA table_info(runs)")}
+        if "billed_s" in columns:
+            return
+        c.execute("ALTER TABLE runs ADD COLUMN billed_s REAL NOT NULL DEFAULT 0")
+        c.execute("ALTER TABLE runs ADD COLUMN billed_since REAL")
+        rows = c.execute("SELECT run_id, ts, to_state FROM events WHERE to_state IS NOT NULL"
+                         " ORDER BY run_id, id")
+        billing: dict[str, tuple[float, float | None]] = {}
+        for r in rows:
+            closed, since = billing.get(r["run_id"], (0.0, None))
+            billing[r["run_id"]] = _bill(closed, since, r["to_state"], float(r["ts"]))
+        for run_id, (closed, since) in billing.items():
+            c.execute("UPDATE runs SET billed_s = ?, billed_since = ? WHERE id = ?",
+                      (closed, since, run_id))
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -278,7 +335,8 @@ class Registry:
         """
         now = self.clock()
         with self._tx() as c:
-            row = c.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = c.execute("SELECT state, billed_s, billed_since, price_per_hour FROM runs"
+                            " WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise RegistryError(f"no run {run_id!r}")
             current = row["state"]
@@ -295,6 +353,12 @@ class Registry:
                 fields["started_at"] = now
             if to_state in TERMINAL:
                 fields.setdefault("ended_at", now)
+            billed_s, since = _bill(row["billed_s"], row["billed_since"], to_state, now)
+            if (billed_s, since) != (row["billed_s"], row["billed_since"]):
+                fields.update(billed_s=billed_s, billed_since=since)
+                price = fields.get("price_per_hour", row["price_per_hour"])
+                if price and "cost_usd" not in fields:
+                    fields["cost_usd"] = round(price * billed_s / 3600.0, 4)
             self._set_fields(c, run_id, now, fields)
             c.execute("UPDATE runs SET state = ? WHERE id = ?", (to_state, run_id))
             payload = dict(data or {})

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from dqlctl import registry as reg
+from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
-from providers.base import ProviderError
+from dqlctl.errors import DqlctlError, ProviderFailure, UsageError
+from providers.base import RUN_TAG, Instance, ProviderError
 from providers.local import LocalProvider, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,10 +242,14 @@ def test_stop_checkpoints_then_releases_and_ssh_opens_the_runs_folder(tmp_path: 
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip() == run["instance"]["extra"]["workdir"]
 
-    proc = dqlctl(tmp_path, "stop", run["id"])
+    proc = dqlctl(tmp_path, "stop", run["id"], "--json")
     assert proc.returncode == 0, proc.stderr
     (row,) = runs_json(tmp_path)
     assert row["state"] == reg.CANCELLED
+    stopped = json.loads(proc.stdout)  # the final row, as `show --json` prints it
+    shown = json.loads(dqlctl(tmp_path, "show", run["id"], "--json").stdout)
+    assert stopped.keys() == shown.keys() and stopped["events"] == shown["events"]
+    assert stopped["state"] == reg.CANCELLED and stopped["reason"] == row["reason"]
     assert row["reason"].startswith("stopped at episode ") and "checkpoint" in row["reason"]
     ckpts = list((Path(run["results_uri"]) / "checkpoints").glob("ckpt-*.pt"))
     assert ckpts, "the engine wrote no checkpoint on the way out"
@@ -256,3 +262,97 @@ def test_stop_checkpoints_then_releases_and_ssh_opens_the_runs_folder(tmp_path: 
     assert len(again.stderr.strip().splitlines()) == 1
     assert dqlctl(tmp_path, "stop", run["id"]).returncode == 0
     assert runs_json(tmp_path)[0]["reason"] == row["reason"]
+
+
+def test_down_json_prints_the_final_run_and_the_orphans_it_ended(tmp_path: Path) -> None:
+    run = launch_detached(tmp_path, "downme")
+    proc = dqlctl(tmp_path, "down", run["id"], "--yes", "--json")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    assert row["id"] == run["id"] and row["state"] == reg.CANCELLED
+    assert row["events"][-1]["kind"] == "down" and "cost_usd" in row
+    assert not pid_alive(run["instance"]["extra"]["pid"], run["instance"]["extra"]["start_ticks"])
+
+
+class _OneOrphan(LocalProvider):
+    """One tagged instance no run owns (the real local provider would see every supervisor on
+    this machine, other tests' included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.terminated: list[str] = []
+
+    def list_instances(self, tag):  # type: ignore[no-untyped-def]
+        return [] if self.terminated else [Instance(
+            "local", "local-424242", "running", "local", "localhost",
+            tags={RUN_TAG: "gone1234"}, extra={})]
+
+    def terminate(self, instance):  # type: ignore[no-untyped-def]
+        self.terminated.append(instance.instance_id)
+
+
+def test_down_orphans_json_lists_the_instances_it_terminated(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    provider = _OneOrphan()
+    ctx = Context(home=tmp_path, providers={"local": provider})
+    assert main(["down", "--orphans", "--yes", "--json", "--provider", "local"], ctx=ctx) == 0
+    (gone,) = json.loads(capsys.readouterr().out)
+    assert gone["instance_id"] == "local-424242" and provider.terminated == ["local-424242"]
+    ctx = Context(home=tmp_path, providers={"local": provider})
+    assert main(["down", "--orphans", "--json", "--provider", "local"], ctx=ctx) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def _run_row(ctx: Context) -> reg.Run:
+    run = ctx.registry.create(name="fold", provider="local", spec={})
+    return ctx.registry.get(run.id)
+
+
+def test_the_kept_models_validation_sharpe_is_tracked(tmp_path: Path) -> None:
+    """``best`` marks the episode whose model became the kept one: its val_sharpe and episode
+    are the run's ``best_val_sharpe`` / ``best_episode``, whatever later episodes score."""
+    ctx = Context(home=tmp_path)
+    run = _run_row(ctx)
+    episodes = [{"event": "episode", "episode": 1, "episodes": 4, "val_sharpe": 0.2, "best": True},
+                {"event": "episode", "episode": 2, "episodes": 4, "val_sharpe": 0.9, "best": True},
+                {"event": "episode", "episode": 3, "episodes": 4, "val_sharpe": 0.5,
+                 "best": False}]
+    runs.apply_engine_events(ctx, run, episodes[:2])
+    runs.apply_engine_events(ctx, run, episodes[2:] + [
+        {"event": "episode", "episode": 4, "episodes": 4, "val_sharpe": 1.4}])  # no flag: not kept
+    progress = ctx.registry.get(run.id).progress
+    assert progress["val_sharpe"] == 1.4 and progress["episode"] == 4
+    assert progress["best_val_sharpe"] == 0.9 and progress["best_episode"] == 2
+
+
+@pytest.mark.parametrize("changes,field", [
+    ({"episodes": 0}, "episodes"),
+    ({"provider": "nimbus"}, "provider"),
+    ({"data": "no_such_file.csv"}, "data"),
+    ({"agent_type": "transformer"}, "agent_type"),
+    ({"command": "dance"}, "command"),
+    ({"name": "no spaces"}, "name"),
+    ({"max_cost": -1.0}, "max_cost"),
+    ({"max_recoveries": -1}, "max_recoveries"),
+    ({"provider": "auto", "gpu": "NO-SUCH-GPU"}, "gpu"),
+    ({"provider": "auto", "instance_type": "no.such"}, "instance_type"),
+])
+def test_usage_errors_name_the_request_field(tmp_path: Path, changes: dict[str, Any],
+                                             field: str) -> None:
+    req = runs.LaunchRequest(**{"data": "test_small.csv", **changes})
+    with pytest.raises(UsageError) as exc:
+        runs.validate_request(Context(home=tmp_path), req)
+    assert exc.value.field == field
+
+
+class _PickyProvider(LocalProvider):
+    def plan(self, spec):  # type: ignore[no-untyped-def]
+        raise ProviderError("no such region 'mars-1'", field="region")
+
+
+def test_a_provider_error_in_plan_keeps_its_field(tmp_path: Path) -> None:
+    ctx = Context(home=tmp_path, providers={"local": _PickyProvider()})
+    with pytest.raises(ProviderFailure) as exc:
+        runs.plan(ctx, runs.LaunchRequest(data="test_small.csv"))
+    assert exc.value.field == "region" and exc.value.exit_code == 3
+    assert DqlctlError("x").field is None

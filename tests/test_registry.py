@@ -82,3 +82,77 @@ def test_concurrent_processes_one_winner_no_corruption(tmp_path: Path) -> None:
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+class _Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_billed_time_is_kept_on_the_row_by_the_transitions(tmp_path: Path) -> None:
+    """Entering a billed state opens an interval, leaving one closes it, in the same transaction;
+    the cost at any moment is arithmetic on the row and agrees with the events."""
+    from providers.prices.estimate import accrued_cost, billable_intervals
+
+    clock = _Clock(1_000.0)
+    r = Registry(tmp_path / "registry.db", clock=clock)
+    run = r.create(name="a", provider="aws", spec={})
+    r.update(run.id, price_per_hour=3.6)  # one cent a ten seconds
+    steps = [(1_010.0, reg.PROVISIONING), (1_020.0, reg.BOOTSTRAPPING), (1_030.0, reg.RUNNING),
+             (1_120.0, reg.PREEMPTED), (1_200.0, reg.RECOVERING), (1_210.0, reg.BOOTSTRAPPING),
+             (1_260.0, reg.RUNNING)]
+    for t, state in steps:
+        clock.t = t
+        assert r.transition(run.id, state)
+    row = r.get(run.id)
+    assert row.billed_s == 100.0 and row.billed_since == 1_210.0
+    assert row.cost_usd == 0.1                  # priced when the first interval closed
+    assert row.cost_at(1_310.0) == 0.2          # 100 s closed + 100 s open at $3.60/h
+    clock.t = 1_400.0
+    assert r.transition(run.id, reg.CANCELLED)
+    done = r.get(run.id)
+    assert (done.billed_s, done.billed_since, done.cost_usd) == (290.0, None, 0.29)
+    assert done.cost_at(99_999.0) == 0.29       # an ended run costs no more
+    intervals = billable_intervals(r.events(run.id), 99_999.0)
+    assert round(accrued_cost(intervals, 3.6), 4) == done.cost_at(99_999.0)
+
+
+def test_a_run_without_a_price_keeps_its_recorded_cost(tmp_path: Path) -> None:
+    r = Registry(tmp_path / "registry.db")
+    run = r.create(name="a", provider="local", spec={})
+    r.update(run.id, cost_usd=1.25)
+    for state in (reg.PROVISIONING, reg.BOOTSTRAPPING, reg.RUNNING, reg.FAILED):
+        r.transition(run.id, state)
+    assert r.get(run.id).cost_at(10**10) == 1.25
+
+
+_OLD_SCHEMA = reg._SCHEMA.replace(
+    ",\n    billed_s      REAL NOT NULL DEFAULT 0,\n    billed_since  REAL", "")
+
+
+def test_an_older_database_gets_the_billing_columns_from_its_events(tmp_path: Path) -> None:
+    """A registry made before the billing columns: they are added and filled once from each
+    run's state events; later looks read the row."""
+    assert "billed_s" not in _OLD_SCHEMA
+    path = tmp_path / "registry.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_OLD_SCHEMA)
+    conn.execute("INSERT INTO runs (id, name, provider, state, created_at, updated_at,"
+                 " price_per_hour) VALUES ('r1', 'old', 'aws', 'RUNNING', 0, 0, 36.0)")
+    for ts, frm, to in [(0, None, "PENDING"), (10, "PENDING", "PROVISIONING"),
+                        (20, "PROVISIONING", "BOOTSTRAPPING"), (30, "BOOTSTRAPPING", "RUNNING"),
+                        (50, "RUNNING", "PREEMPTED"), (60, "PREEMPTED", "RECOVERING"),
+                        (70, "RECOVERING", "BOOTSTRAPPING"), (80, "BOOTSTRAPPING", "RUNNING")]:
+        conn.execute("INSERT INTO events (run_id, ts, kind, from_state, to_state) VALUES"
+                     " ('r1', ?, 'state', ?, ?)", (ts, frm, to))
+    conn.commit()
+    conn.close()
+    r = Registry(path)
+    run = r.get("r1")
+    assert (run.billed_s, run.billed_since) == (30.0, 70.0)
+    assert run.cost_at(100.0) == round(36.0 * 60 / 3600, 4)
+    r.close()
+    assert Registry(path).get("r1").billed_s == 30.0  # migrated once, not again

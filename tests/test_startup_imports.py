@@ -66,3 +66,37 @@ def test_one_direction_of_imports(package: str, forbidden: tuple[str, ...]) -> N
             if any(name == f or name.startswith(f + ".") for f in forbidden):
                 offenders.append(f"{path.relative_to(ROOT)} imports {name}")
     assert offenders == []
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Modules imported at a module's top (not inside functions or TYPE_CHECKING blocks)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_only_the_entry_point_imports_the_cli() -> None:
+    """``dqlctl.cli`` parses and dispatches; verbs, the core and the TUI never import it."""
+    offenders = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "dqlctl").rglob("*.py"))
+                 if p.name != "__main__.py" and "dqlctl.cli" in _imports(p)]
+    assert offenders == []
+
+
+def test_verb_modules_import_only_the_standard_library_at_their_top() -> None:
+    from dqlctl.verbs import VERB_MODULES
+
+    light = ("dqlctl.errors", "dqlctl.render", "dqlctl.verbs")
+    offenders = []
+    for module in VERB_MODULES:
+        path = ROOT / (module.replace(".", "/") + ".py")
+        for name in _top_level_imports(path):
+            top = name.split(".")[0]
+            if name in light or (top in sys.stdlib_module_names or top == "__future__"):
+                continue
+            offenders.append(f"{module} imports {name}")
+    assert offenders == []

@@ -4,6 +4,7 @@ Sharpe the dashboard shows."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -118,9 +119,8 @@ async def test_the_app_opens_on_a_run_and_esc_goes_to_the_dashboard(tmp_path: Pa
 
 
 def test_an_unknown_run_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    probe = ("from dqlctl.tui import run_tui; "
-             "raise SystemExit(run_tui(run='no-such-run'))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "dqlctl", "tui", "no-such-run"],
+                         capture_output=True, text=True,
                          cwd=ROOT, timeout=60, env={**_env(tmp_path)})
     assert out.returncode == 2, out
     assert out.stderr.strip().splitlines() == [
@@ -145,11 +145,15 @@ def test_in_tmux_open_the_tui_on_a_finished_run(tmp_path: Path) -> None:
          "--n_envs", "4", "--seed", "3"],
         capture_output=True, text=True, cwd=ROOT, env=_env(home), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    # TODO(lead, at merge): `python -m dqlctl tui quickstart` once the CLI verb is in
-    start = "from dqlctl.tui import run_tui; raise SystemExit(run_tui(run='quickstart'))"
+    # the command `make run` prints at its end, run with this interpreter
+    printed = re.search(r"control center:\s+\$\(BIN\)/dqlctl ([^\"]+)\"",
+                        (ROOT / "Makefile").read_text())
+    assert printed, "make run no longer prints the command that opens the TUI"
+    assert printed.group(1).split() == ["tui", "quickstart"]
     exit_file = tmp_path / "exit.txt"
     tmux = Tmux(f"cd {ROOT} && env DQLCTL_HOME={home} PYTHONPATH={ROOT} TERM=xterm-256color "
-                f"{sys.executable} -c \"{start}\"; echo EXITED=$? > {exit_file}; sleep 60")
+                f"{sys.executable} -m dqlctl {printed.group(1)}; echo EXITED=$? > {exit_file}; "
+                "sleep 60")
     try:
         screen = tmux.wait_for("the run view of quickstart", lambda s: "quickstart" in s
                                and "SUCCEEDED" in s and "test metrics" in s)

@@ -36,7 +36,7 @@ class CostView:
 
 def cost_view(ctx: Context) -> CostView:
     """Every priced spot offer for ``HOURS`` of work, cheapest first, and the runs' spend."""
-    from dqlctl.cost_cmd import spend_by_month
+    from dqlctl.runs import spend_by_month
     from providers.prices.estimate import PriceRequest, quote
 
     q = quote(PriceRequest(hours=HOURS, spot=True), home=ctx.home)

@@ -8,6 +8,7 @@ from typing import Any
 from dqlctl import runs
 from dqlctl.context import Context
 from dqlctl.registry import Run
+from dqlctl.render import fmt_duration, progress_text
 from dqlctl.tui.models.common import num, one_line
 
 # Most telling first: at 80 columns the table scrolls sideways for where the run is. The Sharpe
@@ -72,8 +73,8 @@ def run_row(ctx: Context, run: Run, now: float) -> RunRow:
         where=(f"{run.provider}/{run.region}" if run.region and run.region != run.provider
                else run.provider),
         instance=run.instance_type or (run.instance_ids[0] if run.instance_ids else "-"),
-        spot="spot" if run.spot else "-", state=run.state, episode=runs.progress_text(run),
-        sharpe=num(best_sharpe(run), ".3f"), elapsed=runs.fmt_duration(elapsed_s(run, now)),
+        spot="spot" if run.spot else "-", state=run.state, episode=progress_text(run),
+        sharpe=num(best_sharpe(run), ".3f"), elapsed=fmt_duration(elapsed_s(run, now)),
         cost=f"${cost:.2f}", terminal=run.terminal, reason=run.reason)
 
 

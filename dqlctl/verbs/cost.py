@@ -6,8 +6,8 @@
     dqlctl cost --refresh --gpu A100                  live prices first (cached in the data dir)
     dqlctl cost --runs                                spend per provider and month, from runs
 
-The figures come from ``providers.prices`` (the same estimate launch and the TUI use); this
-module only renders them. Standard library only at import time.
+The figures come from ``providers.prices`` (the same estimate launch and the TUI use) and, for
+``--runs``, from ``dqlctl.runs.costs``; this module only renders them. Standard library only at import time.
 Exit codes: 0; 2 bad input or nothing matches; 3 a refresh failed (offers are still printed,
 from the prices kept).
 """
@@ -19,6 +19,7 @@ import json
 from typing import Any
 
 from dqlctl.errors import EXIT_PROVIDER, EXIT_USAGE, DqlctlError
+from dqlctl.render import render_table
 
 EPILOG = """\
 examples:
@@ -121,8 +122,6 @@ def _money(value: float | None) -> str:
 
 
 def render_offers(q: Any, limit: int = 0) -> str:
-    from dqlctl.cli import render_table
-
     req = q.request
     shown = q.offers[:limit] if limit else q.offers
     egress = bool(req.data_gb)
@@ -240,56 +239,8 @@ def cmd_cost(ctx: Any, args: argparse.Namespace) -> int:
 # -- what runs cost --------------------------------------------------------------------------------
 
 
-def run_costs(ctx: Any, now: float) -> list[dict[str, Any]]:
-    """Per run: provider, ``{month: (instance hours, usd)}``; from its billed state intervals at
-    its $/h (or its recorded cost where it has no $/h)."""
-    from providers.prices.estimate import billable_intervals, cost_by_month
-
-    out = []
-    for run in ctx.registry.list(include_terminal=True):
-        intervals = billable_intervals(ctx.registry.events(run.id), now)
-        if not intervals and run.started_at:
-            intervals = [(run.started_at, max(run.started_at, run.ended_at or now))]
-        months = cost_by_month(intervals, run.price_per_hour)
-        if not run.price_per_hour and run.cost_usd:
-            from datetime import UTC, datetime
-
-            d = datetime.fromtimestamp(run.started_at or run.created_at, UTC)
-            month = f"{d.year:04d}-{d.month:02d}"
-            hours = sum(h for h, _ in months.values())
-            months = {month: (hours, float(run.cost_usd))}
-        if not months:
-            from datetime import UTC, datetime
-
-            d = datetime.fromtimestamp(run.created_at, UTC)
-            months = {f"{d.year:04d}-{d.month:02d}": (0.0, 0.0)}
-        out.append({"run": run.id, "provider": run.provider, "months": months})
-    return out
-
-
-def spend_by_month(ctx: Any, now: float) -> list[dict[str, Any]]:
-    """``[{month, provider, runs, instance_hours, cost_usd, run_ids}]``, newest month first; a
-    run that spans a month's end counts in both months."""
-    table: dict[tuple[str, str], dict[str, Any]] = {}
-    for rc in run_costs(ctx, now):
-        for month, (hours, usd) in rc["months"].items():
-            cell = table.setdefault((month, rc["provider"]), {
-                "month": month, "provider": rc["provider"], "runs": 0, "instance_hours": 0.0,
-                "cost_usd": 0.0, "run_ids": []})
-            cell["runs"] += 1
-            cell["run_ids"].append(rc["run"])
-            cell["instance_hours"] += hours
-            cell["cost_usd"] += usd
-    rows = sorted(table.values(), key=lambda c: (c["month"], c["provider"]))
-    rows.sort(key=lambda c: c["month"], reverse=True)
-    for c in rows:
-        c["instance_hours"] = round(c["instance_hours"], 4)
-        c["cost_usd"] = round(c["cost_usd"], 4)
-    return rows
-
-
 def _cmd_runs(ctx: Any, args: argparse.Namespace) -> int:
-    from dqlctl.cli import render_table
+    from dqlctl.runs.costs import spend_by_month
 
     rows = spend_by_month(ctx, ctx.clock())
     if args.provider:

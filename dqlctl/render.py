@@ -1,0 +1,137 @@
+"""Rendering runs and events as text, for the CLI verbs and the TUI: tables, engine events as one
+line, a run's result, durations and progress. Data in, strings out; nothing here reads the
+registry or a provider.
+
+Standard library only: ``dqlctl --help`` and the headless verbs import this.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TextIO
+
+# The few figures a summary shows (`dqlctl show RUN --json` and test_metrics.json have them all).
+SUMMARY_METRICS = ("total_return", "annual_return", "annual_volatility", "sharpe_ratio",
+                   "sortino_ratio", "max_drawdown", "win_rate", "n_trades", "exposure")
+
+PS_COLUMNS = ("ID", "NAME", "PROVIDER", "STATE", "PROGRESS", "AGE", "COST", "RESULT")
+ORPHAN_COLUMNS = ("PROVIDER", "INSTANCE", "RUN", "STATE", "REGION", "TYPE")
+
+
+def fmt(value: Any, spec: str = ".4g") -> str:
+    """A figure: floats to ``spec``, None as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def fmt_duration(seconds: float) -> str:
+    """``42s``, ``3m07s``, ``2h05m``, ``1d04h``."""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
+
+
+def progress_text(run: Any, episode_prefix: str = "") -> str:
+    """Where a run is: ``3/20`` episodes, ``trial 4/20`` while tuning, else its stage."""
+    p = run.progress or {}
+    if p.get("episode"):
+        return f"{episode_prefix}{p['episode']}/{p.get('episodes') or '?'}"
+    if p.get("trial"):
+        return f"trial {p['trial']}/{p.get('trials') or '?'}"
+    return str(p.get("stage") or "-")
+
+
+def result_text(run: Any) -> str:
+    """The RESULT column: the test Sharpe ratio, or why the run failed."""
+    test = (run.metrics or {}).get("test") or {}
+    if "sharpe_ratio" in test and test["sharpe_ratio"] is not None:
+        return f"sharpe {test['sharpe_ratio']:.2f}"
+    if run.reason and run.state == "FAILED":
+        return run.reason[:40]
+    return "-"
+
+
+def render_table(rows: list[list[str]], headers: tuple[str, ...]) -> str:
+    """Left-aligned columns, two spaces apart, a header line first."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def ps_row(run: Any, cost_usd: float, now: float) -> list[str]:
+    """One run as a ``dqlctl ps`` row (``PS_COLUMNS``)."""
+    return [run.id, run.name, run.provider, run.state, progress_text(run, episode_prefix="ep "),
+            fmt_duration(now - run.created_at), f"${cost_usd:.2f}", result_text(run)]
+
+
+def orphan_table(instances: list[Any]) -> str:
+    """Instances no live run owns, as a table (``ps --orphans``)."""
+    rows = [[i.provider, i.instance_id, i.tags.get("dqlctl:run", "-"), i.state,
+             i.region or "-", i.instance_type or "-"] for i in instances]
+    return render_table(rows, ORPHAN_COLUMNS)
+
+
+def format_event(ev: dict[str, Any]) -> str | None:
+    """An engine event as one line for a terminal, or None for events not shown."""
+    kind = ev.get("event")
+    if kind == "run_started":
+        return (f"engine started: {ev.get('command', '')} agent={ev.get('agent_type')} "
+                f"episodes={ev.get('episodes')} device={ev.get('device')}")
+    if kind == "stage":
+        return f"== {ev.get('name')} =="
+    if kind == "episode":
+        sps = ev.get("steps_per_s")
+        return (f"episode {ev.get('episode')}/{ev.get('episodes')}  "
+                f"reward {fmt(ev.get('reward'))}  loss {fmt(ev.get('loss'))}  "
+                f"eps {fmt(ev.get('epsilon'), '.3f')}  val_sharpe {fmt(ev.get('val_sharpe'), '.3f')}"
+                + (f"  {sps:,.0f} steps/s" if isinstance(sps, int | float) else ""))
+    if kind == "trial":
+        return f"trial {ev.get('trial')}/{ev.get('trials')}  score {fmt(ev.get('score'))}"
+    if kind == "checkpoint":
+        return f"checkpoint at episode {ev.get('episode')}"
+    if kind == "warning":
+        return f"warning: {ev.get('message')}"
+    if kind == "evaluation":
+        m = ev.get("metrics") or {}
+        keys = [k for k in ("total_return", "sharpe_ratio", "max_drawdown") if k in m]
+        body = "  ".join(f"{k} {fmt(m[k])}" for k in keys)
+        return f"evaluation ({ev.get('split', 'test')}): {body}"
+    if kind == "failed":
+        return f"engine failed: {ev.get('reason')}"
+    if kind == "finished":
+        return "engine finished"
+    return None
+
+
+def metric_lines(run: Any) -> list[str]:
+    """``  test metrics:`` and one line per summary metric the run has (none: no lines)."""
+    test = (run.metrics or {}).get("test") or {}
+    shown = [k for k in SUMMARY_METRICS if k in test]
+    if not shown:
+        return []
+    return ["  test metrics:", *(f"    {key:<20} {fmt(test[key])}" for key in shown)]
+
+
+def print_run_result(run: Any, out: TextIO) -> None:
+    """How a run ended: state, reason, test metrics, where its results and report are."""
+    print(f"run {run.id} ({run.name}) {run.state}", file=out)
+    if run.reason:
+        print(f"  reason: {run.reason}", file=out)
+    for line in metric_lines(run):
+        print(line, file=out)
+    if run.results_uri:
+        print(f"  results: {run.results_uri}", file=out)
+        report = Path(run.results_uri) / "report.html"
+        if "://" not in run.results_uri and report.exists():
+            print(f"  report:  {report}", file=out)

@@ -1,0 +1,168 @@
+"""What a launch asks for: ``LaunchRequest``, its validation, the provider's ``LaunchSpec`` built
+from it, and ``plan`` (what ``launch --dry-run`` shows).
+
+Every ``UsageError`` raised here names the ``LaunchRequest`` field it is about (``field=``), so a
+form can show it on that row; a ``ProviderError`` from ``provider.plan`` keeps its field too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from dqlctl.context import Context
+from dqlctl.errors import ProviderFailure, UsageError
+from dqlctl.registry import Run
+from providers import AUTO, DEFAULT_PROVIDER
+from providers.base import RUN_TAG, Capability, JobSpec, LaunchSpec, ProviderError
+
+AGENT_TYPES = ("dql", "custom", "memory")
+ENGINE_COMMANDS = ("full-workflow", "train")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass
+class LaunchRequest:
+    provider: str = DEFAULT_PROVIDER
+    data: str = "STOCKS_GOOGL.csv"
+    agent_type: str = "custom"
+    episodes: int = 20
+    name: str | None = None
+    command: str = "full-workflow"
+    tune: bool = False
+    runtime: str = "auto"
+    region: str | None = None
+    instance_type: str | None = None
+    gpu: str | None = None
+    spot: bool = True
+    seed: int | None = None
+    results_dir: str | None = None
+    image: str | None = None          # engine container image (--runtime docker)
+    image_id: str | None = None       # the VM image (AMI / GCE image / Azure image)
+    ssh_cidr: str | None = None       # who may reach port 22 (default: this machine's address)
+    max_price: float | None = None
+    keep: bool = False                # leave the VM up after the run (for debugging)
+    max_cost: float | None = None     # stop the run (checkpoint first) before it costs more
+    max_recoveries: int = 3           # relaunches after a spot preemption (see ``recover``)
+    engine_args: list[str] = field(default_factory=list)
+
+
+def resolve_auto(ctx: Context, req: LaunchRequest) -> None:
+    """``--provider auto``: the cheapest priced offer that fits the request picks the cloud,
+    region and instance type (the same catalog and estimate as ``dqlctl cost``)."""
+    if req.provider != AUTO:
+        return
+    from providers.prices.estimate import PriceError, PriceRequest, cheapest_offer
+
+    try:
+        offer = cheapest_offer(PriceRequest(gpu=req.gpu or "T4", instance_type=req.instance_type,
+                                            provider=AUTO, region=req.region, spot=req.spot),
+                               home=ctx.home)
+    except PriceError as exc:
+        # nothing priced fits what was asked for: the machine asked for is the field
+        raise UsageError(f"--provider auto: {exc}",
+                         field="instance_type" if req.instance_type else "gpu") from None
+    req.provider, req.region, req.instance_type = offer.provider, offer.region, offer.instance_type
+
+
+def validate_request(ctx: Context, req: LaunchRequest) -> str:
+    """Check everything that can be checked before anything is created; the resolved data path."""
+    from providers import COMPUTE_PROVIDERS, PLANNED_PROVIDERS
+
+    resolve_auto(ctx, req)
+    if req.max_recoveries < 0:
+        raise UsageError(f"--max-recoveries must be 0 or more, got {req.max_recoveries}",
+                         field="max_recoveries")
+    if req.max_cost is not None and req.max_cost <= 0:
+        raise UsageError(f"--max-cost must be a positive amount of USD, got {req.max_cost}",
+                         field="max_cost")
+
+    if req.provider not in COMPUTE_PROVIDERS:
+        known = ", ".join(sorted(COMPUTE_PROVIDERS))
+        if req.provider in PLANNED_PROVIDERS:
+            raise UsageError(f"provider {req.provider!r} is not available in this build yet "
+                             f"(available: {known})", field="provider")
+        raise UsageError(f"unknown provider {req.provider!r} (choose from: {known}, or auto)",
+                         field="provider")
+    if req.agent_type not in AGENT_TYPES:
+        raise UsageError(f"unknown agent type {req.agent_type!r} (choose from: "
+                         f"{', '.join(AGENT_TYPES)})", field="agent_type")
+    if req.command not in ENGINE_COMMANDS:
+        raise UsageError(f"unknown engine command {req.command!r} (choose from: "
+                         f"{', '.join(ENGINE_COMMANDS)})", field="command")
+    if req.episodes <= 0:
+        raise UsageError(f"--episodes must be a positive number of episodes, got {req.episodes}",
+                         field="episodes")
+    if req.name is not None and not _NAME_RE.match(req.name):
+        raise UsageError(f"run name {req.name!r} is not valid: use letters, digits, '.', '_' "
+                         "and '-' (at most 63 characters)", field="name")
+    from engine.paths import DataFileNotFound, resolve_data_path
+
+    try:
+        return resolve_data_path(req.data)
+    except DataFileNotFound as exc:
+        raise UsageError(str(exc), field="data") from None
+
+
+def _engine_args(req: LaunchRequest, experiment: str) -> list[str]:
+    args = [req.command, "--agent_type", req.agent_type, "--episodes", str(req.episodes),
+            "--experiment_name", experiment]
+    if req.command == "full-workflow" and not req.tune:
+        args.append("--skip_tuning")
+    if req.seed is not None:
+        args += ["--seed", str(req.seed)]
+    return args + list(req.engine_args)
+
+
+def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
+    """The provider's launch spec for a validated request."""
+    data_path = validate_request(ctx, req)
+    name = req.name or f"{Path(data_path).stem.lower().replace('_', '-')}-{req.agent_type}"
+    workdir = ctx.run_dir(run_id)
+    results_dir = req.results_dir or str(workdir / "results")
+    job = JobSpec(engine_args=_engine_args(req, name), data_file=data_path,
+                  results_dir=results_dir, experiment=name)
+    extra: dict[str, Any] = {"keep": req.keep, "max_recoveries": req.max_recoveries}
+    if req.max_cost is not None:
+        extra["max_cost"] = req.max_cost
+    if req.ssh_cidr:
+        extra["ssh_cidr"] = req.ssh_cidr
+    if req.image_id:
+        extra["image_id"] = req.image_id
+    return LaunchSpec(run_id=run_id, name=name, job=job, region=req.region,
+                      instance_type=req.instance_type, gpu=req.gpu, spot=req.spot,
+                      max_price=req.max_price, image=req.image,
+                      runtime=req.runtime, tags={RUN_TAG: run_id}, workdir=str(workdir),
+                      extra=extra)
+
+
+def spec_of(run: Run) -> LaunchSpec:
+    """The run's launch spec, as stored in the registry."""
+    names = {f.name for f in fields(LaunchSpec)}
+    data = {k: v for k, v in run.spec.items() if k in names}
+    return LaunchSpec(**{**data, "job": JobSpec(**data["job"])})
+
+
+def plan(ctx: Context, req: LaunchRequest) -> dict[str, Any]:
+    """What ``launch`` would do (``--dry-run``); creates nothing, not even a registry row."""
+    spec = build_spec(ctx, req, "dry-run")
+    provider = ctx.provider(req.provider)
+    out: dict[str, Any] = {"name": spec.name, "data": spec.job.data_file,
+                           "engine": " ".join(spec.job.engine_args)}
+    try:
+        out.update(provider.plan(spec))
+    except ProviderError as exc:
+        raise ProviderFailure(str(exc), field=exc.field) from None
+    itype, region = out.get("instance_type"), out.get("region")
+    if Capability.PRICES in provider.capabilities and itype and region:
+        from providers.prices.estimate import lookup
+
+        offer = lookup(req.provider, itype, region, spot=req.spot, home=ctx.home)
+        out["price"] = (f"${offer.price_per_hour:.4f}/h ({'spot' if req.spot else 'on-demand'}"
+                        ", catalog)" if offer and offer.price_per_hour is not None
+                        else "unknown (not in the price catalog)")
+    if req.max_cost is not None:
+        out["budget"] = f"stop at ${req.max_cost:.2f} (the engine checkpoints first)"
+    return out

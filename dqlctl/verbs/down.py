@@ -1,0 +1,71 @@
+"""``dqlctl down RUN``: stop a run and release its machine now (``--orphans``: terminate the
+instances no live run owns). ``--json``: the final run row as ``show --json`` prints it, or the
+list of terminated instances."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dqlctl.errors import UsageError
+from dqlctl.verbs import print_json, resolve_run
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("down", help="stop a run and release its machine")
+    p.add_argument("run", metavar="RUN", nargs="?")
+    p.add_argument("--orphans", action="store_true",
+                   help="terminate every instance tagged by dqlctl that no live run owns")
+    p.add_argument("--provider", action="append", help="with --orphans: only these providers")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask")
+    p.add_argument("--json", action="store_true",
+                   help="print the final run (or the terminated instances) as JSON")
+    p.set_defaults(func=cmd_down)
+
+
+def cmd_down(ctx: Any, args: argparse.Namespace) -> int:
+    from dqlctl import runs
+
+    if args.orphans:
+        return _down_orphans(ctx, args)
+    if not args.run:
+        raise UsageError("name a RUN to stop (or --orphans)")
+    run = runs.reconcile(ctx, resolve_run(ctx, args.run))
+    if not run.terminal and not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"run {run.id} is {run.state}: add --yes to stop it "
+                             "(no terminal to ask on)")
+        answer = input(f"stop run {run.id} ({run.name}, {run.state}) and release its machine? "
+                       "[y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("left running", file=ctx.stdout)
+            return 0
+    run = runs.down(ctx, run)
+    if args.json:
+        print_json(ctx, runs.run_detail(ctx, run))
+    else:
+        print(f"run {run.id} {run.state}; instance released", file=ctx.stdout)
+    return 0
+
+
+def _down_orphans(ctx: Any, args: argparse.Namespace) -> int:
+    from dqlctl import runs
+
+    found = runs.orphans(ctx, args.provider)
+    if not found:
+        if args.json:
+            print_json(ctx, [])
+        else:
+            print("no orphaned instances", file=ctx.stdout)
+        return 0
+    if not args.yes:
+        raise UsageError(f"{len(found)} orphaned instance(s); add --yes to terminate them "
+                         "(`dqlctl ps --orphans` lists them)")
+    done = runs.down_orphans(ctx, found)
+    if args.json:
+        print_json(ctx, [i.to_dict() for i in found if i.instance_id in done])
+    else:
+        for inst_id in done:
+            print(f"terminated {inst_id}", file=ctx.stdout)
+    return 0

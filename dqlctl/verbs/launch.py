@@ -1,0 +1,115 @@
+"""``dqlctl launch``: start a training run (``--dry-run``: say what would be created;
+``--follow``: stream its progress and exit with its status)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dqlctl.render import format_event, print_run_result
+from dqlctl.verbs import print_json
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("launch", help="start a training run",
+                       description="Start a training run on a provider (default: this machine).")
+    p.add_argument("--provider", default="local", help="local (default), aws, gcp, azure, or "
+                   "auto: the cheapest priced offer for --gpu across the clouds")
+    p.add_argument("--data", default="STOCKS_GOOGL.csv",
+                   help="market data: a path, a bare name under data/ or $DQL_DATA_DIR, or a URI")
+    p.add_argument("--agent-type", default="custom", help="dql, custom (default) or memory")
+    p.add_argument("--episodes", type=int, default=20, help="training episodes (default 20)")
+    p.add_argument("--name", help="a name for the run (default: from the data and agent)")
+    p.add_argument("--command", default="full-workflow", help="engine command: full-workflow "
+                   "(default: train, evaluate, report) or train")
+    p.add_argument("--tune", action="store_true", help="run the tuning stage first")
+    p.add_argument("--seed", type=int, help="random seed for the engine")
+    p.add_argument("--runtime", default="auto",
+                   help="auto (container if the engine image is present, else native), "
+                        "native, docker or podman")
+    p.add_argument("--region")
+    p.add_argument("--instance-type")
+    p.add_argument("--gpu", help="GPU type and count, e.g. T4:1")
+    p.add_argument("--on-demand", dest="spot", action="store_false",
+                   help="use on-demand capacity (spot is the default where there is one)")
+    p.add_argument("--max-price", type=float, help="spot: the most to pay per hour (USD)")
+    p.add_argument("--max-cost", type=float, help="stop the run (it checkpoints first) before "
+                   "it has cost more than this many USD")
+    p.add_argument("--max-recoveries", type=int, default=3, metavar="N",
+                   help="relaunch a spot run taken back from its last checkpoint up to N times "
+                   "(needs --results-dir on a bucket; 0: never; default 3)")
+    p.add_argument("--image-id", help="VM image: an AMI id on AWS, an image or family URL on "
+                   "GCP, a publisher:offer:sku:version URN on Azure (default: a GPU image)")
+    p.add_argument("--image", help="engine container image for --runtime docker")
+    p.add_argument("--ssh-cidr", help="who may reach the VM's port 22 (default: this "
+                   "machine's public address/32)")
+    p.add_argument("--keep", action="store_true", help="leave the VM up when the run ends")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be created, create nothing")
+    p.add_argument("--results-dir", help="where results go (default: the run's folder)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="stream progress until the run ends; exit with its status")
+    p.add_argument("--json", action="store_true", help="print the run as JSON")
+    p.add_argument("engine_args", nargs="*", metavar="-- ENGINE ARGS",
+                   help="extra engine flags after --, e.g. -- --n_envs 32")
+    p.set_defaults(func=cmd_launch)
+
+
+def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
+    from dqlctl import runs
+
+    req = runs.LaunchRequest(
+        provider=args.provider, data=args.data, agent_type=args.agent_type,
+        episodes=args.episodes, name=args.name, command=args.command, tune=args.tune,
+        runtime=args.runtime, region=args.region, instance_type=args.instance_type,
+        gpu=args.gpu, spot=args.spot, seed=args.seed, results_dir=args.results_dir,
+        max_price=args.max_price, image=args.image, image_id=args.image_id,
+        ssh_cidr=args.ssh_cidr, keep=args.keep, max_cost=args.max_cost,
+        max_recoveries=args.max_recoveries, engine_args=args.engine_args)
+    quiet = args.json
+    if args.dry_run:
+        plan = runs.plan(ctx, req)
+        if args.json:
+            print_json(ctx, plan)
+        else:
+            print("dry run: nothing is created. `launch` without --dry-run would:", file=ctx.stdout)
+            for key, value in plan.items():
+                if value is not None:
+                    print(f"  {key.replace('_', ' '):<16} {value}", file=ctx.stdout)
+        return 0
+
+    def on_state(run: Any) -> None:
+        if not quiet:
+            print(f"{run.id}  {run.state}", file=ctx.stderr)
+
+    run = runs.launch(ctx, req, on_state=on_state)
+    if not args.follow:
+        if args.json:
+            print_json(ctx, runs.run_summary(ctx, run, ctx.clock()))
+        else:
+            print(f"launched run {run.id} ({run.name}); follow it with: dqlctl logs -f {run.id}",
+                  file=ctx.stdout)
+        return 0
+
+    def on_event(ev: dict[str, Any]) -> None:
+        line = format_event(ev)
+        if line and not quiet:
+            print(line, file=ctx.stdout, flush=True)
+
+    try:
+        run = runs.follow(ctx, run, on_event=on_event)
+    except KeyboardInterrupt:
+        print(f"\ndetached: run {run.id} keeps going. `dqlctl logs -f {run.id}` to follow, "
+              f"`dqlctl down {run.id}` to stop it.", file=ctx.stderr)
+        return 130
+    if args.json:
+        print_json(ctx, runs.run_summary(ctx, run, ctx.clock()))
+    else:
+        if run.state != "SUCCEEDED":
+            tail = runs.log_tail(ctx, run, 10)
+            if tail:
+                print("last lines of the engine log:", file=ctx.stdout)
+                for line in tail:
+                    print(f"  | {line}", file=ctx.stdout)
+        print_run_result(run, ctx.stdout)
+    return runs.run_exit_code(run)
