@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
 
 
 def container_engine(requested: str | None) -> str:
-    from providers.local import CONTAINER_ENGINES, container_engine_available
+    from providers.local.compute import CONTAINER_ENGINES, container_engine_available
 
     for name in [requested] if requested else list(CONTAINER_ENGINES):
         if name and container_engine_available(name):
@@ -62,7 +62,7 @@ def cmd_image(ctx: Any, args: argparse.Namespace) -> int:
         return 0
     if args.provider != "aws":
         raise DqlctlError(f"image push to {args.provider!r} is not available yet (aws only)")
-    from providers.aws import AwsProvider
+    from providers.aws.compute import AwsProvider
 
     ecr = AwsProvider(home=str(ctx.home))._client("ecr", args.region)
     repo_name = args.tag.split(":", 1)[0]

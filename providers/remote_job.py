@@ -7,7 +7,7 @@ Layout on the VM (``<root>`` is ``remote_root``, default ``~/dqlctl``)::
     <root>/runs/<run id>/secrets.env    0600, KEY=VALUE; read by the supervisor, never on a command line
     <root>/runs/<run id>/engine.log, job.json, exit.json, results/<experiment>/events.jsonl
 
-The engine runs under ``providers.local_supervisor`` on the VM exactly as it does locally, so a
+The engine runs under ``providers.local.supervisor`` on the VM exactly as it does locally, so a
 remote job ends the same way (``exit.json``) and is read by the same ``RemoteJobHandle``.
 
 Runtimes: ``native`` runs ``python -m engine`` with the VM's Python (a deep-learning image has
@@ -120,7 +120,7 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     session.put_bytes(_env_file({**env, **(secrets or {})}), f"{workdir}/secrets.env",
                       mode=0o600)
     engine_cmd = " ".join(a if a.startswith("$(") else q(a) for a in engine)
-    supervisor = (f"{q(python)} -m providers.local_supervisor --workdir {q(workdir)} "
+    supervisor = (f"{q(python)} -m providers.local.supervisor --workdir {q(workdir)} "
                   f"--env-file {q(workdir + '/secrets.env')} --tag=dqlctl:run={q(spec.run_id)} "
                   f"-- {engine_cmd}")
     pythonpath = f"PYTHONPATH={q(workdir + '/app')} " if runtime == "native" else ""

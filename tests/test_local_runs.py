@@ -21,7 +21,7 @@ from dqlctl import registry as reg
 from dqlctl.cli import main
 from dqlctl.context import Context
 from providers.base import ProviderError
-from providers.local import LocalProvider, pid_alive
+from providers.local.compute import LocalProvider, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--", "--n_envs", "4"]  # small engine settings for quick runs

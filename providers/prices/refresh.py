@@ -41,8 +41,8 @@ from providers.prices.catalog import (
 HTTP_TIMEOUT_S = 30.0
 MAX_PAGES = 500
 
-MODULES = {"aws": "providers.prices.refresh_aws", "azure": "providers.prices.refresh_azure",
-           "gcp": "providers.prices.refresh_gcp"}
+MODULES = {"aws": "providers.aws.prices", "azure": "providers.azure.prices",
+           "gcp": "providers.gcp.prices"}
 
 
 class RefreshError(Exception):

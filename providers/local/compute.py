@@ -1,6 +1,6 @@
 """The local provider: this machine is the "instance"; the engine runs as a detached process.
 
-``launch`` starts ``providers.local_supervisor`` in a new session (so the run outlives dqlctl and
+``launch`` starts ``providers.local.supervisor`` in a new session (so the run outlives dqlctl and
 its terminal), which runs the engine natively (``sys.executable -m engine``) or in a container
 (``--runtime docker|podman``) and records how it ended in the run's work directory. The instance
 id is ``local-<supervisor pid>``; the pid and its kernel start time are kept so that a recycled
@@ -168,11 +168,11 @@ class LocalProvider:
         tags = [f"--tag={k}={v}" for k, v in sorted(spec.tags.items())]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [self.python, "-m", "providers.local_supervisor", "--workdir", str(workdir),
+                [self.python, "-m", "providers.local.supervisor", "--workdir", str(workdir),
                  *tags, "--", *command],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, env=env,
-                cwd=str(Path(__file__).resolve().parents[1]))
+                cwd=str(Path(__file__).resolve().parents[2]))
         # Never waited on here: liveness comes from /proc (a zombie counts as exited) and the
         # supervisor's exit.json; subprocess reaps the child on a later Popen.
         return Instance(
@@ -203,7 +203,7 @@ class LocalProvider:
             except OSError:
                 continue
             args = [a.decode(errors="replace") for a in argv if a]
-            if "providers.local_supervisor" not in args or not wanted.issubset(args):
+            if "providers.local.supervisor" not in args or not wanted.issubset(args):
                 continue
             if not all(any(a.startswith(k) for a in args) for k in keys):
                 continue

@@ -37,7 +37,7 @@ from providers.base import (
     Offer,
     ProviderError,
 )
-from providers.gcp import LABEL, TAG, quiet_logger
+from providers.gcp.compute import LABEL, TAG, quiet_logger
 from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
 
 # --gpu NAME:COUNT -> VM size (the smallest size with that many of that GPU)
