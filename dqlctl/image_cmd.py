@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
 
 
 def container_engine(requested: str | None) -> str:
-    from providers.local.compute import CONTAINER_ENGINES, container_engine_available
+    from providers.containers import CONTAINER_ENGINES, container_engine_available
 
     for name in [requested] if requested else list(CONTAINER_ENGINES):
         if name and container_engine_available(name):

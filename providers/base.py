@@ -57,6 +57,8 @@ class Capability(enum.StrEnum):
 
 #: the tag every resource dqlctl creates carries: the run id it belongs to
 RUN_TAG = "dqlctl:run"
+#: the same tag where a cloud's label keys allow no ':' (GCE labels, Azure resource tags)
+RUN_LABEL = "dqlctl-run"
 
 
 @dataclass(frozen=True)

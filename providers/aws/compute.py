@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from providers.base import (
+    RUN_TAG,
     Capability,
     CheckResult,
     Instance,
@@ -46,7 +47,7 @@ DLAMI_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/"
 CAPACITY_ERRORS = frozenset({"InsufficientInstanceCapacity", "SpotMaxPriceTooLow",
                              "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded",
                              "VcpuLimitExceeded", "Unsupported", "InsufficientCapacity"})
-TAG = "dqlctl:run"
+TAG = RUN_TAG
 
 
 def _boto3() -> Any:

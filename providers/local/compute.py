@@ -32,10 +32,10 @@ from providers.base import (
     ProviderError,
     SshTarget,
 )
+from providers.containers import CONTAINER_ENGINES, container_engine_available, image_present
 from providers.jobs import LocalJobHandle
 
 DEFAULT_IMAGE = "dqlctl-engine:latest"
-CONTAINER_ENGINES = ("docker", "podman")
 RUNTIMES = ("auto", "native", *CONTAINER_ENGINES)
 
 
@@ -67,24 +67,6 @@ def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def container_engine_available(name: str) -> bool:
-    if shutil.which(name) is None:
-        return False
-    try:
-        proc = subprocess.run([name, "info"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
-
-
-def image_present(engine: str, image: str) -> bool:
-    try:
-        proc = subprocess.run([engine, "image", "inspect", image], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
 
 
 class LocalProvider:
