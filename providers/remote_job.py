@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from providers.base import LaunchSpec, ProviderError
+from providers.layout import EVENTS_FILE, STAGING_ENV, staged_experiment_dir
 from providers.ssh import SshSession, q
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -82,16 +83,14 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
 
     results = f"{workdir}/results"
     env = dict(env or {})
-    events_path = f"{results}/{job.experiment}/events.jsonl"
+    events_path = f"{results}/{job.experiment}/{EVENTS_FILE}"
     direct = direct and runtime == "native" and "://" in job.results_dir \
         and not job.results_dir.startswith("file://")
     if direct:
-        from engine.paths import staging_key
-
         staging = f"{workdir}/staging"
-        env["DQL_STAGING_DIR"] = staging
-        uri = f"{job.results_dir.rstrip('/')}/{job.experiment}"
-        events_path = f"{staging}/{staging_key(uri)}/{job.experiment}/events.jsonl"
+        env[STAGING_ENV] = staging
+        staged = staged_experiment_dir(staging, job.results_dir, job.experiment)
+        events_path = f"{staged}/{EVENTS_FILE}"
     results_arg = job.results_dir if direct else results
     if runtime == "native":
         session.put_bytes(app_tarball(), f"{workdir}/app.tar.gz", mode=0o644)

@@ -291,7 +291,7 @@ def data_error(data: str) -> str | None:
     bucket must be named (``providers.storage.parse_uri``)."""
     if "://" not in data:
         return None
-    from engine.paths import URI_SCHEMES
+    from providers.layout import URI_SCHEMES
     from providers.storage import StorageError, parse_uri
 
     scheme = data.split("://", 1)[0]
