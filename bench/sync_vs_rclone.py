@@ -1,4 +1,4 @@
-"""``dqlctl sync`` (its core, ``python -m providers.sync``) side by side with rclone.
+"""``dqlctl sync`` (its core, ``python -m providers.sync_cli``) side by side with rclone.
 
 Both tools run as fresh processes against the same local stand-ins (moto server, Azurite,
 fake-gcs-server; see ../shared/reference/LOCAL_CLOUD.md), on the same trees, with 4 transfers:
@@ -151,7 +151,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 def run_ours(tree: Path, uri: str, files: int, fresh: bool) -> float:
     env = dict(os.environ)
-    took, out = timed([sys.executable, "-m", "providers.sync", str(tree), uri, "--json",
+    took, out = timed([sys.executable, "-m", "providers.sync_cli", str(tree), uri, "--json",
                        "--transfers", "4"], env)
     result = json.loads(out)
     expected = files if fresh else 0

@@ -99,7 +99,7 @@ def start_writer(ctx: Any, rid: str, workdir: Path, events: Path, rate: int,
                  seconds: float) -> subprocess.Popen[str]:
     from dqlctl import registry as reg
     from providers.base import Instance
-    from providers.local import _proc_start_ticks
+    from providers.local.compute import _proc_start_ticks
 
     proc = subprocess.Popen([sys.executable, __file__, "--writer", str(workdir), str(events),
                              str(rate), str(seconds)], start_new_session=True,

@@ -1,15 +1,17 @@
 """``dqlctl image build|push``: the engine's container image.
 
 ``build`` uses whichever container engine answers (docker, then podman) on the Dockerfile at the
-project root. ``push --provider aws`` creates the ECR repository if missing, logs in with a token
-from ``get_authorization_token`` (passed on stdin, never on a command line) and pushes.
-Standard library only at import time.
+project root. ``push --provider NAME`` asks the provider to push (the ``ImageRegistry`` verb
+``push_image``, for providers with the ``IMAGE_REGISTRY`` capability: ECR on aws) and prints
+where the image went; a provider without a registry is refused with the list of those that have
+one. ``--json`` prints the result as one JSON object (the container engine's own output goes to
+stderr). Standard library only at import time.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,17 +30,19 @@ def register(sub: Any) -> None:
     b.add_argument("--tag", default=DEFAULT_TAG)
     b.add_argument("--cpu", action="store_true", help="CPU-only torch (smaller)")
     b.add_argument("--engine", choices=("docker", "podman"), help="default: the first that works")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=cmd_image)
     u = isub.add_parser("push", help="push the image to the provider's registry (ECR on aws)")
     u.add_argument("--provider", default="aws")
     u.add_argument("--tag", default=DEFAULT_TAG)
     u.add_argument("--engine", choices=("docker", "podman"))
     u.add_argument("--region")
+    u.add_argument("--json", action="store_true", help="print the result as JSON")
     u.set_defaults(func=cmd_image)
 
 
 def container_engine(requested: str | None) -> str:
-    from providers.local import CONTAINER_ENGINES, container_engine_available
+    from providers.containers import CONTAINER_ENGINES, container_engine_available
 
     for name in [requested] if requested else list(CONTAINER_ENGINES):
         if name and container_engine_available(name):
@@ -49,38 +53,53 @@ def container_engine(requested: str | None) -> str:
     raise DqlctlError(f"no container engine: {hint}", 3)
 
 
-def cmd_image(ctx: Any, args: argparse.Namespace) -> int:
-    engine = container_engine(args.engine)
-    if args.image_verb == "build":
-        cmd = [engine, "build", "-t", args.tag, "-f", str(ROOT / "Dockerfile")]
-        if args.cpu:
-            cmd += ["--build-arg", "VARIANT=cpu"]
-        proc = subprocess.run([*cmd, str(ROOT)])
-        if proc.returncode != 0:
-            raise DqlctlError(f"{engine} build failed (exit {proc.returncode})", 1)
-        print(f"built {args.tag} with {engine}", file=ctx.stdout)
-        return 0
-    if args.provider != "aws":
-        raise DqlctlError(f"image push to {args.provider!r} is not available yet (aws only)")
-    from providers.aws import AwsProvider
+def registry_providers() -> list[str]:
+    """The providers that can hold the engine image (capability ``IMAGE_REGISTRY``)."""
+    from providers import capabilities_of, provider_names
+    from providers.base import Capability
 
-    ecr = AwsProvider(home=str(ctx.home))._client("ecr", args.region)
-    repo_name = args.tag.split(":", 1)[0]
+    return [n for n in provider_names() if Capability.IMAGE_REGISTRY in capabilities_of(n)]
+
+
+def cmd_image(ctx: Any, args: argparse.Namespace) -> int:
+    if args.image_verb == "push":
+        return cmd_push(ctx, args)
+    engine = container_engine(args.engine)
+    cmd = [engine, "build", "-t", args.tag, "-f", str(ROOT / "Dockerfile")]
+    if args.cpu:
+        cmd += ["--build-arg", "VARIANT=cpu"]
+    # with --json the engine's own output goes to stderr, so stdout is the result alone
+    proc = subprocess.run([*cmd, str(ROOT)], stdout=2 if args.json else None)
+    if proc.returncode != 0:
+        raise DqlctlError(f"{engine} build failed (exit {proc.returncode})", 1)
+    if args.json:
+        print(json.dumps({"tag": args.tag, "engine": engine, "cpu": bool(args.cpu)}),
+              file=ctx.stdout)
+    else:
+        print(f"built {args.tag} with {engine}", file=ctx.stdout)
+    return 0
+
+
+def cmd_push(ctx: Any, args: argparse.Namespace) -> int:
+    from providers import capabilities_of, provider_names
+    from providers.base import Capability, ProviderError
+
+    if args.provider not in provider_names():
+        raise DqlctlError(f"unknown provider {args.provider!r} (known: "
+                          f"{', '.join(provider_names())})")
+    if Capability.IMAGE_REGISTRY not in capabilities_of(args.provider):
+        can = registry_providers()
+        raise DqlctlError(f"image push to {args.provider!r} is not available: {args.provider} "
+                          "has no image registry dqlctl can push to (providers that can: "
+                          f"{', '.join(can) or 'none'})")
+    engine = container_engine(args.engine)
     try:
-        repo = ecr.describe_repositories(repositoryNames=[repo_name])["repositories"][0]
-    except ecr.exceptions.RepositoryNotFoundException:
-        repo = ecr.create_repository(repositoryName=repo_name)["repository"]
-    auth = ecr.get_authorization_token()["authorizationData"][0]
-    user, _, password = base64.b64decode(auth["authorizationToken"]).decode().partition(":")
-    registry = auth["proxyEndpoint"].removeprefix("https://")
-    login = subprocess.run([engine, "login", "--username", user, "--password-stdin", registry],
-                           input=password.encode(), capture_output=True)
-    if login.returncode != 0:
-        raise DqlctlError(f"{engine} login to {registry} failed: "
-                          f"{login.stderr.decode().strip()[:200]}", 3)
-    remote = f"{repo['repositoryUri']}:{args.tag.partition(':')[2] or 'latest'}"
-    for step in ([engine, "tag", args.tag, remote], [engine, "push", remote]):
-        if subprocess.run(step).returncode != 0:
-            raise DqlctlError(f"`{' '.join(step[:2])}` failed", 1)
-    print(f"pushed {remote}", file=ctx.stdout)
+        pushed = ctx.provider(args.provider).push_image(args.tag, engine, region=args.region)
+    except ProviderError as exc:
+        raise DqlctlError(str(exc), exc.exit_code) from None
+    if args.json:
+        print(json.dumps(pushed.to_dict()), file=ctx.stdout)
+    else:
+        digest = f" ({pushed.digest})" if pushed.digest else ""
+        print(f"pushed {pushed.reference}{digest}", file=ctx.stdout)
     return 0

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import paths
+from providers import layout as paths
 
 TIME_COLUMNS = ("timestamp", "datetime", "date", "time")
 PRICE_COLUMNS = ("open", "high", "low", "close")

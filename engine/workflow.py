@@ -52,7 +52,7 @@ from typing import Any, TextIO
 
 from engine.config import BadInput, Config, ConfigError, apply_overrides
 from engine.events import EventWriter
-from engine.paths import staging_key
+from providers.layout import STAGING_ENV, experiment_uri, is_uri, staged_experiment_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SIGNAL_EXIT = {int(signal.SIGINT): 130, int(signal.SIGTERM): 143}
@@ -152,8 +152,6 @@ def default_signals() -> Iterator[None]:
 # -- locations ----------------------------------------------------------------------------------
 
 def _is_uri(name: str) -> bool:
-    from engine.paths import is_uri
-
     return is_uri(name)
 
 
@@ -169,9 +167,9 @@ def output_location(cfg: Config) -> tuple[Path, str | None]:
         root = root[len("file://"):]
     if not _is_uri(root):
         return Path(root).expanduser() / cfg.experiment_name, None
-    uri = f"{root.rstrip('/')}/{cfg.experiment_name}"
-    staging = Path(os.environ.get("DQL_STAGING_DIR") or _cache_dir("staging"))
-    return staging / staging_key(uri) / cfg.experiment_name, uri
+    staging = os.environ.get(STAGING_ENV) or str(_cache_dir("staging"))
+    return (Path(staged_experiment_dir(staging, root, cfg.experiment_name)),
+            experiment_uri(root, cfg.experiment_name))
 
 
 def local_data_file(name: str) -> str:

@@ -9,10 +9,10 @@ from providers.base import Capability
 
 # name -> "module:Class". Nothing here is imported until a provider is asked for.
 COMPUTE_PROVIDERS: dict[str, str] = {
-    "local": "providers.local:LocalProvider",
-    "aws": "providers.aws:AwsProvider",
-    "gcp": "providers.gcp:GcpProvider",
-    "azure": "providers.azure:AzureProvider",
+    "local": "providers.local.compute:LocalProvider",
+    "aws": "providers.aws.compute:AwsProvider",
+    "gcp": "providers.gcp.compute:GcpProvider",
+    "azure": "providers.azure.compute:AzureProvider",
 }
 # Named by the CLI before their adapters land, so the error can say so plainly.
 PLANNED_PROVIDERS: tuple[str, ...] = ()

@@ -17,7 +17,9 @@ detached; a no-op where ``launch`` already started it) and ``job(instance, spec)
 ``plan(spec) -> dict`` (what ``launch`` would create, for ``--dry-run``),
 ``price_per_hour(instance) -> float | None`` (what the instance costs) and
 ``collect(instance, spec)`` (bring the run's results to its results place; a no-op where they
-are already there). Provider-specific fields go in
+are already there). A provider with the ``IMAGE_REGISTRY`` capability is also an
+``ImageRegistry``: ``push_image(local_ref, engine) -> ImagePush`` (``dqlctl image push``).
+Provider-specific fields go in
 ``extra``. What a provider cannot do is declared in ``capabilities``, not discovered by try/except.
 Standard library only: this module is on the CLI's fast path.
 """
@@ -57,10 +59,14 @@ class Capability(enum.StrEnum):
     #: the engine on the machine writes results and checkpoints to the run's bucket itself, with
     #: the machine's own identity, so they survive the machine (spot recovery can resume them)
     DIRECT_RESULTS = "direct_results"
+    #: has a container registry the engine image can be pushed to (it is an ``ImageRegistry``)
+    IMAGE_REGISTRY = "image_registry"
 
 
 #: the tag every resource dqlctl creates carries: the run id it belongs to
 RUN_TAG = "dqlctl:run"
+#: the same tag where a cloud's label keys allow no ':' (GCE labels, Azure resource tags)
+RUN_LABEL = "dqlctl-run"
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,23 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
+class ImagePush:
+    """Where ``push_image`` put the engine image: ``repository:tag`` is what a VM pulls."""
+
+    provider: str
+    repository: str                         # the registry repository's URI, without a tag
+    tag: str
+    digest: str | None = None               # "sha256:..." when the container engine reports it
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reference": self.reference}
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """The state of the job on an instance, as the provider sees it."""
 
@@ -196,6 +219,21 @@ class ComputeProvider(Protocol):
     def plan(self, spec: LaunchSpec) -> dict[str, Any]: ...
     def price_per_hour(self, instance: Instance) -> float | None: ...
     def collect(self, instance: Instance, spec: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class ImageRegistry(Protocol):
+    """A provider that can hold the engine's container image (capability ``IMAGE_REGISTRY``).
+
+    ``push_image`` pushes the local image ``local_ref`` (``name:tag``) with the container engine
+    ``engine`` (``docker`` or ``podman``) to the provider's registry, creating the repository
+    when missing and logging the engine in without putting a secret on a command line.
+    ProviderError when the registry refuses; its ``exit_code`` is 1 when the container engine
+    itself failed.
+    """
+
+    def push_image(self, local_ref: str, engine: str,
+                   region: str | None = None) -> ImagePush: ...
 
 
 # -- what to run to install a missing extra ---------------------------------------------------------

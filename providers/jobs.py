@@ -1,6 +1,6 @@
 """Job handles: read a run's log and events from a byte offset and tell whether it has ended.
 
-A job on any machine has the same layout, written by ``providers.local_supervisor``::
+A job on any machine has the same layout, written by ``providers.local.supervisor``::
 
     <workdir>/engine.log     the engine's stdout and stderr
     <workdir>/job.json       {"pid": engine pid, "supervisor_pid": ...}, once started

@@ -7,7 +7,7 @@ Layout on the VM (``<root>`` is ``remote_root``, default ``~/dqlctl``)::
     <root>/runs/<run id>/secrets.env    0600, KEY=VALUE; read by the supervisor, never on a command line
     <root>/runs/<run id>/engine.log, job.json, exit.json, results/<experiment>/events.jsonl
 
-The engine runs under ``providers.local_supervisor`` on the VM exactly as it does locally, so a
+The engine runs under ``providers.local.supervisor`` on the VM exactly as it does locally, so a
 remote job ends the same way (``exit.json``) and is read by the same ``RemoteJobHandle``.
 
 Runtimes: ``native`` runs ``python -m engine`` with the VM's Python (a deep-learning image has
@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from providers.base import LaunchSpec, ProviderError
+from providers.layout import EVENTS_FILE, STAGING_ENV, staged_experiment_dir
 from providers.ssh import SshSession, q
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -82,16 +83,14 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
 
     results = f"{workdir}/results"
     env = dict(env or {})
-    events_path = f"{results}/{job.experiment}/events.jsonl"
+    events_path = f"{results}/{job.experiment}/{EVENTS_FILE}"
     direct = direct and runtime == "native" and "://" in job.results_dir \
         and not job.results_dir.startswith("file://")
     if direct:
-        from engine.paths import staging_key
-
         staging = f"{workdir}/staging"
-        env["DQL_STAGING_DIR"] = staging
-        uri = f"{job.results_dir.rstrip('/')}/{job.experiment}"
-        events_path = f"{staging}/{staging_key(uri)}/{job.experiment}/events.jsonl"
+        env[STAGING_ENV] = staging
+        staged = staged_experiment_dir(staging, job.results_dir, job.experiment)
+        events_path = f"{staged}/{EVENTS_FILE}"
     results_arg = job.results_dir if direct else results
     if runtime == "native":
         session.put_bytes(app_tarball(), f"{workdir}/app.tar.gz", mode=0o644)
@@ -120,7 +119,7 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     session.put_bytes(_env_file({**env, **(secrets or {})}), f"{workdir}/secrets.env",
                       mode=0o600)
     engine_cmd = " ".join(a if a.startswith("$(") else q(a) for a in engine)
-    supervisor = (f"{q(python)} -m providers.local_supervisor --workdir {q(workdir)} "
+    supervisor = (f"{q(python)} -m providers.local.supervisor --workdir {q(workdir)} "
                   f"--env-file {q(workdir + '/secrets.env')} --tag=dqlctl:run={q(spec.run_id)} "
                   f"-- {engine_cmd}")
     pythonpath = f"PYTHONPATH={q(workdir + '/app')} " if runtime == "native" else ""

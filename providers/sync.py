@@ -20,13 +20,11 @@ The core returns data (a :class:`SyncResult`); the CLI renders it. The steps:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fnmatch
 import json
 import os
 import random
-import sys
 import threading
 import time
 from collections import Counter
@@ -494,17 +492,3 @@ def human_size(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} GiB"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m providers.sync SRC DST [...]``: the core without the dqlctl CLI around it."""
-    parser = argparse.ArgumentParser(prog="python -m providers.sync",
-                                     description="Sync SRC to DST (paths or s3://, gs://, az://)")
-    from providers.sync_cli import add_arguments, run_from_args
-
-    add_arguments(parser)
-    return run_from_args(parser.parse_args(argv), sys.stdout, sys.stderr, "sync")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,19 @@
-"""The command-line face of ``providers.sync`` (``dqlctl sync`` and ``python -m providers.sync``):
-its flags, progress line and summary. Standard library only at import, so ``dqlctl --help``
-stays fast; the sync machinery loads when a sync runs."""
+"""The command-line face of ``providers.sync`` (``dqlctl sync`` and
+``python -m providers.sync_cli``): its flags, progress line and summary. Standard library only at
+import, so ``dqlctl --help`` stays fast; the sync machinery loads when a sync runs.
+
+One direction: this face imports the core (``providers.sync``), never the reverse."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sync flags, shared by ``dqlctl sync`` and ``python -m providers.sync``."""
+    """The sync flags, shared by ``dqlctl sync`` and ``python -m providers.sync_cli``."""
     parser.add_argument("src", metavar="SRC", help="a path or s3://, gs://, az:// URI")
     parser.add_argument("dst", metavar="DST")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -67,3 +71,15 @@ def run_from_args(args: argparse.Namespace, stdout: Any, stderr: Any, prog: str)
         for error in result.errors:
             print(f"{prog}: error: {error}", file=stderr)
     return result.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m providers.sync_cli SRC DST [...]``: the core without the dqlctl CLI around it."""
+    parser = argparse.ArgumentParser(prog="python -m providers.sync_cli",
+                                     description="Sync SRC to DST (paths or s3://, gs://, az://)")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv), sys.stdout, sys.stderr, "sync")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,16 @@
 """The SSH half every cloud provider shares: a run's key, SSH target, readiness, job start,
-follow and results collection (AWS, GCE and Azure differ only in how the VM is made)."""
+follow and results collection (AWS, GCE and Azure differ only in how the VM is made), and the
+small helpers their SDK code shares (``quiet_logger``). No cloud package imports another: what
+two clouds need lives here or in ``providers.base``."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,19 @@ from providers.base import (
 )
 
 DEFAULT_GPU = "T4:1"
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Silence an SDK's logger while it probes for credentials: a failed probe logs warnings
+    (to stderr, through logging's last-resort handler) that the one-line error already says."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def parse_gpu(gpu: str | None) -> tuple[str, int]:

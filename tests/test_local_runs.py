@@ -23,7 +23,7 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from dqlctl.errors import DqlctlError, ProviderFailure, UsageError
 from providers.base import RUN_TAG, Instance, ProviderError
-from providers.local import LocalProvider, pid_alive
+from providers.local.compute import LocalProvider, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--", "--n_envs", "4"]  # small engine settings for quick runs

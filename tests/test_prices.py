@@ -481,7 +481,7 @@ def test_aws_malformed_answer_keeps_the_previous_cache(price_api: PriceAPI,
 
 
 def test_aws_spot_price_history_for_accrued_cost(price_api: PriceAPI) -> None:
-    from providers.prices.refresh_aws import spot_price_history
+    from providers.aws.prices import spot_price_history
 
     price_api.aws_spot = {"us-east-1": [
         spot_item("p3.2xlarge", "us-east-1a", "0.40", "2026-11-29T10:00:00.000Z"),
@@ -595,7 +595,7 @@ def test_gcp_refresh_sums_the_parts_across_pages(price_api: PriceAPI, tmp_path: 
 
 
 def test_gcp_units_and_nanos() -> None:
-    from providers.prices.refresh_gcp import sku_price
+    from providers.gcp.prices import sku_price
 
     sku = gcp_sku("x running in Americas", "us-central1", 0)
     sku["pricingInfo"][0]["pricingExpression"]["tieredRates"][0]["unitPrice"].update(

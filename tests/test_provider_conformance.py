@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from engine.paths import resolve_data_path
 from providers import COMPUTE_PROVIDERS, get_provider
 from providers.base import (
     Capability,
@@ -31,6 +30,7 @@ from providers.base import (
     LaunchSpec,
     SshTarget,
 )
+from providers.layout import resolve_data_path
 from tests.fake_azure import FakeAzure, write_fake_az
 from tests.fake_gce import FakeGce, write_adc_key
 from tests.vm import AWS_KEYS, vm_sshd

@@ -23,7 +23,8 @@ import pytest
 
 from providers.storage import MD5, ObjectInfo, StorageError, open_store
 from providers.storage.local import LocalStore
-from providers.sync import Progress, main, sync
+from providers.sync import Progress, sync
+from providers.sync_cli import main
 from tests.test_storage_conformance import new_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,7 +302,7 @@ def test_an_unreadable_local_file_is_exit_2_and_nothing_copied(
     s3 = location("s3", tmp_path, request)
     tree = write_tree(tmp_path / "tree", SMALL_TREE)
     (tree / "a.txt").chmod(0o000)
-    argv = [sys.executable, "-m", "providers.sync", str(tree), s3]
+    argv = [sys.executable, "-m", "providers.sync_cli", str(tree), s3]
     if os.geteuid() == 0:       # root reads anything: drop the capabilities that allow it
         setpriv = shutil.which("setpriv")
         assert setpriv, "setpriv (util-linux) is needed to run this test as root"
@@ -317,7 +318,7 @@ def test_an_unreadable_local_file_is_exit_2_and_nothing_copied(
 # -- interrupted ------------------------------------------------------------------------------
 
 def _spawn(src: str, dst: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "providers.sync", src, dst, "--transfers",
+    return subprocess.Popen([sys.executable, "-m", "providers.sync_cli", src, dst, "--transfers",
                              "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 

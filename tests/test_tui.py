@@ -39,7 +39,7 @@ from dqlctl.tui.screens.modals import ConfirmScreen, InfoScreen  # noqa: E402
 from dqlctl.tui.screens.run_view import RunScreen  # noqa: E402
 from dqlctl.tui.widgets import CurvePanel, LogView  # noqa: E402
 from providers.base import Instance  # noqa: E402
-from providers.local import _proc_start_ticks, pid_alive  # noqa: E402
+from providers.local.compute import _proc_start_ticks, pid_alive  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 S = TypeVar("S")

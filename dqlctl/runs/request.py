@@ -98,7 +98,7 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
     if req.name is not None and not _NAME_RE.match(req.name):
         raise UsageError(f"run name {req.name!r} is not valid: use letters, digits, '.', '_' "
                          "and '-' (at most 63 characters)", field="name")
-    from engine.paths import DataFileNotFound, resolve_data_path
+    from providers.layout import DataFileNotFound, resolve_data_path
 
     try:
         return resolve_data_path(req.data)

@@ -34,6 +34,10 @@ GPU_COUNT_FIXES = {("azure", "Standard_ND96isr_H100_v5"): 8}
 RETIRED = {("azure", t): "retired 2023-08-31 (Azure NC-series v1, K80)"
            for t in ("Standard_NC6", "Standard_NC12", "Standard_NC24", "Standard_NC24r")}
 
+# Clouds whose reference rows fill a missing spot price with the on-demand one (Azure's export):
+# an equal spot price there means "unknown", not "no discount".
+SPOT_FILLED_FROM_ON_DEMAND = frozenset({"azure"})
+
 # Interruption bands known from the public sources in api_examples/ (AWS Spot Instance Advisor
 # data, Azure Resource Graph SpotResources). Canonical labels, see estimate.INTERRUPTION_BANDS.
 INTERRUPTION_BANDS = {
@@ -78,7 +82,7 @@ def normalise(reference_csv: str) -> list[dict[str, str]]:
             count = str(fix)
         on_demand = _num(src["on_demand_usd_per_hour"])
         spot = _num(src["spot_usd_per_hour"])
-        if provider == "azure" and spot and on_demand and float(spot) == float(on_demand):
+        if provider in SPOT_FILLED_FROM_ON_DEMAND and spot and on_demand and float(spot) == float(on_demand):
             notes.append("spot equal to on-demand in the reference (a fill-in, not a spot "
                          "price): spot unknown")
             spot = ""

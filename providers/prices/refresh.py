@@ -1,7 +1,7 @@
 """Live price refresh for the three clouds, all or nothing per cloud.
 
-``refresh(home, rows)`` asks each cloud's price API for the rows' prices (``refresh_aws``,
-``refresh_azure``, ``refresh_gcp``) and merges them into that cloud's cache under
+``refresh(home, rows)`` asks each cloud's price API for the rows' prices (the ``fetch`` of
+``providers.<cloud>.prices``, named in ``MODULES``) and merges them into that cloud's cache under
 ``<home>/prices/``. A cloud whose answer is malformed, partial (a page missing or broken) or
 refused leaves its previous cache exactly as it was, and its result says so and from when the
 kept prices are. Rows the answer does not mention keep their earlier price (cached or bundled)
@@ -41,8 +41,9 @@ from providers.prices.catalog import (
 HTTP_TIMEOUT_S = 30.0
 MAX_PAGES = 500
 
-MODULES = {"aws": "providers.prices.refresh_aws", "azure": "providers.prices.refresh_azure",
-           "gcp": "providers.prices.refresh_gcp"}
+# cloud -> the module holding its ``fetch``; imported when that cloud is refreshed.
+MODULES = {"aws": "providers.aws.prices", "azure": "providers.azure.prices",
+           "gcp": "providers.gcp.prices"}
 
 
 class RefreshError(Exception):
@@ -99,7 +100,7 @@ def refresh(home: str | os.PathLike[str], rows: Iterable[PriceRow],
     """Refresh the prices of ``rows`` (grouped by cloud) into the cache under ``home``.
 
     ``fetchers`` maps a cloud to a ``fetch(rows) -> (prices, endpoint)`` callable (default: the
-    ``refresh_<cloud>.fetch`` functions, imported when used).
+    ``fetch`` of each cloud's prices module, imported when used).
     """
     rows = list(rows)
     wanted = list(providers) if providers is not None else list(PROVIDERS)

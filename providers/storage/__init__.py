@@ -32,9 +32,9 @@ __all__ = ["CRC32C", "EXIT_BAD_INPUT", "EXIT_PROVIDER", "MD5", "STORES", "Cancel
 # scheme -> "module:Class"; loaded on first use.
 STORES: dict[str, str] = {
     "file": "providers.storage.local:LocalStore",
-    "s3": "providers.storage.s3:S3Store",
-    "gs": "providers.storage.gcs:GcsStore",
-    "az": "providers.storage.azure:AzureStore",
+    "s3": "providers.aws.storage:S3Store",
+    "gs": "providers.gcp.storage:GcsStore",
+    "az": "providers.azure.storage:AzureStore",
 }
 ALIASES = {"gcs": "gs", "azure": "az"}
 

@@ -5,6 +5,10 @@ hidden temporary file in the destination folder and renames it over the key, so 
 the old file or the whole new one. Temporary files left by a killed process are never listed,
 and are removed by a later listing once their owner is gone. md5 is computable (by reading the
 file), not stored: the local disk declares no hash of its own.
+
+It lives in the storage leaf, not in ``providers/local/``: it is the engine's default store (a
+bare path is ``file://``) and the reference every backend is tested against, and the engine may
+import the storage leaf but no cloud's package; the local *compute* provider does not need it.
 """
 
 from __future__ import annotations

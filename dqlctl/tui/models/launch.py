@@ -77,11 +77,11 @@ class FormError(Exception):
 def data_error(data: str) -> str | None:
     """What is wrong with a data location written as a URI; None for a path or a good URI.
 
-    The engine reads ``s3://``, ``gs://``, ``az://`` and ``file://`` (``engine.paths``); the
+    The engine reads ``s3://``, ``gs://``, ``az://`` and ``file://`` (``providers.layout``); the
     bucket must be named (``providers.storage.parse_uri``)."""
     if "://" not in data:
         return None
-    from engine.paths import URI_SCHEMES
+    from providers.layout import URI_SCHEMES
     from providers.storage import StorageError, parse_uri
 
     scheme = data.split("://", 1)[0]

@@ -15,21 +15,21 @@ blocking, as Google recommends), not with client-side sleeps.
 Credentials are Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS`` or
 ``gcloud auth application-default login``). The SDK is imported lazily. Endpoints can be set in
 ``[providers.gcp]`` (``compute_endpoint``, ``iam_endpoint``, ``storage_endpoint``): the tests point
-them at a local server that answers the real REST shapes. ``SshVm`` (providers/vm.py, the SSH half shared with the
-Azure provider: key, wait for sshd, pin its host key, start/follow/collect the job) lives here.
+them at a local server that answers the real REST shapes. The SSH half shared with
+the other VM clouds (key, wait for sshd, pin its host key, start/follow/collect the job) is
+``SshVm`` in providers/vm.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from providers.base import (
+    RUN_LABEL,
+    RUN_TAG,
     Capability,
     CheckResult,
     Instance,
@@ -38,10 +38,10 @@ from providers.base import (
     ProviderError,
     install_hint,
 )
-from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
+from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, quiet_logger, smallest_for_gpu
 
-TAG = "dqlctl:run"           # the run's tag as dqlctl's core knows it (Instance.tags)
-LABEL = "dqlctl-run"         # the same on the cloud (GCE label keys allow no ':')
+TAG = RUN_TAG                # the run's tag as dqlctl's core knows it (Instance.tags)
+LABEL = RUN_LABEL            # the same on the cloud (GCE label keys allow no ':')
 
 # --gpu NAME:COUNT -> (machine type, accelerator type or None when the machine type has it built in)
 GPU_MACHINES: dict[str, dict[int, tuple[str, str | None]]] = {
@@ -67,22 +67,6 @@ CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 BUCKET_ROLE = "roles/storage.objectAdmin"
 NO_CREDENTIALS = ("no Google Cloud credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a "
                   "service-account key file or run `gcloud auth application-default login`")
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str) -> Iterator[None]:
-    """Silence an SDK's logger while it probes for credentials: a failed probe logs warnings
-    (to stderr, through logging's last-resort handler) that the one-line error already says."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-# -- the SSH half every VM provider shares --------------------------------------------------------
 
 
 # -- Google specifics -------------------------------------------------------------------------------

@@ -1,6 +1,16 @@
-"""Where a data file named on the command line really is. Standard library only (dqlctl uses it).
+"""The contract the engine, the providers and dqlctl share: where data is, where results go.
 
-A path that exists is used as it is. A bare file name is looked up, in order, under ``./data/``,
+DESIGN.md: "anything both need, like the results layout, lives in a small contract module that
+neither side owns alone". The engine writes by these rules, the providers (``remote_job``)
+and dqlctl find its files by them; so each rule is written once, here. Standard library only;
+the engine may import it (and the storage leaf) and nothing else from ``providers``.
+
+Results layout: a run writes ``<results_dir>/<experiment>/`` (``EVENTS_FILE`` in it is the
+event stream dqlctl follows). When ``results_dir`` is an object-storage URI the engine writes
+into a local staging folder first, ``<$DQL_STAGING_DIR>/<staging_key(uri)>/<experiment>/``
+(``staged_experiment_dir``), and uploads from there.
+
+Data location: a path that exists is used as it is. A bare file name is looked up, in order, under ``./data/``,
 under ``$DQL_DATA_DIR``, and in the project's bundled ``data/`` folder (the predecessor's users
 type ``--data_file test_small.csv``). Storage URIs (``s3://``, ``gs://``, ``az://``) pass through
 unchanged; ``file://`` is stripped to a path.
@@ -13,6 +23,10 @@ import os
 from pathlib import Path
 
 URI_SCHEMES = ("s3://", "gs://", "az://")
+#: the engine's event stream, one JSON object per line, in the experiment's folder
+EVENTS_FILE = "events.jsonl"
+#: where the engine stages results bound for object storage (default: its cache folder)
+STAGING_ENV = "DQL_STAGING_DIR"
 BUNDLED_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 
 
@@ -59,3 +73,15 @@ def staging_key(uri: str) -> str:
     experiment's own URI) keeps its files: ``<root>/<key>/<experiment>``. dqlctl finds a remote
     engine's events there."""
     return hashlib.sha1(uri.encode()).hexdigest()[:12]
+
+
+def experiment_uri(results_dir: str, experiment: str) -> str:
+    """The experiment's own place under ``results_dir`` (a URI or a path)."""
+    return f"{results_dir.rstrip('/')}/{experiment}"
+
+
+def staged_experiment_dir(staging_root: str, results_dir: str, experiment: str) -> str:
+    """The local folder where a run whose results go to the URI ``results_dir`` stages the
+    experiment ``experiment``: ``<staging_root>/<staging_key>/<experiment>``."""
+    key = staging_key(experiment_uri(results_dir, experiment))
+    return f"{staging_root.rstrip('/')}/{key}/{experiment}"

@@ -1,6 +1,6 @@
 """The small process that owns a local run: starts the engine, forwards signals, records the end.
 
-``python -m providers.local_supervisor --workdir DIR --tag dqlctl:run=ID -- ARGV...``
+``python -m providers.local.supervisor --workdir DIR --tag dqlctl:run=ID -- ARGV...``
 
 It is started by the local provider in a new session (detached from the terminal), so a run
 survives dqlctl exiting. It writes ``DIR/job.json`` when the engine has started (the engine's pid)

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from providers.base import (
+    RUN_LABEL,
+    RUN_TAG,
     Capability,
     CheckResult,
     Instance,
@@ -38,8 +40,10 @@ from providers.base import (
     ProviderError,
     install_hint,
 )
-from providers.gcp import LABEL, TAG, quiet_logger
-from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
+from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, quiet_logger, smallest_for_gpu
+
+TAG = RUN_TAG                # the run's tag as dqlctl's core knows it (Instance.tags)
+LABEL = RUN_LABEL            # the same on Azure resources (a tag key, kept ':'-free like GCE's)
 
 # --gpu NAME:COUNT -> VM size (the smallest size with that many of that GPU)
 GPU_SIZES: dict[str, dict[int, str]] = {

@@ -1,6 +1,6 @@
 """The local provider: this machine is the "instance"; the engine runs as a detached process.
 
-``launch`` starts ``providers.local_supervisor`` in a new session (so the run outlives dqlctl and
+``launch`` starts ``providers.local.supervisor`` in a new session (so the run outlives dqlctl and
 its terminal), which runs the engine natively (``sys.executable -m engine``) or in a container
 (``--runtime docker|podman``) and records how it ended in the run's work directory. The instance
 id is ``local-<supervisor pid>``; the pid and its kernel start time are kept so that a recycled
@@ -14,7 +14,6 @@ runs natively. Standard library only.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,10 +32,15 @@ from providers.base import (
     SshTarget,
     install_hint,
 )
+from providers.containers import (
+    CONTAINER_ENGINES,
+    container_engine_available,
+    container_engine_item,
+    image_present,
+)
 from providers.jobs import LocalJobHandle
 
 DEFAULT_IMAGE = "dqlctl-engine:latest"
-CONTAINER_ENGINES = ("docker", "podman")
 RUNTIMES = ("auto", "native", *CONTAINER_ENGINES)
 
 
@@ -68,39 +72,6 @@ def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def container_engine_available(name: str) -> bool:
-    """Whether ``name`` (docker or podman) is installed and its daemon answers ``info``."""
-    if shutil.which(name) is None:
-        return False
-    try:
-        proc = subprocess.run([name, "info"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
-
-
-def container_engine_item() -> CheckItem:
-    """``check``'s line about container engines: usable only when a daemon answers ``info``
-    (a client binary alone cannot run anything). Optional, so never a failed check."""
-    found = [e for e in CONTAINER_ENGINES if shutil.which(e)]
-    if not found:
-        return CheckItem("container engine (optional)", True, "none; runs use --runtime native")
-    answering = [e for e in found if container_engine_available(e)]
-    silent = [f"{e}: client found, daemon not answering" for e in found if e not in answering]
-    detail = "; ".join([*(f"{e}: daemon answers" for e in answering), *silent])
-    if not answering:
-        detail += " (start it, or use --runtime native)"
-    return CheckItem("container engine (optional)", True, detail)
-
-
-def image_present(engine: str, image: str) -> bool:
-    try:
-        proc = subprocess.run([engine, "image", "inspect", image], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return proc.returncode == 0
 
 
 class LocalProvider:
@@ -181,11 +152,11 @@ class LocalProvider:
         tags = [f"--tag={k}={v}" for k, v in sorted(spec.tags.items())]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [self.python, "-m", "providers.local_supervisor", "--workdir", str(workdir),
+                [self.python, "-m", "providers.local.supervisor", "--workdir", str(workdir),
                  *tags, "--", *command],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, env=env,
-                cwd=str(Path(__file__).resolve().parents[1]))
+                cwd=str(Path(__file__).resolve().parents[2]))
         # Never waited on here: liveness comes from /proc (a zombie counts as exited) and the
         # supervisor's exit.json; subprocess reaps the child on a later Popen.
         return Instance(
@@ -216,7 +187,7 @@ class LocalProvider:
             except OSError:
                 continue
             args = [a.decode(errors="replace") for a in argv if a]
-            if "providers.local_supervisor" not in args or not wanted.issubset(args):
+            if "providers.local.supervisor" not in args or not wanted.issubset(args):
                 continue
             if not all(any(a.startswith(k) for a in args) for k in keys):
                 continue

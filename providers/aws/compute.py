@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from providers.base import (
+    RUN_TAG,
     Capability,
     CheckResult,
+    ImagePush,
     Instance,
     LaunchSpec,
     Offer,
@@ -47,7 +49,7 @@ DLAMI_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/"
 CAPACITY_ERRORS = frozenset({"InsufficientInstanceCapacity", "SpotMaxPriceTooLow",
                              "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded",
                              "VcpuLimitExceeded", "Unsupported", "InsufficientCapacity"})
-TAG = "dqlctl:run"
+TAG = RUN_TAG
 
 
 def _boto3() -> Any:
@@ -92,7 +94,8 @@ class AwsProvider(SshVm):
     name = "aws"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER, Capability.PRICES,
-                              Capability.DIRECT_RESULTS})  # the role writes the run's bucket
+                              Capability.DIRECT_RESULTS,  # the role writes the run's bucket
+                              Capability.IMAGE_REGISTRY})  # ECR (providers/aws/images.py)
 
     def __init__(self, home: str | os.PathLike[str] | None = None,
                  ssh_host_override: str | None = None, remote_root: str = "dqlctl",
@@ -133,6 +136,12 @@ class AwsProvider(SshVm):
         return self._session(region).client(service)
 
     # -- verbs -----------------------------------------------------------------------------------
+
+    def push_image(self, local_ref: str, engine: str, region: str | None = None) -> ImagePush:
+        """Push the engine image to ECR (``ImageRegistry``; see providers/aws/images.py)."""
+        from providers.aws.images import push_to_ecr
+
+        return push_to_ecr(self._client("ecr", region), local_ref, engine, self.name)
 
     def check(self) -> CheckResult:
         def probe() -> str:

@@ -1,0 +1,89 @@
+"""`dqlctl image push` through the provider verb ``push_image`` (capability IMAGE_REGISTRY).
+
+AWS pushes to ECR (moto) with a stand-in container engine: a script named ``docker`` that
+records what it was asked and answers like docker. Providers without a registry are refused with
+the list of those that have one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from dqlctl.cli import main
+from dqlctl.context import Context
+from providers import capabilities_of, provider_class, provider_names
+from providers.base import Capability, ImageRegistry
+
+FAKE_ENGINE = """#!/bin/sh
+echo "$@" >> "{log}"
+case "$1" in
+  info) exit 0 ;;
+  login) cat > "{log}.stdin"; exit 0 ;;
+  image) echo "${{5%:*}}@sha256:0123abcd"; exit 0 ;;
+  push) echo "pushing $2"; exit {push_rc} ;;
+esac
+exit 0
+"""
+
+
+def fake_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, push_rc: int = 0) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "engine.log"
+    script = bin_dir / "docker"
+    script.write_text(FAKE_ENGINE.format(log=log, push_rc=push_rc))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return log
+
+
+def run(argv: list[str], home: Path) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, Context(home=home, stdout=out, stderr=err))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_registry_capability_means_the_verb() -> None:
+    for name in provider_names():
+        if Capability.IMAGE_REGISTRY in capabilities_of(name):
+            assert issubclass(provider_class(name), ImageRegistry)
+    assert Capability.IMAGE_REGISTRY in capabilities_of("aws")
+
+
+def test_push_to_a_provider_without_a_registry_names_those_with_one(tmp_path: Path) -> None:
+    code, _, err = run(["image", "push", "--provider", "gcp"], tmp_path)
+    assert code == 2
+    assert "not available" in err and "providers that can: aws" in err
+    code, _, err = run(["image", "push", "--provider", "nosuch"], tmp_path)
+    assert code == 2 and "unknown provider 'nosuch'" in err
+
+
+def test_push_to_ecr_json(tmp_path: Path, aws_env: str,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    log = fake_engine(tmp_path, monkeypatch)
+    code, out, err = run(["image", "push", "--json", "--region", "us-east-1"], tmp_path)
+    assert code == 0, err
+    pushed = json.loads(out)
+    assert pushed["provider"] == "aws" and pushed["tag"] == "latest"
+    assert pushed["repository"].endswith("/dqlctl-engine")
+    assert pushed["reference"] == pushed["repository"] + ":latest"
+    assert pushed["digest"] == "sha256:0123abcd"
+    calls = log.read_text()
+    assert f"push {pushed['reference']}" in calls
+    password = Path(f"{log}.stdin").read_text()
+    assert password and password not in calls          # the token went on stdin only
+    # a second push finds the repository
+    code, out, _ = run(["image", "push", "--region", "us-east-1"], tmp_path)
+    assert code == 0 and out.startswith(f"pushed {pushed['reference']} (sha256:0123abcd)")
+
+
+def test_failed_push_exits_1(tmp_path: Path, aws_env: str,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_engine(tmp_path, monkeypatch, push_rc=1)
+    code, _, err = run(["image", "push", "--region", "us-east-1"], tmp_path)
+    assert code == 1 and "`docker push` failed" in err
