@@ -1,7 +1,16 @@
-"""The environment a command runs in, injected (httpie's ``Environment``): tests pass their own."""
+"""The environment a command runs in, injected (httpie's ``Environment``): tests pass their own.
+
+Where things live (the XDG base directories): runs and the registry in ``$XDG_DATA_HOME/dqlctl``
+(``~/.local/share/dqlctl``), ``config.toml`` in ``$XDG_CONFIG_HOME/dqlctl`` (``~/.config/dqlctl``),
+the live-price cache in ``$XDG_CACHE_HOME/dqlctl`` (``providers.prices.catalog.cache_dir``).
+A config file at the old place (``~/.local/share/dqlctl/config.toml``) is still read when the new
+one does not exist. An explicit home (``$DQLCTL_HOME``, or ``Context(home=...)`` in tests) holds
+all three itself, so several installations or test runs never share a file.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -9,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from dqlctl.registry import Registry, default_home
+from dqlctl.registry import Registry, data_home, default_home
 
 
 @dataclass
@@ -31,13 +40,24 @@ class Context:
         return self._registry
 
     @property
+    def config_path(self) -> Path:
+        """``config.toml``: in ``$XDG_CONFIG_HOME/dqlctl`` for the default home (the old
+        ``<home>/config.toml`` is read while the new one does not exist), else in the home."""
+        old = self.home / "config.toml"
+        if self.home != data_home():
+            return old
+        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        new = Path(base) / "dqlctl" / "config.toml"
+        return new if new.exists() or not old.exists() else old
+
+    @property
     def config(self) -> dict[str, Any]:
-        """``<home>/config.toml`` (absent means defaults). ``[providers.NAME]`` tables hold
+        """``config_path`` (absent means defaults). ``[providers.NAME]`` tables hold
         provider settings, e.g. ``[providers.aws] ssh_host_override = "127.0.0.1:2222"``."""
         if self._config is None:
             import tomllib
 
-            path = self.home / "config.toml"
+            path = self.config_path
             try:
                 with open(path, "rb") as fh:
                     self._config = tomllib.load(fh)
@@ -59,7 +79,7 @@ class Context:
             except TypeError as exc:
                 from dqlctl.errors import UsageError
 
-                raise UsageError(f"{self.home / 'config.toml'} [providers.{name}]: {exc}") \
+                raise UsageError(f"{self.config_path} [providers.{name}]: {exc}") \
                     from None
         return self.providers[name]
 

@@ -170,8 +170,11 @@ def _bill(closed_s: float, since: float | None, to_state: str,
 
 def default_home() -> Path:
     env = os.environ.get("DQLCTL_HOME")
-    if env:
-        return Path(env)
+    return Path(env) if env else data_home()
+
+
+def data_home() -> Path:
+    """dqlctl's home when ``$DQLCTL_HOME`` names none: ``$XDG_DATA_HOME/dqlctl``."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "dqlctl"
 

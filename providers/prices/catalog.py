@@ -111,11 +111,22 @@ class LivePrice:
 
 
 def cache_dir(home: str | os.PathLike[str]) -> Path:
-    return Path(home) / "prices"
+    """Where live prices are cached for dqlctl's ``home``: ``$XDG_CACHE_HOME/dqlctl/prices``
+    (``~/.cache/dqlctl/prices``) for the default home (``$XDG_DATA_HOME/dqlctl``); inside an
+    explicit home (``$DQLCTL_HOME``, tests) ``<home>/prices``, so it holds all its files."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    if Path(home) != Path(data) / "dqlctl":
+        return Path(home) / "prices"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "dqlctl" / "prices"
 
 
 def cache_path(home: str | os.PathLike[str], provider: str) -> Path:
-    return cache_dir(home) / f"{provider}.json"
+    """The provider's cache file; one at the old place (``<home>/prices``) is still read while
+    the new one does not exist."""
+    path = cache_dir(home) / f"{provider}.json"
+    old = Path(home) / "prices" / f"{provider}.json"
+    return path if path.exists() or not old.exists() else old
 
 
 class CacheError(Exception):
@@ -154,7 +165,7 @@ def write_cache(home: str | os.PathLike[str], provider: str, prices: dict[str, L
             merged[key] = entry
     data = {"schema": CACHE_SCHEMA, "provider": provider, "updated_at": fetched_at,
             "updated": _iso(fetched_at), "endpoint": endpoint, "prices": merged}
-    path = cache_path(home, provider)
+    path = cache_dir(home) / f"{provider}.json"  # always the new place (the old is only read)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
