@@ -11,8 +11,13 @@ if TYPE_CHECKING:
     from dqlctl.tui.models.cost import CostView
     from dqlctl.tui.models.dashboard import RunRow
     from dqlctl.tui.models.launch import Checked
+    from dqlctl.tui.models.offers import FormOptions
     from dqlctl.tui.models.run_view import RunInfo
     from providers.sync import Progress, SyncResult
+
+
+# (provider, region the instance types are priced in, spot): what the launch form's options are for
+OptionsKey = tuple[str, str, bool]
 
 
 class _Msg(Message):
@@ -111,3 +116,12 @@ class CostReady(_Msg):
 
     view: CostView | None
     error: str | None = None
+
+
+@dataclass(eq=False)
+class OptionsReady(_Msg):
+    """The launch form's Region / Instance type choices for ``key``, and how long they took."""
+
+    key: OptionsKey
+    options: FormOptions
+    elapsed_s: float

@@ -39,25 +39,27 @@ budget buys at the offer's $/h, which is the figure the budget actually enforces
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.events import DescendantFocus, Resize
-from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Header, Input, Label, Select, Static, Switch
 from textual.worker import get_current_worker
 
 from dqlctl import runs
-from dqlctl.tui.messages import FormChecked, LaunchDone, LaunchProgress
+from dqlctl.tui.messages import (
+    FormChecked,
+    LaunchDone,
+    LaunchProgress,
+    OptionsKey,
+    OptionsReady,
+)
 from dqlctl.tui.models.check import CheckCache
 from dqlctl.tui.models.common import one_line, worker_context
 from dqlctl.tui.models.launch import (
@@ -72,6 +74,7 @@ from dqlctl.tui.models.launch import (
     tui_providers,
 )
 from dqlctl.tui.models.offers import FormOptions, form_options
+from dqlctl.tui.screens.launch_plan import PlanView
 from providers import AUTO
 
 if TYPE_CHECKING:
@@ -82,8 +85,6 @@ SPOT_TEXT = {True: "spot: cheaper, can be interrupted (the run resumes)",
              False: "on-demand: full price, never interrupted"}
 SHORT_BELOW = (32, 44)  # rows under which the form drops its spacing: (local, cloud)
 PROVIDER_LABELS = {AUTO: f"{AUTO} (the cheapest offer that fits)"}
-# (provider, region the instance types are priced in, spot)
-OptionsKey = tuple[str, str, bool]
 
 
 def _provider_options() -> list[tuple[str, str]]:
@@ -95,15 +96,6 @@ def _provider_options() -> list[tuple[str, str]]:
     planned = sorted(set(PLANNED_PROVIDERS) - set(usable))
     return [(PROVIDER_LABELS.get(n, n), n) for n in usable] + \
         [(f"{n} (CLI only for now)", n) for n in planned]
-
-
-@dataclass(eq=False)
-class OptionsReady(Message):
-    """The Region / Instance type choices for ``key``, and how long they took to compute."""
-
-    key: OptionsKey
-    options: FormOptions
-    elapsed_s: float
 
 
 class LaunchScreen(Screen[None]):
@@ -172,7 +164,7 @@ class LaunchScreen(Screen[None]):
             yield from self._row("engine_flags", "Engine flags", Input(
                 v.engine_flags, placeholder="e.g. --n_envs 4 --seed 3", id="engine_flags",
                 compact=True))
-            yield Static("", id="plan")
+            yield PlanView("", id="plan")
         with Horizontal(id="buttons"):
             yield Button("Launch  ^l", id="launch", variant="success", disabled=True,
                          compact=True)
@@ -369,7 +361,7 @@ class LaunchScreen(Screen[None]):
             self._creds[checked.target] = checked.errors.get("provider")
         self._show_errors(checked)
         self._follow_plan(checked)
-        self._show_plan(checked)
+        self.query_one(PlanView).show(checked)
         self.query_one("#launch", Button).disabled = not checked.ok or self.launching
         if self.launch_when_checked and checked.credentials != "pending":
             self.launch_when_checked = False
@@ -411,36 +403,6 @@ class LaunchScreen(Screen[None]):
             self._default_region[values.provider] = str(region)
             self.query_one("#region", Select).prompt = self._region_prompt(values.provider)
             self._request_options()
-
-    def _show_plan(self, checked: Checked) -> None:
-        plan = self.query_one("#plan", Static)
-        if checked.plan is None:
-            plan.update(Text("Fix the field marked above to see the plan.", style="dim"))
-            return
-
-        def grid() -> Table:
-            table = Table.grid(padding=(0, 2))
-            table.add_column(style="dim", no_wrap=True)
-            table.add_column()
-            return table
-
-        parts: list[Any] = []
-        if checked.errors:
-            parts.append(Text("✗ Fix the fields marked above to launch.", style="bold red"))
-        if checked.cost:  # first: what it costs is what the operator looks for
-            cost = grid()
-            cost.add_row(Text("Cost", style="bold"),
-                         Text("price catalog; the estimate uses Hours (est.)", style="dim"))
-            for key, value in checked.cost:
-                cost.add_row(key, Text(value, style="bold" if key == "estimate" else ""))
-            parts += [cost, Text("")]
-        steps = grid()
-        steps.add_row(Text("Plan", style="bold"), Text("what launch will do", style="dim"))
-        for key, value in checked.plan.items():
-            if value is not None:
-                steps.add_row(key.replace("_", " "), str(value))
-        parts.append(steps)
-        plan.update(Group(*parts))
 
     # -- launching --------------------------------------------------------------------------------
 
