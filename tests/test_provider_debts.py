@@ -61,7 +61,7 @@ def gce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RecordingGc
 
 
 def _gcp(gce: FakeGce, home: Path) -> Any:
-    from providers.gcp import GcpProvider
+    from providers.gcp.compute import GcpProvider
 
     return GcpProvider(home=home, compute_endpoint=gce.url, iam_endpoint=gce.url,
                        storage_endpoint=gce.url, ssh_cidr=CIDR)
@@ -122,7 +122,7 @@ def _fake_engine(bin_dir: Path, name: str, info_exit: int) -> None:
 
 
 def _engine_line(monkeypatch: pytest.MonkeyPatch, bin_dir: Path) -> Any:
-    from providers.local import LocalProvider
+    from providers.local.compute import LocalProvider
 
     monkeypatch.setenv("PATH", str(bin_dir))
     result = LocalProvider().check()

@@ -96,11 +96,21 @@ def app_for(home: Path) -> DqlApp:
     return DqlApp(Context(home=home, clock=fixed_clock), refresh_s=0.2, poll_s=0.02)
 
 
-async def steady(pilot: Pilot[Any]) -> None:
-    """No blinking cursor (a picture taken mid-blink would differ), then one more frame."""
+async def steady(pilot: Pilot[Any], deadline_s: float = 20.0) -> None:
+    """No blinking cursor (a picture taken mid-blink would differ), then frames until the screen
+    stops changing: three pictures in a row the same (a loaded machine can take several frames to
+    settle a layout, e.g. a table's widths and scrollbars after its rows arrive)."""
     for box in pilot.app.screen.query(Input):
         box.cursor_blink = False
-    await pilot.pause()
+    deadline = time.monotonic() + deadline_s
+    last, same = None, 0
+    while same < 2:
+        await pilot.pause()
+        await pilot.wait_for_scheduled_animations()
+        picture = pilot.app.export_screenshot()
+        same = same + 1 if picture == last else 0
+        last = picture
+        assert time.monotonic() < deadline, "the screen never settled"
 
 
 async def dashboard_loaded(pilot: Pilot[Any]) -> DashboardScreen:
