@@ -135,9 +135,9 @@ def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     extra: dict[str, Any] = {"keep": req.keep, "max_recoveries": req.max_recoveries}
     if req.max_cost is not None:
         extra["max_cost"] = req.max_cost
-    for name in ("idle_minutes", "collect_grace_minutes"):  # the VM's self-care
-        if getattr(req, name) is not None:
-            extra[name] = getattr(req, name)
+    for key in ("idle_minutes", "collect_grace_minutes"):  # the VM's self-care
+        if getattr(req, key) is not None:
+            extra[key] = getattr(req, key)
     if req.ssh_cidr:
         extra["ssh_cidr"] = req.ssh_cidr
     if req.image_id:
