@@ -191,6 +191,42 @@ def vm(tmp_path: Path) -> Iterator[tuple[SshTarget, dict[str, Any]]]:
         yield SshTarget("127.0.0.1", info["port"], "root", str(key), info["host_key"]), info
 
 
+def recording_python(tmp_path: Path) -> Path:
+    """The VM's python: ``-m engine`` records instead of training (no shell in between)."""
+    python = tmp_path / "python"
+    python.write_text(f"#!{sys.executable}\nimport os, sys\n"
+                      "if sys.argv[1:4] != ['-u', '-m', 'engine']:\n"
+                      f"    os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])\n"
+                      "sys.argv = sys.argv[3:]\n" + RECORDER)
+    python.chmod(0o755)
+    return python
+
+
+def test_a_collector_tells_the_vm_to_shut_down_now(tmp_path: Path,
+                                                    vm: tuple[SshTarget, dict[str, Any]]) -> None:
+    from providers.jobs import RemoteJobHandle
+    from providers.ssh import SshSession
+
+    target, info = vm
+    data = tmp_path / "d.csv"
+    data.write_text("date,close\n")
+    spec = LaunchSpec(run_id="collectme", name="n",
+                      job=JobSpec(["train"], str(data), "/results", "e"))
+    with SshSession(target).connect() as session:
+        out = start_remote_job(session, spec, root=str(info["root"]),
+                               python=str(recording_python(tmp_path)), runtime="native",
+                               selfcare=SelfCare(idle_minutes=None))  # waits 30 min to collect
+    handle = RemoteJobHandle(target, out["workdir"], out["events_path"])
+    wait_for(Path(out["workdir"]) / "exit.json")
+    log = Path(info["root"]) / "shutdown.log"
+    assert not log.exists()
+    assert handle.mark_collected()
+    handle.close()
+    wait_for(log)
+    (call,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert call["argv"] == ["-h", "now"] and call["cwd"] == out["workdir"]
+
+
 @pytest.mark.parametrize("runtime", ["native", "docker"])
 def test_hostile_values_over_ssh(tmp_path: Path, vm: tuple[SshTarget, dict[str, Any]],
                                  runtime: str) -> None:
@@ -204,13 +240,7 @@ def test_hostile_values_over_ssh(tmp_path: Path, vm: tuple[SshTarget, dict[str, 
     data = tmp_path / "data" / case["data"]
     data.parent.mkdir()
     data.write_text("date,close\n")
-    # the VM's python: the engine module records instead of training (no shell in between)
-    python = tmp_path / "python"
-    python.write_text(f"#!{sys.executable}\nimport os, sys\n"
-                      "if sys.argv[1:4] != ['-u', '-m', 'engine']:\n"
-                      f"    os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])\n"
-                      "sys.argv = sys.argv[3:]\n" + RECORDER)
-    python.chmod(0o755)
+    python = recording_python(tmp_path)
     secrets = dict(case["env"])
     with SshSession(target).connect() as session:
         out = start_remote_job(session, spec_of(case, str(data)), root=str(info["root"]),
