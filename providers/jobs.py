@@ -9,7 +9,9 @@ A job on any machine has the same layout, written by ``providers.local.superviso
 
 ``LocalJobHandle`` reads it from this machine's disk; ``RemoteJobHandle`` over SSH/SFTP, and
 reconnects (with backoff) when the connection drops, resuming from the caller's offset.
-``stop()`` asks the job to end (SIGTERM to its supervisor: the engine checkpoints first).
+``stop()`` asks the job to end (SIGTERM to its supervisor: the engine checkpoints first);
+``RemoteJobHandle.mark_collected()`` tells a VM whose run has ended that its results are safe,
+so it shuts itself down now (providers/local/supervisor.py, self-care).
 """
 
 from __future__ import annotations
@@ -173,6 +175,19 @@ class RemoteJobHandle:
             code, _, _ = s.run(f"kill -TERM {int(job['supervisor_pid'])}", timeout=30)
             return code == 0
         return bool(self._call(term))
+
+    def mark_collected(self) -> bool:
+        """Tell the VM's supervisor the results are safe ("collected, shut down now"): it shuts
+        the machine down at once instead of waiting out its collect grace. False when the job
+        has not ended (the supervisor only looks once the engine is done)."""
+        from providers.ssh import q
+
+        def touch(s: Any) -> bool:
+            if not s.exists(f"{self.workdir}/exit.json"):
+                return False
+            code, _, _ = s.run(f"touch {q(self.workdir + '/collected')}", timeout=30)
+            return code == 0
+        return bool(self._call(touch))
 
     def close(self) -> None:
         if self._session is not None:

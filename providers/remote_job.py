@@ -2,17 +2,34 @@
 
 Layout on the VM (``<root>`` is ``remote_root``, default ``~/dqlctl``)::
 
-    <root>/runs/<run id>/app/           the engine's code (``--runtime native``), shipped over SFTP
+    <root>/runs/<run id>/app/           the engine's and supervisor's code, shipped over SFTP
     <root>/runs/<run id>/data/          a local data file, uploaded (URIs are read by the engine)
-    <root>/runs/<run id>/secrets.env    0600, KEY=VALUE; read by the supervisor, never on a command line
+    <root>/runs/<run id>/secrets.env    0600, KEY=VALUE; read by the supervisor, which deletes it
     <root>/runs/<run id>/engine.log, job.json, exit.json, results/<experiment>/events.jsonl
+    <root>/runs/<run id>/collected      touched by a controller: "results collected, shut down"
+    <root>/runs/<run id>/selfcare.json  written when the supervisor shut the machine down
 
 The engine runs under ``providers.local.supervisor`` on the VM exactly as it does locally, so a
 remote job ends the same way (``exit.json``) and is read by the same ``RemoteJobHandle``.
 
 Runtimes: ``native`` runs ``python -m engine`` with the VM's Python (a deep-learning image has
-torch; the bootstrap checks and says what is missing); ``docker`` runs the engine image
-(``docker run --gpus all`` when ``nvidia-smi`` answers), pulled with the VM's own role.
+torch; the bootstrap checks and says what is missing); ``docker`` runs the engine image, pulled
+with the VM's own role; the supervisor adds ``--gpus=all`` itself when ``nvidia-smi`` answers.
+
+No shell text crosses the wire but what this module writes: every value (engine arguments, paths,
+image, run id, the shutdown command) is one quoted argv element of the line that starts the
+supervisor (``launch_line``), and what depends on the VM (its GPUs) is decided there by the
+supervisor from a typed flag. Secrets travel in a 0600 file, never on a command line, and the
+supervisor deletes that file as soon as it has read it.
+
+Self-care (``SelfCare``): the VM does not depend on its controller. When the run ends the
+supervisor shuts the machine down: ``DIRECT_LINGER_S`` after the end when the engine wrote to a
+bucket itself (long enough for a live controller to read the end over SSH), else when a controller
+touches ``collected`` or ``--collect-grace`` after the end (the results are on the VM's disk until
+collected); and ``--idle-minutes`` after the end in any case. ``--keep`` turns the end rule off
+(and the idle rule too unless ``--idle-minutes`` is given). Each cloud's launch makes a guest
+shutdown end the billing (AWS: ``InstanceInitiatedShutdownBehavior=terminate``); what each cloud
+can and cannot do is in ``SHUTDOWN_NOTES``.
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -56,10 +74,111 @@ def _env_file(values: dict[str, str]) -> bytes:
     return "".join(f"{k}={v}\n" for k, v in values.items()).encode()
 
 
+DEFAULT_SHUTDOWN = "sudo shutdown -h now"
+DIRECT_LINGER_S = 60.0          # direct results: the end is safe; a live controller reads exit.json
+DEFAULT_COLLECT_GRACE_S = 1800.0    # results on the VM's disk: how long to wait for a collector
+DEFAULT_IDLE_MINUTES = 30.0
+SUPERVISOR = "providers.local.supervisor"
+
+SHUTDOWN_NOTES = {
+    "aws": "launched with InstanceInitiatedShutdownBehavior=terminate: `shutdown -h` terminates "
+           "the instance (billing ends, its volumes are deleted with it)",
+    "gcp": "a guest shutdown stops the VM (TERMINATED): machine and GPU billing end, the boot "
+           "disk bills until `dqlctl down` or `gc` deletes it; a spot VM is launched with "
+           "instanceTerminationAction=DELETE, which applies to preemption, not to a guest "
+           "shutdown. Self-deletion would need compute.instances.delete for the VM's service "
+           "account (not granted: its only role is on the run's bucket)",
+    "azure": "a guest shutdown leaves the VM stopped but allocated, and an allocated VM bills; "
+             "deallocating itself would need a role on the VM for its managed identity (not "
+             "granted: its only role is on the run's container). The supervisor still powers it "
+             "off (the GPU stops working for nobody) and `dqlctl ps` shows it until `down`",
+}
+
+
+@dataclass(frozen=True)
+class SelfCare:
+    """When the VM shuts itself down (``--keep``, ``--idle-minutes``, the collect grace)."""
+
+    keep: bool = False
+    idle_minutes: float | None = DEFAULT_IDLE_MINUTES   # None: no idle rule
+    collect_grace_s: float = DEFAULT_COLLECT_GRACE_S
+    shutdown_command: str = DEFAULT_SHUTDOWN
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any], **settings: Any) -> SelfCare:
+        """From a launch spec's ``extra`` (``keep``, ``idle_minutes``, ``collect_grace_minutes``):
+        a kept VM has no idle rule unless ``--idle-minutes`` was given."""
+        keep = bool(extra.get("keep"))
+        idle = extra.get("idle_minutes")
+        if idle is None and not keep:
+            idle = DEFAULT_IDLE_MINUTES
+        if extra.get("collect_grace_minutes") is not None:
+            settings["collect_grace_s"] = float(extra["collect_grace_minutes"]) * 60
+        return cls(keep=keep, idle_minutes=float(idle) if idle is not None else None,
+                   **settings)
+
+    def flags(self, direct: bool) -> list[str]:
+        """The supervisor's self-care flags (none: the VM is left alone)."""
+        if self.keep and self.idle_minutes is None:
+            return []
+        out = ["--shutdown-command", self.shutdown_command]
+        if not self.keep:
+            out += ["--end-grace", f"{DIRECT_LINGER_S if direct else self.collect_grace_s:g}"]
+        if self.idle_minutes is not None:
+            out += ["--idle-minutes", f"{self.idle_minutes:g}"]
+        return out
+
+
+def engine_argv(spec: LaunchSpec, runtime: str, *, python: str, workdir: str, data_arg: str,
+                results_arg: str, image: str | None) -> list[str]:
+    """The engine's command on the VM, as argv (the supervisor runs it without a shell).
+    ``--data_file=``/``--results_dir=`` are joined to their values so that a value starting
+    with ``-`` is still a value."""
+    job = spec.job
+    if runtime == "native":
+        return [python, "-u", "-m", "engine", *job.engine_args,
+                f"--data_file={data_arg}", f"--results_dir={results_arg}"]
+    if runtime == "docker":
+        if not image:
+            raise ProviderError("--runtime docker needs an engine image (dqlctl image push)")
+        if image.startswith("-"):
+            raise ProviderError(f"engine image {image!r} is not an image name", field="image")
+        data_in = f"/data/{PurePosixPath(data_arg).name}" if "://" not in data_arg else data_arg
+        return ["docker", "run", "--rm", f"--name=dqlctl-{spec.run_id}",
+                f"--volume={workdir}/data:/data:ro", f"--volume={results_arg}:/results", image,
+                *job.engine_args, f"--data_file={data_in}", "--results_dir=/results"]
+    raise ProviderError(f"unknown runtime {runtime!r} for a VM (native or docker)")
+
+
+def launch_line(spec: LaunchSpec, *, workdir: str, python: str, runtime: str,
+                engine: list[str], selfcare: SelfCare | None, direct: bool) -> str:
+    """The one shell line that starts the supervisor detached in ``workdir``. Every value in it
+    is a quoted argv element; the subshell exits at once and only the supervisor lives on, with
+    none of the channel's descriptors (else the command would not return until the engine ends).
+    """
+    argv = ["env", f"PYTHONPATH={workdir}/app", "setsid", "nohup", python, "-m", SUPERVISOR,
+            f"--workdir={workdir}", f"--env-file={workdir}/secrets.env", "--remove-env-file",
+            f"--tag=dqlctl:run={spec.run_id}"]
+    if runtime == "docker":
+        argv += ["--container", "--gpus=auto"]
+    if selfcare is not None:
+        argv += selfcare.flags(direct)
+    argv += ["--", *engine]
+    return (f"cd {q(workdir)} && ({' '.join(q(a) for a in argv)} >> engine.log 2>&1 "
+            "< /dev/null &) && echo started")
+
+
+def _ship_code(session: SshSession, workdir: str) -> None:
+    session.put_bytes(app_tarball(), f"{workdir}/app.tar.gz", mode=0o644)
+    session.check(f"mkdir -p {q(workdir + '/app')} && tar -xzf {q(workdir + '/app.tar.gz')} "
+                  f"-C {q(workdir + '/app')}", "unpacking the engine")
+
+
 def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python: str,
                      runtime: str, secrets: dict[str, str] | None = None,
                      image: str | None = None, start_timeout: float = 60.0,
-                     env: dict[str, str] | None = None, direct: bool = False) -> dict[str, Any]:
+                     env: dict[str, str] | None = None, direct: bool = False,
+                     selfcare: SelfCare | None = None) -> dict[str, Any]:
     """Prepare the VM and start the engine detached; what the handle needs to find it again.
 
     ``env``: settings for the engine's environment (not secret: the region, say). ``direct``:
@@ -67,10 +186,11 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     engine whose results go to object storage writes there itself: each checkpoint is uploaded
     as it is written and survives the VM (``--resume`` finds it), and nothing is left to
     collect. Otherwise the engine writes to the VM's disk and ``collect`` copies it home.
+    ``selfcare``: when the VM shuts itself down (None: never, as for a machine not ours).
     """
     job = spec.job
     workdir = remote_workdir(root, spec.run_id)
-    session.check(f"mkdir -p {q(workdir)}/data {q(workdir)}/results",
+    session.check(f"mkdir -p {q(workdir + '/data')} {q(workdir + '/results')}",
                   "creating the run's folder")
     # Resolve the work dir to an absolute path (SFTP and the shell agree on it from here on).
     workdir = session.check(f"cd {q(workdir)} && pwd -P", "resolving the run's folder").strip()
@@ -91,49 +211,22 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
         env[STAGING_ENV] = staging
         staged = staged_experiment_dir(staging, job.results_dir, job.experiment)
         events_path = f"{staged}/{EVENTS_FILE}"
-    results_arg = job.results_dir if direct else results
+    engine = engine_argv(spec, runtime, python=python, workdir=workdir, data_arg=data_arg,
+                         results_arg=job.results_dir if direct else results, image=image)
+    _ship_code(session, workdir)  # the supervisor's code, and the engine's for native
     if runtime == "native":
-        session.put_bytes(app_tarball(), f"{workdir}/app.tar.gz", mode=0o644)
-        session.check(f"mkdir -p {q(workdir)}/app && tar -xzf {q(workdir)}/app.tar.gz "
-                      f"-C {q(workdir)}/app", "unpacking the engine")
         code, _, err = session.run(f"{q(python)} -c 'import torch, numpy, pandas'", timeout=300)
         if code != 0:
             missing = err.strip().splitlines()[-1:] or ["python not found"]
             raise ProviderError(
                 f"the VM's Python ({python}) cannot run the engine: {missing[0]}; use a "
                 "deep-learning image or --runtime docker")
-        engine = [python, "-u", "-m", "engine", *job.engine_args,
-                  "--data_file", data_arg, "--results_dir", results_arg]
-    elif runtime == "docker":
-        if not image:
-            raise ProviderError("--runtime docker needs an engine image (dqlctl image push)")
-        gpus = "$(command -v nvidia-smi >/dev/null && echo --gpus=all)"
-        data_in = f"/data/{PurePosixPath(data_arg).name}" if "://" not in data_arg else data_arg
-        engine = ["docker", "run", "--rm", "--name", f"dqlctl-{spec.run_id}", gpus,
-                  "--env-file", f"{workdir}/secrets.env",
-                  "-v", f"{workdir}/data:/data:ro", "-v", f"{results}:/results", image,
-                  *job.engine_args, "--data_file", data_in, "--results_dir", "/results"]
-    else:
-        raise ProviderError(f"unknown runtime {runtime!r} for a VM (native or docker)")
 
     session.put_bytes(_env_file({**env, **(secrets or {})}), f"{workdir}/secrets.env",
                       mode=0o600)
-    engine_cmd = " ".join(a if a.startswith("$(") else q(a) for a in engine)
-    supervisor = (f"{q(python)} -m providers.local.supervisor --workdir {q(workdir)} "
-                  f"--env-file {q(workdir + '/secrets.env')} --tag=dqlctl:run={q(spec.run_id)} "
-                  f"-- {engine_cmd}")
-    pythonpath = f"PYTHONPATH={q(workdir + '/app')} " if runtime == "native" else ""
-    if runtime == "docker":
-        # the supervisor itself needs the code too; it is small and has no dependencies
-        session.put_bytes(app_tarball(), f"{workdir}/app.tar.gz", mode=0o644)
-        session.check(f"mkdir -p {q(workdir)}/app && tar -xzf {q(workdir)}/app.tar.gz "
-                      f"-C {q(workdir)}/app", "unpacking the supervisor")
-        pythonpath = f"PYTHONPATH={q(workdir + '/app')} "
-    session.check(
-        # the subshell exits at once; only the detached supervisor lives on, with none of the
-        # channel's descriptors (else the command would not return until the engine ends)
-        f"cd {q(workdir)} && ({pythonpath}setsid nohup {supervisor} >> engine.log 2>&1 "
-        f"< /dev/null &) && echo started", "starting the engine", timeout=60)
+    session.check(launch_line(spec, workdir=workdir, python=python, runtime=runtime,
+                              engine=engine, selfcare=selfcare, direct=direct),
+                  "starting the engine", timeout=60)
     deadline = time.monotonic() + start_timeout
     while not session.exists(f"{workdir}/job.json"):
         if session.exists(f"{workdir}/exit.json") or time.monotonic() > deadline:

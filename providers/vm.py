@@ -196,9 +196,21 @@ class SshVm:
                                     python=self.remote_python, runtime=runtime,
                                     secrets=secrets, image=spec.image,
                                     env=self.vm_env(instance),
-                                    direct=Capability.DIRECT_RESULTS in self.capabilities)
+                                    direct=Capability.DIRECT_RESULTS in self.capabilities,
+                                    selfcare=self.selfcare(spec))
         instance.extra.update(info)
         return instance
+
+    def selfcare(self, spec: LaunchSpec) -> Any:
+        """When the VM shuts itself down (``providers.remote_job.SelfCare``): the run's
+        ``--keep``/``--idle-minutes``, and this provider's shutdown command and collect grace
+        (the ``shutdown_command`` / ``collect_grace_s`` attributes, when a subclass sets them).
+        """
+        from providers.remote_job import SelfCare
+
+        settings = {k: getattr(self, k) for k in ("shutdown_command", "collect_grace_s")
+                    if getattr(self, k, None) is not None}
+        return SelfCare.from_extra(spec.extra, **settings)
 
     def job(self, instance: Instance, spec: dict[str, Any]) -> Any:
         from providers.jobs import RemoteJobHandle

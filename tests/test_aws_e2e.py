@@ -141,8 +141,8 @@ def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any],
     # the engine wrote to the run's bucket itself, with the instance role's credentials from
     # the metadata service: no key was shipped to the VM
     assert final.instance["extra"]["direct"] and imds.credential_requests >= 1
-    env_file = (Path(final.instance["extra"]["workdir"]) / "secrets.env").read_text()
-    assert "AWS_ACCESS_KEY_ID" not in env_file and "AWS_SECRET" not in env_file
+    # the secrets file was deleted once the supervisor had read it
+    assert not (Path(final.instance["extra"]["workdir"]) / "secrets.env").exists()
     body = boto3.client("s3").get_object(Bucket="dqlctl-results",
                                          Key="runs/e2e/events.jsonl")["Body"].read()
     events = body.decode().splitlines()
@@ -154,7 +154,7 @@ def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any],
     assert leftovers(run.id) == NOTHING
     # the secret reached the VM only as a 0600 file, never a command line, log or registry row
     workdir = Path(final.instance["extra"]["workdir"])
-    assert oct((workdir / "secrets.env").stat().st_mode & 0o777) == "0o600"
+    assert not (workdir / "secrets.env").exists()
     assert SECRET not in (workdir / "engine.log").read_text()
     assert SECRET.encode() not in (home / "registry.db").read_bytes()
     assert SECRET not in json.dumps(final.to_dict())
@@ -326,4 +326,83 @@ def test_a_spot_run_taken_back_is_relaunched_and_resumes_from_its_bucket(
     episodes = [e["episode"] for e in map(json.loads, body.read().decode().splitlines())
                 if e["event"] == "episode"]
     assert episodes[-1] == 60 and sorted(set(episodes)) == list(range(1, 61))
+    assert leftovers(run.id) == NOTHING
+
+
+def self_terminating(vm: dict[str, Any], endpoint: str, imds: FakeImds) -> None:
+    """What ``shutdown -h now`` does to an instance launched with
+    InstanceInitiatedShutdownBehavior=terminate, on the stand-in: the fake ``shutdown`` (tests/vm.py)
+    runs this hook, which terminates the instance of the run whose folder it was called from,
+    with the instance role's credentials from the metadata service (no key on the VM)."""
+    hook = Path(vm["root"]) / "shutdown-hook"
+    hook.write_text(
+        f"#!{sys.executable}\nimport os, boto3\n"
+        "for key in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN'):\n"
+        "    os.environ.pop(key, None)\n"
+        f"os.environ.update(AWS_ENDPOINT_URL={endpoint!r}, AWS_DEFAULT_REGION='us-east-1',\n"
+        f"                  AWS_EC2_METADATA_SERVICE_ENDPOINT={imds.url!r})\n"
+        "ec2 = boto3.client('ec2')\n"
+        "run = os.path.basename(os.getcwd())\n"
+        "ids = [i['InstanceId'] for r in ec2.describe_instances(Filters=[\n"
+        "    {'Name': 'tag:dqlctl:run', 'Values': [run]},\n"
+        "    {'Name': 'instance-state-name', 'Values': ['pending', 'running']}])['Reservations']\n"
+        "    for i in r['Instances']]\n"
+        "ec2.terminate_instances(InstanceIds=ids)\n")
+    hook.chmod(0o755)
+
+
+def test_the_vm_shuts_itself_down_when_its_controller_is_gone(
+        home: Path, vm: dict[str, Any], imds: FakeImds, aws_env: str) -> None:
+    """The operator's dqlctl dies mid-run (the process and its SSH connection): the run ends on
+    the VM, nobody collects, and after the collect grace the VM terminates itself."""
+    self_terminating(vm, aws_env, imds)
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "dqlctl", *launch_args("--episodes", "60", "--name", "alone",
+                                                      "--collect-grace", "0.05", "--follow")],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            rows = Context(home=home).registry.list()
+            if rows and rows[0].state == reg.RUNNING:
+                break
+            assert controller.poll() is None, "the controller ended before the run started"
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+        (run,) = rows
+        ec2 = boto3.client("ec2")
+        behaviour = ec2.describe_instance_attribute(InstanceId=run.instance_ids[0],
+                                                    Attribute="instanceInitiatedShutdownBehavior")
+        assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+        workdir = Path(run.instance["extra"]["workdir"])
+        assert not (workdir / "secrets.env").exists()
+        events = workdir / "results" / "alone" / "events.jsonl"
+        while '"episode"' not in (events.read_text() if events.exists() else ""):
+            assert time.monotonic() < deadline, "no episode on the VM"
+            time.sleep(0.05)
+    finally:
+        controller.kill()  # mid-run: no controller is left, its SSH connection dies with it
+        controller.wait(timeout=30)
+
+    def state() -> str:
+        raw = ec2.describe_instances(InstanceIds=run.instance_ids)["Reservations"]
+        return raw[0]["Instances"][0]["State"]["Name"]
+
+    before = imds.credential_requests
+    deadline = time.monotonic() + 300
+    while state() != "terminated":
+        assert time.monotonic() < deadline, "the VM did not shut itself down"
+        time.sleep(0.2)
+    assert json.loads((workdir / "exit.json").read_text())["exit_code"] == 0  # the run ended
+    (call,) = [json.loads(x) for x in (Path(vm["root"]) / "shutdown.log").read_text()
+               .splitlines() if json.loads(x)["cwd"] == str(workdir)]
+    assert call["argv"] == ["-h", "now"]
+    assert imds.credential_requests > before  # with the instance's own identity
+    while not (workdir / "selfcare.json").exists():  # written once the shutdown returned
+        assert time.monotonic() < deadline, "the supervisor did not record its shutdown"
+        time.sleep(0.05)
+    care = json.loads((workdir / "selfcare.json").read_text())
+    assert care["reason"].startswith("run ended") and care["returncode"] == 0
+    # what the VM left (its key, group and role) goes with the run's `down`
+    assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
     assert leftovers(run.id) == NOTHING

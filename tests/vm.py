@@ -1,9 +1,20 @@
 """A VM stand-in: an OpenSSH server that trusts the keys a (fake) cloud registered for its VMs,
-as cloud-init does on a real instance (``AuthorizedKeysCommand`` asks the cloud for them)."""
+as cloud-init does on a real instance (``AuthorizedKeysCommand`` asks the cloud for them).
+
+Its sessions find a few fakes first on their PATH (sshd ``SetEnv``), so that nothing a VM may do
+to itself touches the test machine: ``sudo`` runs its arguments as they are (the tests are root),
+``shutdown`` records that it was called (one JSON line in ``<disk>/shutdown.log``: arguments and
+the caller's folder) and then runs ``<disk>/shutdown-hook`` when a test wrote one (the AWS e2e
+terminates the moto instance from it); ``docker`` records its argv and environment in
+``<disk>/docker.log`` and exits 0. When the stand-in ends, so does every process started under
+its disk (the supervisors a run left behind), as they would with the machine.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +47,13 @@ def vm_sshd(disk: Path, keys_url: str | None = None,
     script.chmod(0o755)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                     str(keys_dir / "host_ed25519")], check=True)
+    disk.mkdir(parents=True, exist_ok=True)
+    disk = disk.resolve()
+    bin_dir = keys_dir / "bin"
+    bin_dir.mkdir()
+    for name, body in fakes(disk).items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
     port = free_port()
     config = keys_dir / "sshd_config"
     config.write_text(
@@ -43,7 +61,8 @@ def vm_sshd(disk: Path, keys_url: str | None = None,
         "PidFile none\nAuthorizedKeysFile none\nStrictModes no\nUsePAM no\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "Subsystem sftp internal-sftp\n"
-        f"AuthorizedKeysCommand {script}\nAuthorizedKeysCommandUser root\n")
+        f"AuthorizedKeysCommand {script}\nAuthorizedKeysCommandUser root\n"
+        f"SetEnv PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n")
     Path("/run/sshd").mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     info: dict[str, Any] = {"port": port, "root": disk}
@@ -55,7 +74,6 @@ def vm_sshd(disk: Path, keys_url: str | None = None,
         info["pid"] = procs[-1].pid
         wait_tcp("127.0.0.1", port)
 
-    disk.mkdir(parents=True, exist_ok=True)
     try:
         start()
         host_key = (keys_dir / "host_ed25519.pub").read_text().split()
@@ -65,6 +83,41 @@ def vm_sshd(disk: Path, keys_url: str | None = None,
         for sshd in procs:
             sshd.terminate()
             sshd.wait(timeout=10)
+        kill_processes_under(disk)
+        for child in bin_dir.iterdir():
+            child.unlink()
+        bin_dir.rmdir()
         for child in keys_dir.iterdir():
             child.unlink()
         keys_dir.rmdir()
+
+
+def fakes(disk: Path) -> dict[str, str]:
+    """The stand-in VM's fake commands (see the module's docstring): Python scripts, so that no
+    shell between the caller and the record drops or reads anything."""
+    def recorder(log: str, then: str = "") -> str:
+        return (f"#!{sys.executable}\nimport json, os, sys\n"
+                f"with open({str(disk / log)!r}, 'a') as fh:\n"
+                "    fh.write(json.dumps({'argv': sys.argv[1:], 'cwd': os.getcwd(),\n"
+                "                         'env': dict(os.environ)}) + '\\n')\n" + then)
+
+    hook = str(disk / "shutdown-hook")
+    return {
+        "sudo": '#!/bin/sh\nexec "$@"\n',
+        "shutdown": recorder("shutdown.log", f"if os.access({hook!r}, os.X_OK):\n"
+                                             f"    os.execv({hook!r}, [{hook!r}])\n"),
+        "docker": recorder("docker.log"),
+    }
+
+
+def kill_processes_under(disk: Path) -> None:
+    """SIGKILL the sessions of every process whose command line names ``disk`` (what a run
+    started on the stand-in VM), as the machine's end would."""
+    found = subprocess.run(["pgrep", "-f", str(disk)], capture_output=True, text=True).stdout
+    for pid in found.split():
+        try:
+            sid = os.getsid(int(pid))
+        except ProcessLookupError:
+            continue
+        if sid != os.getsid(0):  # never the test's own session
+            subprocess.run(["pkill", "-KILL", "-s", str(sid)], check=False)

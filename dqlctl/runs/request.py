@@ -44,6 +44,8 @@ class LaunchRequest:
     ssh_cidr: str | None = None       # who may reach port 22 (default: this machine's address)
     max_price: float | None = None
     keep: bool = False                # leave the VM up after the run (for debugging)
+    idle_minutes: float | None = None  # the VM shuts itself down this long after its run ended
+    collect_grace_minutes: float | None = None  # ... or, results on its disk, uncollected
     max_cost: float | None = None     # stop the run (checkpoint first) before it costs more
     max_recoveries: int = 3           # relaunches after a spot preemption (see ``recover``)
     engine_args: list[str] = field(default_factory=list)
@@ -75,6 +77,12 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
     if req.max_recoveries < 0:
         raise UsageError(f"--max-recoveries must be 0 or more, got {req.max_recoveries}",
                          field="max_recoveries")
+    for name, flag in (("idle_minutes", "--idle-minutes"),
+                       ("collect_grace_minutes", "--collect-grace")):
+        value = getattr(req, name)
+        if value is not None and value <= 0:
+            raise UsageError(f"{flag} must be a positive number of minutes, got {value}",
+                             field=name)
     if req.max_cost is not None and req.max_cost <= 0:
         raise UsageError(f"--max-cost must be a positive amount of USD, got {req.max_cost}",
                          field="max_cost")
@@ -127,6 +135,9 @@ def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     extra: dict[str, Any] = {"keep": req.keep, "max_recoveries": req.max_recoveries}
     if req.max_cost is not None:
         extra["max_cost"] = req.max_cost
+    for key in ("idle_minutes", "collect_grace_minutes"):  # the VM's self-care
+        if getattr(req, key) is not None:
+            extra[key] = getattr(req, key)
     if req.ssh_cidr:
         extra["ssh_cidr"] = req.ssh_cidr
     if req.image_id:

@@ -44,6 +44,12 @@ def register(sub: Any) -> None:
     p.add_argument("--ssh-cidr", help="who may reach the VM's port 22 (default: this "
                    "machine's public address/32)")
     p.add_argument("--keep", action="store_true", help="leave the VM up when the run ends")
+    p.add_argument("--idle-minutes", type=float, metavar="M",
+                   help="the VM shuts itself down M minutes after its run ended (default 30; "
+                   "with --keep: only when given)")
+    p.add_argument("--collect-grace", type=float, metavar="M", dest="collect_grace_minutes",
+                   help="results on the VM's disk: it waits M minutes for dqlctl to collect them "
+                   "before shutting down (default 30)")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be created, create nothing")
     p.add_argument("--results-dir", help="where results go (default: the run's folder)")
@@ -65,6 +71,7 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
         gpu=args.gpu, spot=args.spot, seed=args.seed, results_dir=args.results_dir,
         max_price=args.max_price, image=args.image, image_id=args.image_id,
         ssh_cidr=args.ssh_cidr, keep=args.keep, max_cost=args.max_cost,
+        idle_minutes=args.idle_minutes, collect_grace_minutes=args.collect_grace_minutes,
         max_recoveries=args.max_recoveries, engine_args=args.engine_args)
     quiet = args.json
     if args.dry_run:

@@ -258,6 +258,9 @@ class AwsProvider(SshVm):
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "volume", "Tags": tags}],
             "MetadataOptions": {"HttpTokens": "required"},  # IMDSv2 only
+            # the VM shuts itself down when its run is over (providers/remote_job.py): a guest
+            # shutdown must end the bill, not leave a stopped instance and its volume
+            "InstanceInitiatedShutdownBehavior": "terminate",
         }
         if zone:
             kwargs["Placement"] = {"AvailabilityZone": zone}

@@ -1,13 +1,37 @@
-"""The small process that owns a local run: starts the engine, forwards signals, records the end.
+"""The small process that owns a run: starts the engine, forwards signals, records the end, and
+(on a VM) shuts the machine down when nobody needs it any more.
 
-``python -m providers.local.supervisor --workdir DIR --tag dqlctl:run=ID -- ARGV...``
+``python -m providers.local.supervisor --workdir DIR --tag dqlctl:run=ID [options] -- ARGV...``
 
-It is started by the local provider in a new session (detached from the terminal), so a run
+It is started in a new session (detached from the terminal and from the SSH channel), so a run
 survives dqlctl exiting. It writes ``DIR/job.json`` when the engine has started (the engine's pid)
 and ``DIR/exit.json`` when it has ended (exit code, signal), each atomically (temp + rename), so a
 dqlctl started later can tell a finished run from a vanished one. SIGTERM/SIGINT/SIGHUP are passed
 on to the engine, which checkpoints and exits cleanly. The ``--tag`` stays on the command line so
 that ``list_instances`` finds orphaned runs by scanning the process table. Standard library only.
+
+Everything arrives as argv elements, never as shell text: the command to run (``ARGV``), the
+shutdown command (``shlex``-split, run without a shell), and what the supervisor adds itself:
+
+``--env-file F``        KEY=VALUE lines added to the engine's environment (secrets: kept off every
+                        command line); with ``--remove-env-file`` the file is deleted as soon as it
+                        has been read, so no secret rests on the VM's disk.
+``--container``         ARGV is ``<docker|podman> run ...``: the env file's keys are passed as
+                        ``-e KEY`` (the value comes from the environment, never argv), and with
+                        ``--gpus auto`` ``--gpus=all`` is added when ``nvidia-smi`` answers here.
+
+Self-care (the VM does not depend on its controller; only with ``--shutdown-command``): once the
+engine has ended, the machine is shut down
+
+* when ``DIR/collected`` appears (a controller has what it needs: "shut down now"), or
+  ``--end-grace`` seconds after the end (the results are safe in a bucket, or nobody came to
+  collect them), unless no ``--end-grace`` is given (``--keep``);
+* ``--idle-minutes`` after the end in any case (when given: the backstop that also holds a kept
+  VM to a limit).
+
+The shutdown is ``--shutdown-command`` (default on a VM: ``sudo shutdown -h now``; each cloud's
+launch makes a guest shutdown end the billing, see providers/remote_job.py). What happened is
+written to ``DIR/selfcare.json``.
 """
 
 from __future__ import annotations
@@ -15,11 +39,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+COLLECTED = "collected"     # touched by a controller that has collected the results
+POLL_S = 1.0
 
 
 def write_json_atomic(path: Path, data: dict[str, object]) -> None:
@@ -31,38 +60,93 @@ def write_json_atomic(path: Path, data: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dqlctl-local-supervisor")
+def read_env_file(path: str, remove: bool) -> dict[str, str]:
+    """KEY=VALUE lines (the value may hold anything but a newline); deleted once read if asked."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            key, sep, value = line.rstrip("\n").partition("=")
+            if sep and key:
+                values[key] = value
+    if remove:
+        os.unlink(path)
+    return values
+
+
+def gpus_here() -> bool:
+    """Whether this machine has a working NVIDIA driver (``nvidia-smi`` answers)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        return subprocess.run([smi], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def container_command(command: list[str], env_keys: list[str], gpus: str) -> list[str]:
+    """``<engine> run OPTIONS...`` with the supervisor's own options added right after ``run``."""
+    if len(command) < 2 or command[1] != "run":
+        raise ValueError(f"--container expects '<docker|podman> run ...', got {command[:2]}")
+    added = [f"--env={key}" for key in env_keys]
+    if gpus == "all" or (gpus == "auto" and gpus_here()):
+        added.append("--gpus=all")
+    return [*command[:2], *added, *command[2:]]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="dqlctl-supervisor")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--tag", action="append", default=[])
     parser.add_argument("--env-file", help="KEY=VALUE lines added to the engine's environment "
                         "(secrets: kept off every command line)")
+    parser.add_argument("--remove-env-file", action="store_true",
+                        help="delete the env file once it has been read")
+    parser.add_argument("--container", action="store_true",
+                        help="the command is '<docker|podman> run ...': pass the env file's keys "
+                        "with --env KEY and add --gpus=all per --gpus")
+    parser.add_argument("--gpus", choices=("auto", "all", "none"), default="none",
+                        help="with --container: auto adds --gpus=all when nvidia-smi answers")
+    parser.add_argument("--shutdown-command",
+                        help="shut the machine down with this command (split like a shell "
+                        "would, run without one) when the run no longer needs it")
+    parser.add_argument("--end-grace", type=float, metavar="SECONDS",
+                        help="after the engine ends: shut down when DIR/collected appears or "
+                        "after this many seconds (absent: not on the run's end, e.g. --keep)")
+    parser.add_argument("--idle-minutes", type=float, metavar="M",
+                        help="shut down M minutes after the engine ended, whatever else")
     parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     workdir = Path(args.workdir)
     received: list[int] = []
 
     env = dict(os.environ)
-    if args.env_file:
-        with open(args.env_file, encoding="utf-8") as fh:
-            for line in fh:
-                key, sep, value = line.rstrip("\n").partition("=")
-                if sep and key:
-                    env[key] = value
+    extra: dict[str, str] = {}
     try:
+        if args.env_file:
+            extra = read_env_file(args.env_file, args.remove_env_file)
+        env.update(extra)
+        if args.container:
+            command = container_command(command, sorted(extra), args.gpus)
         child = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, env=env)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"dqlctl: could not start the engine: {exc}", flush=True)
         write_json_atomic(workdir / "exit.json", {"exit_code": 127, "signal": None,
                                                   "reason": f"could not start: {exc}",
                                                   "ended_at": time.time()})
-        return 127
+        return self_care(args, workdir, 127)
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
         try:
-            child.send_signal(signum)
+            if child.returncode is None:
+                child.send_signal(signum)
         except ProcessLookupError:
             pass
 
@@ -78,12 +162,50 @@ def main(argv: list[str] | None = None) -> int:
         except InterruptedError:  # pragma: no cover - PEP 475 retries for us
             continue
     sig_name = signal.Signals(-code).name if code < 0 else None
+    exit_code = code if code >= 0 else 128 - code
     write_json_atomic(workdir / "exit.json", {
-        "exit_code": code if code >= 0 else 128 - code,
+        "exit_code": exit_code,
         "signal": sig_name,
         "requested_stop": bool(received),
         "ended_at": time.time(),
     })
+    return self_care(args, workdir, exit_code)
+
+
+def self_care(args: argparse.Namespace, workdir: Path, exit_code: int) -> int:
+    """After the engine's end: wait for the first rule that fires, then shut the machine down.
+    Returns 0 (the run's outcome is in exit.json, not in the supervisor's own status)."""
+    if not args.shutdown_command:
+        return 0
+    ended = time.monotonic()
+    end_at = ended + args.end_grace if args.end_grace is not None else None
+    idle_at = ended + args.idle_minutes * 60 if args.idle_minutes is not None else None
+    if end_at is None and idle_at is None:
+        return 0
+    marker = workdir / COLLECTED
+    why = None
+    while why is None:
+        now = time.monotonic()
+        if end_at is not None and marker.exists():
+            why = "collected"
+        elif end_at is not None and now >= end_at:
+            why = f"run ended {args.end_grace:.0f} s ago"
+        elif idle_at is not None and now >= idle_at:
+            why = f"no engine for {args.idle_minutes:g} min"
+        else:
+            deadlines = [d for d in (end_at, idle_at) if d is not None]
+            time.sleep(max(0.0, min(POLL_S, min(deadlines) - now)))
+    argv = shlex.split(args.shutdown_command)
+    print(f"dqlctl: shutting the machine down ({why}): {shlex.join(argv)}", flush=True)
+    record: dict[str, object] = {"reason": why, "command": argv, "at": time.time(),
+                                 "engine_exit_code": exit_code}
+    try:
+        done = subprocess.run(argv, cwd=workdir, stdin=subprocess.DEVNULL, timeout=300)
+        record["returncode"] = done.returncode
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"dqlctl: the shutdown failed: {exc}", flush=True)
+        record["error"] = str(exc)
+    write_json_atomic(workdir / "selfcare.json", record)
     return 0
 
 
