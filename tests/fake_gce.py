@@ -276,15 +276,22 @@ class FakeGce(FakeHttpServer):
         self.bucket_policies: dict[str, dict[str, Any]] = {}
         self.capacity: dict[str, str] = {}                           # zone -> error code
         self.vm_host_keys: list[str] | None = None                   # what guest agents publish
-        for name, rule in DEFAULT_NETWORK_RULES.items():
-            self.firewalls[name] = {
-                **rule, "name": name, "kind": "compute#firewall", "direction": "INGRESS",
-                "priority": 65534, "network": f"{self.base}/global/networks/default",
-                "description": f"Allow {name.split('-')[-1]} on the default network",
-                "selfLink": f"{self.base}/global/firewalls/{name}"}
         self.tokens: set[str] = set()
         self._ids = itertools.count(1)
         self._ips = itertools.count(10)
+
+    def start(self) -> str:
+        """Serve; the project's ``default`` network comes with GCE's auto-created rules."""
+        url = super().start()
+        with self.lock:
+            for name, rule in DEFAULT_NETWORK_RULES.items():
+                self.firewalls.setdefault(name, {
+                    **rule, "name": name, "kind": "compute#firewall", "direction": "INGRESS",
+                    "priority": 65534, "network": f"{self.base}/global/networks/default",
+                    "description": f"Allow {name.split('-')[-1]} on the default network",
+                    "id": str(8_000_000_000 + next(self._ids)),
+                    "selfLink": f"{self.base}/global/firewalls/{name}"})
+        return url
 
     # -- plumbing ------------------------------------------------------------------------------
 

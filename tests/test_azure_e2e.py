@@ -24,8 +24,9 @@ from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
-from dqlctl.owner import owner_tags
+from dqlctl.owner import os_user, owner_tags
 from providers.base import JobSpec, LaunchSpec
+from providers.ssh import fingerprint
 from tests.fake_azure import FakeAzure, write_fake_az
 from tests.vm import vm_sshd
 
@@ -94,7 +95,9 @@ def test_launch_train_collect_and_tear_down(home: Path, arm: FakeAzure,
     (run,) = ctx.registry.list()
     assert run.state == reg.RUNNING, run.reason
     group = f"dqlctl-{run.id}"
-    assert arm.groups[group.lower()]["tags"] == {"dqlctl-run": run.id}
+    assert arm.groups[group.lower()]["tags"] == {
+        "dqlctl-run": run.id, "dqlctl-owner": ctx.registry_id, "dqlctl-user": os_user()}
+    assert run.instance["extra"]["host_keys"] == [fingerprint(vm["host_key"])]  # serial log
     nsg = next(r for r in arm.resources.values()
                if r["type"] == "Microsoft.Network/networkSecurityGroups")
     (rule,) = nsg["properties"]["securityRules"]

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from dqlctl import owner, runs
 from dqlctl import registry as reg
-from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
 from dqlctl.owner import owner_tags
@@ -114,7 +114,15 @@ def test_launch_train_collect_to_gcs_and_tear_down(home: Path, gce: FakeGce,
     assert raw["machineType"].endswith(f"zones/{zone}/machineTypes/n1-standard-4")
     assert [(a["acceleratorType"].rsplit("/", 1)[-1], a["acceleratorCount"])
             for a in raw["guestAccelerators"]] == [("nvidia-tesla-t4", 1)]
-    assert raw["labels"] == {"dqlctl-run": run.id} and raw["tags"]["items"] == [name]
+    assert raw["labels"] == {"dqlctl-run": run.id, "dqlctl-owner": ctx.registry_id,
+                             "dqlctl-user": owner.os_user()}
+    assert raw["tags"]["items"] == [name]
+    # the default network's default-allow-ssh (0.0.0.0/0) is shadowed: only the operator gets in
+    assert gce.firewalls["default-allow-ssh"]["sourceRanges"] == ["0.0.0.0/0"]
+    assert gce.allowed(zone, name, CIDR.split("/")[0], 22)
+    assert not gce.allowed(zone, name, "203.0.113.9", 22)
+    assert gce.allowed(zone, name, "203.0.113.9", 3389)   # rules dqlctl does not touch stand
+    assert run.instance["extra"]["host_keys"] == [vm["host_key"]]  # verified, not trusted
     meta = {i["key"]: i["value"] for i in raw["metadata"]["items"]}
     assert meta["ssh-keys"].startswith("root:ssh-ed25519 ")
     assert meta["block-project-ssh-keys"] == "true"

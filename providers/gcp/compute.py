@@ -560,9 +560,9 @@ class GcpProvider(SshVm):
         """The host keys the guest agent published in the instance's guest attributes
         (``hostkeys/``); [] until it has."""
         try:
-            raw = self._client("Instances").get_guest_attributes(
-                project=self.project_id, zone=instance.extra.get("zone"),
-                instance=instance.instance_id, query_path="hostkeys/")
+            raw = self._client("Instances").get_guest_attributes(request={
+                "project": self.project_id, "zone": instance.extra.get("zone"),
+                "instance": instance.instance_id, "query_path": "hostkeys/"})
         except Exception as exc:
             if _not_found(exc):
                 return []
