@@ -10,7 +10,6 @@ from typing import Any
 
 from dqlctl.errors import UsageError
 from dqlctl.verbs import print_json, resolve_run
-from dqlctl.verbs.gc import add_orphan_flags, remove_orphans
 
 
 def register(sub: Any) -> None:
@@ -23,6 +22,8 @@ def register(sub: Any) -> None:
     p.add_argument("-y", "--yes", action="store_true", help="do not ask")
     p.add_argument("--json", action="store_true",
                    help="print the final run (or the removed resources) as JSON")
+    from dqlctl.verbs.gc import add_orphan_flags  # a verb module: standard library only
+
     add_orphan_flags(p)
     p.set_defaults(func=cmd_down)
 
@@ -55,4 +56,6 @@ def cmd_down(ctx: Any, args: argparse.Namespace) -> int:
 
 
 def _down_orphans(ctx: Any, args: argparse.Namespace) -> int:
+    from dqlctl.verbs.gc import remove_orphans
+
     return remove_orphans(ctx, args)
