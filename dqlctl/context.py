@@ -83,6 +83,13 @@ class Context:
                     from None
         return self.providers[name]
 
+    @property
+    def registry_id(self) -> str:
+        """This registry's own id (``dqlctl.owner``): the owner tag of what it creates."""
+        from dqlctl.owner import registry_id
+
+        return registry_id(self.home)
+
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / run_id
 

@@ -15,7 +15,7 @@ SUMMARY_METRICS = ("total_return", "annual_return", "annual_volatility", "sharpe
                    "sortino_ratio", "max_drawdown", "win_rate", "n_trades", "exposure")
 
 PS_COLUMNS = ("ID", "NAME", "PROVIDER", "STATE", "PROGRESS", "AGE", "COST", "RESULT")
-ORPHAN_COLUMNS = ("PROVIDER", "INSTANCE", "RUN", "STATE", "REGION", "TYPE")
+ORPHAN_COLUMNS = ("PROVIDER", "KIND", "ID", "RUN", "OWNER", "REGION")
 
 
 def fmt(value: Any, spec: str = ".4g") -> str:
@@ -75,10 +75,14 @@ def ps_row(run: Any, cost_usd: float, now: float) -> list[str]:
             fmt_duration(now - run.created_at), f"${cost_usd:.2f}", result_text(run)]
 
 
-def orphan_table(instances: list[Any]) -> str:
-    """Instances no live run owns, as a table (``ps --orphans``)."""
-    rows = [[i.provider, i.instance_id, i.tags.get("dqlctl:run", "-"), i.state,
-             i.region or "-", i.instance_type or "-"] for i in instances]
+def orphan_table(resources: list[Any], registry_id: str) -> str:
+    """Resources no live run owns, as a table (``ps --orphans``, ``gc``): OWNER is ``this``
+    (this registry made it), another registry's id, or ``?`` (no owner tag)."""
+    def owner(r: Any) -> str:
+        return "this" if r.owner == registry_id else (r.owner or "?")
+
+    rows = [[r.provider, r.kind, r.resource_id, r.run_id or "-", owner(r), r.region or "-"]
+            for r in resources]
     return render_table(rows, ORPHAN_COLUMNS)
 
 

@@ -8,6 +8,8 @@ Every compute provider implements the same small, fixed set of verbs::
     wait_ready(instance) -> Instance
     describe(instance) -> Instance
     list_instances(tag) -> list[Instance]
+    list_resources(tag) -> list[Resource]   # every kind it creates, every region (orphans)
+    delete_resource(resource)      # idempotent
     terminate(instance)            # idempotent
     ssh_target(instance) -> SshTarget
 
@@ -67,6 +69,30 @@ class Capability(enum.StrEnum):
 RUN_TAG = "dqlctl:run"
 #: the same tag where a cloud's label keys allow no ':' (GCE labels, Azure resource tags)
 RUN_LABEL = "dqlctl-run"
+#: the id of the registry (the dqlctl home) that created the resource: who owns it
+OWNER_TAG = "dqlctl:owner"
+#: the OS user who launched it (for a person reading the cloud console)
+USER_TAG = "dqlctl:user"
+#: every tag dqlctl puts on what it creates
+DQLCTL_TAGS = (RUN_TAG, OWNER_TAG, USER_TAG)
+
+
+def cloud_labels(tags: dict[str, str]) -> dict[str, str]:
+    """``tags`` as GCE labels / Azure tags: ':' in keys becomes '-'."""
+    return {k.replace(":", "-"): v for k, v in tags.items()}
+
+
+def core_tags(labels: dict[str, str]) -> dict[str, str]:
+    """dqlctl's own tags out of a cloud's labels or tags (either spelling of the keys)."""
+    return {key: labels.get(key, labels.get(key.replace(":", "-")))  # type: ignore[misc]
+            for key in DQLCTL_TAGS if key in labels or key.replace(":", "-") in labels}
+
+
+def label_value(text: str) -> str:
+    """``text`` as a GCE label value (lowercase letters, digits, '_' and '-', 63 at most)."""
+    import re
+
+    return re.sub(r"[^a-z0-9_-]", "_", text.lower())[:63]
 
 
 @dataclass(frozen=True)
@@ -144,6 +170,44 @@ class SshTarget:
     username: str
     key_path: str
     host_key: str | None = None            # "ssh-ed25519 AAAA..." once pinned
+    #: what the cloud says the VM's host keys are, before the first connection: OpenSSH key
+    #: lines ("ssh-ed25519 AAAA...") or fingerprints ("SHA256:..."); the first connection must
+    #: present one of them. Empty: the cloud offers none (first use is trusted, with a warning)
+    host_keys: tuple[str, ...] = ()
+
+
+@dataclass
+class Resource:
+    """Something dqlctl created in a cloud and tagged (an instance, a security group, a key pair,
+    a role, a firewall, a service account, a resource group), as ``list_resources`` finds it.
+
+    ``tags`` are dqlctl's own (``RUN_TAG``, ``OWNER_TAG``, ``USER_TAG``), whatever the cloud
+    calls them; ``extra`` is what ``delete_resource`` needs (the instance record, a zone...)."""
+
+    provider: str
+    kind: str                               # instance | security-group | key-pair | role ...
+    resource_id: str
+    region: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.tags.get(RUN_TAG)
+
+    @property
+    def owner(self) -> str | None:
+        return self.tags.get(OWNER_TAG)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def instance_resource(instance: Instance) -> Resource:
+    """An instance as a ``Resource`` (kind ``instance``; ``delete_resource`` terminates it)."""
+    return Resource(instance.provider, "instance", instance.instance_id, instance.region,
+                    {k: v for k, v in instance.tags.items() if k in DQLCTL_TAGS},
+                    {"instance": instance.to_dict()})
 
 
 @dataclass(frozen=True)
@@ -219,6 +283,11 @@ class ComputeProvider(Protocol):
     def plan(self, spec: LaunchSpec) -> dict[str, Any]: ...
     def price_per_hour(self, instance: Instance) -> float | None: ...
     def collect(self, instance: Instance, spec: dict[str, Any]) -> None: ...
+    #: everything carrying ``tag`` that dqlctl creates (every kind, every region it may use):
+    #: what ``ps --orphans`` / ``gc`` look at; a None value matches any value
+    def list_resources(self, tag: dict[str, str | None]) -> list[Resource]: ...
+    #: remove one resource ``list_resources`` found; idempotent (gone already is fine)
+    def delete_resource(self, resource: Resource) -> None: ...
 
 
 @runtime_checkable

@@ -46,6 +46,49 @@ def _key_line(key: Any) -> str:
     return f"{key.get_name()} {key.get_base64()}"
 
 
+def fingerprint(key_line: str) -> str:
+    """The ``SHA256:...`` fingerprint of an OpenSSH public key line (as ``ssh-keygen -l``)."""
+    import hashlib
+
+    blob = base64.b64decode(key_line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def host_keys_in_console(text: str) -> list[str]:
+    """The host keys cloud-init prints to a VM's console (EC2 GetConsoleOutput, a serial
+    port): the key lines of its ``SSH HOST KEY KEYS`` block and the ``SHA256:`` fingerprints of
+    its ``SSH HOST KEY FINGERPRINTS`` block; lines may carry a prefix (``ec2: ``)."""
+    import re
+
+    found: list[str] = []
+    block = None
+    for line in text.splitlines():
+        if "-----BEGIN SSH HOST KEY" in line:
+            block = "keys" if "KEYS-----" in line else "fingerprints"
+            continue
+        if "-----END SSH HOST KEY" in line:
+            block = None
+            continue
+        if block == "keys":
+            m = re.search(r"((?:ssh|ecdsa|sk)-[\w@.-]+) (AAAA[A-Za-z0-9+/=]+)", line)
+        elif block == "fingerprints":
+            m = re.search(r"(SHA256:[A-Za-z0-9+/]{43})", line)
+        else:
+            continue
+        if m:
+            found.append(" ".join(m.groups()))
+    return found
+
+
+def matches_expected(key_line: str, expected: tuple[str, ...] | list[str]) -> bool:
+    """Whether the key a server presented is one of ``expected`` (key lines or fingerprints)."""
+    if not expected:
+        return False
+    kind_blob = " ".join(key_line.split()[:2])
+    fp = fingerprint(key_line)
+    return any(e == fp or " ".join(e.split()[:2]) == kind_blob for e in expected)
+
+
 SFTP_REQUEST = 32768        # bytes per SFTP read/write request (paramiko's MAX_REQUEST_SIZE)
 READ_WINDOW = 4 * 2**20     # bytes of read requests in flight, and at most buffered, per file
 COPY_BLOCK = 2**20          # bytes per read when copying from a file object
@@ -111,6 +154,22 @@ class SftpReader(io.RawIOBase):
         super().close()
 
 
+def _expected_policy(paramiko: Any, target: SshTarget) -> Any:
+    """A paramiko host-key policy that accepts only a key the cloud published for the VM."""
+
+    class Expected(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+            line = _key_line(key)
+            if not matches_expected(line, target.host_keys):
+                raise HostKeyMismatch(
+                    f"host key of {target.host}:{target.port} ({key.get_name()} "
+                    f"{fingerprint(line)}) is not one the cloud published for the VM "
+                    f"({', '.join(target.host_keys)}); refusing to connect")
+            client.get_host_keys().add(hostname, key.get_name(), key)
+
+    return Expected()
+
+
 class SshSession:
     """One SSH connection to ``target``; ``host_key`` is the pinned key after ``connect``."""
 
@@ -133,8 +192,10 @@ class SshSession:
             key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob.split()[0]))
             client.get_host_keys().add(hostname, kind, key)
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        else:
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # first key: pin it
+        elif self.target.host_keys:  # the first connection: the key the cloud published
+            client.set_missing_host_key_policy(_expected_policy(paramiko, self.target))
+        else:  # the cloud published none: trust on first use (the caller has warned)
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         pkey = paramiko.Ed25519Key.from_private_key_file(self.target.key_path)
         try:
             client.connect(self.target.host, port=self.target.port,
@@ -142,6 +203,9 @@ class SshSession:
                            timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
                            auth_timeout=self.connect_timeout, allow_agent=False,
                            look_for_keys=False)
+        except HostKeyMismatch:
+            client.close()
+            raise
         except paramiko.BadHostKeyException as exc:
             client.close()
             raise HostKeyMismatch(

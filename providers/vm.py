@@ -26,6 +26,7 @@ from providers.base import (
 )
 
 DEFAULT_GPU = "T4:1"
+CHECKIP_URL = "https://checkip.amazonaws.com"
 
 
 @contextlib.contextmanager
@@ -61,6 +62,18 @@ def smallest_for_gpu(tables: dict[str, dict[int, Any]], gpu: str | None, cloud: 
     return fits[0], table[fits[0]]
 
 
+def catalog_regions(provider: str) -> list[str]:
+    """The regions the price catalog knows for ``provider``: where dqlctl may create things."""
+    from providers.prices.catalog import load_catalog
+
+    return sorted({row.region for row in load_catalog() if row.provider == provider})
+
+
+def has_tags(have: dict[str, str], tag: dict[str, str | None]) -> bool:
+    """Whether ``have`` carries every tag of ``tag`` (a None value matches any value)."""
+    return all(k in have and (v is None or have[k] == v) for k, v in tag.items())
+
+
 class SshVm:
     """Key, SSH target, readiness, job start/follow/collect for a VM reached over SSH.
 
@@ -76,6 +89,9 @@ class SshVm:
     ssh_cidr: str | None
     ready_timeout: float
     poll_interval: float
+    #: how long to wait for the cloud to publish the VM's host keys before trusting the first
+    #: key the VM presents (with a warning); a provider setting (``host_key_wait``)
+    host_key_wait: float = 120.0
 
     _ready_sessions: dict[str, Any]
     capabilities: frozenset[Capability]
@@ -134,17 +150,42 @@ class SshVm:
             key.unlink()
 
     def _operator_cidr(self, requested: str | None = None) -> str:
+        """Who may reach port 22: ``--ssh-cidr``, the provider's ``ssh_cidr`` setting, or this
+        machine's public address as a checkip service answers it (checked to be an address:
+        anything else, an error page, a captive portal, is refused, never put in a rule)."""
         if requested or self.ssh_cidr:
             return requested or self.ssh_cidr  # type: ignore[return-value]
+        import ipaddress
         import urllib.request
 
         try:
-            with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=5) as resp:
-                ip = resp.read().decode().strip()
+            with urllib.request.urlopen(CHECKIP_URL, timeout=5) as resp:
+                answer = resp.read(100).decode(errors="replace").strip()
         except OSError as exc:
             raise ProviderError(f"could not find this machine's public address ({exc}); "
                                 "pass --ssh-cidr ADDRESS/32") from None
-        return f"{ip}/32"
+        try:
+            address = ipaddress.ip_address(answer)
+        except ValueError:
+            raise ProviderError(f"{CHECKIP_URL} answered {answer[:40]!r}, not an IP address; "
+                                "pass --ssh-cidr ADDRESS/32") from None
+        return f"{address}/{address.max_prefixlen}"
+
+    def cloud_host_keys(self, instance: Instance) -> list[str]:
+        """What the cloud says the VM's SSH host keys are (OpenSSH key lines or ``SHA256:``
+        fingerprints), read before the first connection; [] while it says nothing (yet).
+        None by default: a cloud that can tell overrides it."""
+        return []
+
+    def _expected_host_keys(self, instance: Instance, deadline: float) -> list[str]:
+        """The cloud's host keys for the instance, waiting up to ``host_key_wait`` for them to
+        be published; [] when the cloud offers none in that time."""
+        until = min(deadline, time.monotonic() + self.host_key_wait)
+        while True:
+            keys = self.cloud_host_keys(instance)
+            if keys or time.monotonic() >= until:
+                return keys
+            time.sleep(min(2.0, max(0.2, self.poll_interval)))
 
     def wait_ready(self, instance: Instance) -> Instance:
         from providers.ssh import wait_for_ssh
@@ -163,6 +204,13 @@ class SshVm:
                                     f"{self.ready_timeout:.0f} s")
             time.sleep(interval)
             interval = min(interval * 2, max(self.poll_interval, 0.25))
+        if not instance.extra.get("host_key"):  # none injected at create time: ask the cloud
+            keys = self._expected_host_keys(instance, deadline)
+            instance.extra["host_keys"] = keys
+            if not keys:
+                instance.extra.setdefault("warnings", []).append(
+                    f"{self.name} published no SSH host key for {instance.instance_id}: the "
+                    "first key the VM presented was trusted unverified (trust on first use)")
         session = wait_for_ssh(self.ssh_target(instance),
                                timeout=max(10.0, deadline - time.monotonic()),
                                interval=min(2.0, max(0.2, self.poll_interval)))
@@ -180,7 +228,8 @@ class SshVm:
         if not host:
             raise ProviderError(f"instance {instance.instance_id} has no address yet")
         return SshTarget(host, port, self.ssh_user, instance.extra["key_path"],
-                         instance.extra.get("host_key"))
+                         instance.extra.get("host_key"),
+                         tuple(instance.extra.get("host_keys") or ()))
 
     def start_job(self, instance: Instance, spec: LaunchSpec,
                   secrets: dict[str, str] | None = None) -> Instance:

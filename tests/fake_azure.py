@@ -86,6 +86,9 @@ class FakeAzure(FakeHttpServer):
         self.operations: dict[str, AsyncOp] = {}
         self.sku_not_available: set[str] = set()             # zones
         self.allocation_failures: dict[str, str] = {}        # zone -> code
+        #: the host keys (key lines) cloud-init prints to a running VM's serial console, read
+        #: through boot diagnostics; None: the log has no fingerprint block
+        self.vm_host_keys: list[str] | None = None
         self._n = itertools.count(1)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -101,6 +104,8 @@ class FakeAzure(FakeHttpServer):
         with self.lock:
             if req.path == "/_fake/ssh-keys":
                 return Response(200, self.ssh_keys())
+            if req.path.startswith("/_fake/serial/"):  # a SAS URL: no bearer token
+                return Response(200, self.serial_log(req.path.split("/", 3)[3]))
             if req.headers.get("authorization") != f"Bearer {TOKEN}":
                 raise aerror(401, "AuthenticationFailed", "Authentication failed. The "
                              "'Authorization' header is missing or has an invalid token.")
@@ -120,6 +125,13 @@ class FakeAzure(FakeHttpServer):
                 return self._poll(rest.rsplit("/", 1)[1], True)
             if re.fullmatch(r"/providers/Microsoft\.Compute/virtualMachines", rest, re.I):
                 return self._list(lambda r: r["type"] == "Microsoft.Compute/virtualMachines")
+            if re.fullmatch(r"/resourcegroups", rest, re.I) and req.method == "GET":
+                return Response(200, {"value": list(self.groups.values())})
+            diag = re.fullmatch(r"/resourcegroups/([^/]+)/providers/Microsoft\.Compute/"
+                                r"virtualMachines/([^/]+)/retrieveBootDiagnosticsData", rest,
+                                re.I)
+            if diag and req.method == "POST":
+                return self._boot_diagnostics(*diag.groups())
             g = re.fullmatch(r"/resourcegroups/([^/]+)(/.*)?", rest, re.I)
             if not g:
                 raise aerror(404, "InvalidResourceType", f"no such API: {req.method} {path}")
@@ -140,6 +152,41 @@ class FakeAzure(FakeHttpServer):
                 raise aerror(404, "InvalidResourceType", f"no such API: {req.method} {path}")
             rid = f"{self._gid(group)}{under}"
             return self._resource(req, rid, f"{r.group(1)}/{r.group(2)}", r.group(3))
+
+    def _boot_diagnostics(self, group: str, name: str) -> Response:
+        vm = self.resources.get(f"{self._gid(group)}/providers/Microsoft.Compute/"
+                                f"virtualMachines/{name}".lower())
+        if vm is None:
+            raise aerror(404, "ResourceNotFound", f"The Resource 'Microsoft.Compute/"
+                         f"virtualMachines/{name}' under resource group '{group}' was not found.")
+        diag = vm["properties"].get("diagnosticsProfile", {}).get("bootDiagnostics", {})
+        if not diag.get("enabled"):
+            raise aerror(409, "BootDiagnosticsDisabled", "Boot diagnostics is not enabled.")
+        return Response(200, {"consoleScreenshotBlobUri": f"{self.url}/_fake/screen/{vm['id']}",
+                              "serialConsoleLogBlobUri":
+                                  f"{self.url}/_fake/serial/{group}/{name}?sv=2021&sig=x"})
+
+    def serial_log(self, where: str) -> str:
+        """A VM's serial console as cloud-init writes it, with the fingerprints of
+        ``vm_host_keys`` once the VM runs."""
+        import base64
+        import hashlib
+
+        group, _, name = where.partition("/")
+        vm = self.resources.get(f"{self._gid(group)}/providers/Microsoft.Compute/"
+                                f"virtualMachines/{name}".lower())
+        lines = ["[    0.000000] Linux version 6.5.0-1025-azure", "Cloud-init v. 24.1 running"]
+        if vm is not None and time.time() >= vm.get("_running_at", float("inf")) \
+                and self.vm_host_keys:
+            lines.append("ci-info: no authorized SSH keys fingerprints found for user root.")
+            lines.append("<14>Nov 30 cloud-init: -----BEGIN SSH HOST KEY FINGERPRINTS-----")
+            for key in self.vm_host_keys:
+                digest = hashlib.sha256(base64.b64decode(key.split()[1])).digest()
+                fp = base64.b64encode(digest).decode().rstrip("=")
+                lines.append(f"<14>Nov 30 cloud-init: 256 SHA256:{fp} root@{name} "
+                             f"({key.split()[0].split('-')[-1].upper()})")
+            lines.append("<14>Nov 30 cloud-init: -----END SSH HOST KEY FINGERPRINTS-----")
+        return "\n".join(lines) + "\n"
 
     def _gid(self, group: str) -> str:
         return f"{self.sub_id}/resourceGroups/{group}"

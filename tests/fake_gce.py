@@ -17,6 +17,15 @@ instance's key stops working as on a real VM. ``capacity[zone] = CODE`` makes in
 fail (``ZONE_RESOURCE_POOL_EXHAUSTED`` and ``QUOTA_EXCEEDED`` in the operation, ``quotaExceeded``
 as a synchronous 403).
 
+The ``default`` network comes with GCE's auto-created firewall rules (``default-allow-ssh`` and
+``default-allow-rdp`` from 0.0.0.0/0, ``default-allow-icmp``, ``default-allow-internal``, all at
+priority 65534), and ``allowed(zone, name, address, port)`` decides whether a tcp connection from
+``address`` would reach an instance as GCE's firewall would (the applicable rule of highest
+priority wins, a deny over an allow at equal priority, the implied deny-all below everything).
+``vm_host_keys`` (key lines, the VM stand-in's real host key) is what the guest agent of every
+running instance with ``enable-guest-attributes`` publishes under ``hostkeys/``; None: nothing
+is published (404, as before the agent has written).
+
 This module also holds the test helpers the GCE and Azure suites share: ``FakeHttpServer`` (the
 threaded JSON server both fakes build on), ``write_adc_key`` (a service-account key file) and
 ``serving_adc`` (a fake GCE started, with credentials pointed at it).
@@ -26,6 +35,7 @@ The VM stand-in itself is ``tests.vm.vm_sshd``.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import json
 import re
@@ -220,6 +230,34 @@ CAPACITY_ERRORS = {
 }
 
 
+DEFAULT_NETWORK_RULES: dict[str, dict[str, Any]] = {
+    "default-allow-internal": {"sourceRanges": ["10.128.0.0/9"], "allowed": [
+        {"IPProtocol": "tcp", "ports": ["0-65535"]}, {"IPProtocol": "udp", "ports": ["0-65535"]},
+        {"IPProtocol": "icmp"}]},
+    "default-allow-ssh": {"sourceRanges": ["0.0.0.0/0"],
+                          "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}]},
+    "default-allow-rdp": {"sourceRanges": ["0.0.0.0/0"],
+                          "allowed": [{"IPProtocol": "tcp", "ports": ["3389"]}]},
+    "default-allow-icmp": {"sourceRanges": ["0.0.0.0/0"], "allowed": [{"IPProtocol": "icmp"}]},
+}
+
+
+def _covers(entries: list[dict[str, Any]], protocol: str, port: int) -> bool:
+    """Whether firewall ``allowed``/``denied`` entries cover ``protocol`` on ``port``."""
+    for entry in entries:
+        proto = entry.get("IPProtocol", "")
+        if proto not in (protocol, "all"):
+            continue
+        ports = entry.get("ports") or []
+        if not ports:
+            return True
+        for spec in ports:
+            low, _, high = str(spec).partition("-")
+            if int(low) <= port <= int(high or low):
+                return True
+    return False
+
+
 class FakeGce(FakeHttpServer):
     def __init__(self, project: str = "dqlctl-test",
                  regions: dict[str, list[str]] | None = None, op_seconds: float = 0.15,
@@ -237,9 +275,23 @@ class FakeGce(FakeHttpServer):
         self.service_accounts: dict[str, dict[str, Any]] = {}        # email -> account
         self.bucket_policies: dict[str, dict[str, Any]] = {}
         self.capacity: dict[str, str] = {}                           # zone -> error code
+        self.vm_host_keys: list[str] | None = None                   # what guest agents publish
         self.tokens: set[str] = set()
         self._ids = itertools.count(1)
         self._ips = itertools.count(10)
+
+    def start(self) -> str:
+        """Serve; the project's ``default`` network comes with GCE's auto-created rules."""
+        url = super().start()
+        with self.lock:
+            for name, rule in DEFAULT_NETWORK_RULES.items():
+                self.firewalls.setdefault(name, {
+                    **rule, "name": name, "kind": "compute#firewall", "direction": "INGRESS",
+                    "priority": 65534, "network": f"{self.base}/global/networks/default",
+                    "description": f"Allow {name.split('-')[-1]} on the default network",
+                    "id": str(8_000_000_000 + next(self._ids)),
+                    "selfLink": f"{self.base}/global/firewalls/{name}"})
+        return url
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -349,6 +401,7 @@ class FakeGce(FakeHttpServer):
             (z + r"/instances", "GET", self.instance_list),
             (z + r"/instances/(?P<name>[^/]+)", "GET", self.instance_get),
             (z + r"/instances/(?P<name>[^/]+)", "DELETE", self.instance_delete),
+            (z + r"/instances/(?P<name>[^/]+)/getGuestAttributes", "GET", self.guest_attributes),
             (p + r"/aggregated/instances", "GET", self.instance_aggregated),
             (z + r"/operations/(?P<name>[^/]+)", "GET", self.operation_get),
             (z + r"/operations/(?P<name>[^/]+)/wait", "POST", self.operation_wait),
@@ -522,6 +575,55 @@ class FakeGce(FakeHttpServer):
             self.instances.pop((zone, name), None)
 
         return Response(200, self._operation("delete", inst["selfLink"], zone, delete))
+
+    def guest_attributes(self, req: Request, project: str, zone: str, name: str) -> Response:
+        """``hostkeys/``: the host keys the guest agent wrote (``vm_host_keys``), once the
+        instance runs and has ``enable-guest-attributes``; 404 otherwise, as GCE answers."""
+        inst = self._instance(project, zone, name)
+        path = req.query.get("queryPath", "")
+        meta = {i.get("key"): str(i.get("value", ""))
+                for i in inst.get("metadata", {}).get("items", [])}
+        if (meta.get("enable-guest-attributes", "").upper() != "TRUE"
+                or inst["status"] != "RUNNING" or not self.vm_host_keys
+                or not path.startswith("hostkeys/")):
+            raise gerror(404, "notFound", f"The resource 'projects/{project}/zones/{zone}/"
+                         f"instances/{name}/guestAttributes/{path}' was not found")
+        items = [{"namespace": "hostkeys", "key": line.split()[0], "value": line.split()[1]}
+                 for line in self.vm_host_keys]
+        return Response(200, {"kind": "compute#guestAttributes", "queryPath": path,
+                              "selfLink": f"{inst['selfLink']}/getGuestAttributes",
+                              "queryValue": {"items": items}})
+
+    def allowed(self, zone: str, name: str, address: str, port: int = 22,
+                protocol: str = "tcp") -> bool:
+        """Whether GCE's firewall lets ``protocol:port`` from ``address`` in to the instance:
+        of the ingress rules on its network that target it (no target tags: every instance)
+        and whose source ranges hold ``address`` and cover the port, the one of highest
+        priority (lowest number) decides, a deny winning a tie; none: the implied deny."""
+        with self.lock:
+            self._advance()
+            inst = self.instances[(zone, name)]
+            tags = set(inst.get("tags", {}).get("items", []))
+            networks = {self._link(n.get("network", "")) for n in
+                        inst.get("networkInterfaces", [])}
+            ip = ipaddress.ip_address(address)
+            best: tuple[int, int] | None = None          # (priority, 0 deny / 1 allow)
+            for rule in self.firewalls.values():
+                if rule.get("direction", "INGRESS") != "INGRESS" or rule.get("disabled"):
+                    continue
+                if self._link(rule.get("network", "global/networks/default")) not in networks:
+                    continue
+                if rule.get("targetTags") and not tags & set(rule["targetTags"]):
+                    continue
+                if not any(ip.version == ipaddress.ip_network(r, strict=False).version
+                           and ip in ipaddress.ip_network(r, strict=False)
+                           for r in rule.get("sourceRanges", [])):
+                    continue
+                for verdict, key in ((0, "denied"), (1, "allowed")):
+                    if _covers(rule.get(key, []), protocol, port):
+                        candidate = (int(rule.get("priority", 1000)), verdict)
+                        best = candidate if best is None else min(best, candidate)
+            return best is not None and best[1] == 1
 
     def _matches(self, inst: dict[str, Any], expr: str) -> bool:
         """GCE list filters, the forms dqlctl sends: ``labels.K:*``, ``labels.K = "V"``,
@@ -712,7 +814,8 @@ class FakeGce(FakeHttpServer):
                               for b in p.get("bindings", []) for m in b.get("members", [])
                               if m.startswith("serviceAccount:dqlctl-")})
             return {"instances": sorted(n for _, n in self.instances),
-                    "firewalls": sorted(self.firewalls),
+                    "firewalls": sorted(n for n in self.firewalls
+                                        if n not in DEFAULT_NETWORK_RULES),
                     "service_accounts": sorted(e for e in self.service_accounts
                                                if e.startswith("dqlctl-")),
                     "bucket_members": members}

@@ -29,6 +29,7 @@ from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
 from tests.fake_imds import FakeImds
+from tests.host_keys import seed_ec2_console
 from tests.vm import AWS_KEYS, vm_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,7 @@ def home(tmp_path: Path, vm: dict[str, Any], imds: FakeImds, aws_env: str,
         f'AWS_EC2_METADATA_SERVICE_ENDPOINT = "{imds.url}"\n')
     monkeypatch.setenv("DQLCTL_HOME", str(home))
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
+    seed_ec2_console(monkeypatch, [vm["host_key"]])  # what cloud-init prints on a real VM
     return home
 
 

@@ -24,7 +24,9 @@ from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
+from dqlctl.owner import os_user, owner_tags
 from providers.base import JobSpec, LaunchSpec
+from providers.ssh import fingerprint
 from tests.fake_azure import FakeAzure, write_fake_az
 from tests.vm import vm_sshd
 
@@ -53,6 +55,7 @@ def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
 @pytest.fixture()
 def vm(arm: FakeAzure, tmp_path: Path) -> Iterator[dict[str, Any]]:
     with vm_sshd(tmp_path / "vm-disk", arm.keys_url()) as info:
+        arm.vm_host_keys = [info["host_key"]]  # printed by cloud-init to the serial console
         yield info
 
 
@@ -92,7 +95,9 @@ def test_launch_train_collect_and_tear_down(home: Path, arm: FakeAzure,
     (run,) = ctx.registry.list()
     assert run.state == reg.RUNNING, run.reason
     group = f"dqlctl-{run.id}"
-    assert arm.groups[group.lower()]["tags"] == {"dqlctl-run": run.id}
+    assert arm.groups[group.lower()]["tags"] == {
+        "dqlctl-run": run.id, "dqlctl-owner": ctx.registry_id, "dqlctl-user": os_user()}
+    assert run.instance["extra"]["host_keys"] == [fingerprint(vm["host_key"])]  # serial log
     nsg = next(r for r in arm.resources.values()
                if r["type"] == "Microsoft.Network/networkSecurityGroups")
     (rule,) = nsg["properties"]["securityRules"]
@@ -135,7 +140,7 @@ def test_zone_fall_through_scoped_identity_and_orphans(
     provider = Context(home=home).provider("azure")
     spec = LaunchSpec(run_id="5ca1ab1e", name="scoped", gpu="A100:1",
                       job=JobSpec(["train"], "test_small.csv", "az://results/runs", "x"),
-                      extra={"ssh_cidr": CIDR})
+                      tags=owner_tags(home, "5ca1ab1e"), extra={"ssh_cidr": CIDR})
     inst = provider.launch(spec)
     vm_puts = [b["zones"] for m, p, b in arm.received
                if m == "PUT" and "/virtualMachines/" in p]
@@ -156,9 +161,10 @@ def test_zone_fall_through_scoped_identity_and_orphans(
     # no run in the registry owns it: an orphan, which `down --orphans` removes with all it has
     assert main(["ps", "--orphans", "--provider", "azure", "--json"],
                 ctx=Context(home=home)) == 0
-    (orphan,) = json.loads(capsys.readouterr().out)
-    assert (orphan["instance_id"], orphan["tags"]) == (inst.instance_id,
-                                                       {"dqlctl:run": "5ca1ab1e"})
+    found = json.loads(capsys.readouterr().out)
+    assert sorted((o["kind"], o["resource_id"], o["owned"]) for o in found) == [
+        ("instance", inst.instance_id, True), ("resource-group", "dqlctl-5ca1ab1e", True)]
+    assert {o["tags"]["dqlctl:run"] for o in found} == {"5ca1ab1e"}
     assert main(["down", "--orphans", "--provider", "azure", "--yes"],
                 ctx=Context(home=home)) == 0
     assert arm.leftovers() == NOTHING               # the role assignment outside the group too

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
+from dqlctl import owner, runs
 from dqlctl import registry as reg
-from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
+from dqlctl.owner import owner_tags
 from providers.base import JobSpec, LaunchSpec
 from providers.storage import open_store
 from tests.fake_gce import FakeGce, serving_adc
@@ -43,6 +44,7 @@ def gce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGce]:
 @pytest.fixture()
 def vm(gce: FakeGce, tmp_path: Path) -> Iterator[dict[str, Any]]:
     with vm_sshd(tmp_path / "vm-disk", gce.keys_url()) as info:
+        gce.vm_host_keys = [info["host_key"]]  # what the guest agent publishes
         yield info
 
 
@@ -112,7 +114,15 @@ def test_launch_train_collect_to_gcs_and_tear_down(home: Path, gce: FakeGce,
     assert raw["machineType"].endswith(f"zones/{zone}/machineTypes/n1-standard-4")
     assert [(a["acceleratorType"].rsplit("/", 1)[-1], a["acceleratorCount"])
             for a in raw["guestAccelerators"]] == [("nvidia-tesla-t4", 1)]
-    assert raw["labels"] == {"dqlctl-run": run.id} and raw["tags"]["items"] == [name]
+    assert raw["labels"] == {"dqlctl-run": run.id, "dqlctl-owner": ctx.registry_id,
+                             "dqlctl-user": owner.os_user()}
+    assert raw["tags"]["items"] == [name]
+    # the default network's default-allow-ssh (0.0.0.0/0) is shadowed: only the operator gets in
+    assert gce.firewalls["default-allow-ssh"]["sourceRanges"] == ["0.0.0.0/0"]
+    assert gce.allowed(zone, name, CIDR.split("/")[0], 22)
+    assert not gce.allowed(zone, name, "203.0.113.9", 22)
+    assert gce.allowed(zone, name, "203.0.113.9", 3389)   # rules dqlctl does not touch stand
+    assert run.instance["extra"]["host_keys"] == [vm["host_key"]]  # verified, not trusted
     meta = {i["key"]: i["value"] for i in raw["metadata"]["items"]}
     assert meta["ssh-keys"].startswith("root:ssh-ed25519 ")
     assert meta["block-project-ssh-keys"] == "true"
@@ -153,7 +163,7 @@ def test_zone_fall_through_scoped_service_account_and_orphans(
     provider = Context(home=home).provider("gcp")
     spec = LaunchSpec(run_id="5ca1ab1e", name="scoped", gpu="L4:1",
                       job=JobSpec(["train"], "test_small.csv", f"gs://{BUCKET}/runs", "x"),
-                      extra={"ssh_cidr": CIDR})
+                      tags=owner_tags(home, "5ca1ab1e"), extra={"ssh_cidr": CIDR})
     inst = provider.launch(spec)
     assert inst.extra["zone"] == "us-central1-c" and inst.instance_type == "g2-standard-4"
     inserts = [p.split("/")[6] for m, p, _ in gce.received
@@ -170,9 +180,11 @@ def test_zone_fall_through_scoped_service_account_and_orphans(
     assert provider.list_instances({"dqlctl:run": "other"}) == []
     # no run in the registry owns it: an orphan, which `down --orphans` removes with all it has
     assert main(["ps", "--orphans", "--provider", "gcp", "--json"], ctx=Context(home=home)) == 0
-    (orphan,) = json.loads(capsys.readouterr().out)
-    assert (orphan["instance_id"], orphan["tags"]) == (inst.instance_id,
-                                                       {"dqlctl:run": "5ca1ab1e"})
+    found = json.loads(capsys.readouterr().out)
+    assert sorted((o["kind"], o["resource_id"], o["owned"]) for o in found) == [
+        ("firewall", "dqlctl-5ca1ab1e", True), ("firewall", "dqlctl-5ca1ab1e-deny-ssh", True),
+        ("instance", inst.instance_id, True), ("service-account", email, True)]
+    assert {o["tags"]["dqlctl:run"] for o in found} == {"5ca1ab1e"}
     assert main(["down", "--orphans", "--provider", "gcp", "--yes"], ctx=Context(home=home)) == 0
     assert gce.leftovers() == NOTHING
     provider.terminate(inst)                       # idempotent

@@ -22,7 +22,7 @@ from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
 from dqlctl.errors import DqlctlError, ProviderFailure, UsageError
-from providers.base import RUN_TAG, Instance, ProviderError
+from providers.base import OWNER_TAG, RUN_TAG, Instance, ProviderError
 from providers.local.compute import LocalProvider, pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,10 +282,12 @@ class _OneOrphan(LocalProvider):
         super().__init__()
         self.terminated: list[str] = []
 
+    owner = ""  # this registry's id, set by the test
+
     def list_instances(self, tag):  # type: ignore[no-untyped-def]
         return [] if self.terminated else [Instance(
             "local", "local-424242", "running", "local", "localhost",
-            tags={RUN_TAG: "gone1234"}, extra={})]
+            tags={RUN_TAG: "gone1234", OWNER_TAG: self.owner}, extra={})]
 
     def terminate(self, instance):  # type: ignore[no-untyped-def]
         self.terminated.append(instance.instance_id)
@@ -295,9 +297,10 @@ def test_down_orphans_json_lists_the_instances_it_terminated(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     provider = _OneOrphan()
     ctx = Context(home=tmp_path, providers={"local": provider})
+    provider.owner = ctx.registry_id
     assert main(["down", "--orphans", "--yes", "--json", "--provider", "local"], ctx=ctx) == 0
     (gone,) = json.loads(capsys.readouterr().out)
-    assert gone["instance_id"] == "local-424242" and provider.terminated == ["local-424242"]
+    assert gone["resource_id"] == "local-424242" and provider.terminated == ["local-424242"]
     ctx = Context(home=tmp_path, providers={"local": provider})
     assert main(["down", "--orphans", "--json", "--provider", "local"], ctx=ctx) == 0
     assert json.loads(capsys.readouterr().out) == []

@@ -33,6 +33,7 @@ from providers.base import (
 from providers.layout import resolve_data_path
 from tests.fake_azure import FakeAzure, write_fake_az
 from tests.fake_gce import FakeGce, write_adc_key
+from tests.host_keys import seed_ec2_console
 from tests.vm import AWS_KEYS, vm_sshd
 
 CIDR = "198.51.100.7/32"
@@ -67,6 +68,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path,
         endpoint = request.getfixturevalue("aws_env")
         command = AWS_KEYS.format(endpoint=endpoint)
         with vm_sshd(tmp_path / "vm", keys_command=command) as vm:
+            seed_ec2_console(monkeypatch, [vm["host_key"]])
             ami = boto3.client("ec2").describe_images()["Images"][0]["ImageId"]
 
             def aws_gone(run_id: str) -> bool:
@@ -87,6 +89,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path,
             monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
             monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
             with vm_sshd(tmp_path / "vm", gce.keys_url()) as vm:
+                gce.vm_host_keys = [vm["host_key"]]
                 yield World(get_provider(
                     "gcp", home=str(home), compute_endpoint=gce.url, iam_endpoint=gce.url,
                     storage_endpoint=gce.url, poll_interval=0.1, **_vm_settings(vm)),
@@ -98,6 +101,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path,
         monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
         monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", arm.subscription)
         with vm_sshd(tmp_path / "vm", arm.keys_url()) as vm:
+            arm.vm_host_keys = [vm["host_key"]]
             yield World(get_provider("azure", home=str(home), arm_endpoint=arm.url,
                                      poll_interval=0.05, **_vm_settings(vm)),
                         {"ssh_cidr": CIDR}, lambda run_id: not any(arm.leftovers().values()))

@@ -36,7 +36,7 @@ from dqlctl.runs.jobs import (
     read_all_lines,
 )
 from dqlctl.runs.lifecycle import SECRET_ENV, bring_up, down, launch
-from dqlctl.runs.orphaned import down_orphans, orphans
+from dqlctl.runs.orphaned import down_orphans, orphans, owned
 from dqlctl.runs.reconciling import finish_if_ended, reconcile, reconcile_all
 from dqlctl.runs.recovery import machine_lost, recover, recoverable
 from dqlctl.runs.request import (
@@ -54,7 +54,7 @@ __all__ = [
     "AGENT_TYPES", "ENGINE_COMMANDS", "POLL_S", "SECRET_ENV", "Follower", "LaunchRequest",
     "ShellCommand", "apply_engine_events", "bring_up", "budget_left", "build_spec",
     "down", "down_orphans", "enforce_budget", "finish_if_ended", "follow",
-    "instance_of", "iter_log", "job_handle", "launch", "log_tail", "machine_lost", "orphans",
+    "instance_of", "iter_log", "job_handle", "launch", "log_tail", "machine_lost", "orphans", "owned",
     "plan", "read_all_lines", "reconcile", "reconcile_all", "recover",
     "recoverable", "resolve_auto", "run_cost", "run_costs", "run_detail", "run_exit_code",
     "run_summary", "shell_command", "spend_by_month", "stop", "validate_request",

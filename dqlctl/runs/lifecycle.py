@@ -75,6 +75,8 @@ def bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
                         spot=instance.spot, price_per_hour=provider.price_per_hour(instance))
         step(reg.BOOTSTRAPPING)
         instance = provider.wait_ready(instance)
+        for warning in instance.extra.pop("warnings", []):  # e.g. a host key taken unverified
+            registry.add_event(run_id, "warning", {"message": warning})
         registry.update(run_id, instance=instance.to_dict())
         instance = provider.start_job(instance, spec, secrets=_secrets())
         registry.update(run_id, instance=instance.to_dict())

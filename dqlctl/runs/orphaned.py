@@ -1,4 +1,12 @@
-"""Instances tagged by dqlctl that no live run owns (they cost money): finding and ending them."""
+"""Resources tagged by dqlctl that no live run owns (they cost money, or clutter an account):
+finding them (``ps --orphans``) and removing them (``down --orphans``, ``gc``).
+
+Every resource dqlctl creates carries the run id, this registry's id (``OWNER_TAG``) and the OS
+user. A resource is this registry's when its owner tag is this registry's id (or, made before
+owner tags, when it has none and its run is in this registry): only those are judged by this
+registry's runs and removed by default. Another registry's resources (a colleague's, in a shared
+account) are listed but left alone unless ``all_owners``.
+"""
 
 from __future__ import annotations
 
@@ -8,41 +16,81 @@ from dqlctl import registry as reg
 from dqlctl.context import Context
 from providers import DEFAULT_PROVIDER
 from providers import provider_names as all_providers
-from providers.base import RUN_TAG, Instance, ProviderError
+from providers.base import RUN_TAG, ProviderError, Resource, instance_resource
+
+#: removal order: an instance first (it holds its group, key, role), the rest after it
+KIND_ORDER = ("instance", "resource-group", "security-group", "firewall", "key-pair",
+              "instance-profile", "role", "service-account")
+
+
+def _run(ctx: Context, run_id: str | None) -> reg.Run | None:
+    try:
+        return ctx.registry.get(run_id) if run_id else None
+    except reg.RegistryError:
+        return None
+
+
+def owned(ctx: Context, resource: Resource) -> bool:
+    """Whether this registry made ``resource`` (its owner tag, or no owner tag and a run of
+    this registry's)."""
+    if resource.owner is not None:
+        return resource.owner == ctx.registry_id
+    return _run(ctx, resource.run_id) is not None
+
+
+def _resources(provider: object, tag: dict[str, str | None]) -> list[Resource]:
+    lister = getattr(provider, "list_resources", None)
+    if lister is not None:
+        return lister(tag)
+    return [instance_resource(i) for i in provider.list_instances(tag)]  # type: ignore[attr-defined]
 
 
 def orphans(ctx: Context, provider_names: list[str] | None = None,
-            warn: Callable[[str], None] | None = None) -> list[Instance]:
-    """Instances tagged by dqlctl that no live run owns.
+            warn: Callable[[str], None] | None = None) -> list[Resource]:
+    """Resources tagged by dqlctl that no live run of this registry owns, every kind and
+    region; another registry's are listed too (``owned`` says which are this one's).
 
     A provider that cannot be asked (no credentials, say) is reported through ``warn``.
     """
     names = provider_names or sorted(set(all_providers()) & (
         {r.provider for r in ctx.registry.list()} | {DEFAULT_PROVIDER}))
-    found: list[Instance] = []
+    found: list[Resource] = []
     for name in names:
         try:
-            instances = ctx.provider(name).list_instances({RUN_TAG: None})
+            resources = _resources(ctx.provider(name), {RUN_TAG: None})
         except ProviderError as exc:
             if warn is None:
                 raise
             warn(f"{name}: not checked ({exc})")
             continue
-        for inst in instances:
-            run_id = inst.tags.get(RUN_TAG)
-            try:
-                run = ctx.registry.get(run_id) if run_id else None
-            except reg.RegistryError:
-                run = None
-            if run is None or run.terminal:
-                found.append(inst)
+        for res in resources:
+            if owned(ctx, res):
+                run = _run(ctx, res.run_id)
+                if run is not None and not run.terminal:
+                    continue  # a live run's own
+            found.append(res)
     return found
 
 
-def down_orphans(ctx: Context, instances: list[Instance]) -> list[str]:
-    """Terminate ``instances``; their ids."""
+def down_orphans(ctx: Context, resources: list[Resource],
+                 all_owners: bool = False) -> tuple[list[Resource], list[Resource]]:
+    """Remove the ``resources`` this registry owns (all of them with ``all_owners``),
+    instances first; (removed, left alone)."""
+    chosen = [r for r in resources if all_owners or owned(ctx, r)]
+    left = [r for r in resources if r not in chosen]
+
+    def order(r: Resource) -> int:
+        return KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER)
+
     done = []
-    for inst in instances:
-        ctx.provider(inst.provider).terminate(inst)
-        done.append(inst.instance_id)
-    return done
+    for res in sorted(chosen, key=order):
+        provider = ctx.provider(res.provider)
+        remover = getattr(provider, "delete_resource", None)
+        if remover is not None:
+            remover(res)
+        else:
+            from providers.base import Instance
+
+            provider.terminate(Instance.from_dict(res.extra["instance"]))
+        done.append(res)
+    return done, left

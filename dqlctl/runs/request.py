@@ -14,9 +14,10 @@ from typing import Any
 
 from dqlctl.context import Context
 from dqlctl.errors import ProviderFailure, UsageError
+from dqlctl.owner import owner_tags
 from dqlctl.registry import Run
 from providers import AUTO, DEFAULT_PROVIDER
-from providers.base import RUN_TAG, Capability, JobSpec, LaunchSpec, ProviderError
+from providers.base import Capability, JobSpec, LaunchSpec, ProviderError
 
 AGENT_TYPES = ("dql", "custom", "memory")
 ENGINE_COMMANDS = ("full-workflow", "train")
@@ -42,6 +43,7 @@ class LaunchRequest:
     image: str | None = None          # engine container image (--runtime docker)
     image_id: str | None = None       # the VM image (AMI / GCE image / Azure image)
     ssh_cidr: str | None = None       # who may reach port 22 (default: this machine's address)
+    wide_ssh_ok: bool = False         # ssh_cidr may be wider than a /24 (``launch --yes``)
     max_price: float | None = None
     keep: bool = False                # leave the VM up after the run (for debugging)
     idle_minutes: float | None = None  # the VM shuts itself down this long after its run ended
@@ -87,6 +89,8 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
         raise UsageError(f"--max-cost must be a positive amount of USD, got {req.max_cost}",
                          field="max_cost")
 
+    if req.ssh_cidr is not None:
+        req.ssh_cidr = checked_ssh_cidr(req.ssh_cidr, req.wide_ssh_ok)
     if req.provider not in COMPUTE_PROVIDERS:
         known = ", ".join(sorted(COMPUTE_PROVIDERS))
         if req.provider in PLANNED_PROVIDERS:
@@ -112,6 +116,26 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
         return resolve_data_path(req.data)
     except DataFileNotFound as exc:
         raise UsageError(str(exc), field="data") from None
+
+
+#: the most addresses ``--ssh-cidr`` may open port 22 to without ``--yes`` (a /24)
+SSH_CIDR_MAX_ADDRESSES = 256
+
+
+def checked_ssh_cidr(cidr: str, wide_ok: bool = False) -> str:
+    """``--ssh-cidr`` as a network (a bare address is its /32); UsageError when it is not one,
+    or when it spans more than a /24 and ``wide_ok`` is not set (``0.0.0.0/0`` is everyone)."""
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(cidr.strip(), strict=False)
+    except ValueError:
+        raise UsageError(f"--ssh-cidr {cidr!r} is not an address or CIDR block "
+                         "(e.g. 203.0.113.7/32)", field="ssh_cidr") from None
+    if net.num_addresses > SSH_CIDR_MAX_ADDRESSES and not wide_ok:
+        raise UsageError(f"--ssh-cidr {net} lets {net.num_addresses:,} addresses try SSH on the "
+                         "VM (wider than a /24); add --yes if you mean it", field="ssh_cidr")
+    return str(net)
 
 
 def _engine_args(req: LaunchRequest, experiment: str) -> list[str]:
@@ -145,7 +169,8 @@ def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     return LaunchSpec(run_id=run_id, name=name, job=job, region=req.region,
                       instance_type=req.instance_type, gpu=req.gpu, spot=req.spot,
                       max_price=req.max_price, image=req.image,
-                      runtime=req.runtime, tags={RUN_TAG: run_id}, workdir=str(workdir),
+                      runtime=req.runtime, tags=owner_tags(ctx.home, run_id),
+                      workdir=str(workdir),
                       extra=extra)
 
 

@@ -1,6 +1,6 @@
-"""``dqlctl down RUN``: stop a run and release its machine now (``--orphans``: terminate the
-instances no live run owns). ``--json``: the final run row as ``show --json`` prints it, or the
-list of terminated instances."""
+"""``dqlctl down RUN``: stop a run and release its machine now (``--orphans``: remove what this
+registry created that no live run owns, as ``dqlctl gc``). ``--json``: the final run row as
+``show --json`` prints it, or the list of removed resources."""
 
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ def register(sub: Any) -> None:
     p = sub.add_parser("down", help="stop a run and release its machine")
     p.add_argument("run", metavar="RUN", nargs="?")
     p.add_argument("--orphans", action="store_true",
-                   help="terminate every instance tagged by dqlctl that no live run owns")
+                   help="remove every resource this registry created that no live run owns "
+                   "(as `dqlctl gc`)")
     p.add_argument("--provider", action="append", help="with --orphans: only these providers")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask")
     p.add_argument("--json", action="store_true",
-                   help="print the final run (or the terminated instances) as JSON")
+                   help="print the final run (or the removed resources) as JSON")
+    from dqlctl.verbs.gc import add_orphan_flags  # a verb module: standard library only
+
+    add_orphan_flags(p)
     p.set_defaults(func=cmd_down)
 
 
@@ -29,6 +33,8 @@ def cmd_down(ctx: Any, args: argparse.Namespace) -> int:
 
     if args.orphans:
         return _down_orphans(ctx, args)
+    if args.all_owners:
+        raise UsageError("--all-owners goes with --orphans")
     if not args.run:
         raise UsageError("name a RUN to stop (or --orphans)")
     run = runs.reconcile(ctx, resolve_run(ctx, args.run))
@@ -50,22 +56,6 @@ def cmd_down(ctx: Any, args: argparse.Namespace) -> int:
 
 
 def _down_orphans(ctx: Any, args: argparse.Namespace) -> int:
-    from dqlctl import runs
+    from dqlctl.verbs.gc import remove_orphans
 
-    found = runs.orphans(ctx, args.provider)
-    if not found:
-        if args.json:
-            print_json(ctx, [])
-        else:
-            print("no orphaned instances", file=ctx.stdout)
-        return 0
-    if not args.yes:
-        raise UsageError(f"{len(found)} orphaned instance(s); add --yes to terminate them "
-                         "(`dqlctl ps --orphans` lists them)")
-    done = runs.down_orphans(ctx, found)
-    if args.json:
-        print_json(ctx, [i.to_dict() for i in found if i.instance_id in done])
-    else:
-        for inst_id in done:
-            print(f"terminated {inst_id}", file=ctx.stdout)
-    return 0
+    return remove_orphans(ctx, args)

@@ -42,7 +42,9 @@ def register(sub: Any) -> None:
                    "GCP, a publisher:offer:sku:version URN on Azure (default: a GPU image)")
     p.add_argument("--image", help="engine container image for --runtime docker")
     p.add_argument("--ssh-cidr", help="who may reach the VM's port 22 (default: this "
-                   "machine's public address/32)")
+                   "machine's public address/32; wider than a /24 needs --yes)")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="with --ssh-cidr wider than a /24: open port 22 to it anyway")
     p.add_argument("--keep", action="store_true", help="leave the VM up when the run ends")
     p.add_argument("--idle-minutes", type=float, metavar="M",
                    help="the VM shuts itself down M minutes after its run ended (default 30; "
@@ -70,7 +72,7 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
         runtime=args.runtime, region=args.region, instance_type=args.instance_type,
         gpu=args.gpu, spot=args.spot, seed=args.seed, results_dir=args.results_dir,
         max_price=args.max_price, image=args.image, image_id=args.image_id,
-        ssh_cidr=args.ssh_cidr, keep=args.keep, max_cost=args.max_cost,
+        ssh_cidr=args.ssh_cidr, wide_ssh_ok=args.yes, keep=args.keep, max_cost=args.max_cost,
         idle_minutes=args.idle_minutes, collect_grace_minutes=args.collect_grace_minutes,
         max_recoveries=args.max_recoveries, engine_args=args.engine_args)
     quiet = args.json

@@ -1,5 +1,6 @@
 """``dqlctl ps``: runs that are not finished (``--all``: every run), each reconciled first;
-``--orphans``: instances tagged by dqlctl that no live run owns."""
+``--orphans``: resources tagged by dqlctl that no live run owns (instances, and what a failed
+launch left: security groups, key pairs, roles, firewalls...), this registry's and others'."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("ps", help="list runs")
     p.add_argument("-a", "--all", action="store_true", help="include finished runs")
     p.add_argument("--orphans", action="store_true",
-                   help="instances tagged by dqlctl that no live run owns")
+                   help="resources tagged by dqlctl that no live run owns (OWNER: this "
+                   "registry, or another's)")
     p.add_argument("--provider", action="append", help="with --orphans: only these providers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ps)
@@ -27,9 +29,10 @@ def cmd_ps(ctx: Any, args: argparse.Namespace) -> int:
         found = runs.orphans(ctx, args.provider, warn=lambda m: print(f"warning: {m}",
                                                                       file=ctx.stderr))
         if args.json:
-            print_json(ctx, [i.to_dict() for i in found])
+            print_json(ctx, [{**r.to_dict(), "owned": runs.owned(ctx, r)} for r in found])
         else:
-            print(orphan_table(found) if found else "no orphaned instances", file=ctx.stdout)
+            print(orphan_table(found, ctx.registry_id) if found else "no orphaned resources",
+                  file=ctx.stdout)
         return 0
     runs.reconcile_all(ctx)
     rows = ctx.registry.list(include_terminal=args.all)

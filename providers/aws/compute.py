@@ -31,9 +31,12 @@ from providers.base import (
     LaunchSpec,
     Offer,
     ProviderError,
+    Resource,
+    core_tags,
     install_hint,
+    instance_resource,
 )
-from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, smallest_for_gpu
+from providers.vm import DEFAULT_GPU, SshVm, catalog_regions, has_tags, parse_gpu, smallest_for_gpu
 
 # --gpu NAME:COUNT -> instance type (the smallest type with that many of that GPU)
 GPU_INSTANCE_TYPES: dict[str, dict[int, str]] = {
@@ -50,6 +53,8 @@ CAPACITY_ERRORS = frozenset({"InsufficientInstanceCapacity", "SpotMaxPriceTooLow
                              "MaxSpotInstanceCountExceeded", "InstanceLimitExceeded",
                              "VcpuLimitExceeded", "Unsupported", "InsufficientCapacity"})
 TAG = RUN_TAG
+#: regions that are not enabled for the account: nothing of dqlctl's can be there
+REGION_OFF = frozenset({"OptInRequired", "AuthFailure", "UnauthorizedOperation"})
 
 
 def _boto3() -> Any:
@@ -102,7 +107,7 @@ class AwsProvider(SshVm):
                  remote_python: str = "python3", ssh_user: str = "ubuntu",
                  ssh_cidr: str | None = None, image_id: str | None = None,
                  ready_timeout: float = 600.0, poll_interval: float = 2.0,
-                 vm_env: dict[str, str] | None = None) -> None:
+                 vm_env: dict[str, str] | None = None, host_key_wait: float = 180.0) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.extra_vm_env = dict(vm_env or {})  # test hook: e.g. AWS_ENDPOINT_URL for moto
         self.ssh_host_override = ssh_host_override
@@ -113,6 +118,7 @@ class AwsProvider(SshVm):
         self.image_id = image_id
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
+        self.host_key_wait = host_key_wait
         self._ready_sessions: dict[str, Any] = {}
 
     def vm_env(self, instance: Instance) -> dict[str, str]:
@@ -204,7 +210,9 @@ class AwsProvider(SshVm):
         run_id = spec.run_id
         region = spec.region or self._session().region_name
         itype = instance_type_for(spec.gpu, spec.instance_type)
-        tags = [{"Key": TAG, "Value": run_id}, {"Key": "Name", "Value": f"dqlctl-{spec.name}"}]
+        owned = {**spec.tags, TAG: run_id}  # run id, registry id (owner), OS user
+        tags = [{"Key": k, "Value": v} for k, v in owned.items()] + [
+            {"Key": "Name", "Value": f"dqlctl-{spec.name}"}]
         created: dict[str, Any] = {"region": region, "run_id": run_id}
         ec2 = self._client("ec2", region)
         try:
@@ -284,7 +292,7 @@ class AwsProvider(SshVm):
         return Instance(
             provider=self.name, instance_id=raw["InstanceId"], state="pending",
             region=created["region"], instance_type=itype, spot=spec.spot,
-            launched_at=time.time(), tags={TAG: spec.run_id},
+            launched_at=time.time(), tags=core_tags({**spec.tags, TAG: spec.run_id}),
             extra={**created, "zone": zone, "image": image,
                    "key_path": str(self._key_path(spec.run_id))})
 
@@ -308,12 +316,50 @@ class AwsProvider(SshVm):
         instance.public_ip = raw.get("PublicIpAddress") or raw.get("PrivateIpAddress")
         return instance
 
-    def list_instances(self, tag: dict[str, str]) -> list[Instance]:
-        ec2 = self._client("ec2")
-        filters = [{"Name": f"tag:{k}", "Values": [v]} if v is not None
-                   else {"Name": "tag-key", "Values": [k]} for k, v in tag.items()]
-        filters.append({"Name": "instance-state-name",
-                        "Values": ["pending", "running", "stopping", "stopped"]})
+    def cloud_host_keys(self, instance: Instance) -> list[str]:
+        """The host keys cloud-init printed to the instance's console (GetConsoleOutput's
+        ``SSH HOST KEY KEYS`` / ``FINGERPRINTS`` blocks); [] until they are there."""
+        from providers.ssh import host_keys_in_console
+
+        return host_keys_in_console(self._console_output(instance))
+
+    def _console_output(self, instance: Instance) -> str:
+        ec2 = self._client("ec2", instance.region)
+        try:  # the latest output where the instance type keeps it (Nitro), else the buffered
+            reply = ec2.get_console_output(InstanceId=instance.instance_id, Latest=True)
+        except Exception as exc:
+            if _code(exc) not in ("UnsupportedOperation", "InvalidParameterValue",
+                                  "InvalidParameterCombination"):
+                raise
+            reply = ec2.get_console_output(InstanceId=instance.instance_id)
+        return reply.get("Output") or ""
+
+    def _regions(self) -> list[str]:
+        """Where dqlctl may have created something: the catalog's AWS regions and the
+        session's own."""
+        own = self._session().region_name
+        return sorted({*catalog_regions(self.name), *([own] if own else [])})
+
+    @staticmethod
+    def _filters(tag: dict[str, str | None]) -> list[dict[str, Any]]:
+        return [{"Name": f"tag:{k}", "Values": [v]} if v is not None
+                else {"Name": "tag-key", "Values": [k]} for k, v in tag.items()]
+
+    def list_instances(self, tag: dict[str, str | None]) -> list[Instance]:
+        """Instances carrying every tag of ``tag`` (a None value matches any), in every
+        region dqlctl may use."""
+        out: list[Instance] = []
+        for region in self._regions():
+            try:
+                out += self._instances(self._client("ec2", region), tag)
+            except Exception as exc:
+                if _code(exc) not in REGION_OFF:
+                    raise
+        return out
+
+    def _instances(self, ec2: Any, tag: dict[str, str | None]) -> list[Instance]:
+        filters = self._filters(tag) + [{"Name": "instance-state-name", "Values": [
+            "pending", "running", "stopping", "stopped"]}]
         out = []
         for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
             for res in page["Reservations"]:
@@ -324,6 +370,90 @@ class AwsProvider(SshVm):
                                         raw.get("InstanceLifecycle") == "spot",
                                         raw.get("PublicIpAddress"), tags=tags))
         return out
+
+    def list_resources(self, tag: dict[str, str | None]) -> list[Resource]:
+        """Everything dqlctl creates that carries ``tag``: instances, security groups and key
+        pairs in every region it may use, instance profiles and roles (IAM is global)."""
+        out: list[Resource] = []
+        for region in self._regions():
+            ec2 = self._client("ec2", region)
+            try:
+                out += [instance_resource(i) for i in self._instances(ec2, tag)]
+                for group in ec2.describe_security_groups(
+                        Filters=self._filters(tag))["SecurityGroups"]:
+                    out.append(Resource(self.name, "security-group", group["GroupId"], region,
+                                        core_tags(_tags(group)), {"name": group["GroupName"]}))
+                for pair in ec2.describe_key_pairs(Filters=self._filters(tag))["KeyPairs"]:
+                    out.append(Resource(self.name, "key-pair", pair["KeyName"], region,
+                                        core_tags(_tags(pair))))
+            except Exception as exc:
+                if _code(exc) not in REGION_OFF:
+                    raise
+        iam = self._client("iam")
+        for kind, lister, key, getter in (
+                ("instance-profile", "list_instance_profiles", "InstanceProfile",
+                 "get_instance_profile"),
+                ("role", "list_roles", "Role", "get_role")):
+            for page in iam.get_paginator(lister).paginate():
+                for item in page[f"{key}s"]:
+                    name = item[f"{key}Name"]
+                    if not name.startswith("dqlctl-"):
+                        continue
+                    try:  # the list calls do not return tags
+                        tags = _tags(getattr(iam, getter)(**{f"{key}Name": name})[key])
+                    except Exception as exc:
+                        if _code(exc) != "NoSuchEntity":
+                            raise
+                        continue
+                    if has_tags(tags, tag):
+                        out.append(Resource(self.name, kind, name, None, core_tags(tags)))
+        return out
+
+    def delete_resource(self, resource: Resource) -> None:
+        """Remove one thing ``list_resources`` found; 'not found' is done already."""
+        kind, rid = resource.kind, resource.resource_id
+        if kind == "instance":
+            self.terminate(Instance.from_dict(resource.extra["instance"]))
+            return
+        if kind in ("security-group", "key-pair"):
+            ec2 = self._client("ec2", resource.region)
+            if kind == "key-pair":
+                _quietly(ec2.delete_key_pair, KeyName=rid)
+            else:
+                _delete_group(ec2, rid)
+            return
+        iam = self._client("iam")
+        if kind == "instance-profile":
+            try:
+                roles = iam.get_instance_profile(InstanceProfileName=rid)[
+                    "InstanceProfile"]["Roles"]
+            except Exception as exc:
+                if _code(exc) == "NoSuchEntity":
+                    return
+                raise
+            for role in roles:
+                _quietly(iam.remove_role_from_instance_profile, InstanceProfileName=rid,
+                         RoleName=role["RoleName"])
+            _quietly(iam.delete_instance_profile, InstanceProfileName=rid)
+        elif kind == "role":
+            try:
+                profiles = iam.list_instance_profiles_for_role(RoleName=rid)["InstanceProfiles"]
+                policies = iam.list_role_policies(RoleName=rid)["PolicyNames"]
+                attached = iam.list_attached_role_policies(RoleName=rid)["AttachedPolicies"]
+            except Exception as exc:
+                if _code(exc) == "NoSuchEntity":
+                    return
+                raise
+            for prof in profiles:
+                _quietly(iam.remove_role_from_instance_profile,
+                         InstanceProfileName=prof["InstanceProfileName"], RoleName=rid)
+            for policy in policies:
+                _quietly(iam.delete_role_policy, RoleName=rid, PolicyName=policy)
+            for policy in attached:
+                _quietly(iam.detach_role_policy, RoleName=rid, PolicyArn=policy["PolicyArn"])
+            _quietly(iam.delete_role, RoleName=rid)
+        else:
+            raise ProviderError(f"aws: no such kind of resource: {kind}")
 
     def terminate(self, instance: Instance) -> None:
         ec2 = self._client("ec2", instance.region)
@@ -345,29 +475,40 @@ class AwsProvider(SshVm):
         ec2 = self._client("ec2", region)
         iam = self._client("iam", region)
 
-        def quietly(fn: Any, **kwargs: Any) -> None:
-            try:
-                fn(**kwargs)
-            except Exception as exc:
-                code = _code(exc)
-                if not (code.endswith("NotFound") or code in ("NoSuchEntity",
-                                                              "InvalidKeyPair.NotFound")):
-                    raise
-
         groups = ec2.describe_security_groups(
             Filters=[{"Name": f"tag:{TAG}", "Values": [run_id]}])["SecurityGroups"]
         for group in groups:
-            for attempt in range(30):  # the group stays in use until the instance is gone
-                try:
-                    ec2.delete_security_group(GroupId=group["GroupId"])
-                    break
-                except Exception as exc:
-                    if _code(exc) != "DependencyViolation" or attempt == 29:
-                        raise
-                    time.sleep(2)
-        quietly(ec2.delete_key_pair, KeyName=name)
-        quietly(iam.remove_role_from_instance_profile, InstanceProfileName=name, RoleName=name)
-        quietly(iam.delete_instance_profile, InstanceProfileName=name)
-        quietly(iam.delete_role_policy, RoleName=name, PolicyName="run-bucket")
-        quietly(iam.delete_role, RoleName=name)
+            _delete_group(ec2, group["GroupId"])
+        _quietly(ec2.delete_key_pair, KeyName=name)
+        _quietly(iam.remove_role_from_instance_profile, InstanceProfileName=name, RoleName=name)
+        _quietly(iam.delete_instance_profile, InstanceProfileName=name)
+        _quietly(iam.delete_role_policy, RoleName=name, PolicyName="run-bucket")
+        _quietly(iam.delete_role, RoleName=name)
         self._forget_key(run_id)
+
+
+def _tags(raw: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in raw.get("Tags") or []}
+
+
+def _quietly(fn: Any, **kwargs: Any) -> None:
+    """Call ``fn``; a 'not found' answer means it is gone already."""
+    try:
+        fn(**kwargs)
+    except Exception as exc:
+        code = _code(exc)
+        if not (code.endswith("NotFound") or code in ("NoSuchEntity",
+                                                      "InvalidKeyPair.NotFound")):
+            raise
+
+
+def _delete_group(ec2: Any, group_id: str) -> None:
+    """Delete a security group, waiting while an instance still uses it; gone is fine."""
+    for attempt in range(30):  # the group stays in use until the instance is gone
+        try:
+            _quietly(ec2.delete_security_group, GroupId=group_id)
+            return
+        except Exception as exc:
+            if _code(exc) != "DependencyViolation" or attempt == 29:
+                raise
+            time.sleep(2)

@@ -1,6 +1,7 @@
 """Azure: Spot (default) or regular GPU VMs through azure-mgmt-compute/-network, reached over SSH.
 
-Each run gets its own resource group ``dqlctl-<run id>`` (tagged ``dqlctl-run=<id>``) holding
+Each run gets its own resource group ``dqlctl-<run id>`` (tagged ``dqlctl-run=<id>``,
+``dqlctl-owner=<registry id>``, ``dqlctl-user=<user>``) holding
 everything the run creates: a network security group that lets tcp:22 in from the operator's
 address only, a VNet/subnet, a static public IP, a NIC and the VM (``priority=Spot``,
 ``evictionPolicy=Delete``, ``maxPrice`` -1 = never evicted for price, or ``--max-price``; its
@@ -8,6 +9,9 @@ NIC and OS disk are deleted with it). The VM logs in with a per-run ed25519 key 
 login off). When the run names an ``az://container/...`` URI, the VM gets a system-assigned
 managed identity and one role assignment, *Storage Blob Data Contributor* scoped to that
 container (the storage account is ``[providers.azure] storage_account_id``); nothing else.
+
+The VM's serial console goes to boot diagnostics (managed storage); its SSH host keys are read
+there (cloud-init's ``SSH HOST KEY FINGERPRINTS`` block) before the first connection.
 
 ``terminate`` removes the role assignments (they live outside the group), then the group, which
 takes every resource in it along; it is idempotent, and it refuses to delete a group that is not
@@ -38,9 +42,13 @@ from providers.base import (
     LaunchSpec,
     Offer,
     ProviderError,
+    Resource,
+    cloud_labels,
+    core_tags,
     install_hint,
+    instance_resource,
 )
-from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, quiet_logger, smallest_for_gpu
+from providers.vm import DEFAULT_GPU, SshVm, has_tags, parse_gpu, quiet_logger, smallest_for_gpu
 
 TAG = RUN_TAG                # the run's tag as dqlctl's core knows it (Instance.tags)
 LABEL = RUN_LABEL            # the same on Azure resources (a tag key, kept ':'-free like GCE's)
@@ -117,7 +125,8 @@ class AzureProvider(SshVm):
                  ssh_host_override: str | None = None, ssh_user: str = "azureuser",
                  remote_root: str = "dqlctl", remote_python: str = "python3",
                  ssh_cidr: str | None = None, ready_timeout: float = 600.0,
-                 poll_interval: float = 2.0, os_disk_gb: int = 128) -> None:
+                 poll_interval: float = 2.0, os_disk_gb: int = 128,
+                 host_key_wait: float = 180.0) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.subscription_id = subscription_id
         self.location = location
@@ -133,6 +142,7 @@ class AzureProvider(SshVm):
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
         self.os_disk_gb = os_disk_gb
+        self.host_key_wait = host_key_wait
         self._credential: Any = None
         self._clients: dict[str, Any] = {}
 
@@ -218,7 +228,8 @@ class AzureProvider(SshVm):
                          f"{', '.join(s.rsplit('/', 1)[-1] for s in scopes)}"
                          if scopes else "none (the run names no container)"),
             "ssh_key": f"dqlctl-{spec.run_id} (ed25519, private key kept here, 0600)",
-            "tags": f"{LABEL}={spec.run_id}",
+            "tags": " ".join(f"{k}={v}" for k, v in
+                             cloud_labels({**spec.tags, TAG: spec.run_id}).items()),
             "runtime": "native" if spec.runtime in ("auto", "native") else spec.runtime,
         }
 
@@ -233,7 +244,7 @@ class AzureProvider(SshVm):
         scopes = self._scopes(spec)
         network, compute = self._client("network"), self._client("compute")
         name = f"dqlctl-{run_id}"
-        tags = {LABEL: run_id}
+        tags = cloud_labels({**spec.tags, TAG: run_id})  # run, owner (registry id), user
         created: dict[str, Any] = {"run_id": run_id, "resource_group": name,
                                    "location": location, "subscription": self.subscription}
         try:
@@ -297,7 +308,7 @@ class AzureProvider(SshVm):
             return Instance(
                 provider=self.name, instance_id=name, state="pending", region=location,
                 instance_type=size, spot=spec.spot, launched_at=time.time(),
-                tags={TAG: run_id},
+                tags=core_tags(tags),
                 extra={**created, "key_path": str(self._key_path(run_id)),
                        "image": spec.extra.get("image_id") or self.image or DEFAULT_IMAGE})
         except BaseException:
@@ -329,6 +340,9 @@ class AzureProvider(SshVm):
                     disable_password_authentication=True,
                     ssh=cm.SshConfiguration(public_keys=[cm.SshPublicKey(
                         path=f"/home/{user}/.ssh/authorized_keys", key_data=public_key)]))),
+            # the serial console log, where cloud-init prints the host keys' fingerprints
+            diagnostics_profile=cm.DiagnosticsProfile(
+                boot_diagnostics=cm.BootDiagnostics(enabled=True)),
             network_profile=cm.NetworkProfile(network_interfaces=[
                 # Detach: a VM whose allocation failed is deleted and the next zone reuses the
                 # NIC; the run's group takes it away at the end
@@ -404,10 +418,53 @@ class AzureProvider(SshVm):
             rg = vm.id.split("/")[4]
             out.append(Instance(
                 self.name, vm.name, self._state(vm), vm.location, vm.hardware_profile.vm_size,
-                vm.priority == "Spot", tags={TAG: have[LABEL]} if LABEL in have else {},
+                vm.priority == "Spot", tags=core_tags(have),
                 extra={"resource_group": rg, "run_id": have.get(LABEL),
                        "principal_id": vm.identity.principal_id if vm.identity else None}))
         return out
+
+    def cloud_host_keys(self, instance: Instance) -> list[str]:
+        """The host keys cloud-init printed to the VM's serial console, read from boot
+        diagnostics; [] until they are there."""
+        import urllib.request
+
+        from providers.ssh import host_keys_in_console
+
+        rg = instance.extra.get("resource_group") or instance.instance_id
+        try:
+            data = self._client("compute").virtual_machines.retrieve_boot_diagnostics_data(
+                rg, instance.instance_id, sas_uri_expiration_time_in_minutes=5)
+        except _sdk()["HttpResponseError"]:
+            return []  # not there yet (or boot diagnostics off)
+        if not data.serial_console_log_blob_uri:
+            return []
+        try:
+            with urllib.request.urlopen(data.serial_console_log_blob_uri, timeout=30) as resp:
+                return host_keys_in_console(resp.read().decode(errors="replace"))
+        except OSError:
+            return []
+
+    def list_resources(self, tag: dict[str, str | None]) -> list[Resource]:
+        """Everything dqlctl creates that carries ``tag``: its VMs and the resource groups
+        that hold each run's all (a group left by a launch killed before its VM existed too)."""
+        labels = {k.replace(":", "-"): v for k, v in tag.items()}
+        out = [instance_resource(i) for i in self.list_instances(tag)]
+        for group in self._client("resource").resource_groups.list():
+            have = dict(group.tags or {})
+            if group.name.startswith("dqlctl-") and has_tags(have, labels):
+                out.append(Resource(self.name, "resource-group", group.name, group.location,
+                                    core_tags(have)))
+        return out
+
+    def delete_resource(self, resource: Resource) -> None:
+        """Remove one thing ``list_resources`` found (a VM: its run's group and role
+        assignments; a group: it and all in it); 'not found' is done already."""
+        if resource.kind == "instance":
+            self.terminate(Instance.from_dict(resource.extra["instance"]))
+        elif resource.kind == "resource-group":
+            self._cleanup(resource.run_id, {"resource_group": resource.resource_id})
+        else:
+            raise ProviderError(f"azure: no such kind of resource: {resource.kind}")
 
     # -- teardown -------------------------------------------------------------------------------------
 

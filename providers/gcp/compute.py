@@ -3,9 +3,13 @@
 Everything a run creates is its own and named ``dqlctl-<run id>``: an ed25519 key (private key
 0600 in dqlctl's data dir, public key in the instance's ``ssh-keys`` metadata, project-wide keys
 blocked), a firewall rule that opens tcp:22 to the operator's address only and only for the
-instance's network tag, a service account that is granted ``roles/storage.objectAdmin`` on the
+instance's network tag (with a deny rule for tcp:22 from anywhere just below it, so the default
+network's ``default-allow-ssh`` 0.0.0.0/0 rule, priority 65534, never applies), a service account that is granted ``roles/storage.objectAdmin`` on the
 run's bucket(s) and nothing else (no service account at all when the run names no bucket), and the
-instance, labelled ``dqlctl-run=<id>``. ``terminate`` removes all of it (idempotent).
+instance, labelled ``dqlctl-run=<id>``, ``dqlctl-owner=<registry id>``, ``dqlctl-user=<user>``
+(firewalls and service accounts take no labels: the same words are in their description).
+``terminate`` removes all of it (idempotent). The VM's SSH host keys are read from its guest
+attributes (``hostkeys/``, written by the guest agent) before the first connection.
 
 Capacity: zones of the region are tried in turn; ``ZONE_RESOURCE_POOL_EXHAUSTED`` and quota
 errors (from the insert call or from its long-running operation) fall through to the next zone.
@@ -36,9 +40,14 @@ from providers.base import (
     LaunchSpec,
     Offer,
     ProviderError,
+    Resource,
+    cloud_labels,
+    core_tags,
     install_hint,
+    instance_resource,
+    label_value,
 )
-from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, quiet_logger, smallest_for_gpu
+from providers.vm import DEFAULT_GPU, SshVm, has_tags, parse_gpu, quiet_logger, smallest_for_gpu
 
 TAG = RUN_TAG                # the run's tag as dqlctl's core knows it (Instance.tags)
 LABEL = RUN_LABEL            # the same on the cloud (GCE label keys allow no ':')
@@ -65,6 +74,8 @@ CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "quotaExceed
 STORAGE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 BUCKET_ROLE = "roles/storage.objectAdmin"
+#: the per-run rule that lets the operator in, and the deny rule below it for everyone else
+ALLOW_PRIORITY, DENY_PRIORITY = 1000, 1001
 NO_CREDENTIALS = ("no Google Cloud credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a "
                   "service-account key file or run `gcloud auth application-default login`")
 
@@ -130,6 +141,19 @@ def _not_found(exc: BaseException) -> bool:
     return type(exc).__name__ == "NotFound" or getattr(exc, "code", None) == 404
 
 
+def owner_words(tags: dict[str, str]) -> str:
+    """dqlctl's tags as ``dqlctl-run=ID dqlctl-owner=ID ...`` for a description (firewalls and
+    service accounts take no labels)."""
+    return " ".join(f"{k}={label_value(v)}" for k, v in cloud_labels(tags).items())
+
+
+def tags_in(description: str) -> dict[str, str]:
+    """The labels ``owner_words`` wrote into a description."""
+    import re
+
+    return dict(re.findall(r"\b(dqlctl-[a-z]+)=([a-z0-9_-]+)", description or ""))
+
+
 class GcpProvider(SshVm):
     name = "gcp"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
@@ -143,7 +167,8 @@ class GcpProvider(SshVm):
                  ssh_user: str = "dqlctl", remote_root: str = "dqlctl",
                  remote_python: str = "python3", ssh_cidr: str | None = None,
                  ready_timeout: float = 600.0, poll_interval: float = 2.0,
-                 boot_disk_gb: int = 100, operation_timeout: float = 600.0) -> None:
+                 boot_disk_gb: int = 100, operation_timeout: float = 600.0,
+                 host_key_wait: float = 120.0) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.project = project
         self.region = region
@@ -162,6 +187,7 @@ class GcpProvider(SshVm):
         self.poll_interval = poll_interval
         self.boot_disk_gb = boot_disk_gb
         self.operation_timeout = operation_timeout
+        self.host_key_wait = host_key_wait
         self._auth: tuple[Any, str] | None = None
         self._clients: dict[str, Any] = {}
 
@@ -295,11 +321,13 @@ class GcpProvider(SshVm):
             "gpu": spec.gpu or DEFAULT_GPU,
             "market": "spot (terminate action DELETE)" if spec.spot else "on-demand",
             "image": spec.extra.get("image_id") or self.image or DEFAULT_IMAGE,
-            "firewall": f"dqlctl-{spec.run_id}: tcp 22 from {cidr}",
+            "firewall": f"dqlctl-{spec.run_id}: tcp 22 from {cidr} (priority "
+                        f"{ALLOW_PRIORITY}); dqlctl-{spec.run_id}-deny-ssh: tcp 22 from anywhere "
+                        f"else denied (priority {DENY_PRIORITY})",
             "service_account": (f"dqlctl-{spec.run_id}: {BUCKET_ROLE} on {', '.join(buckets)}"
                                 if buckets else "none (the run names no bucket)"),
             "ssh_key": f"dqlctl-{spec.run_id} (ed25519, private key kept here, 0600)",
-            "labels": f"{LABEL}={spec.run_id}",
+            "labels": owner_words({**spec.tags, TAG: spec.run_id}),
             "runtime": "native" if spec.runtime in ("auto", "native") else spec.runtime,
         }
 
@@ -313,11 +341,12 @@ class GcpProvider(SshVm):
                                                          spec.job.data_file)}
         try:
             public_key = self._new_key(run_id)
-            self._create_firewall(run_id, self._operator_cidr(spec.extra.get("ssh_cidr")))
+            self._create_firewall(run_id, self._operator_cidr(spec.extra.get("ssh_cidr")),
+                                  {**spec.tags, TAG: run_id})
             created["firewall"] = f"dqlctl-{run_id}"
             if created["buckets"]:
-                created["service_account"] = self._create_service_account(run_id,
-                                                                          created["buckets"])
+                created["service_account"] = self._create_service_account(
+                    run_id, created["buckets"], {**spec.tags, TAG: run_id})
             tried: list[str] = []
             for zone in self._zones(region):  # capacity errors fall through to the next zone
                 created["zone"] = zone
@@ -335,7 +364,7 @@ class GcpProvider(SshVm):
                 return Instance(
                     provider=self.name, instance_id=f"dqlctl-{run_id}", state="pending",
                     region=zone.rsplit("-", 1)[0], instance_type=machine, spot=spec.spot,
-                    launched_at=time.time(), tags={TAG: run_id},
+                    launched_at=time.time(), tags=core_tags({**spec.tags, TAG: run_id}),
                     extra={**created, "image": body.disks[0].initialize_params.source_image,
                            "accelerators": f"{count} x {accel}" if accel else None,
                            "key_path": str(self._key_path(run_id))})
@@ -350,7 +379,8 @@ class GcpProvider(SshVm):
         compute_v1 = _compute()
         user = self.ssh_user
         image = spec.extra.get("image_id") or self.image or DEFAULT_IMAGE
-        labels = {LABEL: spec.run_id}
+        labels = {k: label_value(v) for k, v in cloud_labels({**spec.tags,
+                                                              TAG: spec.run_id}).items()}
         if spec.spot:  # preempted means deleted: nothing stopped is left to bill for its disk
             scheduling = compute_v1.Scheduling(
                 provisioning_model="SPOT", instance_termination_action="DELETE",
@@ -362,6 +392,8 @@ class GcpProvider(SshVm):
         metadata = [compute_v1.Items(key="ssh-keys", value=f"{user}:{public_key} {user}"),
                     compute_v1.Items(key="block-project-ssh-keys", value="true"),
                     compute_v1.Items(key="install-nvidia-driver", value="True"),
+                    # the guest agent publishes the host keys there (``hostkeys/``)
+                    compute_v1.Items(key="enable-guest-attributes", value="TRUE"),
                     compute_v1.Items(key="dqlctl-buckets", value=",".join(created["buckets"]))]
         body = compute_v1.Instance(
             name=f"dqlctl-{spec.run_id}", description=f"dqlctl run {spec.run_id}",
@@ -390,27 +422,42 @@ class GcpProvider(SshVm):
             return self.network
         return f"projects/{self.project_id}/{self.network}"
 
-    def _create_firewall(self, run_id: str, cidr: str) -> None:
+    def _create_firewall(self, run_id: str, cidr: str, tags: dict[str, str]) -> None:
+        """Two rules for the run's instance (its network tag): tcp:22 allowed from ``cidr``,
+        and below it tcp:22 denied from anywhere, above the default network's
+        ``default-allow-ssh`` (0.0.0.0/0, priority 65534), which would otherwise let everyone
+        try."""
         compute_v1 = _compute()
         project = self.project_id
-        rule = compute_v1.Firewall(
-            name=f"dqlctl-{run_id}", description=f"dqlctl run {run_id}: ssh from operator",
-            network=self._network(), direction="INGRESS", priority=1000, source_ranges=[cidr],
-            target_tags=[f"dqlctl-{run_id}"],
+        words = owner_words(tags)
+        allow = compute_v1.Firewall(
+            name=f"dqlctl-{run_id}", description=f"dqlctl run {run_id}: ssh from operator "
+            f"({words})", network=self._network(), direction="INGRESS",
+            priority=ALLOW_PRIORITY, source_ranges=[cidr], target_tags=[f"dqlctl-{run_id}"],
             allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])])
-        op = self._client("Firewalls").insert(project=project, firewall_resource=rule)
-        self._wait(op)
+        deny = compute_v1.Firewall(
+            name=f"dqlctl-{run_id}-deny-ssh", description=f"dqlctl run {run_id}: no ssh from "
+            f"anyone else ({words})", network=self._network(), direction="INGRESS",
+            priority=DENY_PRIORITY, source_ranges=["0.0.0.0/0"],
+            target_tags=[f"dqlctl-{run_id}"],
+            denied=[compute_v1.Denied(I_p_protocol="tcp", ports=["22"])])
+        ops = [self._client("Firewalls").insert(project=project, firewall_resource=rule)
+               for rule in (deny, allow)]
+        for op in ops:
+            self._wait(op)
 
     def _sa_email(self, run_id: str) -> str:
         return f"dqlctl-{run_id}@{self.project_id}.iam.gserviceaccount.com"
 
-    def _create_service_account(self, run_id: str, buckets: list[str]) -> str:
+    def _create_service_account(self, run_id: str, buckets: list[str],
+                                tags: dict[str, str]) -> str:
         """A service account for this run alone, allowed objects in the run's bucket(s) only."""
         project = self.project_id
         self._rest("POST", f"{self.iam_endpoint}/v1/projects/{project}/serviceAccounts",
                    json={"accountId": f"dqlctl-{run_id}", "serviceAccount": {
                        "displayName": f"dqlctl run {run_id}",
-                       "description": f"dqlctl run {run_id}: {', '.join(buckets)} only"}})
+                       "description": f"dqlctl run {run_id}: {', '.join(buckets)} only "
+                                      f"({owner_words(tags)})"}})
         email = self._sa_email(run_id)
         for bucket in buckets:
             self._edit_bucket_policy(bucket, email, grant=True)
@@ -485,7 +532,7 @@ class GcpProvider(SshVm):
                   "STOPPED": "stopped", "TERMINATED": "stopped",
                   "REPAIRING": "pending"}.get(raw.status, "unknown")
         labels = dict(raw.labels)
-        tags = {TAG: labels[LABEL]} if LABEL in labels else {}
+        tags = core_tags(labels)
         meta = {i.key: i.value for i in raw.metadata.items} if raw.metadata else {}
         nat = next((ac.nat_i_p for nic in raw.network_interfaces
                     for ac in nic.access_configs if ac.nat_i_p), None)
@@ -508,6 +555,68 @@ class GcpProvider(SshVm):
         fresh = self._to_instance(raw, zone)
         instance.state, instance.public_ip = fresh.state, fresh.public_ip
         return instance
+
+    def cloud_host_keys(self, instance: Instance) -> list[str]:
+        """The host keys the guest agent published in the instance's guest attributes
+        (``hostkeys/``); [] until it has."""
+        try:
+            raw = self._client("Instances").get_guest_attributes(request={
+                "project": self.project_id, "zone": instance.extra.get("zone"),
+                "instance": instance.instance_id, "query_path": "hostkeys/"})
+        except Exception as exc:
+            if _not_found(exc):
+                return []
+            raise
+        return [f"{item.key} {item.value}" for item in raw.query_value.items
+                if item.namespace == "hostkeys" and item.value]
+
+    def list_resources(self, tag: dict[str, str | None]) -> list[Resource]:
+        """Everything dqlctl creates that carries ``tag``: instances (every zone), firewall
+        rules and service accounts (global; their tags are in their description)."""
+        labels = {k.replace(":", "-"): v for k, v in tag.items()}
+        out = [instance_resource(i) for i in self.list_instances(tag)]
+        for rule in self._client("Firewalls").list(project=self.project_id):
+            have = tags_in(rule.description)
+            if rule.name.startswith("dqlctl-") and has_tags(have, labels):
+                out.append(Resource(self.name, "firewall", rule.name, None, core_tags(have)))
+        url = f"{self.iam_endpoint}/v1/projects/{self.project_id}/serviceAccounts"
+        token = None
+        while True:
+            page = self._rest("GET", url, params={"pageToken": token} if token else {}) or {}
+            for account in page.get("accounts", []):
+                have = tags_in(account.get("description", ""))
+                if account.get("email", "").startswith("dqlctl-") and has_tags(have, labels):
+                    out.append(Resource(self.name, "service-account", account["email"], None,
+                                        core_tags(have),
+                                        {"description": account.get("description", "")}))
+            token = page.get("nextPageToken")
+            if not token:
+                return out
+
+    def delete_resource(self, resource: Resource) -> None:
+        """Remove one thing ``list_resources`` found; 'not found' is done already. A service
+        account leaves the buckets' policies first (where the bucket named it)."""
+        if resource.kind == "instance":
+            self.terminate(Instance.from_dict(resource.extra["instance"]))
+        elif resource.kind == "firewall":
+            self._delete_firewall(resource.resource_id)
+        elif resource.kind == "service-account":
+            import re
+
+            found = re.search(r": (.+?) only \(", resource.extra.get("description", ""))
+            for bucket in found.group(1).split(", ") if found else []:
+                self._edit_bucket_policy(bucket, resource.resource_id, grant=False)
+            self._rest("DELETE", f"{self.iam_endpoint}/v1/projects/{self.project_id}/"
+                       f"serviceAccounts/{resource.resource_id}", ok_missing=True)
+        else:
+            raise ProviderError(f"gcp: no such kind of resource: {resource.kind}")
+
+    def _delete_firewall(self, name: str) -> None:
+        try:
+            self._wait(self._client("Firewalls").delete(project=self.project_id, firewall=name))
+        except Exception as exc:
+            if not _not_found(exc):
+                raise
 
     def list_instances(self, tag: dict[str, str]) -> list[Instance]:
         """Instances carrying every label of ``tag`` (a None value matches any value)."""
@@ -553,13 +662,8 @@ class GcpProvider(SshVm):
             return
         if instance_zone:  # a launch that failed part-way: the instance may exist
             self._delete_instance(f"dqlctl-{run_id}", instance_zone)
-        try:
-            op = self._client("Firewalls").delete(project=self.project_id,
-                                                  firewall=f"dqlctl-{run_id}")
-            self._wait(op)
-        except Exception as exc:
-            if not _not_found(exc):
-                raise
+        for name in (f"dqlctl-{run_id}", f"dqlctl-{run_id}-deny-ssh"):
+            self._delete_firewall(name)
         buckets = extra.get("buckets") or []
         if buckets:  # a service account exists only for a run that names a bucket
             email = self._sa_email(run_id)

@@ -29,8 +29,10 @@ from providers.base import (
     LaunchSpec,
     Offer,
     ProviderError,
+    Resource,
     SshTarget,
     install_hint,
+    instance_resource,
 )
 from providers.containers import (
     CONTAINER_ENGINES,
@@ -199,6 +201,13 @@ class LocalProvider:
                                                     "start_ticks": _proc_start_ticks(pid),
                                                     "workdir": workdir}))
         return found
+
+    def list_resources(self, tag: dict[str, str | None]) -> list[Resource]:
+        """The supervisors carrying ``tag``: a local run creates nothing else."""
+        return [instance_resource(i) for i in self.list_instances(tag)]
+
+    def delete_resource(self, resource: Resource) -> None:
+        self.terminate(Instance.from_dict(resource.extra["instance"]))
 
     def terminate(self, instance: Instance, grace_s: float = 30.0) -> None:
         """Ask the run to stop (SIGTERM: the engine checkpoints), then kill what is left."""
