@@ -43,10 +43,18 @@ from providers.base import (
     Resource,
     cloud_labels,
     core_tags,
-    install_hint,
     instance_resource,
     label_value,
 )
+from providers.gcp.access import (
+    ALLOW_PRIORITY,
+    BUCKET_ROLE,
+    DENY_PRIORITY,
+    GceAccess,
+    owner_words,
+    tags_in,
+)
+from providers.gcp.api import GceError, codes, compute_sdk, is_capacity, not_found
 from providers.vm import DEFAULT_GPU, SshVm, has_tags, parse_gpu, quiet_logger, smallest_for_gpu
 
 TAG = RUN_TAG                # the run's tag as dqlctl's core knows it (Instance.tags)
@@ -69,27 +77,13 @@ GPU_MACHINES: dict[str, dict[int, tuple[str, str | None]]] = {
 # a Deep Learning VM image with PyTorch and the NVIDIA driver (``--runtime native`` needs torch)
 DEFAULT_IMAGE = ("projects/deeplearning-platform-release/global/images/family/"
                  "pytorch-2-7-cu128-ubuntu-2204-nvidia-570")
-CAPACITY_CODES = ("ZONE_RESOURCE_POOL_EXHAUSTED", "QUOTA_EXCEEDED", "quotaExceeded",
-                  "RESOURCE_POOL_EXHAUSTED", "STOCKOUT")
 STORAGE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-BUCKET_ROLE = "roles/storage.objectAdmin"
-#: the per-run rule that lets the operator in, and the deny rule below it for everyone else
-ALLOW_PRIORITY, DENY_PRIORITY = 1000, 1001
 NO_CREDENTIALS = ("no Google Cloud credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a "
                   "service-account key file or run `gcloud auth application-default login`")
 
 
 # -- Google specifics -------------------------------------------------------------------------------
-
-
-def _compute() -> Any:
-    try:
-        from google.cloud import compute_v1
-    except ImportError:
-        raise ProviderError("the GCP provider needs google-cloud-compute: "
-                            f"{install_hint('gcp')}") from None
-    return compute_v1
 
 
 def machine_for(gpu: str | None, instance_type: str | None) -> tuple[str, str | None, int]:
@@ -110,51 +104,7 @@ def buckets_of(*uris: str | None) -> list[str]:
                    if u and u.startswith("gs://")})
 
 
-class GceError(ProviderError):
-    """A failed GCE operation; ``codes`` are the operation's error codes."""
-
-    def __init__(self, message: str, codes: list[str]) -> None:
-        super().__init__(message)
-        self.codes = codes
-
-
-def _codes(exc: BaseException) -> list[str]:
-    """Error codes/reasons of a GCE failure (an operation error or an HTTP error's reasons)."""
-    if isinstance(exc, GceError):
-        return exc.codes
-    out = []
-    for err in getattr(exc, "errors", None) or []:
-        if isinstance(err, dict):
-            out.append(str(err.get("reason") or err.get("code") or ""))
-        else:
-            out.append(str(getattr(err, "code", "") or getattr(err, "reason", "")))
-    text = str(exc)
-    out += [c for c in CAPACITY_CODES if c in text]
-    return [c for c in out if c]
-
-
-def _is_capacity(exc: BaseException) -> bool:
-    return any(c.startswith(CAPACITY_CODES) for c in _codes(exc))
-
-
-def _not_found(exc: BaseException) -> bool:
-    return type(exc).__name__ == "NotFound" or getattr(exc, "code", None) == 404
-
-
-def owner_words(tags: dict[str, str]) -> str:
-    """dqlctl's tags as ``dqlctl-run=ID dqlctl-owner=ID ...`` for a description (firewalls and
-    service accounts take no labels)."""
-    return " ".join(f"{k}={label_value(v)}" for k, v in cloud_labels(tags).items())
-
-
-def tags_in(description: str) -> dict[str, str]:
-    """The labels ``owner_words`` wrote into a description."""
-    import re
-
-    return dict(re.findall(r"\b(dqlctl-[a-z]+)=([a-z0-9_-]+)", description or ""))
-
-
-class GcpProvider(SshVm):
+class GcpProvider(GceAccess, SshVm):
     name = "gcp"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER, Capability.PRICES})
@@ -196,7 +146,7 @@ class GcpProvider(SshVm):
     def _credentials(self) -> tuple[Any, str]:
         """Application Default Credentials and the project; ProviderError naming what to set."""
         if self._auth is None:
-            _compute()
+            compute_sdk()
             import google.auth
             from google.auth.exceptions import DefaultCredentialsError
 
@@ -219,7 +169,7 @@ class GcpProvider(SshVm):
     def _client(self, kind: str) -> Any:
         """A compute REST client (``Instances``, ``ZoneOperations``, ...), built once."""
         if kind not in self._clients:
-            compute_v1 = _compute()
+            compute_v1 = compute_sdk()
             creds, _ = self._credentials()
             options = None
             if self.compute_endpoint:
@@ -257,7 +207,7 @@ class GcpProvider(SshVm):
 
     def _wait(self, op: Any, zone: str | None = None) -> None:
         """Block until a zone (or global) operation is DONE; GceError if it failed."""
-        compute_v1 = _compute()
+        compute_v1 = compute_sdk()
         done = compute_v1.Operation.Status.DONE
         deadline = time.monotonic() + self.operation_timeout
         name = op.name
@@ -294,7 +244,7 @@ class GcpProvider(SshVm):
             creds.refresh(Request())
             return f"project {project}"
 
-        return self._check("google-cloud-compute", _compute, probe,
+        return self._check("google-cloud-compute", compute_sdk, probe,
                            "gcloud auth application-default login", "gcp")
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:
@@ -357,9 +307,9 @@ class GcpProvider(SshVm):
                                                           instance_resource=body)
                     self._wait(op, zone)
                 except Exception as exc:
-                    if not _is_capacity(exc):
+                    if not is_capacity(exc):
                         raise
-                    tried.append(f"{zone}: {_codes(exc)[0]}")
+                    tried.append(f"{zone}: {codes(exc)[0]}")
                     continue
                 return Instance(
                     provider=self.name, instance_id=f"dqlctl-{run_id}", state="pending",
@@ -376,7 +326,7 @@ class GcpProvider(SshVm):
 
     def _instance_body(self, spec: LaunchSpec, zone: str, machine: str, accel: str | None,
                        count: int, public_key: str, created: dict[str, Any]) -> Any:
-        compute_v1 = _compute()
+        compute_v1 = compute_sdk()
         user = self.ssh_user
         image = spec.extra.get("image_id") or self.image or DEFAULT_IMAGE
         labels = {k: label_value(v) for k, v in cloud_labels({**spec.tags,
@@ -417,113 +367,6 @@ class GcpProvider(SshVm):
                 accelerator_count=count)]
         return body
 
-    def _network(self) -> str:
-        if self.network.startswith("projects/"):
-            return self.network
-        return f"projects/{self.project_id}/{self.network}"
-
-    def _create_firewall(self, run_id: str, cidr: str, tags: dict[str, str]) -> None:
-        """Two rules for the run's instance (its network tag): tcp:22 allowed from ``cidr``,
-        and below it tcp:22 denied from anywhere, above the default network's
-        ``default-allow-ssh`` (0.0.0.0/0, priority 65534), which would otherwise let everyone
-        try."""
-        compute_v1 = _compute()
-        project = self.project_id
-        words = owner_words(tags)
-        allow = compute_v1.Firewall(
-            name=f"dqlctl-{run_id}", description=f"dqlctl run {run_id}: ssh from operator "
-            f"({words})", network=self._network(), direction="INGRESS",
-            priority=ALLOW_PRIORITY, source_ranges=[cidr], target_tags=[f"dqlctl-{run_id}"],
-            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])])
-        deny = compute_v1.Firewall(
-            name=f"dqlctl-{run_id}-deny-ssh", description=f"dqlctl run {run_id}: no ssh from "
-            f"anyone else ({words})", network=self._network(), direction="INGRESS",
-            priority=DENY_PRIORITY, source_ranges=["0.0.0.0/0"],
-            target_tags=[f"dqlctl-{run_id}"],
-            denied=[compute_v1.Denied(I_p_protocol="tcp", ports=["22"])])
-        ops = [self._client("Firewalls").insert(project=project, firewall_resource=rule)
-               for rule in (deny, allow)]
-        for op in ops:
-            self._wait(op)
-
-    def _sa_email(self, run_id: str) -> str:
-        return f"dqlctl-{run_id}@{self.project_id}.iam.gserviceaccount.com"
-
-    def _create_service_account(self, run_id: str, buckets: list[str],
-                                tags: dict[str, str]) -> str:
-        """A service account for this run alone, allowed objects in the run's bucket(s) only."""
-        project = self.project_id
-        self._rest("POST", f"{self.iam_endpoint}/v1/projects/{project}/serviceAccounts",
-                   json={"accountId": f"dqlctl-{run_id}", "serviceAccount": {
-                       "displayName": f"dqlctl run {run_id}",
-                       "description": f"dqlctl run {run_id}: {', '.join(buckets)} only "
-                                      f"({owner_words(tags)})"}})
-        email = self._sa_email(run_id)
-        for bucket in buckets:
-            self._edit_bucket_policy(bucket, email, grant=True)
-        return email
-
-    def _storage(self) -> Any:
-        """A google-cloud-storage client on ``storage_endpoint`` (bucket IAM policies)."""
-        if "storage" not in self._clients:
-            try:
-                from google.cloud import storage
-            except ImportError:
-                raise ProviderError("the GCP provider needs google-cloud-storage: "
-                                    f"{install_hint('gcp')}") from None
-            from google.api_core.client_options import ClientOptions
-
-            creds, project = self._credentials()
-            self._clients["storage"] = storage.Client(
-                project=project, credentials=creds,
-                client_options=ClientOptions(api_endpoint=self.storage_endpoint))
-        return self._clients["storage"]
-
-    def _edit_bucket_policy(self, bucket: str, email: str, grant: bool) -> None:
-        """Add (or remove) ``email`` as BUCKET_ROLE on ``bucket``: a read-modify-write of the
-        bucket's IAM policy (version 3, so conditional bindings of others survive), guarded
-        by its etag."""
-        from google.api_core import exceptions as gexc
-
-        member = f"serviceAccount:{email}"
-        handle = self._storage().bucket(bucket)
-        for _ in range(5):
-            try:
-                policy = handle.get_iam_policy(requested_policy_version=3, timeout=60)
-            except gexc.NotFound:
-                if grant:
-                    raise ProviderError(f"bucket {bucket} not found (granting the run's "
-                                        "service account access to it)") from None
-                return
-            except gexc.GoogleAPICallError as exc:
-                raise ProviderError(f"reading the IAM policy of bucket {bucket}: "
-                                    f"{exc.message}") from None
-            bindings = [b for b in policy.bindings if b.get("members")]
-            target = next((b for b in bindings if b.get("role") == BUCKET_ROLE
-                           and not b.get("condition")), None)
-            if grant:
-                if target is None:
-                    target = {"role": BUCKET_ROLE, "members": set()}
-                    bindings.append(target)
-                if member in target["members"]:
-                    return
-                target["members"] = {*target["members"], member}
-            else:
-                if not any(member in b["members"] for b in bindings):
-                    return
-                for b in bindings:
-                    b["members"] = {m for m in b["members"] if m != member}
-            policy.bindings = [b for b in bindings if b["members"]]
-            try:
-                handle.set_iam_policy(policy, timeout=60)
-            except gexc.PreconditionFailed:  # someone else changed it: read again
-                continue
-            except gexc.GoogleAPICallError as exc:
-                raise ProviderError(f"setting the IAM policy of bucket {bucket}: "
-                                    f"{exc.message}") from None
-            return
-        raise ProviderError(f"the IAM policy of bucket {bucket} kept changing; try again")
-
     # -- reading instances ----------------------------------------------------------------------------
 
     def _to_instance(self, raw: Any, zone: str) -> Instance:
@@ -548,7 +391,7 @@ class GcpProvider(SshVm):
             raw = self._client("Instances").get(project=self.project_id, zone=zone,
                                                 instance=instance.instance_id)
         except Exception as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 instance.state = "terminated"
                 return instance
             raise
@@ -564,7 +407,7 @@ class GcpProvider(SshVm):
                 "project": self.project_id, "zone": instance.extra.get("zone"),
                 "instance": instance.instance_id, "query_path": "hostkeys/"})
         except Exception as exc:
-            if _not_found(exc):
+            if not_found(exc):
                 return []
             raise
         return [f"{item.key} {item.value}" for item in raw.query_value.items
@@ -604,19 +447,10 @@ class GcpProvider(SshVm):
             import re
 
             found = re.search(r": (.+?) only \(", resource.extra.get("description", ""))
-            for bucket in found.group(1).split(", ") if found else []:
-                self._edit_bucket_policy(bucket, resource.resource_id, grant=False)
-            self._rest("DELETE", f"{self.iam_endpoint}/v1/projects/{self.project_id}/"
-                       f"serviceAccounts/{resource.resource_id}", ok_missing=True)
+            self._delete_service_account(resource.resource_id,
+                                         found.group(1).split(", ") if found else [])
         else:
             raise ProviderError(f"gcp: no such kind of resource: {resource.kind}")
-
-    def _delete_firewall(self, name: str) -> None:
-        try:
-            self._wait(self._client("Firewalls").delete(project=self.project_id, firewall=name))
-        except Exception as exc:
-            if not _not_found(exc):
-                raise
 
     def list_instances(self, tag: dict[str, str]) -> list[Instance]:
         """Instances carrying every label of ``tag`` (a None value matches any value)."""
@@ -651,8 +485,8 @@ class GcpProvider(SshVm):
                                                   instance=name)
             self._wait(op, zone)
         except Exception as exc:
-            if not (_not_found(exc) or "notFound" in _codes(exc)
-                    or "RESOURCE_NOT_FOUND" in _codes(exc)):
+            if not (not_found(exc) or "notFound" in codes(exc)
+                    or "RESOURCE_NOT_FOUND" in codes(exc)):
                 raise
 
     def _cleanup(self, run_id: str | None, extra: dict[str, Any],
@@ -666,9 +500,5 @@ class GcpProvider(SshVm):
             self._delete_firewall(name)
         buckets = extra.get("buckets") or []
         if buckets:  # a service account exists only for a run that names a bucket
-            email = self._sa_email(run_id)
-            for bucket in buckets:
-                self._edit_bucket_policy(bucket, email, grant=False)
-            self._rest("DELETE", f"{self.iam_endpoint}/v1/projects/{self.project_id}/"
-                       f"serviceAccounts/{email}", ok_missing=True)
+            self._delete_service_account(self._sa_email(run_id), buckets)
         self._forget_key(run_id)

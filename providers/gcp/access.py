@@ -1,0 +1,166 @@
+"""Who may reach a run's GCE VM and what the VM may reach: the firewall rules for tcp:22 (the
+operator's address allowed, everyone else denied above the default network's open rule) and the
+run's own service account with ``roles/storage.objectAdmin`` on the run's bucket(s) only, granted
+through the bucket's IAM policy (google-cloud-storage). A mixin of ``GcpProvider``: it uses the
+provider's clients, project and endpoints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from providers.base import ProviderError, cloud_labels, install_hint, label_value
+from providers.gcp.api import compute_sdk, not_found
+
+BUCKET_ROLE = "roles/storage.objectAdmin"
+#: the per-run rule that lets the operator in, and the deny rule below it for everyone else
+ALLOW_PRIORITY, DENY_PRIORITY = 1000, 1001
+
+
+def owner_words(tags: dict[str, str]) -> str:
+    """dqlctl's tags as ``dqlctl-run=ID dqlctl-owner=ID ...`` for a description (firewalls and
+    service accounts take no labels)."""
+    return " ".join(f"{k}={label_value(v)}" for k, v in cloud_labels(tags).items())
+
+
+def tags_in(description: str) -> dict[str, str]:
+    """The labels ``owner_words`` wrote into a description."""
+    import re
+
+    return dict(re.findall(r"\b(dqlctl-[a-z]+)=([a-z0-9_-]+)", description or ""))
+
+
+class GceAccess:
+    """Firewall rules and the run's service account (see the module's docstring)."""
+
+    network: str
+    project_id: str
+    iam_endpoint: str
+    storage_endpoint: str
+    _clients: dict[str, Any]
+
+    if TYPE_CHECKING:  # GcpProvider's, declared for the type checker only (never shadowed)
+        def _client(self, kind: str) -> Any: ...
+        def _wait(self, op: Any, zone: str | None = None) -> None: ...
+        def _rest(self, method: str, url: str, ok_missing: bool = False, **kw: Any) -> Any: ...
+        def _credentials(self) -> tuple[Any, str]: ...
+
+    def _network(self) -> str:
+        if self.network.startswith("projects/"):
+            return self.network
+        return f"projects/{self.project_id}/{self.network}"
+
+    def _create_firewall(self, run_id: str, cidr: str, tags: dict[str, str]) -> None:
+        """Two rules for the run's instance (its network tag): tcp:22 allowed from ``cidr``,
+        and below it tcp:22 denied from anywhere, above the default network's
+        ``default-allow-ssh`` (0.0.0.0/0, priority 65534), which would otherwise let everyone
+        try."""
+        compute_v1 = compute_sdk()
+        project = self.project_id
+        words = owner_words(tags)
+        allow = compute_v1.Firewall(
+            name=f"dqlctl-{run_id}", description=f"dqlctl run {run_id}: ssh from operator "
+            f"({words})", network=self._network(), direction="INGRESS",
+            priority=ALLOW_PRIORITY, source_ranges=[cidr], target_tags=[f"dqlctl-{run_id}"],
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])])
+        deny = compute_v1.Firewall(
+            name=f"dqlctl-{run_id}-deny-ssh", description=f"dqlctl run {run_id}: no ssh from "
+            f"anyone else ({words})", network=self._network(), direction="INGRESS",
+            priority=DENY_PRIORITY, source_ranges=["0.0.0.0/0"],
+            target_tags=[f"dqlctl-{run_id}"],
+            denied=[compute_v1.Denied(I_p_protocol="tcp", ports=["22"])])
+        ops = [self._client("Firewalls").insert(project=project, firewall_resource=rule)
+               for rule in (deny, allow)]
+        for op in ops:
+            self._wait(op)
+
+    def _sa_email(self, run_id: str) -> str:
+        return f"dqlctl-{run_id}@{self.project_id}.iam.gserviceaccount.com"
+
+    def _create_service_account(self, run_id: str, buckets: list[str],
+                                tags: dict[str, str]) -> str:
+        """A service account for this run alone, allowed objects in the run's bucket(s) only."""
+        project = self.project_id
+        self._rest("POST", f"{self.iam_endpoint}/v1/projects/{project}/serviceAccounts",
+                   json={"accountId": f"dqlctl-{run_id}", "serviceAccount": {
+                       "displayName": f"dqlctl run {run_id}",
+                       "description": f"dqlctl run {run_id}: {', '.join(buckets)} only "
+                                      f"({owner_words(tags)})"}})
+        email = self._sa_email(run_id)
+        for bucket in buckets:
+            self._edit_bucket_policy(bucket, email, grant=True)
+        return email
+
+    def _storage(self) -> Any:
+        """A google-cloud-storage client on ``storage_endpoint`` (bucket IAM policies)."""
+        if "storage" not in self._clients:
+            try:
+                from google.cloud import storage
+            except ImportError:
+                raise ProviderError("the GCP provider needs google-cloud-storage: "
+                                    f"{install_hint('gcp')}") from None
+            from google.api_core.client_options import ClientOptions
+
+            creds, project = self._credentials()
+            self._clients["storage"] = storage.Client(
+                project=project, credentials=creds,
+                client_options=ClientOptions(api_endpoint=self.storage_endpoint))
+        return self._clients["storage"]
+
+    def _edit_bucket_policy(self, bucket: str, email: str, grant: bool) -> None:
+        """Add (or remove) ``email`` as BUCKET_ROLE on ``bucket``: a read-modify-write of the
+        bucket's IAM policy (version 3, so conditional bindings of others survive), guarded
+        by its etag."""
+        from google.api_core import exceptions as gexc
+
+        member = f"serviceAccount:{email}"
+        handle = self._storage().bucket(bucket)
+        for _ in range(5):
+            try:
+                policy = handle.get_iam_policy(requested_policy_version=3, timeout=60)
+            except gexc.NotFound:
+                if grant:
+                    raise ProviderError(f"bucket {bucket} not found (granting the run's "
+                                        "service account access to it)") from None
+                return
+            except gexc.GoogleAPICallError as exc:
+                raise ProviderError(f"reading the IAM policy of bucket {bucket}: "
+                                    f"{exc.message}") from None
+            bindings = [b for b in policy.bindings if b.get("members")]
+            target = next((b for b in bindings if b.get("role") == BUCKET_ROLE
+                           and not b.get("condition")), None)
+            if grant:
+                if target is None:
+                    target = {"role": BUCKET_ROLE, "members": set()}
+                    bindings.append(target)
+                if member in target["members"]:
+                    return
+                target["members"] = {*target["members"], member}
+            else:
+                if not any(member in b["members"] for b in bindings):
+                    return
+                for b in bindings:
+                    b["members"] = {m for m in b["members"] if m != member}
+            policy.bindings = [b for b in bindings if b["members"]]
+            try:
+                handle.set_iam_policy(policy, timeout=60)
+            except gexc.PreconditionFailed:  # someone else changed it: read again
+                continue
+            except gexc.GoogleAPICallError as exc:
+                raise ProviderError(f"setting the IAM policy of bucket {bucket}: "
+                                    f"{exc.message}") from None
+            return
+        raise ProviderError(f"the IAM policy of bucket {bucket} kept changing; try again")
+
+    def _delete_firewall(self, name: str) -> None:
+        try:
+            self._wait(self._client("Firewalls").delete(project=self.project_id, firewall=name))
+        except Exception as exc:
+            if not not_found(exc):
+                raise
+
+    def _delete_service_account(self, email: str, buckets: list[str]) -> None:
+        """Take ``email`` out of the buckets' policies, then delete it ('not found' is done)."""
+        for bucket in buckets:
+            self._edit_bucket_policy(bucket, email, grant=False)
+        self._rest("DELETE", f"{self.iam_endpoint}/v1/projects/{self.project_id}/"
+                   f"serviceAccounts/{email}", ok_missing=True)
