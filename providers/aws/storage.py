@@ -21,11 +21,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+from providers.storage import uploads
 from providers.storage.base import (
     EXIT_BAD_INPUT,
     EXIT_PROVIDER,
     MD5,
     ObjectInfo,
+    PendingUpload,
     StorageError,
     Store,
     StoreReader,
@@ -147,7 +149,7 @@ class S3Store(Store):
                     continue            # a "folder" marker, not a file
                 md5 = _etag_md5(item.get("ETag"))
                 yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp(),
-                                 {MD5: md5} if md5 else {})
+                                 {MD5: md5} if md5 else {}, upload_time=True)
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
@@ -158,10 +160,11 @@ class S3Store(Store):
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         meta = head.get("Metadata", {})
         md5 = meta.get("md5") or _etag_md5(head.get("ETag"))
-        mtime = head["LastModified"].timestamp()
-        with contextlib.suppress(ValueError, TypeError):
-            mtime = float(meta["mtime"]) if "mtime" in meta else mtime
-        return ObjectInfo(key, int(head["ContentLength"]), mtime, {MD5: md5} if md5 else {})
+        mtime, upload_time = head["LastModified"].timestamp(), True
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            mtime, upload_time = float(meta["mtime"]), False
+        return ObjectInfo(key, int(head["ContentLength"]), mtime, {MD5: md5} if md5 else {},
+                          upload_time=upload_time)
 
     # -- reading ----------------------------------------------------------------------------
     def open_read(self, key: str) -> BinaryIO:
@@ -257,6 +260,7 @@ class S3Store(Store):
         with self._errors("upload", key):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, Metadata=self._metadata(mtime, md5))["UploadId"]
+        journal = uploads.record(self.uri(), key, upload_id)     # found again if we are killed
         part_size = self.part_size
         if size is not None and size > part_size * (MAX_PARTS - 1):
             part_size = -(-size // (MAX_PARTS - 1) // MIB) * MIB + MIB
@@ -320,8 +324,10 @@ class S3Store(Store):
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
                                                    UploadId=upload_id)
+                uploads.forget(journal)
             raise
         pool.shutdown(wait=True)
+        uploads.forget(journal)
         expected = f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
         etag = (resp.get("ETag") or "").strip('"')
         if "-" in etag and etag != expected:
@@ -341,6 +347,47 @@ class S3Store(Store):
         self._count("delete")
         with self._errors("delete", key):
             self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    delete_batch = 1000
+
+    def delete_many(self, keys: list[str]) -> dict[str, str]:
+        """DeleteObjects, 1000 keys a request (quiet: only failures come back)."""
+        errors: dict[str, str] = {}
+        for at in range(0, len(keys), self.delete_batch):
+            batch = keys[at:at + self.delete_batch]
+            self._count("delete_batch")
+            with self._errors("delete"):
+                resp = self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": k} for k in batch], "Quiet": True})
+            for err in resp.get("Errors", []):
+                errors[err.get("Key", "")] = (f"delete {self.uri(err.get('Key', ''))}: S3 error "
+                                              f"{err.get('Code')}: {err.get('Message', '')}")
+        return errors
+
+    def stale_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Multipart uploads a killed dqlctl left under ``prefix`` (its journal says which),
+        still open at S3. No request unless the journal names one."""
+        recorded = uploads.stale(self.uri(), prefix)
+        if not recorded:
+            return []
+        self._count("list_uploads")
+        with self._errors("list uploads of"):
+            open_ids = {u["UploadId"] for u in self.client.list_multipart_uploads(
+                Bucket=self.bucket, Prefix=prefix).get("Uploads", [])}
+        for gone in [u for u in recorded if u.upload_id not in open_ids]:
+            uploads.forget(gone.journal)        # completed or aborted by someone else
+        return [u for u in recorded if u.upload_id in open_ids]
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        self._count("abort_upload")
+        with self._errors("abort upload of", upload.key):
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key,
+                                                   UploadId=upload.upload_id)
+            except Exception as exc:
+                if "NoSuchUpload" not in str(exc):
+                    raise
+        uploads.forget(upload.journal)
 
     def close(self) -> None:
         """Nothing to release: the client is shared (see ``__init__``)."""

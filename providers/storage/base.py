@@ -63,17 +63,32 @@ class ObjectInfo:
 
     ``mtime`` is the source's modification time when the backend's listing carries the one
     dqlctl stored at upload (GCS and Azure listings do), else the service's last-modified time
-    (the upload time). ``hashes`` maps a hash name (``md5``, ``crc32c``) to lowercase hex.
+    (the upload time), and then ``upload_time`` is True (an S3 listing: the stored one needs a
+    HEAD). ``hashes`` maps a hash name (``md5``, ``crc32c``) to lowercase hex.
     """
 
     key: str
     size: int
     mtime: float
     hashes: dict[str, str] = field(default_factory=dict)
+    upload_time: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "size": self.size, "mtime": self.mtime,
-                "hashes": dict(self.hashes)}
+                "hashes": dict(self.hashes), "upload_time": self.upload_time}
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An unfinished upload dqlctl started (an S3 multipart upload): invisible, yet billed."""
+
+    key: str
+    upload_id: str
+    started: float              # epoch seconds
+    journal: str = ""           # the local record of it (``providers.storage.uploads``)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "upload_id": self.upload_id, "started": self.started}
 
 
 class Store(ABC):
@@ -182,6 +197,28 @@ class Store(ABC):
     def compute_hash(self, key: str, kind: str) -> str:
         """Work out a hash in ``computable_hashes`` by reading the object."""
         raise StorageError(f"{self.scheme}:// cannot compute {kind}", code=EXIT_BAD_INPUT)
+
+    #: keys one batched delete request takes (S3 DeleteObjects 1000, Azure batch 256); 0: none
+    delete_batch: ClassVar[int] = 0
+
+    def delete_many(self, keys: list[str]) -> dict[str, str]:
+        """Remove objects, in batches of ``delete_batch`` where the service has them;
+        returns ``{key: error}`` for those that could not be removed (missing ones can)."""
+        errors: dict[str, str] = {}
+        for key in keys:
+            try:
+                self.delete(key)
+            except StorageError as exc:
+                errors[key] = str(exc)
+        return errors
+
+    def stale_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Unfinished uploads under ``prefix`` that dqlctl started and whose process is gone
+        (killed mid-upload): S3 keeps their parts, billed, until aborted. None elsewhere."""
+        return []
+
+    def abort_upload(self, upload: PendingUpload) -> None:  # noqa: B027 - optional
+        """Abort one of :meth:`stale_uploads` (its parts are freed)."""
 
     def close(self) -> None:  # noqa: B027 - optional for a backend
         """Release connections (optional)."""
