@@ -297,7 +297,8 @@ def _compare_listed(s: ObjectInfo, d: ObjectInfo, checksum: bool,
     for kind in HASH_PREFERENCE:
         if kind in s.hashes and kind in d.hashes:
             return _by_hash(s.hashes[kind], d.hashes[kind], kind)
-    if not checksum and not d.upload_time and abs(s.mtime - d.mtime) <= MODIFY_WINDOW:
+    if not (checksum or s.upload_time or d.upload_time) and \
+            abs(s.mtime - d.mtime) <= MODIFY_WINDOW:
         return True, "size+mtime", "same"
     return None
 
@@ -312,12 +313,18 @@ def _compare(src_store: Store, dst_store: Store, s: ObjectInfo, d: ObjectInfo,
             if a is not None and b is not None:
                 return _by_hash(a, b, kind)
         return True, "size", "same"     # no hash both sides have: size alone (rclone)
+    # An S3 listing has only the upload time (to the second): the time stored at upload
+    # costs one HEAD, unless the other side is a small local file, cheaper to hash.
     local_src = MD5 in src_store.computable_hashes
+    local_dst = MD5 in dst_store.computable_hashes
+    if s.upload_time and MD5 in src_store.hash_types and not (
+            local_dst and s.size <= HASH_NOT_HEAD and MD5 in s.hashes):
+        s = src_store.stat(s.key)
     if d.upload_time and MD5 in dst_store.hash_types and not (
             local_src and s.size <= HASH_NOT_HEAD and MD5 in d.hashes):
-        d = dst_store.stat(d.key)       # one HEAD: the time (and md5) stored at upload
-        if not d.upload_time and abs(s.mtime - d.mtime) <= MODIFY_WINDOW:
-            return True, "size+mtime", "same"
+        d = dst_store.stat(d.key)
+    if not (s.upload_time or d.upload_time) and abs(s.mtime - d.mtime) <= MODIFY_WINDOW:
+        return True, "size+mtime", "same"
     # the times differ (or only an upload time is known): a hash, where one can be had
     for kind in HASH_PREFERENCE:
         a = s.hashes.get(kind) or (d.hashes.get(kind) and _hash_of(src_store, s, kind))
@@ -325,7 +332,7 @@ def _compare(src_store: Store, dst_store: Store, s: ObjectInfo, d: ObjectInfo,
                                    and _hash_of(dst_store, d, kind))
         if a and b:
             return _by_hash(a, b, kind)
-    if local_src and MD5 in dst_store.computable_hashes:   # local to local
+    if local_src and local_dst:         # local to local
         return _by_hash(_hash_of(src_store, s, MD5) or "", _hash_of(dst_store, d, MD5) or "-",
                         MD5)
     return False, "size+mtime", "mtime"
@@ -524,7 +531,9 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
                         reader = _ProgressReader(raw, meter, cancel)
                         with meter.lock:
                             active[entry.key] = (reader, s.size)
-                        info = dst_store.put(dst_name, reader, size=s.size, mtime=s.mtime,
+                        # the source's own mtime where its reader knows it (S3 metadata)
+                        mtime = getattr(raw, "mtime", None) or s.mtime
+                        info = dst_store.put(dst_name, reader, size=s.size, mtime=mtime,
                                              md5=md5)
                     entry.verified = _verify(s, info)
                     entry.error = None

@@ -170,8 +170,11 @@ class S3Store(Store):
     def open_read(self, key: str) -> BinaryIO:
         self._count("read")
         with self._errors("read", key):
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        return cast(BinaryIO, StoreReader(body, self, key, read_all=None))
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        mtime = None
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            mtime = float(resp["Metadata"]["mtime"])
+        return cast(BinaryIO, StoreReader(resp["Body"], self, key, read_all=None, mtime=mtime))
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:

@@ -314,12 +314,15 @@ class StoreReader(io.RawIOBase):
     store's ``_errors``); closing it closes the stream. ``read_all`` is what the SDK's
     ``read`` takes for "everything" (-1, or None for botocore)."""
 
-    def __init__(self, inner: Any, store: Store, key: str, read_all: int | None = -1) -> None:
+    def __init__(self, inner: Any, store: Store, key: str, read_all: int | None = -1,
+                 mtime: float | None = None) -> None:
         super().__init__()
         self._inner = inner
         self._store = store
         self._key = key
         self._all = read_all
+        #: the source's mtime stored with the object, when the download's answer carried it
+        self.mtime = mtime
 
     def readable(self) -> bool:
         return True
