@@ -417,13 +417,19 @@ def _plan(src_store: Store, dst_store: Store, src_files: dict[str, ObjectInfo],
         else:
             entries[rel] = FileEntry(rel, "skip" if verdict[0] else "copy", verdict[2],
                                      verdict[1], s.size)
-    if pending:
-        with ThreadPoolExecutor(min(opts.checkers, len(pending)),
+
+    def check(t: tuple[str, ObjectInfo, ObjectInfo]) -> Verdict:
+        return _compare(src_store, dst_store, t[1], t[2], hashes, opts.checksum)
+
+    local = "file" in (src_store.scheme, dst_store.scheme)
+    if local and not opts.checksum and all(t[1].size <= HASH_NOT_HEAD for t in pending):
+        verdicts = [check(t) for t in pending]      # small local files hashed: no request
+    else:
+        with ThreadPoolExecutor(max(1, min(opts.checkers, len(pending))),
                                 thread_name_prefix="check") as checkers:
-            verdicts = list(checkers.map(lambda t: _compare(src_store, dst_store, t[1], t[2],
-                                                            hashes, opts.checksum), pending))
-        for (rel, s, _), (equal, method, reason) in zip(pending, verdicts, strict=True):
-            entries[rel] = FileEntry(rel, "skip" if equal else "copy", reason, method, s.size)
+            verdicts = list(checkers.map(check, pending))
+    for (rel, s, _), (equal, method, reason) in zip(pending, verdicts, strict=True):
+        entries[rel] = FileEntry(rel, "skip" if equal else "copy", reason, method, s.size)
     files = [entries[rel] for rel in sorted(entries)]
     if opts.delete:
         files += [FileEntry(rel, "delete", "extra", "none", dst_files[rel].size)

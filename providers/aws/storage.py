@@ -70,20 +70,24 @@ class S3Store(Store):
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)
         try:
-            import boto3
+            # botocore alone: boto3 adds nothing a sync uses, and importing it (with
+            # s3transfer) is a third of a no-op's import time
+            import botocore.session
             from botocore.config import Config
         except ImportError:
             raise missing_sdk("boto3", "aws", "s3") from None
         # A client costs ~0.15 s to build (service model, endpoint rules) and is thread-safe:
         # one per AWS environment and pool size is kept for the process (the TUI syncs often).
+        # Its pool holds a connection for every transfer and checker thread, and the parts
+        # each transfer sends at once.
         cache_key = (tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))),
                      self.part_concurrency)
         with _CLIENTS_LOCK:
             client = _CLIENTS.get(cache_key)
             if client is None:
                 with self._errors("connect"):
-                    client = boto3.session.Session().client("s3", config=Config(
-                        max_pool_connections=max(16, 4 * self.part_concurrency),
+                    client = botocore.session.get_session().create_client("s3", config=Config(
+                        max_pool_connections=max(32, 4 * self.part_concurrency),
                         retries={"mode": "standard", "max_attempts": 4},
                         parameter_validation=False,     # we build every request ourselves
                         request_checksum_calculation="when_required",

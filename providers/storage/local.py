@@ -13,6 +13,7 @@ import the storage leaf but no cloud's package; the local *compute* provider doe
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -28,7 +29,6 @@ from providers.storage.base import (
     ObjectInfo,
     StorageError,
     Store,
-    md5_of_stream,
     open_source,
 )
 from providers.storage.keys import local_path
@@ -131,7 +131,7 @@ class LocalStore(Store):
         self._count("hash")
         try:
             with open(self.path(key), "rb") as reader:
-                return md5_of_stream(reader)[0]
+                return hashlib.file_digest(reader, "md5").hexdigest()
         except OSError as exc:
             raise StorageError(f"cannot read {self.path(key)}: {exc.strerror or exc}",
                                code=EXIT_BAD_INPUT) from None
