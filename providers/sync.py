@@ -78,6 +78,9 @@ class FileEntry:
     compare: str                 # "md5" | "crc32c" | "size+mtime" | "size" | "none"
     size: int
     verified: str | None = None  # "md5" | "crc32c" | "size": how the copy was checked
+    #: "server": the destination pulled it from a URL the source signed (no byte through this
+    #: host); "stream": read here and written there
+    via: str | None = None
     attempts: int = 0
     error: str | None = None
 
@@ -122,6 +125,8 @@ class SyncResult:
     #: requests made to each side, by kind (list_page, stat, read, put, put_part, delete)
     requests: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    #: why the destination could not pull from the source's URLs (the copies streamed)
+    server_side_refused: str | None = None
     #: why a dry run's plan would be refused (more deletes than --max-delete)
     refused: str | None = None
 
@@ -522,6 +527,27 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
         active: dict[str, tuple[_ProgressReader, int]] = {}    # copies in flight, by key
         bytes_total = sum(e.size for e in copies)
 
+        # a server-side copy where the destination can pull from a URL the source signs
+        server_side = type(dst_store).put_from_url is not Store.put_from_url and \
+            type(src_store).presigned_url is not Store.presigned_url
+        pull_refused: list[str] = []    # why the destination could not pull (then: stream)
+
+        def _pull(s: ObjectInfo, dst_name: str, md5: str) -> ObjectInfo | None:
+            """The destination pulls the object itself; None: stream it instead (the source
+            cannot sign a URL, or the service could not pull it: said once in the result)."""
+            if pull_refused:
+                return None
+            url = src_store.presigned_url(s.key)
+            if url is None:
+                return None
+            try:
+                return dst_store.put_from_url(dst_name, url, size=s.size, mtime=s.mtime, md5=md5)
+            except StorageError as exc:
+                if exc.transient:
+                    raise
+                pull_refused.append(str(exc))
+                return None
+
         def copy_one(entry: FileEntry) -> None:
             s = src_files[entry.key]
             dst_name = dst_prefix + entry.key
@@ -530,6 +556,15 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
                 reader: _ProgressReader | None = None
                 try:
                     md5 = s.hashes.get(MD5)
+                    if server_side and md5 and (info := _pull(s, dst_name, md5)) is not None:
+                        entry.via = "server"
+                        entry.verified = _verify(s, info)
+                        entry.error = None
+                        meter.add(s.size)
+                        with meter.lock:
+                            meter.files += 1
+                        return
+                    entry.via = "stream"
                     if (md5 is None and dst_store.wants_md5_first and MD5 in src_store.hash_types
                             and s.size > dst_store.buffer_limit):
                         md5 = src_store.stat(s.key).hashes.get(MD5)  # S3 records it up front
@@ -590,6 +625,8 @@ def _sync(src: str, dst: str, src_store: Store, src_key: str, dst_store: Store, 
                 fut.cancel()
             wait(futures)
             raise
+        if pull_refused:
+            result.server_side_refused = pull_refused[0]
         failed = [e for e in copies if e.error is not None]
         result.copied = len(copies) - len(failed)
         result.failed = len(failed)

@@ -89,6 +89,13 @@ def run_from_args(args: argparse.Namespace, stdout: Any, stderr: Any, prog: str)
               f"{human_size(result.bytes_copied)} in {result.seconds:.2f}s "
               f"(compare: {', '.join(f'{k} {v}' for k, v in result.compare.items()) or '-'})",
               file=stdout)
+        pulled = sum(f.via == "server" for f in result.files)
+        if pulled:
+            print(f"{pulled} copied server-side (the destination pulled them from signed URLs)",
+                  file=stdout)
+        if result.server_side_refused:
+            print(f"streamed: the destination cannot pull from URLs "
+                  f"({result.server_side_refused})", file=stdout)
         for error in result.errors:
             print(f"{prog}: error: {error}", file=stderr)
     return result.exit_code

@@ -190,6 +190,13 @@ class S3Store(Store):
             data: bytes = resp["Body"].read()
             return data
 
+    def presigned_url(self, key: str, seconds: int = 3600) -> str | None:
+        """A SigV4 presigned GET (computed here, no request): what Azure pulls from."""
+        with self._errors("sign a URL for", key):
+            url: str = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=seconds)
+        return url
+
     # -- writing ----------------------------------------------------------------------------
     def put(self, key: str, source: BinaryIO | IO[bytes] | str | Path, *,
             size: int | None = None, mtime: float | None = None,

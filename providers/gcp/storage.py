@@ -143,6 +143,18 @@ class GcsStore(Store):
                 start=start, end=start + length - 1, checksum=None)
         return data
 
+    def presigned_url(self, key: str, seconds: int = 3600) -> str | None:
+        """A V4 signed GET where the credentials can sign (a service account key), else None
+        (user credentials, the emulator's anonymous ones): the copy then streams."""
+        import datetime as dt
+
+        try:
+            url: str = self._bucket.blob(key).generate_signed_url(
+                version="v4", expiration=dt.timedelta(seconds=seconds), method="GET")
+        except Exception:       # cannot sign with these credentials
+            return None
+        return url
+
     # -- writing ----------------------------------------------------------------------------
     def put(self, key: str, source: BinaryIO | IO[bytes] | str | Path, *,
             size: int | None = None, mtime: float | None = None,

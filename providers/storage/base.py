@@ -198,6 +198,18 @@ class Store(ABC):
         """Work out a hash in ``computable_hashes`` by reading the object."""
         raise StorageError(f"{self.scheme}:// cannot compute {kind}", code=EXIT_BAD_INPUT)
 
+    # -- server-side copies between clouds -----------------------------------------------------
+    def presigned_url(self, key: str, seconds: int = 3600) -> str | None:
+        """A URL any service can GET the object from for ``seconds`` (no request made), or
+        None where this store cannot sign one."""
+        return None
+
+    def put_from_url(self, key: str, url: str, *, size: int, mtime: float | None,
+                     md5: str) -> ObjectInfo | None:
+        """Have the service pull the object from ``url`` itself (no byte through this host),
+        checking the source's ``md5``; None where the service cannot pull."""
+        return None
+
     #: keys one batched delete request takes (S3 DeleteObjects 1000, Azure batch 256); 0: none
     delete_batch: ClassVar[int] = 0
 
