@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import hashlib
 import os
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
+from xml.etree import ElementTree
 
 from providers.storage.base import (
     EXIT_BAD_INPUT,
@@ -47,6 +50,25 @@ def _props_info(props: Any) -> ObjectInfo:
     with contextlib.suppress(ValueError, TypeError):
         mtime = float(meta["mtime"]) if "mtime" in meta else mtime
     return ObjectInfo(props.name, int(props.size or 0), mtime, hashes)
+
+
+def _xml_info(blob: ElementTree.Element) -> ObjectInfo | None:
+    """An ObjectInfo from one <Blob> of a List Blobs answer (None for a "folder" marker)."""
+    name_el = blob.find("Name")
+    name = (name_el.text or "") if name_el is not None else ""
+    if name_el is not None and name_el.get("Encoded") == "true":
+        name = urllib.parse.unquote(name)
+    if not name or name.endswith("/"):
+        return None
+    props = blob.find("Properties")
+    get = props.findtext if props is not None else (lambda _tag: None)
+    raw = get("Content-MD5")
+    hashes = {MD5: base64.b64decode(raw).hex()} if raw else {}
+    stamp = get("Last-Modified")
+    mtime = email.utils.parsedate_to_datetime(stamp).timestamp() if stamp else 0.0
+    with contextlib.suppress(ValueError, TypeError):
+        mtime = float(blob.findtext("Metadata/mtime") or "")
+    return ObjectInfo(name, int(get("Content-Length") or 0), mtime, hashes)
 
 
 class AzureStore(Store):
@@ -121,13 +143,45 @@ class AzureStore(Store):
 
     # -- listing ----------------------------------------------------------------------------
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        with self._errors("list"):
-            pages = self.container.list_blobs(name_starts_with=prefix or None,
-                                              include=["metadata"],
-                                              results_per_page=self.list_page_size).by_page()
-        for props in self._paged(pages):
-            if not props.name.endswith("/"):
-                yield _props_info(props)
+        """List Blobs pages, read straight from their XML: the SDK's model deserializer
+        costs ~2 ms a blob (a no-op's listing of 500 blobs took 1 s, the request 0.2 s)."""
+        marker = ""
+        while True:
+            with self._errors("list"):
+                body = self._list_page(prefix, marker)
+            self._count("list_page")
+            root = ElementTree.fromstring(body)
+            for blob in root.iter("Blob"):
+                info = _xml_info(blob)
+                if info is not None:
+                    yield info
+            marker = root.findtext("NextMarker") or ""
+            if not marker:
+                return
+
+    def _list_page(self, prefix: str, marker: str) -> bytes:
+        """One List Blobs request through the SDK's pipeline (its auth, retries, errors)."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.core.rest import HttpRequest
+
+        query = {"restype": "container", "comp": "list", "include": "metadata",
+                 "maxresults": str(self.list_page_size)}
+        if prefix:
+            query["prefix"] = prefix
+        if marker:
+            query["marker"] = marker
+        base = self.container.url
+        url = f"{base}{'&' if '?' in base else '?'}{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
+        resp = self.container._client._send_request(HttpRequest(
+            "GET", url, headers={"x-ms-version": self.container.api_version,
+                                 "Accept": "application/xml"}))
+        if resp.status_code >= 300:
+            kind = ResourceNotFoundError if resp.status_code == 404 else HttpResponseError
+            exc = kind(response=resp)
+            exc.error_code = resp.headers.get("x-ms-error-code")
+            raise exc
+        data: bytes = resp.read()
+        return data
 
     def stat(self, key: str) -> ObjectInfo:
         self._count("stat")
