@@ -406,16 +406,22 @@ def test_sigkill_mid_transfer_leaves_no_partial_object_and_rerun_completes(
     assert list(back.rglob(".dqlctl-*")) == []   # the killed process's temp file is gone
 
 
-def test_ctrl_c_aborts_uploads_in_flight_and_exits_130(tmp_path: Path,
-                                                       request: pytest.FixtureRequest) -> None:
+def gcs_to_s3_multipart(tmp_path: Path, request: pytest.FixtureRequest,
+                        ) -> tuple[dict[str, bytes], str, str, str, Any]:
+    """(files, gs URI, s3 URI, bucket, boto3 client): a big file on GCS whose copy to S3 is a
+    multipart upload (GCS streams cannot seek)."""
     import boto3
 
     files = {"big.bin": os.urandom(24 * MIB), "small.txt": b"s"}
     gs = location("gcs", tmp_path, request)
     assert sync(str(write_tree(tmp_path / "tree", files)), gs).ok
     s3 = location("s3", tmp_path, request)
-    bucket = s3[len("s3://"):].split("/")[0]
-    client = boto3.client("s3")
+    return files, gs, s3, s3[len("s3://"):].split("/")[0], boto3.client("s3")
+
+
+def test_ctrl_c_aborts_uploads_in_flight_and_exits_130(tmp_path: Path,
+                                                       request: pytest.FixtureRequest) -> None:
+    files, gs, s3, bucket, client = gcs_to_s3_multipart(tmp_path, request)
     proc = _spawn(gs, s3)
     deadline = time.monotonic() + 60
     while not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):

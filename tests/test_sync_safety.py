@@ -289,16 +289,9 @@ def test_deletes_at_s3_are_batched(tmp_path: Path, request: pytest.FixtureReques
 
 def test_a_killed_multipart_upload_is_listed_then_aborted_by_the_next_sync(
         tmp_path: Path, request: pytest.FixtureRequest, dqlctl_home: Path) -> None:
-    import boto3
+    from tests.test_sync import _kill_when, _spawn, gcs_to_s3_multipart
 
-    from tests.test_sync import _kill_when, _spawn
-
-    files = {"big.bin": os.urandom(24 * MIB), "small.txt": b"s"}
-    gs = location("gcs", tmp_path, request)
-    assert sync(str(write_tree(tmp_path / "tree", files)), gs).ok
-    s3 = location("s3", tmp_path, request)
-    bucket = s3[len("s3://"):].split("/")[0]
-    client = boto3.client("s3")
+    files, gs, s3, bucket, client = gcs_to_s3_multipart(tmp_path, request)
     proc = _spawn(gs, s3)
     _kill_when(proc, lambda: any((dqlctl_home / "uploads").glob("*.json")) and bool(
         client.list_multipart_uploads(Bucket=bucket).get("Uploads")))
