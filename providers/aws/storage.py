@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,10 +30,12 @@ from providers.storage.base import (
     StorageError,
     Store,
     StoreReader,
+    env_key,
     md5_of_stream,
     missing_sdk,
     open_source,
     read_full,
+    shared_client,
     source_size,
 )
 
@@ -43,8 +44,6 @@ AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Ex
 TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                    "InternalError", "ServiceUnavailable", "RequestTimeTooSkewed"}
 MAX_COPY = 5 * 1024 ** 3
-_CLIENTS: dict[tuple[Any, ...], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
 MAX_PARTS = 10_000
 MIB = 1024 * 1024
 
@@ -76,25 +75,20 @@ class S3Store(Store):
             from botocore.config import Config
         except ImportError:
             raise missing_sdk("boto3", "aws", "s3") from None
-        # A client costs ~0.15 s to build (service model, endpoint rules) and is thread-safe:
-        # one per AWS environment and pool size is kept for the process (the TUI syncs often).
+        # One client per AWS environment and pool size, for the process (``shared_client``).
         # Its pool holds a connection for every transfer and checker thread, and the parts
         # each transfer sends at once.
-        cache_key = (tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))),
-                     self.part_concurrency)
-        with _CLIENTS_LOCK:
-            client = _CLIENTS.get(cache_key)
-            if client is None:
-                with self._errors("connect"):
-                    client = botocore.session.get_session().create_client("s3", config=Config(
-                        max_pool_connections=max(32, 4 * self.part_concurrency),
-                        retries={"mode": "standard", "max_attempts": 4},
-                        parameter_validation=False,     # we build every request ourselves
-                        request_checksum_calculation="when_required",
-                        response_checksum_validation="when_required",
-                    ))
-                _CLIENTS[cache_key] = client
-        self.client = client
+        def build() -> Any:
+            with self._errors("connect"):
+                return botocore.session.get_session().create_client("s3", config=Config(
+                    max_pool_connections=max(32, 4 * self.part_concurrency),
+                    retries={"mode": "standard", "max_attempts": 4},
+                    parameter_validation=False,     # we build every request ourselves
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ))
+
+        self.client = shared_client(("s3", env_key("AWS_"), self.part_concurrency), build)
 
     # -- errors -----------------------------------------------------------------------------
     def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:
