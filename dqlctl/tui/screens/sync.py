@@ -4,6 +4,8 @@ It calls the core the headless verb calls (``providers.sync.sync``) in a thread 
 ``sync(..., dry_run=True)``, Sync the real one, whose progress callback (every 0.2 s: totals
 and the copies in flight) and result come back as small dataclass messages. Cancel sets the
 core's ``cancel`` event: uploads in flight are abandoned, nothing partial is left at DST.
+Sync with --delete plans first and asks, naming the files that will go (``models/sync.py``);
+the confirmed sync deletes no more than were shown (``max_delete``), else changes nothing.
 """
 
 from __future__ import annotations
