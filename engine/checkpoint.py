@@ -256,12 +256,15 @@ class RemoteMirror:
     def fetch_all(self, local_folder: Path) -> int:
         """Download every remote file of the experiment missing locally (``--resume`` on a new
         machine: earlier events, config and checkpoints); how many were fetched."""
+        from providers.storage import local_path
+
         fetched = 0
         base = self._key("")
-        for info in self.store.list(base):
-            rel = info.key[len(base):].lstrip("/")
-            target = local_folder / rel
-            if not rel or rel.endswith("/") or target.exists():
+        listed = [info for info in self.store.list(base) if info.key != base]
+        # keys are data: every one is checked before anything is written (UnsafeKey: exit 2)
+        targets = [(info, local_path(local_folder, info.key[len(base):])) for info in listed]
+        for info, target in targets:
+            if target.exists():
                 continue
             data = self.store.get_bytes(info.key)
             atomic_write(target, lambda fh, d=data: fh.write(d))

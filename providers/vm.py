@@ -292,8 +292,15 @@ class SshVm:
         job = spec["job"]
         source = f"{instance.extra['results_dir']}/{job['experiment']}"
         dest = job["results_dir"].rstrip("/") + "/" + job["experiment"]
+        from providers.storage import check_key, local_path  # type: ignore[import-not-found]
+
         with SshSession(self.ssh_target(instance)).connect() as session:
             files = session.list_tree(source)
+            for rel, _ in files:    # names from the VM are data: all checked before any write
+                if "://" in dest:
+                    check_key(rel)
+                else:
+                    local_path(dest, rel)
             if "://" in dest:  # streamed into the store (atomic from a reader's view)
                 from providers.storage import open_store  # type: ignore[import-not-found]
 
@@ -303,7 +310,7 @@ class SshVm:
                         store.put(f"{prefix.rstrip('/')}/{rel}", reader, size=size)
                 return
             for rel, size in files:  # streamed to a temp name, renamed when complete
-                path = Path(dest) / rel
+                path = local_path(dest, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 part = path.with_name(f"{path.name}.part")
                 with session.open_reader(f"{source}/{rel}", size) as reader, \

@@ -121,9 +121,29 @@ def test_names_empty_files_list_stat_read(store: Store) -> None:
     assert [o.key for o in store.list("deep/")] == [NAMES[3]]
     assert [o.key for o in store.list("unicodé/")] == [NAMES[2]]
     assert list(store.list("nothing-here/")) == []
+    # a prefix with spaces, symbols and non-ASCII lists (the query is encoded, and signed, right)
+    for name in NAMES[1:3] + NAMES[4:5]:
+        assert [o.key for o in store.list(name[:-3])] == [name], name
     with pytest.raises(StorageError) as err:
         store.stat("no/such/key")
     assert err.value.code == 2
+
+
+def test_unsafe_keys_are_data_not_paths(store: Store, tmp_path: Path) -> None:
+    """Every backend: a key that would leave a local folder is refused when it becomes a
+    local path (``providers.storage.keys``); clouds keep such keys as plain data."""
+    from providers.storage import UnsafeKey, local_path
+
+    hostile = "results/../../escaped.txt"
+    if store.scheme == "file":
+        with pytest.raises(UnsafeKey):
+            store.put_bytes(hostile, b"x")
+    elif store.scheme != "az":          # Azure's SDK normalises dot segments out of URLs
+        store.put_bytes(hostile, b"x")
+        assert [o.key for o in store.list("results/")] == [hostile]
+    with pytest.raises(UnsafeKey):
+        local_path(tmp_path / "out", hostile[len("results/"):])
+    assert list(tmp_path.rglob("escaped.txt")) == []
 
 
 def test_a_30mb_object_goes_up_in_parts(store: Store, tmp_path: Path) -> None:

@@ -15,8 +15,11 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("sync", help="copy a tree between local disk, s3://, gs:// and az://",
                        description="Make DST hold what SRC holds (files that differ are copied; "
-                       "with --delete, extras are removed). Compares by a hash both sides "
-                       "have, else size and modification time; the summary says which.")
+                       "with --delete, extras are removed). Equal means the same size and a "
+                       "hash both listings carry, else the source's mtime stored with the "
+                       "copy (either way a difference is copied); the summary says which. A "
+                       "SRC that lists nothing is an error (--allow-empty-source); keys that "
+                       "would leave a local DST are refused.")
     add_arguments(p)
     p.set_defaults(func=cmd_sync)
 

@@ -14,25 +14,28 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
+from providers.storage import uploads
 from providers.storage.base import (
     EXIT_BAD_INPUT,
     EXIT_PROVIDER,
     MD5,
     ObjectInfo,
+    PendingUpload,
     StorageError,
     Store,
     StoreReader,
+    env_key,
     md5_of_stream,
     missing_sdk,
     open_source,
     read_full,
+    shared_client,
     source_size,
 )
 
@@ -41,8 +44,6 @@ AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Ex
 TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                    "InternalError", "ServiceUnavailable", "RequestTimeTooSkewed"}
 MAX_COPY = 5 * 1024 ** 3
-_CLIENTS: dict[tuple[Any, ...], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
 MAX_PARTS = 10_000
 MIB = 1024 * 1024
 
@@ -68,27 +69,26 @@ class S3Store(Store):
     def __init__(self, bucket: str, **options: Any) -> None:
         super().__init__(bucket, **options)
         try:
-            import boto3
+            # botocore alone: boto3 adds nothing a sync uses, and importing it (with
+            # s3transfer) is a third of a no-op's import time
+            import botocore.session
             from botocore.config import Config
         except ImportError:
             raise missing_sdk("boto3", "aws", "s3") from None
-        # A client costs ~0.15 s to build (service model, endpoint rules) and is thread-safe:
-        # one per AWS environment and pool size is kept for the process (the TUI syncs often).
-        cache_key = (tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))),
-                     self.part_concurrency)
-        with _CLIENTS_LOCK:
-            client = _CLIENTS.get(cache_key)
-            if client is None:
-                with self._errors("connect"):
-                    client = boto3.session.Session().client("s3", config=Config(
-                        max_pool_connections=max(16, 4 * self.part_concurrency),
-                        retries={"mode": "standard", "max_attempts": 4},
-                        parameter_validation=False,     # we build every request ourselves
-                        request_checksum_calculation="when_required",
-                        response_checksum_validation="when_required",
-                    ))
-                _CLIENTS[cache_key] = client
-        self.client = client
+        # One client per AWS environment and pool size, for the process (``shared_client``).
+        # Its pool holds a connection for every transfer and checker thread, and the parts
+        # each transfer sends at once.
+        def build() -> Any:
+            with self._errors("connect"):
+                return botocore.session.get_session().create_client("s3", config=Config(
+                    max_pool_connections=max(32, 4 * self.part_concurrency),
+                    retries={"mode": "standard", "max_attempts": 4},
+                    parameter_validation=False,     # we build every request ourselves
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                ))
+
+        self.client = shared_client(("s3", env_key("AWS_"), self.part_concurrency), build)
 
     # -- errors -----------------------------------------------------------------------------
     def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:
@@ -147,7 +147,7 @@ class S3Store(Store):
                     continue            # a "folder" marker, not a file
                 md5 = _etag_md5(item.get("ETag"))
                 yield ObjectInfo(key, int(item["Size"]), item["LastModified"].timestamp(),
-                                 {MD5: md5} if md5 else {})
+                                 {MD5: md5} if md5 else {}, upload_time=True)
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
@@ -158,17 +158,21 @@ class S3Store(Store):
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         meta = head.get("Metadata", {})
         md5 = meta.get("md5") or _etag_md5(head.get("ETag"))
-        mtime = head["LastModified"].timestamp()
-        with contextlib.suppress(ValueError, TypeError):
-            mtime = float(meta["mtime"]) if "mtime" in meta else mtime
-        return ObjectInfo(key, int(head["ContentLength"]), mtime, {MD5: md5} if md5 else {})
+        mtime, upload_time = head["LastModified"].timestamp(), True
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            mtime, upload_time = float(meta["mtime"]), False
+        return ObjectInfo(key, int(head["ContentLength"]), mtime, {MD5: md5} if md5 else {},
+                          upload_time=upload_time)
 
     # -- reading ----------------------------------------------------------------------------
     def open_read(self, key: str) -> BinaryIO:
         self._count("read")
         with self._errors("read", key):
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        return cast(BinaryIO, StoreReader(body, self, key, read_all=None))
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        mtime = None
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            mtime = float(resp["Metadata"]["mtime"])
+        return cast(BinaryIO, StoreReader(resp["Body"], self, key, read_all=None, mtime=mtime))
 
     def read_range(self, key: str, start: int, length: int) -> bytes:
         if length <= 0:
@@ -179,6 +183,13 @@ class S3Store(Store):
                                           Range=f"bytes={start}-{start + length - 1}")
             data: bytes = resp["Body"].read()
             return data
+
+    def presigned_url(self, key: str, seconds: int = 3600) -> str | None:
+        """A SigV4 presigned GET (computed here, no request): what Azure pulls from."""
+        with self._errors("sign a URL for", key):
+            url: str = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=seconds)
+        return url
 
     # -- writing ----------------------------------------------------------------------------
     def put(self, key: str, source: BinaryIO | IO[bytes] | str | Path, *,
@@ -257,6 +268,7 @@ class S3Store(Store):
         with self._errors("upload", key):
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, Metadata=self._metadata(mtime, md5))["UploadId"]
+        journal = uploads.record(self.uri(), key, upload_id)     # found again if we are killed
         part_size = self.part_size
         if size is not None and size > part_size * (MAX_PARTS - 1):
             part_size = -(-size // (MAX_PARTS - 1) // MIB) * MIB + MIB
@@ -320,8 +332,10 @@ class S3Store(Store):
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
                                                    UploadId=upload_id)
+                uploads.forget(journal)
             raise
         pool.shutdown(wait=True)
+        uploads.forget(journal)
         expected = f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
         etag = (resp.get("ETag") or "").strip('"')
         if "-" in etag and etag != expected:
@@ -341,6 +355,47 @@ class S3Store(Store):
         self._count("delete")
         with self._errors("delete", key):
             self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    delete_batch = 1000
+
+    def delete_many(self, keys: list[str]) -> dict[str, str]:
+        """DeleteObjects, 1000 keys a request (quiet: only failures come back)."""
+        errors: dict[str, str] = {}
+        for at in range(0, len(keys), self.delete_batch):
+            batch = keys[at:at + self.delete_batch]
+            self._count("delete_batch")
+            with self._errors("delete"):
+                resp = self.client.delete_objects(Bucket=self.bucket, Delete={
+                    "Objects": [{"Key": k} for k in batch], "Quiet": True})
+            for err in resp.get("Errors", []):
+                errors[err.get("Key", "")] = (f"delete {self.uri(err.get('Key', ''))}: S3 error "
+                                              f"{err.get('Code')}: {err.get('Message', '')}")
+        return errors
+
+    def stale_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Multipart uploads a killed dqlctl left under ``prefix`` (its journal says which),
+        still open at S3. No request unless the journal names one."""
+        recorded = uploads.stale(self.uri(), prefix)
+        if not recorded:
+            return []
+        self._count("list_uploads")
+        with self._errors("list uploads of"):
+            open_ids = {u["UploadId"] for u in self.client.list_multipart_uploads(
+                Bucket=self.bucket, Prefix=prefix).get("Uploads", [])}
+        for gone in [u for u in recorded if u.upload_id not in open_ids]:
+            uploads.forget(gone.journal)        # completed or aborted by someone else
+        return [u for u in recorded if u.upload_id in open_ids]
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        self._count("abort_upload")
+        with self._errors("abort upload of", upload.key):
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key,
+                                                   UploadId=upload.upload_id)
+            except Exception as exc:
+                if "NoSuchUpload" not in str(exc):
+                    raise
+        uploads.forget(upload.journal)
 
     def close(self) -> None:
         """Nothing to release: the client is shared (see ``__init__``)."""

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import hashlib
 import os
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
+from xml.etree import ElementTree
 
 from providers.storage.base import (
     EXIT_BAD_INPUT,
@@ -29,9 +32,11 @@ from providers.storage.base import (
     StorageError,
     Store,
     StoreReader,
+    env_key,
     missing_sdk,
     open_source,
     read_full,
+    shared_client,
     source_size,
 )
 
@@ -49,6 +54,25 @@ def _props_info(props: Any) -> ObjectInfo:
     return ObjectInfo(props.name, int(props.size or 0), mtime, hashes)
 
 
+def _xml_info(blob: ElementTree.Element) -> ObjectInfo | None:
+    """An ObjectInfo from one <Blob> of a List Blobs answer (None for a "folder" marker)."""
+    name_el = blob.find("Name")
+    name = (name_el.text or "") if name_el is not None else ""
+    if name_el is not None and name_el.get("Encoded") == "true":
+        name = urllib.parse.unquote(name)
+    if not name or name.endswith("/"):
+        return None
+    props = blob.find("Properties")
+    get = props.findtext if props is not None else (lambda _tag: None)
+    raw = get("Content-MD5")
+    hashes = {MD5: base64.b64decode(raw).hex()} if raw else {}
+    stamp = get("Last-Modified")
+    mtime = email.utils.parsedate_to_datetime(stamp).timestamp() if stamp else 0.0
+    with contextlib.suppress(ValueError, TypeError):
+        mtime = float(blob.findtext("Metadata/mtime") or "")
+    return ObjectInfo(name, int(get("Content-Length") or 0), mtime, hashes)
+
+
 class AzureStore(Store):
     scheme = "az"
     hash_types = frozenset({MD5})
@@ -60,31 +84,44 @@ class AzureStore(Store):
             from azure.storage.blob import BlobServiceClient
         except ImportError:
             raise missing_sdk("azure-storage-blob", "azure", "az") from None
+        self.service = shared_client(("az", env_key("AZURE_", "MSI_", "IDENTITY_")),
+                                     lambda: self._connect(BlobServiceClient))
+        self.container = self.service.get_container_client(bucket)
+        self.account = self.service.account_name
+
+    def _connect(self, service_class: Any) -> Any:
+        """The account's client (one per process and environment: ``shared_client``), its
+        connection pool sized for every transfer, checker and block in flight (the SDK's
+        default of 10 made 4 transfers of 4 blocks each reconnect)."""
+        import requests
+        from azure.core.pipeline.transport import RequestsTransport
+
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         settings: dict[str, Any] = {"max_single_get_size": 4 * MIB,
-                                    "max_chunk_get_size": 4 * MIB, "retry_total": 3}
+                                    "max_chunk_get_size": 4 * MIB, "retry_total": 3,
+                                    "transport": RequestsTransport(session=session,
+                                                                   session_owner=True)}
         conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         with self._errors("connect to"):
             if conn:
-                service = BlobServiceClient.from_connection_string(conn, **settings)
-            else:
-                url = os.environ.get("AZURE_STORAGE_ACCOUNT_URL")
-                account = os.environ.get("AZURE_STORAGE_ACCOUNT")
-                if not url and account:
-                    url = f"https://{account}.blob.core.windows.net"
-                if not url:
-                    raise StorageError(
-                        "no Azure storage account: set AZURE_STORAGE_CONNECTION_STRING, or "
-                        "AZURE_STORAGE_ACCOUNT (signed in with `az login` or a managed identity)",
-                        code=EXIT_PROVIDER)
-                try:
-                    from azure.identity import DefaultAzureCredential
-                except ImportError:
-                    raise missing_sdk("azure-identity", "azure", "az") from None
-                service = BlobServiceClient(url, credential=DefaultAzureCredential(),
-                                            **settings)
-        self.service = service
-        self.container = service.get_container_client(bucket)
-        self.account = service.account_name
+                return service_class.from_connection_string(conn, **settings)
+            url = os.environ.get("AZURE_STORAGE_ACCOUNT_URL")
+            account = os.environ.get("AZURE_STORAGE_ACCOUNT")
+            if not url and account:
+                url = f"https://{account}.blob.core.windows.net"
+            if not url:
+                raise StorageError(
+                    "no Azure storage account: set AZURE_STORAGE_CONNECTION_STRING, or "
+                    "AZURE_STORAGE_ACCOUNT (signed in with `az login` or a managed identity)",
+                    code=EXIT_PROVIDER)
+            try:
+                from azure.identity import DefaultAzureCredential
+            except ImportError:
+                raise missing_sdk("azure-identity", "azure", "az") from None
+            return service_class(url, credential=DefaultAzureCredential(), **settings)
 
     # -- errors -----------------------------------------------------------------------------
     def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:
@@ -109,8 +146,10 @@ class AzureStore(Store):
             if status in (401, 403):
                 return StorageError(f"{what} {where}: access denied by Azure ({code})",
                                     code=EXIT_PROVIDER)
+            # 501: an API the service (Azurite) does not implement: retrying will not help
             return StorageError(f"{what} {where}: Azure error {status} {code}",
-                                code=EXIT_PROVIDER, transient=status >= 500 or status == 429)
+                                code=EXIT_PROVIDER,
+                                transient=(status >= 500 and status != 501) or status == 429)
         if isinstance(exc, ValueError):
             return StorageError(f"Azure storage settings: {exc}", code=EXIT_PROVIDER)
         if isinstance(exc, OSError):
@@ -119,13 +158,45 @@ class AzureStore(Store):
 
     # -- listing ----------------------------------------------------------------------------
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        with self._errors("list"):
-            pages = self.container.list_blobs(name_starts_with=prefix or None,
-                                              include=["metadata"],
-                                              results_per_page=self.list_page_size).by_page()
-        for props in self._paged(pages):
-            if not props.name.endswith("/"):
-                yield _props_info(props)
+        """List Blobs pages, read straight from their XML: the SDK's model deserializer
+        costs ~2 ms a blob (a no-op's listing of 500 blobs took 1 s, the request 0.2 s)."""
+        marker = ""
+        while True:
+            with self._errors("list"):
+                body = self._list_page(prefix, marker)
+            self._count("list_page")
+            root = ElementTree.fromstring(body)
+            for blob in root.iter("Blob"):
+                info = _xml_info(blob)
+                if info is not None:
+                    yield info
+            marker = root.findtext("NextMarker") or ""
+            if not marker:
+                return
+
+    def _list_page(self, prefix: str, marker: str) -> bytes:
+        """One List Blobs request through the SDK's pipeline (its auth, retries, errors)."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.core.rest import HttpRequest
+
+        query = {"restype": "container", "comp": "list", "include": "metadata",
+                 "maxresults": str(self.list_page_size)}
+        if prefix:
+            query["prefix"] = prefix
+        if marker:
+            query["marker"] = marker
+        base = self.container.url
+        url = f"{base}{'&' if '?' in base else '?'}{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
+        resp = self.container._client._send_request(HttpRequest(
+            "GET", url, headers={"x-ms-version": self.container.api_version,
+                                 "Accept": "application/xml"}))
+        if resp.status_code >= 300:
+            kind = ResourceNotFoundError if resp.status_code == 404 else HttpResponseError
+            exc = kind(response=resp)
+            exc.error_code = resp.headers.get("x-ms-error-code")
+            raise exc
+        data: bytes = resp.read()
+        return data
 
     def stat(self, key: str) -> ObjectInfo:
         self._count("stat")
@@ -265,6 +336,46 @@ class AzureStore(Store):
                                code=EXIT_PROVIDER, transient=True)
         return ObjectInfo(key, total, info.mtime, {MD5: digest})
 
+    FROM_URL_MAX = 5000 * MIB       # Put Blob From URL's limit; larger: Put Block From URL
+    FROM_URL_BLOCK = 100 * MIB
+
+    def put_from_url(self, key: str, url: str, *, size: int, mtime: float | None,
+                     md5: str) -> ObjectInfo | None:
+        """Put Blob From URL (Put Block From URL + commit above 5000 MiB): Azure reads the
+        source itself and checks its md5 (``x-ms-source-content-md5``); the blob records it
+        as its Content-MD5. Visible only when whole, like every put."""
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        client = self.container.get_blob_client(key)
+        raw = bytearray(bytes.fromhex(md5))
+        settings = ContentSettings(content_type="application/octet-stream", content_md5=raw)
+        self._count("put_from_url")
+        with self._errors("copy from URL to", key):
+            if size <= self.FROM_URL_MAX:
+                client.upload_blob_from_url(url, overwrite=True, metadata=self._metadata(mtime),
+                                            content_settings=settings, source_content_md5=raw,
+                                            include_source_blob_properties=False)
+            else:
+                tag = uuid.uuid4().hex[:16]
+                ids = []
+                for n, start in enumerate(range(0, size, self.FROM_URL_BLOCK)):
+                    block_id = base64.b64encode(f"{tag}-{n:08d}".encode()).decode()
+                    self._count("put_part")
+                    client.stage_block_from_url(block_id, url, source_offset=start,
+                                                source_length=min(self.FROM_URL_BLOCK,
+                                                                  size - start))
+                    ids.append(block_id)
+                client.commit_block_list([BlobBlock(block_id=b) for b in ids],
+                                         metadata=self._metadata(mtime),
+                                         content_settings=settings)
+            props = client.get_blob_properties()
+        info = _props_info(props)
+        if info.size != size or info.hashes.get(MD5, md5) != md5:
+            raise StorageError(f"{self.uri(key)}: Azure holds {info.size} bytes, md5 "
+                               f"{info.hashes.get(MD5)}; the source has {size}, {md5}",
+                               code=EXIT_PROVIDER, transient=True)
+        return ObjectInfo(key, size, info.mtime, {MD5: md5})
+
     def delete(self, key: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -274,7 +385,6 @@ class AzureStore(Store):
                 self.container.get_blob_client(key).delete_blob()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.service.close()
+        """Nothing to release: the client is shared (``shared_client``)."""
 
 

@@ -27,9 +27,11 @@ from providers.storage.base import (
     StorageError,
     Store,
     StoreReader,
+    env_key,
     missing_sdk,
     open_source,
     read_full,
+    shared_client,
     source_size,
 )
 
@@ -68,8 +70,14 @@ class GcsStore(Store):
             from google.cloud import storage
         except ImportError:
             raise missing_sdk("google-cloud-storage", "gcp", "gs") from None
-        with self._errors("connect to"):
-            self.client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+        def build() -> Any:
+            with self._errors("connect to"):
+                return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+
+        # one client per process and environment (``shared_client``): building one looks
+        # for credentials (files, the metadata server)
+        self.client = shared_client(
+            ("gs", env_key("GOOGLE_", "STORAGE_EMULATOR_HOST", "CLOUDSDK_", "GCE_")), build)
         self._bucket = self.client.bucket(bucket)
 
     # -- errors -----------------------------------------------------------------------------
@@ -143,6 +151,18 @@ class GcsStore(Store):
                 start=start, end=start + length - 1, checksum=None)
         return data
 
+    def presigned_url(self, key: str, seconds: int = 3600) -> str | None:
+        """A V4 signed GET where the credentials can sign (a service account key), else None
+        (user credentials, the emulator's anonymous ones): the copy then streams."""
+        import datetime as dt
+
+        try:
+            url: str = self._bucket.blob(key).generate_signed_url(
+                version="v4", expiration=dt.timedelta(seconds=seconds), method="GET")
+        except Exception:       # cannot sign with these credentials
+            return None
+        return url
+
     # -- writing ----------------------------------------------------------------------------
     def put(self, key: str, source: BinaryIO | IO[bytes] | str | Path, *,
             size: int | None = None, mtime: float | None = None,
@@ -198,8 +218,7 @@ class GcsStore(Store):
                 self._bucket.blob(key).delete()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close()
+        """Nothing to release: the client is shared (``shared_client``)."""
 
 
 class _Chain(io.RawIOBase):

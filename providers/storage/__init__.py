@@ -25,9 +25,11 @@ from providers.storage.base import (
     StorageError,
     Store,
 )
+from providers.storage.keys import UnsafeKey, check_key, local_path
 
 __all__ = ["CRC32C", "EXIT_BAD_INPUT", "EXIT_PROVIDER", "MD5", "STORES", "Cancelled",
-           "ObjectInfo", "Store", "StorageError", "open_store", "parse_uri", "store_class"]
+           "ObjectInfo", "Store", "StorageError", "UnsafeKey", "check_key", "local_path",
+           "open_store", "parse_uri", "store_class"]
 
 # scheme -> "module:Class"; loaded on first use.
 STORES: dict[str, str] = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -63,17 +64,32 @@ class ObjectInfo:
 
     ``mtime`` is the source's modification time when the backend's listing carries the one
     dqlctl stored at upload (GCS and Azure listings do), else the service's last-modified time
-    (the upload time). ``hashes`` maps a hash name (``md5``, ``crc32c``) to lowercase hex.
+    (the upload time), and then ``upload_time`` is True (an S3 listing: the stored one needs a
+    HEAD). ``hashes`` maps a hash name (``md5``, ``crc32c``) to lowercase hex.
     """
 
     key: str
     size: int
     mtime: float
     hashes: dict[str, str] = field(default_factory=dict)
+    upload_time: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "size": self.size, "mtime": self.mtime,
-                "hashes": dict(self.hashes)}
+                "hashes": dict(self.hashes), "upload_time": self.upload_time}
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """An unfinished upload dqlctl started (an S3 multipart upload): invisible, yet billed."""
+
+    key: str
+    upload_id: str
+    started: float              # epoch seconds
+    journal: str = ""           # the local record of it (``providers.storage.uploads``)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "upload_id": self.upload_id, "started": self.started}
 
 
 class Store(ABC):
@@ -183,6 +199,40 @@ class Store(ABC):
         """Work out a hash in ``computable_hashes`` by reading the object."""
         raise StorageError(f"{self.scheme}:// cannot compute {kind}", code=EXIT_BAD_INPUT)
 
+    # -- server-side copies between clouds -----------------------------------------------------
+    def presigned_url(self, key: str, seconds: int = 3600) -> str | None:
+        """A URL any service can GET the object from for ``seconds`` (no request made), or
+        None where this store cannot sign one."""
+        return None
+
+    def put_from_url(self, key: str, url: str, *, size: int, mtime: float | None,
+                     md5: str) -> ObjectInfo | None:
+        """Have the service pull the object from ``url`` itself (no byte through this host),
+        checking the source's ``md5``; None where the service cannot pull."""
+        return None
+
+    #: keys one batched delete request takes (S3 DeleteObjects 1000, Azure batch 256); 0: none
+    delete_batch: ClassVar[int] = 0
+
+    def delete_many(self, keys: list[str]) -> dict[str, str]:
+        """Remove objects, in batches of ``delete_batch`` where the service has them;
+        returns ``{key: error}`` for those that could not be removed (missing ones can)."""
+        errors: dict[str, str] = {}
+        for key in keys:
+            try:
+                self.delete(key)
+            except StorageError as exc:
+                errors[key] = str(exc)
+        return errors
+
+    def stale_uploads(self, prefix: str) -> list[PendingUpload]:
+        """Unfinished uploads under ``prefix`` that dqlctl started and whose process is gone
+        (killed mid-upload): S3 keeps their parts, billed, until aborted. None elsewhere."""
+        return []
+
+    def abort_upload(self, upload: PendingUpload) -> None:  # noqa: B027 - optional
+        """Abort one of :meth:`stale_uploads` (its parts are freed)."""
+
     def close(self) -> None:  # noqa: B027 - optional for a backend
         """Release connections (optional)."""
 
@@ -277,12 +327,15 @@ class StoreReader(io.RawIOBase):
     store's ``_errors``); closing it closes the stream. ``read_all`` is what the SDK's
     ``read`` takes for "everything" (-1, or None for botocore)."""
 
-    def __init__(self, inner: Any, store: Store, key: str, read_all: int | None = -1) -> None:
+    def __init__(self, inner: Any, store: Store, key: str, read_all: int | None = -1,
+                 mtime: float | None = None) -> None:
         super().__init__()
         self._inner = inner
         self._store = store
         self._key = key
         self._all = read_all
+        #: the source's mtime stored with the object, when the download's answer carried it
+        self.mtime = mtime
 
     def readable(self) -> bool:
         return True
@@ -358,6 +411,27 @@ def source_size(reader: IO[bytes] | BinaryIO) -> int | None:
     except (OSError, AttributeError, ValueError):
         pass
     return None
+
+
+_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def shared_client(key: tuple[Any, ...], build: Any) -> Any:
+    """The SDK client for ``key`` (the scheme, the environment variables it reads, its pool
+    size), built once per process by ``build()``: building one costs 0.1-0.2 s (service
+    models, credential discovery), clients are thread-safe, and the TUI syncs often. A store's
+    ``close`` leaves it open for the next."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = build()
+        return client
+
+
+def env_key(*prefixes: str) -> tuple[tuple[str, str], ...]:
+    """The environment variables a client depends on (those starting with ``prefixes``)."""
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(prefixes)))
 
 
 def missing_sdk(module: str, extra: str, scheme: str) -> StorageError:

@@ -4,6 +4,8 @@ It calls the core the headless verb calls (``providers.sync.sync``) in a thread 
 ``sync(..., dry_run=True)``, Sync the real one, whose progress callback (every 0.2 s: totals
 and the copies in flight) and result come back as small dataclass messages. Cancel sets the
 core's ``cancel`` event: uploads in flight are abandoned, nothing partial is left at DST.
+Sync with --delete plans first and asks, naming the files that will go (``models/sync.py``);
+the confirmed sync deletes no more than were shown (``max_delete``), else changes nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from textual.widgets import (
 
 from dqlctl.tui.messages import SyncDone, SyncProgressed
 from dqlctl.tui.models.common import one_line
+from dqlctl.tui.models.sync import delete_confirmation
 from dqlctl.tui.screens.modals import ConfirmScreen
 from providers.sync import FileEntry, Progress, SyncResult, human_size
 
@@ -112,6 +115,7 @@ class SyncScreen(Screen[None]):
         self.last_progress: Progress | None = None
         self.shown: tuple[str, str, bool, bool] | None = None   # what the summary is about
         self.result: SyncResult | None = None
+        self.confirming = False         # the plan running is the one a Sync --delete asks on
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -276,25 +280,32 @@ class SyncScreen(Screen[None]):
     def action_sync(self) -> None:
         if self.busy is not None or (opts := self._validated()) is None:
             return
-        if not opts[2]:
+        # with --delete: plan first, then ask, naming the files that will go
+        self._start("confirm" if opts[2] else "sync", opts)
+
+    def _confirm_deletes(self, plan: SyncResult, opts: tuple[str, str, bool, bool]) -> None:
+        """After the plan of a Sync with --delete: ask, naming the files that will go; the sync
+        then deletes no more than were shown (``max_delete``)."""
+        ask = delete_confirmation(plan, opts[1])
+        if ask is None:             # nothing to delete: nothing to ask
             self._start("sync", opts)
             return
 
         def answered(yes: bool | None) -> None:
             if yes and self.busy is None and self.options() == opts:
-                self._start("sync", opts)
+                self._start("sync", opts, max_delete=ask.deletes)
 
-        self.app.push_screen(ConfirmScreen(
-            "Sync with --delete?",
-            f"Files at {opts[1]} that {opts[0]} lacks will be removed (only after every copy "
-            "succeeded). Plan (^r) lists them first.", yes="Sync"), answered)
+        self.app.push_screen(ConfirmScreen(ask.question, ask.detail, yes="Sync"), answered)
 
-    def _start(self, kind: str, opts: tuple[str, str, bool, bool]) -> None:
+    def _start(self, kind: str, opts: tuple[str, str, bool, bool],
+               max_delete: int | None = None) -> None:
         self.gen += 1
         self.shown = opts
         self.result = None
         self.last_progress = None
         self.cancel_event = threading.Event() if kind == "sync" else None
+        self.confirming = kind == "confirm"
+        kind = "plan" if kind == "confirm" else kind
         self._set_busy(kind)
         self.set_focus(None)
         table = self.query_one("#files", DataTable)
@@ -314,11 +325,11 @@ class SyncScreen(Screen[None]):
             for bar in self.query(FileBar):
                 bar.display = False
             self.query_one("#more").display = False
-        self._run(self.gen, kind == "plan", opts, self.cancel_event)
+        self._run(self.gen, kind == "plan", opts, self.cancel_event, max_delete)
 
     @work(thread=True, exclusive=True, group="sync", exit_on_error=False)
     def _run(self, gen: int, dry_run: bool, opts: tuple[str, str, bool, bool],
-             cancel: threading.Event | None) -> None:
+             cancel: threading.Event | None, max_delete: int | None = None) -> None:
         """``providers.sync.sync``, as `dqlctl sync` calls it; progress and result as messages."""
         from providers.storage import Cancelled, StorageError
         from providers.sync import sync
@@ -326,7 +337,7 @@ class SyncScreen(Screen[None]):
         src, dst, delete, checksum = opts
         try:
             result = sync(src, dst, dry_run=dry_run, delete=delete, checksum=checksum,
-                          cancel=cancel,
+                          cancel=cancel, max_delete=max_delete,
                           progress=lambda p: self.post_message(SyncProgressed(gen, p)))
         except StorageError as exc:
             self.post_message(SyncDone(gen, None, one_line(exc), exc.side))
@@ -370,11 +381,14 @@ class SyncScreen(Screen[None]):
         kind = self.busy
         self._set_busy(None)
         self.cancel_event = None
+        confirming, self.confirming = self.confirming, False
         if message.result is not None:
             self.result = message.result
             if kind == "sync":
                 self._finish_progress(message.result)
             self._show_result(message.result)
+            if confirming and self.shown is not None and message.result.ok:
+                self._confirm_deletes(message.result, self.shown)
             return
         for bar in self.query(FileBar):
             bar.display = False
@@ -435,6 +449,12 @@ class SyncScreen(Screen[None]):
             text.append(f"\n  ... and {len(r.errors) - MAX_ERRORS} more errors", style="red")
         if r.delete_skipped:
             text.append(f"\n{r.delete_skipped}", style="yellow")
+        if r.refused:
+            text.append(f"\n✗ {r.refused}", style="bold red")
+        if r.stale_uploads:
+            verb = "would abort" if r.dry_run else "aborted"
+            text.append(f"\n{verb} {len(r.stale_uploads)} unfinished upload(s) a killed sync "
+                        "left at DST", style="yellow")
         self._say(text)
         self._fill_table(r)
 
