@@ -303,8 +303,11 @@ def _private(path: Path) -> None:
         os.chmod(path.parent, 0o700)
     except PermissionError:  # a folder someone else owns: the file modes still hold
         pass
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    os.chmod(path, 0o600)
+    try:  # never open (and close) an existing database: closing any descriptor of it drops
+        # the POSIX locks SQLite holds on it in this process (another connection's included)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    except FileExistsError:
+        os.chmod(path, 0o600)
 
 
 class Registry:

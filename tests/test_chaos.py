@@ -47,21 +47,22 @@ KILLED = {reg.PROVISIONING: reg.FAILED, reg.BOOTSTRAPPING: reg.SUCCEEDED,
           reg.RUNNING: reg.SUCCEEDED, reg.COLLECTING: reg.SUCCEEDED}
 
 
-def killed_launch(home: Path, state: str, argv: list[str]) -> None:
-    """``dqlctl launch --follow`` in its own process, SIGKILLed right after entering ``state``."""
-    env = {**os.environ, "DQLCTL_HOME": str(home), reg.FAULT_KILL_AFTER: state}
+def killed_launch(folder: Path, state: str, argv: list[str]) -> None:
+    """``dqlctl launch --follow`` in its own process, SIGKILLed right after entering ``state``
+    (``folder`` is its DQLCTL_HOME)."""
+    env = {**os.environ, "DQLCTL_HOME": str(folder), reg.FAULT_KILL_AFTER: state}
     proc = subprocess.run([sys.executable, "-m", "dqlctl", *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
 
 
-def ps_until_terminal(home: Path, billed: Any, timeout: float = 180) -> dict[str, Any]:
+def ps_until_terminal(folder: Path, billed: Any, timeout: float = 180) -> dict[str, Any]:
     """``dqlctl ps --all --json`` until the one run is terminal; at every look, each instance
     that bills is owned by a run that is not terminal (``billed()``: [(instance, run id)])."""
     deadline = time.monotonic() + timeout
     while True:
         out = io.StringIO()
-        assert main(["ps", "--all", "--json"], ctx=Context(home=home, stdout=out)) == 0
+        assert main(["ps", "--all", "--json"], ctx=Context(home=folder, stdout=out)) == 0
         (run,) = json.loads(out.getvalue())
         for instance, owner in billed():
             assert owner == run["id"] and (run["state"] not in reg.TERMINAL), \
@@ -72,8 +73,8 @@ def ps_until_terminal(home: Path, billed: Any, timeout: float = 180) -> dict[str
         time.sleep(0.2)
 
 
-def assert_history(home: Path, run: dict[str, Any], killed: str) -> None:
-    events = Context(home=home).registry.events(run["id"])
+def assert_history(folder: Path, run: dict[str, Any], killed: str) -> None:
+    events = Context(home=folder).registry.events(run["id"])
     moves = [e for e in events if e["to_state"]]
     assert moves[0]["to_state"] == reg.PENDING
     for before, after in zip(moves, moves[1:], strict=False):
