@@ -242,16 +242,20 @@ def owner_gone(owner: str) -> bool:
         return False
     if host != socket.gethostname():
         return False
-    if Path("/proc").is_dir():
-        now = _proc_start_ticks(pid)
-        return now is None or (ticks != "-" and now != ticks)
-    try:  # pragma: no cover - non-Linux fallback
+    if not Path("/proc").is_dir():  # pragma: no cover - elsewhere only a vanished pid is known
+        return not _signalable(pid)
+    now = _proc_start_ticks(pid)
+    return now is None or (ticks != "-" and now != ticks)
+
+
+def _signalable(pid: int) -> bool:  # pragma: no cover - non-Linux
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    return True
 
 
 def _add_columns(c: sqlite3.Connection, columns: dict[str, str]) -> bool:

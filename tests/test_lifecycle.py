@@ -37,6 +37,7 @@ from providers.base import (
     LaunchSpec,
     ProviderError,
 )
+from tests.test_local_runs import wait_for
 
 # this host, this pid, another start time: a process that has ended
 DEAD = f"{socket.gethostname()}:{os.getpid()}:1"
@@ -373,9 +374,9 @@ def test_a_controller_renews_its_lease_and_a_thread_of_it_is_not_adopted(
     worker.start()
     try:
         other = Context(home=tmp_path, providers={"fake": cloud})
-        run = wait(lambda: next(iter(other.registry.list()), None), "the run's row")
+        run = wait_for(lambda: next(iter(other.registry.list()), None), "the run's row")
         first = run.lease_expires
-        renewed = wait(lambda: (r := other.registry.get(run.id)).lease_expires > first + 0.2
+        renewed = wait_for(lambda: (r := other.registry.get(run.id)).lease_expires > first + 0.2
                        and r, "a renewal")
         assert renewed.state == reg.BOOTSTRAPPING
         elsewhere = reg.Registry(tmp_path / "registry.db")
@@ -386,16 +387,6 @@ def test_a_controller_renews_its_lease_and_a_thread_of_it_is_not_adopted(
         gate.set()
         worker.join(30)
     assert done and done[0].state == reg.RUNNING and cloud.started == done[0].instance_ids
-
-
-def wait(predicate: Any, what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_two_threads_adopting_one_run_bring_it_up_once(tmp_path: Path) -> None:
