@@ -276,8 +276,8 @@ class Exit:
     act: Callable[[Context, Run], Run]
 
 
-_NO_CONTROLLER = ("its controller lease has expired (60 s unrenewed; at once when its process "
-                  "is gone from this host)")
+_NO_CONTROLLER = (f"its controller lease has expired ({reg.LEASE_S:.0f} s unrenewed; at once "
+                  "when its process is gone from this host)")
 
 #: Every non-terminal state: what ``reconcile`` checks there and its deadline (the README's
 #: table is made from this). Budget (``--max-cost``) is checked first in every billed state.
