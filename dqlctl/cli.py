@@ -133,7 +133,15 @@ def _open_tui(parser: argparse.ArgumentParser) -> int:
     except ImportError:
         parser.print_help()
         return 0
-    return run_tui()
+    from dqlctl.context import Context
+
+    ctx = Context()
+    try:
+        _ = ctx.registry  # a registry this dqlctl cannot read: one line, not a broken app
+    except DqlctlError as exc:
+        print(f"dqlctl: error: {exc}", file=ctx.stderr)
+        return exc.exit_code
+    return run_tui(ctx)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,17 @@ Billing is kept on the row where it changes: the transition that enters or leave
 (``BILLED``) also updates ``billed_s`` (seconds of closed billed intervals) and ``billed_since``
 (when the open one began, NULL when none), and ``cost_usd`` when the run has a $/h. So what a run
 has cost at any moment is arithmetic on its row (``Run.cost_at``), never a scan of its events.
+
+A run in a state where one process works on it (``LEASED``: bring-up, collecting, recovering)
+has a *controller lease* on its row: the owner (``host:pid:start-time``) and when the lease
+expires. The transition into such a state takes the lease for the process making it, in the same
+transaction; the worker renews it (``renew``); a later process may take it over (``acquire``)
+only once it has expired or its owner's process is gone from this host. So two processes never
+both act on a run, and none is left without an actor.
+
+The schema is versioned (``PRAGMA user_version``): a database from an older dqlctl is migrated in
+order (``_MIGRATIONS``), one from a newer dqlctl is refused with one line (``SchemaTooNew``).
+The database (and its WAL/SHM files) is private: 0600, in a 0700 folder.
 """
 
 from __future__ import annotations
@@ -19,6 +30,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -26,6 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dqlctl.errors import EXIT_RUN_FAILED, DqlctlError
 
 # The lifecycle (DESIGN.md). Terminal states never change again.
 PENDING = "PENDING"
@@ -56,7 +71,18 @@ TRANSITIONS: dict[str, set[str]] = {
     PREEMPTED: {RECOVERING} | _ANY_END,
     RECOVERING: {RUNNING, BOOTSTRAPPING} | _ANY_END,
 }
+# States in which one dqlctl process works on the run (its controller): entering one takes the
+# controller lease for the process making the move; any other state clears it.
+LEASED = frozenset({PENDING, PROVISIONING, BOOTSTRAPPING, COLLECTING, RECOVERING})
+#: seconds a controller lease lasts without renewal (a worker renews it every LEASE_S / 4)
+LEASE_S = 60.0
+#: Test-only fault injection: a process with this environment variable set to a state SIGKILLs
+#: itself right after committing a transition into that state (the chaos suite,
+#: tests/test_chaos.py, kills dqlctl at every transition of a launch this way). Never set it
+#: otherwise.
+FAULT_KILL_AFTER = "DQLCTL_FAULT_KILL_AFTER"
 
+# The first version of the schema; every change since is a migration (``_MIGRATIONS``).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id            TEXT PRIMARY KEY,
@@ -79,9 +105,7 @@ CREATE TABLE IF NOT EXISTS runs (
     reason        TEXT,
     spec          TEXT NOT NULL DEFAULT '{}',
     progress      TEXT NOT NULL DEFAULT '{}',
-    metrics       TEXT NOT NULL DEFAULT '{}',
-    billed_s      REAL NOT NULL DEFAULT 0,
-    billed_since  REAL
+    metrics       TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state);
 CREATE TABLE IF NOT EXISTS events (
@@ -100,7 +124,7 @@ _JSON_FIELDS = ("instance_ids", "instance", "spec", "progress", "metrics")
 _UPDATABLE = frozenset({"region", "instance_type", "spot", "started_at", "ended_at",
                         "instance_ids", "instance", "results_uri", "price_per_hour", "cost_usd",
                         "exit_code", "reason", "spec", "progress", "metrics", "billed_s",
-                        "billed_since"})
+                        "billed_since", "lease_owner", "lease_expires"})
 
 
 class RegistryError(Exception):
@@ -109,6 +133,12 @@ class RegistryError(Exception):
 
 class IllegalTransition(RegistryError):
     pass
+
+
+class SchemaTooNew(DqlctlError):
+    """The database was written by a newer dqlctl: one line, exit 1, for every verb."""
+
+    exit_code = EXIT_RUN_FAILED
 
 
 @dataclass
@@ -136,6 +166,8 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     billed_s: float = 0.0              # seconds in closed billed intervals
     billed_since: float | None = None  # start of the billed interval still open
+    lease_owner: str | None = None     # the controller working on the run (``LEASED`` states)
+    lease_expires: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -155,6 +187,9 @@ class Run:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+_RUN_FIELDS = frozenset(Run.__dataclass_fields__)
 
 
 def _bill(closed_s: float, since: float | None, to_state: str,
@@ -183,46 +218,151 @@ def new_run_id() -> str:
     return secrets.token_hex(4)
 
 
+def _proc_start_ticks(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_owner() -> str:
+    """This process as a lease owner: ``host:pid:start-time`` (a recycled pid is another)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_proc_start_ticks(pid) or '-'}"
+
+
+def owner_gone(owner: str) -> bool:
+    """True when ``owner`` was a process on this host that is no longer running. An owner on
+    another host is never known to be gone: its lease has to expire."""
+    try:
+        host, pid_text, ticks = owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False
+    if not Path("/proc").is_dir():  # pragma: no cover - elsewhere only a vanished pid is known
+        return not _signalable(pid)
+    now = _proc_start_ticks(pid)
+    return now is None or (ticks != "-" and now != ticks)
+
+
+def _signalable(pid: int) -> bool:  # pragma: no cover - non-Linux
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    return True
+
+
+def _add_columns(c: sqlite3.Connection, columns: dict[str, str]) -> bool:
+    """Add the ``runs`` columns that are missing; whether any was."""
+    have = {r["name"] for r in c.execute("PRAGMA table_info(runs)")}
+    missing = {k: v for k, v in columns.items() if k not in have}
+    for name, decl in missing.items():
+        c.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
+    return bool(missing)
+
+
+def _v1_tables(c: sqlite3.Connection) -> None:
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            c.execute(statement)
+
+
+def _v2_billing(c: sqlite3.Connection) -> None:
+    """The billing columns, filled once from each run's state events (what was computed on
+    every look before)."""
+    if not _add_columns(c, {"billed_s": "REAL NOT NULL DEFAULT 0", "billed_since": "REAL"}):
+        return
+    rows = c.execute("SELECT run_id, ts, to_state FROM events WHERE to_state IS NOT NULL"
+                     " ORDER BY run_id, id")
+    billing: dict[str, tuple[float, float | None]] = {}
+    for r in rows:
+        closed, since = billing.get(r["run_id"], (0.0, None))
+        billing[r["run_id"]] = _bill(closed, since, r["to_state"], float(r["ts"]))
+    for run_id, (closed, since) in billing.items():
+        c.execute("UPDATE runs SET billed_s = ?, billed_since = ? WHERE id = ?",
+                  (closed, since, run_id))
+
+
+def _v3_lease(c: sqlite3.Connection) -> None:
+    """The controller lease (a run made before it has none: the next look may adopt it)."""
+    _add_columns(c, {"lease_owner": "TEXT", "lease_expires": "REAL"})
+
+
+#: ``(version, step)`` in order: a database at version N gets every step above N. A database
+#: from before versioning (user_version 0) gets them all; each step tolerates what is there.
+_MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _v1_tables), (2, _v2_billing), (3, _v3_lease))
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
+
+
+def _private(path: Path) -> None:
+    """The database folder 0700 and the database 0600, created so (or tightened when not)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.chmod(path.parent, 0o700)
+    except PermissionError:  # a folder someone else owns: the file modes still hold
+        pass
+    try:  # never open (and close) an existing database: closing any descriptor of it drops
+        # the POSIX locks SQLite holds on it in this process (another connection's included)
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+    except FileExistsError:
+        os.chmod(path, 0o600)
+
+
 class Registry:
     """The SQLite registry at ``<home>/registry.db``."""
 
     def __init__(self, path: str | os.PathLike[str], clock: Any = time.time) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
+        self.owner = process_owner()
+        _private(self.path)
         self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA busy_timeout = 30000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        with self._tx() as c:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    c.execute(statement)
-            self._migrate(c)
+        try:
+            self._check_version(self._version())
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            if self._version() < SCHEMA_VERSION:
+                with self._tx() as c:
+                    self._migrate(c)
+        except SchemaTooNew:
+            self._conn.close()
+            raise
+        for suffix in ("-wal", "-shm"):  # SQLite gives them the database's mode; older ones
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
 
     def close(self) -> None:
         self._conn.close()
 
-    @staticmethod
-    def _migrate(c: sqlite3.Connection) -> None:
-        """Bring a database made by an older dqlctl up to this schema: the billing columns,
-        filled once from each run's state events (what was computed on every look before)."""
-        columns = {r["name"] for r in c.execute("PRAGMA table_info(runs)")}
-        if "billed_s" in columns:
-            return
-        c.execute("ALTER TABLE runs ADD COLUMN billed_s REAL NOT NULL DEFAULT 0")
-        c.execute("ALTER TABLE runs ADD COLUMN billed_since REAL")
-        rows = c.execute("SELECT run_id, ts, to_state FROM events WHERE to_state IS NOT NULL"
-                         " ORDER BY run_id, id")
-        billing: dict[str, tuple[float, float | None]] = {}
-        for r in rows:
-            closed, since = billing.get(r["run_id"], (0.0, None))
-            billing[r["run_id"]] = _bill(closed, since, r["to_state"], float(r["ts"]))
-        for run_id, (closed, since) in billing.items():
-            c.execute("UPDATE runs SET billed_s = ?, billed_since = ? WHERE id = ?",
-                      (closed, since, run_id))
+    def _version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_version(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"{self.path.name} was written by a newer dqlctl (schema "
+                               f"{version}, this one knows {SCHEMA_VERSION}): upgrade dqlctl")
+
+    def _migrate(self, c: sqlite3.Connection) -> None:
+        """Bring a database made by an older dqlctl up to this schema, in one transaction."""
+        version = self._version()  # again, inside the transaction: another process may have
+        self._check_version(version)
+        for step_version, step in _MIGRATIONS:
+            if step_version > version:
+                step(c)
+        c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -246,7 +386,7 @@ class Registry:
         if data["instance"] == {}:
             data["instance"] = None
         data["spot"] = bool(data["spot"])
-        return Run(**data)
+        return Run(**{k: v for k, v in data.items() if k in _RUN_FIELDS})
 
     def get(self, run_id: str) -> Run:
         row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -304,9 +444,10 @@ class Registry:
         with self._tx() as c:
             c.execute(
                 "INSERT INTO runs (id, name, provider, region, instance_type, spot, state,"
-                " created_at, updated_at, results_uri, spec) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " created_at, updated_at, results_uri, spec, lease_owner, lease_expires)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (rid, name, provider, region, instance_type, int(spot), PENDING, now, now,
-                 results_uri, json.dumps(spec)))
+                 results_uri, json.dumps(spec), self.owner, now + LEASE_S))
             c.execute("INSERT INTO events (run_id, ts, kind, to_state, data) VALUES (?,?,?,?,?)",
                       (rid, now, "created", PENDING, json.dumps({"name": name})))
         return self.get(rid)
@@ -335,6 +476,8 @@ class Registry:
 
         ``expect`` defaults to every state that may legally lead to ``to_state``. Another
         process having made the same move first is the common, harmless reason for False.
+        A move into a ``LEASED`` state takes the controller lease for this process; any other
+        move clears it.
         """
         now = self.clock()
         with self._tx() as c:
@@ -356,6 +499,10 @@ class Registry:
                 fields["started_at"] = now
             if to_state in TERMINAL:
                 fields.setdefault("ended_at", now)
+            if to_state in LEASED:
+                fields.update(lease_owner=self.owner, lease_expires=now + LEASE_S)
+            else:
+                fields.update(lease_owner=None, lease_expires=None)
             billed_s, since = _bill(row["billed_s"], row["billed_since"], to_state, now)
             if (billed_s, since) != (row["billed_s"], row["billed_since"]):
                 fields.update(billed_s=billed_s, billed_since=since)
@@ -371,12 +518,87 @@ class Registry:
                 "INSERT INTO events (run_id, ts, kind, from_state, to_state, data)"
                 " VALUES (?,?,?,?,?,?)",
                 (run_id, now, "state", current, to_state, json.dumps(payload)))
+        if os.environ.get(FAULT_KILL_AFTER) == to_state:  # tests only: see FAULT_KILL_AFTER
+            os.kill(os.getpid(), signal.SIGKILL)
         return True
 
     def update(self, run_id: str, **fields: Any) -> None:
-        """Change fields other than the state (progress, metrics, instance, cost ...)."""
+        """Change fields other than the state (instance, cost ...). A JSON field written here
+        replaces the stored one: to change part of one, use ``update_json`` or ``merge``."""
         with self._tx() as c:
             self._set_fields(c, run_id, self.clock(), fields)
+
+    def update_json(self, run_id: str, field_name: str, fn: Any) -> Any:
+        """Read-modify-write of one JSON field inside one ``BEGIN IMMEDIATE`` transaction:
+        ``fn(current value) -> new value``; the new value. No concurrent update is lost."""
+        if field_name not in _JSON_FIELDS:
+            raise RegistryError(f"{field_name} is not a JSON field")
+        with self._tx() as c:
+            row = c.execute(f"SELECT {field_name} FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RegistryError(f"no run {run_id!r}")
+            current = json.loads(row[0]) if row[0] else None
+            value = fn(current)
+            self._set_fields(c, run_id, self.clock(), {field_name: value})
+        return value
+
+    def merge(self, run_id: str, **patches: dict[str, Any]) -> Run:
+        """Merge ``patches`` into JSON object fields (``progress={...}``, ``spec={...}``), all
+        in one transaction (keys given replace those keys, others are kept); the row after."""
+        with self._tx() as c:
+            names = list(patches)
+            bad = [n for n in names if n not in _JSON_FIELDS or n == "instance_ids"]
+            if bad:
+                raise RegistryError(f"cannot merge into {bad}")
+            row = c.execute(f"SELECT {', '.join(names)} FROM runs WHERE id = ?",
+                            (run_id,)).fetchone()
+            if row is None:
+                raise RegistryError(f"no run {run_id!r}")
+            merged = {n: {**(json.loads(row[n]) if row[n] else {}), **patches[n]} for n in names}
+            self._set_fields(c, run_id, self.clock(), merged)
+        return self.get(run_id)
+
+    # -- the controller lease ----------------------------------------------------------------------
+
+    def lease_free(self, run: Run, now: float | None = None) -> bool:
+        """True when nobody else controls ``run``: no lease, ours, expired, or its owner's
+        process gone from this host."""
+        if run.lease_owner is None or run.lease_owner == self.owner:
+            return True
+        now = self.clock() if now is None else now
+        return (run.lease_expires or 0.0) <= now or owner_gone(run.lease_owner)
+
+    def acquire(self, run_id: str, states: Iterable[str]) -> bool:
+        """Take the run's controller lease if it is in one of ``states`` and nobody else holds a
+        live lease; one process wins. Taking over another owner's lease is an ``adopted``
+        event."""
+        now = self.clock()
+        with self._tx() as c:
+            row = c.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RegistryError(f"no run {run_id!r}")
+            run = self._row_to_run(row)
+            if run.state not in set(states) or not self.lease_free(run, now):
+                return False
+            c.execute("UPDATE runs SET lease_owner = ?, lease_expires = ? WHERE id = ?",
+                      (self.owner, now + LEASE_S, run_id))
+            if run.lease_owner not in (None, self.owner):
+                c.execute("INSERT INTO events (run_id, ts, kind, data) VALUES (?,?,?,?)",
+                          (run_id, now, "adopted", json.dumps(
+                              {"state": run.state, "from": run.lease_owner, "by": self.owner})))
+        return True
+
+    def renew(self, run_id: str) -> bool:
+        """Extend this process's lease on the run; False when it holds none (any more)."""
+        cur = self._conn.execute(
+            "UPDATE runs SET lease_expires = ? WHERE id = ? AND lease_owner = ?",
+            (self.clock() + LEASE_S, run_id, self.owner))
+        return cur.rowcount > 0
+
+    def release(self, run_id: str) -> None:
+        """Give up this process's lease on the run (a no-op when it holds none)."""
+        self._conn.execute("UPDATE runs SET lease_owner = NULL, lease_expires = NULL"
+                           " WHERE id = ? AND lease_owner = ?", (run_id, self.owner))
 
     def add_event(self, run_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
         with self._tx() as c:

@@ -7,6 +7,7 @@ Standard library only: ``dqlctl --help`` and the headless verbs import this.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +17,23 @@ SUMMARY_METRICS = ("total_return", "annual_return", "annual_volatility", "sharpe
 
 PS_COLUMNS = ("ID", "NAME", "PROVIDER", "STATE", "PROGRESS", "AGE", "COST", "RESULT")
 ORPHAN_COLUMNS = ("PROVIDER", "KIND", "ID", "RUN", "OWNER", "REGION")
+
+
+# What a VM or an engine writes must not drive the operator's terminal: escape sequences (CSI,
+# OSC such as a window title or a hyperlink, DCS/APC/PM/SOS strings, two-character ESC codes,
+# their 8-bit C1 forms) and every other control character but newline and tab are removed.
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"                  # CSI ... final byte
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f]).*?(?:\x07|\x1b\\|\x9c|$)"  # OSC/DCS/... ST
+    r"|\x1b[ -/]*[0-~]?",                                 # other ESC sequences (or a lone ESC)
+    re.DOTALL)
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def safe_text(text: str) -> str:
+    """``text`` with terminal escape sequences and control characters removed (newline and tab
+    kept): what a run's log or reason may be printed as, on a terminal or into a pipe."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
 def fmt(value: Any, spec: str = ".4g") -> str:
@@ -55,7 +73,7 @@ def result_text(run: Any) -> str:
     if "sharpe_ratio" in test and test["sharpe_ratio"] is not None:
         return f"sharpe {test['sharpe_ratio']:.2f}"
     if run.reason and run.state == "FAILED":
-        return run.reason[:40]
+        return safe_text(run.reason)[:40]
     return "-"
 
 
@@ -87,7 +105,13 @@ def orphan_table(resources: list[Any], registry_id: str) -> str:
 
 
 def format_event(ev: dict[str, Any]) -> str | None:
-    """An engine event as one line for a terminal, or None for events not shown."""
+    """An engine event as one line for a terminal (``safe_text``), or None for events not
+    shown."""
+    line = _format_event(ev)
+    return safe_text(line) if line is not None else None
+
+
+def _format_event(ev: dict[str, Any]) -> str | None:
     kind = ev.get("event")
     if kind == "run_started":
         return (f"engine started: {ev.get('command', '')} agent={ev.get('agent_type')} "
@@ -131,7 +155,7 @@ def print_run_result(run: Any, out: TextIO) -> None:
     """How a run ended: state, reason, test metrics, where its results and report are."""
     print(f"run {run.id} ({run.name}) {run.state}", file=out)
     if run.reason:
-        print(f"  reason: {run.reason}", file=out)
+        print(f"  reason: {safe_text(run.reason)}", file=out)
     for line in metric_lines(run):
         print(line, file=out)
     if run.results_uri:

@@ -211,8 +211,10 @@ def test_a_spot_instance_taken_back_is_preempted_not_running(home: Path,
     ctx = Context(home=home)
     (row,) = runs.reconcile_all(ctx)
     assert row.state == reg.PREEMPTED and "taken back" in row.reason
+    # a preempted run that cannot be relaunched does not linger: the next look ends it, with why
     assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
-    assert Context(home=home).registry.get(run.id).state == reg.CANCELLED
+    row = Context(home=home).registry.get(run.id)
+    assert row.state == reg.FAILED and "not relaunched" in row.reason
     assert leftovers(run.id) == NOTHING
 
 
@@ -241,6 +243,7 @@ def test_dry_run_creates_nothing_and_no_credentials_is_exit_3(
     assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
     err = capsys.readouterr().err
     assert "no AWS credentials" in err and "AWS_ACCESS_KEY_ID" in err
+    assert Context(home=home).registry.list() == []  # refused before any run was recorded
 
 
 def test_ssh_trusts_only_the_pinned_key_and_stop_keeps_the_checkpoint(

@@ -359,3 +359,22 @@ def test_a_provider_error_in_plan_keeps_its_field(tmp_path: Path) -> None:
         runs.plan(ctx, runs.LaunchRequest(data="test_small.csv"))
     assert exc.value.field == "region" and exc.value.exit_code == 3
     assert DqlctlError("x").field is None
+
+
+def test_logs_never_pass_a_machines_escape_sequences_to_the_terminal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A VM or an engine writing terminal escapes (a window title, a screen clear, a cursor
+    query, colours) cannot drive the operator's terminal through `dqlctl logs`, piped or not."""
+    ctx = Context(home=tmp_path)
+    run = ctx.registry.create(name="esc", provider="local", spec={
+        "job": {"results_dir": str(tmp_path), "experiment": "esc"}})
+    workdir = tmp_path / "vm"
+    workdir.mkdir()
+    (workdir / "engine.log").write_bytes(
+        b"ok \x1b]0;owned title\x07line\n\x1b[2J\x1b[31mred\x1b[0m\ttab\r\n"
+        b"\xc2\x9b6n\x1bPdcs\x1b\\ end\x07\n")
+    gone = Instance("local", "local-1", "terminated", extra={
+        "pid": 2**22 + 7, "start_ticks": 1, "workdir": str(workdir)})
+    ctx.registry.update(run.id, instance=gone.to_dict())
+    assert main(["logs", run.id], ctx=ctx) == 0
+    assert capsys.readouterr().out.splitlines() == ["ok line", "red\ttab", " end"]

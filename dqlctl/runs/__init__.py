@@ -10,10 +10,13 @@ One module per concern, in layers; a module imports only from layers below it (n
 1. ``request``  LaunchRequest, validation, build_spec, plan
    ``jobs``     a job's handle, Follower, read_all_lines, log_tail, the engine-events fold
    ``orphaned`` tagged instances no live run owns
-2. ``lifecycle`` launch, bring_up (teardown on failure), down
+   ``leases``   hold: the controller lease renewed while this process works on a run
+2. ``lifecycle`` launch (credentials first), bring_up / finish_bring_up (teardown on failure),
+   down, the budget of a run being brought up
 3. ``costs``    run_cost (arithmetic on the registry row), the budget, spend by month
 4. ``recovery`` machine_lost, recoverable, recover;  ``summary`` the JSON shape, exit code
-5. ``reconciling`` reconcile, reconcile_all, finish_if_ended, a stuck launch
+5. ``reconciling`` reconcile, reconcile_all, finish_if_ended, ``EXITS``: every non-terminal
+   state's exit (what reconcile checks there, its deadline) for a run nobody works on
 6. ``following`` follow, iter_log
 7. ``control``  stop, shell_command
 
@@ -37,7 +40,7 @@ from dqlctl.runs.jobs import (
 )
 from dqlctl.runs.lifecycle import SECRET_ENV, bring_up, down, launch
 from dqlctl.runs.orphaned import down_orphans, orphans, owned
-from dqlctl.runs.reconciling import finish_if_ended, reconcile, reconcile_all
+from dqlctl.runs.reconciling import EXITS, finish_if_ended, reconcile, reconcile_all
 from dqlctl.runs.recovery import machine_lost, recover, recoverable
 from dqlctl.runs.request import (
     AGENT_TYPES,
@@ -51,10 +54,12 @@ from dqlctl.runs.request import (
 from dqlctl.runs.summary import run_detail, run_exit_code, run_summary
 
 __all__ = [
-    "AGENT_TYPES", "ENGINE_COMMANDS", "POLL_S", "SECRET_ENV", "Follower", "LaunchRequest",
+    "AGENT_TYPES", "ENGINE_COMMANDS", "EXITS", "POLL_S", "SECRET_ENV", "Follower",
+    "LaunchRequest",
     "ShellCommand", "apply_engine_events", "bring_up", "budget_left", "build_spec",
     "down", "down_orphans", "enforce_budget", "finish_if_ended", "follow",
-    "instance_of", "iter_log", "job_handle", "launch", "log_tail", "machine_lost", "orphans", "owned",
+    "instance_of", "iter_log", "job_handle", "launch", "log_tail", "machine_lost", "orphans",
+    "owned",
     "plan", "read_all_lines", "reconcile", "reconcile_all", "recover",
     "recoverable", "resolve_auto", "run_cost", "run_costs", "run_detail", "run_exit_code",
     "run_summary", "shell_command", "spend_by_month", "stop", "validate_request",

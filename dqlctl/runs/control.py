@@ -37,7 +37,7 @@ def stop(ctx: Context, run: Run, wait_s: float = 120.0) -> Run:
     handle = job_handle(ctx, run)
     if inst is None or handle is None:
         return down(ctx, run, reason="stopped (no job to ask): machine released")
-    registry.update(run.id, spec={**run.spec, "stop_requested": ctx.clock()})
+    registry.merge(run.id, spec={"stop_requested": ctx.clock()})
     registry.add_event(run.id, "stop", {"wait_s": wait_s})
     try:
         handle.stop()

@@ -13,7 +13,8 @@ from typing import Any
 from dqlctl import registry as reg
 from dqlctl.context import Context
 from dqlctl.registry import Run
-from dqlctl.runs.lifecycle import down
+from dqlctl.runs.leases import held_here
+from dqlctl.runs.lifecycle import down, over_budget
 
 
 def run_cost(ctx: Context, run: Run, now: float | None = None) -> float:
@@ -22,22 +23,26 @@ def run_cost(ctx: Context, run: Run, now: float | None = None) -> float:
 
 
 def budget_left(run: Run, now: float) -> tuple[float, float] | None:
-    """``(spent, budget)`` of a RUNNING run with ``--max-cost``, else None."""
+    """``(spent, budget)`` of a run in a billed state (``registry.BILLED``) with
+    ``--max-cost``, else None."""
     budget = (run.spec.get("extra") or {}).get("max_cost")
-    if not budget or run.state != reg.RUNNING:
+    if not budget or run.state not in reg.BILLED:
         return None
     return run.cost_at(now), float(budget)
 
 
 def enforce_budget(ctx: Context, run: Run) -> Run:
-    """``--max-cost``: a running run that has spent its budget is stopped (the engine gets
-    SIGTERM and checkpoints first). Enforced whenever a dqlctl process looks at the run (a
-    following ``launch``, ``logs -f``, ``ps``, the TUI), so keep one watching long cloud runs."""
-    left = budget_left(run, ctx.clock())
-    if left is None or left[0] < left[1]:
+    """``--max-cost`` in every billed state: a run that has spent its budget is taken down
+    (CANCELLED with why; the engine gets SIGTERM and checkpoints first). Enforced whenever a
+    dqlctl process looks at the run (a following ``launch``, ``logs -f``, ``ps``, the TUI), so
+    keep one watching long cloud runs. A run another live process is bringing up or collecting
+    is left to it (it checks the budget itself)."""
+    why = over_budget(run, ctx.clock())
+    if why is None:
         return run
-    spent, budget = left
-    return down(ctx, run, reason=f"budget reached: ${spent:.2f} of --max-cost ${budget:.2f}")
+    if run.state != reg.RUNNING and (not ctx.registry.lease_free(run) or held_here(run.id)):
+        return run
+    return down(ctx, run, reason=why)
 
 
 def run_costs(ctx: Context, now: float) -> list[dict[str, Any]]:

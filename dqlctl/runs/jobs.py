@@ -97,14 +97,15 @@ def parse_events(lines: list[str]) -> list[dict[str, Any]]:
 
 
 def apply_engine_events(ctx: Context, run: Run, events: list[dict[str, Any]]) -> None:
-    """Fold engine events into the registry row: progress and metrics.
+    """Fold engine events into the registry row: progress and metrics, merged into what the row
+    holds inside one transaction (``Registry.merge``), so that two processes folding at once
+    lose nothing.
 
     ``progress["best_val_sharpe"]`` and ``progress["best_episode"]`` follow the kept model: the
     episodes whose event says ``best`` (that episode's model became the one kept).
     """
-    progress = dict(run.progress)
-    metrics = dict(run.metrics)
-    changed = False
+    progress: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
     for ev in events:
         kind = ev.get("event")
         if kind == "episode":
@@ -112,23 +113,18 @@ def apply_engine_events(ctx: Context, run: Run, events: list[dict[str, Any]]) ->
             if ev.get("best"):
                 progress["best_val_sharpe"] = ev.get("val_sharpe")
                 progress["best_episode"] = ev.get("episode")
-            changed = True
         elif kind == "stage":
             progress["stage"] = ev.get("name")
-            changed = True
         elif kind == "trial":
             progress.update({"trial": ev.get("trial"), "trials": ev.get("trials")})
-            changed = True
         elif kind == "evaluation" and isinstance(ev.get("metrics"), dict):
             metrics[ev.get("split") or "test"] = ev["metrics"]
-            changed = True
         elif kind in TERMINAL_EVENTS:
             progress["engine_status"] = kind
             if kind == "failed":
                 progress["engine_reason"] = ev.get("reason")
             if isinstance(ev.get("metrics"), dict) and ev["metrics"]:
                 metrics["test"] = ev["metrics"]
-            changed = True
-    if changed:
-        ctx.registry.update(run.id, progress=progress, metrics=metrics)
-        run.progress, run.metrics = progress, metrics
+    if progress or metrics:
+        row = ctx.registry.merge(run.id, progress=progress, metrics=metrics)
+        run.progress, run.metrics = row.progress, row.metrics

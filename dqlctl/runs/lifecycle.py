@@ -1,8 +1,11 @@
 """A run's machine coming and going: ``launch`` (a new run), ``bring_up`` (a machine with its
-engine started, also used by recovery) with teardown on every failure, and ``down``.
+engine started, also used by recovery), ``finish_bring_up`` (the same from BOOTSTRAPPING, for a
+run adopted from a controller that died) with teardown on every failure, and ``down``.
 
 Each step is committed to the registry *before* it is acted on, and teardown runs on every exit
-path of ``bring_up`` (an exception, a failed bootstrap, Ctrl+C).
+path of ``bring_up`` (an exception, a failed bootstrap, Ctrl+C, the budget spent). The process
+bringing a run up holds its controller lease (``leases.hold``). Nothing is recorded before the
+provider's credentials are known to work (``preflight``).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from typing import Any
 
 from dqlctl import registry as reg
 from dqlctl.context import Context
-from dqlctl.errors import ProviderFailure
+from dqlctl.errors import EXIT_RUN_FAILED, DqlctlError, ProviderFailure
 from dqlctl.registry import Run
 from dqlctl.runs.jobs import instance_of
-from dqlctl.runs.request import LaunchRequest, build_spec
-from providers.base import Instance, LaunchSpec, ProviderError
+from dqlctl.runs.leases import hold
+from dqlctl.runs.request import LaunchRequest, build_spec, spec_of
+from providers.base import Capability, Instance, LaunchSpec, ProviderError
 
 # Secrets the engine may need, taken from the operator's environment. They go to the machine as
 # a 0600 file (or the process environment locally), never into a command line, log or registry.
@@ -35,24 +39,55 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+class BudgetReached(DqlctlError):
+    """``--max-cost`` was reached before the run got going: it is CANCELLED, exit 1."""
+
+    exit_code = EXIT_RUN_FAILED
+
+
+def over_budget(run: Run, now: float) -> str | None:
+    """Why the run must stop for its ``--max-cost`` (it is in a billed state and has spent its
+    budget), else None."""
+    budget = (run.spec.get("extra") or {}).get("max_cost")
+    if not budget or run.state not in reg.BILLED:
+        return None
+    spent = run.cost_at(now)
+    if spent < float(budget):
+        return None
+    return f"budget reached: ${spent:.2f} of --max-cost ${float(budget):.2f}"
+
+
+def preflight(provider: Any) -> None:
+    """A cloud whose credentials (or SDK) do not work is refused before anything is recorded:
+    what its ``check()`` finds wrong (a provider that runs jobs here needs no credentials)."""
+    if Capability.LOCAL_JOB in provider.capabilities:
+        return
+    for item in provider.check().items:
+        if not item.ok:
+            fix = f" (fix: {item.fix})" if item.fix else ""
+            raise ProviderFailure(f"{provider.name}: {item.name}: {item.detail}{fix}",
+                                  field="provider")
+
+
 def launch(ctx: Context, req: LaunchRequest,
            on_state: Callable[[Run], None] | None = None) -> Run:
     """Create the run, start it on its provider; the run is RUNNING when this returns.
 
-    Any failure (or Ctrl+C) before that point tears down what was started and records why.
+    A provider without working credentials is refused first, with nothing recorded. Any
+    failure (or Ctrl+C) after the run is created tears down what was started and records why.
     """
     run_id = reg.new_run_id()
     spec = build_spec(ctx, req, run_id)
     provider = ctx.provider(req.provider)
+    preflight(provider)
     name, job = spec.name, spec.job
     registry = ctx.registry
-    registry.create(name=name, provider=req.provider, spec=asdict(spec), region=req.region,
-                    instance_type=req.instance_type, spot=req.spot,
-                    results_uri=f"{job.results_dir.rstrip('/')}/{name}", run_id=run_id)
-    registry.transition(run_id, reg.PROVISIONING)
-    if on_state is not None:
-        on_state(registry.get(run_id))
-    bring_up(ctx, run_id, provider, spec, on_state)
+    with hold(ctx, run_id):  # from its first row on, this process is the run's controller
+        registry.create(name=name, provider=req.provider, spec=asdict(spec), region=req.region,
+                        instance_type=req.instance_type, spot=req.spot,
+                        results_uri=f"{job.results_dir.rstrip('/')}/{name}", run_id=run_id)
+        _step(ctx, run_id, reg.PROVISIONING, on_state)
+        bring_up(ctx, run_id, provider, spec, on_state)
     return registry.get(run_id)
 
 
@@ -61,38 +96,91 @@ def bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
     """A machine for the run, ready, with its engine started: BOOTSTRAPPING, then RUNNING (with
     ``running`` fields). Any failure (or Ctrl+C) tears down what was started and records why."""
     registry = ctx.registry
-    instance: Instance | None = None
 
-    def step(state: str, **fields: Any) -> None:
-        registry.transition(run_id, state, **fields)
-        if on_state is not None:
-            on_state(registry.get(run_id))
-
-    try:
+    def machine() -> Instance:
         instance = provider.launch(spec)
         registry.update(run_id, instance=instance.to_dict(), instance_ids=[instance.instance_id],
                         region=instance.region, instance_type=instance.instance_type,
                         spot=instance.spot, price_per_hour=provider.price_per_hour(instance))
-        step(reg.BOOTSTRAPPING)
-        instance = provider.wait_ready(instance)
-        for warning in instance.extra.pop("warnings", []):  # e.g. a host key taken unverified
-            registry.add_event(run_id, "warning", {"message": warning})
-        registry.update(run_id, instance=instance.to_dict())
-        instance = provider.start_job(instance, spec, secrets=_secrets())
-        registry.update(run_id, instance=instance.to_dict())
-        step(reg.RUNNING, **running)
+        _step(ctx, run_id, reg.BOOTSTRAPPING, on_state)
+        return instance
+
+    _bring_up(ctx, run_id, provider, spec, machine, on_state, running)
+
+
+def finish_bring_up(ctx: Context, run: Run, on_state: Callable[[Run], None] | None = None) -> Run:
+    """Adopt a BOOTSTRAPPING run whose controller died: wait for its machine, start its engine
+    unless it already runs, RUNNING; any failure tears it down (FAILED with why)."""
+    inst = instance_of(run)
+    assert inst is not None, "a BOOTSTRAPPING run has a machine"
+    try:
+        _bring_up(ctx, run.id, ctx.provider(run.provider), spec_of(run), lambda: inst, on_state,
+                  {}, adopted=True)
+    except DqlctlError:
+        pass  # recorded: FAILED with why (the caller sees the row)
+    return ctx.registry.get(run.id)
+
+
+def _step(ctx: Context, run_id: str, state: str, on_state: Callable[[Run], None] | None,
+          **fields: Any) -> None:
+    ctx.registry.transition(run_id, state, **fields)
+    if on_state is not None:
+        on_state(ctx.registry.get(run_id))
+
+
+def _bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
+              machine: Callable[[], Instance], on_state: Callable[[Run], None] | None,
+              running: dict[str, Any], adopted: bool = False) -> None:
+    """``machine()`` (a new one, BOOTSTRAPPING), then ready, the engine started (unless its job
+    is running already: ``adopted``), RUNNING; under the run's lease, torn down on every
+    failure."""
+    registry = ctx.registry
+    instance: Instance | None = None
+    try:
+        with hold(ctx, run_id):
+            instance = machine()
+            instance = provider.wait_ready(instance)
+            for warning in instance.extra.pop("warnings", []):  # e.g. a host key taken unverified
+                registry.add_event(run_id, "warning", {"message": warning})
+            registry.update(run_id, instance=instance.to_dict())
+            why = over_budget(registry.get(run_id), ctx.clock())
+            if why:
+                raise BudgetReached(why)
+            if not (adopted and _job_started(provider, instance, spec)):
+                instance = provider.start_job(instance, spec, secrets=_secrets())
+                registry.update(run_id, instance=instance.to_dict())
+            _step(ctx, run_id, reg.RUNNING, on_state, **running)
     except BaseException as exc:
         reason = one_line(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
+        if isinstance(exc, BudgetReached):
+            reason = str(exc)
         if instance is not None:
             try:
                 provider.terminate(instance)
             except Exception as term_exc:  # keep the original error; say teardown failed
                 reason += f"; teardown failed: {one_line(term_exc)}"
-        state = reg.CANCELLED if isinstance(exc, KeyboardInterrupt) else reg.FAILED
+        state = reg.CANCELLED if isinstance(exc, KeyboardInterrupt | BudgetReached) \
+            else reg.FAILED
         registry.transition(run_id, state, reason=reason)
         if isinstance(exc, ProviderError):
             raise ProviderFailure(f"launch failed: {reason}", field=exc.field) from None
         raise
+
+
+def _job_started(provider: Any, instance: Instance, spec: LaunchSpec) -> bool:
+    """Whether the run's engine was started on ``instance`` already (a controller that died
+    after starting it): its job runs or has ended. A fresh machine has no job yet."""
+    try:
+        handle = provider.job(instance, asdict(spec))
+    except Exception:  # noqa: BLE001 - no job recorded on the instance yet (e.g. no workdir)
+        return False
+    try:
+        status = handle.status()
+    except ProviderError:
+        return False
+    finally:
+        handle.close()
+    return status.running or status.exit_code is not None
 
 
 def down(ctx: Context, run: Run, reason: str = "stopped by `dqlctl down`") -> Run:

@@ -16,7 +16,7 @@ from dqlctl import registry as reg
 from dqlctl.context import Context
 from providers import DEFAULT_PROVIDER
 from providers import provider_names as all_providers
-from providers.base import RUN_TAG, ProviderError, Resource, instance_resource
+from providers.base import RUN_TAG, Instance, ProviderError, Resource, instance_resource
 
 #: removal order: an instance first (it holds its group, key, role), the rest after it
 KIND_ORDER = ("instance", "resource-group", "security-group", "firewall", "key-pair",
@@ -38,13 +38,6 @@ def owned(ctx: Context, resource: Resource) -> bool:
     return _run(ctx, resource.run_id) is not None
 
 
-def _resources(provider: object, tag: dict[str, str | None]) -> list[Resource]:
-    lister = getattr(provider, "list_resources", None)
-    if lister is not None:
-        return lister(tag)
-    return [instance_resource(i) for i in provider.list_instances(tag)]  # type: ignore[attr-defined]
-
-
 def orphans(ctx: Context, provider_names: list[str] | None = None,
             warn: Callable[[str], None] | None = None) -> list[Resource]:
     """Resources tagged by dqlctl that no live run of this registry owns, every kind and
@@ -57,7 +50,7 @@ def orphans(ctx: Context, provider_names: list[str] | None = None,
     found: list[Resource] = []
     for name in names:
         try:
-            resources = _resources(ctx.provider(name), {RUN_TAG: None})
+            resources = ctx.provider(name).list_resources({RUN_TAG: None})
         except ProviderError as exc:
             if warn is None:
                 raise
@@ -78,19 +71,29 @@ def down_orphans(ctx: Context, resources: list[Resource],
     instances first; (removed, left alone)."""
     chosen = [r for r in resources if all_owners or owned(ctx, r)]
     left = [r for r in resources if r not in chosen]
+    return remove(ctx, chosen), left
+
+
+def remove(ctx: Context, resources: list[Resource]) -> list[Resource]:
+    """Delete ``resources`` through their providers, instances first (what an instance holds, a
+    security group or a role, goes after it); each deletion is idempotent."""
 
     def order(r: Resource) -> int:
         return KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER)
 
     done = []
-    for res in sorted(chosen, key=order):
-        provider = ctx.provider(res.provider)
-        remover = getattr(provider, "delete_resource", None)
-        if remover is not None:
-            remover(res)
-        else:
-            from providers.base import Instance
-
-            provider.terminate(Instance.from_dict(res.extra["instance"]))
+    for res in sorted(resources, key=order):
+        ctx.provider(res.provider).delete_resource(res)
         done.append(res)
-    return done, left
+    return done
+
+
+def release_run(ctx: Context, run: reg.Run) -> list[Resource]:
+    """Delete everything tagged with ``run`` (its recorded machine too, tagged or not): what a
+    controller that died mid-launch created, of every kind. ProviderError when the provider
+    cannot be asked."""
+    found = ctx.provider(run.provider).list_resources({RUN_TAG: run.id})
+    if run.instance and not any(r.kind == "instance" and r.resource_id ==
+                                run.instance.get("instance_id") for r in found):
+        found.append(instance_resource(Instance.from_dict(run.instance)))
+    return remove(ctx, found)

@@ -12,6 +12,7 @@ from dqlctl import registry as reg
 from dqlctl.context import Context
 from dqlctl.errors import DqlctlError
 from dqlctl.registry import Run
+from dqlctl.runs.leases import hold
 from dqlctl.runs.lifecycle import bring_up
 from dqlctl.runs.request import spec_of
 from providers.base import Capability, Instance, ProviderError
@@ -73,15 +74,17 @@ def recover(ctx: Context, run: Run) -> Run:
     if "--resume" not in spec.job.engine_args:
         spec = dataclasses.replace(spec, job=dataclasses.replace(
             spec.job, engine_args=[*spec.job.engine_args, "--resume"]))
-    if not registry.transition(run.id, reg.RECOVERING, expect={reg.PREEMPTED},
-                               spec={**run.spec, **asdict(spec)}):
-        return registry.get(run.id)
-    registry.add_event(run.id, "recovering", {"recovery": n,
-                                              "old_instance": (run.instance_ids or [None])[0]})
-    try:
-        bring_up(ctx, run.id, ctx.provider(run.provider), spec,
-                 reason=f"recovered from a spot preemption ({n} of at most "
-                        f"{spec.extra.get('max_recoveries')}); resumed from its last checkpoint")
-    except DqlctlError:
-        pass  # recorded: FAILED with why (the caller sees the row)
+    with hold(ctx, run.id):  # the RECOVERING move takes the lease: this process relaunches
+        if not registry.transition(run.id, reg.RECOVERING, expect={reg.PREEMPTED},
+                                   spec={**run.spec, **asdict(spec)}):
+            return registry.get(run.id)
+        registry.add_event(run.id, "recovering", {
+            "recovery": n, "old_instance": (run.instance_ids or [None])[0]})
+        try:
+            bring_up(ctx, run.id, ctx.provider(run.provider), spec,
+                     reason=f"recovered from a spot preemption ({n} of at most "
+                            f"{spec.extra.get('max_recoveries')}); resumed from its last "
+                            "checkpoint")
+        except DqlctlError:
+            pass  # recorded: FAILED with why (the caller sees the row)
     return registry.get(run.id)

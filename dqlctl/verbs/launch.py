@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dqlctl.render import format_event, print_run_result
+from dqlctl.render import format_event, print_run_result, safe_text
 from dqlctl.verbs import print_json
 
 
@@ -119,6 +119,6 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
             if tail:
                 print("last lines of the engine log:", file=ctx.stdout)
                 for line in tail:
-                    print(f"  | {line}", file=ctx.stdout)
+                    print(f"  | {safe_text(line)}", file=ctx.stdout)
         print_run_result(run, ctx.stdout)
     return runs.run_exit_code(run)

@@ -1,4 +1,7 @@
-"""``dqlctl logs RUN [-f] [-n N]``: print a run's engine log, or follow it to the run's end."""
+"""``dqlctl logs RUN [-f] [-n N]``: print a run's engine log, or follow it to the run's end.
+
+The lines are printed without the terminal escape sequences and control characters a VM or an
+engine may have written (``render.safe_text``), to a terminal and into a pipe alike."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 from typing import Any
 
 from dqlctl.errors import UsageError
+from dqlctl.render import safe_text
 from dqlctl.verbs import resolve_run
 
 
@@ -25,7 +29,7 @@ def cmd_logs(ctx: Any, args: argparse.Namespace) -> int:
     run = runs.reconcile(ctx, resolve_run(ctx, args.run))
     try:
         for line in runs.iter_log(ctx, run, args.follow, args.tail):
-            print(line, file=ctx.stdout, flush=args.follow)
+            print(safe_text(line), file=ctx.stdout, flush=args.follow)
     except KeyboardInterrupt:
         return 130
     return 0

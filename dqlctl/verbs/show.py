@@ -7,7 +7,7 @@ import argparse
 import time
 from typing import Any
 
-from dqlctl.render import fmt_duration, metric_lines, progress_text
+from dqlctl.render import fmt_duration, metric_lines, progress_text, safe_text
 from dqlctl.verbs import print_json, resolve_run
 
 
@@ -34,7 +34,7 @@ def cmd_show(ctx: Any, args: argparse.Namespace) -> int:
               ("age", fmt_duration(now - run.created_at)),
               ("progress", progress_text(run, episode_prefix="ep ")),
               ("cost", f"${runs.run_cost(ctx, run, now):.4f}"), ("results", run.results_uri),
-              ("reason", run.reason)]
+              ("reason", safe_text(run.reason or ""))]
     for key, value in fields:
         if value not in (None, ""):
             print(f"  {key:<14} {value}", file=out)
@@ -44,6 +44,6 @@ def cmd_show(ctx: Any, args: argparse.Namespace) -> int:
     for ev in ctx.registry.events(run.id):
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev["ts"]))
         what = ev["to_state"] or ev["kind"]
-        why = ev["data"].get("reason")
+        why = safe_text(str(ev["data"].get("reason") or ""))
         print(f"    {stamp}  {what}" + (f"  ({why})" if why else ""), file=out)
     return 0

@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from dqlctl.errors import UsageError
+from dqlctl.render import safe_text
 from dqlctl.verbs import print_json, resolve_run
 
 
@@ -28,6 +29,6 @@ def cmd_stop(ctx: Any, args: argparse.Namespace) -> int:
     if args.json:
         print_json(ctx, runs.run_detail(ctx, run))
     else:
-        print(f"run {run.id} {run.state}" + (f": {run.reason}" if run.reason else ""),
+        print(f"run {run.id} {run.state}" + (f": {safe_text(run.reason)}" if run.reason else ""),
               file=ctx.stdout)
     return 0

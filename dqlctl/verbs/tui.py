@@ -18,6 +18,7 @@ def register(sub: Any) -> None:
 def cmd_tui(ctx: Any, args: argparse.Namespace) -> int:
     from dqlctl.tui import run_tui
 
+    _ = ctx.registry  # a registry this dqlctl cannot read is one line before the app starts
     if args.run is None:
         return run_tui(ctx)
     return run_tui(ctx, run=args.run)
