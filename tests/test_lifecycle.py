@@ -36,6 +36,8 @@ from providers.base import (
     JobStatus,
     LaunchSpec,
     ProviderError,
+    Resource,
+    instance_resource,
 )
 from tests.test_local_runs import wait_for
 
@@ -102,6 +104,12 @@ class FakeCloud:
     def terminate(self, instance: Instance) -> None:
         if instance.instance_id in self.instances:
             self.instances[instance.instance_id].state = "terminated"
+
+    def list_resources(self, tag: dict[str, str | None]) -> list[Resource]:
+        return [instance_resource(i) for i in self.list_instances(tag)]
+
+    def delete_resource(self, resource: Resource) -> None:
+        self.terminate(Instance.from_dict(resource.extra["instance"]))
 
     def start_job(self, instance: Instance, spec: LaunchSpec,
                   secrets: dict[str, str] | None = None) -> Instance:
