@@ -128,6 +128,16 @@ class Store(ABC):
         with self._calls_lock:
             self.calls[kind] += n
 
+    def _read_ahead(self, reader: IO[bytes] | BinaryIO, known: int | None) -> tuple[bytes, bool]:
+        """Whether an upload of ``known`` bytes (None: not known) fits one request, at most
+        ``min(multipart_threshold, buffer_limit)``, and the bytes read to find out (b"" where
+        the size says it does not): they are the object, or the start of its parts."""
+        limit = min(self.multipart_threshold, self.buffer_limit)
+        if known is not None and known > limit:
+            return b"", False
+        first = read_full(reader, limit + 1)
+        return first, len(first) <= limit
+
     # -- errors and paging -----------------------------------------------------------------------
     @contextlib.contextmanager
     def _errors(self, what: str, key: str | None = None) -> Iterator[None]:
@@ -389,15 +399,20 @@ class IterReader(io.RawIOBase):
         return len(data)
 
 
-def open_source(source: BinaryIO | IO[bytes] | str | Path) -> tuple[IO[bytes] | BinaryIO, bool]:
-    """(file object, whether we opened it) for a path or an already open binary file."""
-    if isinstance(source, str | Path):
-        try:
-            return open(source, "rb"), True  # noqa: SIM115 - closed by the caller
-        except OSError as exc:
-            raise StorageError(f"cannot read {source}: {exc.strerror or exc}",
-                               code=EXIT_BAD_INPUT) from None
-    return source, False
+@contextlib.contextmanager
+def source_reader(source: BinaryIO | IO[bytes] | str | Path) -> Iterator[IO[bytes] | BinaryIO]:
+    """A binary file object for ``put``'s source: a path is opened (and closed on leaving),
+    an already open file is used as it is (and left open)."""
+    if not isinstance(source, str | Path):
+        yield source
+        return
+    try:
+        reader = open(source, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise StorageError(f"cannot read {source}: {exc.strerror or exc}",
+                           code=EXIT_BAD_INPUT) from None
+    with reader:
+        yield reader
 
 
 def source_size(reader: IO[bytes] | BinaryIO) -> int | None:
