@@ -29,12 +29,14 @@ from providers.storage.base import (
     PendingUpload,
     StorageError,
     Store,
-    StoreReader,
     env_key,
-    md5_of_stream,
     missing_sdk,
-    read_full,
     shared_client,
+)
+from providers.storage.streams import (
+    StoreReader,
+    md5_of_stream,
+    read_full,
     source_reader,
     source_size,
 )

@@ -31,14 +31,11 @@ from providers.storage.base import (
     ObjectInfo,
     StorageError,
     Store,
-    StoreReader,
     env_key,
     missing_sdk,
-    read_full,
     shared_client,
-    source_reader,
-    source_size,
 )
+from providers.storage.streams import StoreReader, read_ahead, read_full, source_reader, source_size
 
 MIB = 1024 * 1024
 
@@ -226,7 +223,7 @@ class AzureStore(Store):
             md5: str | None = None) -> ObjectInfo:
         with source_reader(source) as reader:
             known = size if size is not None else source_size(reader)
-            first, fits = self._read_ahead(reader, known)
+            first, fits = read_ahead(reader, known, self.single_limit)
             if fits:
                 return self._put_single(key, first, size, mtime, md5)
             return self._put_blocks(key, reader, first, size, mtime, md5)

@@ -22,15 +22,18 @@ from providers.storage.base import (
     EXIT_BAD_INPUT,
     EXIT_PROVIDER,
     MD5,
-    HashingReader,
     ObjectInfo,
     StorageError,
     Store,
-    StoreReader,
     env_key,
     missing_sdk,
-    read_full,
     shared_client,
+)
+from providers.storage.streams import (
+    HashingReader,
+    StoreReader,
+    read_ahead,
+    read_full,
     source_reader,
     source_size,
 )
@@ -169,7 +172,7 @@ class GcsStore(Store):
             md5: str | None = None) -> ObjectInfo:
         with source_reader(source) as reader:
             known = size if size is not None else source_size(reader)
-            first, fits = self._read_ahead(reader, known)
+            first, fits = read_ahead(reader, known, self.single_limit)
             resumable = not fits
             blob = self._bucket.blob(key, chunk_size=self.part_size if resumable else None)
             if mtime is not None:

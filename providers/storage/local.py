@@ -25,13 +25,12 @@ from typing import IO, Any, BinaryIO
 from providers.storage.base import (
     EXIT_BAD_INPUT,
     MD5,
-    HashingReader,
     ObjectInfo,
     StorageError,
     Store,
-    source_reader,
 )
 from providers.storage.keys import local_path
+from providers.storage.streams import HashingReader, source_reader
 
 TMP_RE = re.compile(r"^\.dqlctl-(\d+)-[0-9a-f]{12}\.tmp$")
 
