@@ -12,16 +12,21 @@ boto3 is imported lazily; endpoints come from boto3's own ``AWS_ENDPOINT_URL``, 
 needs no special code path. ``ssh_host_override`` ("host:port", from dqlctl's config file) maps
 every instance to one SSH address: the documented hook the tests use to reach a local sshd that
 stands in for the VM.
+
+This module is the instance's lifecycle (launch across zones, describe, list, terminate); the key
+pair, security group and role are ``providers/aws/access.py``, boto3 and its error shapes
+``providers/aws/api.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from providers.aws.access import ACCESS_KINDS, Ec2Access, buckets_of
+from providers.aws.api import boto3_sdk, code, tag_filters
 from providers.base import (
     RUN_TAG,
     Capability,
@@ -33,10 +38,9 @@ from providers.base import (
     ProviderError,
     Resource,
     core_tags,
-    install_hint,
     instance_resource,
 )
-from providers.vm import DEFAULT_GPU, SshVm, catalog_regions, has_tags, parse_gpu, smallest_for_gpu
+from providers.vm import DEFAULT_GPU, SshVm, catalog_regions, parse_gpu, smallest_for_gpu
 
 # --gpu NAME:COUNT -> instance type (the smallest type with that many of that GPU)
 GPU_INSTANCE_TYPES: dict[str, dict[int, str]] = {
@@ -57,45 +61,13 @@ TAG = RUN_TAG
 REGION_OFF = frozenset({"OptInRequired", "AuthFailure", "UnauthorizedOperation"})
 
 
-def _boto3() -> Any:
-    try:
-        import boto3
-    except ImportError:
-        raise ProviderError(f"the AWS provider needs boto3: {install_hint('aws')}") from None
-    return boto3
-
-
-def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-
-
 def instance_type_for(gpu: str | None, instance_type: str | None) -> str:
     if instance_type:
         return instance_type
     return smallest_for_gpu(GPU_INSTANCE_TYPES, gpu, "AWS", "instance")[1]
 
 
-def bucket_of(uri: str | None) -> str | None:
-    if uri and uri.startswith("s3://"):
-        return uri[len("s3://"):].split("/", 1)[0]
-    return None
-
-
-def bucket_policy(buckets: list[str]) -> dict[str, Any]:
-    """The instance role's only permissions: the run's bucket(s), nothing else."""
-    resources = [r for b in buckets for r in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")]
-    statements: list[dict[str, Any]] = []
-    if resources:
-        statements.append({"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject",
-                                                        "s3:DeleteObject", "s3:ListBucket",
-                                                        "s3:AbortMultipartUpload"],
-                           "Resource": resources})
-    else:  # a policy needs a statement: deny everything
-        statements.append({"Effect": "Deny", "Action": "s3:*", "Resource": "*"})
-    return {"Version": "2012-10-17", "Statement": statements}
-
-
-class AwsProvider(SshVm):
+class AwsProvider(Ec2Access, SshVm):
     name = "aws"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER, Capability.PRICES,
@@ -128,7 +100,7 @@ class AwsProvider(SshVm):
     # -- clients ---------------------------------------------------------------------------------
 
     def _session(self, region: str | None = None) -> Any:
-        boto3 = _boto3()
+        boto3 = boto3_sdk()
         session = boto3.Session(region_name=region) if region else boto3.Session()
         if session.get_credentials() is None:
             raise ProviderError(
@@ -153,7 +125,7 @@ class AwsProvider(SshVm):
         def probe() -> str:
             return f"account {self._client('sts').get_caller_identity().get('Account')}"
 
-        return self._check("boto3", _boto3, probe, "aws configure", "aws")
+        return self._check("boto3", boto3_sdk, probe, "aws configure", "aws")
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:
         itype = instance_type_for(spec.gpu, spec.instance_type)
@@ -161,49 +133,13 @@ class AwsProvider(SshVm):
         return [Offer(self.name, spec.region or self._session().region_name, itype, gpu,
                       count, 0, 0.0, spec.spot, None)]
 
-    def _ensure_key(self, ec2: Any, run_id: str, tags: list[dict[str, str]]) -> str:
-        name = f"dqlctl-{run_id}"
-        ec2.import_key_pair(KeyName=name, PublicKeyMaterial=self._new_key(run_id).encode(),
-                            TagSpecifications=[{"ResourceType": "key-pair", "Tags": tags}])
-        return name
-
-    def _ensure_security_group(self, ec2: Any, run_id: str, tags: list[dict[str, str]],
-                               cidr: str | None = None) -> str:
-        cidr = self._operator_cidr(cidr)
-        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-        kwargs = {"VpcId": vpcs[0]["VpcId"]} if vpcs else {}
-        group = ec2.create_security_group(
-            GroupName=f"dqlctl-{run_id}", Description=f"dqlctl run {run_id}: ssh from operator",
-            TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}], **kwargs)
-        gid = group["GroupId"]
-        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[{
-            "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-            "IpRanges": [{"CidrIp": cidr, "Description": "dqlctl operator"}]}])
-        return gid
-
-    def _ensure_role(self, spec: LaunchSpec, tags: list[dict[str, str]]) -> str:
-        iam = self._client("iam", spec.region)
-        name = f"dqlctl-{spec.run_id}"
-        trust = {"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
-            "Action": "sts:AssumeRole"}]}
-        buckets = sorted({b for b in (bucket_of(spec.job.results_dir),
-                                      bucket_of(spec.job.data_file)) if b})
-        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Tags=tags,
-                        Description=f"dqlctl run {spec.run_id}")
-        iam.put_role_policy(RoleName=name, PolicyName="run-bucket",
-                            PolicyDocument=json.dumps(bucket_policy(buckets)))
-        iam.create_instance_profile(InstanceProfileName=name, Tags=tags)
-        iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
-        return name
-
     def _image(self, ec2: Any, ssm: Any, requested: str | None) -> str:
         if requested or self.image_id:
             return requested or self.image_id  # type: ignore[return-value]
         try:
             return ssm.get_parameter(Name=DLAMI_PARAMETER)["Parameter"]["Value"]
         except Exception as exc:  # noqa: BLE001 - any lookup failure: say what to pass
-            raise ProviderError(f"could not find the deep-learning AMI ({_code(exc) or exc}); "
+            raise ProviderError(f"could not find the deep-learning AMI ({code(exc) or exc}); "
                                 "pass --image-id") from None
 
     def launch(self, spec: LaunchSpec) -> Instance:
@@ -229,9 +165,9 @@ class AwsProvider(SshVm):
                 try:
                     return self._run_instance(ec2, spec, itype, image, zone, tags, created)
                 except Exception as exc:
-                    if _code(exc) not in CAPACITY_ERRORS:
+                    if code(exc) not in CAPACITY_ERRORS:
                         raise
-                    tried.append(f"{zone or region}: {_code(exc)}")
+                    tried.append(f"{zone or region}: {code(exc)}")
             raise ProviderError(f"no capacity for {itype} in {region} ({'; '.join(tried)}); "
                                 "try another --region or --on-demand")
         except BaseException:
@@ -241,8 +177,7 @@ class AwsProvider(SshVm):
     def plan(self, spec: LaunchSpec) -> dict[str, Any]:
         """What launch would create, without creating anything (``--dry-run``)."""
         region = spec.region or self._session().region_name
-        buckets = sorted({b for b in (bucket_of(spec.job.results_dir),
-                                      bucket_of(spec.job.data_file)) if b})
+        buckets = buckets_of(spec)
         return {
             "provider": self.name, "region": region,
             "instance_type": instance_type_for(spec.gpu, spec.instance_type),
@@ -283,7 +218,7 @@ class AwsProvider(SshVm):
                 reply = ec2.run_instances(**kwargs)
                 break
             except Exception as exc:
-                if _code(exc) == "InvalidParameterValue" and "profile" in str(exc).lower() \
+                if code(exc) == "InvalidParameterValue" and "profile" in str(exc).lower() \
                         and attempt < 9:
                     time.sleep(2)
                     continue
@@ -301,7 +236,7 @@ class AwsProvider(SshVm):
         try:
             res = ec2.describe_instances(InstanceIds=[instance.instance_id])["Reservations"]
         except Exception as exc:
-            if _code(exc) == "InvalidInstanceID.NotFound":
+            if code(exc) == "InvalidInstanceID.NotFound":
                 return None
             raise
         return res[0]["Instances"][0] if res and res[0]["Instances"] else None
@@ -328,7 +263,7 @@ class AwsProvider(SshVm):
         try:  # the latest output where the instance type keeps it (Nitro), else the buffered
             reply = ec2.get_console_output(InstanceId=instance.instance_id, Latest=True)
         except Exception as exc:
-            if _code(exc) not in ("UnsupportedOperation", "InvalidParameterValue",
+            if code(exc) not in ("UnsupportedOperation", "InvalidParameterValue",
                                   "InvalidParameterCombination"):
                 raise
             reply = ec2.get_console_output(InstanceId=instance.instance_id)
@@ -340,11 +275,6 @@ class AwsProvider(SshVm):
         own = self._session().region_name
         return sorted({*catalog_regions(self.name), *([own] if own else [])})
 
-    @staticmethod
-    def _filters(tag: dict[str, str | None]) -> list[dict[str, Any]]:
-        return [{"Name": f"tag:{k}", "Values": [v]} if v is not None
-                else {"Name": "tag-key", "Values": [k]} for k, v in tag.items()]
-
     def list_instances(self, tag: dict[str, str | None]) -> list[Instance]:
         """Instances carrying every tag of ``tag`` (a None value matches any), in every
         region dqlctl may use."""
@@ -353,12 +283,12 @@ class AwsProvider(SshVm):
             try:
                 out += self._instances(self._client("ec2", region), tag)
             except Exception as exc:
-                if _code(exc) not in REGION_OFF:
+                if code(exc) not in REGION_OFF:
                     raise
         return out
 
     def _instances(self, ec2: Any, tag: dict[str, str | None]) -> list[Instance]:
-        filters = self._filters(tag) + [{"Name": "instance-state-name", "Values": [
+        filters = tag_filters(tag) + [{"Name": "instance-state-name", "Values": [
             "pending", "running", "stopping", "stopped"]}]
         out = []
         for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
@@ -379,81 +309,20 @@ class AwsProvider(SshVm):
             ec2 = self._client("ec2", region)
             try:
                 out += [instance_resource(i) for i in self._instances(ec2, tag)]
-                for group in ec2.describe_security_groups(
-                        Filters=self._filters(tag))["SecurityGroups"]:
-                    out.append(Resource(self.name, "security-group", group["GroupId"], region,
-                                        core_tags(_tags(group)), {"name": group["GroupName"]}))
-                for pair in ec2.describe_key_pairs(Filters=self._filters(tag))["KeyPairs"]:
-                    out.append(Resource(self.name, "key-pair", pair["KeyName"], region,
-                                        core_tags(_tags(pair))))
+                out += self._region_access(ec2, region, tag)
             except Exception as exc:
-                if _code(exc) not in REGION_OFF:
+                if code(exc) not in REGION_OFF:
                     raise
-        iam = self._client("iam")
-        for kind, lister, key, getter in (
-                ("instance-profile", "list_instance_profiles", "InstanceProfile",
-                 "get_instance_profile"),
-                ("role", "list_roles", "Role", "get_role")):
-            for page in iam.get_paginator(lister).paginate():
-                for item in page[f"{key}s"]:
-                    name = item[f"{key}Name"]
-                    if not name.startswith("dqlctl-"):
-                        continue
-                    try:  # the list calls do not return tags
-                        tags = _tags(getattr(iam, getter)(**{f"{key}Name": name})[key])
-                    except Exception as exc:
-                        if _code(exc) != "NoSuchEntity":
-                            raise
-                        continue
-                    if has_tags(tags, tag):
-                        out.append(Resource(self.name, kind, name, None, core_tags(tags)))
-        return out
+        return out + self._iam_access(tag)
 
     def delete_resource(self, resource: Resource) -> None:
         """Remove one thing ``list_resources`` found; 'not found' is done already."""
-        kind, rid = resource.kind, resource.resource_id
-        if kind == "instance":
+        if resource.kind == "instance":
             self.terminate(Instance.from_dict(resource.extra["instance"]))
-            return
-        if kind in ("security-group", "key-pair"):
-            ec2 = self._client("ec2", resource.region)
-            if kind == "key-pair":
-                _quietly(ec2.delete_key_pair, KeyName=rid)
-            else:
-                _delete_group(ec2, rid)
-            return
-        iam = self._client("iam")
-        if kind == "instance-profile":
-            try:
-                roles = iam.get_instance_profile(InstanceProfileName=rid)[
-                    "InstanceProfile"]["Roles"]
-            except Exception as exc:
-                if _code(exc) == "NoSuchEntity":
-                    return
-                raise
-            for role in roles:
-                _quietly(iam.remove_role_from_instance_profile, InstanceProfileName=rid,
-                         RoleName=role["RoleName"])
-            _quietly(iam.delete_instance_profile, InstanceProfileName=rid)
-        elif kind == "role":
-            try:
-                profiles = iam.list_instance_profiles_for_role(RoleName=rid)["InstanceProfiles"]
-                policies = iam.list_role_policies(RoleName=rid)["PolicyNames"]
-                attached = iam.list_attached_role_policies(RoleName=rid)["AttachedPolicies"]
-            except Exception as exc:
-                if _code(exc) == "NoSuchEntity":
-                    return
-                raise
-            for prof in profiles:
-                _quietly(iam.remove_role_from_instance_profile,
-                         InstanceProfileName=prof["InstanceProfileName"], RoleName=rid)
-            for policy in policies:
-                _quietly(iam.delete_role_policy, RoleName=rid, PolicyName=policy)
-            for policy in attached:
-                _quietly(iam.detach_role_policy, RoleName=rid, PolicyArn=policy["PolicyArn"])
-            _quietly(iam.delete_role, RoleName=rid)
+        elif resource.kind in ACCESS_KINDS:
+            self._delete_access(resource)
         else:
-            raise ProviderError(f"aws: no such kind of resource: {kind}")
+            raise ProviderError(f"aws: no such kind of resource: {resource.kind}")
 
     def terminate(self, instance: Instance) -> None:
         ec2 = self._client("ec2", instance.region)
@@ -462,7 +331,7 @@ class AwsProvider(SshVm):
             ec2.get_waiter("instance_terminated").wait(
                 InstanceIds=[instance.instance_id], WaiterConfig={"Delay": 2, "MaxAttempts": 300})
         except Exception as exc:
-            if _code(exc) != "InvalidInstanceID.NotFound":
+            if code(exc) != "InvalidInstanceID.NotFound":
                 raise
         instance.state = "terminated"
         self._cleanup(instance.region, instance.tags.get(TAG) or instance.extra.get("run_id"))
@@ -471,44 +340,5 @@ class AwsProvider(SshVm):
         """Delete what the run created besides its instance; each step tolerates 'not found'."""
         if not run_id:
             return
-        name = f"dqlctl-{run_id}"
-        ec2 = self._client("ec2", region)
-        iam = self._client("iam", region)
-
-        groups = ec2.describe_security_groups(
-            Filters=[{"Name": f"tag:{TAG}", "Values": [run_id]}])["SecurityGroups"]
-        for group in groups:
-            _delete_group(ec2, group["GroupId"])
-        _quietly(ec2.delete_key_pair, KeyName=name)
-        _quietly(iam.remove_role_from_instance_profile, InstanceProfileName=name, RoleName=name)
-        _quietly(iam.delete_instance_profile, InstanceProfileName=name)
-        _quietly(iam.delete_role_policy, RoleName=name, PolicyName="run-bucket")
-        _quietly(iam.delete_role, RoleName=name)
+        self._remove_access(region, run_id)
         self._forget_key(run_id)
-
-
-def _tags(raw: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in raw.get("Tags") or []}
-
-
-def _quietly(fn: Any, **kwargs: Any) -> None:
-    """Call ``fn``; a 'not found' answer means it is gone already."""
-    try:
-        fn(**kwargs)
-    except Exception as exc:
-        code = _code(exc)
-        if not (code.endswith("NotFound") or code in ("NoSuchEntity",
-                                                      "InvalidKeyPair.NotFound")):
-            raise
-
-
-def _delete_group(ec2: Any, group_id: str) -> None:
-    """Delete a security group, waiting while an instance still uses it; gone is fine."""
-    for attempt in range(30):  # the group stays in use until the instance is gone
-        try:
-            _quietly(ec2.delete_security_group, GroupId=group_id)
-            return
-        except Exception as exc:
-            if _code(exc) != "DependencyViolation" or attempt == 29:
-                raise
-            time.sleep(2)

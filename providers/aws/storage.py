@@ -29,13 +29,15 @@ from providers.storage.base import (
     PendingUpload,
     StorageError,
     Store,
-    StoreReader,
     env_key,
-    md5_of_stream,
     missing_sdk,
-    open_source,
-    read_full,
     shared_client,
+)
+from providers.storage.streams import (
+    StoreReader,
+    md5_of_stream,
+    read_full,
+    source_reader,
     source_size,
 )
 
@@ -195,8 +197,7 @@ class S3Store(Store):
     def put(self, key: str, source: BinaryIO | IO[bytes] | str | Path, *,
             size: int | None = None, mtime: float | None = None,
             md5: str | None = None) -> ObjectInfo:
-        reader, opened = open_source(source)
-        try:
+        with source_reader(source) as reader:
             known = size if size is not None else source_size(reader)
             if known is not None and known > self.buffer_limit and _seekable(reader):
                 if md5 is None:             # S3 takes the md5 (metadata) before the bytes
@@ -210,9 +211,6 @@ class S3Store(Store):
             if len(first) > self.buffer_limit:
                 return self._put_multipart(key, reader, first, size, mtime, md5)
             return self._put_single(key, first, size, mtime, md5)
-        finally:
-            if opened:
-                reader.close()
 
     def _put_stream(self, key: str, reader: IO[bytes] | BinaryIO, size: int,
                     mtime: float | None, md5: str) -> ObjectInfo:

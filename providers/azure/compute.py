@@ -23,16 +23,21 @@ Credentials come from ``DefaultAzureCredential`` (``az login``, a service princi
 subscription from ``AZURE_SUBSCRIPTION_ID``. SDKs are imported lazily. ``arm_endpoint`` points
 the clients elsewhere (the tests' local ARM server); over plain http the token is attached by a
 small policy, since the SDK's own refuses to send one without TLS.
+
+This module is the VM's lifecycle (launch across zones, describe, list, terminate); the run's
+group, network and role assignments are ``providers/azure/access.py``, the SDKs and their error
+shapes ``providers/azure/api.py``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
+from providers.azure.access import AzureAccess
+from providers.azure.api import ARM_SCOPE, CAPACITY_CODES, code, plain_bearer, sdk
 from providers.base import (
     RUN_LABEL,
     RUN_TAG,
@@ -45,10 +50,9 @@ from providers.base import (
     Resource,
     cloud_labels,
     core_tags,
-    install_hint,
     instance_resource,
 )
-from providers.vm import DEFAULT_GPU, SshVm, has_tags, parse_gpu, quiet_logger, smallest_for_gpu
+from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, quiet_logger, smallest_for_gpu
 
 TAG = RUN_TAG                # the run's tag as dqlctl's core knows it (Instance.tags)
 LABEL = RUN_LABEL            # the same on Azure resources (a tag key, kept ':'-free like GCE's)
@@ -64,29 +68,8 @@ GPU_SIZES: dict[str, dict[int, str]] = {
              8: "Standard_ND96isr_H100_v5"},
 }
 DEFAULT_IMAGE = "microsoft-dsvm:ubuntu-2204:2204-gen2:latest"   # Data Science VM (CUDA, PyTorch)
-ARM_SCOPE = "https://management.azure.com/.default"
-BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
-CAPACITY_CODES = frozenset({"SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed",
-                            "OverconstrainedAllocationRequest",
-                            "OverconstrainedZonalAllocationRequest", "QuotaExceeded",
-                            "OperationNotAllowed", "SpotMaxPriceTooLow"})
 NO_CREDENTIALS = ("no Azure credentials found: run `az login` or set AZURE_CLIENT_ID, "
                   "AZURE_TENANT_ID and AZURE_CLIENT_SECRET")
-
-
-def _sdk() -> dict[str, Any]:
-    try:
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-        from azure.mgmt.authorization import AuthorizationManagementClient
-        from azure.mgmt.compute import ComputeManagementClient
-        from azure.mgmt.network import NetworkManagementClient
-        from azure.mgmt.resource.resources import ResourceManagementClient
-    except ImportError:
-        raise ProviderError("the Azure provider needs the Azure SDK: "
-                            f"{install_hint('azure')}") from None
-    return {"compute": ComputeManagementClient, "network": NetworkManagementClient,
-            "resource": ResourceManagementClient, "authorization": AuthorizationManagementClient,
-            "HttpResponseError": HttpResponseError, "NotFound": ResourceNotFoundError}
 
 
 def vm_size_for(gpu: str | None, instance_type: str | None) -> str:
@@ -95,25 +78,7 @@ def vm_size_for(gpu: str | None, instance_type: str | None) -> str:
     return smallest_for_gpu(GPU_SIZES, gpu, "Azure", "VM size")[1]
 
 
-def containers_of(*uris: str | None) -> list[str]:
-    return sorted({u[len("az://"):].split("/", 1)[0] for u in uris
-                   if u and u.startswith("az://")})
-
-
-def _code(exc: BaseException) -> str:
-    """The ARM error code of a failed call or long-running operation."""
-    error = getattr(exc, "error", None)
-    code = getattr(error, "code", None)
-    if code:
-        return str(code)
-    text = str(exc)
-    for candidate in CAPACITY_CODES:
-        if candidate in text:
-            return candidate
-    return ""
-
-
-class AzureProvider(SshVm):
+class AzureProvider(AzureAccess, SshVm):
     name = "azure"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER, Capability.PRICES})
@@ -158,7 +123,7 @@ class AzureProvider(SshVm):
 
     def _cred(self) -> Any:
         if self._credential is None:
-            _sdk()
+            sdk()
             from azure.core.exceptions import ClientAuthenticationError
             from azure.identity import DefaultAzureCredential
 
@@ -174,15 +139,15 @@ class AzureProvider(SshVm):
 
     def _client(self, kind: str) -> Any:
         if kind not in self._clients:
-            sdk = _sdk()
+            classes = sdk()
             sub = self.subscription
             cred = self._cred()
             kwargs: dict[str, Any] = {"polling_interval": self.poll_interval}
             if self.arm_endpoint:
                 kwargs["base_url"] = self.arm_endpoint
                 if self.arm_endpoint.startswith("http://"):
-                    kwargs["authentication_policy"] = _plain_bearer(cred)
-            self._clients[kind] = sdk[kind](cred, sub, **kwargs)
+                    kwargs["authentication_policy"] = plain_bearer(cred)
+            self._clients[kind] = classes[kind](cred, sub, **kwargs)
         return self._clients[kind]
 
     # -- verbs -------------------------------------------------------------------------------------
@@ -193,23 +158,13 @@ class AzureProvider(SshVm):
             self._cred()
             return f"subscription {sub}"
 
-        return self._check("azure sdk", _sdk, probe, "az login", "azure")
+        return self._check("azure sdk", sdk, probe, "az login", "azure")
 
     def offers(self, spec: LaunchSpec) -> list[Offer]:
         size = vm_size_for(spec.gpu, spec.instance_type)
         gpu, count = parse_gpu(spec.gpu)
         return [Offer(self.name, spec.region or self.location, size, gpu, count, 0, 0.0,
                       spec.spot, None)]
-
-    def _scopes(self, spec: LaunchSpec) -> list[str]:
-        containers = containers_of(spec.job.results_dir, spec.job.data_file)
-        if containers and not self.storage_account_id:
-            raise ProviderError(
-                "the run uses az:// storage: set storage_account_id under [providers.azure] in "
-                "config.toml (/subscriptions/.../storageAccounts/NAME) so that the VM's "
-                "identity can be limited to the run's container")
-        return [f"{self.storage_account_id}/blobServices/default/containers/{c}"
-                for c in containers]
 
     def plan(self, spec: LaunchSpec) -> dict[str, Any]:
         """What launch would create, without creating anything (``--dry-run``)."""
@@ -235,14 +190,12 @@ class AzureProvider(SshVm):
 
     def launch(self, spec: LaunchSpec) -> Instance:
         from azure.mgmt.compute import models as cm
-        from azure.mgmt.network import models as nm
-        from azure.mgmt.resource.resources import models as rm
 
         run_id = spec.run_id
         location = spec.region or self.location
         size = vm_size_for(spec.gpu, spec.instance_type)
         scopes = self._scopes(spec)
-        network, compute = self._client("network"), self._client("compute")
+        compute = self._client("compute")
         name = f"dqlctl-{run_id}"
         tags = cloud_labels({**spec.tags, TAG: run_id})  # run, owner (registry id), user
         created: dict[str, Any] = {"run_id": run_id, "resource_group": name,
@@ -250,36 +203,8 @@ class AzureProvider(SshVm):
         try:
             public_key = self._new_key(run_id)
             cidr = self._operator_cidr(spec.extra.get("ssh_cidr"))
-            self._client("resource").resource_groups.create_or_update(
-                name, rm.ResourceGroup(location=location, tags=tags))
-            nsg_job = network.network_security_groups.begin_create_or_update(
-                name, f"{name}-nsg", nm.NetworkSecurityGroup(
-                    location=location, tags=tags, security_rules=[nm.SecurityRule(
-                        name="ssh-from-operator", protocol="Tcp", access="Allow",
-                        direction="Inbound", priority=100, source_address_prefix=cidr,
-                        source_port_range="*", destination_address_prefix="*",
-                        destination_port_range="22")]))
-            ip_job = network.public_ip_addresses.begin_create_or_update(
-                name, f"{name}-ip", nm.PublicIPAddress(
-                    location=location, tags=tags, sku=nm.PublicIPAddressSku(name="Standard"),
-                    public_ip_allocation_method="Static"))
-            nsg = nsg_job.result()
-            vnet = network.virtual_networks.begin_create_or_update(
-                name, f"{name}-vnet", nm.VirtualNetwork(
-                    location=location, tags=tags,
-                    address_space=nm.AddressSpace(address_prefixes=["10.42.0.0/16"]),
-                    subnets=[nm.Subnet(name="default", address_prefix="10.42.0.0/24",
-                                       network_security_group=nm.NetworkSecurityGroup(
-                                           id=nsg.id))])).result()
-            ip = ip_job.result()
-            nic = network.network_interfaces.begin_create_or_update(
-                name, f"{name}-nic", nm.NetworkInterface(
-                    location=location, tags=tags,
-                    network_security_group=nm.NetworkSecurityGroup(id=nsg.id),
-                    ip_configurations=[nm.NetworkInterfaceIPConfiguration(
-                        name="ipconfig1", subnet=nm.Subnet(id=vnet.subnets[0].id),
-                        public_ip_address=nm.PublicIPAddress(id=ip.id))])).result()
-            vm_body = self._vm_body(cm, spec, location, size, nic.id, public_key, tags,
+            nic_id = self._create_network(name, location, tags, cidr)
+            vm_body = self._vm_body(cm, spec, location, size, nic_id, public_key, tags,
                                     identity=bool(scopes))
             tried: list[str] = []
             vm = None
@@ -290,11 +215,11 @@ class AzureProvider(SshVm):
                                                                          vm_body).result()
                     created["zone"] = zone
                     break
-                except _sdk()["HttpResponseError"] as exc:
-                    code = _code(exc)
-                    if code not in CAPACITY_CODES:
-                        raise ProviderError(f"creating VM {name}: {code or exc}") from None
-                    tried.append(f"zone {zone}: {code}" if zone else code)
+                except sdk()["HttpResponseError"] as exc:
+                    err = code(exc)
+                    if err not in CAPACITY_CODES:
+                        raise ProviderError(f"creating VM {name}: {err or exc}") from None
+                    tried.append(f"zone {zone}: {err}" if zone else err)
                     # a VM whose allocation failed stays behind in state Failed: remove it
                     compute.virtual_machines.begin_delete(name, name).result()
             if vm is None:
@@ -355,26 +280,6 @@ class AzureProvider(SshVm):
             body.identity = cm.VirtualMachineIdentity(type="SystemAssigned")
         return body
 
-    def _grant(self, run_id: str, principal_id: str, scopes: list[str]) -> None:
-        """Storage Blob Data Contributor for the VM's identity, on each of the run's containers."""
-        from azure.mgmt.authorization import models as am
-
-        auth = self._client("authorization")
-        role = (f"/subscriptions/{self.subscription}/providers/Microsoft.Authorization/"
-                f"roleDefinitions/{BLOB_DATA_CONTRIBUTOR}")
-        for scope in scopes:
-            name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"dqlctl:{run_id}:{scope}"))
-            for attempt in range(20):  # a new identity takes a moment to replicate
-                try:
-                    auth.role_assignments.create(scope, name, am.RoleAssignmentCreateParameters(
-                        role_definition_id=role, principal_id=principal_id,
-                        principal_type="ServicePrincipal"))
-                    break
-                except _sdk()["HttpResponseError"] as exc:
-                    if _code(exc) != "PrincipalNotFound" or attempt == 19:
-                        raise ProviderError(f"granting {scope}: {_code(exc) or exc}") from None
-                    time.sleep(self.poll_interval)
-
     # -- reading instances ----------------------------------------------------------------------------
 
     def _state(self, vm: Any) -> str:
@@ -394,7 +299,7 @@ class AzureProvider(SshVm):
         try:
             vm = self._client("compute").virtual_machines.get(rg, instance.instance_id,
                                                               expand="instanceView")
-        except _sdk()["NotFound"]:
+        except sdk()["NotFound"]:
             instance.state = "terminated"
             return instance
         instance.state = self._state(vm)
@@ -403,7 +308,7 @@ class AzureProvider(SshVm):
                 ip = self._client("network").public_ip_addresses.get(
                     rg, f"{instance.instance_id}-ip")
                 instance.public_ip = ip.ip_address
-            except _sdk()["NotFound"]:
+            except sdk()["NotFound"]:
                 pass
         return instance
 
@@ -434,7 +339,7 @@ class AzureProvider(SshVm):
         try:
             data = self._client("compute").virtual_machines.retrieve_boot_diagnostics_data(
                 rg, instance.instance_id, sas_uri_expiration_time_in_minutes=5)
-        except _sdk()["HttpResponseError"]:
+        except sdk()["HttpResponseError"]:
             return []  # not there yet (or boot diagnostics off)
         if not data.serial_console_log_blob_uri:
             return []
@@ -448,13 +353,7 @@ class AzureProvider(SshVm):
         """Everything dqlctl creates that carries ``tag``: its VMs and the resource groups
         that hold each run's all (a group left by a launch killed before its VM existed too)."""
         labels = {k.replace(":", "-"): v for k, v in tag.items()}
-        out = [instance_resource(i) for i in self.list_instances(tag)]
-        for group in self._client("resource").resource_groups.list():
-            have = dict(group.tags or {})
-            if group.name.startswith("dqlctl-") and has_tags(have, labels):
-                out.append(Resource(self.name, "resource-group", group.name, group.location,
-                                    core_tags(have)))
-        return out
+        return [instance_resource(i) for i in self.list_instances(tag)] + self._groups(labels)
 
     def delete_resource(self, resource: Resource) -> None:
         """Remove one thing ``list_resources`` found (a VM: its run's group and role
@@ -477,47 +376,7 @@ class AzureProvider(SshVm):
         """Remove the run's role assignments, then its resource group; tolerates 'not found'."""
         if not run_id:
             return
-        sdk = _sdk()
         rg = extra.get("resource_group") or f"dqlctl-{run_id}"
-        name = f"dqlctl-{run_id}"
-        principal = extra.get("principal_id")
-        if not principal:
-            try:
-                vm = self._client("compute").virtual_machines.get(rg, name)
-                principal = vm.identity.principal_id if vm.identity else None
-            except sdk["NotFound"]:
-                principal = None
-        if principal:  # assignments outlive the identity: remove them by principal
-            auth = self._client("authorization")
-            for assignment in auth.role_assignments.list_for_subscription(
-                    filter=f"principalId eq '{principal}'"):
-                try:
-                    auth.role_assignments.delete_by_id(assignment.id)
-                except sdk["NotFound"]:
-                    pass
-        groups = self._client("resource").resource_groups
-        try:
-            group = groups.get(rg)
-        except sdk["NotFound"]:
-            group = None
-        if group is not None:
-            if (group.tags or {}).get(LABEL) != run_id:
-                raise ProviderError(f"resource group {rg} is not tagged {LABEL}={run_id}; "
-                                    "left alone")
-            try:
-                groups.begin_delete(rg).result()
-            except sdk["NotFound"]:
-                pass
+        self._remove_access(run_id, rg, extra.get("principal_id"))
         self._forget_key(run_id)
 
-
-def _plain_bearer(credential: Any) -> Any:
-    """An auth policy that sends the bearer token over plain http (a local stand-in only)."""
-    from azure.core.pipeline.policies import SansIOHTTPPolicy
-
-    class PlainBearer(SansIOHTTPPolicy):  # type: ignore[type-arg]
-        def on_request(self, request: Any) -> None:
-            token = credential.get_token(ARM_SCOPE).token
-            request.http_request.headers["Authorization"] = f"Bearer {token}"
-
-    return PlainBearer()

@@ -31,14 +31,11 @@ from providers.storage.base import (
     ObjectInfo,
     StorageError,
     Store,
-    StoreReader,
     env_key,
     missing_sdk,
-    open_source,
-    read_full,
     shared_client,
-    source_size,
 )
+from providers.storage.streams import StoreReader, read_ahead, read_full, source_reader, source_size
 
 MIB = 1024 * 1024
 
@@ -224,19 +221,12 @@ class AzureStore(Store):
     def put(self, key: str, source: BinaryIO | IO[bytes] | str | Path, *,
             size: int | None = None, mtime: float | None = None,
             md5: str | None = None) -> ObjectInfo:
-        reader, opened = open_source(source)
-        try:
+        with source_reader(source) as reader:
             known = size if size is not None else source_size(reader)
-            first = b""
-            limit = min(self.multipart_threshold, self.buffer_limit)
-            if known is None or known <= limit:
-                first = read_full(reader, limit + 1)
-                if len(first) <= limit:
-                    return self._put_single(key, first, size, mtime, md5)
+            first, fits = read_ahead(reader, known, self.single_limit)
+            if fits:
+                return self._put_single(key, first, size, mtime, md5)
             return self._put_blocks(key, reader, first, size, mtime, md5)
-        finally:
-            if opened:
-                reader.close()
 
     def _metadata(self, mtime: float | None) -> dict[str, str]:
         return {"mtime": f"{mtime:.6f}"} if mtime is not None else {}

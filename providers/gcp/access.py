@@ -1,19 +1,31 @@
 """Who may reach a run's GCE VM and what the VM may reach: the firewall rules for tcp:22 (the
 operator's address allowed, everyone else denied above the default network's open rule) and the
 run's own service account with ``roles/storage.objectAdmin`` on the run's bucket(s) only, granted
-through the bucket's IAM policy (google-cloud-storage). A mixin of ``GcpProvider``: it uses the
-provider's clients, project and endpoints."""
+through the bucket's IAM policy (google-cloud-storage; the service accounts themselves through
+IAM's REST API), each found again by the tags in its description (orphans) and removed with 'not
+found' as done. A mixin of ``GcpProvider``: it uses the provider's clients, project and
+endpoints."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from providers.base import ProviderError, cloud_labels, install_hint, label_value
+from providers.base import (
+    ProviderError,
+    Resource,
+    cloud_labels,
+    core_tags,
+    install_hint,
+    label_value,
+)
 from providers.gcp.api import compute_sdk, not_found
+from providers.vm import has_tags
 
 BUCKET_ROLE = "roles/storage.objectAdmin"
 #: the per-run rule that lets the operator in, and the deny rule below it for everyone else
 ALLOW_PRIORITY, DENY_PRIORITY = 1000, 1001
+#: what the access half owns, as ``Resource.kind``
+ACCESS_KINDS = ("firewall", "service-account")
 
 
 def owner_words(tags: dict[str, str]) -> str:
@@ -32,6 +44,7 @@ def tags_in(description: str) -> dict[str, str]:
 class GceAccess:
     """Firewall rules and the run's service account (see the module's docstring)."""
 
+    name: str
     network: str
     project_id: str
     iam_endpoint: str
@@ -41,8 +54,32 @@ class GceAccess:
     if TYPE_CHECKING:  # GcpProvider's, declared for the type checker only (never shadowed)
         def _client(self, kind: str) -> Any: ...
         def _wait(self, op: Any, zone: str | None = None) -> None: ...
-        def _rest(self, method: str, url: str, ok_missing: bool = False, **kw: Any) -> Any: ...
         def _credentials(self) -> tuple[Any, str]: ...
+
+    def _session(self) -> Any:
+        """An authorised HTTP session for the IAM service-account calls (no SDK client for them
+        is a dependency of dqlctl)."""
+        if "session" not in self._clients:
+            from google.auth.transport.requests import AuthorizedSession
+
+            self._clients["session"] = AuthorizedSession(self._credentials()[0])
+        return self._clients["session"]
+
+    def _rest(self, method: str, url: str, ok_missing: bool = False,
+              **kwargs: Any) -> dict[str, Any] | None:
+        """One IAM REST call; ProviderError for an HTTP error (None for a 404 when
+        ``ok_missing``)."""
+        resp = self._session().request(method, url, timeout=60, **kwargs)
+        if resp.status_code == 404 and ok_missing:
+            return None
+        if resp.status_code >= 400:
+            try:
+                message = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = resp.text[:200]
+            raise ProviderError(f"{method} {url.split('?')[0]}: HTTP {resp.status_code}: "
+                                f"{message}")
+        return resp.json() if resp.content else {}
 
     def _network(self) -> str:
         if self.network.startswith("projects/"):
@@ -164,3 +201,41 @@ class GceAccess:
             self._edit_bucket_policy(bucket, email, grant=False)
         self._rest("DELETE", f"{self.iam_endpoint}/v1/projects/{self.project_id}/"
                    f"serviceAccounts/{email}", ok_missing=True)
+
+    # -- found again by their description's tags (orphans), removed -----------------------------
+
+    def _access_resources(self, labels: dict[str, str | None]) -> list[Resource]:
+        """The firewall rules and service accounts (global) whose description carries
+        ``labels``."""
+        out: list[Resource] = []
+        for rule in self._client("Firewalls").list(project=self.project_id):
+            have = tags_in(rule.description)
+            if rule.name.startswith("dqlctl-") and has_tags(have, labels):
+                out.append(Resource(self.name, "firewall", rule.name, None, core_tags(have)))
+        url = f"{self.iam_endpoint}/v1/projects/{self.project_id}/serviceAccounts"
+        token = None
+        while True:
+            page = self._rest("GET", url, params={"pageToken": token} if token else {}) or {}
+            for account in page.get("accounts", []):
+                have = tags_in(account.get("description", ""))
+                if account.get("email", "").startswith("dqlctl-") and has_tags(have, labels):
+                    out.append(Resource(self.name, "service-account", account["email"], None,
+                                        core_tags(have),
+                                        {"description": account.get("description", "")}))
+            token = page.get("nextPageToken")
+            if not token:
+                return out
+
+    def _delete_access(self, resource: Resource) -> None:
+        """Remove one of ``ACCESS_KINDS`` that ``list_resources`` found; 'not found' is done. A
+        service account leaves the buckets' policies first (where the bucket named it)."""
+        if resource.kind == "firewall":
+            self._delete_firewall(resource.resource_id)
+        elif resource.kind == "service-account":
+            import re
+
+            found = re.search(r": (.+?) only \(", resource.extra.get("description", ""))
+            self._delete_service_account(resource.resource_id,
+                                         found.group(1).split(", ") if found else [])
+        else:
+            raise ProviderError(f"gcp: no such kind of resource: {resource.kind}")

@@ -47,15 +47,15 @@ from providers.base import (
     label_value,
 )
 from providers.gcp.access import (
+    ACCESS_KINDS,
     ALLOW_PRIORITY,
     BUCKET_ROLE,
     DENY_PRIORITY,
     GceAccess,
     owner_words,
-    tags_in,
 )
 from providers.gcp.api import GceError, codes, compute_sdk, is_capacity, not_found
-from providers.vm import DEFAULT_GPU, SshVm, has_tags, parse_gpu, quiet_logger, smallest_for_gpu
+from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, quiet_logger, smallest_for_gpu
 
 TAG = RUN_TAG                # the run's tag as dqlctl's core knows it (Instance.tags)
 LABEL = RUN_LABEL            # the same on the cloud (GCE label keys allow no ':')
@@ -179,29 +179,6 @@ class GcpProvider(GceAccess, SshVm):
             self._clients[kind] = getattr(compute_v1, f"{kind}Client")(
                 credentials=creds, transport="rest", client_options=options)
         return self._clients[kind]
-
-    def _session(self) -> Any:
-        """An authorised HTTP session for the IAM service-account calls (no SDK client for them
-        is a dependency of dqlctl)."""
-        if "session" not in self._clients:
-            from google.auth.transport.requests import AuthorizedSession
-
-            self._clients["session"] = AuthorizedSession(self._credentials()[0])
-        return self._clients["session"]
-
-    def _rest(self, method: str, url: str, ok_missing: bool = False,
-              **kwargs: Any) -> dict[str, Any] | None:
-        resp = self._session().request(method, url, timeout=60, **kwargs)
-        if resp.status_code == 404 and ok_missing:
-            return None
-        if resp.status_code >= 400:
-            try:
-                message = resp.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = resp.text[:200]
-            raise ProviderError(f"{method} {url.split('?')[0]}: HTTP {resp.status_code}: "
-                                f"{message}")
-        return resp.json() if resp.content else {}
 
     # -- operations -----------------------------------------------------------------------------------
 
@@ -418,37 +395,15 @@ class GcpProvider(GceAccess, SshVm):
         rules and service accounts (global; their tags are in their description)."""
         labels = {k.replace(":", "-"): v for k, v in tag.items()}
         out = [instance_resource(i) for i in self.list_instances(tag)]
-        for rule in self._client("Firewalls").list(project=self.project_id):
-            have = tags_in(rule.description)
-            if rule.name.startswith("dqlctl-") and has_tags(have, labels):
-                out.append(Resource(self.name, "firewall", rule.name, None, core_tags(have)))
-        url = f"{self.iam_endpoint}/v1/projects/{self.project_id}/serviceAccounts"
-        token = None
-        while True:
-            page = self._rest("GET", url, params={"pageToken": token} if token else {}) or {}
-            for account in page.get("accounts", []):
-                have = tags_in(account.get("description", ""))
-                if account.get("email", "").startswith("dqlctl-") and has_tags(have, labels):
-                    out.append(Resource(self.name, "service-account", account["email"], None,
-                                        core_tags(have),
-                                        {"description": account.get("description", "")}))
-            token = page.get("nextPageToken")
-            if not token:
-                return out
+        return out + self._access_resources(labels)
 
     def delete_resource(self, resource: Resource) -> None:
         """Remove one thing ``list_resources`` found; 'not found' is done already. A service
         account leaves the buckets' policies first (where the bucket named it)."""
         if resource.kind == "instance":
             self.terminate(Instance.from_dict(resource.extra["instance"]))
-        elif resource.kind == "firewall":
-            self._delete_firewall(resource.resource_id)
-        elif resource.kind == "service-account":
-            import re
-
-            found = re.search(r": (.+?) only \(", resource.extra.get("description", ""))
-            self._delete_service_account(resource.resource_id,
-                                         found.group(1).split(", ") if found else [])
+        elif resource.kind in ACCESS_KINDS:
+            self._delete_access(resource)
         else:
             raise ProviderError(f"gcp: no such kind of resource: {resource.kind}")
 

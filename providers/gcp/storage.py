@@ -22,16 +22,19 @@ from providers.storage.base import (
     EXIT_BAD_INPUT,
     EXIT_PROVIDER,
     MD5,
-    HashingReader,
     ObjectInfo,
     StorageError,
     Store,
-    StoreReader,
     env_key,
     missing_sdk,
-    open_source,
-    read_full,
     shared_client,
+)
+from providers.storage.streams import (
+    HashingReader,
+    StoreReader,
+    read_ahead,
+    read_full,
+    source_reader,
     source_size,
 )
 
@@ -167,15 +170,10 @@ class GcsStore(Store):
     def put(self, key: str, source: BinaryIO | IO[bytes] | str | Path, *,
             size: int | None = None, mtime: float | None = None,
             md5: str | None = None) -> ObjectInfo:
-        reader, opened = open_source(source)
-        try:
+        with source_reader(source) as reader:
             known = size if size is not None else source_size(reader)
-            limit = min(self.multipart_threshold, self.buffer_limit)
-            resumable = known is not None and known > limit
-            first = b""
-            if not resumable:
-                first = read_full(reader, limit + 1)
-                resumable = len(first) > limit
+            first, fits = read_ahead(reader, known, self.single_limit)
+            resumable = not fits
             blob = self._bucket.blob(key, chunk_size=self.part_size if resumable else None)
             if mtime is not None:
                 blob.metadata = {"mtime": f"{mtime:.6f}"}
@@ -190,9 +188,6 @@ class GcsStore(Store):
                 with self._errors("upload", key):
                     blob.upload_from_file(stream, size=len(first), checksum=None, retry=None,
                                           content_type="application/octet-stream")
-        finally:
-            if opened:
-                reader.close()
         digest = stream.hexdigest()
         info = _blob_info(blob)
         problem = None

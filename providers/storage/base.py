@@ -20,7 +20,6 @@ the object itself (the local disk). An :class:`ObjectInfo` carries only hashes t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import threading
@@ -127,6 +126,12 @@ class Store(ABC):
     def _count(self, kind: str, n: int = 1) -> None:
         with self._calls_lock:
             self.calls[kind] += n
+
+    @property
+    def single_limit(self) -> int:
+        """The largest upload sent in one request (read into memory first); larger ones go
+        up in parts."""
+        return min(self.multipart_threshold, self.buffer_limit)
 
     # -- errors and paging -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -255,163 +260,6 @@ class Store(ABC):
 
 
 # -- helpers shared by the backends ----------------------------------------------------------
-
-def read_full(reader: IO[bytes] | BinaryIO, n: int) -> bytes:
-    """Read up to ``n`` bytes, looping over short reads; fewer only at end of stream."""
-    chunks: list[bytes] = []
-    got = 0
-    while got < n:
-        chunk = reader.read(n - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def md5_of_stream(reader: IO[bytes] | BinaryIO, block: int = 4 * MIB) -> tuple[str, int]:
-    """(hex md5, size) of what is left in ``reader``."""
-    digest = hashlib.md5()
-    size = 0
-    while True:
-        chunk = reader.read(block)
-        if not chunk:
-            return digest.hexdigest(), size
-        digest.update(chunk)
-        size += len(chunk)
-
-
-class HashingReader(io.RawIOBase):
-    """Passes reads through while hashing them (md5) and counting bytes."""
-
-    def __init__(self, inner: IO[bytes] | BinaryIO) -> None:
-        super().__init__()
-        self.inner = inner
-        self.digest = hashlib.md5()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        # Full reads (short only at the end): SDKs treat a short chunk as the last one.
-        data = self.inner.read() if n is None or n < 0 else read_full(self.inner, n)
-        if data:
-            self.digest.update(data)
-            self.size += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def tell(self) -> int:
-        return self.size
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Only "stay where you are" (resumable uploads confirm their position this way)."""
-        target = offset if whence == io.SEEK_SET else self.size + offset \
-            if whence == io.SEEK_CUR else -1
-        if target != self.size:
-            raise StorageError(f"cannot rewind a stream to byte {target} (at {self.size})",
-                               code=EXIT_PROVIDER, transient=True)
-        return self.size
-
-    def hexdigest(self) -> str:
-        return self.digest.hexdigest()
-
-
-class StoreReader(io.RawIOBase):
-    """An SDK's download stream as a binary file object whose errors are StorageErrors (the
-    store's ``_errors``); closing it closes the stream. ``read_all`` is what the SDK's
-    ``read`` takes for "everything" (-1, or None for botocore)."""
-
-    def __init__(self, inner: Any, store: Store, key: str, read_all: int | None = -1,
-                 mtime: float | None = None) -> None:
-        super().__init__()
-        self._inner = inner
-        self._store = store
-        self._key = key
-        self._all = read_all
-        #: the source's mtime stored with the object, when the download's answer carried it
-        self.mtime = mtime
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        with self._store._errors("read", self._key):
-            data: bytes = self._inner.read(self._all if n is None or n < 0 else n)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            with contextlib.suppress(Exception):
-                self._inner.close()
-        super().close()
-
-
-class IterReader(io.RawIOBase):
-    """A file object over an iterator of byte chunks (for SDKs that stream by chunks)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        super().__init__()
-        self._chunks = chunks
-        self._buf = b""
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        if n is None or n < 0:
-            parts = [self._buf, *self._chunks]
-            self._buf = b""
-            self._done = True
-            return b"".join(parts)
-        while len(self._buf) < n and not self._done:
-            try:
-                self._buf += next(self._chunks)
-            except StopIteration:
-                self._done = True
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-
-def open_source(source: BinaryIO | IO[bytes] | str | Path) -> tuple[IO[bytes] | BinaryIO, bool]:
-    """(file object, whether we opened it) for a path or an already open binary file."""
-    if isinstance(source, str | Path):
-        try:
-            return open(source, "rb"), True  # noqa: SIM115 - closed by the caller
-        except OSError as exc:
-            raise StorageError(f"cannot read {source}: {exc.strerror or exc}",
-                               code=EXIT_BAD_INPUT) from None
-    return source, False
-
-
-def source_size(reader: IO[bytes] | BinaryIO) -> int | None:
-    """Bytes left in a seekable file object, else None."""
-    try:
-        if reader.seekable():
-            here = reader.tell()
-            end = reader.seek(0, io.SEEK_END)
-            reader.seek(here)
-            return end - here
-    except (OSError, AttributeError, ValueError):
-        pass
-    return None
-
 
 _CLIENTS: dict[tuple[Any, ...], Any] = {}
 _CLIENTS_LOCK = threading.Lock()

@@ -25,13 +25,12 @@ from typing import IO, Any, BinaryIO
 from providers.storage.base import (
     EXIT_BAD_INPUT,
     MD5,
-    HashingReader,
     ObjectInfo,
     StorageError,
     Store,
-    open_source,
 )
 from providers.storage.keys import local_path
+from providers.storage.streams import HashingReader, source_reader
 
 TMP_RE = re.compile(r"^\.dqlctl-(\d+)-[0-9a-f]{12}\.tmp$")
 
@@ -164,33 +163,30 @@ class LocalStore(Store):
             raise StorageError(f"cannot create folder {dest.parent}: {exc.strerror or exc}",
                                code=EXIT_BAD_INPUT) from None
         tmp = dest.parent / f".dqlctl-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
-        reader, opened = open_source(source)
-        try:
-            hashing = HashingReader(reader)
-            with open(tmp, "wb") as out:
-                shutil.copyfileobj(hashing, out, 1024 * 1024)
-            digest = hashing.hexdigest()
-            if size is not None and hashing.size != size:
-                raise StorageError(f"{key}: read {hashing.size} bytes, expected {size} "
-                                   "(the source changed while copying?)", transient=True)
-            if md5 is not None and digest != md5:
-                raise StorageError(f"{key}: md5 {digest} of the bytes read differs from the "
-                                   f"source's {md5}", transient=True)
-            if mtime is not None:
-                os.utime(tmp, (mtime, mtime))
-            os.replace(tmp, dest)
-        except BaseException as exc:
+        with source_reader(source) as reader:
             try:
-                tmp.unlink()
-            except OSError:
-                pass
-            if isinstance(exc, OSError):
-                raise StorageError(f"cannot write {dest}: {exc.strerror or exc}",
-                                   code=EXIT_BAD_INPUT) from None
-            raise
-        finally:
-            if opened:
-                reader.close()
+                hashing = HashingReader(reader)
+                with open(tmp, "wb") as out:
+                    shutil.copyfileobj(hashing, out, 1024 * 1024)
+                digest = hashing.hexdigest()
+                if size is not None and hashing.size != size:
+                    raise StorageError(f"{key}: read {hashing.size} bytes, expected {size} "
+                                       "(the source changed while copying?)", transient=True)
+                if md5 is not None and digest != md5:
+                    raise StorageError(f"{key}: md5 {digest} of the bytes read differs from the "
+                                       f"source's {md5}", transient=True)
+                if mtime is not None:
+                    os.utime(tmp, (mtime, mtime))
+                os.replace(tmp, dest)
+            except BaseException as exc:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+                if isinstance(exc, OSError):
+                    raise StorageError(f"cannot write {dest}: {exc.strerror or exc}",
+                                       code=EXIT_BAD_INPUT) from None
+                raise
         st = dest.stat()
         return ObjectInfo(key, st.st_size, st.st_mtime, {MD5: digest})
 

@@ -33,33 +33,20 @@ from textual.widgets import (
 
 from dqlctl.tui.messages import SyncDone, SyncProgressed
 from dqlctl.tui.models.common import one_line
-from dqlctl.tui.models.sync import delete_confirmation
+from dqlctl.tui.models.sync import (
+    delete_confirmation,
+    file_table,
+    finished_line,
+    fit_left,
+    more_line,
+    progress_line,
+    result_summary,
+)
 from dqlctl.tui.screens.modals import ConfirmScreen
-from providers.sync import FileEntry, Progress, SyncResult, human_size
+from providers.sync import Progress, SyncResult, human_size
 
 FIELDS = {"src": "Source", "dst": "Destination"}
 MAX_FILE_BARS = 8       # copies in flight shown with their own bar; the rest are counted
-MAX_ROWS = 5000         # rows of the file table; a bigger plan says how many it left out
-MAX_ERRORS = 5          # error lines under the result; the rest are counted
-ACTION_STYLE = {"copy": "bold green", "delete": "bold red", "keep": "yellow", "skip": "dim",
-                "failed": "bold red"}
-ACTION_ORDER = {"failed": 0, "copy": 1, "delete": 2, "keep": 3, "skip": 4}
-
-
-def duration(seconds: float) -> str:
-    s = round(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def fit_left(text: str, width: int) -> str:
-    """``text`` in ``width`` cells, cut at the start (the file name is at the end of a key)."""
-    if width <= 1 or len(text) <= width:
-        return text
-    return "…" + text[-(width - 1):]
 
 
 class FileBar(Horizontal):
@@ -357,10 +344,7 @@ class SyncScreen(Screen[None]):
         self.query_one("#overall", ProgressBar).update(total=p.bytes_total, progress=p.bytes_done)
         if self.cancel_event is not None and self.cancel_event.is_set():
             return  # keep saying "cancelling"
-        eta = f"ETA {duration(p.eta)}" if p.eta is not None else "ETA ?"
-        self.query_one("#overall-label", Static).update(Text.assemble(
-            ("copying  ", "bold"), f"{p.files_done}/{p.files_total} files  ·  ",
-            f"{human_size(p.bytes_done)} of {human_size(p.bytes_total)}  ·  {human_size(p.rate)}/s  ·  {eta}"))
+        self.query_one("#overall-label", Static).update(Text.assemble(*progress_line(p)))
         bars = list(self.query(FileBar))
         for bar, (key, done, size) in zip(bars, p.active, strict=False):
             bar.display = True
@@ -368,12 +352,9 @@ class SyncScreen(Screen[None]):
         for bar in bars[len(p.active):]:
             bar.display = False
         more = self.query_one("#more", Static)
-        extra = max(0, len(p.active) - MAX_FILE_BARS)
-        waiting = max(0, p.files_total - p.files_done - len(p.active))
-        parts = ([f"+ {extra} more in flight"] if extra else []) + (
-            [f"{waiting} waiting"] if waiting else [])
-        more.display = bool(parts)
-        more.update("  ·  ".join(parts))
+        line = more_line(p, MAX_FILE_BARS)
+        more.display = bool(line)
+        more.update(line)
 
     def on_sync_done(self, message: SyncDone) -> None:
         if message.gen != self.gen:
@@ -417,45 +398,10 @@ class SyncScreen(Screen[None]):
         p = self.last_progress
         if p is None:
             return
-        rate = f"  ·  {human_size(p.rate)}/s" if p.bytes_done else ""
-        self.query_one("#overall-label", Static).update(Text.assemble(
-            ("done  " if r.ok else "done, with errors  ", "bold green" if r.ok else "bold red"),
-            f"{p.files_done}/{p.files_total} files  ·  {human_size(p.bytes_done)}{rate}  ·  "
-            f"{duration(r.seconds) if r.seconds >= 1 else f'{r.seconds:.2f}s'}"))
+        self.query_one("#overall-label", Static).update(Text.assemble(*finished_line(r, p)))
 
     def _show_result(self, r: SyncResult) -> None:
-        text = Text()
-        if r.dry_run:
-            text.append("Plan  ", style="bold")
-            text.append(f"{r.copied} to copy", style="bold green" if r.copied else "")
-            text.append(f" ({human_size(r.bytes_copied)})  ·  {r.skipped} same  ·  ")
-            text.append(f"{r.deleted} to delete", style="bold red" if r.deleted else "")
-            notes = ["a dry run: nothing changed; Sync (^s) does it"]
-        else:
-            text.append("✓ synced  " if r.ok else "✗ synced with errors  ",
-                        style="bold green" if r.ok else "bold red")
-            text.append(f"copied {r.copied} ({human_size(r.bytes_copied)})  ·  skipped {r.skipped}"
-                        f"  ·  deleted {r.deleted}  ·  ")
-            text.append(f"failed {r.failed}", style="bold red" if r.failed else "")
-            notes = []
-        compare = ", ".join(f"{k} {v}" for k, v in r.compare.items() if k != "none")
-        if compare:
-            notes.append(f"compared by {compare}")
-        if notes:
-            text.append("\n" + "  ·  ".join(notes), style="dim")
-        for error in r.errors[:MAX_ERRORS]:
-            text.append(f"\n✗ {error}", style="red")
-        if len(r.errors) > MAX_ERRORS:
-            text.append(f"\n  ... and {len(r.errors) - MAX_ERRORS} more errors", style="red")
-        if r.delete_skipped:
-            text.append(f"\n{r.delete_skipped}", style="yellow")
-        if r.refused:
-            text.append(f"\n✗ {r.refused}", style="bold red")
-        if r.stale_uploads:
-            verb = "would abort" if r.dry_run else "aborted"
-            text.append(f"\n{verb} {len(r.stale_uploads)} unfinished upload(s) a killed sync "
-                        "left at DST", style="yellow")
-        self._say(text)
+        self._say(Text.assemble(*result_summary(r)))
         self._fill_table(r)
 
     def _fill_table(self, r: SyncResult) -> None:
@@ -463,29 +409,15 @@ class SyncScreen(Screen[None]):
         table.clear(columns=True)
         table.display = True
         table.border_subtitle = ""
-        files = sorted(r.files, key=lambda e: ACTION_ORDER.get(self._action(e), 9))
-        shown = files[:MAX_ROWS]
-        fixed = 8 + 9 + 12 + 11 + 2 * 5 + 4    # the other columns, cell padding, scrollbar
-        width = max(12, min(max((len(e.key) for e in shown), default=4),
-                            self.size.width - fixed - 4))
-        table.add_column("file", width=width, key="file")
+        t = file_table(r, self.size.width)
+        table.add_column("file", width=t.file_width, key="file")
         table.add_column("action", key="action")
         table.add_column("reason", key="reason")
         table.add_column("compared by", key="compare")
-        sizes = [human_size(e.size) for e in shown]
-        size_width = max((len(x) for x in sizes), default=4)
-        table.add_column("size".rjust(size_width), key="size")
-        for e, size in zip(shown, sizes, strict=True):
-            action = self._action(e)
-            style = ACTION_STYLE.get(action, "")
-            reason = Text(e.error, style="red") if e.error else Text(e.reason)
-            table.add_row(fit_left(e.key, width), Text(action, style=style), reason,
-                          Text(e.compare, style="dim"), size.rjust(size_width))
-        table.border_title = (f"{len(files)} files" if len(files) <= MAX_ROWS
-                              else f"first {MAX_ROWS} of {len(files)} files")
+        table.add_column("size".rjust(t.size_width), key="size")
+        for key, action, reason, compare, size, action_style, reason_style in t.rows:
+            table.add_row(key, Text(action, style=action_style), Text(reason, style=reason_style),
+                          Text(compare, style="dim"), size)
+        table.border_title = t.title
         if r.files:
             table.focus()
-
-    @staticmethod
-    def _action(e: FileEntry) -> str:
-        return "failed" if e.error and e.action in ("copy", "delete") else e.action
