@@ -21,7 +21,7 @@ only once it has expired or its owner's process is gone from this host. So two p
 both act on a run, and none is left without an actor.
 
 The schema is versioned (``PRAGMA user_version``): a database from an older dqlctl is migrated in
-order (``_MIGRATIONS``), one from a newer dqlctl is refused with one line (``SchemaTooNew``).
+order (``dqlctl.registry_schema``), one from a newer dqlctl is refused with one line (``SchemaTooNew``).
 The database (and its WAL/SHM files) is private: 0600, in a 0700 folder.
 """
 
@@ -31,94 +31,51 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dqlctl.controllers import owner_gone, process_owner
 from dqlctl.errors import EXIT_RUN_FAILED, DqlctlError
+from dqlctl.registry_schema import _MIGRATIONS, SCHEMA_VERSION, private
+from dqlctl.states import (
+    ACTIVE,
+    BILLED,
+    BOOTSTRAPPING,
+    CANCELLED,
+    COLLECTING,
+    FAILED,
+    LEASE_S,
+    LEASED,
+    PENDING,
+    PREEMPTED,
+    PROVISIONING,
+    RECOVERING,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    TRANSITIONS,
+    Run,
+    bill,
+)
 
-# The lifecycle (DESIGN.md). Terminal states never change again.
-PENDING = "PENDING"
-PROVISIONING = "PROVISIONING"
-BOOTSTRAPPING = "BOOTSTRAPPING"
-RUNNING = "RUNNING"
-COLLECTING = "COLLECTING"
-SUCCEEDED = "SUCCEEDED"
-FAILED = "FAILED"
-CANCELLED = "CANCELLED"
-PREEMPTED = "PREEMPTED"
-RECOVERING = "RECOVERING"
+# The lifecycle lives in dqlctl.states; it is read as ``registry.RUNNING`` etc. everywhere.
+__all__ = [
+    "ACTIVE", "BILLED", "BOOTSTRAPPING", "CANCELLED", "COLLECTING", "FAILED", "LEASED",
+    "LEASE_S", "PENDING", "PREEMPTED", "PROVISIONING", "RECOVERING", "RUNNING", "SCHEMA_VERSION",
+    "SUCCEEDED", "TERMINAL", "TRANSITIONS", "FAULT_KILL_AFTER", "IllegalTransition", "Registry",
+    "RegistryError", "Run", "SchemaTooNew", "data_home", "default_home", "new_run_id",
+    "owner_gone", "process_owner",
+]
 
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-ACTIVE = frozenset({PENDING, PROVISIONING, BOOTSTRAPPING, RUNNING, COLLECTING, PREEMPTED,
-                    RECOVERING})
-_ANY_END = {FAILED, CANCELLED}
-# States in which a run holds a machine (billed): from BOOTSTRAPPING until it ends or is
-# preempted; RECOVERING waits for a new machine. (``providers.prices.estimate.BILLED_STATES`` is
-# the same set, for the month-by-month report made from the events.)
-BILLED = frozenset({BOOTSTRAPPING, RUNNING, COLLECTING})
-TRANSITIONS: dict[str, set[str]] = {
-    PENDING: {PROVISIONING} | _ANY_END,
-    PROVISIONING: {BOOTSTRAPPING} | _ANY_END,
-    BOOTSTRAPPING: {RUNNING} | _ANY_END,
-    RUNNING: {COLLECTING, PREEMPTED} | _ANY_END,
-    COLLECTING: {SUCCEEDED} | _ANY_END,
-    PREEMPTED: {RECOVERING} | _ANY_END,
-    RECOVERING: {RUNNING, BOOTSTRAPPING} | _ANY_END,
-}
-# States in which one dqlctl process works on the run (its controller): entering one takes the
-# controller lease for the process making the move; any other state clears it.
-LEASED = frozenset({PENDING, PROVISIONING, BOOTSTRAPPING, COLLECTING, RECOVERING})
-#: seconds a controller lease lasts without renewal (a worker renews it every LEASE_S / 4)
-LEASE_S = 60.0
 #: Test-only fault injection: a process with this environment variable set to a state SIGKILLs
 #: itself right after committing a transition into that state (the chaos suite,
 #: tests/test_chaos.py, kills dqlctl at every transition of a launch this way). Never set it
 #: otherwise.
 FAULT_KILL_AFTER = "DQLCTL_FAULT_KILL_AFTER"
-
-# The first version of the schema; every change since is a migration (``_MIGRATIONS``).
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id            TEXT PRIMARY KEY,
-    name          TEXT NOT NULL,
-    provider      TEXT NOT NULL,
-    region        TEXT,
-    instance_type TEXT,
-    spot          INTEGER NOT NULL DEFAULT 0,
-    state         TEXT NOT NULL,
-    created_at    REAL NOT NULL,
-    updated_at    REAL NOT NULL,
-    started_at    REAL,
-    ended_at      REAL,
-    instance_ids  TEXT NOT NULL DEFAULT '[]',
-    instance      TEXT,
-    results_uri   TEXT,
-    price_per_hour REAL,
-    cost_usd      REAL NOT NULL DEFAULT 0,
-    exit_code     INTEGER,
-    reason        TEXT,
-    spec          TEXT NOT NULL DEFAULT '{}',
-    progress      TEXT NOT NULL DEFAULT '{}',
-    metrics       TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS runs_state ON runs(state);
-CREATE TABLE IF NOT EXISTS events (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id     TEXT NOT NULL REFERENCES runs(id),
-    ts         REAL NOT NULL,
-    kind       TEXT NOT NULL,
-    from_state TEXT,
-    to_state   TEXT,
-    data       TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
-"""
 
 _JSON_FIELDS = ("instance_ids", "instance", "spec", "progress", "metrics")
 _UPDATABLE = frozenset({"region", "instance_type", "spot", "started_at", "ended_at",
@@ -141,66 +98,7 @@ class SchemaTooNew(DqlctlError):
     exit_code = EXIT_RUN_FAILED
 
 
-@dataclass
-class Run:
-    id: str
-    name: str
-    provider: str
-    state: str
-    created_at: float
-    updated_at: float
-    region: str | None = None
-    instance_type: str | None = None
-    spot: bool = False
-    started_at: float | None = None
-    ended_at: float | None = None
-    instance_ids: list[str] = field(default_factory=list)
-    instance: dict[str, Any] | None = None
-    results_uri: str | None = None
-    price_per_hour: float | None = None
-    cost_usd: float = 0.0
-    exit_code: int | None = None
-    reason: str | None = None
-    spec: dict[str, Any] = field(default_factory=dict)
-    progress: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    billed_s: float = 0.0              # seconds in closed billed intervals
-    billed_since: float | None = None  # start of the billed interval still open
-    lease_owner: str | None = None     # the controller working on the run (``LEASED`` states)
-    lease_expires: float | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
-
-    def billed_seconds(self, now: float) -> float:
-        """Seconds the run has held a machine up to ``now``."""
-        open_s = max(0.0, now - self.billed_since) if self.billed_since is not None else 0.0
-        return self.billed_s + open_s
-
-    def cost_at(self, now: float) -> float:
-        """USD the run has cost up to ``now``: its billed time at its $/h, else the cost
-        recorded on it (a provider with no $/h)."""
-        if not self.price_per_hour:
-            return self.cost_usd
-        return round(self.price_per_hour * self.billed_seconds(now) / 3600.0, 4)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 _RUN_FIELDS = frozenset(Run.__dataclass_fields__)
-
-
-def _bill(closed_s: float, since: float | None, to_state: str,
-          now: float) -> tuple[float, float | None]:
-    """``(billed_s, billed_since)`` after a move to ``to_state`` at ``now``: entering a billed
-    state opens an interval, leaving one closes it."""
-    if to_state in BILLED:
-        return closed_s, since if since is not None else now
-    if since is not None:
-        return closed_s + max(0.0, now - since), None
-    return closed_s, None
 
 
 def default_home() -> Path:
@@ -218,105 +116,6 @@ def new_run_id() -> str:
     return secrets.token_hex(4)
 
 
-def _proc_start_ticks(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def process_owner() -> str:
-    """This process as a lease owner: ``host:pid:start-time`` (a recycled pid is another)."""
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_proc_start_ticks(pid) or '-'}"
-
-
-def owner_gone(owner: str) -> bool:
-    """True when ``owner`` was a process on this host that is no longer running. An owner on
-    another host is never known to be gone: its lease has to expire."""
-    try:
-        host, pid_text, ticks = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if host != socket.gethostname():
-        return False
-    if not Path("/proc").is_dir():  # pragma: no cover - elsewhere only a vanished pid is known
-        return not _signalable(pid)
-    now = _proc_start_ticks(pid)
-    return now is None or (ticks != "-" and now != ticks)
-
-
-def _signalable(pid: int) -> bool:  # pragma: no cover - non-Linux
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        pass
-    return True
-
-
-def _add_columns(c: sqlite3.Connection, columns: dict[str, str]) -> bool:
-    """Add the ``runs`` columns that are missing; whether any was."""
-    have = {r["name"] for r in c.execute("PRAGMA table_info(runs)")}
-    missing = {k: v for k, v in columns.items() if k not in have}
-    for name, decl in missing.items():
-        c.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
-    return bool(missing)
-
-
-def _v1_tables(c: sqlite3.Connection) -> None:
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            c.execute(statement)
-
-
-def _v2_billing(c: sqlite3.Connection) -> None:
-    """The billing columns, filled once from each run's state events (what was computed on
-    every look before)."""
-    if not _add_columns(c, {"billed_s": "REAL NOT NULL DEFAULT 0", "billed_since": "REAL"}):
-        return
-    rows = c.execute("SELECT run_id, ts, to_state FROM events WHERE to_state IS NOT NULL"
-                     " ORDER BY run_id, id")
-    billing: dict[str, tuple[float, float | None]] = {}
-    for r in rows:
-        closed, since = billing.get(r["run_id"], (0.0, None))
-        billing[r["run_id"]] = _bill(closed, since, r["to_state"], float(r["ts"]))
-    for run_id, (closed, since) in billing.items():
-        c.execute("UPDATE runs SET billed_s = ?, billed_since = ? WHERE id = ?",
-                  (closed, since, run_id))
-
-
-def _v3_lease(c: sqlite3.Connection) -> None:
-    """The controller lease (a run made before it has none: the next look may adopt it)."""
-    _add_columns(c, {"lease_owner": "TEXT", "lease_expires": "REAL"})
-
-
-#: ``(version, step)`` in order: a database at version N gets every step above N. A database
-#: from before versioning (user_version 0) gets them all; each step tolerates what is there.
-_MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _v1_tables), (2, _v2_billing), (3, _v3_lease))
-SCHEMA_VERSION = _MIGRATIONS[-1][0]
-
-
-def _private(path: Path) -> None:
-    """The database folder 0700 and the database 0600, created so (or tightened when not)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        os.chmod(path.parent, 0o700)
-    except PermissionError:  # a folder someone else owns: the file modes still hold
-        pass
-    try:  # never open (and close) an existing database: closing any descriptor of it drops
-        # the POSIX locks SQLite holds on it in this process (another connection's included)
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
-    except FileExistsError:
-        os.chmod(path, 0o600)
-
-
 class Registry:
     """The SQLite registry at ``<home>/registry.db``."""
 
@@ -324,7 +123,7 @@ class Registry:
         self.path = Path(path)
         self.clock = clock
         self.owner = process_owner()
-        _private(self.path)
+        private(self.path)
         self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA busy_timeout = 30000")
@@ -503,7 +302,7 @@ class Registry:
                 fields.update(lease_owner=self.owner, lease_expires=now + LEASE_S)
             else:
                 fields.update(lease_owner=None, lease_expires=None)
-            billed_s, since = _bill(row["billed_s"], row["billed_since"], to_state, now)
+            billed_s, since = bill(row["billed_s"], row["billed_since"], to_state, now)
             if (billed_s, since) != (row["billed_s"], row["billed_since"]):
                 fields.update(billed_s=billed_s, billed_since=since)
                 price = fields.get("price_per_hour", row["price_per_hour"])

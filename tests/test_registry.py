@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dqlctl import registry as reg
+from dqlctl import registry_schema
 from dqlctl.registry import IllegalTransition, Registry, RegistryError
 
 
@@ -129,7 +130,7 @@ def test_a_run_without_a_price_keeps_its_recorded_cost(tmp_path: Path) -> None:
     assert r.get(run.id).cost_at(10**10) == 1.25
 
 
-_OLD_SCHEMA = reg._SCHEMA.replace(
+_OLD_SCHEMA = registry_schema._SCHEMA.replace(
     ",\n    billed_s      REAL NOT NULL DEFAULT 0,\n    billed_since  REAL", "")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dqlctl import registry as reg
+from dqlctl import registry_schema
 from dqlctl.cli import main
 from dqlctl.context import Context
 from dqlctl.registry import SCHEMA_VERSION, Registry
@@ -81,7 +81,7 @@ def test_a_registry_from_before_versioning_is_migrated_in_order(tmp_path: Path) 
     """A database the previous dqlctl wrote (every column but the lease, no user_version)."""
     path = tmp_path / "registry.db"
     con = sqlite3.connect(path)
-    con.executescript(reg._SCHEMA)
+    con.executescript(registry_schema._SCHEMA)
     con.execute("ALTER TABLE runs ADD COLUMN billed_s REAL NOT NULL DEFAULT 0")
     con.execute("ALTER TABLE runs ADD COLUMN billed_since REAL")
     con.execute("INSERT INTO runs (id, name, provider, state, created_at, updated_at, billed_s,"
