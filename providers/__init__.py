@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from providers.base import Capability
+if TYPE_CHECKING:  # the registry stays free of imports: `dqlctl --help` passes through here
+    from providers.base import Capability
 
 # name -> "module:Class". Nothing here is imported until a provider is asked for.
 COMPUTE_PROVIDERS: dict[str, str] = {
