@@ -197,7 +197,8 @@ def test_dry_run_check_and_missing_credentials_exit_3(
     monkeypatch.setenv("PATH", "/usr/bin:/bin")     # no `az login` any more
     assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1].startswith("dqlctl: error: launch failed: ")
+    assert err.strip().splitlines()[-1].startswith("dqlctl: error: azure: credentials: ")
+    assert Context(home=home).registry.list() == []  # refused before any run was recorded
     assert "no Azure credentials" in err and "AZURE_CLIENT_ID" in err and "az login" in err
     monkeypatch.delenv("AZURE_SUBSCRIPTION_ID")
     assert main(["check", "azure"], ctx=Context(home=home)) == 3

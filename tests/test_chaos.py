@@ -95,7 +95,7 @@ def test_local_launch_killed_at_each_transition_is_taken_over(tmp_path: Path,
     def billed() -> list[tuple[str, str]]:
         return [(i.instance_id, i.tags[RUN_TAG]) for i in
                 LocalProvider().list_instances({RUN_TAG: None})
-                if i.extra.get("workdir", "").startswith(str(tmp_path))]
+                if (i.extra.get("workdir") or "").startswith(str(tmp_path))]
 
     run = ps_until_terminal(tmp_path, billed)
     assert run["state"] == KILLED[killed], run["reason"]

@@ -217,6 +217,7 @@ def test_dry_run_check_and_missing_credentials_exit_3(
     assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
     err = capsys.readouterr().err
     assert "no Google Cloud credentials" in err and "GOOGLE_APPLICATION_CREDENTIALS" in err
-    assert err.strip().splitlines()[-1].startswith("dqlctl: error: launch failed: ")
+    assert err.strip().splitlines()[-1].startswith("dqlctl: error: gcp: credentials: ")
+    assert Context(home=home).registry.list() == []  # refused before any run was recorded
     assert main(["check", "gcp"], ctx=Context(home=home)) == 3
     assert gce.leftovers() == NOTHING
