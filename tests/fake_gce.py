@@ -212,6 +212,12 @@ def gerror(status: int, reason: str, message: str) -> HttpError:
         "errors": [{"message": message, "domain": "global", "reason": reason}]}}))
 
 
+def ierror(status: int, name: str, message: str) -> HttpError:
+    """An error as IAM's REST API answers it (``status`` is a name: NOT_FOUND...)."""
+    return HttpError(Response(status, {"error": {"code": status, "status": name,
+                                                 "message": message}}))
+
+
 @dataclass
 class Operation:
     name: str
@@ -756,15 +762,11 @@ class FakeGce(FakeHttpServer):
         self._project(project)
         account_id = (req.body or {}).get("accountId", "")
         if not SA_ID_RE.match(account_id):
-            raise HttpError(Response(400, {"error": {
-                "code": 400, "status": "INVALID_ARGUMENT",
-                "message": f"Invalid account ID: {account_id}"}}))
+            raise ierror(400, "INVALID_ARGUMENT", f"Invalid account ID: {account_id}")
         email = f"{account_id}@{project}.iam.gserviceaccount.com"
         if email in self.service_accounts:
-            raise HttpError(Response(409, {"error": {
-                "code": 409, "status": "ALREADY_EXISTS",
-                "message": f"Service account {account_id} already exists within project "
-                           f"projects/{project}."}}))
+            raise ierror(409, "ALREADY_EXISTS", f"Service account {account_id} already exists "
+                         f"within project projects/{project}.")
         extra = (req.body or {}).get("serviceAccount", {})
         account = {"name": f"projects/{project}/serviceAccounts/{email}", "projectId": project,
                    "uniqueId": str(100_000_000_000 + next(self._ids)), "email": email,
@@ -777,9 +779,7 @@ class FakeGce(FakeHttpServer):
     def _sa(self, project: str, email: str) -> dict[str, Any]:
         self._project(project)
         if email not in self.service_accounts:
-            raise HttpError(Response(404, {"error": {
-                "code": 404, "status": "NOT_FOUND",
-                "message": f"Unknown service account: {email}"}}))
+            raise ierror(404, "NOT_FOUND", f"Unknown service account: {email}")
         return self.service_accounts[email]
 
     def sa_get(self, req: Request, project: str, email: str) -> Response:
@@ -879,9 +879,8 @@ class FakeGce(FakeHttpServer):
         body = req.body or {}
         name = f"projects/{project}/roles/{body.get('roleId', '')}"
         if name in self.roles:
-            raise HttpError(Response(409, {"error": {
-                "code": 409, "status": "ALREADY_EXISTS",
-                "message": f"A role named {body.get('roleId')} in {project} already exists."}}))
+            raise ierror(409, "ALREADY_EXISTS",
+                         f"A role named {body.get('roleId')} in {project} already exists.")
         self.roles[name] = {**body.get("role", {}), "name": name, "etag": "BwWKmjvelug="}
         return Response(200, self.roles[name])
 
@@ -889,9 +888,7 @@ class FakeGce(FakeHttpServer):
         self._project(project)
         name = f"projects/{project}/roles/{role}"
         if name not in self.roles:
-            raise HttpError(Response(404, {"error": {
-                "code": 404, "status": "NOT_FOUND",
-                "message": f"The role named {name} was not found."}}))
+            raise ierror(404, "NOT_FOUND", f"The role named {name} was not found.")
         return self.roles[name]
 
     def role_get(self, req: Request, project: str, role: str) -> Response:

@@ -25,11 +25,19 @@ from tests.fake_gce import FakeGce, FakeHttpServer, HttpError, Request, Response
 PROJECT_NUMBER = "123456789012"
 
 
-class FakeGceMetadata(FakeHttpServer):
-    def __init__(self, gce: FakeGce) -> None:
+class VmMetadata(FakeHttpServer):
+    """A metadata service in front of a fake cloud (``cloud``), counting the tokens it gave."""
+
+    def __init__(self, cloud: Any) -> None:
         super().__init__()
-        self.gce = gce
+        self.cloud = cloud
         self.token_requests = 0
+
+
+class FakeGceMetadata(VmMetadata):
+    def __init__(self, gce: FakeGce) -> None:
+        super().__init__(gce)
+        self.gce = gce
 
     def _this_vm(self) -> tuple[str, str]:
         live = [key for key, inst in self.gce.instances.items()
@@ -65,11 +73,10 @@ class FakeGceMetadata(FakeHttpServer):
         return Response(404, "Not Found", flavor)
 
 
-class FakeAzureImds(FakeHttpServer):
+class FakeAzureImds(VmMetadata):
     def __init__(self, arm: FakeAzure) -> None:
-        super().__init__()
+        super().__init__(arm)
         self.arm = arm
-        self.token_requests = 0
 
     def _this_vm(self) -> dict[str, Any]:
         vms = [r for r in self.arm.resources.values()

@@ -31,7 +31,7 @@ from providers.base import JobSpec, LaunchSpec
 from providers.ssh import fingerprint
 from tests.fake_azure import FakeAzure, write_fake_az
 from tests.fake_metadata import FakeAzureImds
-from tests.vm import vm_sshd
+from tests.vm import controller_killed_mid_run, deleted_itself_record, vm_sshd
 
 CIDR = "198.51.100.7/32"
 SECRET = "123456:telegram-secret-token-do-not-leak"
@@ -252,29 +252,9 @@ def test_the_vm_deletes_itself_when_its_controller_is_gone(
     """The operator's dqlctl dies mid-run: the run ends on the VM, nobody collects, and after
     the collect grace the VM deletes itself (and its OS disk) through ARM with its managed
     identity's token from IMDS, not the operator's: nothing is left allocated."""
-    root = Path(__file__).resolve().parents[1]
-    controller = subprocess.Popen(
-        [sys.executable, "-m", "dqlctl", *launch_args("--episodes", "60", "--name", "alone",
-                                                      "--collect-grace", "0.05", "--follow")],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            rows = Context(home=home).registry.list()
-            if rows and rows[0].state == reg.RUNNING:
-                break
-            assert controller.poll() is None, "the controller ended before the run started"
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.1)
-        (run,) = rows
-        workdir = Path(run.instance["extra"]["workdir"])
-        events = workdir / "results" / "alone" / "events.jsonl"
-        while '"episode"' not in (events.read_text() if events.exists() else ""):
-            assert time.monotonic() < deadline, "no episode on the VM"
-            time.sleep(0.05)
-    finally:
-        controller.kill()  # mid-run: no controller is left, its SSH connection dies with it
-        controller.wait(timeout=30)
+    run = controller_killed_mid_run(home, launch_args(
+        "--episodes", "60", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+    workdir = Path(run.instance["extra"]["workdir"])
 
     group = f"dqlctl-{run.id}"
     vm_id = arm.vm(group, group)["id"]
@@ -289,16 +269,9 @@ def test_the_vm_deletes_itself_when_its_controller_is_gone(
         assert time.monotonic() < deadline, "the VM did not delete itself"
         time.sleep(0.2)
     assert "Microsoft.Compute/disks" not in kinds()           # its OS disk went with it
-    assert json.loads((workdir / "exit.json").read_text())["exit_code"] == 0  # the run ended
     assert arm.deleted_by_identity == {vm_id.lower(): principal}   # its own identity
     assert imds.token_requests >= 1
-    while not (workdir / "selfcare.json").exists():
-        assert time.monotonic() < deadline, "the supervisor did not record its self-delete"
-        time.sleep(0.05)
-    care = json.loads((workdir / "selfcare.json").read_text())
-    assert care["reason"].startswith("run ended") and care["self_delete"]["returncode"] == 0
-    shutdowns = Path(vm["root"]) / "shutdown.log"   # no fallback: the delete was accepted
-    assert not shutdowns.exists() or str(workdir) not in shutdowns.read_text()
+    deleted_itself_record(workdir, Path(vm["root"]))   # no shutdown fallback was needed
     # what the VM cannot remove (its group's network, its role assignment) goes with `down`
     assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
     assert arm.leftovers() == NOTHING

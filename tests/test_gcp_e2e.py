@@ -32,7 +32,7 @@ from providers.selfdelete import GCE_COMPUTE, GCE_METADATA
 from providers.storage import open_store
 from tests.fake_gce import FakeGce, serving_adc
 from tests.fake_metadata import FakeGceMetadata
-from tests.vm import vm_sshd
+from tests.vm import controller_killed_mid_run, deleted_itself_record, vm_sshd
 
 CIDR = "198.51.100.7/32"
 SECRET = "123456:telegram-secret-token-do-not-leak"
@@ -252,29 +252,9 @@ def test_the_vm_deletes_itself_when_its_controller_is_gone(
     """The operator's dqlctl dies mid-run: the run ends on the VM, nobody collects, and after
     the collect grace the VM deletes its own instance (boot disk and all) with its service
     account's token from the metadata server, not the operator's: nothing is left stopped."""
-    root = Path(__file__).resolve().parents[1]
-    controller = subprocess.Popen(
-        [sys.executable, "-m", "dqlctl", *launch_args("--episodes", "60", "--name", "alone",
-                                                      "--collect-grace", "0.05", "--follow")],
-        cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            rows = Context(home=home).registry.list()
-            if rows and rows[0].state == reg.RUNNING:
-                break
-            assert controller.poll() is None, "the controller ended before the run started"
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.1)
-        (run,) = rows
-        workdir = Path(run.instance["extra"]["workdir"])
-        events = workdir / "results" / "alone" / "events.jsonl"
-        while '"episode"' not in (events.read_text() if events.exists() else ""):
-            assert time.monotonic() < deadline, "no episode on the VM"
-            time.sleep(0.05)
-    finally:
-        controller.kill()  # mid-run: no controller is left, its SSH connection dies with it
-        controller.wait(timeout=30)
+    run = controller_killed_mid_run(home, launch_args(
+        "--episodes", "60", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+    workdir = Path(run.instance["extra"]["workdir"])
 
     zone, name = run.instance["extra"]["zone"], run.instance_ids[0]
     email = f"dqlctl-{run.id}@{gce.project}.iam.gserviceaccount.com"
@@ -282,16 +262,9 @@ def test_the_vm_deletes_itself_when_its_controller_is_gone(
     while any(i["name"] == name for i in gce.live_instances()):
         assert time.monotonic() < deadline, "the VM did not delete itself"
         time.sleep(0.2)
-    assert json.loads((workdir / "exit.json").read_text())["exit_code"] == 0  # the run ended
     assert gce.deleted_by[(zone, name)] == email       # with the VM's own identity
     assert metadata.token_requests >= 1
-    while not (workdir / "selfcare.json").exists():
-        assert time.monotonic() < deadline, "the supervisor did not record its self-delete"
-        time.sleep(0.05)
-    care = json.loads((workdir / "selfcare.json").read_text())
-    assert care["reason"].startswith("run ended") and care["self_delete"]["returncode"] == 0
-    shutdowns = Path(vm["root"]) / "shutdown.log"   # no fallback: the delete was accepted
-    assert not shutdowns.exists() or str(workdir) not in shutdowns.read_text()
+    deleted_itself_record(workdir, Path(vm["root"]))   # no shutdown fallback was needed
     # what the VM cannot remove (its firewall rules, its service account) goes with `down`
     assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
     assert gce.leftovers() == NOTHING
