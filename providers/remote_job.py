@@ -27,9 +27,12 @@ supervisor shuts the machine down: ``DIRECT_LINGER_S`` after the end when the en
 bucket itself (long enough for a live controller to read the end over SSH), else when a controller
 touches ``collected`` or ``--collect-grace`` after the end (the results are on the VM's disk until
 collected); and ``--idle-minutes`` after the end in any case. ``--keep`` turns the end rule off
-(and the idle rule too unless ``--idle-minutes`` is given). Each cloud's launch makes a guest
-shutdown end the billing (AWS: ``InstanceInitiatedShutdownBehavior=terminate``); what each cloud
-can and cannot do is in ``SHUTDOWN_NOTES``.
+(and the idle rule too unless ``--idle-minutes`` is given). The machine's end stops the
+billing on every cloud: on AWS a guest shutdown terminates the instance
+(``InstanceInitiatedShutdownBehavior=terminate``); on GCE and Azure, where a shutdown would only
+stop it, the VM deletes itself with its own identity (``SelfCare.self_delete``: the supervisor
+runs ``providers.selfdelete``, the shutdown command being the fallback). What each cloud does is
+in ``SHUTDOWN_NOTES``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -83,15 +86,15 @@ SUPERVISOR = "providers.local.supervisor"
 SHUTDOWN_NOTES = {
     "aws": "launched with InstanceInitiatedShutdownBehavior=terminate: `shutdown -h` terminates "
            "the instance (billing ends, its volumes are deleted with it)",
-    "gcp": "a guest shutdown stops the VM (TERMINATED): machine and GPU billing end, the boot "
-           "disk bills until `dqlctl down` or `gc` deletes it; a spot VM is launched with "
-           "instanceTerminationAction=DELETE, which applies to preemption, not to a guest "
-           "shutdown. Self-deletion would need compute.instances.delete for the VM's service "
-           "account (not granted: its only role is on the run's bucket)",
-    "azure": "a guest shutdown leaves the VM stopped but allocated, and an allocated VM bills; "
-             "deallocating itself would need a role on the VM for its managed identity (not "
-             "granted: its only role is on the run's container). The supervisor still powers it "
-             "off (the GPU stops working for nobody) and `dqlctl ps` shows it until `down`",
+    "gcp": "the VM deletes itself (instances.delete with its own service account, which holds "
+           "a custom role with compute.instances.delete alone, bound on that instance only): "
+           "machine, GPU and boot disk billing end. Should the delete fail it shuts down, which "
+           "only stops the VM (its boot disk bills until `dqlctl down` or `gc`)",
+    "azure": "the VM deletes itself (ARM DELETE with its managed identity, which holds Virtual "
+             "Machine Contributor on that VM only): machine, GPU and OS disk billing end; the "
+             "run's group keeps its network (the static public IP bills a little) until "
+             "`dqlctl down` or `gc`. Should the delete fail it powers off, which leaves it "
+             "allocated (billing) until `down`",
 }
 
 
@@ -103,6 +106,10 @@ class SelfCare:
     idle_minutes: float | None = DEFAULT_IDLE_MINUTES   # None: no idle rule
     collect_grace_s: float = DEFAULT_COLLECT_GRACE_S
     shutdown_command: str = DEFAULT_SHUTDOWN
+    #: the cloud the VM asks to delete it (``providers.selfdelete``); None: shut down only
+    self_delete: str | None = None
+    #: settings for the supervisor's own environment (the self-delete endpoints; not secret)
+    env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any], **settings: Any) -> SelfCare:
@@ -122,6 +129,8 @@ class SelfCare:
         if self.keep and self.idle_minutes is None:
             return []
         out = ["--shutdown-command", self.shutdown_command]
+        if self.self_delete:
+            out += ["--self-delete", self.self_delete]
         if not self.keep:
             out += ["--end-grace", f"{DIRECT_LINGER_S if direct else self.collect_grace_s:g}"]
         if self.idle_minutes is not None:
@@ -156,7 +165,12 @@ def launch_line(spec: LaunchSpec, *, workdir: str, python: str, runtime: str,
     is a quoted argv element; the subshell exits at once and only the supervisor lives on, with
     none of the channel's descriptors (else the command would not return until the engine ends).
     """
-    argv = ["env", f"PYTHONPATH={workdir}/app", "setsid", "nohup", python, "-m", SUPERVISOR,
+    care_env = sorted((selfcare.env if selfcare else {}).items())
+    for key, _ in care_env:
+        if not key.isidentifier():
+            raise ProviderError(f"self-care setting {key!r} is not an environment variable name")
+    argv = ["env", *(f"{k}={v}" for k, v in care_env), f"PYTHONPATH={workdir}/app", "setsid",
+            "nohup", python, "-m", SUPERVISOR,
             f"--workdir={workdir}", f"--env-file={workdir}/secrets.env", "--remove-env-file",
             f"--tag=dqlctl:run={spec.run_id}"]
     if runtime == "docker":

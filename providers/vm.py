@@ -92,6 +92,9 @@ class SshVm:
     #: how long to wait for the cloud to publish the VM's host keys before trusting the first
     #: key the VM presents (with a warning); a provider setting (``host_key_wait``)
     host_key_wait: float = 120.0
+    #: the cloud the VM asks to delete it once its run is over (``providers.selfdelete``), where
+    #: a guest shutdown would not end the billing (GCE, Azure); None: the shutdown does (AWS)
+    self_delete: str | None = None
 
     _ready_sessions: dict[str, Any]
     capabilities: frozenset[Capability]
@@ -253,13 +256,21 @@ class SshVm:
     def selfcare(self, spec: LaunchSpec) -> Any:
         """When the VM shuts itself down (``providers.remote_job.SelfCare``): the run's
         ``--keep``/``--idle-minutes``, and this provider's shutdown command and collect grace
-        (the ``shutdown_command`` / ``collect_grace_s`` attributes, when a subclass sets them).
+        (the ``shutdown_command`` / ``collect_grace_s`` attributes, when a subclass sets them),
+        and whether the VM deletes itself (``self_delete``, with ``self_delete_env()``).
         """
         from providers.remote_job import SelfCare
 
         settings = {k: getattr(self, k) for k in ("shutdown_command", "collect_grace_s")
                     if getattr(self, k, None) is not None}
+        if self.self_delete:
+            settings.update(self_delete=self.self_delete, env=self.self_delete_env())
         return SelfCare.from_extra(spec.extra, **settings)
+
+    def self_delete_env(self) -> dict[str, str]:
+        """The endpoints the VM's self-delete reaches (``providers.selfdelete``'s variables);
+        none by default: the cloud's own."""
+        return {}
 
     def job(self, instance: Instance, spec: dict[str, Any]) -> Any:
         from providers.jobs import RemoteJobHandle

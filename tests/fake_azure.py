@@ -14,6 +14,12 @@ Capacity, as Azure reports it: ``sku_not_available[zone]`` rejects a VM PUT at o
 ``SkuNotAvailable``); ``allocation_failures[zone] = "AllocationFailed" | "ZonalAllocationFailed"``
 fails its operation and leaves the VM behind in state ``Failed``, as Azure does.
 
+A VM's own identity: ``mint_identity_token(principal, resource)`` (what tests/fake_metadata.py
+hands the VM from IMDS) issues a token of a VM's managed identity, which may do only what its role
+assignments allow: here, delete a VM under a scope where it holds *Virtual Machine Contributor*
+(or Contributor, Owner); anything else is a 403 ``AuthorizationFailed``. Azure goes on with such
+a delete without anyone polling it; ``deleted_by_identity[vm id]`` names the principal.
+
 Test hooks: ``GET /_fake/ssh-keys`` lists the ``osProfile.linuxConfiguration.ssh.publicKeys`` of
 running VMs (the VM stand-in's sshd trusts those), ``evict(group, name)`` takes a Spot VM away
 (eviction policy Delete), ``leftovers()`` lists what exists. The server runs in the test's process.
@@ -34,6 +40,9 @@ from typing import Any
 from tests.fake_gce import FakeHttpServer, HttpError, Request, Response
 
 TOKEN = "fake-azure-arm-token"
+#: the built-in roles that may delete a VM: Virtual Machine Contributor, Contributor, Owner
+VM_DELETERS = ("9980e02c-c2be-4d73-94e8-173b1dc7cf3c", "b24988ac-6180-42a0-ab88-20f7382dd24c",
+               "8e3af657-a8ff-443c-a75c-2fe8c4bcb635")
 VM_SIZES = {"Standard_NC4as_T4_v3", "Standard_NC64as_T4_v3", "Standard_NC6s_v3",
             "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24ads_A100_v4",
             "Standard_NV36ads_A10_v5", "Standard_D2s_v5"}
@@ -89,6 +98,8 @@ class FakeAzure(FakeHttpServer):
         #: the host keys (key lines) cloud-init prints to a running VM's serial console, read
         #: through boot diagnostics; None: the log has no fingerprint block
         self.vm_host_keys: list[str] | None = None
+        self.identity_tokens: dict[str, str] = {}            # token -> principal id
+        self.deleted_by_identity: dict[str, str] = {}        # lower VM id -> principal id
         self._n = itertools.count(1)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -106,6 +117,9 @@ class FakeAzure(FakeHttpServer):
                 return Response(200, self.ssh_keys())
             if req.path.startswith("/_fake/serial/"):  # a SAS URL: no bearer token
                 return Response(200, self.serial_log(req.path.split("/", 3)[3]))
+            bearer = req.headers.get("authorization", "").removeprefix("Bearer ")
+            if bearer in self.identity_tokens:
+                return self._as_identity(req, self.identity_tokens[bearer])
             if req.headers.get("authorization") != f"Bearer {TOKEN}":
                 raise aerror(401, "AuthenticationFailed", "Authentication failed. The "
                              "'Authorization' header is missing or has an invalid token.")
@@ -514,6 +528,41 @@ class FakeAzure(FakeHttpServer):
                            "principalType": props.get("principalType", "ServicePrincipal"),
                            "scope": scope}}
         return Response(201, self.role_assignments[key])
+
+    # -- a VM's managed identity -------------------------------------------------------------
+
+    def mint_identity_token(self, principal: str, resource: str) -> str:
+        """A token of the managed identity ``principal`` (what IMDS hands its VM)."""
+        with self.lock:
+            token = f"fake-identity-{uuid.uuid4().hex}"
+            self.identity_tokens[token] = principal
+            return token
+
+    def _as_identity(self, req: Request, principal: str) -> Response:
+        """A call with a VM's identity token: only the delete of a VM under a scope where
+        ``principal`` holds a role in ``VM_DELETERS``; Azure goes on with it unpolled."""
+        path = re.sub(r"/+", "/", req.path).rstrip("/")
+        m = re.fullmatch(r"/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/"
+                         r"Microsoft\.Compute/virtualMachines/([^/]+)", path, re.I)
+        vm_id = f"{self._gid(m.group(2))}/providers/Microsoft.Compute/virtualMachines/" \
+                f"{m.group(3)}" if m else path
+        allowed = req.method == "DELETE" and m is not None and any(
+            a["properties"]["principalId"] == principal
+            and a["properties"]["roleDefinitionId"].rsplit("/", 1)[-1] in VM_DELETERS
+            and vm_id.lower().startswith(a["properties"]["scope"].lower())
+            for a in self.role_assignments.values())
+        if not allowed:
+            raise aerror(403, "AuthorizationFailed", f"The client '{principal}' with object id "
+                         f"'{principal}' does not have authorization to perform action "
+                         f"'{req.method} {path}' over scope '{path}' or the scope is invalid.")
+        resp = self._resource(req, vm_id, "Microsoft.Compute/virtualMachines", m.group(3))
+        op_url = resp.headers.get("Azure-AsyncOperation", "")
+        op = self.operations.get(op_url.split("/operations/")[-1].split("?")[0])
+        if op is not None:
+            op.effect(op)
+            op.status = "Succeeded"
+        self.deleted_by_identity[vm_id.lower()] = principal
+        return resp
 
     # -- test hooks ----------------------------------------------------------------------------
 

@@ -26,6 +26,14 @@ priority wins, a deny over an allow at equal priority, the implied deny-all belo
 running instance with ``enable-guest-attributes`` publishes under ``hostkeys/``; None: nothing
 is published (404, as before the agent has written).
 
+A VM's own identity: ``mint_vm_token(zone, name)`` (what tests/fake_metadata.py hands the VM)
+issues an access token of the instance's service account, limited to the scopes the instance
+was given. Such a token may do only what IAM lets that account do: here, delete an instance
+whose IAM policy (``instances.setIamPolicy``) binds the account to a role holding
+``compute.instances.delete`` (a custom one from ``projects.roles``, or
+``roles/compute.instanceAdmin.v1``), with the compute scope; anything else is a 403.
+``deleted_by[(zone, name)]`` says who deleted an instance (``operator`` or the account).
+
 This module also holds the test helpers the GCE and Azure suites share: ``FakeHttpServer`` (the
 threaded JSON server both fakes build on), ``write_adc_key`` (a service-account key file) and
 ``serving_adc`` (a fake GCE started, with credentials pointed at it).
@@ -204,6 +212,12 @@ def gerror(status: int, reason: str, message: str) -> HttpError:
         "errors": [{"message": message, "domain": "global", "reason": reason}]}}))
 
 
+def ierror(status: int, name: str, message: str) -> HttpError:
+    """An error as IAM's REST API answers it (``status`` is a name: NOT_FOUND...)."""
+    return HttpError(Response(status, {"error": {"code": status, "status": name,
+                                                 "message": message}}))
+
+
 @dataclass
 class Operation:
     name: str
@@ -277,6 +291,10 @@ class FakeGce(FakeHttpServer):
         self.capacity: dict[str, str] = {}                           # zone -> error code
         self.vm_host_keys: list[str] | None = None                   # what guest agents publish
         self.tokens: set[str] = set()
+        self.vm_tokens: dict[str, tuple[str, list[str]]] = {}       # token -> (email, scopes)
+        self.instance_policies: dict[tuple[str, str], dict[str, Any]] = {}
+        self.roles: dict[str, dict[str, Any]] = {}                   # custom roles by name
+        self.deleted_by: dict[tuple[str, str], str] = {}
         self._ids = itertools.count(1)
         self._ips = itertools.count(10)
 
@@ -314,9 +332,13 @@ class FakeGce(FakeHttpServer):
         raise gerror(404, "notFound", f"The resource 'projects/{self.project}/zones/{zone}' "
                      "was not found")
 
-    def _auth(self, req: Request) -> None:
+    def _auth(self, req: Request) -> str | None:
+        """Who is calling: None for the operator, a service account's email for a VM's token;
+        401 without a token this server issued."""
         header = req.headers.get("authorization", "")
         token = header[len("Bearer "):] if header.startswith("Bearer ") else ""
+        if token in self.vm_tokens:
+            return self.vm_tokens[token][0]
         if not token or not (token in self.tokens or token.count(".") == 2):
             raise HttpError(Response(401, {"error": {
                 "code": 401, "status": "UNAUTHENTICATED",
@@ -384,10 +406,13 @@ class FakeGce(FakeHttpServer):
                                       "token_type": "Bearer"})
             if req.path == "/_fake/ssh-keys":
                 return Response(200, self.ssh_keys())
-            self._auth(req)
+            req.headers.pop("x-fake-caller", None)   # set by _authorize only
+            caller = self._auth(req)
             for pattern, method, fn in self._routes():
                 m = re.fullmatch(pattern, req.path)
                 if m and req.method == method:
+                    if caller is not None:
+                        self._authorize(req, caller, fn, m.groupdict())
                     return fn(req, **m.groupdict())
             raise gerror(404, "notFound", f"no such API: {req.method} {req.path}")
 
@@ -402,6 +427,8 @@ class FakeGce(FakeHttpServer):
             (z + r"/instances/(?P<name>[^/]+)", "GET", self.instance_get),
             (z + r"/instances/(?P<name>[^/]+)", "DELETE", self.instance_delete),
             (z + r"/instances/(?P<name>[^/]+)/getGuestAttributes", "GET", self.guest_attributes),
+            (z + r"/instances/(?P<name>[^/]+)/setIamPolicy", "POST", self.instance_iam_set),
+            (z + r"/instances/(?P<name>[^/]+)/getIamPolicy", "GET", self.instance_iam_get),
             (p + r"/aggregated/instances", "GET", self.instance_aggregated),
             (z + r"/operations/(?P<name>[^/]+)", "GET", self.operation_get),
             (z + r"/operations/(?P<name>[^/]+)/wait", "POST", self.operation_wait),
@@ -415,6 +442,10 @@ class FakeGce(FakeHttpServer):
             (sa, "GET", self.sa_list),
             (sa + r"/(?P<email>[^/]+)", "GET", self.sa_get),
             (sa + r"/(?P<email>[^/]+)", "DELETE", self.sa_delete),
+            (r"/v1/projects/(?P<project>[^/]+)/roles", "POST", self.role_create),
+            (r"/v1/projects/(?P<project>[^/]+)/roles/(?P<role>[^/:]+)", "GET", self.role_get),
+            (r"/v1/projects/(?P<project>[^/]+)/roles/(?P<role>[^/:]+):undelete", "POST",
+             self.role_undelete),
             (r"/storage/v1/b/(?P<bucket>[^/]+)/iam", "GET", self.bucket_iam_get),
             (r"/storage/v1/b/(?P<bucket>[^/]+)/iam", "PUT", self.bucket_iam_set),
         ]
@@ -573,7 +604,9 @@ class FakeGce(FakeHttpServer):
 
         def delete(op: Operation) -> None:
             self.instances.pop((zone, name), None)
+            self.instance_policies.pop((zone, name), None)
 
+        self.deleted_by[(zone, name)] = req.headers.get("x-fake-caller", "operator")
         return Response(200, self._operation("delete", inst["selfLink"], zone, delete))
 
     def guest_attributes(self, req: Request, project: str, zone: str, name: str) -> Response:
@@ -729,15 +762,11 @@ class FakeGce(FakeHttpServer):
         self._project(project)
         account_id = (req.body or {}).get("accountId", "")
         if not SA_ID_RE.match(account_id):
-            raise HttpError(Response(400, {"error": {
-                "code": 400, "status": "INVALID_ARGUMENT",
-                "message": f"Invalid account ID: {account_id}"}}))
+            raise ierror(400, "INVALID_ARGUMENT", f"Invalid account ID: {account_id}")
         email = f"{account_id}@{project}.iam.gserviceaccount.com"
         if email in self.service_accounts:
-            raise HttpError(Response(409, {"error": {
-                "code": 409, "status": "ALREADY_EXISTS",
-                "message": f"Service account {account_id} already exists within project "
-                           f"projects/{project}."}}))
+            raise ierror(409, "ALREADY_EXISTS", f"Service account {account_id} already exists "
+                         f"within project projects/{project}.")
         extra = (req.body or {}).get("serviceAccount", {})
         account = {"name": f"projects/{project}/serviceAccounts/{email}", "projectId": project,
                    "uniqueId": str(100_000_000_000 + next(self._ids)), "email": email,
@@ -750,9 +779,7 @@ class FakeGce(FakeHttpServer):
     def _sa(self, project: str, email: str) -> dict[str, Any]:
         self._project(project)
         if email not in self.service_accounts:
-            raise HttpError(Response(404, {"error": {
-                "code": 404, "status": "NOT_FOUND",
-                "message": f"Unknown service account: {email}"}}))
+            raise ierror(404, "NOT_FOUND", f"Unknown service account: {email}")
         return self.service_accounts[email]
 
     def sa_get(self, req: Request, project: str, email: str) -> Response:
@@ -790,6 +817,87 @@ class FakeGce(FakeHttpServer):
                   "etag": f"CA{next(self._ids)}="}
         self.bucket_policies[bucket] = policy
         return Response(200, policy)
+
+    # -- a VM's own identity: instance IAM policies, custom roles, its tokens -----------------
+
+    def mint_vm_token(self, zone: str, name: str) -> str:
+        """An access token of instance ``name``'s service account, as its metadata server
+        hands out (404 when it has none, as the metadata server answers)."""
+        with self.lock:
+            self._advance()
+            inst = self.instances.get((zone, name))
+            accounts = (inst or {}).get("serviceAccounts") or []
+            if not accounts:
+                raise gerror(404, "notFound", "no service account on this instance")
+            token = f"ya29.vm-{uuid.uuid4().hex}"
+            self.vm_tokens[token] = (accounts[0]["email"], list(accounts[0].get("scopes", [])))
+            return token
+
+    def _permissions(self, role: str) -> list[str]:
+        if role == "roles/compute.instanceAdmin.v1":
+            return ["compute.instances.delete", "compute.instances.get"]
+        found = self.roles.get(role)
+        return [] if found is None or found.get("deleted") else found["includedPermissions"]
+
+    def _authorize(self, req: Request, email: str, fn: Callable[..., Response],
+                   args: dict[str, str]) -> None:
+        """A VM's token: only a delete of an instance that lets its account delete it."""
+        scopes = dict(self.vm_tokens.values()).get(email, [])
+        key = (args.get("zone", ""), args.get("name", ""))
+        member = f"serviceAccount:{email}"
+        bindings = self.instance_policies.get(key, {}).get("bindings", [])
+        allowed = fn == self.instance_delete and any(
+            member in b.get("members", []) and
+            "compute.instances.delete" in self._permissions(b.get("role", ""))
+            for b in bindings)
+        if not allowed or not {"https://www.googleapis.com/auth/compute",
+                               "https://www.googleapis.com/auth/cloud-platform"} & set(scopes):
+            raise gerror(403, "forbidden", f"Required permission for '{req.path}' is missing "
+                         f"for {email}")
+        req.headers["x-fake-caller"] = email
+
+    def instance_iam_set(self, req: Request, project: str, zone: str, name: str) -> Response:
+        self._instance(project, zone, name)
+        policy = dict((req.body or {}).get("policy") or {})
+        for binding in policy.get("bindings", []):
+            role = binding.get("role", "")
+            if not (role.startswith("roles/") or role in self.roles):
+                raise gerror(400, "badRequest", f"Role {role} is not supported for this "
+                             "resource.")
+            for member in binding.get("members", []):
+                if member.split(":", 1)[-1] not in self.service_accounts:
+                    raise gerror(400, "badRequest", f"Invalid member {member}")
+        self.instance_policies[(zone, name)] = {**policy, "etag": f"BwX{next(self._ids)}="}
+        return Response(200, self.instance_policies[(zone, name)])
+
+    def instance_iam_get(self, req: Request, project: str, zone: str, name: str) -> Response:
+        self._instance(project, zone, name)
+        return Response(200, self.instance_policies.get((zone, name), {"etag": "ACAB"}))
+
+    def role_create(self, req: Request, project: str) -> Response:
+        self._project(project)
+        body = req.body or {}
+        name = f"projects/{project}/roles/{body.get('roleId', '')}"
+        if name in self.roles:
+            raise ierror(409, "ALREADY_EXISTS",
+                         f"A role named {body.get('roleId')} in {project} already exists.")
+        self.roles[name] = {**body.get("role", {}), "name": name, "etag": "BwWKmjvelug="}
+        return Response(200, self.roles[name])
+
+    def _role(self, project: str, role: str) -> dict[str, Any]:
+        self._project(project)
+        name = f"projects/{project}/roles/{role}"
+        if name not in self.roles:
+            raise ierror(404, "NOT_FOUND", f"The role named {name} was not found.")
+        return self.roles[name]
+
+    def role_get(self, req: Request, project: str, role: str) -> Response:
+        return Response(200, self._role(project, role))
+
+    def role_undelete(self, req: Request, project: str, role: str) -> Response:
+        found = self._role(project, role)
+        found.pop("deleted", None)
+        return Response(200, found)
 
     # -- test hooks ----------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from tests.fake_imds import FakeImds
 from tests.host_keys import seed_ec2_console
-from tests.vm import AWS_KEYS, vm_sshd
+from tests.vm import AWS_KEYS, controller_killed_mid_run, vm_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
 CIDR = "198.51.100.7/32"
@@ -361,33 +361,14 @@ def test_the_vm_shuts_itself_down_when_its_controller_is_gone(
     """The operator's dqlctl dies mid-run (the process and its SSH connection): the run ends on
     the VM, nobody collects, and after the collect grace the VM terminates itself."""
     self_terminating(vm, aws_env, imds)
-    controller = subprocess.Popen(
-        [sys.executable, "-m", "dqlctl", *launch_args("--episodes", "60", "--name", "alone",
-                                                      "--collect-grace", "0.05", "--follow")],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            rows = Context(home=home).registry.list()
-            if rows and rows[0].state == reg.RUNNING:
-                break
-            assert controller.poll() is None, "the controller ended before the run started"
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.1)
-        (run,) = rows
-        ec2 = boto3.client("ec2")
-        behaviour = ec2.describe_instance_attribute(InstanceId=run.instance_ids[0],
-                                                    Attribute="instanceInitiatedShutdownBehavior")
-        assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
-        workdir = Path(run.instance["extra"]["workdir"])
-        assert not (workdir / "secrets.env").exists()
-        events = workdir / "results" / "alone" / "events.jsonl"
-        while '"episode"' not in (events.read_text() if events.exists() else ""):
-            assert time.monotonic() < deadline, "no episode on the VM"
-            time.sleep(0.05)
-    finally:
-        controller.kill()  # mid-run: no controller is left, its SSH connection dies with it
-        controller.wait(timeout=30)
+    run = controller_killed_mid_run(home, launch_args(
+        "--episodes", "60", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+    ec2 = boto3.client("ec2")
+    behaviour = ec2.describe_instance_attribute(InstanceId=run.instance_ids[0],
+                                                Attribute="instanceInitiatedShutdownBehavior")
+    assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    workdir = Path(run.instance["extra"]["workdir"])
+    assert not (workdir / "secrets.env").exists()
 
     def state() -> str:
         raw = ec2.describe_instances(InstanceIds=run.instance_ids)["Reservations"]

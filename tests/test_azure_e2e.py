@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,14 @@ from dqlctl.owner import os_user, owner_tags
 from providers.base import JobSpec, LaunchSpec
 from providers.ssh import fingerprint
 from tests.fake_azure import FakeAzure, write_fake_az
-from tests.vm import vm_sshd
+from tests.fake_metadata import FakeAzureImds
+from tests.vm import controller_killed_mid_run, deleted_itself_record, vm_sshd
 
 CIDR = "198.51.100.7/32"
 SECRET = "123456:telegram-secret-token-do-not-leak"
 NOTHING: dict[str, list[str]] = {"groups": [], "resources": [], "role_assignments": []}
+VM_CONTRIBUTOR = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c"
+BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 AZURE_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
              "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE",
              "AZURE_TOKEN_CREDENTIALS", "IDENTITY_ENDPOINT", "MSI_ENDPOINT")
@@ -60,7 +65,14 @@ def vm(arm: FakeAzure, tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture()
-def home(tmp_path: Path, arm: FakeAzure, vm: dict[str, Any],
+def imds(arm: FakeAzure) -> Iterator[FakeAzureImds]:
+    """IMDS, where the VM finds its managed identity's token and its own resource id."""
+    with FakeAzureImds(arm) as server:
+        yield server
+
+
+@pytest.fixture()
+def home(tmp_path: Path, arm: FakeAzure, vm: dict[str, Any], imds: FakeAzureImds,
          monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "dqlctl-home"
     home.mkdir()
@@ -73,10 +85,18 @@ def home(tmp_path: Path, arm: FakeAzure, vm: dict[str, Any],
         'ssh_user = "root"\n'
         f'remote_root = "{vm["root"]}"\n'
         f'remote_python = "{sys.executable}"\n'
+        f'imds_endpoint = "{imds.url}"\n'     # test hook: the VM's metadata service
         "ready_timeout = 60\npoll_interval = 0.05\n")
     monkeypatch.setenv("DQLCTL_HOME", str(home))
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
     return home
+
+
+def roles_of(arm: FakeAzure, principal: str) -> list[tuple[str, str]]:
+    """(scope, role definition id) of every role assignment of ``principal``."""
+    return sorted((a["properties"]["scope"], a["properties"]["roleDefinitionId"].rsplit("/")[-1])
+                  for a in arm.role_assignments.values()
+                  if a["properties"]["principalId"] == principal)
 
 
 def launch_args(*extra: str) -> list[str]:
@@ -112,7 +132,10 @@ def test_launch_train_collect_and_tear_down(home: Path, arm: FakeAzure,
     linux = props["osProfile"]["linuxConfiguration"]
     assert linux["disablePasswordAuthentication"] is True
     assert linux["ssh"]["publicKeys"][0]["keyData"].startswith("ssh-ed25519 ")
-    assert "identity" not in arm.vm(group, group)        # no container named: no identity
+    # no container named: its identity may delete its own VM, and nothing else
+    identity = arm.vm(group, group)["identity"]
+    assert roles_of(arm, identity["principalId"]) == [
+        (arm.vm(group, group)["id"], VM_CONTRIBUTOR)]
     assert run.instance["extra"]["host_key"] == vm["host_key"]
     key = Path(run.instance["extra"]["key_path"])
     assert oct(key.stat().st_mode & 0o777) == "0o600"
@@ -143,18 +166,17 @@ def test_zone_fall_through_scoped_identity_and_orphans(
                       tags=owner_tags(home, "5ca1ab1e"), extra={"ssh_cidr": CIDR})
     inst = provider.launch(spec)
     vm_puts = [b["zones"] for m, p, b in arm.received
-               if m == "PUT" and "/virtualMachines/" in p]
+               if m == "PUT" and "/virtualMachines/" in p and "roleAssignments" not in p]
     assert vm_puts == [["1"], ["2"], ["3"]] and inst.extra["zone"] == "3"
     raw = arm.vm("dqlctl-5ca1ab1e", "dqlctl-5ca1ab1e")
     assert raw["properties"]["hardwareProfile"]["vmSize"] == "Standard_NC24ads_A100_v4"
     assert raw["properties"]["billingProfile"] == {"maxPrice": -1}
     assert raw["identity"]["type"] == "SystemAssigned"
-    (assignment,) = arm.role_assignments.values()
-    assert assignment["properties"]["principalId"] == raw["identity"]["principalId"]
-    assert assignment["properties"]["scope"].endswith(
-        "/storageAccounts/dqlctldata/blobServices/default/containers/results")
-    assert assignment["properties"]["roleDefinitionId"].endswith(
-        "/roleDefinitions/ba92f5b4-2d11-453d-a403-e96b0029c9fe")  # Storage Blob Data Contributor
+    assert roles_of(arm, raw["identity"]["principalId"]) == sorted([
+        (raw["id"], VM_CONTRIBUTOR),
+        (f"/subscriptions/{arm.subscription}/resourceGroups/data/providers/Microsoft.Storage/"
+         "storageAccounts/dqlctldata/blobServices/default/containers/results",
+         BLOB_DATA_CONTRIBUTOR)])
     found = provider.list_instances({"dqlctl:run": "5ca1ab1e"})
     assert [(i.instance_id, i.spot) for i in found] == [("dqlctl-5ca1ab1e", True)]
     assert provider.list_instances({"dqlctl:run": "other"}) == []
@@ -223,4 +245,71 @@ def test_results_land_in_the_runs_blob_container(home: Path, arm: FakeAzure, vm:
     assert {"runs/toblob/events.jsonl", "runs/toblob/model.pth"} <= names
     events = container.download_blob("runs/toblob/events.jsonl").readall().decode()
     assert [json.loads(x)["event"] for x in events.splitlines()][-1] == "finished"
+    assert arm.leftovers() == NOTHING
+
+
+def test_the_vm_deletes_itself_when_its_controller_is_gone(
+        home: Path, arm: FakeAzure, vm: dict[str, Any], imds: FakeAzureImds) -> None:
+    """The operator's dqlctl dies mid-run: the run ends on the VM, nobody collects, and after
+    the collect grace the VM deletes itself (and its OS disk) through ARM with its managed
+    identity's token from IMDS, not the operator's: nothing is left allocated."""
+    run = controller_killed_mid_run(home, launch_args(
+        "--episodes", "60", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+    workdir = Path(run.instance["extra"]["workdir"])
+
+    group = f"dqlctl-{run.id}"
+    vm_id = arm.vm(group, group)["id"]
+    principal = arm.vm(group, group)["identity"]["principalId"]
+    deadline = time.monotonic() + 300
+
+    def kinds() -> set[str]:
+        with arm.lock:
+            return {r["type"] for r in arm.resources.values()}
+
+    while "Microsoft.Compute/virtualMachines" in kinds():
+        assert time.monotonic() < deadline, "the VM did not delete itself"
+        time.sleep(0.2)
+    assert "Microsoft.Compute/disks" not in kinds()           # its OS disk went with it
+    assert arm.deleted_by_identity == {vm_id.lower(): principal}   # its own identity
+    assert imds.token_requests >= 1
+    deleted_itself_record(workdir, Path(vm["root"]))   # no shutdown fallback was needed
+    # what the VM cannot remove (its group's network, its role assignment) goes with `down`
+    assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
+    assert arm.leftovers() == NOTHING
+
+
+def test_self_delete_needs_the_role_on_its_own_vm(home: Path, arm: FakeAzure,
+                                                  imds: FakeAzureImds, tmp_path: Path) -> None:
+    """providers.selfdelete as the VM runs it: refused (exit 1, the VM kept) without the role on
+    the VM, and the identity's token does nothing else; accepted with it, and the VM goes."""
+    provider = Context(home=home).provider("azure")
+    spec = LaunchSpec(run_id="5e1fde1e", name="self", gpu="T4:1",
+                      job=JobSpec(["train"], "test_small.csv", str(tmp_path / "out"), "x"),
+                      tags=owner_tags(home, "5e1fde1e"), extra={"ssh_cidr": CIDR})
+    inst = provider.launch(spec)
+    group = "dqlctl-5e1fde1e"
+    raw = arm.vm(group, group)
+    env = {**os.environ, "DQLCTL_AZURE_IMDS_URL": imds.url, "DQLCTL_AZURE_ARM_URL": arm.url,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def self_delete() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "providers.selfdelete", "azure"], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    (key, assignment), = arm.role_assignments.items()
+    del arm.role_assignments[key]
+    refused = self_delete()
+    assert refused.returncode == 1 and "HTTP 403" in refused.stdout
+    arm.role_assignments[key] = assignment
+    token = arm.mint_identity_token(raw["identity"]["principalId"], "https://management.azure.com/")
+    other = subprocess.run(  # the identity's token on anything but its VM's delete: refused
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE", "-H",
+         f"Authorization: Bearer {token}", f"{arm.url}/subscriptions/{arm.subscription}/"
+         f"resourceGroups/{group}?api-version=2022-09-01"],
+        capture_output=True, text=True, timeout=30)
+    assert other.stdout == "403" and group.lower() in arm.groups
+    done = self_delete()
+    assert done.returncode == 0, done.stdout
+    assert arm.deleted_by_identity == {raw["id"].lower(): raw["identity"]["principalId"]}
+    provider.terminate(inst)
     assert arm.leftovers() == NOTHING

@@ -19,7 +19,7 @@ from dqlctl.owner import owner_tags
 from providers.base import OWNER_TAG
 from providers.ssh import fingerprint
 from tests.fake_gce import FakeGce
-from tests.test_gcp_e2e import NOTHING, gce, home, launch_args, vm  # noqa: F401
+from tests.test_gcp_e2e import NOTHING, gce, home, launch_args, metadata, vm  # noqa: F401
 
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDkZ6kAuY9jEk6ewhzQ0Y1bM0bmMY0KgBPrZfPr8a4Ws"
 

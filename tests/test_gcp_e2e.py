@@ -12,7 +12,10 @@ so a deleted instance can no longer be reached. dqlctl reaches it through the do
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,14 +28,18 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from dqlctl.owner import owner_tags
 from providers.base import JobSpec, LaunchSpec
+from providers.selfdelete import GCE_COMPUTE, GCE_METADATA
 from providers.storage import open_store
 from tests.fake_gce import FakeGce, serving_adc
-from tests.vm import vm_sshd
+from tests.fake_metadata import FakeGceMetadata
+from tests.vm import controller_killed_mid_run, deleted_itself_record, vm_sshd
 
 CIDR = "198.51.100.7/32"
 SECRET = "123456:telegram-secret-token-do-not-leak"
 NOTHING = {"instances": [], "firewalls": [], "service_accounts": [], "bucket_members": []}
 BUCKET = "dqlctl-results"
+STORAGE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
+COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
 
 
 @pytest.fixture()
@@ -49,7 +56,14 @@ def vm(gce: FakeGce, tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture()
-def home(tmp_path: Path, gce: FakeGce, vm: dict[str, Any],
+def metadata(gce: FakeGce) -> Iterator[FakeGceMetadata]:
+    """The metadata server the VM asks for its service account's token and its own name."""
+    with FakeGceMetadata(gce) as server:
+        yield server
+
+
+@pytest.fixture()
+def home(tmp_path: Path, gce: FakeGce, vm: dict[str, Any], metadata: FakeGceMetadata,
          monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "dqlctl-home"
     home.mkdir()
@@ -62,6 +76,7 @@ def home(tmp_path: Path, gce: FakeGce, vm: dict[str, Any],
         'ssh_user = "root"\n'
         f'remote_root = "{vm["root"]}"\n'
         f'remote_python = "{sys.executable}"\n'
+        f'metadata_endpoint = "{metadata.url}"\n'   # test hook: the VM's metadata server
         "ready_timeout = 60\npoll_interval = 0.1\n")
     monkeypatch.setenv("DQLCTL_HOME", str(home))
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
@@ -74,6 +89,15 @@ def bindings_of(gce: FakeGce, email: str) -> dict[str, list[str]]:
     found = {b: [x["role"] for x in p["bindings"] if member in x["members"]]
              for b, p in gce.bucket_policies.items()}
     return {b: roles for b, roles in found.items() if roles}
+
+
+def may_delete_itself(gce: FakeGce, zone: str, name: str, email: str) -> bool:
+    """Whether the instance's IAM policy binds ``email`` to the custom role that holds
+    compute.instances.delete and nothing else (and nothing else to anyone)."""
+    (binding,) = gce.instance_policies[(zone, name)]["bindings"]
+    role = gce.roles[binding["role"]]
+    return binding["members"] == [f"serviceAccount:{email}"] and \
+        role["includedPermissions"] == ["compute.instances.delete"]
 
 
 def launch_args(*extra: str) -> list[str]:
@@ -126,11 +150,12 @@ def test_launch_train_collect_to_gcs_and_tear_down(home: Path, gce: FakeGce,
     meta = {i["key"]: i["value"] for i in raw["metadata"]["items"]}
     assert meta["ssh-keys"].startswith("root:ssh-ed25519 ")
     assert meta["block-project-ssh-keys"] == "true"
-    # its identity: a service account of its own, allowed objects in the results bucket only
+    # its identity: a service account of its own, allowed objects in the results bucket only,
+    # and the deletion of its own instance (a custom role with that permission alone)
     email = f"dqlctl-{run.id}@{gce.project}.iam.gserviceaccount.com"
-    assert raw["serviceAccounts"] == [{"email": email, "scopes": [
-        "https://www.googleapis.com/auth/devstorage.read_write"]}]
+    assert raw["serviceAccounts"] == [{"email": email, "scopes": [STORAGE_SCOPE, COMPUTE_SCOPE]}]
     assert bindings_of(gce, email) == {BUCKET: ["roles/storage.objectAdmin"]}
+    assert may_delete_itself(gce, zone, name, email)
     key = Path(run.instance["extra"]["key_path"])
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert run.instance["extra"]["host_key"] == vm["host_key"]
@@ -171,8 +196,8 @@ def test_zone_fall_through_scoped_service_account_and_orphans(
     assert inserts == ["us-central1-a", "us-central1-b", "us-central1-c"]
     email = f"dqlctl-5ca1ab1e@{gce.project}.iam.gserviceaccount.com"
     raw = gce.instances[("us-central1-c", "dqlctl-5ca1ab1e")]
-    assert raw["serviceAccounts"] == [{"email": email, "scopes": [
-        "https://www.googleapis.com/auth/devstorage.read_write"]}]
+    assert raw["serviceAccounts"] == [{"email": email, "scopes": [STORAGE_SCOPE, COMPUTE_SCOPE]}]
+    assert may_delete_itself(gce, "us-central1-c", "dqlctl-5ca1ab1e", email)
     assert "guestAccelerators" not in raw or raw["guestAccelerators"] == []  # built into g2
     assert bindings_of(gce, email) == {BUCKET: ["roles/storage.objectAdmin"]}
     assert [i.instance_id for i in provider.list_instances({"dqlctl:run": "5ca1ab1e"})] == \
@@ -220,4 +245,70 @@ def test_dry_run_check_and_missing_credentials_exit_3(
     assert err.strip().splitlines()[-1].startswith("dqlctl: error: gcp: credentials: ")
     assert Context(home=home).registry.list() == []  # refused before any run was recorded
     assert main(["check", "gcp"], ctx=Context(home=home)) == 3
+    assert gce.leftovers() == NOTHING
+
+
+def test_the_vm_deletes_itself_when_its_controller_is_gone(
+        home: Path, gce: FakeGce, vm: dict[str, Any], metadata: FakeGceMetadata) -> None:
+    """The operator's dqlctl dies mid-run: the run ends on the VM, nobody collects, and after
+    the collect grace the VM deletes its own instance (boot disk and all) with its service
+    account's token from the metadata server, not the operator's: nothing is left stopped."""
+    run = controller_killed_mid_run(home, launch_args(
+        "--episodes", "60", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+    workdir = Path(run.instance["extra"]["workdir"])
+
+    zone, name = run.instance["extra"]["zone"], run.instance_ids[0]
+    email = f"dqlctl-{run.id}@{gce.project}.iam.gserviceaccount.com"
+    deadline = time.monotonic() + 300
+    while any(i["name"] == name for i in gce.live_instances()):
+        assert time.monotonic() < deadline, "the VM did not delete itself"
+        time.sleep(0.2)
+    assert gce.deleted_by[(zone, name)] == email       # with the VM's own identity
+    assert metadata.token_requests >= 1
+    deleted_itself_record(workdir, Path(vm["root"]))   # no shutdown fallback was needed
+    # what the VM cannot remove (its firewall rules, its service account) goes with `down`
+    assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
+    assert gce.leftovers() == NOTHING
+
+
+def test_self_delete_takes_the_vms_token_for_its_own_instance_only(
+        home: Path, gce: FakeGce, metadata: FakeGceMetadata, tmp_path: Path) -> None:
+    """providers.selfdelete as the VM runs it: refused (exit 1, instance kept) while the
+    instance's policy does not let its account delete it, and for anything but that delete;
+    accepted once it does, and the instance goes."""
+    provider = Context(home=home).provider("gcp")
+    spec = LaunchSpec(run_id="5e1fde1e", name="self", gpu="T4:1",
+                      job=JobSpec(["train"], "test_small.csv", str(tmp_path / "out"), "x"),
+                      tags=owner_tags(home, "5e1fde1e"), extra={"ssh_cidr": CIDR})
+    inst = provider.launch(spec)
+    zone, email = inst.extra["zone"], f"dqlctl-5e1fde1e@{gce.project}.iam.gserviceaccount.com"
+    raw = gce.instances[(zone, inst.instance_id)]
+    # no bucket: a service account all the same, with the compute scope only
+    assert raw["serviceAccounts"] == [{"email": email, "scopes": [COMPUTE_SCOPE]}]
+    assert bindings_of(gce, email) == {}
+    while provider.describe(inst).state != "running":
+        time.sleep(0.05)
+    env = {**os.environ, GCE_METADATA: metadata.url, GCE_COMPUTE: gce.url,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def self_delete() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "providers.selfdelete", "gcp"], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    policy = gce.instance_policies.pop((zone, inst.instance_id))
+    refused = self_delete()
+    assert refused.returncode == 1 and "HTTP 403" in refused.stdout
+    assert (zone, inst.instance_id) in gce.instances
+    gce.instance_policies[(zone, inst.instance_id)] = policy
+    token = gce.mint_vm_token(zone, inst.instance_id)
+    other = subprocess.run(  # the VM's token on anything but its own delete: refused
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+         f"Authorization: Bearer {token}",
+         f"{gce.base}/zones/{zone}/instances/{inst.instance_id}"], capture_output=True,
+        text=True, timeout=30)
+    assert other.stdout == "403"
+    done = self_delete()
+    assert done.returncode == 0, done.stdout
+    assert gce.deleted_by[(zone, inst.instance_id)] == email
+    provider.terminate(inst)
     assert gce.leftovers() == NOTHING

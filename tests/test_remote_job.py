@@ -181,6 +181,26 @@ def test_self_care_flags() -> None:
                                              "--end-grace", "300"]
 
 
+def test_a_vm_that_deletes_itself_is_told_so_and_gets_its_endpoints() -> None:
+    """GCE/Azure: ``--self-delete CLOUD`` beside the shutdown command (its fallback), and the
+    self-delete's endpoints in the supervisor's own environment, each one argv element; a
+    name that is not a variable name is refused."""
+    care = SelfCare.from_extra({}, self_delete="gcp",
+                               env={"DQLCTL_GCE_METADATA_URL": "http://127.0.0.1:9/x y"})
+    assert care.flags(direct=True)[:4] == ["--shutdown-command", "sudo shutdown -h now",
+                                           "--self-delete", "gcp"]
+    spec = LaunchSpec(run_id="r1", name="r1", job=JobSpec(["train"], "d.csv", "/tmp/out", "x"))
+    line = launch_line(spec, workdir="/w", python="python3", runtime="native", engine=["e"],
+                       selfcare=care, direct=True)
+    assert line.startswith("cd /w && (env 'DQLCTL_GCE_METADATA_URL=http://127.0.0.1:9/x y' "
+                           "PYTHONPATH=/w/app setsid")
+    assert "--self-delete gcp" in line
+    bad = SelfCare.from_extra({}, self_delete="gcp", env={"A=B; rm": "x"})
+    with pytest.raises(ProviderError, match="not an environment variable name"):
+        launch_line(spec, workdir="/w", python="python3", runtime="native", engine=["e"],
+                    selfcare=bad, direct=True)
+
+
 # -- over SSH, on the sshd stand-in VM ---------------------------------------------------------
 
 @pytest.fixture()

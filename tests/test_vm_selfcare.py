@@ -124,3 +124,26 @@ def test_container_options_come_from_the_supervisor(tmp_path: Path) -> None:
     assert container_command(cmd, ["A", "B"], "all") == [
         "docker", "run", "--env=A", "--env=B", "--gpus=all", "--rm", "img", "train"]
     assert container_command(cmd, [], "none") == cmd
+
+
+def test_a_vm_that_cannot_delete_itself_shuts_down_instead(tmp_path: Path) -> None:
+    """``--self-delete``: the cloud is asked first (here its metadata server does not answer),
+    and the shutdown command runs as the fallback; both are recorded."""
+    import os
+
+    script = fake_shutdown(tmp_path)
+    work = tmp_path / "run"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "providers.local.supervisor", f"--workdir={work}",
+         "--tag=dqlctl:run=selfcare-test", f"--shutdown-command={script} -h now",
+         "--self-delete=gcp", "--end-grace=0.1", "--", sys.executable, "-c", "pass"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT),
+             "DQLCTL_GCE_METADATA_URL": "http://127.0.0.1:9"})   # nothing listens there
+    assert proc.wait(timeout=120) == 0
+    (call,) = shutdowns(tmp_path)
+    assert call["argv"] == ["-h", "now"]
+    care = json.loads((work / "selfcare.json").read_text())
+    assert care["self_delete"] == {"cloud": "gcp", "returncode": 1, "error": None}
+    assert care["returncode"] == 0

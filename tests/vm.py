@@ -8,13 +8,19 @@ the caller's folder) and then runs ``<disk>/shutdown-hook`` when a test wrote on
 terminates the moto instance from it); ``docker`` records its argv and environment in
 ``<disk>/docker.log`` and exits 0. When the stand-in ends, so does every process started under
 its disk (the supervisors a run left behind), as they would with the machine.
+
+``controller_killed_mid_run`` starts a run from a dqlctl process and kills that process once
+the VM has trained an episode: what the VM then does is up to it alone;
+``deleted_itself_record`` checks what the supervisor says it did at the end (GCE, Azure).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,3 +127,50 @@ def kill_processes_under(disk: Path) -> None:
             continue
         if sid != os.getsid(0):  # never the test's own session
             subprocess.run(["pkill", "-KILL", "-s", str(sid)], check=False)
+
+
+def controller_killed_mid_run(home: Path, launch: list[str], experiment: str) -> Any:
+    """Launch ``launch`` (dqlctl's arguments, with ``--follow``) from a dqlctl process of its
+    own, wait until the run is RUNNING and its VM has written an episode of ``experiment``,
+    then kill that process (its SSH connection dies with it). The run's registry row."""
+    from dqlctl import registry as reg
+    from dqlctl.context import Context
+
+    root = Path(__file__).resolve().parents[1]
+    controller = subprocess.Popen([sys.executable, "-m", "dqlctl", *launch], cwd=root,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            rows = Context(home=home).registry.list()
+            if rows and rows[0].state == reg.RUNNING:
+                break
+            assert controller.poll() is None, "the controller ended before the run started"
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+        (run,) = rows
+        events = Path(run.instance["extra"]["workdir"]) / "results" / experiment / \
+            "events.jsonl"
+        while '"episode"' not in (events.read_text() if events.exists() else ""):
+            assert time.monotonic() < deadline, "no episode on the VM"
+            time.sleep(0.05)
+        return run
+    finally:
+        controller.kill()
+        controller.wait(timeout=30)
+
+
+def deleted_itself_record(workdir: Path, disk: Path, timeout: float = 120.0) -> dict[str, Any]:
+    """The run in ``workdir`` ended well, its supervisor recorded that the cloud accepted the
+    VM's delete (``selfcare.json``), and no shutdown was needed (none called from ``workdir``
+    on the stand-in whose disk is ``disk``); the record."""
+    assert json.loads((workdir / "exit.json").read_text())["exit_code"] == 0
+    deadline = time.monotonic() + timeout
+    while not (workdir / "selfcare.json").exists():
+        assert time.monotonic() < deadline, "the supervisor did not record its self-delete"
+        time.sleep(0.05)
+    care: dict[str, Any] = json.loads((workdir / "selfcare.json").read_text())
+    assert care["reason"].startswith("run ended") and care["self_delete"]["returncode"] == 0
+    shutdowns = disk / "shutdown.log"
+    assert not shutdowns.exists() or str(workdir) not in shutdowns.read_text()
+    return care

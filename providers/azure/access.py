@@ -1,9 +1,12 @@
 """Who may reach a run's Azure VM and what the VM may reach: the run's resource group (tagged
 with the run, owner and user; it holds all the rest), its network (a security group that lets
 tcp:22 in from the operator's address only, a VNet/subnet, a static public IP, a NIC), and the
-VM's system-assigned managed identity's one role assignment, *Storage Blob Data Contributor*
-scoped to each of the run's containers. Role assignments live outside the group: they are
-removed by principal before the group goes. A mixin of ``AzureProvider``: it uses the
+VM's system-assigned managed identity's role assignments: *Storage Blob Data Contributor* scoped
+to each of the run's containers, and *Virtual Machine Contributor* scoped to its own VM only, so
+that the VM deletes itself when its run is over (providers/selfdelete.py; a powered-off VM stays
+allocated and bills). A built-in role at the VM's own scope: a custom role with the delete alone
+would be narrower, but would be one more subscription-wide object to make and keep. Role
+assignments live outside the group: they are removed by principal before the group goes. A mixin of ``AzureProvider``: it uses the
 provider's clients, subscription and storage account."""
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from providers.base import RUN_LABEL, LaunchSpec, ProviderError, Resource, core_
 from providers.vm import has_tags
 
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+VM_CONTRIBUTOR = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c"    # the VM deletes itself
 
 
 def containers_of(*uris: str | None) -> list[str]:
@@ -84,13 +88,15 @@ class AzureAccess:
                     public_ip_address=nm.PublicIPAddress(id=ip.id))])).result()
         return str(nic.id)
 
-    def _grant(self, run_id: str, principal_id: str, scopes: list[str]) -> None:
-        """Storage Blob Data Contributor for the VM's identity, on each of the run's containers."""
+    def _grant(self, run_id: str, principal_id: str, scopes: list[str],
+               role_id: str = BLOB_DATA_CONTRIBUTOR) -> None:
+        """A built-in role (Storage Blob Data Contributor unless told) for the VM's identity,
+        on each of ``scopes`` (the run's containers; its own VM)."""
         from azure.mgmt.authorization import models as am
 
         auth = self._client("authorization")
         role = (f"/subscriptions/{self.subscription}/providers/Microsoft.Authorization/"
-                f"roleDefinitions/{BLOB_DATA_CONTRIBUTOR}")
+                f"roleDefinitions/{role_id}")
         for scope in scopes:
             name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"dqlctl:{run_id}:{scope}"))
             for attempt in range(20):  # a new identity takes a moment to replicate

@@ -6,9 +6,11 @@ everything the run creates: a network security group that lets tcp:22 in from th
 address only, a VNet/subnet, a static public IP, a NIC and the VM (``priority=Spot``,
 ``evictionPolicy=Delete``, ``maxPrice`` -1 = never evicted for price, or ``--max-price``; its
 NIC and OS disk are deleted with it). The VM logs in with a per-run ed25519 key only (password
-login off). When the run names an ``az://container/...`` URI, the VM gets a system-assigned
-managed identity and one role assignment, *Storage Blob Data Contributor* scoped to that
-container (the storage account is ``[providers.azure] storage_account_id``); nothing else.
+login off). The VM gets a system-assigned managed identity that holds *Virtual Machine
+Contributor* on that VM only, with which the VM deletes itself when its run is over
+(providers/selfdelete.py: a powered-off Azure VM stays allocated and bills), and, when the run
+names an ``az://container/...`` URI, *Storage Blob Data Contributor* scoped to that container
+(the storage account is ``[providers.azure] storage_account_id``); nothing else.
 
 The VM's serial console goes to boot diagnostics (managed storage); its SSH host keys are read
 there (cloud-init's ``SSH HOST KEY FINGERPRINTS`` block) before the first connection.
@@ -22,7 +24,8 @@ Credentials come from ``DefaultAzureCredential`` (``az login``, a service princi
 ``AZURE_CLIENT_ID``/``AZURE_TENANT_ID``/``AZURE_CLIENT_SECRET``, a managed identity) and the
 subscription from ``AZURE_SUBSCRIPTION_ID``. SDKs are imported lazily. ``arm_endpoint`` points
 the clients elsewhere (the tests' local ARM server); over plain http the token is attached by a
-small policy, since the SDK's own refuses to send one without TLS.
+small policy, since the SDK's own refuses to send one without TLS. ``imds_endpoint`` (a test
+hook) is where the VM's self-delete finds IMDS; it reaches ARM at ``arm_endpoint``.
 
 This module is the VM's lifecycle (launch across zones, describe, list, terminate); the run's
 group, network and role assignments are ``providers/azure/access.py``, the SDKs and their error
@@ -36,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from providers.azure.access import AzureAccess
+from providers.azure.access import VM_CONTRIBUTOR, AzureAccess
 from providers.azure.api import ARM_SCOPE, CAPACITY_CODES, code, plain_bearer, sdk
 from providers.base import (
     RUN_LABEL,
@@ -82,6 +85,7 @@ class AzureProvider(AzureAccess, SshVm):
     name = "azure"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER, Capability.PRICES})
+    self_delete = "azure"
 
     def __init__(self, home: str | os.PathLike[str] | None = None,
                  subscription_id: str | None = None, location: str = "eastus",
@@ -91,9 +95,10 @@ class AzureProvider(AzureAccess, SshVm):
                  remote_root: str = "dqlctl", remote_python: str = "python3",
                  ssh_cidr: str | None = None, ready_timeout: float = 600.0,
                  poll_interval: float = 2.0, os_disk_gb: int = 128,
-                 host_key_wait: float = 180.0) -> None:
+                 host_key_wait: float = 180.0, imds_endpoint: str | None = None) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.subscription_id = subscription_id
+        self.imds_endpoint = imds_endpoint
         self.location = location
         self.zones = list(zones) if zones is not None else ["1", "2", "3"]
         self.image = image
@@ -179,9 +184,10 @@ class AzureProvider(AzureAccess, SshVm):
             "image": spec.extra.get("image_id") or self.image or DEFAULT_IMAGE,
             "resource_group": f"dqlctl-{spec.run_id}: vnet, nsg, public ip, nic, vm",
             "network_security_group": f"tcp 22 from {cidr}",
-            "identity": (f"system-assigned; Storage Blob Data Contributor on "
-                         f"{', '.join(s.rsplit('/', 1)[-1] for s in scopes)}"
-                         if scopes else "none (the run names no container)"),
+            "identity": "system-assigned; Virtual Machine Contributor on its own VM (it "
+                        "deletes itself)" + (f"; Storage Blob Data Contributor on "
+                                             f"{', '.join(s.rsplit('/', 1)[-1] for s in scopes)}"
+                                             if scopes else ""),
             "ssh_key": f"dqlctl-{spec.run_id} (ed25519, private key kept here, 0600)",
             "tags": " ".join(f"{k}={v}" for k, v in
                              cloud_labels({**spec.tags, TAG: spec.run_id}).items()),
@@ -204,8 +210,7 @@ class AzureProvider(AzureAccess, SshVm):
             public_key = self._new_key(run_id)
             cidr = self._operator_cidr(spec.extra.get("ssh_cidr"))
             nic_id = self._create_network(name, location, tags, cidr)
-            vm_body = self._vm_body(cm, spec, location, size, nic_id, public_key, tags,
-                                    identity=bool(scopes))
+            vm_body = self._vm_body(cm, spec, location, size, nic_id, public_key, tags)
             tried: list[str] = []
             vm = None
             for zone in self.zones or [None]:  # capacity errors fall through to the next zone
@@ -226,8 +231,9 @@ class AzureProvider(AzureAccess, SshVm):
                 raise ProviderError(f"no capacity for {size} in {location} "
                                     f"({'; '.join(tried)}); try another --region or "
                                     "--on-demand")
+            created["principal_id"] = vm.identity.principal_id
+            self._grant(run_id, vm.identity.principal_id, [vm.id], VM_CONTRIBUTOR)
             if scopes:
-                created["principal_id"] = vm.identity.principal_id
                 self._grant(run_id, vm.identity.principal_id, scopes)
                 created["role_scopes"] = scopes
             return Instance(
@@ -241,7 +247,7 @@ class AzureProvider(AzureAccess, SshVm):
             raise
 
     def _vm_body(self, cm: Any, spec: LaunchSpec, location: str, size: str, nic_id: str,
-                 public_key: str, tags: dict[str, str], identity: bool) -> Any:
+                 public_key: str, tags: dict[str, str]) -> Any:
         image = spec.extra.get("image_id") or self.image or DEFAULT_IMAGE
         if image.startswith("/"):
             image_ref = cm.ImageReference(id=image)
@@ -276,9 +282,16 @@ class AzureProvider(AzureAccess, SshVm):
             body.priority = "Spot"
             body.eviction_policy = "Delete"
             body.billing_profile = cm.BillingProfile(max_price=spec.max_price or -1)
-        if identity:
-            body.identity = cm.VirtualMachineIdentity(type="SystemAssigned")
+        body.identity = cm.VirtualMachineIdentity(type="SystemAssigned")
         return body
+
+    def self_delete_env(self) -> dict[str, str]:
+        """Where the VM's self-delete finds IMDS and ARM (when not Azure's own: the tests'
+        stand-ins)."""
+        from providers.selfdelete import AZURE_ARM, AZURE_IMDS
+
+        found = {AZURE_ARM: self.arm_endpoint, AZURE_IMDS: self.imds_endpoint}
+        return {k: v for k, v in found.items() if v}
 
     # -- reading instances ----------------------------------------------------------------------------
 

@@ -1,10 +1,18 @@
 """Who may reach a run's GCE VM and what the VM may reach: the firewall rules for tcp:22 (the
 operator's address allowed, everyone else denied above the default network's open rule) and the
-run's own service account with ``roles/storage.objectAdmin`` on the run's bucket(s) only, granted
-through the bucket's IAM policy (google-cloud-storage; the service accounts themselves through
-IAM's REST API), each found again by the tags in its description (orphans) and removed with 'not
-found' as done. A mixin of ``GcpProvider``: it uses the provider's clients, project and
-endpoints."""
+run's own service account (every run has one), holding ``roles/storage.objectAdmin`` on the
+run's bucket(s) only, granted through the bucket's IAM policy (google-cloud-storage; the service
+accounts themselves through IAM's REST API), and on its own instance only the custom role
+``SELF_DELETE_ROLE_ID`` (``compute.instances.delete``, nothing else), bound through the instance's
+IAM policy, so that the VM can delete itself when its run is over (providers/selfdelete.py).
+Firewall rules and service accounts are found again by the tags in their description (orphans)
+and removed with 'not found' as done; the instance's binding goes with the instance, and the
+custom role is the project's, made once and shared by every run. A mixin of ``GcpProvider``: it
+uses the provider's clients, project and endpoints.
+
+Why a custom role: of what instance-level IAM accepts, it is the narrowest grant that lets the
+VM delete itself. ``roles/compute.instanceAdmin.v1`` on the instance would also let it change
+its own metadata, labels (hiding it from ``gc``), machine type and disks."""
 
 from __future__ import annotations
 
@@ -22,6 +30,9 @@ from providers.gcp.api import compute_sdk, not_found
 from providers.vm import has_tags
 
 BUCKET_ROLE = "roles/storage.objectAdmin"
+#: the project's custom role that a run's service account holds on its own instance only
+SELF_DELETE_ROLE_ID = "dqlctlSelfDelete"
+SELF_DELETE_PERMISSIONS = ["compute.instances.delete"]
 #: the per-run rule that lets the operator in, and the deny rule below it for everyone else
 ALLOW_PRIORITY, DENY_PRIORITY = 1000, 1001
 #: what the access half owns, as ``Resource.kind``
@@ -115,17 +126,45 @@ class GceAccess:
 
     def _create_service_account(self, run_id: str, buckets: list[str],
                                 tags: dict[str, str]) -> str:
-        """A service account for this run alone, allowed objects in the run's bucket(s) only."""
+        """A service account for this run alone, allowed objects in the run's bucket(s) only
+        (none: no storage at all; it may still delete its own instance, see
+        ``_let_delete_itself``)."""
         project = self.project_id
+        reach = f"{', '.join(buckets)} only" if buckets else "no bucket"
         self._rest("POST", f"{self.iam_endpoint}/v1/projects/{project}/serviceAccounts",
                    json={"accountId": f"dqlctl-{run_id}", "serviceAccount": {
                        "displayName": f"dqlctl run {run_id}",
-                       "description": f"dqlctl run {run_id}: {', '.join(buckets)} only "
-                                      f"({owner_words(tags)})"}})
+                       "description": f"dqlctl run {run_id}: {reach} ({owner_words(tags)})"}})
         email = self._sa_email(run_id)
         for bucket in buckets:
             self._edit_bucket_policy(bucket, email, grant=True)
         return email
+
+    def _self_delete_role(self) -> str:
+        """The project's ``SELF_DELETE_ROLE_ID`` custom role, made (or undeleted) when missing;
+        its name (``projects/P/roles/ID``)."""
+        base = f"{self.iam_endpoint}/v1/projects/{self.project_id}/roles"
+        role = self._rest("GET", f"{base}/{SELF_DELETE_ROLE_ID}", ok_missing=True)
+        if role is None:
+            role = self._rest("POST", base, json={"roleId": SELF_DELETE_ROLE_ID, "role": {
+                "title": "dqlctl: a run's VM deletes itself",
+                "description": "held by a dqlctl run's service account on its own instance "
+                               "only", "includedPermissions": SELF_DELETE_PERMISSIONS,
+                "stage": "GA"}})
+        elif role.get("deleted"):
+            role = self._rest("POST", f"{base}/{SELF_DELETE_ROLE_ID}:undelete", json={})
+        return str((role or {}).get("name") or
+                   f"projects/{self.project_id}/roles/{SELF_DELETE_ROLE_ID}")
+
+    def _let_delete_itself(self, zone: str, name: str, email: str) -> None:
+        """Bind ``SELF_DELETE_ROLE_ID`` for ``email`` on instance ``name`` alone (its IAM policy,
+        empty on a new instance)."""
+        compute_v1 = compute_sdk()
+        policy = compute_v1.Policy(bindings=[compute_v1.Binding(
+            role=self._self_delete_role(), members=[f"serviceAccount:{email}"])])
+        self._client("Instances").set_iam_policy(
+            project=self.project_id, zone=zone, resource=name,
+            zone_set_policy_request_resource=compute_v1.ZoneSetPolicyRequest(policy=policy))
 
     def _storage(self) -> Any:
         """A google-cloud-storage client on ``storage_endpoint`` (bucket IAM policies)."""

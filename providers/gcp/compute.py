@@ -4,9 +4,11 @@ Everything a run creates is its own and named ``dqlctl-<run id>``: an ed25519 ke
 0600 in dqlctl's data dir, public key in the instance's ``ssh-keys`` metadata, project-wide keys
 blocked), a firewall rule that opens tcp:22 to the operator's address only and only for the
 instance's network tag (with a deny rule for tcp:22 from anywhere just below it, so the default
-network's ``default-allow-ssh`` 0.0.0.0/0 rule, priority 65534, never applies), a service account that is granted ``roles/storage.objectAdmin`` on the
-run's bucket(s) and nothing else (no service account at all when the run names no bucket), and the
-instance, labelled ``dqlctl-run=<id>``, ``dqlctl-owner=<registry id>``, ``dqlctl-user=<user>``
+network's ``default-allow-ssh`` 0.0.0.0/0 rule, priority 65534, never applies), a service
+account that is granted ``roles/storage.objectAdmin`` on the run's bucket(s) (none when the run
+names no bucket) and, on its own instance only, a custom role with ``compute.instances.delete``
+alone, so that the VM deletes itself when its run is over (a guest shutdown would only stop it,
+and its boot disk would go on billing; see providers/selfdelete.py), and the instance, labelled ``dqlctl-run=<id>``, ``dqlctl-owner=<registry id>``, ``dqlctl-user=<user>``
 (firewalls and service accounts take no labels: the same words are in their description).
 ``terminate`` removes all of it (idempotent). The VM's SSH host keys are read from its guest
 attributes (``hostkeys/``, written by the guest agent) before the first connection.
@@ -21,7 +23,8 @@ Credentials are Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIAL
 ``[providers.gcp]`` (``compute_endpoint``, ``iam_endpoint``, ``storage_endpoint``): the tests point
 them at a local server that answers the real REST shapes. The SSH half shared with
 the other VM clouds (key, wait for sshd, pin its host key, start/follow/collect the job) is
-``SshVm`` in providers/vm.py.
+``SshVm`` in providers/vm.py. ``metadata_endpoint`` (a test hook) is where the VM's
+self-delete finds the metadata server; it reaches compute at ``compute_endpoint``.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ GPU_MACHINES: dict[str, dict[int, tuple[str, str | None]]] = {
 DEFAULT_IMAGE = ("projects/deeplearning-platform-release/global/images/family/"
                  "pytorch-2-7-cu128-ubuntu-2204-nvidia-570")
 STORAGE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
+COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"   # the VM deletes itself
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 NO_CREDENTIALS = ("no Google Cloud credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a "
                   "service-account key file or run `gcloud auth application-default login`")
@@ -108,6 +112,7 @@ class GcpProvider(GceAccess, SshVm):
     name = "gcp"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER, Capability.PRICES})
+    self_delete = "gcp"
 
     def __init__(self, home: str | os.PathLike[str] | None = None, project: str | None = None,
                  region: str = "us-central1", zones: list[str] | None = None,
@@ -118,9 +123,10 @@ class GcpProvider(GceAccess, SshVm):
                  remote_python: str = "python3", ssh_cidr: str | None = None,
                  ready_timeout: float = 600.0, poll_interval: float = 2.0,
                  boot_disk_gb: int = 100, operation_timeout: float = 600.0,
-                 host_key_wait: float = 120.0) -> None:
+                 host_key_wait: float = 120.0, metadata_endpoint: str | None = None) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.project = project
+        self.metadata_endpoint = metadata_endpoint
         self.region = region
         self.zones = list(zones) if zones else None
         self.image = image
@@ -251,8 +257,9 @@ class GcpProvider(GceAccess, SshVm):
             "firewall": f"dqlctl-{spec.run_id}: tcp 22 from {cidr} (priority "
                         f"{ALLOW_PRIORITY}); dqlctl-{spec.run_id}-deny-ssh: tcp 22 from anywhere "
                         f"else denied (priority {DENY_PRIORITY})",
-            "service_account": (f"dqlctl-{spec.run_id}: {BUCKET_ROLE} on {', '.join(buckets)}"
-                                if buckets else "none (the run names no bucket)"),
+            "service_account": f"dqlctl-{spec.run_id}: "
+                               + (f"{BUCKET_ROLE} on {', '.join(buckets)}; " if buckets else "")
+                               + "may delete its own instance (nothing else)",
             "ssh_key": f"dqlctl-{spec.run_id} (ed25519, private key kept here, 0600)",
             "labels": owner_words({**spec.tags, TAG: spec.run_id}),
             "runtime": "native" if spec.runtime in ("auto", "native") else spec.runtime,
@@ -271,9 +278,8 @@ class GcpProvider(GceAccess, SshVm):
             self._create_firewall(run_id, self._operator_cidr(spec.extra.get("ssh_cidr")),
                                   {**spec.tags, TAG: run_id})
             created["firewall"] = f"dqlctl-{run_id}"
-            if created["buckets"]:
-                created["service_account"] = self._create_service_account(
-                    run_id, created["buckets"], {**spec.tags, TAG: run_id})
+            created["service_account"] = self._create_service_account(
+                run_id, created["buckets"], {**spec.tags, TAG: run_id})
             tried: list[str] = []
             for zone in self._zones(region):  # capacity errors fall through to the next zone
                 created["zone"] = zone
@@ -288,6 +294,7 @@ class GcpProvider(GceAccess, SshVm):
                         raise
                     tried.append(f"{zone}: {codes(exc)[0]}")
                     continue
+                self._let_delete_itself(zone, body.name, created["service_account"])
                 return Instance(
                     provider=self.name, instance_id=f"dqlctl-{run_id}", state="pending",
                     region=zone.rsplit("-", 1)[0], instance_type=machine, spot=spec.spot,
@@ -335,14 +342,23 @@ class GcpProvider(GceAccess, SshVm):
                 network=self._network(), access_configs=[compute_v1.AccessConfig(
                     name="External NAT", type_="ONE_TO_ONE_NAT")])],
             scheduling=scheduling,
-            service_accounts=[compute_v1.ServiceAccount(email=created["service_account"],
-                                                        scopes=[STORAGE_SCOPE])]
-            if created.get("service_account") else [])
+            service_accounts=[compute_v1.ServiceAccount(
+                email=created["service_account"],
+                scopes=[STORAGE_SCOPE, COMPUTE_SCOPE] if created["buckets"]
+                else [COMPUTE_SCOPE])])
         if accel:
             body.guest_accelerators = [compute_v1.AcceleratorConfig(
                 accelerator_type=f"zones/{zone}/acceleratorTypes/{accel}",
                 accelerator_count=count)]
         return body
+
+    def self_delete_env(self) -> dict[str, str]:
+        """Where the VM's self-delete finds the metadata server and compute (when not Google's
+        own: the tests' stand-ins)."""
+        from providers.selfdelete import GCE_COMPUTE, GCE_METADATA
+
+        found = {GCE_COMPUTE: self.compute_endpoint, GCE_METADATA: self.metadata_endpoint}
+        return {k: v for k, v in found.items() if v}
 
     # -- reading instances ----------------------------------------------------------------------------
 
@@ -453,7 +469,7 @@ class GcpProvider(GceAccess, SshVm):
             self._delete_instance(f"dqlctl-{run_id}", instance_zone)
         for name in (f"dqlctl-{run_id}", f"dqlctl-{run_id}-deny-ssh"):
             self._delete_firewall(name)
-        buckets = extra.get("buckets") or []
-        if buckets:  # a service account exists only for a run that names a bucket
-            self._delete_service_account(self._sa_email(run_id), buckets)
+        # every run has a service account (before the VMs deleted themselves, only runs that
+        # named a bucket did: 'not found' is done)
+        self._delete_service_account(self._sa_email(run_id), extra.get("buckets") or [])
         self._forget_key(run_id)

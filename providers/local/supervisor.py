@@ -30,8 +30,11 @@ engine has ended, the machine is shut down
   VM to a limit).
 
 The shutdown is ``--shutdown-command`` (default on a VM: ``sudo shutdown -h now``; each cloud's
-launch makes a guest shutdown end the billing, see providers/remote_job.py). What happened is
-written to ``DIR/selfcare.json``.
+launch makes a guest shutdown end the billing, see providers/remote_job.py). With
+``--self-delete CLOUD`` (GCE, Azure, where a shutdown does not end the billing) the machine
+first asks its cloud to delete it, with its own identity (``python -m providers.selfdelete
+CLOUD``, same Python, same ``PYTHONPATH``), and runs the shutdown command only when that fails.
+What happened is written to ``DIR/selfcare.json``.
 """
 
 from __future__ import annotations
@@ -111,6 +114,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shutdown-command",
                         help="shut the machine down with this command (split like a shell "
                         "would, run without one) when the run no longer needs it")
+    parser.add_argument("--self-delete", metavar="CLOUD",
+                        help="instead of the shutdown command: ask CLOUD to delete this machine "
+                        "(python -m providers.selfdelete CLOUD); the shutdown command is the "
+                        "fallback")
     parser.add_argument("--end-grace", type=float, metavar="SECONDS",
                         help="after the engine ends: shut down when DIR/collected appears or "
                         "after this many seconds (absent: not on the run's end, e.g. --keep)")
@@ -196,9 +203,12 @@ def self_care(args: argparse.Namespace, workdir: Path, exit_code: int) -> int:
             deadlines = [d for d in (end_at, idle_at) if d is not None]
             time.sleep(max(0.0, min(POLL_S, min(deadlines) - now)))
     argv = shlex.split(args.shutdown_command)
-    print(f"dqlctl: shutting the machine down ({why}): {shlex.join(argv)}", flush=True)
     record: dict[str, object] = {"reason": why, "command": argv, "at": time.time(),
                                  "engine_exit_code": exit_code}
+    if args.self_delete and delete_self(args.self_delete, workdir, why, record):
+        write_json_atomic(workdir / "selfcare.json", record)
+        return 0
+    print(f"dqlctl: shutting the machine down ({why}): {shlex.join(argv)}", flush=True)
     try:
         done = subprocess.run(argv, cwd=workdir, stdin=subprocess.DEVNULL, timeout=300)
         record["returncode"] = done.returncode
@@ -207,6 +217,21 @@ def self_care(args: argparse.Namespace, workdir: Path, exit_code: int) -> int:
         record["error"] = str(exc)
     write_json_atomic(workdir / "selfcare.json", record)
     return 0
+
+
+def delete_self(cloud: str, workdir: Path, why: str, record: dict[str, object]) -> bool:
+    """Ask ``cloud`` to delete this machine (``providers.selfdelete``); whether it accepted.
+    What was tried goes into ``record`` (``self_delete``)."""
+    argv = [sys.executable, "-m", "providers.selfdelete", cloud]
+    print(f"dqlctl: deleting the machine ({why}): {shlex.join(argv)}", flush=True)
+    try:
+        done = subprocess.run(argv, cwd=workdir, stdin=subprocess.DEVNULL, timeout=300)
+        code: int | None = done.returncode
+        error = None
+    except (OSError, subprocess.SubprocessError) as exc:
+        code, error = None, str(exc)
+    record["self_delete"] = {"cloud": cloud, "returncode": code, "error": error}
+    return code == 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""Local servers that answer a VM's own metadata service on GCE and Azure, for the VM stand-in
+(tests/vm.py), in the style of tests/fake_imds.py (EC2's).
+
+``FakeGceMetadata`` answers ``/computeMetadata/v1/...`` as GCE's metadata server does (only
+with ``Metadata-Flavor: Google``, echoed in the answer): the default service account's access
+token (JSON), ``project/project-id``, ``instance/zone`` (``projects/NUMBER/zones/ZONE``) and
+``instance/name`` (text). ``FakeAzureImds`` answers Azure IMDS (only with ``Metadata: true``):
+``/metadata/identity/oauth2/token`` (the managed identity's token JSON, for the ``resource``
+asked) and ``/metadata/instance`` (``compute.resourceId`` and the rest of the shape).
+
+One stand-in serves every VM a test makes, so "this VM" is the one instance the fake cloud has
+(a 404 while there is none, as on a machine without an identity). The tokens come from the fake
+cloud (``FakeGce.mint_vm_token``, ``FakeAzure.mint_identity_token``), which lets them do only
+what that identity's roles allow; ``token_requests`` counts them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.fake_azure import FakeAzure
+from tests.fake_gce import FakeGce, FakeHttpServer, HttpError, Request, Response
+
+PROJECT_NUMBER = "123456789012"
+
+
+class VmMetadata(FakeHttpServer):
+    """A metadata service in front of a fake cloud (``cloud``), counting the tokens it gave."""
+
+    def __init__(self, cloud: Any) -> None:
+        super().__init__()
+        self.cloud = cloud
+        self.token_requests = 0
+
+
+class FakeGceMetadata(VmMetadata):
+    def __init__(self, gce: FakeGce) -> None:
+        super().__init__(gce)
+        self.gce = gce
+
+    def _this_vm(self) -> tuple[str, str]:
+        live = [key for key, inst in self.gce.instances.items()
+                if inst.get("status") == "RUNNING"]
+        if len(live) != 1:
+            raise HttpError(Response(404, "no instance (or more than one) stands here"))
+        return live[0]
+
+    def handle(self, req: Request) -> Response:
+        flavor = {"Metadata-Flavor": "Google"}
+        if req.headers.get("metadata-flavor") != "Google":
+            return Response(403, "Missing required header: Metadata-Flavor", flavor)
+        path = req.path.removeprefix("/computeMetadata/v1/")
+        if path == "project/project-id":
+            return Response(200, self.gce.project, flavor)
+        if path == "project/numeric-project-id":
+            return Response(200, PROJECT_NUMBER, flavor)
+        with self.gce.lock:
+            self.gce._advance()
+            zone, name = self._this_vm()
+        if path == "instance/zone":
+            return Response(200, f"projects/{PROJECT_NUMBER}/zones/{zone}", flavor)
+        if path == "instance/name":
+            return Response(200, name, flavor)
+        if path == "instance/service-accounts/default/token":
+            try:
+                token = self.gce.mint_vm_token(zone, name)
+            except HttpError:
+                return Response(404, "Not Found", flavor)
+            self.token_requests += 1
+            return Response(200, {"access_token": token, "expires_in": 3599,
+                                  "token_type": "Bearer"}, flavor)
+        return Response(404, "Not Found", flavor)
+
+
+class FakeAzureImds(VmMetadata):
+    def __init__(self, arm: FakeAzure) -> None:
+        super().__init__(arm)
+        self.arm = arm
+
+    def _this_vm(self) -> dict[str, Any]:
+        vms = [r for r in self.arm.resources.values()
+               if r["type"] == "Microsoft.Compute/virtualMachines"
+               and r["properties"].get("provisioningState") == "Succeeded"]
+        if len(vms) != 1:
+            raise HttpError(Response(404, {"error": "not_found",
+                                           "error_description": "no VM stands here"}))
+        return vms[0]
+
+    def handle(self, req: Request) -> Response:
+        if req.headers.get("metadata") != "true":
+            return Response(400, {"error": "invalid_request",
+                                  "error_description": "Required metadata header not "
+                                                       "specified"})
+        if "api-version" not in req.query:
+            return Response(400, {"error": "Bad request. api-version was not specified in "
+                                           "the request"})
+        with self.arm.lock:
+            vm = self._this_vm()
+            if req.path == "/metadata/identity/oauth2/token":
+                resource = req.query.get("resource", "")
+                principal = (vm.get("identity") or {}).get("principalId")
+                if not principal:
+                    return Response(400, {"error": "invalid_request", "error_description":
+                                          "Identity not found"})
+                token = self.arm.mint_identity_token(principal, resource)
+                self.token_requests += 1
+                now = int(time.time())
+                return Response(200, {
+                    "access_token": token, "client_id": principal, "expires_in": "86399",
+                    "expires_on": str(now + 86399), "ext_expires_in": "86399",
+                    "not_before": str(now), "resource": resource, "token_type": "Bearer"})
+            if req.path == "/metadata/instance":
+                rid = vm["id"]
+                return Response(200, {"compute": {
+                    "azEnvironment": "AzurePublicCloud", "location": vm["location"],
+                    "name": vm["name"], "resourceGroupName": rid.split("/")[4],
+                    "resourceId": rid, "subscriptionId": rid.split("/")[2],
+                    "vmId": vm["properties"].get("vmId", ""),
+                    "vmSize": vm["properties"]["hardwareProfile"]["vmSize"],
+                    "zone": (vm.get("zones") or [""])[0], "osType": "Linux"},
+                    "network": {"interface": []}})
+        return Response(404, {"error": "not_found"})
