@@ -73,7 +73,8 @@ def sharpe(returns: np.ndarray, bars_per_year: float = 1.0) -> float:
     return float(r.mean()) / sd * math.sqrt(bars_per_year) if sd > 1e-12 else 0.0
 
 
-def _sharpe_rows(x: np.ndarray, bars_per_year: float) -> np.ndarray:
+def sharpe_rows(x: np.ndarray, bars_per_year: float) -> np.ndarray:
+    """:func:`sharpe` of each row of a 2-D array (bootstrap replicates)."""
     sd = x.std(axis=1, ddof=1)
     safe = np.where(sd > 1e-12, sd, 1.0)
     return np.where(sd > 1e-12, x.mean(axis=1) / safe, 0.0) * math.sqrt(bars_per_year)
@@ -111,7 +112,7 @@ def sharpe_diff_ci(agent: Sequence[np.ndarray] | np.ndarray,
         if len(a) < 2:
             continue
         idx = stationary_bootstrap_indices(len(a), n_boot, bl, np.random.default_rng(seed))
-        reps += _sharpe_rows(a[idx], bpy) - _sharpe_rows(b[idx], bpy)
+        reps += sharpe_rows(a[idx], bpy) - sharpe_rows(b[idx], bpy)
     reps /= len(agents)
     lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
     return {"diff": float(np.mean(point)), "low": float(lo), "high": float(hi),
