@@ -4,8 +4,8 @@
 the files of :mod:`engine.report` (one market: in the experiment folder, as before; several: one
 sub-folder per market under ``markets/``, and in the experiment folder their aggregate:
 ``test_metrics.json`` with the mean metrics, ``strategy_comparison.csv`` with each strategy's
-mean over markets, ``markets.csv`` with one row per market), and adds to the test metrics what
-tells skill from luck (:mod:`engine.stats`), as flat keys:
+mean over markets, ``markets.csv`` and the JSON's ``markets`` list with one row per market), and
+adds to the test metrics what tells skill from luck (:mod:`engine.stats`), as flat keys:
 
 - ``n_markets``, ``markets_beaten`` (test Sharpe above buy-and-hold's), ``bh_sharpe_ratio``;
 - ``sharpe_vs_bh`` and ``sharpe_vs_bh_ci_low`` / ``_high`` / ``_p_le_0``: the Sharpe difference
@@ -97,6 +97,8 @@ def evaluate_markets(out: Path, cfg: Config, data: Any, net: Any, device: str, *
     honest = _honest(cfg, markets, net, device, agent_rets, bh_rets, bpys, result,
                      tuning_trials, rows)
     test.update(honest)
+    if multi:
+        test["markets"] = rows
     report.write_test_metrics(out, test)
     equity = None if multi else (markets[0], agent_rets[0])
     return {"test_metrics": test, "strategies": mean_strats, "markets": rows, "equity": equity}

@@ -50,10 +50,12 @@ PathLike = str | os.PathLike[str]
 
 # -- writing -------------------------------------------------------------------------------------
 def write_test_metrics(out_dir: PathLike, test: Mapping[str, Any]) -> None:
-    """``test_metrics.json`` and ``test_metrics.csv`` (one flat object / one row)."""
+    """``test_metrics.json`` (everything) and ``test_metrics.csv`` (one row of the scalar
+    values; tables such as the per-market rows stay in the JSON)."""
     out = Path(out_dir)
     _json_dump(out / TEST_METRICS_JSON, dict(test))
-    _write_rows(out / TEST_METRICS_CSV, [test], list(test))
+    flat = [k for k, v in test.items() if not isinstance(v, list | dict)]
+    _write_rows(out / TEST_METRICS_CSV, [test], flat)
 
 
 def write_comparison(out_dir: PathLike, metrics: Mapping[str, Mapping[str, Any]]) -> None:

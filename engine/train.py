@@ -607,7 +607,11 @@ class Trainer:
 def check_resumable(cfg: Config, saved: dict[str, Any], name: str) -> None:
     """ConfigError unless a checkpoint made with settings ``saved`` can continue as ``cfg``
     (only settings that do not change the computation may differ: RESUME_FREE)."""
+    from engine.config import COMMON_DEFAULTS
+
     mine = cfg.resolved().to_dict()
+    # A checkpoint from before a setting existed ran with that setting's neutral value.
+    saved = {**COMMON_DEFAULTS, **saved}
     diff = [k for k in mine if k not in RESUME_FREE and saved.get(k) != mine[k]]
     if diff:
         shown = ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in diff[:4])

@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -405,7 +406,10 @@ def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, s
     if command == "evaluate":
         net, _, _ = load_model(out / "model.pth", rt.device)
         _write_config(ctx, cfg, rt, data, tuned)
-        return _evaluate_stage(ctx, cfg, data, net, rt.device, val_series=None)
+        members = getattr(net, "members", None)  # an ensemble: each seed is judged too
+        seeds = None if members is None else types.SimpleNamespace(
+            members=[types.SimpleNamespace(net=m) for m in members], history=[])
+        return _evaluate_stage(ctx, cfg, data, net, rt.device, val_series=None, result=seeds)
 
     _write_config(ctx, cfg, rt, data, tuned)
     events.emit("stage", name="train")

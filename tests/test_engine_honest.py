@@ -165,6 +165,7 @@ def test_multi_market_ensemble_outputs_and_sigterm_resume_is_bit_exact(tmp_path:
     ref = tmp_path / "ref"
     test = json.loads((ref / "test_metrics.json").read_text())
     assert test["n_markets"] == 2 and test["n_seeds"] == 2
+    assert [m["market"] for m in test["markets"]] == ["AAA", "BBB"]
     rows = (ref / "markets.csv").read_text().splitlines()
     assert rows[0].startswith("market,agent_sharpe,bh_sharpe") and len(rows) == 3
     assert {p.name for p in (ref / "markets").iterdir()} == {"AAA", "BBB"}
