@@ -170,7 +170,8 @@ class Config:
     that is one pass over the training split, as in the predecessor. Validation runs after each."""
     patience: int = 0
     """Early stopping: stop after this many episodes without a better validation Sharpe ratio
-    (0 = never stop early; the best validation episode's weights are kept either way)."""
+    (the mean over folds and markets, see val_folds; counted from select_from on; 0 = never
+    stop early; the best validation episode's weights are kept either way)."""
     val_folds: int | None = None
     """Walk-forward validation: the validation split is cut into this many consecutive folds
     (per market); model selection and early stopping use the mean Sharpe ratio over folds and

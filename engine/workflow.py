@@ -214,8 +214,21 @@ def local_data_files(spec: str) -> list[str]:
             raise BadInput(f"cannot list data files under {spec}: {exc}") from None
         if not keys:
             raise DataError(f"no .csv or .parquet market files under {spec}")
-        root = spec[:len(spec) - len(prefix)] if prefix and spec.endswith(prefix) else spec
-        return [local_data_file(root.rstrip("/") + "/" + k.lstrip("/")) for k in keys]
+        folder = _cache_dir("data") / hashlib.sha1(spec.encode()).hexdigest()[:12]
+        out = []
+        for key in keys:
+            target = folder / key.rstrip("/").rsplit("/", 1)[-1]
+            if not target.is_file():
+                try:
+                    data = store.get_bytes(key)
+                except StorageError as exc:
+                    raise BadInput(f"cannot read data file {key} under {spec}: {exc}") from None
+                target.parent.mkdir(parents=True, exist_ok=True)
+                from engine.checkpoint import atomic_write
+
+                atomic_write(target, lambda fh, d=data: fh.write(d))
+            out.append(str(target))
+        return out
     if not _is_uri(spec):
         found = market_files(spec)
         if found is not None:
@@ -291,7 +304,9 @@ def _run(command: str, cfg: Config, given: frozenset[str], log: RunLog) -> int:
         cfg, model_bundle = _evaluation_config(cfg, given, out)
     try:  # a missing file fails here, before torch and pandas are imported
         files = local_data_files(cfg.data_file)
-        data_path = files[0] if len(files) == 1 else cfg.data_file
+        # several markets: the local folder of a storage prefix's copies, else the folder/glob
+        data_path = files[0] if len(files) == 1 else (
+            str(Path(files[0]).parent) if _is_uri(cfg.data_file) else cfg.data_file)
     except DataError as exc:
         raise BadInput(str(exc)) from None
     local_cfg = dataclasses.replace(cfg, data_file=data_path)

@@ -226,3 +226,23 @@ def test_benchmark_aggregates_markets_and_seeds(tmp_path: Path,
     capsys.readouterr()
     assert main(args) == 0
     assert "(4 already done)" in capsys.readouterr().out
+
+
+def test_a_storage_prefix_names_several_markets(aws_env: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="mkts")
+    folder = _markets(tmp_path / "markets")
+    for name in ("AAA", "BBB"):
+        s3.upload_file(str(folder / f"{name}.csv"), "mkts", f"daily/{name}.csv")
+    s3.put_object(Bucket="mkts", Key="daily/README.txt", Body=b"not a market")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    args = ["train", "--test", "--data_file", "s3://mkts/daily/", "--results_dir",
+            str(tmp_path), "--experiment_name", "s3m", "--agent_type", "custom",
+            "--episodes", "1", "--hidden_sizes", "16", "--n_envs", "2", "--batch_size", "32",
+            "--learning_starts", "50", "--torch_threads", "1"]
+    assert main(args) == 0
+    test = json.loads((tmp_path / "s3m" / "test_metrics.json").read_text())
+    assert [m["market"] for m in test["markets"]] == ["AAA", "BBB"]
