@@ -3,14 +3,21 @@ from replay, a greedy validation pass after every episode, checkpoints that surv
 
 The entry point (also what tuning calls in its worker processes)::
 
-    run_training(cfg: Config, *, data: PreparedData | None = None, out_dir: Path | None = None,
-                 events: EventWriter | None = None, log: Callable[[str], None] = print,
-                 stop: StopRequest | None = None, runtime_info: RuntimeInfo | None = None,
-                 mirror: RemoteMirror | None = None,
-                 train_transaction_cost: float | None = None) -> TrainResult
+    run_training(cfg: Config, *, data: PreparedData | list[PreparedData] | None = None,
+                 out_dir: Path | None = None, events: EventWriter | None = None,
+                 log: Callable[[str], None] = print, stop: StopRequest | None = None,
+                 runtime_info: RuntimeInfo | None = None, mirror: RemoteMirror | None = None,
+                 train_transaction_cost: float | None = None,
+                 member: tuple[int, int] | None = None) -> TrainResult
+
+    train_agent(...)  # the same arguments: run_training, or an ensemble of seeds (--ensemble)
 
 - ``cfg`` is resolved here (agent defaults filled in). ``data`` defaults to
-  ``prepare_data(cfg)``; pass one PreparedData to many trials to load and featurise once.
+  ``prepare_data(cfg)``; pass one PreparedData to many trials to load and featurise once. A
+  list of PreparedData (:func:`prepare_markets`, each market normalised on its own training
+  split) trains one agent on all of them: ``ceil(n_envs / markets)`` environments per market
+  (market-balanced), validation and selection over every market's folds
+  (:func:`validate_net`).
 - ``out_dir`` None (tuning trials): nothing is written. Otherwise ``out_dir`` receives
   ``checkpoints/``, ``model.pth`` (best weights + normaliser + config) and ``train_metrics.json``,
   and ``cfg.resume`` continues from the newest complete checkpoint there.
@@ -375,11 +382,13 @@ class Trainer:
                  out_dir: Path | None = None, events: EventWriter | None = None,
                  log: Callable[[str], None] = print, stop: StopRequest | None = None,
                  mirror: ckpt.RemoteMirror | None = None,
-                 train_transaction_cost: float | None = None) -> None:
+                 train_transaction_cost: float | None = None,
+                 member: tuple[int, int] | None = None) -> None:
         self.markets = as_markets(data)
         self.cfg, self.data, self.device = cfg, self.markets[0], torch.device(device)
         self.out_dir, self.events, self.log, self.stop = out_dir, events, log, stop
         self.mirror = mirror
+        self.member = member  # (index, count) in an ensemble: tagged on episode events
         self.val_returns: np.ndarray | None = None  # of the last validation pass
 
         # Seeding: one block, everything derives from cfg.seed.
@@ -524,7 +533,9 @@ class Trainer:
             self.events.emit("episode", episode=s.episode, episodes=cfg.episodes,
                              reward=record["reward"], loss=loss, epsilon=record["epsilon"],
                              val_sharpe=val_sharpe, steps_per_s=record["steps_per_s"],
-                             env_steps=s.env_steps)
+                             env_steps=s.env_steps,
+                             **({} if self.member is None else
+                                {"member": self.member[0], "members": self.member[1]}))
         if improved and val is not None and self.val_returns is not None:
             emit_equity(self.events, self.data, self.data.val, "val", self.val_returns, cfg,
                         episode=s.episode)
@@ -635,14 +646,17 @@ def run_training(cfg: Config, *, data: PreparedData | Markets | None = None,
                  events: EventWriter | None = None, log: Callable[[str], None] = print,
                  stop: StopRequest | None = None, runtime_info: RuntimeInfo | None = None,
                  mirror: ckpt.RemoteMirror | None = None,
-                 train_transaction_cost: float | None = None) -> TrainResult:
-    """Train one agent (see the module docstring for the arguments)."""
+                 train_transaction_cost: float | None = None,
+                 member: tuple[int, int] | None = None) -> TrainResult:
+    """Train one agent (see the module docstring for the arguments; ``member`` = (index,
+    count) of an ensemble member, tagged on its episode events)."""
     cfg = cfg.resolved()
     rt = runtime_info or detect(cfg.device, cfg.torch_threads)
     data = data or prepare_data(cfg)
     t_start = time.perf_counter()
     trainer = Trainer(cfg, data, rt.device, out_dir=out_dir, events=events, log=log, stop=stop,
-                      mirror=mirror, train_transaction_cost=train_transaction_cost)
+                      mirror=mirror, train_transaction_cost=train_transaction_cost,
+                      member=member)
     if cfg.resume and out_dir is not None:
         folder = out_dir / ckpt.CKPT_DIR
         if mirror is not None:
@@ -730,7 +744,8 @@ def train_agent(cfg: Config, *, data: PreparedData | Markets | None = None,
         log(f"ensemble member {i + 1}/{k} (seed {seed})")
         members.append(run_training(mcfg, data=markets, out_dir=sub, events=events, log=log,
                                     stop=stop, runtime_info=rt, mirror=sub_mirror,
-                                    train_transaction_cost=train_transaction_cost))
+                                    train_transaction_cost=train_transaction_cost,
+                                    member=(i, k)))
     net = EnsembleQNet([m.net for m in members]).eval()
     val_metrics, score, _ = validate_net(net, markets, cfg, rt.device)
     val_series = None
