@@ -25,6 +25,14 @@ Rewards (``reward=``):
 - ``"calmar"``: has no differential form; it is mapped to ``"sharpe_ratio"`` and
   ``env.reward_note`` says so (the CLI logs it).
 
+With ``excess_reward`` each of these is computed from ``r[t] - log(close[t+1] / close[t])``, the
+excess over holding the market (``info["net_return"]`` stays ``r[t]``). ``position_levels`` k
+> 1 adds the positions in between, in steps of 1/k. ``obs_noise`` s > 0 adds N(0, s^2) noise to
+the feature rows of every observation handed out (augmentation; drawn from the environment's
+generator, so it is checkpointed and repeatable); :func:`evaluate_policy` never adds noise.
+
+:class:`MultiMarketEnv` steps several markets' environments as one batch.
+
 Episodes. ``episode_length=None`` runs from ``start`` to the last bar (every episode the same);
 otherwise each episode is ``episode_length`` steps from a random start drawn with a numpy
 Generator seeded by ``seed`` (deterministic). An environment whose episode ends is reset at once
