@@ -107,7 +107,10 @@ class Config:
     # --- agent ----------------------------------------------------------------------------------
     agent_type: str = "dql"
     """dql: DQN, MLP 128-128. custom: Double DQN + dueling heads + n-step returns, MLP
-    256-128-64 (prioritised replay with --prioritized). memory: GRU Q-network over the window."""
+    256-128-64 (prioritised replay with --prioritized), and by default 4 walk-forward validation
+    folds, no selection in the first half, observation noise 0.1, dropout 0.1, weight decay
+    1e-4, the excess reward and half positions (bench/ablation.md). memory: GRU Q-network over
+    the window."""
     hidden_sizes: tuple[int, ...] | None = None
     """Hidden layer widths of the MLP (e.g. 64,64); default: the agent type's own."""
     gru_hidden: int = 64
@@ -302,7 +305,10 @@ predecessor's behaviour: no regularisation, one validation stretch, one seed).""
 
 AGENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "dql": {"hidden_sizes": (128, 128), "double_dqn": False, "dueling": False, "n_step": 1},
-    "custom": {"hidden_sizes": (256, 128, 64), "double_dqn": True, "dueling": True, "n_step": 3},
+    "custom": {"hidden_sizes": (256, 128, 64), "double_dqn": True, "dueling": True, "n_step": 3,
+               # bench/ablation.md, variant E: chosen on the choice markets' test years
+               "val_folds": 4, "select_from": 0.5, "obs_noise": 0.1, "dropout": 0.1,
+               "weight_decay": 1e-4, "excess_reward": True, "position_levels": 2},
     "memory": {"hidden_sizes": (64,), "double_dqn": True, "dueling": False, "n_step": 1},
 }
 """Per agent type, the values that None settings resolve to."""
