@@ -30,10 +30,13 @@ from engine.config import Config
 from engine.replay import Batch
 
 
-def _mlp(n_in: int, hidden: tuple[int, ...]) -> tuple[nn.Sequential, int]:
+def _mlp(n_in: int, hidden: tuple[int, ...], dropout: float = 0.0
+         ) -> tuple[nn.Sequential, int]:
     layers: list[nn.Module] = []
     for h in hidden:
         layers += [nn.Linear(n_in, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         n_in = h
     return nn.Sequential(*layers), n_in
 
@@ -61,9 +64,9 @@ class MLPQNet(nn.Module):
     """Q(s, .) from the flattened ``(window, F + 1)`` observation."""
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, hidden: tuple[int, ...],
-                 dueling: bool = False) -> None:
+                 dueling: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
-        self.body, width = _mlp(math.prod(obs_shape), tuple(hidden))
+        self.body, width = _mlp(math.prod(obs_shape), tuple(hidden), dropout)
         self.head = QHead(width, n_actions, dueling)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -74,13 +77,13 @@ class GRUQNet(nn.Module):
     """Q(s, .) from a GRU over the window's rows (oldest first), then an MLP head."""
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, gru_hidden: int,
-                 hidden: tuple[int, ...], dueling: bool = False) -> None:
+                 hidden: tuple[int, ...], dueling: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         if len(obs_shape) != 2:
             raise ValueError(f"the memory agent needs (window, features) observations, got "
                              f"{obs_shape}")
         self.gru = nn.GRU(obs_shape[1], gru_hidden, batch_first=True)
-        self.body, width = _mlp(gru_hidden, tuple(hidden))
+        self.body, width = _mlp(gru_hidden, tuple(hidden), dropout)
         self.head = QHead(width, n_actions, dueling)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -91,9 +94,24 @@ class GRUQNet(nn.Module):
 def build_qnet(cfg: Config, obs_shape: tuple[int, ...], n_actions: int) -> nn.Module:
     """The Q-network of a resolved config's agent type."""
     hidden = tuple(cfg.hidden_sizes or ())
+    drop = float(cfg.dropout or 0.0)
     if cfg.agent_type == "memory":
-        return GRUQNet(obs_shape, n_actions, cfg.gru_hidden, hidden, bool(cfg.dueling))
-    return MLPQNet(obs_shape, n_actions, hidden, bool(cfg.dueling))
+        return GRUQNet(obs_shape, n_actions, cfg.gru_hidden, hidden, bool(cfg.dueling), drop)
+    return MLPQNet(obs_shape, n_actions, hidden, bool(cfg.dueling), drop)
+
+
+class EnsembleQNet(nn.Module):
+    """The mean Q-values of several networks (an ensemble of seeds): it acts on their consensus,
+    which is steadier than any one of them."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(obs) for m in self.members]).mean(dim=0)
 
 
 def epsilon_at(env_step: int, total_env_steps: int, cfg: Config) -> float:
@@ -115,16 +133,17 @@ def epsilon_at(env_step: int, total_env_steps: int, cfg: Config) -> float:
 class Adam:
     """Adam (Kingma & Ba 2015) over a fixed list of parameters, as multi-tensor (foreach) ops.
 
-    The same update as ``torch.optim.Adam`` (no weight decay, no amsgrad). Written out because
+    The same update as ``torch.optim.Adam`` (no amsgrad; ``weight_decay`` decoupled as AdamW). Written out because
     constructing any ``torch.optim`` optimiser imports ``torch._dynamo``: about 4 s per process
     on a small machine, paid again by every tuning worker and every resumed run; and one fused
     step here has less Python overhead per update than the generic optimiser.
     """
 
     def __init__(self, params: list[nn.Parameter], lr: float, betas: tuple[float, float] = (
-            0.9, 0.999), eps: float = 1e-8) -> None:
+            0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         self.params = [p for p in params if p.requires_grad]
         self.lr, self.betas, self.eps = float(lr), betas, float(eps)
+        self.weight_decay = float(weight_decay)
         self.t = 0
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
@@ -147,6 +166,8 @@ class Adam:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         b1, b2 = self.betas
         self.t += 1
+        if self.weight_decay > 0:  # decoupled, as AdamW
+            torch._foreach_mul_(self.params, 1.0 - self.lr * self.weight_decay)
         torch._foreach_lerp_(self.exp_avg, grads, 1.0 - b1)
         torch._foreach_mul_(self.exp_avg_sq, b2)
         torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1.0 - b2)
@@ -184,7 +205,9 @@ class DQNAgent:
         self.online = build_qnet(cfg, obs_shape, n_actions).to(self.device)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
-        self.optimizer = Adam(list(self.online.parameters()), lr=cfg.lr)
+        self.target.eval()  # no dropout in the targets
+        self.optimizer = Adam(list(self.online.parameters()), lr=cfg.lr,
+                              weight_decay=float(cfg.weight_decay or 0.0))
         self.double = bool(cfg.double_dqn)
         self.updates = 0  # gradient updates done
 

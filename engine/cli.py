@@ -43,6 +43,8 @@ COMMANDS: dict[str, str] = {
     "report": "(re)build the report of an evaluated experiment",
     "compare": "compare evaluated experiments side by side",
     "check-dependencies": "show which packages, device and threads the engine would use",
+    "benchmark": "train and test on every market of --data_dir with --seeds seeds, in parallel; "
+                 "one comparison report (seed spread, bootstrap CI against buy-and-hold)",
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "agent_type": AGENT_TYPES, "reward_goal": REWARD_GOALS, "device": DEVICES,
@@ -53,6 +55,8 @@ EXAMPLES = """examples:
       --experiment_name local_test --episodes 100
   dql-trading train --data_file STOCKS_GOOGL.csv --agent_type dql --episodes 50 --test
   dql-trading train --config run.toml --resume      # continue from the newest checkpoint
+  dql-trading train --data_file 'markets/*.csv' --agent_type custom --test   # one agent, many
+  dql-trading benchmark --data_dir markets/ --seeds 3 --agent_type custom --episodes 40
 """
 
 
@@ -112,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "compare":
             p.add_argument("--experiments", nargs="+", metavar="NAME", default=[],
                            help="experiments under --results_dir (default: every evaluated one)")
+        if name == "benchmark":
+            p.add_argument("--data_dir", required=True, metavar="DIR",
+                           help="folder of market files (*.csv, *.parquet)")
+            p.add_argument("--seeds", type=int, default=3, metavar="N",
+                           help="seeds per market: seed .. seed+N-1 (default: 3)")
+            p.add_argument("--workers", type=int, default=0, metavar="N",
+                           help="worker processes, one torch thread each (default: the cores)")
+            p.add_argument("--pooled", action="store_true",
+                           help="one multi-market agent per seed instead of one per market")
         _add_config_flags(p)
     return parser
 
@@ -152,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             cfg, given = config_from_args(ns)
         debug = debug or cfg.debug
+        if ns.command == "benchmark":
+            from engine.benchmark import run_benchmark
+
+            return run_benchmark(cfg, ns.data_dir, ns.seeds, workers=ns.workers,
+                                 pooled=ns.pooled)
         from engine.workflow import run_command
 
         return run_command(ns.command, cfg, given=given,

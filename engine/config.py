@@ -50,7 +50,10 @@ class Config:
     # --- experiment ---------------------------------------------------------------------------
     data_file: str = "test_small.csv"
     """CSV or Parquet file of bars; a bare name is looked up under ./data, $DQL_DATA_DIR and the
-    bundled data/ folder; s3://, gs:// and az:// URIs are copied locally first."""
+    bundled data/ folder; s3://, gs:// and az:// URIs are copied locally first. A folder, a glob
+    (markets/*.csv) or a storage prefix ending in / names several markets: one agent trains on
+    all of them (features normalised per market, the same number of environments per market)
+    and is evaluated on each (a per-market table and their aggregate)."""
     experiment_name: str = ""
     """Name of the run; outputs go to <results_dir>/<experiment_name>/ (default:
     <data file stem>_<agent_type>)."""
@@ -84,6 +87,13 @@ class Config:
     Sharpe ratio), sortino (differential downside deviation ratio), calmar (= sharpe_ratio)."""
     long_only: bool = False
     """Positions flat/long only (no shorts)."""
+    position_levels: int | None = None
+    """Position sizes per side: 1 = {-1, 0, 1}; k = multiples of 1/k, e.g. 2 = {-1, -0.5, 0,
+    0.5, 1} (long only: 0..1); default: the agent type's own."""
+    excess_reward: bool | None = None
+    """Reward the excess over buy-and-hold: the agent's net log return minus the market's log
+    return over the bar (the same optimal policy in expectation, less reward noise); default:
+    the agent type's own."""
     reward_scale: float = 0.0
     """Multiplier of the reward; 0 = auto: 1 / std of the training log returns for profit
     (unit-scale rewards), 1 for the differential ratios (already unit-scale)."""
@@ -97,7 +107,10 @@ class Config:
     # --- agent ----------------------------------------------------------------------------------
     agent_type: str = "dql"
     """dql: DQN, MLP 128-128. custom: Double DQN + dueling heads + n-step returns, MLP
-    256-128-64 (prioritised replay with --prioritized). memory: GRU Q-network over the window."""
+    256-128-64 (prioritised replay with --prioritized), and by default 4 walk-forward validation
+    folds, no selection in the first half, observation noise 0.1, dropout 0.1, weight decay
+    1e-4, the excess reward and half positions (bench/ablation.md). memory: GRU Q-network over
+    the window."""
     hidden_sizes: tuple[int, ...] | None = None
     """Hidden layer widths of the MLP (e.g. 64,64); default: the agent type's own."""
     gru_hidden: int = 64
@@ -133,6 +146,15 @@ class Config:
     tau: float = 1.0
     """Target update rate: 1 = hard copy every target_update_freq updates; < 1 = Polyak
     averaging target <- tau * online + (1 - tau) * target."""
+    weight_decay: float | None = None
+    """Decoupled (AdamW) weight decay per update, times the learning rate; default: the agent
+    type's own (0 = none)."""
+    dropout: float | None = None
+    """Dropout rate after each hidden layer while learning (0 = none); default: the agent
+    type's own."""
+    obs_noise: float | None = None
+    """Augmentation: std of Gaussian noise added to the normalised features of every training
+    observation (validation and test see clean data); default: the agent type's own."""
     max_grad_norm: float = 10.0
     """Gradient norm clip (0 = no clipping)."""
     eps_start: float = 1.0
@@ -151,7 +173,18 @@ class Config:
     that is one pass over the training split, as in the predecessor. Validation runs after each."""
     patience: int = 0
     """Early stopping: stop after this many episodes without a better validation Sharpe ratio
-    (0 = never stop early; the best validation episode's weights are kept either way)."""
+    (the mean over folds and markets, see val_folds; counted from select_from on; 0 = never
+    stop early; the best validation episode's weights are kept either way)."""
+    val_folds: int | None = None
+    """Walk-forward validation: the validation split is cut into this many consecutive folds
+    (per market); model selection and early stopping use the mean Sharpe ratio over folds and
+    markets, not one lucky stretch; default: the agent type's own."""
+    select_from: float | None = None
+    """Fraction of the episodes before which no model is selected (while exploration is high a
+    good validation score is luck); default: the agent type's own."""
+    ensemble: int | None = None
+    """Agents trained with seeds seed, seed+1, ...; the model acts on their averaged Q-values,
+    and the report shows the seeds' spread; default: the agent type's own."""
     checkpoint_every: int = 10
     """Episodes between checkpoints (0 = only at the end and on SIGTERM/SIGINT)."""
     resume: bool = False
@@ -182,16 +215,11 @@ class Config:
         """A copy with the agent type's defaults filled in (hidden sizes, double, dueling, n-step)
         and the experiment name derived; raises ConfigError for invalid settings."""
         self.validate()
-        d = AGENT_DEFAULTS[self.agent_type]
+        d = {**COMMON_DEFAULTS, **AGENT_DEFAULTS[self.agent_type]}
         out = dataclasses.replace(self)
-        if out.hidden_sizes is None:
-            out.hidden_sizes = tuple(d["hidden_sizes"])
-        if out.double_dqn is None:
-            out.double_dqn = bool(d["double_dqn"])
-        if out.dueling is None:
-            out.dueling = bool(d["dueling"])
-        if out.n_step is None:
-            out.n_step = int(d["n_step"])
+        for key, value in d.items():
+            if getattr(out, key) is None:
+                setattr(out, key, tuple(value) if isinstance(value, tuple) else value)
         if not out.experiment_name:
             stem = Path(out.data_file.rstrip("/")).name.split(".")[0] or "data"
             out.experiment_name = f"{stem}_{out.agent_type}"
@@ -221,6 +249,15 @@ class Config:
              "an integer >= 2")
         need(self.n_step is None or (_is_int(self.n_step) and 1 <= self.n_step <= 100), "n_step",
              "an integer in 1..100")
+        for key, top in (("position_levels", 10), ("val_folds", 20), ("ensemble", 32)):
+            v = getattr(self, key)
+            need(v is None or (_is_int(v) and 1 <= v <= top), key, f"an integer in 1..{top}")
+        for key in ("weight_decay", "obs_noise"):
+            v = getattr(self, key)
+            need(v is None or (_is_num(v) and v >= 0), key, "a number >= 0")
+        for key in ("dropout", "select_from"):
+            v = getattr(self, key)
+            need(v is None or (_is_num(v) and 0 <= v < 1), key, "in [0, 1)")
         if self.hidden_sizes is not None:
             need(len(self.hidden_sizes) >= 1 and all(_is_int(h) and h >= 1
                                                      for h in self.hidden_sizes),
@@ -259,9 +296,19 @@ class Config:
         return apply_overrides(cls(), values, source=source)
 
 
+COMMON_DEFAULTS: dict[str, Any] = {
+    "position_levels": 1, "excess_reward": False, "weight_decay": 0.0, "dropout": 0.0,
+    "obs_noise": 0.0, "val_folds": 1, "select_from": 0.0, "ensemble": 1,
+}
+"""What the newer None settings resolve to unless the agent type says otherwise (the
+predecessor's behaviour: no regularisation, one validation stretch, one seed)."""
+
 AGENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "dql": {"hidden_sizes": (128, 128), "double_dqn": False, "dueling": False, "n_step": 1},
-    "custom": {"hidden_sizes": (256, 128, 64), "double_dqn": True, "dueling": True, "n_step": 3},
+    "custom": {"hidden_sizes": (256, 128, 64), "double_dqn": True, "dueling": True, "n_step": 3,
+               # bench/ablation.md, variant E: chosen on the choice markets' test years
+               "val_folds": 4, "select_from": 0.5, "obs_noise": 0.1, "dropout": 0.1,
+               "weight_decay": 1e-4, "excess_reward": True, "position_levels": 2},
     "memory": {"hidden_sizes": (64,), "double_dqn": True, "dueling": False, "n_step": 1},
 }
 """Per agent type, the values that None settings resolve to."""

@@ -95,6 +95,41 @@ def resolve_data_path(name: str) -> str:
         raise DataFileMissing(str(exc)) from None
 
 
+MARKET_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def market_files(spec: str) -> list[str] | None:
+    """The market files a ``--data_file`` names when it names several: a local folder (its
+    ``*.csv`` / ``*.parquet`` files) or a glob (``markets/*.csv``), sorted; None for one file.
+
+    A glob matching nothing and a folder without market files are a DataError.
+    """
+    import glob
+    import os
+
+    if any(c in spec for c in "*?[") and "://" not in spec:
+        found = sorted(f for f in glob.glob(os.path.expanduser(spec)) if os.path.isfile(f))
+        if not found:
+            raise DataFileMissing(f"no file matches {spec}")
+        return found
+    path = os.path.expanduser(spec)
+    if "://" not in spec and os.path.isdir(path):
+        found = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if f.lower().endswith(MARKET_SUFFIXES)
+                       and os.path.isfile(os.path.join(path, f)))
+        if not found:
+            raise DataFileMissing(f"folder {spec} holds no .csv or .parquet market files")
+        return found
+    return None
+
+
+def market_name(path: str) -> str:
+    """A market's short name: its file name without the extension."""
+    import os
+
+    return os.path.basename(path.rstrip("/")).split(".")[0] or "market"
+
+
 def _fmt_count(n: int) -> str:
     return f"{n:,}"
 

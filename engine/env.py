@@ -25,6 +25,14 @@ Rewards (``reward=``):
 - ``"calmar"``: has no differential form; it is mapped to ``"sharpe_ratio"`` and
   ``env.reward_note`` says so (the CLI logs it).
 
+With ``excess_reward`` each of these is computed from ``r[t] - log(close[t+1] / close[t])``, the
+excess over holding the market (``info["net_return"]`` stays ``r[t]``). ``position_levels`` k
+> 1 adds the positions in between, in steps of 1/k. ``obs_noise`` s > 0 adds N(0, s^2) noise to
+the feature rows of every observation handed out (augmentation; drawn from the environment's
+generator, so it is checkpointed and repeatable); :func:`evaluate_policy` never adds noise.
+
+:class:`MultiMarketEnv` steps several markets' environments as one batch.
+
 Episodes. ``episode_length=None`` runs from ``start`` to the last bar (every episode the same);
 otherwise each episode is ``episode_length`` steps from a random start drawn with a numpy
 Generator seeded by ``seed`` (deterministic). An environment whose episode ends is reset at once
@@ -66,9 +74,13 @@ REWARDS = ("profit", "sharpe_ratio", "sortino", "calmar")
 PolicyFn = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
 
 
-def action_positions(long_only: bool) -> np.ndarray:
-    """Position of each action index: (-1, 0, 1) for short/flat/long, or (0, 1) if long only."""
-    return np.array([0.0, 1.0] if long_only else [-1.0, 0.0, 1.0])
+def action_positions(long_only: bool, levels: int = 1) -> np.ndarray:
+    """Position of each action index: (-1, 0, 1) for short/flat/long, or (0, 1) if long only;
+    with ``levels`` k > 1 every multiple of 1/k in between (k = 2: -1, -0.5, 0, 0.5, 1)."""
+    k = max(1, int(levels))
+    if long_only:
+        return np.arange(k + 1, dtype=np.float64) / k
+    return np.arange(-k, k + 1, dtype=np.float64) / k
 
 
 class _ObsBuilder:
@@ -78,7 +90,8 @@ class _ObsBuilder:
     lives on ``device`` and only bar indices and positions are sent there each step.
     """
 
-    def __init__(self, features: np.ndarray, window: int, device: torch.device) -> None:
+    def __init__(self, features: np.ndarray, window: int, device: torch.device,
+                 noise: float = 0.0, rng: np.random.Generator | None = None) -> None:
         feats = np.asarray(features, dtype=np.float32)
         self.table = np.zeros((feats.shape[0], feats.shape[1] + 1), dtype=np.float32)
         self.table[:, :-1] = feats
@@ -86,14 +99,25 @@ class _ObsBuilder:
         self.device = device
         self.on_cpu = device.type == "cpu"
         self.dev_table = None if self.on_cpu else torch.from_numpy(self.table).to(device)
+        self.noise = float(noise)
+        self.rng = rng  # draws the augmentation noise (the environment's own generator)
+
+    def _noise(self, shape: tuple[int, ...]) -> np.ndarray:
+        assert self.rng is not None
+        return (self.noise * self.rng.standard_normal(shape)).astype(np.float32)
 
     def __call__(self, bars: np.ndarray, positions: np.ndarray) -> torch.Tensor:
         idx = bars[:, None] + self.offsets[None, :]
         if self.dev_table is None:
             obs_np = self.table[idx]  # (n, window, F + 1), fresh memory
+            if self.noise > 0:
+                obs_np[:, :, :-1] += self._noise(obs_np[:, :, :-1].shape)
             obs_np[:, :, -1] = positions[:, None]
             return torch.from_numpy(obs_np)
         obs = self.dev_table[torch.from_numpy(idx).to(self.device)]
+        if self.noise > 0:
+            obs[:, :, :-1] += torch.from_numpy(self._noise(tuple(obs[:, :, :-1].shape))).to(
+                self.device)
         pos = torch.from_numpy(positions.astype(np.float32)).to(self.device)
         obs[:, :, -1] = pos[:, None]
         return obs
@@ -119,7 +143,8 @@ class VecTradingEnv:
                  transaction_cost: float = 1e-4, slippage: float = 2e-4, long_only: bool = False,
                  reward: str = "profit", episode_length: int | None = None, start: int = 0,
                  device: str = "cpu", seed: int | None = None, *, stop: int | None = None,
-                 sharpe_eta: float = 0.01, reward_scale: float = 1.0) -> None:
+                 sharpe_eta: float = 0.01, reward_scale: float = 1.0, position_levels: int = 1,
+                 excess_reward: bool = False, obs_noise: float = 0.0) -> None:
         feats = np.asarray(features, dtype=np.float32)
         prices = np.asarray(close, dtype=np.float64)
         if feats.ndim != 2:
@@ -156,7 +181,8 @@ class VecTradingEnv:
         self.n_features = feats.shape[1]
         self.obs_shape: tuple[int, int] = (self.window, self.n_features + 1)
         self.long_only = bool(long_only)
-        self._pos_of_action = action_positions(self.long_only)
+        self._pos_of_action = action_positions(self.long_only, position_levels)
+        self.excess_reward = bool(excess_reward)
         self.n_actions = len(self._pos_of_action)
         self.cost = float(transaction_cost) + float(slippage)
         self.episode_length = episode_length
@@ -175,8 +201,8 @@ class VecTradingEnv:
         usable = self._lr[self.start:self.stop - 1]
         self._b0 = max(float(np.mean(usable ** 2)), 1e-16)
         self._var_floor = 0.01 * self._b0
-        self._obs = _ObsBuilder(feats, self.window, self.device)
         self._rng = np.random.default_rng(seed)
+        self._obs = _ObsBuilder(feats, self.window, self.device, noise=obs_noise, rng=self._rng)
 
         n = self.n_envs
         self._t = np.zeros(n, dtype=np.int64)  # current bar
@@ -210,6 +236,7 @@ class VecTradingEnv:
         """Start every environment afresh; ``seed`` reseeds the episode-start generator."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
+            self._obs.rng = self._rng
         self._begin(np.arange(self.n_envs))
         self._ready = True
         return self._obs(self._t, self._pos)
@@ -265,7 +292,8 @@ class VecTradingEnv:
         bar = self._t
         new_pos = self._pos_of_action[act]
         net = new_pos * self._lr[bar] - self.cost * np.abs(new_pos - self._pos)
-        reward = net if self.reward == "profit" else self._shaped(net)
+        judged = net - self._lr[bar] if self.excess_reward else net
+        reward = judged if self.reward == "profit" else self._shaped(judged)
         if self.reward_scale != 1.0:
             reward = reward * self.reward_scale
         self._pos = new_pos
@@ -293,11 +321,70 @@ class VecTradingEnv:
                 torch.from_numpy(done).to(self.device), info)
 
 
+class MultiMarketEnv:
+    """Several markets' :class:`VecTradingEnv` stepped as one batch (market-balanced sampling:
+    each market gets the same number of environments, whatever its length).
+
+    Environments ``i * m .. (i + 1) * m - 1`` trade market ``i``. The observation layout, actions
+    and ``info`` are those of one VecTradingEnv, concatenated; the markets must share the window
+    and the feature count (their features are normalised per market, so the scale of a price or
+    its volume says nothing about which market it is).
+    """
+
+    def __init__(self, envs: list[VecTradingEnv]) -> None:
+        if not envs:
+            raise ValueError("MultiMarketEnv needs at least one market")
+        shapes = {e.obs_shape for e in envs}
+        if len(shapes) != 1 or len({e.n_actions for e in envs}) != 1:
+            raise ValueError(f"markets differ in observation shape or actions: {shapes}")
+        self.envs = envs
+        self.obs_shape = envs[0].obs_shape
+        self.n_actions = envs[0].n_actions
+        self.n_envs = sum(e.n_envs for e in envs)
+        self.device = envs[0].device
+        self.reward_note = envs[0].reward_note
+        bounds = np.cumsum([0] + [e.n_envs for e in envs])
+        self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:],
+                                                              strict=True)]
+
+    def reset(self, seed: int | None = None) -> torch.Tensor:
+        return torch.cat([e.reset(None if seed is None else seed + i)
+                          for i, e in enumerate(self.envs)])
+
+    def step(self, actions: torch.Tensor | np.ndarray
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        act = _to_numpy_actions(actions)
+        if act.shape != (self.n_envs,):
+            raise ValueError(f"expected {self.n_envs} actions, got shape {tuple(act.shape)}")
+        parts = [e.step(act[s]) for e, s in zip(self.envs, self._slices, strict=True)]
+        info: dict[str, Any] = {}
+        for key in parts[0][3]:
+            vals = [p[3][key] for p in parts]
+            info[key] = torch.cat(vals) if key == "final_obs" else np.concatenate(vals)
+        return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                torch.cat([p[2] for p in parts]), info)
+
+    def state_dict(self) -> dict[str, Any]:
+        from engine.checkpoint import env_state
+
+        return {"markets": [env_state(e) for e in self.envs]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from engine.checkpoint import load_env_state
+
+        if len(state["markets"]) != len(self.envs):
+            raise ValueError(f"environment state holds {len(state['markets'])} markets, this run "
+                             f"has {len(self.envs)}")
+        for e, st in zip(self.envs, state["markets"], strict=True):
+            load_env_state(e, st)
+
+
 def evaluate_policy(features: np.ndarray, close: np.ndarray, policy_fn: PolicyFn,
                     window: int = 10, *, start: int | None = None,
                     transaction_cost: float = 1e-4, slippage: float = 2e-4,
                     long_only: bool = False, device: str = "cpu",
-                    batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 4096, position_levels: int = 1
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """One deterministic greedy pass over a whole series: ``(positions, net_returns)``.
 
     ``policy_fn`` maps an observation batch (B, window, F + 1) float32 on ``device`` (the
@@ -321,7 +408,7 @@ def evaluate_policy(features: np.ndarray, close: np.ndarray, policy_fn: PolicyFn
     if feats.ndim != 2 or len(feats) != T:
         raise ValueError(f"features must be ({T}, F), got shape {feats.shape}")
     first = max(window - 1, 0 if start is None else int(start))
-    choices = action_positions(long_only)
+    choices = action_positions(long_only, position_levels)
     positions = np.zeros(max(T - 1, 0))
     if first <= T - 2:
         build = _ObsBuilder(feats, window, torch.device(device))

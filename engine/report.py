@@ -49,6 +49,26 @@ PathLike = str | os.PathLike[str]
 
 
 # -- writing -------------------------------------------------------------------------------------
+def write_test_metrics(out_dir: PathLike, test: Mapping[str, Any]) -> None:
+    """``test_metrics.json`` (everything) and ``test_metrics.csv`` (one row of the scalar
+    values; tables such as the per-market rows stay in the JSON)."""
+    out = Path(out_dir)
+    _json_dump(out / TEST_METRICS_JSON, dict(test))
+    flat = [k for k, v in test.items() if not isinstance(v, list | dict)]
+    _write_rows(out / TEST_METRICS_CSV, [test], flat)
+
+
+def write_comparison(out_dir: PathLike, metrics: Mapping[str, Mapping[str, Any]]) -> None:
+    """``strategy_comparison.csv``: one row per strategy (name -> its metrics), in order."""
+    rows = [{"strategy": name, "label": label(name), **m} for name, m in metrics.items()]
+    _write_rows(Path(out_dir) / COMPARISON_CSV, rows, ["strategy", "label", *METRIC_KEYS])
+
+
+def write_table(path: PathLike, rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> None:
+    """A CSV of ``rows`` with columns ``cols`` (missing values empty)."""
+    _write_rows(Path(path), rows, cols)
+
+
 def _period(arr: Any, split: slice, what: str) -> np.ndarray:
     """An agent array for the split's evaluated bars, from either the split alone
     (``stop - start - 1``) or :func:`engine.env.evaluate_policy`'s ``stop - 1`` prefix arrays."""
@@ -120,12 +140,8 @@ def write_outputs(results_dir: PathLike, md: Any, split: slice, agent_positions:
             "slippage": float(slippage), "long_only": bool(long_only),
             "data_file": Path(str(getattr(md, "source", "") or "")).name}
     test = {**metrics["agent"], **meta}
-    _json_dump(out_dir / TEST_METRICS_JSON, test)
-    _write_rows(out_dir / TEST_METRICS_CSV, [test], list(test))
-
-    cols = ["strategy", "label", *METRIC_KEYS]
-    rows = [{"strategy": name, "label": label(name), **m} for name, m in metrics.items()]
-    _write_rows(out_dir / COMPARISON_CSV, rows, cols)
+    write_test_metrics(out_dir, test)
+    write_comparison(out_dir, metrics)
 
     times = md.timestamps[start:stop]
     table: dict[str, list[Any]] = {"time": [_ts_text(t) for t in times],
@@ -255,12 +271,32 @@ def fmt(key: str, value: Any, row: Mapping[str, Any] | None = None) -> str:
     return f"{v:,.2f}"
 
 
-def verdict(rows: Sequence[Mapping[str, Any]], metric: str = "sharpe_ratio") -> tuple[str, str]:
-    """``(sentence, css class)``: how the agent did against buy-and-hold, and its rank."""
+def verdict(rows: Sequence[Mapping[str, Any]], metric: str = "sharpe_ratio",
+            test: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """``(sentence, css class)``: how the agent did against buy-and-hold.
+
+    With the statistics of :mod:`engine.evaluation` in ``test`` (its ``verdict``): that
+    sentence (a bootstrap interval, seeds, the deflated Sharpe ratio), never a rank claim.
+    Older results without them: the return difference and the rank on this one test split,
+    said to be one run without a confidence interval.
+    """
     by = {r["strategy"]: r for r in rows}
     agent, bh = by.get("agent"), by.get("buy_and_hold")
     if agent is None:
         return "No agent results in this folder.", "neutral"
+    if test and test.get("verdict"):
+        lo, hi = test.get("sharpe_vs_bh_ci_low"), test.get("sharpe_vs_bh_ci_high")
+        cls = "neutral"
+        if isinstance(lo, int | float) and lo > 0:
+            cls = "good"
+        elif isinstance(hi, int | float) and hi < 0:
+            cls = "bad"
+        text = html.escape(str(test["verdict"]))
+        n_m = test.get("n_markets")
+        if isinstance(n_m, int) and n_m > 1:
+            text += (f" Test Sharpe above buy-and-hold's on {test.get('markets_beaten')} of "
+                     f"{n_m} markets.")
+        return text, cls
     parts: list[str] = []
     cls = "neutral"
     a_tr, b_tr = agent.get("total_return"), (bh or {}).get("total_return")
@@ -280,7 +316,8 @@ def verdict(rows: Sequence[Mapping[str, Any]], metric: str = "sharpe_ratio") -> 
     best = ranked[0]
     name = _NAMES.get(metric, metric)
     if best["strategy"] == "agent":
-        parts.append(f"Best of {len(rows)} strategies by {name}.")
+        parts.append(f"Best of {len(rows)} strategies by {name} on this test split (one run, "
+                     "no confidence interval: it may be luck).")
     else:
         parts.append(f"Rank {rank} of {len(rows)} by {name}; best: "
                      f"{html.escape(str(best.get('label') or best['strategy']))} "
@@ -407,6 +444,32 @@ def _metrics_table(columns: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
             f'</thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
+HONEST_KEYS = ("n_markets", "markets_beaten", "bh_sharpe_ratio", "sharpe_vs_bh",
+               "sharpe_vs_bh_ci_low", "sharpe_vs_bh_ci_high", "sharpe_vs_bh_p_le_0", "n_seeds",
+               "seed_sharpe_mean", "seed_sharpe_std", "seed_sharpe_min", "seed_sharpe_max",
+               "val_sharpe", "val_test_gap", "deflated_sharpe", "n_trials", "test_psr")
+
+
+def _plain_table(path: Path) -> str:
+    """A CSV file as an HTML table (numbers to 3 decimals)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        data = list(csv.reader(fh))
+    if not data:
+        return ""
+
+    def cell(v: str) -> str:
+        try:
+            return f"{float(v):.3f}"
+        except ValueError:
+            return html.escape(v)
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in data[0])
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>"
+                   for row in data[1:])
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}'
+            "</tbody></table></div>")
+
+
 def _card(title: str, value: str, comment: str = "", sign: float | None = None) -> str:
     cls = "" if sign is None or sign == 0 else (" pos" if sign > 0 else " neg")
     return (f'<div class="card"><div class="k">{title}</div><div class="v{cls}">{value}</div>'
@@ -470,7 +533,7 @@ def build_report(results_dir: PathLike, *, metric: str = "sharpe_ratio",
                                                     metric=tmetric)))
 
     # Text.
-    sentence, cls = verdict(rows, metric)
+    sentence, cls = verdict(rows, metric, test)
     by = {r["strategy"]: r for r in rows}
     agent = by.get("agent", {})
     bh = by.get("buy_and_hold", {})
@@ -522,6 +585,20 @@ def build_report(results_dir: PathLike, *, metric: str = "sharpe_ratio",
     for _, path in figures:
         if path is not None:
             sections.append(f"<section>{_img(path)}</section>")
+    honest = {k: test[k] for k in HONEST_KEYS if k in test}
+    if honest:
+        sections.append(
+            "<section><h2>Skill or luck</h2>"
+            f"{_kv(honest)}<p class=\"note\">Sharpe difference against buy-and-hold with a 95% "
+            "stationary-bootstrap interval (blocks of bars resampled, agent and buy-and-hold on "
+            "the same bars); seeds: test Sharpe of each seed of the ensemble; deflated Sharpe "
+            "ratio (Bailey &amp; Lopez de Prado 2014): the probability that the selected "
+            "model's validation Sharpe is more than the best of n_trials lucky tries; "
+            "validation-test gap: how much the selection flattered the model.</p></section>")
+    markets_csv = out_dir / "markets.csv"
+    if markets_csv.exists():
+        sections.append(f"<section><h2>Per market (test split)</h2>{_plain_table(markets_csv)}"
+                        "</section>")
     columns = [("Agent, test", test)]
     if isinstance(val, Mapping) and val:
         columns.append(("Agent, validation", val))
@@ -566,4 +643,4 @@ def build_report(results_dir: PathLike, *, metric: str = "sharpe_ratio",
 
 
 __all__ = ["LABELS", "build_report", "fmt", "read_comparison", "read_series", "verdict",
-           "write_outputs"]
+           "write_comparison", "write_outputs", "write_table", "write_test_metrics"]

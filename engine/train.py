@@ -3,14 +3,21 @@ from replay, a greedy validation pass after every episode, checkpoints that surv
 
 The entry point (also what tuning calls in its worker processes)::
 
-    run_training(cfg: Config, *, data: PreparedData | None = None, out_dir: Path | None = None,
-                 events: EventWriter | None = None, log: Callable[[str], None] = print,
-                 stop: StopRequest | None = None, runtime_info: RuntimeInfo | None = None,
-                 mirror: RemoteMirror | None = None,
-                 train_transaction_cost: float | None = None) -> TrainResult
+    run_training(cfg: Config, *, data: PreparedData | list[PreparedData] | None = None,
+                 out_dir: Path | None = None, events: EventWriter | None = None,
+                 log: Callable[[str], None] = print, stop: StopRequest | None = None,
+                 runtime_info: RuntimeInfo | None = None, mirror: RemoteMirror | None = None,
+                 train_transaction_cost: float | None = None,
+                 member: tuple[int, int] | None = None) -> TrainResult
+
+    train_agent(...)  # the same arguments: run_training, or an ensemble of seeds (--ensemble)
 
 - ``cfg`` is resolved here (agent defaults filled in). ``data`` defaults to
-  ``prepare_data(cfg)``; pass one PreparedData to many trials to load and featurise once.
+  ``prepare_data(cfg)``; pass one PreparedData to many trials to load and featurise once. A
+  list of PreparedData (:func:`prepare_markets`, each market normalised on its own training
+  split) trains one agent on all of them: ``ceil(n_envs / markets)`` environments per market
+  (market-balanced), validation and selection over every market's folds
+  (:func:`validate_net`).
 - ``out_dir`` None (tuning trials): nothing is written. Otherwise ``out_dir`` receives
   ``checkpoints/``, ``model.pth`` (best weights + normaliser + config) and ``train_metrics.json``,
   and ``cfg.resume`` continues from the newest complete checkpoint there.
@@ -58,10 +65,10 @@ import torch
 from torch import nn
 
 from engine import checkpoint as ckpt
-from engine.agents import DQNAgent, epsilon_at, weights_copy
+from engine.agents import DQNAgent, EnsembleQNet, epsilon_at, weights_copy
 from engine.config import RESUME_FREE, Config, ConfigError
 from engine.data import DataError, MarketData, bars_per_year, load_market_data, split_indices
-from engine.env import VecTradingEnv, evaluate_policy
+from engine.env import MultiMarketEnv, VecTradingEnv, evaluate_policy
 from engine.events import EventWriter
 from engine.features import FEATURE_NAMES, Normalizer, compute_features, feature_warmup
 from engine.replay import NStepAccumulator, ReplayBuffer
@@ -106,6 +113,29 @@ class PreparedData:
                 "first_train_decision_bar": self.start, "train": span(self.train),
                 "val": span(self.val), "test": span(self.test),
                 "features": list(FEATURE_NAMES)}
+
+
+Markets = list[PreparedData]
+
+
+def as_markets(data: PreparedData | Markets) -> Markets:
+    """One market or several, as a list."""
+    return list(data) if isinstance(data, list | tuple) else [data]
+
+
+def market_label(data: PreparedData) -> str:
+    """The market's name (its file stem)."""
+    from engine.data import market_name
+
+    return market_name(str(data.md.source or "market"))
+
+
+def prepare_markets(cfg: Config, files: list[str]) -> Markets:
+    """:func:`prepare_data` for each market file, each normalised with its own training split's
+    statistics (so a feature's scale never tells which market it is)."""
+    from dataclasses import replace
+
+    return [prepare_data(replace(cfg, data_file=f)) for f in files]
 
 
 def prepare_data(cfg: Config, md: MarketData | None = None,
@@ -162,7 +192,8 @@ def greedy_pass(net: nn.Module, data: PreparedData, split: slice, cfg: Config,
         pos, ret = evaluate_policy(data.features[:b], data.close[:b], policy, cfg.window,
                                    start=a, transaction_cost=cfg.transaction_cost,
                                    slippage=cfg.slippage, long_only=cfg.long_only,
-                                   device=str(device))
+                                   device=str(device),
+                                   position_levels=int(cfg.position_levels or 1))
     finally:
         net.train(was_training)
     return pos[a:], ret[a:]
@@ -174,14 +205,65 @@ def emit_equity(events: EventWriter | None, data: PreparedData, split: slice, na
     same cost model (``engine.baselines``), for the control center's plot."""
     if events is None:
         return
-    from engine.baselines import run_baselines
     from engine.metrics import equity_points
 
-    a, b = int(split.start), int(split.stop)
-    _, bh = run_baselines(data.close[:b], cfg.transaction_cost, cfg.slippage, start=a,
-                          long_only=cfg.long_only, names=("buy_and_hold",))["buy_and_hold"]
+    _, bh = buy_and_hold_returns(data, split, cfg)
     events.emit("equity", split=name, episode=episode, agent=equity_points(returns),
                 buy_and_hold=equity_points(bh))
+
+
+def buy_and_hold_returns(data: PreparedData, split: slice, cfg: Config
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Buy-and-hold's (positions, net returns) over one split, under the run's cost model."""
+    from engine.baselines import run_baselines
+
+    a, b = int(split.start), int(split.stop)
+    return run_baselines(data.close[:b], cfg.transaction_cost, cfg.slippage, start=a,
+                         long_only=cfg.long_only, names=("buy_and_hold",))["buy_and_hold"]
+
+
+def fold_sharpes(returns: np.ndarray, folds: int, bars_per_year: float) -> list[float]:
+    """Annualised Sharpe ratio of each of ``folds`` consecutive blocks of ``returns`` (a block
+    with no variation scores 0)."""
+    out = []
+    for block in np.array_split(np.asarray(returns, dtype=np.float64), max(1, folds)):
+        sd = float(block.std(ddof=1)) if len(block) >= 2 else 0.0
+        out.append(float(block.mean()) / sd * math.sqrt(bars_per_year) if sd > 1e-12 else 0.0)
+    return out
+
+
+def validate_net(net: nn.Module, markets: Markets, cfg: Config,
+                 device: str | torch.device = "cpu"
+                 ) -> tuple[dict[str, Any] | None, float, np.ndarray | None]:
+    """The greedy policy's validation metrics (None without a validation split; the mean over
+    markets when there are several), the selection criterion, and the first market's returns.
+
+    The criterion is the validation Sharpe ratio; with several markets or ``val_folds`` > 1 it
+    is the mean over markets of the mean Sharpe ratio over each market's consecutive folds
+    (walk-forward blocks of its validation split).
+    """
+    from engine.metrics import mean_metrics
+    from engine.metrics import score as metric_score
+
+    folds = int(cfg.val_folds or 1)
+    per_market: list[dict[str, Any]] = []
+    scores: list[float] = []
+    first: np.ndarray | None = None
+    for market in markets:
+        if int(market.val.stop) - int(market.val.start) < MIN_EVAL_BARS:
+            continue
+        pos, ret = greedy_pass(net, market, market.val, cfg, device)
+        if first is None:
+            first = ret
+        per_market.append(split_metrics(pos, ret, market, market.val, cfg))
+        scores.append(float(np.mean(fold_sharpes(ret, folds, market.bars_per_year))))
+    if not per_market:
+        return None, -math.inf, None
+    if len(per_market) == 1 and folds == 1:
+        # Selection by validation Sharpe; an undefined one ranks by the sign of the return.
+        return per_market[0], metric_score(per_market[0], "sharpe_ratio"), first
+    metrics = per_market[0] if len(per_market) == 1 else mean_metrics(per_market)
+    return metrics, float(np.mean(scores)), first
 
 
 def split_metrics(positions: np.ndarray, returns: np.ndarray, data: PreparedData,
@@ -197,14 +279,19 @@ def split_metrics(positions: np.ndarray, returns: np.ndarray, data: PreparedData
 
 # -- models on disk ----------------------------------------------------------------------------
 
-def save_model(path: Path, net: nn.Module, cfg: Config, data: PreparedData,
+def save_model(path: Path, net: nn.Module, cfg: Config, data: PreparedData | Markets,
                obs_shape: tuple[int, ...], n_actions: int, extra: dict[str, Any]) -> Path:
     """``model.pth``: weights, config, normaliser, shapes (``torch.load(weights_only=True)``)."""
+    markets = as_markets(data)
     bundle = {"format": MODEL_FORMAT, "agent_type": cfg.agent_type, "config": cfg.to_dict(),
               "obs_shape": list(obs_shape), "n_actions": int(n_actions),
               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-              "normalizer": data.normalizer.state_dict(), "features": list(FEATURE_NAMES),
+              "normalizer": markets[0].normalizer.state_dict(), "features": list(FEATURE_NAMES),
               **extra}
+    if isinstance(net, EnsembleQNet):
+        bundle["ensemble_members"] = len(net.members)
+    if len(markets) > 1:
+        bundle["normalizers"] = {market_label(m): m.normalizer.state_dict() for m in markets}
     return ckpt.atomic_torch_save(bundle, path)
 
 
@@ -223,7 +310,11 @@ def load_model(path: Path, device: str | torch.device = "cpu"
     if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a {MODEL_FORMAT} model file")
     cfg = Config.from_dict(bundle["config"], source=str(path)).resolved()
-    net = build_qnet(cfg, tuple(bundle["obs_shape"]), int(bundle["n_actions"])).to(device)
+    shape, n_act = tuple(bundle["obs_shape"]), int(bundle["n_actions"])
+    k = int(bundle.get("ensemble_members") or 0)
+    net: nn.Module = (EnsembleQNet([build_qnet(cfg, shape, n_act) for _ in range(k)]) if k
+                      else build_qnet(cfg, shape, n_act))
+    net = net.to(device)
     net.load_state_dict(bundle["state_dict"])
     net.eval()
     return net, cfg, bundle
@@ -281,19 +372,23 @@ class TrainResult:
     net: nn.Module  # best weights, eval mode
     model_path: Path | None
     resumed_from: Path | None
+    members: list[TrainResult] = field(default_factory=list)  # an ensemble's seeds
 
 
 class Trainer:
     """One training run (see the module docstring); ``run()`` returns a TrainResult."""
 
-    def __init__(self, cfg: Config, data: PreparedData, device: str, *,
+    def __init__(self, cfg: Config, data: PreparedData | Markets, device: str, *,
                  out_dir: Path | None = None, events: EventWriter | None = None,
                  log: Callable[[str], None] = print, stop: StopRequest | None = None,
                  mirror: ckpt.RemoteMirror | None = None,
-                 train_transaction_cost: float | None = None) -> None:
-        self.cfg, self.data, self.device = cfg, data, torch.device(device)
+                 train_transaction_cost: float | None = None,
+                 member: tuple[int, int] | None = None) -> None:
+        self.markets = as_markets(data)
+        self.cfg, self.data, self.device = cfg, self.markets[0], torch.device(device)
         self.out_dir, self.events, self.log, self.stop = out_dir, events, log, stop
         self.mirror = mirror
+        self.member = member  # (index, count) in an ensemble: tagged on episode events
         self.val_returns: np.ndarray | None = None  # of the last validation pass
 
         # Seeding: one block, everything derives from cfg.seed.
@@ -304,21 +399,30 @@ class Trainer:
         self.gen.manual_seed(cfg.seed)
 
         # Environments on the training split only: arrays end at its last bar.
-        L = data.train_steps
-        n = cfg.n_envs
+        cost = (cfg.transaction_cost if train_transaction_cost is None
+                else float(train_transaction_cost))
+        k = len(self.markets)
+        per_market = cfg.n_envs if k == 1 else math.ceil(cfg.n_envs / k)
+        n = per_market * k
+        L = sum(m.train_steps for m in self.markets)
         self.steps_per_episode = math.ceil(L / n)
-        seg = cfg.episode_length or max(self.steps_per_episode, min(L, DEFAULT_SEGMENT))
-        self.segment = min(seg, L)
-        self.reward_scale = self._reward_scale()
-        b = int(data.train.stop)
-        self.env = VecTradingEnv(
-            data.features[:b], data.close[:b], n_envs=n, window=cfg.window,
-            transaction_cost=(cfg.transaction_cost if train_transaction_cost is None
-                              else float(train_transaction_cost)),
-            slippage=cfg.slippage, long_only=cfg.long_only, reward=cfg.reward_goal,
-            episode_length=self.segment,
-            start=data.start, device=str(self.device), seed=cfg.seed,
-            reward_scale=self.reward_scale)
+        scales, envs, segments = [], [], []
+        for i, market in enumerate(self.markets):
+            Lm = market.train_steps
+            seg = cfg.episode_length or max(self.steps_per_episode, min(Lm, DEFAULT_SEGMENT))
+            segments.append(min(seg, Lm))
+            scales.append(self._reward_scale(market))
+            b = int(market.train.stop)
+            envs.append(VecTradingEnv(
+                market.features[:b], market.close[:b], n_envs=per_market, window=cfg.window,
+                transaction_cost=cost, slippage=cfg.slippage, long_only=cfg.long_only,
+                reward=cfg.reward_goal, episode_length=segments[-1], start=market.start,
+                device=str(self.device), seed=cfg.seed + i, reward_scale=scales[-1],
+                position_levels=int(cfg.position_levels or 1),
+                excess_reward=bool(cfg.excess_reward), obs_noise=float(cfg.obs_noise or 0.0)))
+        self.segment = segments[0]
+        self.reward_scale = float(np.mean(scales))
+        self.env: VecTradingEnv | MultiMarketEnv = envs[0] if k == 1 else MultiMarketEnv(envs)
         if self.env.reward_note:
             self.log(f"note: {self.env.reward_note}")
         self.obs_shape = tuple(self.env.obs_shape)
@@ -338,19 +442,19 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.progressed = False  # stepped or ended an episode in this process
 
-    def _reward_scale(self) -> float:
+    def _reward_scale(self, market: PreparedData) -> float:
         cfg = self.cfg
         if cfg.reward_scale > 0:
             return float(cfg.reward_scale)
         if cfg.reward_goal != "profit":
             return 1.0
-        close = self.data.close[self.data.start:int(self.data.train.stop)]
+        close = market.close[market.start:int(market.train.stop)]
         std = float(np.std(np.diff(np.log(close))))
         return 1.0 / std if std > 1e-12 else 1.0
 
     # -- one vectorised step -------------------------------------------------------------------
     def _step(self) -> None:
-        cfg, s, n = self.cfg, self.s, self.cfg.n_envs
+        cfg, s, n = self.cfg, self.s, self.env.n_envs
         self.progressed = True
         eps = epsilon_at(s.env_steps, self.total_env_steps, cfg)
         actions = self.agent.act(self.obs, eps, self.gen)
@@ -389,40 +493,39 @@ class Trainer:
                 raise TrainingInterrupted(self.stop.signum, path, s.episode)
         s.ep_time += time.perf_counter() - t0
 
-    def validate(self) -> dict[str, Any] | None:
-        """Metrics of the greedy policy on the validation split (None without one)."""
-        if int(self.data.val.stop) - int(self.data.val.start) < MIN_EVAL_BARS:
-            return None
-        pos, ret = greedy_pass(self.agent.online, self.data, self.data.val, self.cfg,
-                               self.device)
-        self.val_returns = ret
-        return split_metrics(pos, ret, self.data, self.data.val, self.cfg)
+    def validate(self) -> tuple[dict[str, Any] | None, float]:
+        """See :func:`validate_net` (of the online network)."""
+        metrics, score, self.val_returns = validate_net(self.agent.online, self.markets,
+                                                        self.cfg, self.device)
+        return metrics, score
 
     def _end_episode(self) -> None:
-        from engine.metrics import score as metric_score
-
         cfg, s = self.cfg, self.s
-        env_steps_ep = s.step_in_episode * cfg.n_envs
+        env_steps_ep = s.step_in_episode * self.env.n_envs
         self.progressed = True
         s.episode += 1
         s.step_in_episode = 0
-        val = self.validate()
+        val, score = self.validate()
         val_sharpe = None if val is None else val["sharpe_ratio"]
         val_return = None if val is None else val["total_return"]
-        # Selection by validation Sharpe; an undefined one ranks by the sign of the return.
-        score = -math.inf if val is None else metric_score(val, "sharpe_ratio")
-        improved = val is None or score > s.best_val
+        # No selection while exploration makes a good score luck (--select_from); the last
+        # episode is always eligible.
+        eligible = (s.episode > int(float(cfg.select_from or 0.0) * cfg.episodes)
+                    or s.episode >= cfg.episodes)
+        improved = eligible and (val is None or score > s.best_val)
         if improved:
             s.best_val, s.best_episode, s.since_best = score, s.episode, 0
             self.best_weights = weights_copy(self.agent.online)
-        else:
+        elif eligible:
             s.since_best += 1
         if cfg.patience and s.since_best >= cfg.patience:
             s.stopped_early = True
         loss = float(self.ep_loss) / s.ep_updates if s.ep_updates else None
         record = {"episode": s.episode, "reward": float(self.ep_reward) / self.reward_scale,
                   "loss": loss, "epsilon": epsilon_at(s.env_steps, self.total_env_steps, cfg),
-                  "val_sharpe": val_sharpe, "val_return": val_return, "env_steps": s.env_steps,
+                  "val_sharpe": val_sharpe, "val_return": val_return,
+                  "val_score": None if not math.isfinite(score) else score,
+                  "env_steps": s.env_steps,
                   "updates": self.agent.updates, "best": improved,
                   "steps_per_s": env_steps_ep / s.ep_time if s.ep_time > 0 else None}
         s.history.append(record)
@@ -430,7 +533,9 @@ class Trainer:
             self.events.emit("episode", episode=s.episode, episodes=cfg.episodes,
                              reward=record["reward"], loss=loss, epsilon=record["epsilon"],
                              val_sharpe=val_sharpe, steps_per_s=record["steps_per_s"],
-                             env_steps=s.env_steps)
+                             env_steps=s.env_steps,
+                             **({} if self.member is None else
+                                {"member": self.member[0], "members": self.member[1]}))
         if improved and val is not None and self.val_returns is not None:
             emit_equity(self.events, self.data, self.data.val, "val", self.val_returns, cfg,
                         episode=s.episode)
@@ -513,7 +618,11 @@ class Trainer:
 def check_resumable(cfg: Config, saved: dict[str, Any], name: str) -> None:
     """ConfigError unless a checkpoint made with settings ``saved`` can continue as ``cfg``
     (only settings that do not change the computation may differ: RESUME_FREE)."""
+    from engine.config import COMMON_DEFAULTS
+
     mine = cfg.resolved().to_dict()
+    # A checkpoint from before a setting existed ran with that setting's neutral value.
+    saved = {**COMMON_DEFAULTS, **saved}
     diff = [k for k in mine if k not in RESUME_FREE and saved.get(k) != mine[k]]
     if diff:
         shown = ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in diff[:4])
@@ -532,18 +641,22 @@ def _episode_line(r: dict[str, Any], episodes: int) -> str:
             f"{'n/a' if sps is None else f'{sps:,.0f}'}{'  *best' if r['best'] else ''}")
 
 
-def run_training(cfg: Config, *, data: PreparedData | None = None, out_dir: Path | None = None,
+def run_training(cfg: Config, *, data: PreparedData | Markets | None = None,
+                 out_dir: Path | None = None,
                  events: EventWriter | None = None, log: Callable[[str], None] = print,
                  stop: StopRequest | None = None, runtime_info: RuntimeInfo | None = None,
                  mirror: ckpt.RemoteMirror | None = None,
-                 train_transaction_cost: float | None = None) -> TrainResult:
-    """Train one agent (see the module docstring for the arguments)."""
+                 train_transaction_cost: float | None = None,
+                 member: tuple[int, int] | None = None) -> TrainResult:
+    """Train one agent (see the module docstring for the arguments; ``member`` = (index,
+    count) of an ensemble member, tagged on its episode events)."""
     cfg = cfg.resolved()
     rt = runtime_info or detect(cfg.device, cfg.torch_threads)
     data = data or prepare_data(cfg)
     t_start = time.perf_counter()
     trainer = Trainer(cfg, data, rt.device, out_dir=out_dir, events=events, log=log, stop=stop,
-                      mirror=mirror, train_transaction_cost=train_transaction_cost)
+                      mirror=mirror, train_transaction_cost=train_transaction_cost,
+                      member=member)
     if cfg.resume and out_dir is not None:
         folder = out_dir / ckpt.CKPT_DIR
         if mirror is not None:
@@ -567,9 +680,12 @@ def run_training(cfg: Config, *, data: PreparedData | None = None, out_dir: Path
     net.eval()
     val_metrics: dict[str, Any] | None = None
     val_series = None
-    if int(data.val.stop) - int(data.val.start) >= MIN_EVAL_BARS:
-        val_series = greedy_pass(net, data, data.val, cfg, rt.device)
-        val_metrics = split_metrics(*val_series, data, data.val, cfg)
+    markets = as_markets(data)
+    if len(markets) > 1:
+        val_metrics, _ = trainer.validate()
+    elif int(markets[0].val.stop) - int(markets[0].val.start) >= MIN_EVAL_BARS:
+        val_series = greedy_pass(net, markets[0], markets[0].val, cfg, rt.device)
+        val_metrics = split_metrics(*val_series, markets[0], markets[0].val, cfg)
     steps_times = [(h["env_steps"], h["steps_per_s"]) for h in s.history if h["steps_per_s"]]
     sps = float(np.median([v for _, v in steps_times])) if steps_times else 0.0
     best_val = None if not math.isfinite(s.best_val) else s.best_val
@@ -580,10 +696,11 @@ def run_training(cfg: Config, *, data: PreparedData | None = None, out_dir: Path
                                 {"best_episode": s.best_episode, "val_sharpe": best_val,
                                  "env_steps": s.env_steps})
         summary = {"agent_type": cfg.agent_type, "episodes": cfg.episodes,
+                   "markets": [market_label(m) for m in markets],
                    "episodes_run": s.episode, "stopped_early": s.stopped_early,
                    "best_episode": s.best_episode, "best_val_sharpe": best_val,
                    "env_steps": s.env_steps, "gradient_updates": trainer.agent.updates,
-                   "steps_per_episode": trainer.steps_per_episode * cfg.n_envs,
+                   "steps_per_episode": trainer.steps_per_episode * trainer.env.n_envs,
                    "segment_length": trainer.segment, "reward_scale": trainer.reward_scale,
                    "median_steps_per_s": sps, "val_metrics": val_metrics,
                    "history": s.history}
@@ -594,6 +711,75 @@ def run_training(cfg: Config, *, data: PreparedData | None = None, out_dir: Path
                        env_steps=s.env_steps, updates=trainer.agent.updates, steps_per_s=sps,
                        wall_s=wall, stopped_early=s.stopped_early, net=net,
                        model_path=model_path, resumed_from=trainer.resumed_from)
+
+
+def train_agent(cfg: Config, *, data: PreparedData | Markets | None = None,
+                out_dir: Path | None = None, events: EventWriter | None = None,
+                log: Callable[[str], None] = print, stop: StopRequest | None = None,
+                runtime_info: RuntimeInfo | None = None,
+                mirror: ckpt.RemoteMirror | None = None,
+                train_transaction_cost: float | None = None) -> TrainResult:
+    """:func:`run_training`, or with ``ensemble`` K > 1 K of them (seeds ``seed .. seed+K-1``,
+    each in ``<out_dir>/members/seed<S>/`` with its own checkpoints, so ``--resume`` continues
+    each bit for bit) combined into one model that acts on their mean Q-values."""
+    cfg = cfg.resolved()
+    k = int(cfg.ensemble or 1)
+    if k == 1:
+        return run_training(cfg, data=data, out_dir=out_dir, events=events, log=log, stop=stop,
+                            runtime_info=runtime_info, mirror=mirror,
+                            train_transaction_cost=train_transaction_cost)
+    from engine.env import action_positions
+
+    rt = runtime_info or detect(cfg.device, cfg.torch_threads)
+    markets = as_markets(data or prepare_data(cfg))
+    t0 = time.perf_counter()
+    members: list[TrainResult] = []
+    for i in range(k):
+        seed = cfg.seed + i
+        sub = None if out_dir is None else out_dir / "members" / f"seed{seed}"
+        resume = cfg.resume and sub is not None and (sub / ckpt.CKPT_DIR).is_dir()
+        mcfg = dataclasses.replace(cfg, seed=seed, ensemble=1, resume=resume)
+        sub_mirror = None if mirror is None else ckpt.RemoteMirror(
+            f"{mirror.uri}/members/seed{seed}")
+        log(f"ensemble member {i + 1}/{k} (seed {seed})")
+        members.append(run_training(mcfg, data=markets, out_dir=sub, events=events, log=log,
+                                    stop=stop, runtime_info=rt, mirror=sub_mirror,
+                                    train_transaction_cost=train_transaction_cost,
+                                    member=(i, k)))
+    net = EnsembleQNet([m.net for m in members]).eval()
+    val_metrics, score, _ = validate_net(net, markets, cfg, rt.device)
+    val_series = None
+    if len(markets) == 1 and val_metrics is not None:
+        val_series = greedy_pass(net, markets[0], markets[0].val, cfg, rt.device)
+    best = None if not math.isfinite(score) else score
+    history = [{**h, "member": i} for i, m in enumerate(members) for h in m.history]
+    model_path = None
+    if out_dir is not None:
+        obs_shape = (cfg.window, markets[0].features.shape[1] + 1)
+        n_actions = len(action_positions(cfg.long_only, int(cfg.position_levels or 1)))
+        model_path = save_model(out_dir / "model.pth", net, cfg, markets, obs_shape, n_actions,
+                                {"val_sharpe": best, "member_seeds": [cfg.seed + i
+                                                                      for i in range(k)]})
+        summary = {"agent_type": cfg.agent_type, "episodes": cfg.episodes, "ensemble": k,
+                   "markets": [market_label(m) for m in markets],
+                   "members": [{"seed": cfg.seed + i, "best_episode": m.best_episode,
+                                "best_val_sharpe": m.best_val_sharpe,
+                                "episodes_run": len(m.history), "stopped_early": m.stopped_early}
+                               for i, m in enumerate(members)],
+                   "best_val_sharpe": best, "env_steps": sum(m.env_steps for m in members),
+                   "gradient_updates": sum(m.updates for m in members),
+                   "val_metrics": val_metrics, "history": history}
+        ckpt.atomic_write_text(out_dir / "train_metrics.json",
+                               json.dumps(_json_safe(summary), indent=2) + "\n")
+    return TrainResult(config=cfg, history=history, best_episode=members[0].best_episode,
+                       best_val_sharpe=best, val_metrics=val_metrics, val_series=val_series,
+                       env_steps=sum(m.env_steps for m in members),
+                       updates=sum(m.updates for m in members),
+                       steps_per_s=float(np.mean([m.steps_per_s for m in members])),
+                       wall_s=time.perf_counter() - t0,
+                       stopped_early=all(m.stopped_early for m in members), net=net,
+                       model_path=model_path, resumed_from=members[-1].resumed_from,
+                       members=members)
 
 
 def _warn(events: EventWriter | None, log: Callable[[str], None], message: str) -> None:

@@ -236,7 +236,8 @@ def train_trial(cfg: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     always judged at the run's ``transaction_cost``. Data are loaded and featurised once per
     worker process and shared by its trials."""
     from engine.config import Config
-    from engine.train import prepare_data, run_training
+    from engine.data import market_files
+    from engine.train import prepare_data, prepare_markets, run_training
 
     values = dict(cfg)
     train_cost = values.pop(TRAIN_COST_KEY, None)
@@ -248,7 +249,9 @@ def train_trial(cfg: dict[str, Any], work_dir: Path) -> dict[str, Any]:
            config.val_frac)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = prepare_data(config.resolved())
+        files = market_files(config.data_file)  # several markets: one agent on all
+        _DATA_CACHE[key] = (prepare_data(config.resolved()) if files is None
+                            else prepare_markets(config.resolved(), files))
     result = run_training(config, data=_DATA_CACHE[key], out_dir=None, log=lambda _m: None,
                           train_transaction_cost=None if train_cost is None
                           else float(train_cost))

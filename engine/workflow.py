@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,8 +61,8 @@ SIGNAL_EXIT = {int(signal.SIGINT): 130, int(signal.SIGTERM): 143}
 # Files a fresh (not --resume) training run replaces; tuning results stay for --skip_tuning.
 RUN_FILES = ("events.jsonl", "engine.log", "model.pth", "train_metrics.json", "config.json",
              "test_metrics.json", "test_metrics.csv", "val_metrics.json",
-             "strategy_comparison.csv", "test_series.csv", "report.html")
-RUN_DIRS = ("checkpoints", "plots")
+             "strategy_comparison.csv", "test_series.csv", "report.html", "markets.csv")
+RUN_DIRS = ("checkpoints", "plots", "members", "markets")
 
 
 class Interrupted(Exception):
@@ -194,6 +195,45 @@ def local_data_file(name: str) -> str:
     return str(target)
 
 
+def local_data_files(spec: str) -> list[str]:
+    """The local market files ``--data_file`` names: one file (resolved as before), a folder or
+    a glob of files (:func:`engine.data.market_files`), or a storage prefix ending in ``/``
+    (each market file under it copied locally once)."""
+    from engine.data import MARKET_SUFFIXES, DataError, market_files, resolve_data_path
+
+    if _is_uri(spec) and spec.endswith("/"):
+        from providers.storage import StorageError, open_store
+
+        try:
+            store, prefix = open_store(spec)
+            keys = sorted(o.key for o in store.list(prefix)
+                          if o.key.lower().endswith(MARKET_SUFFIXES))
+        except StorageError as exc:
+            raise BadInput(f"cannot list data files under {spec}: {exc}") from None
+        if not keys:
+            raise DataError(f"no .csv or .parquet market files under {spec}")
+        folder = _cache_dir("data") / hashlib.sha1(spec.encode()).hexdigest()[:12]
+        out = []
+        for key in keys:
+            target = folder / key.rstrip("/").rsplit("/", 1)[-1]
+            if not target.is_file():
+                try:
+                    data = store.get_bytes(key)
+                except StorageError as exc:
+                    raise BadInput(f"cannot read data file {key} under {spec}: {exc}") from None
+                target.parent.mkdir(parents=True, exist_ok=True)
+                from engine.checkpoint import atomic_write
+
+                atomic_write(target, lambda fh, d=data: fh.write(d))
+            out.append(str(target))
+        return out
+    if not _is_uri(spec):
+        found = market_files(spec)
+        if found is not None:
+            return found
+    return [resolve_data_path(local_data_file(spec))]
+
+
 def _upload_all(out: Path, uri: str | None, log: Callable[[str], None]) -> None:
     if uri is None:
         return
@@ -253,7 +293,7 @@ class _Ctx:
 
 def _run(command: str, cfg: Config, given: frozenset[str], log: RunLog) -> int:
     """train / full-workflow / tune / evaluate: validate everything, then create outputs."""
-    from engine.data import DataError, resolve_data_path
+    from engine.data import DataError
 
     cfg = cfg.resolved()
     out, uri = output_location(cfg)
@@ -261,20 +301,24 @@ def _run(command: str, cfg: Config, given: frozenset[str], log: RunLog) -> int:
     if command == "evaluate":
         cfg, model_bundle = _evaluation_config(cfg, given, out)
     try:  # a missing file fails here, before torch and pandas are imported
-        data_path = resolve_data_path(local_data_file(cfg.data_file))
+        files = local_data_files(cfg.data_file)
+        # several markets: the local folder of a storage prefix's copies, else the folder/glob
+        data_path = files[0] if len(files) == 1 else (
+            str(Path(files[0]).parent) if _is_uri(cfg.data_file) else cfg.data_file)
     except DataError as exc:
         raise BadInput(str(exc)) from None
     local_cfg = dataclasses.replace(cfg, data_file=data_path)
     from engine.runtime import detect
-    from engine.train import prepare_data
+    from engine.train import prepare_data, prepare_markets
 
     try:
         normalizer = None
-        if model_bundle is not None:
+        if model_bundle is not None and len(files) == 1:
             from engine.features import Normalizer
 
             normalizer = Normalizer.from_state_dict(model_bundle["normalizer"])
-        data = prepare_data(local_cfg, normalizer=normalizer)
+        data: Any = (prepare_data(local_cfg, normalizer=normalizer) if len(files) == 1
+                     else prepare_markets(local_cfg, files))
     except DataError as exc:
         raise BadInput(str(exc)) from None
     try:
@@ -297,10 +341,12 @@ def _run(command: str, cfg: Config, given: frozenset[str], log: RunLog) -> int:
                 device=rt.device, seed=cfg.seed, pid=os.getpid())
     log(f"dql-trading {command}: experiment {cfg.experiment_name} -> {uri or out}")
     log(rt.line())
-    log(f"data: {Path(data_path).name}, {data.md.n:,} bars, {data.bars_per_year:,.0f} bars/year; "
-        f"train {_span(data.train)}, validation {_span(data.val)}, test {_span(data.test)}")
-    for w in data.md.warnings:
-        _warn(ctx, f"data: {w}")
+    for market in (data if isinstance(data, list) else [data]):
+        log(f"data: {Path(market.md.source or data_path).name}, {market.md.n:,} bars, "
+            f"{market.bars_per_year:,.0f} bars/year; train {_span(market.train)}, validation "
+            f"{_span(market.val)}, test {_span(market.test)}")
+        for w in market.md.warnings:
+            _warn(ctx, f"data: {Path(market.md.source or data_path).name}: {w}")
     if notifier is not None:
         notifier.start(cfg.experiment_name, command=command,
                        details={"agent": cfg.agent_type, "data": Path(cfg.data_file).name,
@@ -354,7 +400,7 @@ class _Stop:
 def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, stop: _Stop,
             model_bundle: Any) -> dict[str, Any] | None:
     """The stages of the command; returns the test metrics (None when not evaluated)."""
-    from engine.train import TrainingInterrupted, load_model, run_training
+    from engine.train import TrainingInterrupted, load_model
 
     command, out, events, log = ctx.command, ctx.out, ctx.events, ctx.log
     tuned: dict[str, Any] = {}
@@ -373,7 +419,10 @@ def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, s
     if command == "evaluate":
         net, _, _ = load_model(out / "model.pth", rt.device)
         _write_config(ctx, cfg, rt, data, tuned)
-        return _evaluate_stage(ctx, cfg, data, net, rt.device, val_series=None)
+        members = getattr(net, "members", None)  # an ensemble: each seed is judged too
+        seeds = None if members is None else types.SimpleNamespace(
+            members=[types.SimpleNamespace(net=m) for m in members], history=[])
+        return _evaluate_stage(ctx, cfg, data, net, rt.device, val_series=None, result=seeds)
 
     _write_config(ctx, cfg, rt, data, tuned)
     events.emit("stage", name="train")
@@ -382,11 +431,17 @@ def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, s
         from engine.checkpoint import RemoteMirror
 
         mirror = RemoteMirror(ctx.uri)
-    log(f"training {cfg.agent_type}: {cfg.episodes} episodes x {data.train_steps:,} env steps "
-        f"on {cfg.n_envs} environments")
+    from engine.train import as_markets, train_agent
+
+    markets = as_markets(data)
+    where = f" over {len(markets)} markets" if len(markets) > 1 else ""
+    seeds = f", an ensemble of {cfg.ensemble} seeds" if (cfg.ensemble or 1) > 1 else ""
+    log(f"training {cfg.agent_type}: {cfg.episodes} episodes x "
+        f"{sum(m.train_steps for m in markets):,} env steps on {cfg.n_envs} environments"
+        f"{where}{seeds}")
     try:
-        result = run_training(cfg, data=data, out_dir=out, events=events, log=log, stop=stop,
-                              runtime_info=rt, mirror=mirror, train_transaction_cost=train_cost)
+        result = train_agent(cfg, data=data, out_dir=out, events=events, log=log, stop=stop,
+                             runtime_info=rt, mirror=mirror, train_transaction_cost=train_cost)
     except TrainingInterrupted as exc:
         raise Interrupted(exc.signum, exc.path, exc.episode) from None
     best = "n/a" if result.best_val_sharpe is None else f"{result.best_val_sharpe:.3f}"
@@ -397,7 +452,8 @@ def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, s
     if command == "train" and not cfg.test:
         return None
     _check(stop)
-    metrics = _evaluate_stage(ctx, cfg, data, result.net, rt.device, result.val_series)
+    metrics = _evaluate_stage(ctx, cfg, data, result.net, rt.device, result.val_series,
+                              result=result, tuned=bool(tuned))
     if command == "full-workflow":
         _check(stop)
         _report_stage(ctx, cfg)
@@ -441,32 +497,24 @@ def _tune_stage(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, stop: 
 
 
 def _evaluate_stage(ctx: _Ctx, cfg: Config, data: Any, net: Any, device: str,
-                    val_series: tuple[Any, Any] | None) -> dict[str, Any]:
-    """Greedy pass of the best model over the test split; metrics, baselines, files."""
-    from engine.train import greedy_pass, split_metrics
+                    val_series: tuple[Any, Any] | None, *, result: Any = None,
+                    tuned: bool = False) -> dict[str, Any]:
+    """Greedy pass of the best model over each market's test split; metrics, baselines, the
+    honest statistics (:mod:`engine.evaluation`), files."""
+    from engine.evaluation import evaluate_markets
 
     ctx.events.emit("stage", name="evaluate")
-    tpos, tret = greedy_pass(net, data, data.test, cfg, device)
-    report = _optional("engine.report")
-    strategies: dict[str, Any] = {}
-    if report is not None and hasattr(report, "write_outputs"):
-        validation = None
-        if val_series is not None:
-            validation = (data.val, val_series[0], val_series[1])
-        done = report.write_outputs(
-            ctx.out, data.md, data.test, tpos, tret, transaction_cost=cfg.transaction_cost,
-            slippage=cfg.slippage, long_only=cfg.long_only, validation=validation,
-            seed=cfg.seed, bars_per_year=data.bars_per_year, build=False)
-        metrics = dict(done["test_metrics"])
-        strategies = dict(done.get("strategies") or {})
-    else:
-        metrics = split_metrics(tpos, tret, data, data.test, cfg)
-        (ctx.out / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n",
-                                                    encoding="utf-8")
+    n_iter = cfg.n_iter if tuned else 1
+    done = evaluate_markets(ctx.out, cfg, data, net, device, val_series=val_series,
+                            result=result, tuning_trials=n_iter)
+    metrics = done["test_metrics"]
+    strategies = done["strategies"]
     ctx.events.emit("evaluation", split="test", metrics=metrics)
-    from engine.train import emit_equity
+    if done.get("equity") is not None:
+        from engine.train import emit_equity
 
-    emit_equity(ctx.events, data, data.test, "test", tret, cfg)
+        market, tret = done["equity"]
+        emit_equity(ctx.events, market, market.test, "test", tret, cfg)
     line = (f"test: return {_pct(metrics.get('total_return'))}, Sharpe "
             f"{_num(metrics.get('sharpe_ratio'))}, max drawdown {_pct(metrics.get('max_drawdown'))}"
             f", {metrics.get('n_trades')} trades")
@@ -474,6 +522,8 @@ def _evaluate_stage(ctx: _Ctx, cfg: Config, data: Any, net: Any, device: str,
     if bh:
         line += f" (buy & hold {_pct(bh.get('total_return'))}, Sharpe {_num(bh.get('sharpe_ratio'))})"
     ctx.log(line)
+    if metrics.get("verdict"):
+        ctx.log(str(metrics["verdict"]))
     ctx.strategies = strategies
     return metrics
 
@@ -542,7 +592,9 @@ def _write_config(ctx: _Ctx, cfg: Config, rt: Any, data: Any, tuned: dict[str, A
     doc.update(cfg.to_dict())
     doc["data_file"] = ctx.cfg.data_file
     doc.update({"command": ctx.command, "tuned_params": tuned, "runtime": rt.to_dict(),
-                "data": data.summary(), "argv": sys.argv[1:],
+                "data": (data.summary() if not isinstance(data, list)
+                         else {"markets": [m.summary() for m in data]}),
+                "argv": sys.argv[1:],
                 "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
     atomic_write_text(ctx.out / "config.json", json.dumps(doc, indent=2, default=str) + "\n")
 

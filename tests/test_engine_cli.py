@@ -158,10 +158,11 @@ def test_full_workflow_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert [e["episode"] for e in events if e["event"] == "episode"] == [1, 2, 3]
     assert [e["split"] for e in events if e["event"] == "evaluation"] == ["val", "test"]
     assert events[-1]["metrics"]["sharpe_ratio"] is not None
-    # equity curves for the control center's plot: validation when it improved (episode 1
-    # always does), then the test split; each from 1.0, and ending where the metrics say
+    # equity curves for the control center's plot: validation when it improved (the first
+    # episode selection looks at always does: custom selects from half the episodes on, so
+    # episode 2 of 3), then the test split; each from 1.0, and ending where the metrics say
     equity = [e for e in events if e["event"] == "equity"]
-    assert equity[0]["split"] == "val" and equity[0]["episode"] == 1
+    assert equity[0]["split"] == "val" and equity[0]["episode"] == 2
     assert [e["split"] for e in equity][-1] == "test"
     test_eq = equity[-1]
     comparison = {r["strategy"]: r for r in csv.DictReader(
