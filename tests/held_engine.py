@@ -2,9 +2,10 @@
 runs ``python -m engine ARGS...``, except that training holds in the middle of episode
 ``EPISODE + 1`` (after ``EPISODE`` episodes and their checkpoint, before the next one ends) until
 a stop signal has been received (SIGTERM/SIGINT: ``stop.signum`` set) or the file ``RELEASE``
-exists (``-``: none). The run cannot finish before the test has acted, however fast it is or
-however slowly the test is scheduled: no race against the clock. Nothing else changes (same
-steps, same random numbers), so a held run ends exactly as an unheld one.
+exists (``-``: none; else ``RELEASE.held`` is created when the hold begins). The run cannot
+finish before the test has acted, however fast it is or however slowly the test is scheduled:
+no race against the clock. Nothing else changes (same steps, same random numbers), so a held run
+ends exactly as an unheld one.
 
 Standalone (only the engine is imported, from ``sys.path`` as ``python -m engine`` finds it), so
 a VM stand-in can run it as its ``python`` (see :func:`write_python`).
@@ -30,6 +31,8 @@ def hold(episode: int, release: str) -> None:
     def held_step(self: Trainer) -> None:
         s = self.s
         if s.episode == episode and s.step_in_episode == self.steps_per_episode // 2:
+            if release != "-":
+                Path(f"{release}.held").touch()     # the test can tell the gate was there
             until = time.monotonic() + HOLD_LIMIT_S
             while (self.stop is None or self.stop.signum is None) \
                     and not (release != "-" and os.path.exists(release)) \

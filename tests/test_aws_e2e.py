@@ -29,6 +29,7 @@ from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
 from tests.fake_imds import FakeImds
+from tests.held_engine import write_python
 from tests.host_keys import seed_ec2_console
 from tests.vm import AWS_KEYS, vm_sshd
 
@@ -361,6 +362,13 @@ def test_the_vm_shuts_itself_down_when_its_controller_is_gone(
     """The operator's dqlctl dies mid-run (the process and its SSH connection): the run ends on
     the VM, nobody collects, and after the collect grace the VM terminates itself."""
     self_terminating(vm, aws_env, imds)
+    # the VM's engine holds in its second episode until the controller is gone: the run
+    # cannot end (and be collected) before the test has killed it, however fast it trains
+    release = home / "release-engine"
+    held = write_python(home / "held-python", 1, release)
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace(f'remote_python = "{sys.executable}"',
+                                                 f'remote_python = "{held}"'))
     controller = subprocess.Popen(
         [sys.executable, "-m", "dqlctl", *launch_args("--episodes", "60", "--name", "alone",
                                                       "--collect-grace", "0.05", "--follow")],
@@ -388,6 +396,7 @@ def test_the_vm_shuts_itself_down_when_its_controller_is_gone(
     finally:
         controller.kill()  # mid-run: no controller is left, its SSH connection dies with it
         controller.wait(timeout=30)
+        release.touch()
 
     def state() -> str:
         raw = ec2.describe_instances(InstanceIds=run.instance_ids)["Reservations"]
@@ -399,6 +408,7 @@ def test_the_vm_shuts_itself_down_when_its_controller_is_gone(
         assert time.monotonic() < deadline, "the VM did not shut itself down"
         time.sleep(0.2)
     assert json.loads((workdir / "exit.json").read_text())["exit_code"] == 0  # the run ended
+    assert Path(f"{release}.held").exists()         # after its hold
     (call,) = [json.loads(x) for x in (Path(vm["root"]) / "shutdown.log").read_text()
                .splitlines() if json.loads(x)["cwd"] == str(workdir)]
     assert call["argv"] == ["-h", "now"]
