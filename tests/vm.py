@@ -29,6 +29,20 @@ AWS_KEYS = ("exec curl -sf --max-time 5 -H 'Authorization: AWS4-HMAC-SHA256 Cred
             "20250101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0' "
             "'{endpoint}/?Action=DescribeKeyPairs&IncludePublicKey=true&Version=2016-11-15' "
             "| grep -o '<publicKey>[^<]*' | sed 's/<publicKey>//'")
+# the same, signed (SigV4, botocore's signer) with a key pair: for a moto server enforcing IAM
+AWS_KEYS_SIGNED = f"""exec {sys.executable} -c '
+import re, urllib.request
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+body = "Action=DescribeKeyPairs&IncludePublicKey=true&Version=2016-11-15"
+req = AWSRequest("POST", "{{endpoint}}/", data=body,
+                 headers={{{{"Content-Type": "application/x-www-form-urlencoded"}}}})
+SigV4Auth(Credentials("{{key}}", "{{secret}}"), "ec2", "us-east-1").add_auth(req)
+with urllib.request.urlopen(urllib.request.Request(req.url, body.encode(), dict(req.headers)),
+                            timeout=5) as resp:
+    print("\\n".join(re.findall("<publicKey>([^<]*)", resp.read().decode())))
+'"""
 
 
 @contextmanager
