@@ -303,6 +303,13 @@ def test_a_spot_run_taken_back_is_relaunched_and_resumes_from_its_bucket(
     checkpoint the old one uploaded, and the run ends SUCCEEDED with nothing left behind."""
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="dqlctl-results")
+    # the first machine's engine holds in episode 4 (after its first checkpoint) until it is
+    # gone: it cannot have finished by the time the cloud takes it back
+    release = home / "release-engine"
+    held = write_python(home / "held-python", 3, release)
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace(f'remote_python = "{sys.executable}"',
+                                                 f'remote_python = "{held}"'))
     ctx = Context(home=home)
     assert main(["launch", "--provider", "aws", "--gpu", "T4:1", "--data", "test_small.csv",
                  "--agent-type", "dql", "--command", "train", "--ssh-cidr", CIDR,
@@ -322,6 +329,7 @@ def test_a_spot_run_taken_back_is_relaunched_and_resumes_from_its_bucket(
     kill_vm_processes(run.id)
     shutil.rmtree(run.instance["extra"]["workdir"])
     vm["restart"]()  # the address now answers for whatever instance comes next
+    release.touch()  # the next machine's engine runs on
 
     (row,) = runs.reconcile_all(Context(home=home))
     assert row.state == reg.RUNNING, row.reason
