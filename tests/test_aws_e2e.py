@@ -70,7 +70,10 @@ def make_home(home: Path, vm: dict[str, Any], imds: FakeImds, endpoint: str,
         # test hook: the VM's SDK reaches moto, and the metadata service here (no keys)
         "[providers.aws.vm_env]\n"
         f'AWS_ENDPOINT_URL = "{endpoint}"\n'
-        f'AWS_EC2_METADATA_SERVICE_ENDPOINT = "{imds.url}"\n')
+        f'AWS_EC2_METADATA_SERVICE_ENDPOINT = "{imds.url}"\n'
+        # the stand-in answers in milliseconds, as EC2's does, but a loaded machine may not
+        # run it for a while: the SDK's 1 s (one try) would then find no credentials
+        'AWS_METADATA_SERVICE_TIMEOUT = "10"\nAWS_METADATA_SERVICE_NUM_ATTEMPTS = "3"\n')
     monkeypatch.setenv("DQLCTL_HOME", str(home))
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
     seed_ec2_console(monkeypatch, [vm["host_key"]])  # what cloud-init prints on a real VM
@@ -463,33 +466,49 @@ def iam_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[s
         monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
             monkeypatch.delenv(name, raising=False)
+        # boto3's default session keeps the keys it first found (another test's): a new one
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
         yield {"endpoint": server.url, "key": key["AccessKeyId"],
                "secret": key["SecretAccessKey"], "arn": user["Arn"]}
     finally:
         server.stop()
 
 
-def instance_role_credentials(operator_arn: str, trusts: dict[str, Any]) -> dict[str, str]:
+class InstanceRole:
     """What EC2 hands the running instance at its metadata service: a session of the role of
-    its instance profile. (moto matches only AWS principals in a trust policy, so the
-    ``ec2.amazonaws.com`` one dqlctl writes cannot be assumed there: the stand-in for EC2 puts
-    itself in that principal's place, keeping the original in ``trusts``.)"""
-    ec2, iam = boto3.client("ec2"), boto3.client("iam")
-    (inst,) = [i for r in ec2.describe_instances(Filters=[
-        {"Name": "instance-state-name", "Values": ["running"]}])["Reservations"]
-        for i in r["Instances"]]
-    profile = inst["IamInstanceProfile"]["Arn"].rsplit("/", 1)[1]
-    (role,) = iam.get_instance_profile(InstanceProfileName=profile)["InstanceProfile"]["Roles"]
-    if role["RoleName"] not in trusts:
-        trusts[role["RoleName"]] = role["AssumeRolePolicyDocument"]
-        iam.update_assume_role_policy(RoleName=role["RoleName"], PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Principal": {"AWS": operator_arn},
-                "Action": "sts:AssumeRole"}]}))
-    creds = boto3.client("sts").assume_role(RoleArn=role["Arn"],
-                                            RoleSessionName=inst["InstanceId"])["Credentials"]
-    return {"AccessKeyId": creds["AccessKeyId"], "SecretAccessKey": creds["SecretAccessKey"],
-            "Token": creds["SessionToken"]}
+    its instance profile, made once (the SDK on the VM waits a second or so for it). moto
+    matches only AWS principals in a trust policy, so the ``ec2.amazonaws.com`` one dqlctl
+    writes cannot be assumed there: the stand-in for EC2 puts the operator in that principal's
+    place, keeping dqlctl's in ``trust``."""
+
+    def __init__(self, operator_arn: str) -> None:
+        self.operator_arn = operator_arn
+        self.ec2, self.iam, self.sts = (boto3.client(s) for s in ("ec2", "iam", "sts"))
+        self.trust: dict[str, Any] | None = None
+        self.session: dict[str, str] | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self) -> dict[str, str]:
+        with self.lock:
+            if self.session is None:
+                (inst,) = [i for r in self.ec2.describe_instances(Filters=[
+                    {"Name": "instance-state-name", "Values": ["running"]}])["Reservations"]
+                    for i in r["Instances"]]
+                profile = inst["IamInstanceProfile"]["Arn"].rsplit("/", 1)[1]
+                (role,) = self.iam.get_instance_profile(
+                    InstanceProfileName=profile)["InstanceProfile"]["Roles"]
+                self.trust = role["AssumeRolePolicyDocument"]
+                self.iam.update_assume_role_policy(
+                    RoleName=role["RoleName"], PolicyDocument=json.dumps(
+                        {"Version": "2012-10-17", "Statement": [{
+                            "Effect": "Allow", "Principal": {"AWS": self.operator_arn},
+                            "Action": "sts:AssumeRole"}]}))
+                creds = self.sts.assume_role(RoleArn=role["Arn"],
+                                             RoleSessionName=inst["InstanceId"])["Credentials"]
+                self.session = {"AccessKeyId": creds["AccessKeyId"],
+                                "SecretAccessKey": creds["SecretAccessKey"],
+                                "Token": creds["SessionToken"]}
+            return self.session
 
 
 def test_the_instance_role_may_use_its_runs_bucket_and_no_other(
@@ -501,8 +520,8 @@ def test_the_instance_role_may_use_its_runs_bucket_and_no_other(
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="dqlctl-results")
     s3.create_bucket(Bucket="someone-elses")
-    trusts: dict[str, Any] = {}
-    imds = FakeImds(issue=lambda: instance_role_credentials(iam_moto["arn"], trusts))
+    role = InstanceRole(iam_moto["arn"])
+    imds = FakeImds(issue=role)
     imds.start()
     keys = AWS_KEYS_SIGNED.format(**iam_moto)
     try:
@@ -527,8 +546,8 @@ def test_the_instance_role_may_use_its_runs_bucket_and_no_other(
                 with pytest.raises(ClientError) as refused:
                     call()
                 assert refused.value.response["Error"]["Code"] == "AccessDenied"
-            (trust,) = trusts.values()              # what dqlctl wrote: EC2 may assume it
-            assert [st["Principal"] for st in trust["Statement"]] == [
+            assert role.trust is not None           # what dqlctl wrote: EC2 may assume it
+            assert [st["Principal"] for st in role.trust["Statement"]] == [
                 {"Service": "ec2.amazonaws.com"}]
 
             final = runs.follow(Context(home=home), run)
