@@ -10,6 +10,12 @@ answering ``InProgress`` before ``Succeeded`` or ``Failed`` with an ARM error. E
 ``{"error": {"code", "message"}}`` (``ResourceNotFound``, ``ResourceGroupNotFound``,
 ``InvalidParameter``, ``AuthenticationFailed`` without the bearer token).
 
+Network security groups as Azure keeps them: its default rules (``defaultSecurityRules``:
+AllowVnetInBound 65000, AllowAzureLoadBalancerInBound 65001, DenyAllInBound 65500 and the three
+outbound ones), user rules of priority 100-4096 only (else ``SecurityRuleInvalidPriority``), one
+per priority and direction (``SecurityRulesConflictingPriority``). ``allowed(group, vm, address,
+port)`` says whether the VM's NSGs let a connection from ``address`` in.
+
 Capacity, as Azure reports it: ``sku_not_available[zone]`` rejects a VM PUT at once (409
 ``SkuNotAvailable``); ``allocation_failures[zone] = "AllocationFailed" | "ZonalAllocationFailed"``
 fails its operation and leaves the VM behind in state ``Failed``, as Azure does.
@@ -20,13 +26,15 @@ assignments allow: here, delete a VM under a scope where it holds *Virtual Machi
 (or Contributor, Owner); anything else is a 403 ``AuthorizationFailed``. Azure goes on with such
 a delete without anyone polling it; ``deleted_by_identity[vm id]`` names the principal.
 
-Test hooks: ``GET /_fake/ssh-keys`` lists the ``osProfile.linuxConfiguration.ssh.publicKeys`` of
+Test hooks: ``public_address`` (when set, the address every public IP gets: where a VM stand-in
+listens), ``GET /_fake/ssh-keys`` lists the ``osProfile.linuxConfiguration.ssh.publicKeys`` of
 running VMs (the VM stand-in's sshd trusts those), ``evict(group, name)`` takes a Spot VM away
 (eviction policy Delete), ``leftovers()`` lists what exists. The server runs in the test's process.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import re
@@ -52,6 +60,18 @@ ALLOCATION_MESSAGES = {
     "ZonalAllocationFailed": "Allocation failed. We do not have sufficient capacity for the "
                              "requested VM size in this zone.",
 }
+
+
+# every NSG has these, below the user's rules (priorities 100-4096), as Azure creates them
+DEFAULT_NSG_RULES = [  # name, priority, direction, source, destination, access
+    ("AllowVnetInBound", 65000, "Inbound", "VirtualNetwork", "VirtualNetwork", "Allow"),
+    ("AllowAzureLoadBalancerInBound", 65001, "Inbound", "AzureLoadBalancer", "*", "Allow"),
+    ("DenyAllInBound", 65500, "Inbound", "*", "*", "Deny"),
+    ("AllowVnetOutBound", 65000, "Outbound", "VirtualNetwork", "VirtualNetwork", "Allow"),
+    ("AllowInternetOutBound", 65001, "Outbound", "*", "Internet", "Allow"),
+    ("DenyAllOutBound", 65500, "Outbound", "*", "*", "Deny"),
+]
+AZURE_LOAD_BALANCER = "168.63.129.16"       # the AzureLoadBalancer service tag (the host's probe)
 
 
 def write_fake_az(bin_dir: Path) -> Path:
@@ -100,6 +120,7 @@ class FakeAzure(FakeHttpServer):
         self.vm_host_keys: list[str] | None = None
         self.identity_tokens: dict[str, str] = {}            # token -> principal id
         self.deleted_by_identity: dict[str, str] = {}        # lower VM id -> principal id
+        self.public_address: str | None = None              # else 20.n.n.n, one per IP
         self._n = itertools.count(1)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -367,13 +388,32 @@ class FakeAzure(FakeHttpServer):
 
     def _nsg(self, res: dict[str, Any]) -> None:
         props = res["properties"]
+        seen: dict[tuple[str, int], str] = {}
         for rule in props.get("securityRules", []):
             rp = rule.get("properties", {})
             for field in ("protocol", "access", "direction", "priority"):
                 if field not in rp:
                     raise aerror(400, "InvalidRequestFormat", f"securityRules/{field} missing")
+            priority = rp["priority"]
+            if not isinstance(priority, int) or not 100 <= priority <= 4096:
+                raise aerror(400, "SecurityRuleInvalidPriority",
+                             f"Security rule {rule.get('name')} has invalid priority "
+                             f"{priority}. Value provided: {priority} Allowed range 100-4096.")
+            other = seen.setdefault((rp["direction"], priority), rule.get("name", ""))
+            if other != rule.get("name", ""):
+                raise aerror(400, "SecurityRulesConflictingPriority",
+                             f"Security rule {rule.get('name')} conflicts with rule {other}. "
+                             f"Rules cannot have the same Priority and Direction.")
             rule["id"] = f"{res['id']}/securityRules/{rule['name']}"
             rp["provisioningState"] = "Succeeded"
+        props["defaultSecurityRules"] = [
+            {"name": name, "id": f"{res['id']}/defaultSecurityRules/{name}",
+             "properties": {"protocol": "*", "sourcePortRange": "*",
+                            "destinationPortRange": "*", "sourceAddressPrefix": source,
+                            "destinationAddressPrefix": dest, "access": access,
+                            "priority": priority, "direction": direction,
+                            "provisioningState": "Succeeded"}}
+            for name, priority, direction, source, dest, access in DEFAULT_NSG_RULES]
         props["resourceGuid"] = str(uuid.uuid4())
 
     def _vnet(self, res: dict[str, Any]) -> None:
@@ -395,7 +435,8 @@ class FakeAzure(FakeHttpServer):
         n = next(self._n)
 
         def finish() -> None:
-            res["properties"]["ipAddress"] = f"20.{n}.{n % 250}.{7 + n % 200}"
+            res["properties"]["ipAddress"] = self.public_address or \
+                f"20.{n}.{n % 250}.{7 + n % 200}"
 
         return finish
 
@@ -587,6 +628,65 @@ class FakeAzure(FakeHttpServer):
                                     f"virtualMachines/{name}".lower(), None)
             if vm:
                 self._vm_deleted(vm)
+
+    def allowed(self, group: str, name: str, address: str, port: int = 22,
+                protocol: str = "Tcp") -> bool:
+        """Whether Azure lets ``protocol:port`` from ``address`` in to the VM: the inbound rules
+        of the NSGs on its NIC and on the NIC's subnet (both must allow), the user's and the
+        default ones, are tried by priority (lowest number first) and the first that matches
+        decides; ``DenyAllInBound`` ends every list. Service tags: ``VirtualNetwork`` (the
+        VNet's address space), ``AzureLoadBalancer``, ``Internet`` (not the VNet), ``*``."""
+        with self.lock:
+            vm = self.resources[f"{self._gid(group)}/providers/Microsoft.Compute/"
+                                f"virtualMachines/{name}".lower()]
+            ip = ipaddress.ip_address(address)
+            for ref in vm["properties"]["networkProfile"]["networkInterfaces"]:
+                nic = self.resources[ref["id"].lower()]["properties"]
+                nsgs = [nic.get("networkSecurityGroup")]
+                vnets: list[str] = []
+                for cfg in nic.get("ipConfigurations", []):
+                    subnet = self.resources[cfg["properties"]["subnet"]["id"].lower()]
+                    nsgs.append(subnet.get("properties", {}).get("networkSecurityGroup"))
+                    vnet = self.resources[subnet["_parent"].lower()]["properties"]
+                    vnets += vnet["addressSpace"]["addressPrefixes"]
+                for nsg in (self.resources[n["id"].lower()] for n in nsgs if n):
+                    if not self._nsg_allows(nsg["properties"], ip, vnets, port, protocol):
+                        return False
+            return True
+
+    @staticmethod
+    def _nsg_allows(props: dict[str, Any], ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                    vnets: list[str], port: int, protocol: str) -> bool:
+        def in_prefix(prefix: str) -> bool:
+            in_vnet = any(ip in ipaddress.ip_network(v, strict=False) for v in vnets)
+            if prefix == "*":
+                return True
+            if prefix == "VirtualNetwork":
+                return in_vnet
+            if prefix == "Internet":
+                return not in_vnet
+            if prefix == "AzureLoadBalancer":
+                return str(ip) == AZURE_LOAD_BALANCER
+            net = ipaddress.ip_network(prefix, strict=False)
+            return ip.version == net.version and ip in net
+
+        def in_ports(spec: str) -> bool:
+            if spec == "*":
+                return True
+            low, _, high = spec.partition("-")
+            return int(low) <= port <= int(high or low)
+
+        rules = [r["properties"] for r in props.get("securityRules", []) +
+                 props.get("defaultSecurityRules", [])]
+        for rule in sorted((r for r in rules if r["direction"] == "Inbound"),
+                           key=lambda r: r["priority"]):
+            sources = rule.get("sourceAddressPrefixes") or [rule.get("sourceAddressPrefix", "")]
+            ports = rule.get("destinationPortRanges") or [rule.get("destinationPortRange", "")]
+            if rule["protocol"] not in ("*", protocol) or not any(map(in_prefix, sources)) \
+                    or not any(map(in_ports, ports)):
+                continue
+            return bool(rule["access"] == "Allow")
+        return False
 
     def vm(self, group: str, name: str) -> dict[str, Any]:
         with self.lock:

@@ -13,15 +13,22 @@ test can tell the engine used the instance's identity and no key shipped to it.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from tests.fake_gce import FakeHttpServer, Request, Response
 
 
 class FakeImds(FakeHttpServer):
-    def __init__(self, role: str = "dqlctl-instance-role") -> None:
+    """``issue``: the instance role's credentials (``AccessKeyId``, ``SecretAccessKey``,
+    ``Token``), e.g. an STS AssumeRole of the instance's role on a moto server that enforces
+    IAM; default: made-up keys (for a moto that checks none)."""
+
+    def __init__(self, role: str = "dqlctl-instance-role",
+                 issue: Callable[[], dict[str, str]] | None = None) -> None:
         super().__init__()
         self.role = role
+        self.issue = issue
         self.tokens: set[str] = set()
         self.credential_requests = 0
 
@@ -40,11 +47,12 @@ class FakeImds(FakeHttpServer):
         if req.path == base + self.role:
             self.credential_requests += 1
             now = datetime.now(UTC)
-            return Response(200, {
-                "Code": "Success", "Type": "AWS-HMAC",
-                "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            keys = self.issue() if self.issue else {
                 "AccessKeyId": "ASIA" + secrets.token_hex(8).upper(),
                 "SecretAccessKey": secrets.token_urlsafe(30),
-                "Token": secrets.token_urlsafe(60),
+                "Token": secrets.token_urlsafe(60)}
+            return Response(200, {
+                "Code": "Success", "Type": "AWS-HMAC",
+                "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ"), **keys,
                 "Expiration": (now + timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M:%SZ")})
         return Response(404, "Not Found")

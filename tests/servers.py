@@ -126,7 +126,7 @@ def wait_http(url: str, timeout: float = START_TIMEOUT,
 
 
 def _launch(name: str, make_argv: Callable[[int], list[str]], ready_path: str, workdir: Path,
-            tries: int = 3) -> Server:
+            tries: int = 3, env: dict[str, str] | None = None) -> Server:
     """Start ``make_argv(port)`` and wait for ``http://127.0.0.1:<port><ready_path>``.
 
     The free port may be taken between the probe and the server's bind; a server that exits
@@ -140,7 +140,8 @@ def _launch(name: str, make_argv: Callable[[int], list[str]], ready_path: str, w
         with log.open("wb") as out:
             proc = subprocess.Popen(make_argv(port), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=workdir,
-                                    start_new_session=True)
+                                    start_new_session=True,
+                                    env={**os.environ, **env} if env else None)
         server = Server(name, proc, port, f"http://127.0.0.1:{port}", log)
         try:
             wait_http(server.url + ready_path, proc=proc)
@@ -162,11 +163,17 @@ def moto_binary() -> str:
     return found
 
 
-def start_moto(workdir: Path) -> Server:
-    """moto server (AWS S3, EC2, IAM, ...); ``url`` is the AWS_ENDPOINT_URL."""
+def start_moto(workdir: Path, free_actions: int | None = None) -> Server:
+    """moto server (AWS S3, EC2, IAM, ...); ``url`` is the AWS_ENDPOINT_URL.
+
+    ``free_actions``: IAM as AWS enforces it after that many requests (moto's
+    ``INITIAL_NO_AUTH_ACTION_COUNT``): each is then signed by a known key, whose policies
+    must allow it (else ``AccessDenied``); the first ones make the keys."""
     binary = moto_binary()
+    env = {"INITIAL_NO_AUTH_ACTION_COUNT": str(free_actions)} if free_actions is not None \
+        else None
     return _launch("moto", lambda port: [binary, "-H", "127.0.0.1", "-p", str(port)],
-                   "/moto-api/", workdir)
+                   "/moto-api/", workdir, env=env)
 
 
 def moto_reset(endpoint: str) -> None:

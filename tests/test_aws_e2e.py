@@ -23,14 +23,17 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
+from tests import servers
 from tests.fake_imds import FakeImds
+from tests.held_engine import write_python
 from tests.host_keys import seed_ec2_console
-from tests.vm import AWS_KEYS, controller_killed_mid_run, vm_sshd
+from tests.vm import AWS_KEYS, AWS_KEYS_SIGNED, controller_killed_mid_run, vm_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
 CIDR = "198.51.100.7/32"
@@ -53,10 +56,9 @@ def imds() -> Iterator[FakeImds]:
     server.stop()
 
 
-@pytest.fixture()
-def home(tmp_path: Path, vm: dict[str, Any], imds: FakeImds, aws_env: str,
-         monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "dqlctl-home"
+def make_home(home: Path, vm: dict[str, Any], imds: FakeImds, endpoint: str,
+              monkeypatch: pytest.MonkeyPatch) -> Path:
+    """dqlctl's folder for an AWS test: the VM stand-in, its SDK pointed at ``endpoint``."""
     home.mkdir()
     (home / "config.toml").write_text(
         "[providers.aws]\n"
@@ -67,12 +69,21 @@ def home(tmp_path: Path, vm: dict[str, Any], imds: FakeImds, aws_env: str,
         "ready_timeout = 60\n"
         # test hook: the VM's SDK reaches moto, and the metadata service here (no keys)
         "[providers.aws.vm_env]\n"
-        f'AWS_ENDPOINT_URL = "{aws_env}"\n'
-        f'AWS_EC2_METADATA_SERVICE_ENDPOINT = "{imds.url}"\n')
+        f'AWS_ENDPOINT_URL = "{endpoint}"\n'
+        f'AWS_EC2_METADATA_SERVICE_ENDPOINT = "{imds.url}"\n'
+        # the stand-in answers in milliseconds, as EC2's does, but a loaded machine may not
+        # run it for a while: the SDK's 1 s (one try) would then find no credentials
+        'AWS_METADATA_SERVICE_TIMEOUT = "10"\nAWS_METADATA_SERVICE_NUM_ATTEMPTS = "3"\n')
     monkeypatch.setenv("DQLCTL_HOME", str(home))
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
     seed_ec2_console(monkeypatch, [vm["host_key"]])  # what cloud-init prints on a real VM
     return home
+
+
+@pytest.fixture()
+def home(tmp_path: Path, vm: dict[str, Any], imds: FakeImds, aws_env: str,
+         monkeypatch: pytest.MonkeyPatch) -> Path:
+    return make_home(tmp_path / "dqlctl-home", vm, imds, aws_env, monkeypatch)
 
 
 def ami() -> str:
@@ -295,6 +306,13 @@ def test_a_spot_run_taken_back_is_relaunched_and_resumes_from_its_bucket(
     checkpoint the old one uploaded, and the run ends SUCCEEDED with nothing left behind."""
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="dqlctl-results")
+    # the first machine's engine holds in episode 4 (after its first checkpoint) until it is
+    # gone: it cannot have finished by the time the cloud takes it back
+    release = home / "release-engine"
+    held = write_python(home / "held-python", 3, release)
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace(f'remote_python = "{sys.executable}"',
+                                                 f'remote_python = "{held}"'))
     ctx = Context(home=home)
     assert main(["launch", "--provider", "aws", "--gpu", "T4:1", "--data", "test_small.csv",
                  "--agent-type", "dql", "--command", "train", "--ssh-cidr", CIDR,
@@ -314,6 +332,7 @@ def test_a_spot_run_taken_back_is_relaunched_and_resumes_from_its_bucket(
     kill_vm_processes(run.id)
     shutil.rmtree(run.instance["extra"]["workdir"])
     vm["restart"]()  # the address now answers for whatever instance comes next
+    release.touch()  # the next machine's engine runs on
 
     (row,) = runs.reconcile_all(Context(home=home))
     assert row.state == reg.RUNNING, row.reason
@@ -392,3 +411,123 @@ def test_the_vm_shuts_itself_down_when_its_controller_is_gone(
     # what the VM left (its key, group and role) goes with the run's `down`
     assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
     assert leftovers(run.id) == NOTHING
+
+
+ADMIN = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+@pytest.fixture()
+def iam_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A moto server of its own that enforces IAM as AWS does (the shared one takes any key):
+    its three free actions make the operator, an administrator, whose keys then sign every
+    request here; a key moto does not know, or a policy that does not allow, is refused."""
+    try:
+        server = servers.start_moto(tmp_path / "moto-iam", free_actions=3)
+    except (servers.MissingTool, servers.ServerFailed) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1",
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        user = iam.create_user(UserName="operator")["User"]
+        iam.put_user_policy(UserName="operator", PolicyName="admin",
+                            PolicyDocument=json.dumps(ADMIN))
+        key = iam.create_access_key(UserName="operator")["AccessKey"]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+            monkeypatch.delenv(name, raising=False)
+        # boto3's default session keeps the keys it first found (another test's): a new one
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+        yield {"endpoint": server.url, "key": key["AccessKeyId"],
+               "secret": key["SecretAccessKey"], "arn": user["Arn"]}
+    finally:
+        server.stop()
+
+
+class InstanceRole:
+    """What EC2 hands the running instance at its metadata service: a session of the role of
+    its instance profile, made once (the SDK on the VM waits a second or so for it). moto
+    matches only AWS principals in a trust policy, so the ``ec2.amazonaws.com`` one dqlctl
+    writes cannot be assumed there: the stand-in for EC2 puts the operator in that principal's
+    place, keeping dqlctl's in ``trust``."""
+
+    def __init__(self, operator_arn: str) -> None:
+        self.operator_arn = operator_arn
+        self.ec2, self.iam, self.sts = (boto3.client(s) for s in ("ec2", "iam", "sts"))
+        self.trust: dict[str, Any] | None = None
+        self.session: dict[str, str] | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self) -> dict[str, str]:
+        with self.lock:
+            if self.session is None:
+                (inst,) = [i for r in self.ec2.describe_instances(Filters=[
+                    {"Name": "instance-state-name", "Values": ["running"]}])["Reservations"]
+                    for i in r["Instances"]]
+                profile = inst["IamInstanceProfile"]["Arn"].rsplit("/", 1)[1]
+                (role,) = self.iam.get_instance_profile(
+                    InstanceProfileName=profile)["InstanceProfile"]["Roles"]
+                self.trust = role["AssumeRolePolicyDocument"]
+                self.iam.update_assume_role_policy(
+                    RoleName=role["RoleName"], PolicyDocument=json.dumps(
+                        {"Version": "2012-10-17", "Statement": [{
+                            "Effect": "Allow", "Principal": {"AWS": self.operator_arn},
+                            "Action": "sts:AssumeRole"}]}))
+                creds = self.sts.assume_role(RoleArn=role["Arn"],
+                                             RoleSessionName=inst["InstanceId"])["Credentials"]
+                self.session = {"AccessKeyId": creds["AccessKeyId"],
+                                "SecretAccessKey": creds["SecretAccessKey"],
+                                "Token": creds["SessionToken"]}
+            return self.session
+
+
+def test_the_instance_role_may_use_its_runs_bucket_and_no_other(
+        iam_moto: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With IAM enforced: the engine on the VM writes its results with the instance role's
+    session (from the metadata service), and that session is refused on another bucket."""
+    from botocore.credentials import InstanceMetadataFetcher, InstanceMetadataProvider
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="dqlctl-results")
+    s3.create_bucket(Bucket="someone-elses")
+    role = InstanceRole(iam_moto["arn"])
+    imds = FakeImds(issue=role)
+    imds.start()
+    keys = AWS_KEYS_SIGNED.format(**iam_moto)
+    try:
+        with vm_sshd(tmp_path / "vm-disk", keys_command=keys) as vm:
+            home = make_home(tmp_path / "dqlctl-home", vm, imds, iam_moto["endpoint"],
+                             monkeypatch)
+            assert main(launch_args("--episodes", "2", "--name", "scoped", "--results-dir",
+                                    "s3://dqlctl-results/runs"), ctx=Context(home=home)) == 0
+            (run,) = Context(home=home).registry.list()
+            # the instance's own session, as the SDK on the VM finds it
+            fetcher = InstanceMetadataFetcher(
+                timeout=5, num_attempts=2, config={"ec2_metadata_service_endpoint": imds.url})
+            creds = InstanceMetadataProvider(iam_role_fetcher=fetcher).load()
+            assert creds is not None
+            frozen = creds.get_frozen_credentials()
+            as_vm = boto3.client("s3", aws_access_key_id=frozen.access_key,
+                                 aws_secret_access_key=frozen.secret_key,
+                                 aws_session_token=frozen.token)
+            as_vm.put_object(Bucket="dqlctl-results", Key="probe/by-the-vm", Body=b"ok")
+            for call in (lambda: as_vm.put_object(Bucket="someone-elses", Key="x", Body=b"x"),
+                         lambda: as_vm.list_objects_v2(Bucket="someone-elses")):
+                with pytest.raises(ClientError) as refused:
+                    call()
+                assert refused.value.response["Error"]["Code"] == "AccessDenied"
+            assert role.trust is not None           # what dqlctl wrote: EC2 may assume it
+            assert [st["Principal"] for st in role.trust["Statement"]] == [
+                {"Service": "ec2.amazonaws.com"}]
+
+            final = runs.follow(Context(home=home), run)
+            assert final.state == reg.SUCCEEDED, final.reason
+            assert final.instance["extra"]["direct"] and imds.credential_requests >= 2
+            keys_there = {o["Key"] for o in s3.list_objects_v2(
+                Bucket="dqlctl-results", Prefix="runs/scoped/")["Contents"]}
+            assert {"runs/scoped/model.pth", "runs/scoped/events.jsonl"} <= keys_there
+            assert leftovers(run.id) == NOTHING
+    finally:
+        imds.stop()

@@ -11,6 +11,7 @@ documented test hook ``[providers.azure] ssh_host_override``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -29,7 +30,8 @@ from dqlctl.context import Context
 from dqlctl.owner import os_user, owner_tags
 from providers.base import JobSpec, LaunchSpec
 from providers.ssh import fingerprint
-from tests.fake_azure import FakeAzure, write_fake_az
+from tests.fake_azure import TOKEN, FakeAzure, write_fake_az
+from tests.fake_gce import FakeHttpServer, Request, Response
 from tests.fake_metadata import FakeAzureImds
 from tests.vm import controller_killed_mid_run, deleted_itself_record, vm_sshd
 
@@ -313,3 +315,132 @@ def test_self_delete_needs_the_role_on_its_own_vm(home: Path, arm: FakeAzure,
     assert arm.deleted_by_identity == {raw["id"].lower(): raw["identity"]["principalId"]}
     provider.terminate(inst)
     assert arm.leftovers() == NOTHING
+
+
+class CheckIp(FakeHttpServer):
+    """The check-IP service on 127.0.0.1: ``answer`` is the body of every GET (the real one
+    answers the caller's address and a newline)."""
+
+    def __init__(self, answer: str) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def handle(self, req: Request) -> Response:
+        return Response(200, self.answer)
+
+
+@pytest.fixture()
+def checkip(monkeypatch: pytest.MonkeyPatch) -> Iterator[CheckIp]:
+    """dqlctl asks this stand-in, not https://checkip.amazonaws.com, who is calling."""
+    server = CheckIp(f"{OPERATOR}\n")
+    server.start()
+    monkeypatch.setattr("providers.vm.CHECKIP_URL", server.url + "/")
+    for key in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    yield server
+    server.stop()
+
+
+OPERATOR = "203.0.113.41"                   # what the check-IP service says we are
+
+
+@pytest.fixture()
+def cloud_vm(arm: FakeAzure, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A VM stand-in at port 22 of its own loopback address, which the fake hands out as the
+    VM's public IP: dqlctl finds it from the cloud's answer, no ``ssh_host_override``."""
+    n = int.from_bytes(os.urandom(2), "big")
+    address = f"127.{100 + n % 100}.{n // 256 % 250 + 1}.{n % 250 + 1}"
+    with vm_sshd(tmp_path / "vm-disk", arm.keys_url(), address=address, port=22) as info:
+        arm.vm_host_keys = [info["host_key"]]
+        arm.public_address = address
+        yield info
+
+
+def test_the_operators_address_and_the_vms_come_from_the_services(
+        arm: FakeAzure, cloud_vm: dict[str, Any], checkip: CheckIp, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """No --ssh-cidr and no SSH host override: port 22 opens to the address the check-IP
+    service gives (and nobody else), and dqlctl reaches the VM at the address Azure gives.
+    A check-IP answer that is not an address is refused before anything is created."""
+    home = tmp_path / "dqlctl-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        "[providers.azure]\n"
+        f'arm_endpoint = "{arm.url}"\n'
+        'ssh_user = "root"\n'
+        f'remote_root = "{cloud_vm["root"]}"\n'
+        f'remote_python = "{sys.executable}"\n'
+        "ready_timeout = 60\npoll_interval = 0.05\n")
+    monkeypatch.setenv("DQLCTL_HOME", str(home))
+    argv = [a for a in launch_args("--episodes", "2", "--name", "found")
+            if a not in ("--ssh-cidr", CIDR)]
+
+    checkip.answer = "<html><body>Sign in to the hotel Wi-Fi</body></html>\n"
+    assert main(argv, ctx=Context(home=home)) == 3
+    err = capsys.readouterr().err
+    assert "not an IP address" in err and "--ssh-cidr" in err and "<html>" in err
+    assert arm.leftovers() == NOTHING           # no rule was made from it, nothing was made
+
+    checkip.answer = f"{OPERATOR}\n"
+    assert main(argv, ctx=Context(home=home)) == 0
+    run = next(r for r in Context(home=home).registry.list() if r.state == reg.RUNNING)
+    group = f"dqlctl-{run.id}"
+    assert run.instance["public_ip"] == cloud_vm["address"]  # where dqlctl reached it
+    assert arm.allowed(group, group, OPERATOR, 22)
+    assert not arm.allowed(group, group, "203.0.113.42", 22)          # anyone else
+    assert not arm.allowed(group, group, "8.8.8.8", 22)
+    assert not arm.allowed(group, group, OPERATOR, 3389)              # another port
+    final = runs.follow(Context(home=home), run)
+    assert final.state == reg.SUCCEEDED, final.reason
+    assert arm.leftovers() == NOTHING
+
+
+def test_the_fake_keeps_azures_nsg_rules(arm: FakeAzure) -> None:
+    """What the Azure fake refuses and adds, as Azure does: user priorities outside 100-4096,
+    two rules at one priority; the default rules under every NSG, and how they decide."""
+    import urllib.error
+    import urllib.request
+
+    group = f"{arm.url}/subscriptions/{arm.subscription}/resourceGroups/g"
+
+    def put(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        req = urllib.request.Request(f"{group}{path}?api-version=2024-05-01", method="PUT",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {TOKEN}",
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def rule(name: str, priority: int, source: str = CIDR) -> dict[str, Any]:
+        return {"name": name, "properties": {
+            "protocol": "Tcp", "access": "Allow", "direction": "Inbound", "priority": priority,
+            "sourceAddressPrefix": source, "sourcePortRange": "*",
+            "destinationAddressPrefix": "*", "destinationPortRange": "22"}}
+
+    assert put("", {"location": "eastus"})[0] == 201
+    nsg = "/providers/Microsoft.Network/networkSecurityGroups/n"
+    for bad in (99, 4097, 65000):
+        status, body = put(nsg, {"location": "eastus", "properties": {
+            "securityRules": [rule("ssh", bad)]}})
+        assert (status, body["error"]["code"]) == (400, "SecurityRuleInvalidPriority"), bad
+    status, body = put(nsg, {"location": "eastus", "properties": {
+        "securityRules": [rule("a", 100), rule("b", 100, "192.0.2.1/32")]}})
+    assert (status, body["error"]["code"]) == (400, "SecurityRulesConflictingPriority")
+    status, body = put(nsg, {"location": "eastus", "properties": {
+        "securityRules": [rule("ssh", 4096)]}})
+    assert status == 201
+    defaults = {(r["name"], r["properties"]["priority"], r["properties"]["access"])
+                for r in body["properties"]["defaultSecurityRules"]}
+    assert {("AllowVnetInBound", 65000, "Allow"), ("AllowAzureLoadBalancerInBound", 65001,
+            "Allow"), ("DenyAllInBound", 65500, "Deny")} <= defaults
+    props = arm.resources[f"/subscriptions/{arm.subscription}/resourceGroups/g{nsg}".lower()][
+        "properties"]
+    vnet = ["10.42.0.0/16"]
+    ip = ipaddress.ip_address
+    assert arm._nsg_allows(props, ip(CIDR.split("/")[0]), vnet, 22, "Tcp")
+    assert not arm._nsg_allows(props, ip("198.51.100.8"), vnet, 22, "Tcp")   # DenyAllInBound
+    assert arm._nsg_allows(props, ip("10.42.0.9"), vnet, 3389, "Tcp")        # AllowVnetInBound
+    assert arm._nsg_allows(props, ip("168.63.129.16"), vnet, 80, "Tcp")      # the probe

@@ -137,9 +137,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, root / "reference"
 
 
-def _start(data: Path, results: Path, name: str) -> subprocess.Popen[bytes]:
+def _start(data: Path, results: Path, name: str, held_after: int) -> subprocess.Popen[bytes]:
+    """The engine, held mid-way through the episode after ``held_after`` until it gets a stop
+    signal (tests/held_engine.py): the signal always lands before the run can finish."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "engine", *_args(data, results, name)],
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "held_engine.py"),
+                             str(held_after), "-", *_args(data, results, name)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
@@ -161,7 +164,7 @@ def _wait_for_event(proc: subprocess.Popen[bytes], events: Path, kind: str,
 def test_sigkill_then_resume_equals_the_uninterrupted_run(reference: tuple[Path, Path],
                                                           tmp_path: Path) -> None:
     data, ref = reference
-    proc = _start(data, tmp_path, "victim")
+    proc = _start(data, tmp_path, "victim", held_after=2)
     events = tmp_path / "victim" / "events.jsonl"
     _wait_for_event(proc, events, "checkpoint")
     proc.send_signal(signal.SIGKILL)
@@ -175,7 +178,7 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(reference: tuple[Path,
 def test_sigterm_mid_episode_checkpoints_exits_143_and_resumes_exactly(
         reference: tuple[Path, Path], tmp_path: Path) -> None:
     data, ref = reference
-    proc = _start(data, tmp_path, "spot")
+    proc = _start(data, tmp_path, "spot", held_after=1)
     events = tmp_path / "spot" / "events.jsonl"
     _wait_for_event(proc, events, "episode")
     proc.send_signal(signal.SIGTERM)

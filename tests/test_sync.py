@@ -341,7 +341,9 @@ def test_an_unreadable_local_file_is_exit_2_and_nothing_copied(
 # -- interrupted ------------------------------------------------------------------------------
 
 def _spawn(src: str, dst: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "providers.sync_cli", src, dst, "--transfers",
+    """The sync CLI whose big file stalls after 20 of its 24 MiB until Ctrl+C or a kill
+    (tests/stalled_sync.py): it is always still on the way when the test acts."""
+    return subprocess.Popen([sys.executable, "-m", "tests.stalled_sync", src, dst, "--transfers",
                              "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -480,8 +481,19 @@ class Tmux:
         return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True,
                               check=True, timeout=30).stdout
 
-    def screen(self) -> str:
-        return self("capture-pane", "-p", "-t", self.name)
+    def screen(self, styled: bool = False) -> str:
+        """The window's text; ``styled``: with its colours and weights (escape sequences)."""
+        return self("capture-pane", "-p", *(["-e"] if styled else []), "-t", self.name)
+
+    @staticmethod
+    def focused(styled: str) -> str | None:
+        """The launch form's focused field, by its label: the one drawn bold (the form lights
+        it up once the field has taken the focus)."""
+        for line in styled.splitlines():
+            m = FOCUSED_LABEL.match(line)
+            if m:
+                return m.group(1).strip()
+        return None
 
     def keys(self, *keys: str) -> None:
         """Named keys (Tab, Enter, C-l) or plain text without dashes."""
@@ -491,16 +503,18 @@ class Tmux:
         """Text as typed, taken literally."""
         self("send-keys", "-t", self.name, "-l", "--", text)
 
-    def step(self, *keys: str, pause: float = 0.4) -> None:
-        """Keys that move the focus, then the pause a person makes before typing on."""
+    def step(self, *keys: str, to: str) -> None:
+        """Keys that move the focus, then wait until the field ``to`` shows it has it, as a
+        person looks before typing on (keys typed sooner would land in the field before)."""
         self.keys(*keys)
-        time.sleep(pause)
+        self.wait_for(f"the focus on {to}", lambda s: self.focused(s) == to, styled=True)
 
-    def wait_for(self, what: str, cond: Callable[[str], bool], timeout: float = 30) -> str:
+    def wait_for(self, what: str, cond: Callable[[str], bool], timeout: float = 30,
+                 styled: bool = False) -> str:
         deadline = time.monotonic() + timeout
         screen = ""
         while time.monotonic() < deadline:
-            screen = self.screen()
+            screen = self.screen(styled)
             if cond(screen):
                 return screen
             time.sleep(0.1)
@@ -511,6 +525,7 @@ class Tmux:
 
 
 SPARK = set("▁▂▃▄▅▆▇█")
+FOCUSED_LABEL = re.compile(r" \x1b\[1m(?:\x1b\[[0-9;]*m)*([^\x1b]+)")  # a bold label
 
 
 def test_in_tmux_launch_from_the_form_watch_it_and_quit(home: dict[str, Any],
@@ -531,26 +546,27 @@ def test_in_tmux_launch_from_the_form_watch_it_and_quit(home: dict[str, Any],
                       and "Launch" in s)
         tmux.keys("l")
         tmux.wait_for("the launch form", lambda s: "Launch a run" in s and "Plan" in s)
-        # at a person's pace: a pause after moving the focus, then wait for the screen
+        tmux.wait_for("the focus on Data", lambda s: tmux.focused(s) == "Data", styled=True)
+        # as a person types: after moving the focus, look that it moved, then type on
         tmux.type("test_small.csv")                     # data (its text is selected on focus)
         tmux.wait_for("the data file", lambda s: "test-small-custom" in s)  # in the plan
-        tmux.step("Tab")
+        tmux.step("Tab", to="Agent type")
         tmux.keys("Enter")                              # agent type: open the list
         tmux.wait_for("the agent list", lambda s: "▲" in s)
         tmux.keys("Up", "Enter")                        # custom -> dql
         tmux.wait_for("agent dql", lambda s: "test-small-dql" in s and "▲" not in s)
-        tmux.step("Tab")
+        tmux.step("Tab", to="Command")
         tmux.keys("Enter")                              # command: open the list
         tmux.wait_for("the command list", lambda s: "▲" in s)
         tmux.keys("Down", "Enter")                      # full-workflow -> train
         tmux.wait_for("command train", lambda s: "train --agent_type dql" in s and "▲" not in s)
-        tmux.step("Tab")
+        tmux.step("Tab", to="Episodes")
         tmux.keys("12")                                 # episodes (selected on focus)
         tmux.wait_for("12 episodes", lambda s: "--episodes 12" in s)
-        tmux.step("Tab")
+        tmux.step("Tab", to="Name")
         tmux.type("from-tmux")
         tmux.wait_for("the name", lambda s: "--experiment_name from-tmux" in s)
-        tmux.step("Tab")
+        tmux.step("Tab", to="Engine flags")
         tmux.type("--n_envs 4")
         tmux.wait_for("the flags", lambda s: "--n_envs 4" in s)
         tmux.keys("C-l")                                # at once: it launches once checked

@@ -35,15 +35,31 @@ AWS_KEYS = ("exec curl -sf --max-time 5 -H 'Authorization: AWS4-HMAC-SHA256 Cred
             "20250101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0' "
             "'{endpoint}/?Action=DescribeKeyPairs&IncludePublicKey=true&Version=2016-11-15' "
             "| grep -o '<publicKey>[^<]*' | sed 's/<publicKey>//'")
+# the same, signed (SigV4, botocore's signer) with a key pair: for a moto server enforcing IAM
+AWS_KEYS_SIGNED = f"""exec {sys.executable} -c '
+import re, urllib.request
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+body = "Action=DescribeKeyPairs&IncludePublicKey=true&Version=2016-11-15"
+req = AWSRequest("POST", "{{endpoint}}/", data=body,
+                 headers={{{{"Content-Type": "application/x-www-form-urlencoded"}}}})
+SigV4Auth(Credentials("{{key}}", "{{secret}}"), "ec2", "us-east-1").add_auth(req)
+with urllib.request.urlopen(urllib.request.Request(req.url, body.encode(), dict(req.headers)),
+                            timeout=5) as resp:
+    print("\\n".join(re.findall("<publicKey>([^<]*)", resp.read().decode())))
+'"""
 
 
 @contextmanager
-def vm_sshd(disk: Path, keys_url: str | None = None,
-            keys_command: str | None = None) -> Iterator[dict[str, Any]]:
+def vm_sshd(disk: Path, keys_url: str | None = None, keys_command: str | None = None,
+            address: str = "127.0.0.1", port: int | None = None) -> Iterator[dict[str, Any]]:
     """An OpenSSH server standing in for a VM: it trusts exactly the public keys that
     ``keys_url`` lists (one per line), or that the shell command ``keys_command`` prints.
 
-    ``disk`` is the VM's own folder (remote_root). Needs root (sshd, /run).
+    ``disk`` is the VM's own folder (remote_root). It listens on ``address`` (any 127.x.y.z is
+    this machine), at ``port`` (default: a free one; 22 where dqlctl is to find it by the
+    address alone, as on a cloud). Needs root (sshd, /run, port 22).
     """
     keys_dir = Path("/run") / f"dqlctl-test-{uuid.uuid4().hex[:8]}"  # root-owned path
     keys_dir.mkdir(mode=0o755)
@@ -60,10 +76,10 @@ def vm_sshd(disk: Path, keys_url: str | None = None,
     for name, body in fakes(disk).items():
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(0o755)
-    port = free_port()
+    port = port or free_port()
     config = keys_dir / "sshd_config"
     config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys_dir}/host_ed25519\n"
+        f"Port {port}\nListenAddress {address}\nHostKey {keys_dir}/host_ed25519\n"
         "PidFile none\nAuthorizedKeysFile none\nStrictModes no\nUsePAM no\n"
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "Subsystem sftp internal-sftp\n"
@@ -71,14 +87,14 @@ def vm_sshd(disk: Path, keys_url: str | None = None,
         f"SetEnv PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n")
     Path("/run/sshd").mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
-    info: dict[str, Any] = {"port": port, "root": disk}
+    info: dict[str, Any] = {"address": address, "port": port, "root": disk}
 
     def start() -> None:
         """(Again:) a machine answering at the address, e.g. the one a relaunch brings up."""
         procs.append(subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         info["pid"] = procs[-1].pid
-        wait_tcp("127.0.0.1", port)
+        wait_tcp(address, port)
 
     try:
         start()
