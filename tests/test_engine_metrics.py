@@ -51,6 +51,20 @@ def test_volatility_sharpe_sortino(m: dict) -> None:
     assert m["sortino_ratio"] == pytest.approx(-0.0125 / 0.1 * 2)
 
 
+@pytest.mark.parametrize("bpy", [252.0, 8760.0, 1.0])
+def test_ratios_are_annualised_by_bars_per_year_not_by_the_bar_count(bpy: float) -> None:
+    """The same four bars read as daily, hourly or yearly bars: Sharpe, Sortino, volatility
+    and turnover scale with sqrt(bars_per_year) / bars_per_year; the bar count (4) never
+    enters (sqrt(n) would give the same figure for every bpy)."""
+    got = compute_metrics(R, P, bpy)
+    assert got["sharpe_ratio"] == pytest.approx(-0.0125 / STD * math.sqrt(bpy))
+    assert got["sortino_ratio"] == pytest.approx(-0.0125 / 0.1 * math.sqrt(bpy))
+    assert got["annual_volatility"] == pytest.approx(STD * math.sqrt(bpy))
+    assert got["annual_turnover"] == pytest.approx(4.0 / 4 * bpy)
+    assert got["annual_return"] == pytest.approx(math.expm1(-0.0125 * bpy))
+    assert got["bars_per_year"] == bpy and got["n_bars"] == 4
+
+
 def test_drawdown_and_duration(m: dict) -> None:
     # log equity 0, .1, -.1, -.05, -.05: peak at point 1, trough at 2, never recovered.
     assert m["max_drawdown"] == pytest.approx(1 - math.exp(-0.2))
