@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -364,3 +369,118 @@ def test_the_database_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     cols = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
     assert {"billed_s", "billed_since", "lease_owner", "lease_expires"} <= cols
     assert json.loads(con.execute("SELECT spec FROM runs").fetchone()[0]) == {}
+
+
+# -- what make mutation found unchecked ------------------------------------------------------------
+
+def test_a_move_into_a_leased_state_takes_the_lease_for_the_mover(tmp_path: Path) -> None:
+    clock = Clock(500.0)
+    r = Registry(tmp_path / "registry.db", clock=clock)
+    run = r.create(name="a", provider="aws", spec={})
+    assert r.get(run.id).spot is False                   # on-demand unless asked
+    r.update(run.id, lease_owner=None, lease_expires=None)
+    clock.t = 510.0
+    assert r.transition(run.id, reg.PROVISIONING)
+    row = r.get(run.id)
+    assert (row.lease_owner, row.lease_expires) == (r.owner, 510.0 + reg.LEASE_S)
+    other = Registry(tmp_path / "registry.db", clock=clock)
+    other.owner = "elsewhere:1:1"
+    assert not other.lease_free(row)
+    # an owner with no expiry recorded: free from time 0 on (an old row), not before
+    r.update(run.id, lease_owner="elsewhere:2:2", lease_expires=None)
+    assert r.lease_free(r.get(run.id), now=0.0) and not r.lease_free(r.get(run.id), now=-0.5)
+
+
+def test_resolve_prefers_an_exact_id_and_lists_at_most_five(tmp_path: Path) -> None:
+    r = Registry(tmp_path / "registry.db")
+    exact = r.create(name="x", provider="local", spec={}, run_id="ab")
+    for i in range(6):
+        r.create(name=f"n{i}", provider="local", spec={}, run_id=f"ab{i}")
+    r.create(name="y", provider="local", spec={}, run_id="cd01")
+    assert r.resolve("ab").id == exact.id                 # also a prefix of six others
+    assert r.resolve("cd").id == "cd01"                  # a unique prefix
+    with pytest.raises(RegistryError) as info:
+        r.resolve("a")
+    listed = str(info.value).split("(")[1].split(")")[0].split(", ")
+    assert len(listed) == 5 and set(listed) <= {"ab", *(f"ab{i}" for i in range(6))}
+
+
+def test_json_fields_that_are_null_can_be_merged_and_updated(tmp_path: Path) -> None:
+    r = Registry(tmp_path / "registry.db")
+    run = r.create(name="a", provider="local", spec={})
+    assert r.merge(run.id, instance={"host": "h"}).instance == {"host": "h"}
+    other = r.create(name="b", provider="local", spec={})
+    assert r.update_json(other.id, "instance", lambda cur: {"was": cur}) == {"was": None}
+    r.update(other.id, spot="yes")                        # any truthy value is stored as 1
+    raw = sqlite3.connect(tmp_path / "registry.db").execute(
+        "SELECT spot FROM runs WHERE id = ?", (other.id,)).fetchone()
+    assert raw == (1,)
+
+
+def test_the_cost_is_kept_to_four_decimals(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    r = Registry(tmp_path / "registry.db", clock=clock)
+    run = _at(r, reg.RUNNING)
+    r.update(run.id, price_per_hour=1.0)
+    clock.t = 1.0                                         # $1/h for 1 s = $0.000277...
+    assert r.transition(run.id, reg.FAILED)
+    assert r.get(run.id).cost_usd == 0.0003
+
+
+def test_the_fault_hook_kills_the_process_right_after_the_commit(tmp_path: Path) -> None:
+    """The chaos suite's hook: SIGKILL right after the transition named in the variable was
+    committed (and never for another one)."""
+    code = ("import sys\nfrom dqlctl.registry import Registry\n"
+            f"r = Registry({str(tmp_path / 'registry.db')!r})\n"
+            "run = r.create(name='a', provider='local', spec={}, run_id='k1')\n"
+            "r.transition('k1', 'PROVISIONING')\nprint('survived', flush=True)\n"
+            "r.transition('k1', 'BOOTSTRAPPING')\nprint('not reached', flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+           reg.FAULT_KILL_AFTER: reg.BOOTSTRAPPING}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert proc.stdout == "survived\n"
+    assert Registry(tmp_path / "registry.db").get("k1").state == reg.BOOTSTRAPPING
+
+
+def _ticks_of(pid: int) -> str:
+    """The 22nd field of /proc/PID/stat, read independently of the registry's parser."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 1:].split()[19]
+
+
+def test_start_ticks_of_a_process_whose_name_has_a_parenthesis(tmp_path: Path) -> None:
+    sleeper = tmp_path / "a) b c"
+    sleeper.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    proc = subprocess.Popen([str(sleeper), "30"])
+    try:
+        wait = time.monotonic() + 10
+        while "a) b c" not in Path(f"/proc/{proc.pid}/stat").read_text():
+            assert time.monotonic() < wait
+            time.sleep(0.01)
+        assert reg._proc_start_ticks(proc.pid) == _ticks_of(proc.pid)
+        assert reg._proc_start_ticks(os.getpid()) == _ticks_of(os.getpid())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_zombie_is_gone(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        wait = time.monotonic() + 30
+        while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < wait, "the child never became a zombie"
+            time.sleep(0.01)
+        ticks = _ticks_of(proc.pid)
+        assert reg._proc_start_ticks(proc.pid) is None
+        assert reg.owner_gone(f"{socket.gethostname()}:{proc.pid}:{ticks}") is True
+    finally:
+        proc.wait()
+
+
+def test_the_folder_is_made_however_deep(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c" / "registry.db"
+    Registry(path).close()
+    assert path.exists() and path.parent.stat().st_mode & 0o777 == 0o700
