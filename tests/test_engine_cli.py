@@ -157,7 +157,9 @@ def test_full_workflow_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert stages[:2] == ["train", "evaluate"]
     assert [e["episode"] for e in events if e["event"] == "episode"] == [1, 2, 3]
     assert [e["split"] for e in events if e["event"] == "evaluation"] == ["val", "test"]
-    assert events[-1]["metrics"]["sharpe_ratio"] is not None
+    test_metrics = json.loads((out / "test_metrics.json").read_text())
+    assert events[-1]["metrics"]["sharpe_ratio"] == test_metrics["sharpe_ratio"]
+    assert isinstance(test_metrics["sharpe_ratio"], float)
     # equity curves for the control center's plot: validation when it improved (episode 1
     # always does), then the test split; each from 1.0, and ending where the metrics say
     equity = [e for e in events if e["event"] == "equity"]
