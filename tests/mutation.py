@@ -81,6 +81,32 @@ EQUIVALENT: list[tuple[str, str, Any, str]] = [
      "lease_free(run, None) reads the same clock acquire() just read"),
     ("dqlctl/registry.py", r"if len\(rows\) > 1:", lambda o, n: ">= 1" in n,
      "the single match returned just before: > 1 and >= 1 agree on what is left"),
+    ("engine/metrics.py", r"losses = trades\[trades < 0\.0\]", lambda o, n: "<= 0.0" in n,
+     "a zero-return trade adds 0 to the losses' sum, their only use"),
+    ("providers/sync/plan.py", r"code=EXIT_BAD_INPUT", lambda o, n: "code=" not in n,
+     "StorageError's default code is EXIT_BAD_INPUT: dropping it changes nothing"),
+    ("providers/sync/plan.py", r"base = rel\.rsplit\(\"/\", 1\)\[-1\]",
+     lambda o, n: "rsplit" in n, "the last piece of a right split is the base name whatever "
+     "the number of splits"),
+    ("providers/sync/plan.py", r"\(\"/\" not in p and", lambda o, n: True,
+     "a base name holds no '/': a pattern with one cannot match it, so the guard only saves "
+     "a call"),
+    ("providers/sync/plan.py", r"os\.path\.isdir\(path\.rstrip\(\"/\"\)\)",
+     lambda o, n: "rstrip(None)" in n, "isdir() answers alike with or without a trailing '/'"),
+    ("providers/sync/plan.py", r"strict=True", lambda o, n: True,
+     "one verdict per pending pair by construction: zip's strictness never acts"),
+    ("providers/sync/plan.py", r"b = _hash_of\(dst_store, d, kind\) if a is not None",
+     lambda o, n: True, "the destination's hash asked for when the source has none: one "
+     "request more, the same verdict (both are needed)"),
+    ("providers/sync/plan.py", r"return _by_hash\(_hash_of\(src_store, s, MD5\) or \"\"",
+     lambda o, n: True, "local stores always compute an md5: the fallbacks are never used"),
+    ("providers/sync/plan.py", r"^abs\(s\.mtime - d\.mtime\) <= MODIFY_WINDOW:$",
+     lambda o, n: True, "the listing's same-time shortcut: for these stores (no upload time) "
+     "_compare makes the same check without a request, so the verdict is the same"),
+    ("providers/aws/access.py", r"split\(\"/\", 1\)\[0\]", lambda o, n: True,
+     "the first piece of a split is the bucket whatever the number of splits"),
+    ("providers/aws/access.py", r"for attempt in range\(30\)", lambda o, n: True,
+     "the loop gives up at attempt == 29: a longer range never runs another try"),
     ("engine/metrics.py", r"strict=True", lambda o, n: True,
      "starts and ends have the same length by construction: zip's strictness never acts"),
     ("engine/metrics.py", r"np\.asarray\((net_log_returns|positions|out), dtype=np\.float64",
@@ -121,7 +147,9 @@ def mutant_changes(work: Path, module: str) -> dict[str, list[tuple[str, str]]]:
     (mutmut keeps each mutant as a function beside ``..._mutmut_orig``)."""
     path = work / "mutants" / module
     text = path.read_text()
-    funcs = {n.name: ast.get_source_segment(text, n) or "" for n in ast.walk(ast.parse(text))
+    lines = text.splitlines()
+    funcs = {n.name: "\n".join(lines[n.lineno - 1:n.end_lineno])
+             for n in ast.walk(ast.parse(text))
              if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and "__mutmut_" in n.name}
     prefix = module[:-3].replace("/", ".") + "."
     out: dict[str, list[tuple[str, str]]] = {}

@@ -296,15 +296,19 @@ def test_what_a_run_made_is_found_again_by_its_tags() -> None:
     _made(a, "r1", TAGS)
     theirs = [{"Key": RUN_TAG, "Value": "r9"}, {"Key": OWNER_TAG, "Value": "other"}]
     _made(a, "r9", theirs)
-    a.iam.roles["not-ours"] = {"RoleName": "not-ours", "Tags": TAGS, "inline": {},
-                               "attached": []}      # carries the tags, not dqlctl's name
+    # carries the tags, not dqlctl's name; listed first: the ones after it still count
+    a.iam.roles = {"not-ours": {"RoleName": "not-ours", "Tags": TAGS, "inline": {},
+                                "attached": []}, **a.iam.roles}
+    a.iam.profiles = {"other": {"InstanceProfileName": "other", "Tags": TAGS, "Roles": []},
+                      **a.iam.profiles}
     found = a._region_access(a.ec2, "eu-west-1", {RUN_TAG: "r1"})
     assert [(r.provider, r.kind, r.resource_id, r.region, r.tags, r.extra) for r in found] == [
         ("aws", "security-group", "sg-1", "eu-west-1", CORE, {"name": "dqlctl-r1"}),
         ("aws", "key-pair", "dqlctl-r1", "eu-west-1", CORE, {})]
     mine = a._iam_access({OWNER_TAG: "reg1"})
-    assert [(r.kind, r.resource_id, r.region, r.tags) for r in mine] == [
-        ("instance-profile", "dqlctl-r1", None, CORE), ("role", "dqlctl-r1", None, CORE)]
+    assert [(r.provider, r.kind, r.resource_id, r.region, r.tags) for r in mine] == [
+        ("aws", "instance-profile", "dqlctl-r1", None, CORE),
+        ("aws", "role", "dqlctl-r1", None, CORE)]
     everyone = a._iam_access({RUN_TAG: None})
     assert sorted((r.kind, r.resource_id) for r in everyone) == [
         ("instance-profile", "dqlctl-r1"), ("instance-profile", "dqlctl-r9"),
@@ -315,15 +319,19 @@ def test_what_a_run_made_is_found_again_by_its_tags() -> None:
 
 def test_a_role_deleted_between_list_and_get_is_skipped() -> None:
     a = Access()
+    _made(a, "r0", TAGS)                          # listed first, gone by the time it is read
     _made(a, "r1", TAGS)
     real_get = a.iam.get_role
 
     def vanishing(RoleName: str) -> dict[str, Any]:
-        del a.iam.roles[RoleName]
+        if RoleName == "dqlctl-r0":
+            del a.iam.roles[RoleName]
         return real_get(RoleName)
 
     a.iam.get_role = vanishing  # type: ignore[method-assign]
-    assert [r.kind for r in a._iam_access({RUN_TAG: "r1"})] == ["instance-profile"]
+    assert [(r.kind, r.resource_id) for r in a._iam_access({RUN_TAG: "r1"})] == [
+        ("instance-profile", "dqlctl-r0"), ("instance-profile", "dqlctl-r1"),
+        ("role", "dqlctl-r1")]
 
     def denied(RoleName: str) -> dict[str, Any]:
         raise AwsError("AccessDenied")
@@ -381,11 +389,12 @@ def test_remove_access_deletes_everything_the_run_made_and_only_that() -> None:
     a = Access()
     _made(a, "r1", TAGS)
     _made(a, "r2", [{"Key": RUN_TAG, "Value": "r2"}])
+    a.clients.clear()
     a._remove_access("eu-west-1", "r1")
     assert list(a.ec2.keys) == ["dqlctl-r2"] and list(a.iam.roles) == ["dqlctl-r2"]
     assert list(a.iam.profiles) == ["dqlctl-r2"]
     assert [g["GroupName"] for g in a.ec2.groups.values()] == ["dqlctl-r2"]
-    assert ("ec2", "eu-west-1") in a.clients and ("iam", "eu-west-1") in a.clients
+    assert a.clients == [("ec2", "eu-west-1"), ("iam", "eu-west-1")]
     a._remove_access("eu-west-1", "r1")            # again: everything already gone, no error
     assert list(a.ec2.keys) == ["dqlctl-r2"]
 

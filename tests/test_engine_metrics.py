@@ -316,3 +316,35 @@ def test_score_edges() -> None:
     assert score({"x": float("inf")}, "x") == -math.inf
     assert score({"sharpe_ratio": 1.5}, "sharpe_ratio") == 1.5         # not negated
     assert score({"annual_volatility": 0.2}, "annual_volatility") == -0.2
+
+
+def test_equity_points_thin_a_long_curve_keeping_both_ends() -> None:
+    from engine.metrics import EQUITY_POINTS, equity_points
+
+    assert equity_points(np.array([0.1, -0.2])) == [1.0, float(f"{math.exp(0.1):.6g}"),
+                                                    float(f"{math.exp(-0.1):.6g}")]
+    r = np.full(999, 0.001)
+    pts = equity_points(r)
+    assert len(pts) == EQUITY_POINTS == 200
+    assert pts[0] == 1.0 and pts[-1] == float(f"{math.exp(0.999):.6g}")
+    assert pts == sorted(pts)
+    assert equity_points(r, n=3) == [1.0, float(f"{math.exp(0.5):.6g}"),
+                                     float(f"{math.exp(0.999):.6g}")]
+    assert equity_points(np.full(4, 0.0), n=5) == [1.0] * 5      # short: every point
+    assert len(equity_points(r, n=1)) == 1000                   # n < 2: not thinned
+
+
+def test_types_and_what_the_average_keeps() -> None:
+    empty = compute_metrics(np.zeros(0), np.zeros(0), 252.0)
+    assert type(empty["n_trades"]) is int and type(empty["max_drawdown_duration_bars"]) is int
+    assert json.dumps(empty["n_trades"]) == "0"
+    a = compute_metrics(R, P, 4.0, timestamps=TS)                        # 4 days
+    b = compute_metrics(R[:2], P[:2], 4.0, timestamps=TS[:3])            # 2 days
+    assert mean_metrics([a, b])["period_days"] == a["period_days"] == 4.0
+
+
+def test_the_position_held_before_the_period_enters_the_first_trade() -> None:
+    """Short before the period, long in it: the flip's second leg is this trade's cost."""
+    r = np.array([0.1, 0.0])
+    got = compute_metrics(r, np.array([1.0, 0.0]), 2.0, cost=0.01, initial_position=-1.0)
+    assert got["avg_trade_return"] == pytest.approx(math.expm1(0.1 + 0.02 - 0.01 - 0.01))

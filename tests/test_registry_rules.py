@@ -484,3 +484,9 @@ def test_the_folder_is_made_however_deep(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "c" / "registry.db"
     Registry(path).close()
     assert path.exists() and path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_signalable_where_there_is_no_proc() -> None:
+    """The check used on systems without /proc (callable here too)."""
+    assert reg._signalable(os.getpid()) is True
+    assert reg._signalable(2**22 + 12345) is False

@@ -425,3 +425,180 @@ def test_hash_of_takes_the_listing_then_a_head_then_a_read() -> None:
     assert plan._hash_of(local, next(local.list()), MD5) == md5(b"abcd")
     assert local.hashed == ["k"]
     assert plan._hash_of(local, next(local.list()), CRC32C) is None
+
+
+# -- what make mutation found unchecked ------------------------------------------------------------
+
+def test_sizes_differ_with_no_hash_listed() -> None:
+    src = Fake("az", {"k": (b"abc", 1.0)}, listed_md5=False)
+    dst = Fake("az", {"k": (b"ab", 1.0)}, listed_md5=False)
+    assert decide(src, dst) == {"k": ("copy", "size", "size+mtime")}
+
+
+def test_update_tolerance_is_one_second_exclusive() -> None:
+    src = Fake("az", {"dst1s": (b"abcd", 10.0), "src1s": (b"abcd", 11.0)}, listed_md5=False)
+    dst = Fake("az", {"dst1s": (b"abc", 11.0), "src1s": (b"wxyz", 10.0)}, listed_md5=False)
+    assert decide(src, dst, update=True) == {
+        "dst1s": ("copy", "size", "size+mtime"),    # DST newer by exactly 1 s: not "newer"
+        "src1s": ("skip", "same", "size+mtime")}    # SRC newer by exactly 1 s: within
+
+
+def test_an_upload_time_is_not_a_stored_modification_time() -> None:
+    """S3 lists the upload time: equal to the other side's mtime by chance, it proves
+    nothing; the stored time (a HEAD) and the hashes decide."""
+    s3 = Fake("s3", {"k": (b"abcd", 1_000.0)}, listed_md5=False)   # listed at 5000.0
+    gs = Fake("gs", {"k": (b"wxyz", 5_000.0)})
+    assert decide(s3, gs) == {"k": ("copy", "hash", "md5")}
+    assert s3.stats == ["k"]
+    # a small local file at the listed upload time of its S3 copy: hashed, not trusted
+    local = Fake("file", {"k": (b"abcd", 5_000.0)})
+    s3 = Fake("s3", {"k": (b"wxyz", 5_000.0)})
+    assert decide(local, s3) == {"k": ("copy", "hash", "md5")}
+
+
+def test_a_stored_time_a_millisecond_apart_is_the_same(tmp_path: Path) -> None:
+    local = Fake("file", {"k": (b"x", 0.0)}, size=BIG)
+    s3 = Fake("s3", {"k": (b"x", 0.001)}, size=BIG, listed_md5=False)
+    assert decide(local, s3) == {"k": ("skip", "same", "size+mtime")}
+    assert local.hashed == []
+
+
+def test_a_large_s3_object_with_its_md5_listed_still_costs_a_head_not_a_read() -> None:
+    s3 = Fake("s3", {"k": (b"x", 1_000.0)}, size=BIG)            # md5 in the listing
+    local = Fake("file", {"k": (b"x", 1_000.0)}, size=BIG)
+    assert decide(s3, local) == {"k": ("skip", "same", "size+mtime")}
+    assert s3.stats == ["k"] and local.hashed == []
+    # exactly HASH_NOT_HEAD bytes still counts as small: hashed, no HEAD
+    s3 = Fake("s3", {"k": (b"x", 1_000.0)}, size=HASH_NOT_HEAD)
+    local = Fake("file", {"k": (b"x", 1_000.0)}, size=HASH_NOT_HEAD)
+    assert decide(local, s3) == {"k": ("skip", "same", "md5")}
+    assert s3.stats == [] and local.hashed == ["k"]
+    assert decide(s3, local) == {"k": ("skip", "same", "md5")}
+    assert s3.stats == []
+
+
+def test_checksum_needs_both_hashes() -> None:
+    """--checksum, local to an Azure blob without Content-MD5: no hash on one side, so the
+    size decides (not a comparison against nothing)."""
+    local = Fake("file", {"k": (b"abcd", 1.0)})
+    az = Fake("az", {"k": (b"wxyz", 1.0)}, listed_md5=False)
+    assert decide(local, az, checksum=True) == {"k": ("skip", "same", "size")}
+
+
+def test_without_a_hash_on_both_sides_the_time_decides() -> None:
+    gs = Fake("gs", {"k": (b"abcd", 1.0)})
+    az = Fake("az", {"k": (b"wxyz", 2.0)}, listed_md5=False)
+    assert decide(gs, az) == {"k": ("copy", "mtime", "size+mtime")}
+    local = Fake("file", {"k": (b"abcd", 1.0)})
+    assert decide(local, az) == {"k": ("copy", "mtime", "size+mtime")}
+    assert decide(az, local) == {"k": ("copy", "mtime", "size+mtime")}
+
+
+def test_requests_run_in_checker_threads_and_local_hashes_inline() -> None:
+    import threading
+    import time as _time
+
+    seen: list[str] = []
+
+    class Slow(Fake):
+        def stat(self, key: str) -> ObjectInfo:
+            seen.append(threading.current_thread().name)
+            _time.sleep(0.005)
+            return super().stat(key)
+
+        def compute_hash(self, key: str, kind: str) -> str:
+            seen.append(threading.current_thread().name)
+            return super().compute_hash(key, kind)
+
+    objects = {f"k{i:02}": (b"abcd", 1.0) for i in range(12)}
+    a, b = Slow("s3", objects, listed_md5=False), Slow("s3", objects, listed_md5=False)
+    got = decide(a, b, checkers=3)
+    assert set(got.values()) == {("skip", "same", "size+mtime")}
+    assert len(seen) == 24 and all(n.startswith("check") for n in seen)
+    assert 1 < len(set(seen)) <= 3
+    seen.clear()
+    decide(a, b, checkers=1)
+    assert len(set(seen)) == 1 and seen[0].startswith("check")
+    seen.clear()
+    local = Slow("file", {k: (v[0], 2.0) for k, v in objects.items()})
+    s3 = Slow("s3", objects)
+    files = {f.key: f for f in plan_files(local, s3, *(
+        listing(x, "", (), ())[0] for x in (local, s3)), Options(checkers=3))}
+    assert set(seen) == {threading.current_thread().name}       # small local: no pool
+    assert {f.size for f in files.values()} == {4}
+    seen.clear()
+    decide(local, s3, checksum=True, checkers=3)                 # --checksum: the pool
+    assert seen and all(n.startswith("check") for n in seen)
+
+
+def test_each_side_of_a_listing_error_is_named_and_filters_apply_to_both() -> None:
+    class Broken(Fake):
+        def list(self, prefix: str = ""):  # noqa: ANN201
+            raise StorageError("listing failed")
+
+    pool = ThreadPoolExecutor(3)
+    with pytest.raises(StorageError, match="listing failed") as info:
+        list_sides(pool, "x", Broken("gs"), "", Fake("gs"), "", Options())
+    assert info.value.side == "src"
+    with pytest.raises(StorageError, match="listing failed") as info:
+        list_sides(pool, "x", Fake("gs", {"a": (b"1", 1.0)}), "", Broken("gs"), "", Options())
+    assert info.value.side == "dst"
+    # DST is listed with the same include/exclude: what is not selected is not an extra
+    src = Fake("gs", {"p/a.csv": (b"1", 1.0)})
+    dst = Fake("gs", {"q/a.csv": (b"1", 1.0), "q/b.txt": (b"2", 1.0), "q/c.csv": (b"3", 1.0),
+                      "q/d.log": (b"4", 1.0)})
+    asked: list[str] = []
+    dst.stale_uploads = lambda prefix: asked.append(prefix) or []  # type: ignore[method-assign]
+    s, d, _ = list_sides(pool, "gs://b/p", src, "p/", dst, "q/",
+                         Options(include=("*.csv", "*.txt"), exclude=("c*",)))
+    assert sorted(d) == ["a.csv", "b.txt"] and sorted(s) == ["a.csv"] and asked == ["q/"]
+    # a local source without a readable() check (not LocalStore) is listed as it is
+    s, _, _ = list_sides(pool, "x", Fake("file", {"k": (b"1", 1.0)}), "", Fake("gs"), "",
+                         Options())
+    assert list(s) == ["k"]
+    pool.shutdown()
+
+
+def test_the_empty_source_message_says_what_to_do() -> None:
+    pool = ThreadPoolExecutor(3)
+    with pytest.raises(StorageError) as info:
+        list_sides(pool, "s3://b/typo", Fake("s3"), "typo/", Fake("gs"), "", Options())
+    assert str(info.value) == (
+        "source s3://b/typo lists nothing (no such folder or prefix?): refusing to sync from "
+        "it, which could delete everything at DST; pass --allow-empty-source if it is meant "
+        "to be empty")
+    pool.shutdown()
+
+
+def test_the_path_length_limit_counts_the_destination_folder(tmp_path: Path) -> None:
+    """A key that fits alone but not under DST's folder (and its prefix) is refused."""
+    bucket = str(tmp_path / "dst")
+    prefix = "p" * 200 + "/"
+    assert len(bucket) > 52
+    length = 4096 - len(bucket) - 150
+    key = "/".join(["k" * 199] * (length // 200)) + "/" + "k" * (length % 200 or 1)
+    src = Fake("gs", {key: (b"1", 1.0)})
+    pool = ThreadPoolExecutor(3)
+    with pytest.raises(StorageError, match="longer than 4096 bytes") as info:
+        list_sides(pool, "gs://b", src, "", LocalStore(bucket), prefix, Options())
+    assert info.value.side == "src"
+    pool.shutdown()
+
+
+def test_names_folders_and_roots_with_x_and_slashes(tmp_path: Path) -> None:
+    assert dir_prefix("Xdata/") == "Xdata/" and dir_prefix("/X/") == "X/"
+    assert location(LocalStore("/"), "") == "file:///"
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    assert location(LocalStore(str(link)), "a/") == f"file://{tmp_path.resolve()}/a/"
+    (tmp_path / "dataX").mkdir()
+    (tmp_path / "dataX" / "f").write_text("1")
+    (tmp_path / "outX").mkdir()
+    (tmp_path / "fileX").write_text("x")
+    root = LocalStore(str(tmp_path))
+    check_locations("dataX", "outX", root, "dataX/", root, "outX/")      # both fine
+    with pytest.raises(StorageError, match="is a file, not a folder"):
+        check_locations("dataX", "fileX", root, "dataX/", root, "fileX/")
+    keys = sorted(listing(Fake("gs", {"a/b/c.csv": (b"1", 1.0), "c.csv": (b"1", 1.0)}), "",
+                          ("c.csv",), ())[0])
+    assert keys == ["a/b/c.csv", "c.csv"]                # a name pattern, at any depth
