@@ -149,7 +149,8 @@ def trade_returns(net_log_returns: np.ndarray, positions: np.ndarray, *,
                 total -= cost * abs(pos)
         elif j < n and p[j] == 0.0:
             total += float(r[j])  # the flat bar after the exit holds only the exit cost
-        out.append(math.expm1(total))
+        gain = _exp_minus_one(total)
+        out.append(math.inf if gain is None else gain)  # overflow: inf here, None in the metrics
     return np.asarray(out, dtype=np.float64)
 
 

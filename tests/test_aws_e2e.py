@@ -138,8 +138,8 @@ def test_launch_train_collect_and_tear_down(home: Path, vm: dict[str, Any],
     ec2 = boto3.client("ec2")
     (group,) = ec2.describe_security_groups(
         Filters=[{"Name": "tag:dqlctl:run", "Values": [run.id]}])["SecurityGroups"]
-    assert [(p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]])
-            for p in group["IpPermissions"]] == [(22, [CIDR])]
+    assert [(p["IpProtocol"], p["FromPort"], p["ToPort"], [r["CidrIp"] for r in p["IpRanges"]])
+            for p in group["IpPermissions"]] == [("tcp", 22, 22, [CIDR])]
     policy = boto3.client("iam").get_role_policy(RoleName=f"dqlctl-{run.id}",
                                                   PolicyName="run-bucket")["PolicyDocument"]
     resources = {r for st in policy["Statement"] for r in st["Resource"]}

@@ -157,7 +157,9 @@ def test_full_workflow_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert stages[:2] == ["train", "evaluate"]
     assert [e["episode"] for e in events if e["event"] == "episode"] == [1, 2, 3]
     assert [e["split"] for e in events if e["event"] == "evaluation"] == ["val", "test"]
-    assert events[-1]["metrics"]["sharpe_ratio"] is not None
+    test_metrics = json.loads((out / "test_metrics.json").read_text())
+    assert events[-1]["metrics"]["sharpe_ratio"] == test_metrics["sharpe_ratio"]
+    assert isinstance(test_metrics["sharpe_ratio"], float)
     # equity curves for the control center's plot: validation when it improved (the first
     # episode selection looks at always does: custom selects from half the episodes on, so
     # episode 2 of 3), then the test split; each from 1.0, and ending where the metrics say

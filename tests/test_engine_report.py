@@ -119,7 +119,11 @@ def test_compare_experiments(tmp_path: Path) -> None:
     assert [r["experiment"] for r in table] == ["exp_c", "exp_d"]
     assert table[0]["sharpe_ratio"] == json.loads(
         (tmp_path / "exp_c" / "test_metrics.json").read_text())["sharpe_ratio"]
-    assert table[0]["buy_and_hold_total_return"] is not None
+    with open(tmp_path / "exp_c" / "strategy_comparison.csv") as fh:
+        bh = next(r for r in csv.DictReader(fh) if r["strategy"] == "buy_and_hold")
+    assert table[0]["buy_and_hold_total_return"] == pytest.approx(float(bh["total_return"]))
+    assert table[0]["excess_vs_buy_and_hold_pp"] == pytest.approx(
+        100.0 * (table[0]["total_return"] - float(bh["total_return"])))
     with open(tmp_path / "cmp.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2
     text = format_table(table)

@@ -23,9 +23,21 @@ def test_moto_answers_boto3(aws_env: str) -> None:
 
 
 def test_moto_reset_forgets_state(aws_env: str) -> None:
+    """On its own: what this test makes is gone after a reset (it used to rely on the test
+    above having left a bucket, and passed vacuously when run alone)."""
     import boto3
 
-    assert boto3.client("s3").list_buckets()["Buckets"] == []  # the test above left one
+    from tests.servers import moto_reset
+
+    s3 = boto3.client("s3")
+    assert s3.list_buckets()["Buckets"] == []            # aws_env starts from a reset server
+    s3.create_bucket(Bucket="left-over")
+    boto3.client("ec2").create_security_group(GroupName="g", Description="d")
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["left-over"]
+    moto_reset(aws_env)
+    assert s3.list_buckets()["Buckets"] == []
+    groups = boto3.client("ec2").describe_security_groups()["SecurityGroups"]
+    assert [g["GroupName"] for g in groups if g["GroupName"] != "default"] == []
 
 
 def test_env_fixtures_do_not_leak() -> None:

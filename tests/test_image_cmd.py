@@ -87,3 +87,31 @@ def test_failed_push_exits_1(tmp_path: Path, aws_env: str,
     fake_engine(tmp_path, monkeypatch, push_rc=1)
     code, _, err = run(["image", "push", "--region", "us-east-1"], tmp_path)
     assert code == 1 and "`docker push` failed" in err
+
+
+def test_build_runs_the_engine_on_the_dockerfile(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`image build --cpu --engine docker --json`: the engine is asked to build the checkout's
+    Dockerfile (CPU-only torch with --cpu); the JSON says what was built."""
+    from dqlctl.image_cmd import ROOT
+
+    log = fake_engine(tmp_path, monkeypatch)
+    code, out, err = run(["image", "build", "--cpu", "--engine", "docker", "--json"], tmp_path)
+    assert code == 0, err
+    assert json.loads(out) == {"tag": "dqlctl-engine:latest", "engine": "docker", "cpu": True}
+    builds = [line.split() for line in log.read_text().splitlines() if line.startswith("build")]
+    assert builds == [["build", "-t", "dqlctl-engine:latest", "-f", str(ROOT / "Dockerfile"),
+                       "--build-arg", "VARIANT=cpu", str(ROOT)]]
+    code, out, _ = run(["image", "build", "--tag", "mine:1"], tmp_path)
+    assert (code, out) == (0, "built mine:1 with docker\n")
+    builds = [line.split() for line in log.read_text().splitlines() if line.startswith("build")]
+    assert builds[-1] == ["build", "-t", "mine:1", "-f", str(ROOT / "Dockerfile"), str(ROOT)]
+
+
+def test_a_failed_build_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = fake_engine(tmp_path, monkeypatch)
+    script = log.parent / "bin" / "docker"
+    script.write_text(script.read_text().replace("esac", "  build) exit 7 ;;\nesac"))
+    code, out, err = run(["image", "build", "--engine", "docker"], tmp_path)
+    assert (code, out) == (1, "")
+    assert err == "dqlctl: error: docker build failed (exit 7)\n"

@@ -85,7 +85,9 @@ def test_launch_follow_streams_progress_and_another_process_sees_the_run(tmp_pat
     assert run["name"] == "smoke" and run["state"] == reg.SUCCEEDED
     assert run["progress"]["episode"] == 2 and run["exit_code"] == 0
     logs = dqlctl(tmp_path, "logs", "smoke")
-    assert logs.returncode == 0 and logs.stdout.strip()
+    log = (Path(run["instance"]["extra"]["workdir"]) / "engine.log").read_text()
+    assert logs.returncode == 0 and logs.stdout.splitlines() == log.splitlines()
+    assert any(line.startswith("episode 2/2") for line in log.splitlines())
     show = dqlctl(tmp_path, "show", run["id"][:4])
     assert show.returncode == 0 and "SUCCEEDED" in show.stdout
     # nothing of the run is left running
@@ -151,9 +153,9 @@ def test_logs_follow_ends_with_the_run(tmp_path: Path) -> None:
     (row,) = runs_json(tmp_path)
     assert row["state"] == reg.SUCCEEDED
     log = (tmp_path / "runs" / run["id"] / "engine.log").read_text()
-    assert proc.stdout.strip().splitlines()[-1] == log.strip().splitlines()[-1]
+    assert proc.stdout.splitlines() == log.splitlines()    # every line, once, in order
     tail = dqlctl(tmp_path, "logs", "--tail", "1", run["id"])
-    assert tail.stdout.strip() == log.strip().splitlines()[-1]
+    assert tail.stdout.splitlines() == log.splitlines()[-1:]
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -1,0 +1,258 @@
+"""``make mutation``: mutation testing of the core modules, with the killed share per module.
+
+mutmut (configured in ``[tool.mutmut]`` of pyproject.toml: which modules, which fast tests) runs
+in a copy of the tree in a temporary folder, so the checkout gets no ``mutants/`` folder and a
+run never reuses stale results. Then this prints, per module, how many mutants the tests killed
+(a timeout counts as killed, as mutmut counts it), the equivalent mutants excluded
+(``EQUIVALENT`` below, each with why) and every survivor by name (``mutmut show NAME`` in the
+kept folder shows its diff).
+
+    python tests/mutation.py [--keep] [--max-children N] [--min 85]
+
+Exit 0 when every module reaches ``--min`` percent, 1 otherwise. Not part of ``make test``: it
+runs each module's tests once per mutant (minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIED = ("dqlctl", "providers", "engine", "tests", "data", "pyproject.toml")
+#: mutmut's exit codes that count as killed: the tests failed (1; 3 pytest's internal error),
+#: timed out (36, SIGXCPU) or the test process died (-9, -11: e.g. a mutant that SIGKILLs it)
+KILLED = {1, 3, 36, -24, 24, 152, 255, -9, -11}
+SURVIVED = {0}
+
+
+def _case_only(old: str, new: str) -> bool:
+    return old != new and old.lower() == new.lower()
+
+
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|PRAGMA|ORDER BY|WHERE|VALUES|SET|FROM)\b", re.I)
+_ROW_KEY = re.compile(r"\b(r|row)\[\"")
+
+#: Equivalent mutants: changes no test can observe, because the program cannot behave
+#: differently. Each rule: (module, regex the original line matches, test of (old line, new
+#: line), why). A survivor is excluded only when every line it changes meets one rule; the
+#: count of excluded mutants is printed per module. Never a rule for a change a test could
+#: catch: those get a test.
+EQUIVALENT: list[tuple[str, str, Any, str]] = [
+    ("dqlctl/registry.py", r".", lambda o, n: _case_only(o, n) and bool(
+        _SQL.search(o) or _ROW_KEY.search(o)),
+     "letter case in SQL text or a sqlite3.Row key: SQLite keywords, identifiers and PRAGMA "
+     "names, and Row keys, ignore case"),
+    ("dqlctl/registry.py", r"_add_columns\(", lambda o, n: o.upper() == n.upper().replace(
+        "XX", ""), "a column's declared type: SQLite derives the same affinity (REAL, TEXT "
+     "found by substring, in any case)"),
+    ("dqlctl/registry.py", r"encoding=\"ascii\"", lambda o, n: True,
+     "the codec of /proc/PID/stat, which is ASCII: 'ASCII' and the locale's UTF-8 read it alike"),
+    ("dqlctl/registry.py", r"in \(\"Z\", \"X\"\)", lambda o, n: '"Z"' in n,
+     "process state X (dead) is never seen in /proc: the entry is gone by then"),
+    ("dqlctl/registry.py", r"_signalable\(|or '-'", lambda o, n: True,
+     "the branch for systems without /proc, not reachable on Linux where the tests run"),
+    ("dqlctl/registry.py", r"owner\.rsplit\(\":\", 2\)", lambda o, n: True,
+     "the owner is host:pid:ticks and host names hold no ':': every split gives the same parts"),
+    ("dqlctl/registry.py", r"sqlite3\.connect\(", lambda o, n: True,
+     "connect()'s busy timeout: PRAGMA busy_timeout = 30000 sets it again right after"),
+    ("dqlctl/registry.py", r"mkdir\(parents=True, exist_ok=True, mode=0o700\)",
+     lambda o, n: "parents=True" in n,
+     "the folder's mode at mkdir: os.chmod(path.parent, 0o700) follows at once"),
+    ("dqlctl/registry.py", r"self\._version\(\) < SCHEMA_VERSION|step_version > version",
+     lambda o, n: True, "migrating an up-to-date database again is a no-op (each step "
+     "tolerates what is there: CREATE IF NOT EXISTS, columns added only when missing)"),
+    ("dqlctl/registry.py", r"key != \"instance_ids\"", lambda o, n: True,
+     "instance_ids is NOT NULL DEFAULT '[]': never empty when read, so the fallback is unused"),
+    ("dqlctl/registry.py", r"self\.lease_free\(run, now\)", lambda o, n: True,
+     "lease_free(run, None) reads the same clock acquire() just read"),
+    ("dqlctl/registry.py", r"if len\(rows\) > 1:", lambda o, n: ">= 1" in n,
+     "the single match returned just before: > 1 and >= 1 agree on what is left"),
+    ("engine/metrics.py", r"losses = trades\[trades < 0\.0\]", lambda o, n: "<= 0.0" in n,
+     "a zero-return trade adds 0 to the losses' sum, their only use"),
+    ("providers/sync/plan.py", r"code=EXIT_BAD_INPUT", lambda o, n: "code=" not in n,
+     "StorageError's default code is EXIT_BAD_INPUT: dropping it changes nothing"),
+    ("providers/sync/plan.py", r"base = rel\.rsplit\(\"/\", 1\)\[-1\]",
+     lambda o, n: "rsplit" in n, "the last piece of a right split is the base name whatever "
+     "the number of splits"),
+    ("providers/sync/plan.py", r"\(\"/\" not in p and", lambda o, n: True,
+     "a base name holds no '/': a pattern with one cannot match it, so the guard only saves "
+     "a call"),
+    ("providers/sync/plan.py", r"os\.path\.isdir\(path\.rstrip\(\"/\"\)\)",
+     lambda o, n: "rstrip(None)" in n, "isdir() answers alike with or without a trailing '/'"),
+    ("providers/sync/plan.py", r"strict=True", lambda o, n: True,
+     "one verdict per pending pair by construction: zip's strictness never acts"),
+    ("providers/sync/plan.py", r"b = _hash_of\(dst_store, d, kind\) if a is not None",
+     lambda o, n: True, "the destination's hash asked for when the source has none: one "
+     "request more, the same verdict (both are needed)"),
+    ("providers/sync/plan.py", r"return _by_hash\(_hash_of\(src_store, s, MD5\) or \"\"",
+     lambda o, n: True, "local stores always compute an md5: the fallbacks are never used"),
+    ("providers/sync/plan.py", r"^abs\(s\.mtime - d\.mtime\) <= MODIFY_WINDOW:$",
+     lambda o, n: True, "the listing's same-time shortcut: for these stores (no upload time) "
+     "_compare makes the same check without a request, so the verdict is the same"),
+    ("providers/aws/access.py", r"split\(\"/\", 1\)\[0\]", lambda o, n: True,
+     "the first piece of a split is the bucket whatever the number of splits"),
+    ("providers/aws/access.py", r"for attempt in range\(30\)", lambda o, n: True,
+     "the loop gives up at attempt == 29: a longer range never runs another try"),
+    ("engine/metrics.py", r"strict=True", lambda o, n: True,
+     "starts and ends have the same length by construction: zip's strictness never acts"),
+    ("engine/metrics.py", r"np\.asarray\((net_log_returns|positions|out), dtype=np\.float64",
+     lambda o, n: True, "numeric inputs: every operation applied promotes them to float64"),
+    ("engine/metrics.py", r"isinstance\(v, int \| float\) and v is not None",
+     lambda o, n: True, "metric values are numbers, bools or None: both conditions keep the same"),
+]
+
+
+def modules() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return list(config["only_mutate"])
+
+
+def copy_tree(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "mutants",
+                                    "__snapshots__")
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+
+
+def results(work: Path) -> dict[str, dict[str, int]]:
+    """``module -> {mutant name: mutmut exit code}`` from the ``.meta`` files mutmut wrote."""
+    out: dict[str, dict[str, int]] = {}
+    for module in modules():
+        meta = work / "mutants" / f"{module}.meta"
+        data = json.loads(meta.read_text()) if meta.exists() else {}
+        out[module] = dict(data.get("exit_code_by_key", {}))
+    return out
+
+
+def mutant_changes(work: Path, module: str) -> dict[str, list[tuple[str, str]]]:
+    """``mutant name -> [(original line, mutated line)]`` from the mutated copy of ``module``
+    (mutmut keeps each mutant as a function beside ``..._mutmut_orig``)."""
+    path = work / "mutants" / module
+    text = path.read_text()
+    lines = text.splitlines()
+    funcs = {n.name: "\n".join(lines[n.lineno - 1:n.end_lineno])
+             for n in ast.walk(ast.parse(text))
+             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and "__mutmut_" in n.name}
+    prefix = module[:-3].replace("/", ".") + "."
+    out: dict[str, list[tuple[str, str]]] = {}
+    for name, source in funcs.items():
+        base, _, tag = name.rpartition("__mutmut_")
+        if tag == "orig" or f"{base}__mutmut_orig" not in funcs:
+            continue
+        old = funcs[f"{base}__mutmut_orig"].splitlines()[1:]
+        new = source.splitlines()[1:]
+        removed, added = [], []
+        for line in difflib.ndiff(old, new):
+            if line.startswith("- "):
+                removed.append(line[2:].strip())
+            elif line.startswith("+ "):
+                added.append(line[2:].strip())
+        pairs = list(zip(removed, added, strict=False))
+        if len(removed) != len(added):       # a line removed or joined: pair with ""
+            pairs = [(" ".join(removed), " ".join(added))]
+        out[prefix + name] = pairs
+    return out
+
+
+def equivalent(module: str, changes: list[tuple[str, str]]) -> str | None:
+    """Why the mutant with these changes is equivalent (``EQUIVALENT``), or None."""
+    whys = []
+    for old, new in changes:
+        why = next((w for m, pat, test, w in EQUIVALENT
+                    if m == module and re.search(pat, old) and test(old, new)), None)
+        if why is None:
+            return None
+        whys.append(why)
+    return whys[0] if whys else None
+
+
+def report(by_module: dict[str, dict[str, int]], minimum: float,
+           changes: dict[str, dict[str, list[tuple[str, str]]]] | None = None) -> bool:
+    ok = True
+    print(f"\n{'module':<28} {'killed':>7} {'survived':>9} {'other':>6} {'equiv':>6} {'score':>7}")
+    survivors: list[str] = []
+    reasons: Counter[str] = Counter()
+    for module, codes in by_module.items():
+        diffs = (changes or {}).get(module, {})
+        equivalent_ = {m: why for m, c in codes.items() if c in SURVIVED
+                       if (why := equivalent(module, diffs.get(m, [])))}
+        reasons.update(f"{module}: {why}" for why in equivalent_.values())
+        counted = {m: c for m, c in codes.items() if m not in equivalent_}
+        killed = sum(1 for c in counted.values() if c in KILLED)
+        survived = [m for m, c in counted.items() if c in SURVIVED]
+        other = Counter(c for c in counted.values() if c not in KILLED | SURVIVED)
+        tested = killed + len(survived) + sum(other.values())
+        score = 100.0 * killed / tested if tested else 0.0
+        ok = ok and tested > 0 and score >= minimum
+        print(f"{module:<28} {killed:>7} {len(survived):>9} {sum(other.values()):>6} "
+              f"{len(equivalent_):>6} {score:>6.1f}%" + ("" if score >= minimum else "  < min"))
+        if other:
+            print(f"    not killed, not survived (mutmut exit code: count): {dict(other)}")
+        survivors += sorted(survived)
+    if reasons:
+        print("\nequivalent mutants excluded (count: module: why):")
+        for why, count in sorted(reasons.items()):
+            print(f"  {count:>3}: {why}")
+    if survivors:
+        print("\nsurvivors:")
+        for name in survivors:
+            module = next(m for m in by_module if name in by_module[m])
+            change = "; ".join(f"{o!r} -> {n!r}"
+                               for o, n in (changes or {}).get(module, {}).get(name, []))
+            print(f"  {name}: {change}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (printed)")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--min", type=float, default=85.0, help="percent killed each module "
+                        "must reach (default 85)")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="dqlctl-mutation-"))
+    started = time.monotonic()
+    try:
+        copy_tree(work)
+        env = {**os.environ, "PYTHONPATH": ""}  # mutmut puts mutants/ first on sys.path
+        log = work / "mutmut.log"
+        print(f"mutmut run in {work} (its output: {log}) ...", flush=True)
+        with log.open("w") as out:
+            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
+                                   str(args.max_children)], cwd=work, env=env, check=False,
+                                  stdout=out, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-40:]
+            print("\n".join(tail), file=sys.stderr)
+            print(f"mutmut failed (exit {proc.returncode})", file=sys.stderr)
+            return 2
+        by_module = results(work)
+        ok = report(by_module, args.min, {m: mutant_changes(work, m) for m in by_module})
+        print(f"\nwall time {time.monotonic() - started:.0f} s"
+              + (f"; work folder kept: {work}" if args.keep else ""))
+        return 0 if ok else 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
