@@ -55,7 +55,7 @@ test: install-dev
 
 # Mutation testing of the core modules (registry, sync plan, metrics, AWS access) against their
 # fast unit tests ([tool.mutmut] in pyproject.toml): the killed share per module, each >= 85 %.
-# Not part of `make test`: it runs the tests once per mutant (tens of minutes on 2 cores).
+# Not part of `make test`: it runs the tests once per mutant (4-8 minutes on 2 cores).
 mutation: install-dev
 	$(BIN)/python tests/mutation.py
 

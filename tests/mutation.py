@@ -44,7 +44,7 @@ def _case_only(old: str, new: str) -> bool:
 
 
 _SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|PRAGMA|ORDER BY|WHERE|VALUES|SET|FROM)\b", re.I)
-_ROW_KEY = re.compile(r"\b(r|row)\[\"")
+_ROW_KEY = re.compile(r"\b(r|row)\[\"|= \?|^\" [a-z_]+(, [a-z_]+)*\)\"$")  # and SQL pieces
 
 #: Equivalent mutants: changes no test can observe, because the program cannot behave
 #: differently. Each rule: (module, regex the original line matches, test of (old line, new
@@ -93,6 +93,11 @@ EQUIVALENT: list[tuple[str, str, Any, str]] = [
      "a call"),
     ("providers/sync/plan.py", r"os\.path\.isdir\(path\.rstrip\(\"/\"\)\)",
      lambda o, n: "rstrip(None)" in n, "isdir() answers alike with or without a trailing '/'"),
+    ("providers/sync/plan.py", r"all\(t\[1\]\.size <= HASH_NOT_HEAD", lambda o, n: "t[2]" in n,
+     "a pending pair has one size on both sides (a size difference is settled from the "
+     "listings)"),
+    ("engine/metrics.py", r"if len\(eq\) > n >= 2:", lambda o, n: ">= n >= 2" in n,
+     "thinning a curve of exactly n points to n points keeps every point"),
     ("providers/sync/plan.py", r"strict=True", lambda o, n: True,
      "one verdict per pending pair by construction: zip's strictness never acts"),
     ("providers/sync/plan.py", r"b = _hash_of\(dst_store, d, kind\) if a is not None",

@@ -139,11 +139,14 @@ class FakeIam:
                                                             ["RoleName"]})
 
     def get_paginator(self, name: str) -> _Pages:
-        if name == "list_roles":   # the list calls carry no tags; one item per page
-            return _Pages([{"Roles": [{"RoleName": n}]} for n in self.roles])
-        assert name == "list_instance_profiles"
-        return _Pages([{"InstanceProfiles": [{"InstanceProfileName": n}]}
-                       for n in self.profiles])
+        """Pages of three items (the list calls carry no tags)."""
+        if name == "list_roles":
+            names, key, item = list(self.roles), "Roles", "RoleName"
+        else:
+            assert name == "list_instance_profiles"
+            names, key, item = list(self.profiles), "InstanceProfiles", "InstanceProfileName"
+        return _Pages([{key: [{item: n} for n in names[i:i + 3]]}
+                       for i in range(0, len(names), 3)])
 
     def get_role(self, RoleName: str) -> dict[str, Any]:
         return {"Role": {"RoleName": RoleName, "Tags": self._role(RoleName)["Tags"]}}

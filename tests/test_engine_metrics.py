@@ -330,6 +330,7 @@ def test_equity_points_thin_a_long_curve_keeping_both_ends() -> None:
     assert pts == sorted(pts)
     assert equity_points(r, n=3) == [1.0, float(f"{math.exp(0.5):.6g}"),
                                      float(f"{math.exp(0.999):.6g}")]
+    assert equity_points(r, n=2) == [1.0, float(f"{math.exp(0.999):.6g}")]
     assert equity_points(np.full(4, 0.0), n=5) == [1.0] * 5      # short: every point
     assert len(equity_points(r, n=1)) == 1000                   # n < 2: not thinned
 

@@ -490,3 +490,17 @@ def test_signalable_where_there_is_no_proc() -> None:
     """The check used on systems without /proc (callable here too)."""
     assert reg._signalable(os.getpid()) is True
     assert reg._signalable(2**22 + 12345) is False
+
+
+def test_the_fault_hook_signals_this_process(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same hook seen from inside: os.kill(this pid, SIGKILL) once the move is written."""
+    killed: list[tuple[object, object]] = []
+    r = Registry(tmp_path / "registry.db")
+    run = r.create(name="a", provider="local", spec={})
+    monkeypatch.setenv(reg.FAULT_KILL_AFTER, reg.BOOTSTRAPPING)
+    monkeypatch.setattr(os, "kill", lambda *args: killed.append(args))
+    assert r.transition(run.id, reg.PROVISIONING) and killed == []
+    assert r.transition(run.id, reg.BOOTSTRAPPING)
+    assert killed == [(os.getpid(), signal.SIGKILL)]
+    assert r.get(run.id).state == reg.BOOTSTRAPPING       # committed before the kill

@@ -527,6 +527,10 @@ def test_requests_run_in_checker_threads_and_local_hashes_inline() -> None:
     assert set(seen) == {threading.current_thread().name}       # small local: no pool
     assert {f.size for f in files.values()} == {4}
     seen.clear()
+    edge = Slow("file", {"k": (b"x", 2.0)}, size=HASH_NOT_HEAD)  # the limit is still small
+    decide(edge, Slow("s3", {"k": (b"x", 1.0)}, size=HASH_NOT_HEAD), checkers=3)
+    assert seen == [threading.current_thread().name]
+    seen.clear()
     decide(local, s3, checksum=True, checkers=3)                 # --checksum: the pool
     assert seen and all(n.startswith("check") for n in seen)
 
@@ -544,7 +548,7 @@ def test_each_side_of_a_listing_error_is_named_and_filters_apply_to_both() -> No
         list_sides(pool, "x", Fake("gs", {"a": (b"1", 1.0)}), "", Broken("gs"), "", Options())
     assert info.value.side == "dst"
     # DST is listed with the same include/exclude: what is not selected is not an extra
-    src = Fake("gs", {"p/a.csv": (b"1", 1.0)})
+    src = Fake("gs", {"p/a.csv": (b"1", 1.0), "p/z.log": (b"9", 1.0)})
     dst = Fake("gs", {"q/a.csv": (b"1", 1.0), "q/b.txt": (b"2", 1.0), "q/c.csv": (b"3", 1.0),
                       "q/d.log": (b"4", 1.0)})
     asked: list[str] = []
@@ -588,6 +592,7 @@ def test_the_path_length_limit_counts_the_destination_folder(tmp_path: Path) -> 
 def test_names_folders_and_roots_with_x_and_slashes(tmp_path: Path) -> None:
     assert dir_prefix("Xdata/") == "Xdata/" and dir_prefix("/X/") == "X/"
     assert location(LocalStore("/"), "") == "file:///"
+    assert location(LocalStore(str(tmp_path / "X")), "") == f"file://{tmp_path.resolve()}/X/"
     link = tmp_path / "link"
     link.symlink_to(tmp_path)
     assert location(LocalStore(str(link)), "a/") == f"file://{tmp_path.resolve()}/a/"
