@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from dqlctl import controllers, states
 from dqlctl import registry as reg
 from dqlctl.registry import IllegalTransition, Registry, RegistryError, Run
 
@@ -195,11 +196,11 @@ def test_billing_arithmetic_on_the_row() -> None:
     assert closed.cost_at(10**9) == 3.0              # no $/h: the cost recorded on it
     assert closed.terminal and not run.terminal
     assert closed.to_dict()["billed_s"] == 7.0 and closed.to_dict()["id"] == "y"
-    assert reg._bill(10.0, None, reg.RUNNING, 50.0) == (10.0, 50.0)      # opens
-    assert reg._bill(10.0, 40.0, reg.COLLECTING, 50.0) == (10.0, 40.0)   # stays open
-    assert reg._bill(10.0, 40.0, reg.PREEMPTED, 50.0) == (20.0, None)    # closes
-    assert reg._bill(10.0, 60.0, reg.FAILED, 50.0) == (10.0, None)       # never negative
-    assert reg._bill(10.0, None, reg.FAILED, 50.0) == (10.0, None)
+    assert states.bill(10.0, None, reg.RUNNING, 50.0) == (10.0, 50.0)      # opens
+    assert states.bill(10.0, 40.0, reg.COLLECTING, 50.0) == (10.0, 40.0)   # stays open
+    assert states.bill(10.0, 40.0, reg.PREEMPTED, 50.0) == (20.0, None)    # closes
+    assert states.bill(10.0, 60.0, reg.FAILED, 50.0) == (10.0, None)       # never negative
+    assert states.bill(10.0, None, reg.FAILED, 50.0) == (10.0, None)
 
 
 def test_fields_updates_json_and_merges(tmp_path: Path) -> None:
@@ -314,7 +315,7 @@ def test_a_lease_whose_owner_process_is_gone_is_free(tmp_path: Path) -> None:
     gone = f"{host}:{2**22 + 12345}:77"                   # no such pid
     r.update(run.id, lease_owner=gone, lease_expires=10**9)
     assert r.lease_free(r.get(run.id))
-    init = f"{host}:1:{reg._proc_start_ticks(1)}"         # pid 1 is alive: its lease holds
+    init = f"{host}:1:{controllers._proc_start_ticks(1)}"         # pid 1 is alive: its lease holds
     r.update(run.id, lease_owner=init, lease_expires=1_000.5)
     assert not r.lease_free(r.get(run.id))
     assert r.lease_free(r.get(run.id), now=1_000.5)        # until it expires
@@ -324,7 +325,7 @@ def test_owner_gone() -> None:
     host = socket.gethostname()
     me = reg.process_owner()
     pid = os.getpid()
-    ticks = reg._proc_start_ticks(pid)
+    ticks = controllers._proc_start_ticks(pid)
     assert ticks is not None and ticks.isdigit() and me == f"{host}:{pid}:{ticks}"
     assert reg.owner_gone(me) is False
     assert reg.owner_gone(f"{host}:{pid}:-") is False          # start time unknown: pid alive
@@ -333,7 +334,7 @@ def test_owner_gone() -> None:
     assert reg.owner_gone(f"other-{host}:{2**22 + 12345}:1") is False  # another host: expire
     assert reg.owner_gone("garbage") is False
     assert reg.owner_gone(f"{host}:notapid:1") is False
-    assert reg._proc_start_ticks(2**22 + 12345) is None
+    assert controllers._proc_start_ticks(2**22 + 12345) is None
 
 
 def test_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -459,8 +460,8 @@ def test_start_ticks_of_a_process_whose_name_has_a_parenthesis(tmp_path: Path) -
         while "a) b c" not in Path(f"/proc/{proc.pid}/stat").read_text():
             assert time.monotonic() < wait
             time.sleep(0.01)
-        assert reg._proc_start_ticks(proc.pid) == _ticks_of(proc.pid)
-        assert reg._proc_start_ticks(os.getpid()) == _ticks_of(os.getpid())
+        assert controllers._proc_start_ticks(proc.pid) == _ticks_of(proc.pid)
+        assert controllers._proc_start_ticks(os.getpid()) == _ticks_of(os.getpid())
     finally:
         proc.kill()
         proc.wait()
@@ -474,7 +475,7 @@ def test_a_zombie_is_gone(tmp_path: Path) -> None:
             assert time.monotonic() < wait, "the child never became a zombie"
             time.sleep(0.01)
         ticks = _ticks_of(proc.pid)
-        assert reg._proc_start_ticks(proc.pid) is None
+        assert controllers._proc_start_ticks(proc.pid) is None
         assert reg.owner_gone(f"{socket.gethostname()}:{proc.pid}:{ticks}") is True
     finally:
         proc.wait()
@@ -488,8 +489,8 @@ def test_the_folder_is_made_however_deep(tmp_path: Path) -> None:
 
 def test_signalable_where_there_is_no_proc() -> None:
     """The check used on systems without /proc (callable here too)."""
-    assert reg._signalable(os.getpid()) is True
-    assert reg._signalable(2**22 + 12345) is False
+    assert controllers._signalable(os.getpid()) is True
+    assert controllers._signalable(2**22 + 12345) is False
 
 
 def test_the_fault_hook_signals_this_process(tmp_path: Path,
