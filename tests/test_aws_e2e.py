@@ -116,10 +116,17 @@ def leftovers(run_id: str) -> dict[str, list[str]]:
 
 def kill_vm_processes(run_id: str) -> None:
     """The run's processes on the VM die with it: the supervisor's whole session, the engine
-    included (else it would go on training, and pruning checkpoints, after the test)."""
-    for pid in subprocess.run(["pgrep", "-f", f"--tag=dqlctl:run={run_id}"],
-                              capture_output=True, text=True).stdout.split():
-        subprocess.run(["pkill", "-KILL", "-s", str(os.getsid(int(pid)))], check=False)
+    included (else it would go on training, and pruning checkpoints, after the test). (``--``:
+    else pgrep takes the pattern for an option, finds nothing, and the old engine lives on.)"""
+    found = subprocess.run(["pgrep", "-f", "--", f"--tag=dqlctl:run={run_id}"],
+                           capture_output=True, text=True)
+    assert found.returncode in (0, 1), found.stderr
+    for pid in found.stdout.split():
+        try:
+            sid = os.getsid(int(pid))
+        except ProcessLookupError:
+            continue
+        subprocess.run(["pkill", "-KILL", "-s", str(sid)], check=False)
 
 
 NOTHING = {"instances": [], "key_pairs": [], "security_groups": [], "profiles": [], "roles": []}
