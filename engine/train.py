@@ -593,6 +593,13 @@ class Trainer:
         self.last_checkpoint = path
         if self.events is not None:
             self.events.emit("checkpoint", episode=self.s.episode, path=where)
+            # the events so far go up with their checkpoint: a machine lost later (a spot VM
+            # taken back) leaves them where --resume finds them, and the resumed engine appends
+            # from the checkpoint on, so each episode is in the run's events once
+            log_path = self.events.path
+            if self.mirror is not None and log_path is not None \
+                    and log_path.parent == self.out_dir and log_path.exists():
+                self.mirror.put(log_path, log_path.name)
         return path
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
