@@ -41,6 +41,7 @@ from providers.containers import (
     image_present,
 )
 from providers.jobs import LocalJobHandle
+from providers.storage.local import pid_exists
 
 DEFAULT_IMAGE = "dqlctl-engine:latest"
 RUNTIMES = ("auto", "native", *CONTAINER_ENGINES)
@@ -67,13 +68,7 @@ def pid_alive(pid: int, start_ticks: int | None = None) -> bool:
         if ticks is None:
             return False
         return start_ticks is None or ticks == start_ticks
-    try:  # pragma: no cover - non-Linux fallback
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)  # pragma: no cover - non-Linux fallback
 
 
 class LocalProvider:

@@ -35,7 +35,8 @@ from providers.storage.streams import HashingReader, source_reader
 TMP_RE = re.compile(r"^\.dqlctl-(\d+)-[0-9a-f]{12}\.tmp$")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_exists(pid: int) -> bool:
+    """A process ``pid`` exists (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -93,7 +94,7 @@ class LocalStore(Store):
                 continue
             match = TMP_RE.match(entry.name)
             if match:
-                if not _pid_alive(int(match.group(1))):   # left by a killed put
+                if not pid_exists(int(match.group(1))):   # left by a killed put
                     try:
                         os.unlink(entry.path)
                     except OSError:

@@ -117,30 +117,6 @@ class StoreReader(ReadStream):
         super().close()
 
 
-class IterReader(ReadStream):
-    """A file object over an iterator of byte chunks (for SDKs that stream by chunks)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        super().__init__()
-        self._chunks = chunks
-        self._buf = b""
-        self._done = False
-
-    def read(self, n: int | None = -1) -> bytes:
-        if n is None or n < 0:
-            parts = [self._buf, *self._chunks]
-            self._buf = b""
-            self._done = True
-            return b"".join(parts)
-        while len(self._buf) < n and not self._done:
-            try:
-                self._buf += next(self._chunks)
-            except StopIteration:
-                self._done = True
-        out, self._buf = self._buf[:n], self._buf[n:]
-        return out
-
-
 @contextlib.contextmanager
 def source_reader(source: BinaryIO | IO[bytes] | str | Path) -> Iterator[IO[bytes] | BinaryIO]:
     """A binary file object for ``put``'s source: a path is opened (and closed on leaving),
