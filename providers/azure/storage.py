@@ -28,11 +28,13 @@ from providers.storage.base import (
     EXIT_BAD_INPUT,
     EXIT_PROVIDER,
     MD5,
+    REQUESTS_ENV,
     ObjectInfo,
     StorageError,
     Store,
     env_key,
     missing_sdk,
+    settle_environment,
     shared_client,
 )
 from providers.storage.streams import StoreReader, read_ahead, read_full, source_reader, source_size
@@ -81,7 +83,8 @@ class AzureStore(Store):
             from azure.storage.blob import BlobServiceClient
         except ImportError:
             raise missing_sdk("azure-storage-blob", "azure", "az") from None
-        self.service = shared_client(("az", env_key("AZURE_", "MSI_", "IDENTITY_")),
+        self.service = shared_client(("az", env_key("AZURE_", "MSI_", "IDENTITY_",
+                                                   *REQUESTS_ENV)),
                                      lambda: self._connect(BlobServiceClient))
         self.container = self.service.get_container_client(bucket)
         self.account = self.service.account_name
@@ -101,24 +104,31 @@ class AzureStore(Store):
                                     "max_chunk_get_size": 4 * MIB, "retry_total": 3,
                                     "transport": RequestsTransport(session=session,
                                                                    session_owner=True)}
-        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
         with self._errors("connect to"):
-            if conn:
-                return service_class.from_connection_string(conn, **settings)
-            url = os.environ.get("AZURE_STORAGE_ACCOUNT_URL")
-            account = os.environ.get("AZURE_STORAGE_ACCOUNT")
-            if not url and account:
-                url = f"https://{account}.blob.core.windows.net"
-            if not url:
-                raise StorageError(
-                    "no Azure storage account: set AZURE_STORAGE_CONNECTION_STRING, or "
-                    "AZURE_STORAGE_ACCOUNT (signed in with `az login` or a managed identity)",
-                    code=EXIT_PROVIDER)
-            try:
-                from azure.identity import DefaultAzureCredential
-            except ImportError:
-                raise missing_sdk("azure-identity", "azure", "az") from None
-            return service_class(url, credential=DefaultAzureCredential(), **settings)
+            service = self._service(service_class, settings)
+        settle_environment(session, service.url)
+        return service
+
+    @staticmethod
+    def _service(service_class: Any, settings: dict[str, Any]) -> Any:
+        """The account's client from a connection string, or an account and Azure AD."""
+        conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+        if conn:
+            return service_class.from_connection_string(conn, **settings)
+        url = os.environ.get("AZURE_STORAGE_ACCOUNT_URL")
+        account = os.environ.get("AZURE_STORAGE_ACCOUNT")
+        if not url and account:
+            url = f"https://{account}.blob.core.windows.net"
+        if not url:
+            raise StorageError(
+                "no Azure storage account: set AZURE_STORAGE_CONNECTION_STRING, or "
+                "AZURE_STORAGE_ACCOUNT (signed in with `az login` or a managed identity)",
+                code=EXIT_PROVIDER)
+        try:
+            from azure.identity import DefaultAzureCredential
+        except ImportError:
+            raise missing_sdk("azure-identity", "azure", "az") from None
+        return service_class(url, credential=DefaultAzureCredential(), **settings)
 
     # -- errors -----------------------------------------------------------------------------
     def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:

@@ -22,11 +22,13 @@ from providers.storage.base import (
     EXIT_BAD_INPUT,
     EXIT_PROVIDER,
     MD5,
+    REQUESTS_ENV,
     ObjectInfo,
     StorageError,
     Store,
     env_key,
     missing_sdk,
+    settle_environment,
     shared_client,
 )
 from providers.storage.streams import (
@@ -75,12 +77,15 @@ class GcsStore(Store):
             raise missing_sdk("google-cloud-storage", "gcp", "gs") from None
         def build() -> Any:
             with self._errors("connect to"):
-                return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+                client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+                settle_environment(client._http, client._connection.API_BASE_URL)
+                return client
 
         # one client per process and environment (``shared_client``): building one looks
         # for credentials (files, the metadata server)
         self.client = shared_client(
-            ("gs", env_key("GOOGLE_", "STORAGE_EMULATOR_HOST", "CLOUDSDK_", "GCE_")), build)
+            ("gs", env_key("GOOGLE_", "STORAGE_EMULATOR_HOST", "CLOUDSDK_", "GCE_", *REQUESTS_ENV)),
+            build)
         self._bucket = self.client.bucket(bucket)
 
     # -- errors -----------------------------------------------------------------------------

@@ -277,6 +277,31 @@ def shared_client(key: tuple[Any, ...], build: Any) -> Any:
         return client
 
 
+#: what requests reads from the environment for every request (proxies, the CA bundle): part of
+#: a requests-based client's ``shared_client`` key, since ``settle_environment`` reads it once
+REQUESTS_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
+                "https_proxy", "all_proxy", "no_proxy", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+def settle_environment(session: Any, url: str) -> None:
+    """Read a requests session's environment settings once, for the endpoint ``url``.
+
+    With ``trust_env`` (the default) requests scans the whole environment for proxies and a CA
+    bundle on every request: 15-20 % of the CPU of a small upload to GCS or Azure. The same
+    settings (proxies for ``url``, honouring NO_PROXY; ``REQUESTS_CA_BUNDLE`` /
+    ``CURL_CA_BUNDLE``) are set on the session here and the scan switched off; the client is
+    rebuilt when those variables change (``REQUESTS_ENV`` is part of its key)."""
+    import requests.utils
+
+    if not session.trust_env:
+        return
+    session.proxies.update(requests.utils.get_environ_proxies(url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle and session.verify is True:
+        session.verify = bundle
+    session.trust_env = False
+
+
 def env_key(*prefixes: str) -> tuple[tuple[str, str], ...]:
     """The environment variables a client depends on (those starting with ``prefixes``)."""
     return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(prefixes)))

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 
 from providers.storage.base import EXIT_BAD_INPUT, StorageError
 
 NAME_MAX = 255          # bytes per path segment (ext4, xfs, btrfs, tmpfs)
 PATH_MAX = 4096         # bytes of a whole path (Linux)
+_CONTROL = re.compile("[\x01-\x1f\x7f]")     # NUL has its own message
 
 
 class UnsafeKey(StorageError):
@@ -53,7 +55,7 @@ def check_key(key: str, root: Path | None = None) -> str:
         raise UnsafeKey(key, "empty key")
     if "\x00" in key:
         raise UnsafeKey(key, "it contains NUL")
-    if any(ord(c) < 32 or c == "\x7f" for c in key):
+    if _CONTROL.search(key):
         raise UnsafeKey(key, "it contains a control character")
     if "\\" in key:
         raise UnsafeKey(key, "it contains a backslash")
@@ -65,7 +67,8 @@ def check_key(key: str, root: Path | None = None) -> str:
             raise UnsafeKey(key, "it has an empty path segment")
         if segment in (".", ".."):
             raise UnsafeKey(key, f"it has a {segment!r} segment")
-        if len(os.fsencode(segment)) > name_max:
+        # a character is at most 4 bytes in the filesystem's encoding: most keys need no encode
+        if len(segment) * 4 > name_max and len(os.fsencode(segment)) > name_max:
             raise UnsafeKey(key, f"a segment is longer than {name_max} bytes")
     base = len(os.fsencode(str(root))) + 1 if root is not None else 0
     if base + len(os.fsencode(key)) >= path_max:
@@ -77,9 +80,8 @@ def local_path(root: str | os.PathLike[str], key: str) -> Path:
     """Where ``key`` lives under the folder ``root``; UnsafeKey if it would leave it."""
     base = Path(root)
     check_key(key, base)
-    path = base / key
     # belt and braces: the lexical checks above already exclude every way out
-    if os.path.commonpath([os.path.abspath(base), os.path.abspath(path)]) != \
-            os.path.abspath(base):
+    inside = os.path.abspath(base)
+    if not os.path.normpath(os.path.join(inside, key)).startswith(inside.rstrip("/") + "/"):
         raise UnsafeKey(key, f"it leaves {base}")
-    return path
+    return base / key

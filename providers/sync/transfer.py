@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from providers.storage import MD5, Cancelled, ObjectInfo, StorageError, Store
@@ -181,7 +181,9 @@ def copy_all(pool: ThreadPoolExecutor, src_store: Store, dst_store: Store,
     try:
         report()
         while futures and not cancel.is_set():
-            _, futures = wait(futures, timeout=PROGRESS_EVERY, return_when=FIRST_COMPLETED)
+            # woken once per PROGRESS_EVERY (or when all are done), not once per file: a
+            # wait on N futures costs O(N), so waking per completion is O(N^2) for N files
+            _, futures = wait(futures, timeout=PROGRESS_EVERY, return_when=ALL_COMPLETED)
             report()
         if cancel.is_set():
             raise Cancelled("sync cancelled")

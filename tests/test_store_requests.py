@@ -1,0 +1,130 @@
+"""What the stores put on the wire, on the real stand-ins through the official SDKs.
+
+- A small S3 upload goes in one round trip: no ``Expect: 100-continue`` (botocore's default
+  waits for the server's ``100 Continue`` before any PUT body; rclone never asks). A large
+  body still asks, so S3 can refuse it before the bytes are sent.
+- A proxy set in the environment is used by every store, and ``NO_PROXY`` bypasses it, though
+  the requests-based SDKs (GCS, Azure) read the environment once per client, not per request.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from providers.storage import Store, open_store
+from tests.test_storage_conformance import new_bucket
+
+MIB = 1024 * 1024
+PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy",
+              "https_proxy", "all_proxy", "no_proxy")
+
+
+def test_a_small_s3_upload_does_not_wait_for_100_continue(tmp_path: Path,
+                                                           request: pytest.FixtureRequest) -> None:
+    uri = new_bucket("s3", tmp_path, request)
+    store, _ = open_store(uri)
+    sent: list[tuple[str, object]] = []
+
+    def capture(request: object, **_: object) -> None:
+        headers = request.headers  # type: ignore[attr-defined]
+        sent.append((request.url.rsplit("/", 1)[-1],  # type: ignore[attr-defined]
+                     headers.get("Expect")))
+
+    store.client.meta.events.register("before-send.s3.PutObject", capture)
+    try:
+        small = tmp_path / "small.bin"
+        small.write_bytes(os.urandom(4096))
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(2 * MIB))
+        store.put("small.bin", small, size=4096, mtime=1.0)
+        store.put("big.bin", big, mtime=1.0)
+    finally:
+        store.client.meta.events.unregister("before-send.s3.PutObject", capture)
+    assert dict(sent) == {"small.bin": None, "big.bin": b"100-continue"}
+    assert _read(store, "small.bin") == small.read_bytes()
+    assert _read(store, "big.bin") == big.read_bytes()
+
+
+def _read(store: Store, key: str) -> bytes:
+    with store.open_read(key) as reader:
+        return reader.read()
+
+
+class _ForwardProxy(BaseHTTPRequestHandler):
+    """A plain-HTTP forward proxy (absolute-URI requests), counting what it forwards."""
+
+    hits: list[str]
+
+    def _forward(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("proxy-connection", "connection", "expect")}
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        target = url.path + (f"?{url.query}" if url.query else "")
+        conn.request(self.command, target, body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        self.server.hits.append(f"{self.command} {url.path}")  # type: ignore[attr-defined]
+        self.send_response(resp.status, resp.reason)
+        for key, value in resp.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+        self.close_connection = True
+        conn.close()
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    server.hits = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("kind", ["s3", "gcs", "azure"])
+def test_a_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest,
+        proxy: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = new_bucket(kind, tmp_path, request)
+    hits: list[str] = proxy.hits  # type: ignore[attr-defined]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+    data = uuid.uuid4().bytes * 64
+
+    store, _ = open_store(uri)
+    store.put_bytes("via-proxy.bin", data)
+    assert _read(store, "via-proxy.bin") == data
+    through = len(hits)
+    assert through >= 2, hits          # the upload and the read went through the proxy
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    store, _ = open_store(uri)          # a changed environment gets a client of its own
+    store.put_bytes("direct.bin", data)
+    assert sorted(info.key for info in store.list()) == ["direct.bin", "via-proxy.bin"]
+    assert len(hits) == through, hits[through:]
