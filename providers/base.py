@@ -51,6 +51,33 @@ class ProviderError(Exception):
         self.field = field
 
 
+class NoCapacity(ProviderError):
+    """Every zone tried refused the machine for capacity or quota (``InsufficientInstanceCapacity``,
+    ``ZONE_RESOURCE_POOL_EXHAUSTED``, ``SkuNotAvailable`` ...): another region or cloud may have
+    it. ``attempts``: one dict per refusal (provider, region, zone, instance_type, code), in the
+    order tried. A launch that succeeds after refusals lists them in ``extra["attempts"]``."""
+
+    def __init__(self, message: str, attempts: list[dict[str, Any]]) -> None:
+        super().__init__(message, field="region")
+        self.attempts = attempts
+
+
+def capacity_attempt(provider: str, region: str | None, zone: str | None,
+                     instance_type: str, code: str) -> dict[str, Any]:
+    """One refusal, as ``NoCapacity.attempts`` and the run's history record it."""
+    return {"provider": provider, "region": region, "zone": zone,
+            "instance_type": instance_type, "code": code}
+
+
+def refusals(attempts: list[dict[str, Any]]) -> str:
+    """``us-east-1a: InsufficientInstanceCapacity; zone 2: SkuNotAvailable`` for a message."""
+    def where(a: dict[str, Any]) -> str:
+        zone = str(a.get("zone") or "")
+        return f"zone {zone}" if zone.isdigit() else zone or str(a.get("region"))   # Azure: 1-3
+
+    return "; ".join(f"{where(a)}: {a.get('code')}" for a in attempts)
+
+
 class Capability(enum.StrEnum):
     SPOT = "spot"              # can launch preemptible capacity
     GPU = "gpu"                # has GPU offers

@@ -218,15 +218,44 @@ def test_zone_fall_through_scoped_service_account_and_orphans(
 
 def test_no_capacity_anywhere_fails_cleanly(home: Path, gce: FakeGce,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    for zone in gce.regions["us-central1"]:
-        gce.capacity[zone] = "ZONE_RESOURCE_POOL_EXHAUSTED"
+    for zones in gce.regions.values():
+        for zone in zones:
+            gce.capacity[zone] = "ZONE_RESOURCE_POOL_EXHAUSTED"
     assert main(launch_args("--episodes", "2"), ctx=Context(home=home)) == 3
     err = capsys.readouterr().err
-    assert "no capacity for n1-standard-4 in us-central1" in err and "us-central1-c" in err
+    assert "no capacity for n1-standard-4 in us-central1 (" in err and "us-central1-c" in err
+    assert "europe-west4 (europe-west4-a: ZONE_RESOURCE_POOL_EXHAUSTED" in err
     (run,) = Context(home=home).registry.list()
     assert run.state == reg.FAILED
     assert gce.leftovers() == NOTHING
     assert not list((home / "keys").glob("*"))
+
+
+def test_a_region_without_capacity_fails_over_to_the_next_one(
+        home: Path, gce: FakeGce, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every zone of the default region is exhausted: the run lands in the next region that
+    offers a T4 (by the catalog's GPU price) and its history says why; nothing stays behind."""
+    for zone in gce.regions["us-central1"]:
+        gce.capacity[zone] = "ZONE_RESOURCE_POOL_EXHAUSTED"
+    ctx = Context(home=home)
+    assert main(launch_args("--episodes", "2"), ctx=ctx) == 0
+    (run,) = ctx.registry.list()
+    assert run.region == "europe-west4" and run.state == reg.RUNNING
+    events = ctx.registry.events(run.id)
+    refused = [(e["data"]["region"], e["data"]["zone"], e["data"]["code"])
+               for e in events if e["kind"] == "capacity"]
+    assert refused == [("us-central1", z, "ZONE_RESOURCE_POOL_EXHAUSTED")
+                       for z in gce.regions["us-central1"]]
+    (move,) = [e["data"] for e in events if e["kind"] == "failover"]
+    assert move["to"] == "europe-west4" and move["from"] == ["us-central1"]
+    capsys.readouterr()
+    assert main(["show", run.id], ctx=ctx) == 0
+    shown = capsys.readouterr().out
+    assert "capacity  (gcp us-central1/us-central1-a n1-standard-4: " \
+           "ZONE_RESOURCE_POOL_EXHAUSTED)" in shown
+    assert "failover  (no capacity in us-central1: trying europe-west4)" in shown
+    assert main(["down", run.id, "--yes"], ctx=ctx) == 0
+    assert gce.leftovers() == NOTHING
 
 
 def test_dry_run_check_and_missing_credentials_exit_3(

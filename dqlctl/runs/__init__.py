@@ -11,6 +11,7 @@ One module per concern, in layers; a module imports only from layers below it (n
    ``jobs``     a job's handle, Follower, read_all_lines, log_tail, the engine-events fold
    ``orphaned`` tagged instances no live run owns
    ``leases``   hold: the controller lease renewed while this process works on a run
+   ``failover`` launch_somewhere: on no capacity, the next region offering the machine
 2. ``lifecycle`` launch (credentials first), bring_up / finish_bring_up (teardown on failure),
    down, the budget of a run being brought up
 3. ``costs``    run_cost (arithmetic on the registry row), the budget, spend by month

@@ -19,6 +19,7 @@ from dqlctl import registry as reg
 from dqlctl.context import Context
 from dqlctl.errors import EXIT_RUN_FAILED, DqlctlError, ProviderFailure
 from dqlctl.registry import Run
+from dqlctl.runs.failover import launch_somewhere
 from dqlctl.runs.jobs import instance_of
 from dqlctl.runs.leases import hold
 from dqlctl.runs.request import LaunchRequest, build_spec, spec_of
@@ -98,7 +99,7 @@ def bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
     registry = ctx.registry
 
     def machine() -> Instance:
-        instance = provider.launch(spec)
+        instance = launch_somewhere(ctx, run_id, provider, spec)  # capacity: the next region
         registry.update(run_id, instance=instance.to_dict(), instance_ids=[instance.instance_id],
                         region=instance.region, instance_type=instance.instance_type,
                         spot=instance.spot, price_per_hour=provider.price_per_hour(instance))

@@ -150,6 +150,7 @@ def _engine_args(req: LaunchRequest, experiment: str) -> list[str]:
 
 def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     """The provider's launch spec for a validated request."""
+    pinned = req.region is not None and req.provider != AUTO   # before auto picks one
     data_path = validate_request(ctx, req)
     name = req.name or f"{Path(data_path).stem.lower().replace('_', '-')}-{req.agent_type}"
     workdir = ctx.run_dir(run_id)
@@ -157,6 +158,8 @@ def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     job = JobSpec(engine_args=_engine_args(req, name), data_file=data_path,
                   results_dir=results_dir, experiment=name)
     extra: dict[str, Any] = {"keep": req.keep, "max_recoveries": req.max_recoveries}
+    if pinned:
+        extra["region_pinned"] = True   # capacity failover stays in this region's zones
     if req.max_cost is not None:
         extra["max_cost"] = req.max_cost
     for key in ("idle_minutes", "collect_grace_minutes"):  # the VM's self-care

@@ -34,11 +34,14 @@ from providers.base import (
     ImagePush,
     Instance,
     LaunchSpec,
+    NoCapacity,
     Offer,
     ProviderError,
     Resource,
+    capacity_attempt,
     core_tags,
     instance_resource,
+    refusals,
 )
 from providers.vm import DEFAULT_GPU, SshVm, catalog_regions, parse_gpu, smallest_for_gpu
 
@@ -160,16 +163,22 @@ class AwsProvider(Ec2Access, SshVm):
             zones = [z["ZoneName"] for z in
                      ec2.describe_availability_zones()["AvailabilityZones"]
                      if z.get("State", "available") == "available"]
-            tried: list[str] = []
+            tried: list[dict[str, Any]] = []
             for zone in zones or [None]:  # capacity errors fall through to the next zone
                 try:
-                    return self._run_instance(ec2, spec, itype, image, zone, tags, created)
+                    instance = self._run_instance(ec2, spec, itype, image, zone, tags, created)
                 except Exception as exc:
-                    if code(exc) not in CAPACITY_ERRORS:
+                    if not code(exc):
                         raise
-                    tried.append(f"{zone or region}: {code(exc)}")
-            raise ProviderError(f"no capacity for {itype} in {region} ({'; '.join(tried)}); "
-                                "try another --region or --on-demand")
+                    if code(exc) not in CAPACITY_ERRORS:   # no other zone or region fixes it
+                        message = getattr(exc, "response", {}).get("Error", {}).get("Message")
+                        raise ProviderError(f"EC2 refused {itype} in {zone or region}: "
+                                            f"{code(exc)}: {message}") from None
+                    tried.append(capacity_attempt(self.name, region, zone, itype, code(exc)))
+                    continue
+                instance.extra["attempts"] = tried
+                return instance
+            raise NoCapacity(f"no capacity for {itype} in {region} ({refusals(tried)})", tried)
         except BaseException:
             self._cleanup(region, run_id)
             raise

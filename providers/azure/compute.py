@@ -48,12 +48,15 @@ from providers.base import (
     CheckResult,
     Instance,
     LaunchSpec,
+    NoCapacity,
     Offer,
     ProviderError,
     Resource,
+    capacity_attempt,
     cloud_labels,
     core_tags,
     instance_resource,
+    refusals,
 )
 from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, quiet_logger, smallest_for_gpu
 
@@ -211,7 +214,7 @@ class AzureProvider(AzureAccess, SshVm):
             cidr = self._operator_cidr(spec.extra.get("ssh_cidr"))
             nic_id = self._create_network(name, location, tags, cidr)
             vm_body = self._vm_body(cm, spec, location, size, nic_id, public_key, tags)
-            tried: list[str] = []
+            tried: list[dict[str, Any]] = []
             vm = None
             for zone in self.zones or [None]:  # capacity errors fall through to the next zone
                 vm_body.zones = [zone] if zone else None
@@ -224,13 +227,12 @@ class AzureProvider(AzureAccess, SshVm):
                     err = code(exc)
                     if err not in CAPACITY_CODES:
                         raise ProviderError(f"creating VM {name}: {err or exc}") from None
-                    tried.append(f"zone {zone}: {err}" if zone else err)
+                    tried.append(capacity_attempt(self.name, location, zone, size, err))
                     # a VM whose allocation failed stays behind in state Failed: remove it
                     compute.virtual_machines.begin_delete(name, name).result()
             if vm is None:
-                raise ProviderError(f"no capacity for {size} in {location} "
-                                    f"({'; '.join(tried)}); try another --region or "
-                                    "--on-demand")
+                raise NoCapacity(f"no capacity for {size} in {location} ({refusals(tried)})",
+                                 tried)
             created["principal_id"] = vm.identity.principal_id
             self._grant(run_id, vm.identity.principal_id, [vm.id], VM_CONTRIBUTOR)
             if scopes:
@@ -240,7 +242,7 @@ class AzureProvider(AzureAccess, SshVm):
                 provider=self.name, instance_id=name, state="pending", region=location,
                 instance_type=size, spot=spec.spot, launched_at=time.time(),
                 tags=core_tags(tags),
-                extra={**created, "key_path": str(self._key_path(run_id)),
+                extra={**created, "key_path": str(self._key_path(run_id)), "attempts": tried,
                        "image": spec.extra.get("image_id") or self.image or DEFAULT_IMAGE})
         except BaseException:
             self._cleanup(run_id, created)

@@ -41,13 +41,16 @@ from providers.base import (
     CheckResult,
     Instance,
     LaunchSpec,
+    NoCapacity,
     Offer,
     ProviderError,
     Resource,
+    capacity_attempt,
     cloud_labels,
     core_tags,
     instance_resource,
     label_value,
+    refusals,
 )
 from providers.gcp.access import (
     ACCESS_KINDS,
@@ -280,7 +283,7 @@ class GcpProvider(GceAccess, SshVm):
             created["firewall"] = f"dqlctl-{run_id}"
             created["service_account"] = self._create_service_account(
                 run_id, created["buckets"], {**spec.tags, TAG: run_id})
-            tried: list[str] = []
+            tried: list[dict[str, Any]] = []
             for zone in self._zones(region):  # capacity errors fall through to the next zone
                 created["zone"] = zone
                 body = self._instance_body(spec, zone, machine, accel, count, public_key,
@@ -292,7 +295,8 @@ class GcpProvider(GceAccess, SshVm):
                 except Exception as exc:
                     if not is_capacity(exc):
                         raise
-                    tried.append(f"{zone}: {codes(exc)[0]}")
+                    tried.append(capacity_attempt(self.name, zone.rsplit("-", 1)[0], zone,
+                                                  machine, codes(exc)[0]))
                     continue
                 self._let_delete_itself(zone, body.name, created["service_account"])
                 return Instance(
@@ -301,9 +305,9 @@ class GcpProvider(GceAccess, SshVm):
                     launched_at=time.time(), tags=core_tags({**spec.tags, TAG: run_id}),
                     extra={**created, "image": body.disks[0].initialize_params.source_image,
                            "accelerators": f"{count} x {accel}" if accel else None,
-                           "key_path": str(self._key_path(run_id))})
-            raise ProviderError(f"no capacity for {machine} in {region} ({'; '.join(tried)}); "
-                                "try another --region or --on-demand")
+                           "key_path": str(self._key_path(run_id)), "attempts": tried})
+            raise NoCapacity(f"no capacity for {machine} in {region} ({refusals(tried)})",
+                             tried)
         except BaseException:
             self._cleanup(run_id, created, instance_zone=created.get("zone"))
             raise
