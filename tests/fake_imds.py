@@ -48,6 +48,10 @@ class FakeImds(FakeHttpServer):
         self.instance_action = {"action": action, "time": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
         return self.instance_action
 
+    def new_instance(self) -> None:
+        """Another instance stands here now: nothing announced for it (yet)."""
+        self.instance_action = self.rebalance_notice = None
+
     def rebalance(self) -> dict[str, str]:
         """A rebalance recommendation (the instance is at higher risk of being taken back)."""
         self.rebalance_notice = {"noticeTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
