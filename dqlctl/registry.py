@@ -403,3 +403,15 @@ class Registry:
         with self._tx() as c:
             c.execute("INSERT INTO events (run_id, ts, kind, data) VALUES (?,?,?,?)",
                       (run_id, self.clock(), kind, json.dumps(data or {})))
+
+    def add_event_once(self, run_id: str, kind: str, ts: float,
+                       data: dict[str, Any] | None = None) -> bool:
+        """An event that happened at ``ts`` elsewhere (on the run's machine), recorded once
+        however many processes read it; whether this call recorded it."""
+        with self._tx() as c:
+            if c.execute("SELECT 1 FROM events WHERE run_id = ? AND kind = ? AND ts = ?",
+                         (run_id, kind, ts)).fetchone() is not None:
+                return False
+            c.execute("INSERT INTO events (run_id, ts, kind, data) VALUES (?,?,?,?)",
+                      (run_id, ts, kind, json.dumps(data or {})))
+        return True

@@ -8,6 +8,7 @@ Standard library only: ``dqlctl --help`` and the headless verbs import this.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -140,6 +141,35 @@ def _format_event(ev: dict[str, Any]) -> str | None:
     if kind == "finished":
         return "engine finished"
     return None
+
+
+def history_lines(events: list[dict[str, Any]]) -> list[str]:
+    """A run's registry events as its history, oldest first (``dqlctl show``). Events that
+    happened on the run's machine (a preemption notice, the checkpoint after it) carry the
+    machine's time and are read later, so the order is the time's, then the record's."""
+    lines = []
+    for ev in sorted(events, key=lambda e: (e["ts"], e["id"])):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev["ts"]))
+        what = ev["to_state"] or ev["kind"]
+        why = safe_text(_history_detail(ev))
+        lines.append(f"    {stamp}  {what}" + (f"  ({why})" if why else ""))
+    return lines
+
+
+def _history_detail(ev: dict[str, Any]) -> str:
+    data = ev.get("data") or {}
+    if ev.get("to_state") is None and ev.get("kind") == "notice":
+        due = data.get("deadline")
+        at = (f", due {time.strftime('%H:%M:%S', time.localtime(due))}"
+              if isinstance(due, int | float) else "")
+        return f"{data.get('cloud', '?')} {data.get('notice', 'preempt')}: " \
+               f"{data.get('action', '?')}{at}"
+    if ev.get("to_state") is None and ev.get("kind") == "checkpoint":
+        after = data.get("after_notice_s")
+        return (f"episode {data.get('episode')}, uploaded"
+                + (f" {after:.1f} s after the notice" if isinstance(after, int | float) else "")
+                + (f": {data['path']}" if data.get("path") else ""))
+    return str(data.get("reason") or "")
 
 
 def metric_lines(run: Any) -> list[str]:

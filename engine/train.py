@@ -23,7 +23,8 @@ The entry point (also what tuning calls in its worker processes)::
   and ``cfg.resume`` continues from the newest complete checkpoint there.
 - ``events`` gets ``episode`` and ``checkpoint`` events; ``log`` one human line per episode.
 - ``stop.signum`` set (by a SIGTERM/SIGINT handler) makes training finish the current vectorised
-  step, write a checkpoint, emit its event and raise :class:`TrainingInterrupted`.
+  step, write a checkpoint, emit its event and raise :class:`TrainingInterrupted`;
+  ``stop.checkpoint_now`` (SIGUSR1) a checkpoint after the current step, training going on.
 - ``train_transaction_cost`` (tuning): the cost the training environments charge, when it
   differs from ``cfg.transaction_cost``; validation always uses ``cfg.transaction_cost``.
 - Returns :class:`TrainResult`: the history, the best validation episode and its metrics, and
@@ -323,10 +324,12 @@ def load_model(path: Path, device: str | torch.device = "cpu"
 # -- the trainer ---------------------------------------------------------------------------------
 
 class StopRequest:
-    """Set by a signal handler: ``signum`` of the first SIGTERM/SIGINT, else None."""
+    """Set by a signal handler: ``signum`` of the first SIGTERM/SIGINT, else None;
+    ``checkpoint_now`` (SIGUSR1): write a checkpoint after the current step and go on."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.checkpoint_now = False
 
 
 class TrainingInterrupted(Exception):
@@ -487,6 +490,9 @@ class Trainer:
         t0 = time.perf_counter()
         while s.step_in_episode < self.steps_per_episode:
             self._step()
+            if self.stop is not None and getattr(self.stop, "checkpoint_now", False):
+                self.stop.checkpoint_now = False    # asked for one now (SIGUSR1), go on
+                self.checkpoint()
             if self.stop is not None and self.stop.signum is not None:
                 s.ep_time += time.perf_counter() - t0
                 path = self.checkpoint()

@@ -115,7 +115,9 @@ class RunLog:
 
 @contextlib.contextmanager
 def stop_signals(stop: Any) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop.signum`` (training checkpoints and stops); a second one kills."""
+    """SIGTERM/SIGINT set ``stop.signum`` (training checkpoints and stops); a second one kills.
+    SIGUSR1 sets ``stop.checkpoint_now`` (training checkpoints at the end of its current step
+    and goes on: a spot VM's rebalance recommendation, providers/local/supervisor.py)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -127,7 +129,12 @@ def stop_signals(stop: Any) -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
+    def checkpoint_now(signum: int, frame: Any) -> None:
+        stop.checkpoint_now = True
+
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    if hasattr(signal, "SIGUSR1"):
+        old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, checkpoint_now)
     try:
         yield
     finally:
@@ -395,6 +402,7 @@ def _run(command: str, cfg: Config, given: frozenset[str], log: RunLog) -> int:
 
 class _Stop:
     signum: int | None = None
+    checkpoint_now: bool = False
 
 
 def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, stop: _Stop,

@@ -276,6 +276,8 @@ class JobStatus:
     running: bool
     exit_code: int | None = None            # None while running or when unknown
     reason: str | None = None               # why it ended, when it did not end by itself
+    #: the cloud's preemption notice the job stopped on (providers/notices.py ``Notice.fields``)
+    notice: dict[str, Any] | None = None
 
 
 class JobHandle(Protocol):

@@ -4,7 +4,7 @@ A job on any machine has the same layout, written by ``providers.local.superviso
 
     <workdir>/engine.log     the engine's stdout and stderr
     <workdir>/job.json       {"pid": engine pid, "supervisor_pid": ...}, once started
-    <workdir>/exit.json      {"exit_code": ..., "signal": ...}, once ended (atomic)
+    <workdir>/exit.json      {"exit_code": ..., "signal": ..., "notice": ...}, once ended (atomic)
     <results>/<experiment>/events.jsonl
 
 ``LocalJobHandle`` reads it from this machine's disk; ``RemoteJobHandle`` over SSH/SFTP, and
@@ -41,7 +41,9 @@ def status_from(exit_record: dict[str, Any] | None, alive: Callable[[], bool],
         return JobStatus(False, None, VANISHED)
     sig = exit_record.get("signal")
     reason = exit_record.get("reason") or (f"engine killed by {sig}" if sig else None)
-    return JobStatus(False, int(exit_record["exit_code"]), reason)
+    notice = exit_record.get("notice")
+    return JobStatus(False, int(exit_record["exit_code"]), reason,
+                     notice if isinstance(notice, dict) else None)
 
 
 def _parse(data: bytes | None) -> dict[str, Any] | None:

@@ -160,10 +160,13 @@ def engine_argv(spec: LaunchSpec, runtime: str, *, python: str, workdir: str, da
 
 
 def launch_line(spec: LaunchSpec, *, workdir: str, python: str, runtime: str,
-                engine: list[str], selfcare: SelfCare | None, direct: bool) -> str:
+                engine: list[str], selfcare: SelfCare | None, direct: bool,
+                notices: str | None = None, events_path: str | None = None) -> str:
     """The one shell line that starts the supervisor detached in ``workdir``. Every value in it
     is a quoted argv element; the subshell exits at once and only the supervisor lives on, with
     none of the channel's descriptors (else the command would not return until the engine ends).
+    ``notices``: the cloud whose preemption notices the supervisor watches (a spot VM), the
+    notice events going to ``events_path``.
     """
     care_env = sorted((selfcare.env if selfcare else {}).items())
     for key, _ in care_env:
@@ -177,6 +180,8 @@ def launch_line(spec: LaunchSpec, *, workdir: str, python: str, runtime: str,
         argv += ["--container", "--gpus=auto"]
     if selfcare is not None:
         argv += selfcare.flags(direct)
+    if notices:
+        argv += [f"--notices={notices}"] + ([f"--events={events_path}"] if events_path else [])
     argv += ["--", *engine]
     return (f"cd {q(workdir)} && ({' '.join(q(a) for a in argv)} >> engine.log 2>&1 "
             "< /dev/null &) && echo started")
@@ -192,7 +197,8 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
                      runtime: str, secrets: dict[str, str] | None = None,
                      image: str | None = None, start_timeout: float = 60.0,
                      env: dict[str, str] | None = None, direct: bool = False,
-                     selfcare: SelfCare | None = None) -> dict[str, Any]:
+                     selfcare: SelfCare | None = None,
+                     notices: str | None = None) -> dict[str, Any]:
     """Prepare the VM and start the engine detached; what the handle needs to find it again.
 
     ``env``: settings for the engine's environment (not secret: the region, say). ``direct``:
@@ -201,6 +207,8 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     as it is written and survives the VM (``--resume`` finds it), and nothing is left to
     collect. Otherwise the engine writes to the VM's disk and ``collect`` copies it home.
     ``selfcare``: when the VM shuts itself down (None: never, as for a machine not ours).
+    ``notices``: the cloud whose preemption notices the supervisor watches (a spot VM; its
+    metadata endpoint comes from ``env`` or the self-care settings, providers/notices.py).
     """
     job = spec.job
     workdir = remote_workdir(root, spec.run_id)
@@ -239,7 +247,8 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     session.put_bytes(_env_file({**env, **(secrets or {})}), f"{workdir}/secrets.env",
                       mode=0o600)
     session.check(launch_line(spec, workdir=workdir, python=python, runtime=runtime,
-                              engine=engine, selfcare=selfcare, direct=direct),
+                              engine=engine, selfcare=selfcare, direct=direct,
+                              notices=notices, events_path=events_path),
                   "starting the engine", timeout=60)
     deadline = time.monotonic() + start_timeout
     while not session.exists(f"{workdir}/job.json"):

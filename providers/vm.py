@@ -249,7 +249,8 @@ class SshVm:
                                     secrets=secrets, image=spec.image,
                                     env=self.vm_env(instance),
                                     direct=Capability.DIRECT_RESULTS in self.capabilities,
-                                    selfcare=self.selfcare(spec))
+                                    selfcare=self.selfcare(spec),
+                                    notices=self.notices(spec))
         instance.extra.update(info)
         return instance
 
@@ -266,6 +267,13 @@ class SshVm:
         if self.self_delete:
             settings.update(self_delete=self.self_delete, env=self.self_delete_env())
         return SelfCare.from_extra(spec.extra, **settings)
+
+    def notices(self, spec: LaunchSpec) -> str | None:
+        """The cloud whose preemption notices the VM watches (providers/notices.py): this one,
+        for a spot VM on a cloud that gives notices; None otherwise."""
+        from providers.notices import CLOUDS
+
+        return self.name if spec.spot and self.name in CLOUDS else None
 
     def self_delete_env(self) -> dict[str, str]:
         """The endpoints the VM's self-delete reaches (``providers.selfdelete``'s variables);

@@ -8,6 +8,15 @@ token (JSON), ``project/project-id``, ``instance/zone`` (``projects/NUMBER/zones
 ``/metadata/identity/oauth2/token`` (the managed identity's token JSON, for the ``resource``
 asked) and ``/metadata/instance`` (``compute.resourceId`` and the rest of the shape).
 
+Preemption notices, switched on by the test: ``FakeGceMetadata.preempt()`` (or ``POST
+/_fake/preempt``) turns ``instance/preempted`` from ``FALSE`` to ``TRUE``; a look with
+``wait_for_change=true`` blocks until the value differs from ``last_etag``'s (or
+``timeout_sec`` passes), and every answer has the value's ``ETag``, as GCE's server does.
+``FakeAzureImds.preempt()`` (or ``POST /_fake/preempt``) puts a ``Preempt`` event in
+``/metadata/scheduledevents`` (``DocumentIncarnation`` goes up), which a ``POST`` of
+``{"StartRequests": [{"EventId": ...}]}`` acknowledges (``acknowledged`` lists the ids; the event
+then leaves the document, as on Azure once it has started).
+
 One stand-in serves every VM a test makes, so "this VM" is the one instance the fake cloud has
 (a 404 while there is none, as on a machine without an identity). The tokens come from the fake
 cloud (``FakeGce.mint_vm_token``, ``FakeAzure.mint_identity_token``), which lets them do only
@@ -16,7 +25,11 @@ what that identity's roles allow; ``token_requests`` counts them.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
+import uuid
+from email.utils import formatdate
 from typing import Any
 
 from tests.fake_azure import FakeAzure
@@ -38,6 +51,30 @@ class FakeGceMetadata(VmMetadata):
     def __init__(self, gce: FakeGce) -> None:
         super().__init__(gce)
         self.gce = gce
+        self.preempted = False
+        self.changed = threading.Condition()
+
+    def preempt(self) -> None:
+        """The instance is being preempted: ``instance/preempted`` turns ``TRUE``."""
+        with self.changed:
+            self.preempted = True
+            self.changed.notify_all()
+
+    def _preempted(self, req: Request, flavor: dict[str, str]) -> Response:
+        def value() -> str:
+            return "TRUE" if self.preempted else "FALSE"
+
+        def etag(text: str) -> str:
+            return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+        if req.query.get("wait_for_change") == "true":
+            timeout = float(req.query.get("timeout_sec") or 60)
+            last = req.query.get("last_etag")
+            with self.changed:
+                self.changed.wait_for(lambda: etag(value()) != last if last else False,
+                                      timeout=timeout)
+        text = value()
+        return Response(200, text, {**flavor, "ETag": etag(text)})
 
     def _this_vm(self) -> tuple[str, str]:
         live = [key for key, inst in self.gce.instances.items()
@@ -48,9 +85,14 @@ class FakeGceMetadata(VmMetadata):
 
     def handle(self, req: Request) -> Response:
         flavor = {"Metadata-Flavor": "Google"}
+        if req.method == "POST" and req.path == "/_fake/preempt":
+            self.preempt()
+            return Response(200, "ok")
         if req.headers.get("metadata-flavor") != "Google":
             return Response(403, "Missing required header: Metadata-Flavor", flavor)
         path = req.path.removeprefix("/computeMetadata/v1/")
+        if path == "instance/preempted":
+            return self._preempted(req, flavor)
         if path == "project/project-id":
             return Response(200, self.gce.project, flavor)
         if path == "project/numeric-project-id":
@@ -77,6 +119,38 @@ class FakeAzureImds(VmMetadata):
     def __init__(self, arm: FakeAzure) -> None:
         super().__init__(arm)
         self.arm = arm
+        self.scheduled: list[dict[str, Any]] = []
+        self.incarnation = 1
+        self.acknowledged: list[str] = []
+
+    def preempt(self, in_s: float = 30.0, resource: str = "vm") -> dict[str, Any]:
+        """Azure schedules the eviction of this Spot VM ``in_s`` seconds from now."""
+        event = {"EventId": str(uuid.uuid4()).upper(), "EventStatus": "Scheduled",
+                 "EventType": "Preempt", "ResourceType": "VirtualMachine",
+                 "Resources": [resource], "NotBefore": formatdate(time.time() + in_s,
+                                                                  usegmt=True),
+                 "Description": "", "EventSource": "Platform", "DurationInSeconds": -1}
+        with self.lock:
+            self.scheduled.append(event)
+            self.incarnation += 1
+        return event
+
+    def _scheduled_events(self, req: Request) -> Response:
+        with self.lock:
+            if req.method == "POST":
+                body = req.body if isinstance(req.body, dict) else {}
+                ids = [str(r.get("EventId")) for r in body.get("StartRequests") or []
+                       if isinstance(r, dict)]
+                known = {e["EventId"] for e in self.scheduled}
+                if not ids or not set(ids) <= known:
+                    return Response(400, {"error": "invalid_request",
+                                          "error_description": "unknown EventId"})
+                self.acknowledged += ids
+                self.scheduled = [e for e in self.scheduled if e["EventId"] not in ids]
+                self.incarnation += 1
+                return Response(200, None)
+            return Response(200, {"DocumentIncarnation": self.incarnation,
+                                  "Events": [dict(e) for e in self.scheduled]})
 
     def _this_vm(self) -> dict[str, Any]:
         vms = [r for r in self.arm.resources.values()
@@ -88,6 +162,8 @@ class FakeAzureImds(VmMetadata):
         return vms[0]
 
     def handle(self, req: Request) -> Response:
+        if req.method == "POST" and req.path == "/_fake/preempt":
+            return Response(200, self.preempt())
         if req.headers.get("metadata") != "true":
             return Response(400, {"error": "invalid_request",
                                   "error_description": "Required metadata header not "
@@ -95,6 +171,8 @@ class FakeAzureImds(VmMetadata):
         if "api-version" not in req.query:
             return Response(400, {"error": "Bad request. api-version was not specified in "
                                            "the request"})
+        if req.path == "/metadata/scheduledevents":
+            return self._scheduled_events(req)
         with self.arm.lock:
             vm = self._this_vm()
             if req.path == "/metadata/identity/oauth2/token":

@@ -193,6 +193,30 @@ def test_sigterm_mid_episode_checkpoints_exits_143_and_resumes_exactly(
     _assert_same(ref, tmp_path / "spot")
 
 
+def test_sigusr1_checkpoints_mid_episode_and_training_goes_on_unchanged(
+        reference: tuple[Path, Path], tmp_path: Path) -> None:
+    """A spot VM's rebalance recommendation (providers/local/supervisor.py): a checkpoint at
+    the end of the current step, then on to the same result as an unasked run."""
+    data, ref = reference
+    release = tmp_path / "release"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "held_engine.py"), "1",
+                             str(release), *_args(data, tmp_path, "asked")],
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not Path(f"{release}.held").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the engine never held"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGUSR1)    # mid-episode 2: handled, not fatal; its handler runs
+    release.touch()                     # at the engine's next bytecode, long before the end
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    evs = list(read_events(tmp_path / "asked" / "events.jsonl"))
+    marks = [(e["event"], e.get("episode")) for e in evs if e["event"] in ("episode",
+                                                                          "checkpoint")]
+    assert marks[:3] == [("episode", 1), ("checkpoint", 1), ("episode", 2)]  # the asked one
+    _assert_same(ref, tmp_path / "asked")
+
+
 def test_resume_with_other_settings_is_refused(reference: tuple[Path, Path], tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     data, ref = reference

@@ -106,9 +106,12 @@ def apply_engine_events(ctx: Context, run: Run, events: list[dict[str, Any]]) ->
     """
     progress: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
+    history: list[tuple[str, float, dict[str, Any]]] = []
     for ev in events:
         kind = ev.get("event")
-        if kind == "episode":
+        if kind in HISTORY_EVENTS:
+            history += _history(ev, run.progress, progress)
+        elif kind == "episode":
             progress.update({k: ev.get(k) for k in EPISODE_FIELDS})
             if ev.get("best"):
                 progress["best_val_sharpe"] = ev.get("val_sharpe")
@@ -125,6 +128,43 @@ def apply_engine_events(ctx: Context, run: Run, events: list[dict[str, Any]]) ->
                 progress["engine_reason"] = ev.get("reason")
             if isinstance(ev.get("metrics"), dict) and ev["metrics"]:
                 metrics["test"] = ev["metrics"]
+    for kind, ts, data in history:  # in the run's history, with the machine's time
+        ctx.registry.add_event_once(run.id, kind, ts, data)
     if progress or metrics:
         row = ctx.registry.merge(run.id, progress=progress, metrics=metrics)
         run.progress, run.metrics = row.progress, row.metrics
+
+
+#: events of the run's machine that go into its history (``dqlctl show``): the cloud's notices
+#: (written by the VM's supervisor, providers/local/supervisor.py) and the checkpoint the engine
+#: wrote after each
+HISTORY_EVENTS = frozenset({"notice", "checkpoint"})
+
+
+def _history(ev: dict[str, Any], seen: dict[str, Any],
+             progress: dict[str, Any]) -> list[tuple[str, float, dict[str, Any]]]:
+    """The history entry of ``ev`` (a notice newer than the last one folded, or the first
+    checkpoint after it), the fold's marks (``notice_ts``, ``notice_checkpoint_ts``) set in
+    ``progress``; ``seen`` is what the row held before this fold."""
+    try:
+        ts = float(ev["ts"])
+    except (KeyError, TypeError, ValueError):
+        return []
+
+    def mark(key: str) -> float:
+        return float(progress.get(key, seen.get(key)) or 0.0)
+
+    if ev.get("event") == "notice":
+        if ts <= mark("notice_ts"):
+            return []       # read before (or an old machine's, in the resumed events)
+        progress["notice_ts"] = ts
+        return [("notice", ts, {k: ev.get(k) for k in NOTICE_FIELDS if ev.get(k) is not None})]
+    notice = mark("notice_ts")
+    if not notice or ts < notice or mark("notice_checkpoint_ts") >= notice:
+        return []
+    progress["notice_checkpoint_ts"] = ts
+    return [("checkpoint", ts, {"episode": ev.get("episode"), "path": ev.get("path"),
+                                "after_notice_s": round(ts - notice, 3)})]
+
+
+NOTICE_FIELDS = ("cloud", "notice", "action", "deadline", "event_id", "window_s")

@@ -31,7 +31,7 @@ from dqlctl.runs.jobs import (
 from dqlctl.runs.leases import hold
 from dqlctl.runs.lifecycle import bring_up, finish_bring_up, one_line
 from dqlctl.runs.orphaned import release_run
-from dqlctl.runs.recovery import machine_lost, recover, recoverable
+from dqlctl.runs.recovery import machine_lost, preempted_by_notice, recover, recoverable
 from dqlctl.runs.request import spec_of
 from providers.base import Capability, Instance, JobHandle, ProviderError
 
@@ -68,6 +68,8 @@ def finish_if_ended(ctx: Context, run: Run, handle: JobHandle | None = None) -> 
         code = status.exit_code
         if code != 0 and run.spec.get("stop_requested"):
             return _finish_stopped(ctx, run, inst, provider)
+        if code != 0 and status.notice and run.spot:
+            return preempted_by_notice(ctx, run, inst, status.notice)
         if code == 0:
             with hold(ctx, run.id):  # the COLLECTING move takes the lease: this process collects
                 if registry.transition(run.id, reg.COLLECTING, expect={reg.RUNNING},
@@ -283,8 +285,9 @@ EXITS: dict[str, Exit] = {
         "state, else terminated + FAILED; gone: FAILED", _adopt_bootstrapping),
     reg.RUNNING: Exit(
         "the cloud's view of the machine, the job's events and exit status",
-        "none (the job's own length; --max-cost): ended -> COLLECTING or FAILED; machine gone "
-        "-> PREEMPTED (spot) or FAILED", _reconcile_running),
+        "none (the job's own length; --max-cost): ended -> COLLECTING or FAILED (PREEMPTED when "
+        "it stopped on the cloud's preemption notice); machine gone -> PREEMPTED (spot) or "
+        "FAILED", _reconcile_running),
     reg.COLLECTING: Exit(
         "no live controller", _NO_CONTROLLER + "; then collected again (idempotent), "
         "released, SUCCEEDED (CANCELLED when stopped); collect failing for "

@@ -1,12 +1,15 @@
 """A run whose machine stopped answering: ``machine_lost`` finds out whether it is gone (PREEMPTED
-or FAILED, with why), and ``recover`` relaunches a preempted spot run from its last checkpoint
-when ``recoverable`` says it can be.
+or FAILED, with why); ``preempted_by_notice``: a job that stopped on its cloud's preemption
+notice is PREEMPTED at once; and ``recover`` relaunches a preempted spot run from its last
+checkpoint when ``recoverable`` says it can be.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import asdict
+from typing import Any
 
 from dqlctl import registry as reg
 from dqlctl.context import Context
@@ -40,6 +43,25 @@ def machine_lost(ctx: Context, run: Run, inst: Instance, exc: Exception) -> Run:
             run.id, reg.FAILED, expect={reg.RUNNING, reg.COLLECTING},
             reason=f"instance {inst.instance_id} is {inst.state}: {exc}")
     provider.terminate(inst)  # release whatever the run created around it
+    return recover(ctx, ctx.registry.get(run.id))
+
+
+def preempted_by_notice(ctx: Context, run: Run, inst: Instance,
+                        notice: dict[str, Any]) -> Run:
+    """The job stopped on its cloud's preemption notice (the VM's supervisor told the engine,
+    which checkpointed and ended): PREEMPTED now, without waiting for the cloud to take the
+    machine, which is released; relaunched from that checkpoint when it can be."""
+    why_not = recoverable(ctx, run)
+    when = notice.get("deadline")
+    by = (f" (due {time.strftime('%H:%M:%S', time.localtime(float(when)))})"
+          if isinstance(when, int | float) else "")
+    ctx.registry.transition(
+        run.id, reg.PREEMPTED, expect={reg.RUNNING, reg.COLLECTING},
+        reason=f"{notice.get('cloud', 'the cloud')} preemption notice "
+               f"({notice.get('action', 'preempt')}){by}: checkpointed and stopped; " + (
+                   "relaunching it from that checkpoint" if why_not is None else
+                   f"not relaunched: {why_not}; relaunch with -- --resume"))
+    ctx.provider(run.provider).terminate(inst)
     return recover(ctx, ctx.registry.get(run.id))
 
 

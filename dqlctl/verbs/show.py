@@ -4,10 +4,9 @@ cost now and its events)."""
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from dqlctl.render import fmt_duration, metric_lines, progress_text, safe_text
+from dqlctl.render import fmt_duration, history_lines, metric_lines, progress_text, safe_text
 from dqlctl.verbs import print_json, resolve_run
 
 
@@ -41,9 +40,6 @@ def cmd_show(ctx: Any, args: argparse.Namespace) -> int:
     for line in metric_lines(run):
         print(line, file=out)
     print("  history:", file=out)
-    for ev in ctx.registry.events(run.id):
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev["ts"]))
-        what = ev["to_state"] or ev["kind"]
-        why = safe_text(str(ev["data"].get("reason") or ""))
-        print(f"    {stamp}  {what}" + (f"  ({why})" if why else ""), file=out)
+    for line in history_lines(ctx.registry.events(run.id)):
+        print(line, file=out)
     return 0

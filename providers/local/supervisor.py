@@ -35,6 +35,16 @@ launch makes a guest shutdown end the billing, see providers/remote_job.py). Wit
 first asks its cloud to delete it, with its own identity (``python -m providers.selfdelete
 CLOUD``, same Python, same ``PYTHONPATH``), and runs the shutdown command only when that fails.
 What happened is written to ``DIR/selfcare.json``.
+
+Preemption notices (``--notices CLOUD``, a spot VM; see providers/notices.py): a thread watches
+the cloud's metadata service. On a notice it appends a ``notice`` event (cloud, kind, action,
+deadline) to the run's events (``--events FILE``, the engine's events.jsonl: it reaches dqlctl
+and the bucket like the engine's own), then, for a preemption, sends SIGTERM to the engine, which
+checkpoints at once (mid-episode if need be), uploads it, emits its ``checkpoint`` event and
+exits; ``exit.json`` then carries the ``notice`` (dqlctl: PREEMPTED, relaunched from that
+checkpoint), and on Azure the event is acknowledged (the platform may go on). A rebalance
+recommendation (AWS) sends SIGUSR1: the engine checkpoints at the end of its current step and
+goes on.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -123,6 +134,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "after this many seconds (absent: not on the run's end, e.g. --keep)")
     parser.add_argument("--idle-minutes", type=float, metavar="M",
                         help="shut down M minutes after the engine ended, whatever else")
+    parser.add_argument("--notices", metavar="CLOUD", choices=("aws", "gcp", "azure"),
+                        help="watch CLOUD's preemption notices (providers/notices.py): "
+                        "checkpoint and stop the engine on one")
+    parser.add_argument("--events", metavar="FILE",
+                        help="the run's events file: notice events are appended to it")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     return parser.parse_args(argv)
 
@@ -162,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json_atomic(workdir / "job.json", {"pid": child.pid, "supervisor_pid": os.getpid(),
                                              "started_at": time.time(), "argv": command})
+    notices = NoticeHandler(args, child, {**os.environ, **extra}) if args.notices else None
     while True:
         try:
             code = child.wait()
@@ -170,13 +187,88 @@ def main(argv: list[str] | None = None) -> int:
             continue
     sig_name = signal.Signals(-code).name if code < 0 else None
     exit_code = code if code >= 0 else 128 - code
-    write_json_atomic(workdir / "exit.json", {
+    record: dict[str, object] = {
         "exit_code": exit_code,
         "signal": sig_name,
         "requested_stop": bool(received),
-        "ended_at": time.time(),
-    })
+    }
+    if notices is not None:
+        record.update(notices.ended())
+    record["ended_at"] = time.time()
+    write_json_atomic(workdir / "exit.json", record)
     return self_care(args, workdir, exit_code)
+
+
+def append_event(path: str | None, event: str, **fields: object) -> None:
+    """One line in the engine's events format (engine/events.py), appended in one write."""
+    if not path:
+        return
+    line = json.dumps({"v": 1, "ts": round(time.time(), 3), "event": event, **fields},
+                      separators=(",", ":"))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
+class NoticeHandler:
+    """Watches the cloud's notices in a thread (providers/notices.py) and acts on them: the
+    event, then SIGTERM (a preemption: checkpoint and stop) or SIGUSR1 (a rebalance
+    recommendation: checkpoint and go on) to the engine."""
+
+    def __init__(self, args: argparse.Namespace, child: subprocess.Popen[bytes],
+                 env: dict[str, str]) -> None:
+        from providers.notices import watch, watcher_for
+
+        self.events = args.events
+        self.child = child
+        self.watcher = watcher_for(args.notices, env)
+        self.preempt: object = None
+        self.stop = threading.Event()
+        threading.Thread(target=watch, args=(self.watcher, self.on_notice, self.stop),
+                         kwargs={"on_error": lambda m: print(m, flush=True)},
+                         daemon=True, name="notices").start()
+
+    def on_notice(self, notice: object) -> None:
+        from providers.notices import PREEMPT, Notice
+
+        assert isinstance(notice, Notice)
+        fields = notice.fields()
+        fields["notice"] = fields.pop("kind")
+        if notice.kind == PREEMPT:
+            fields["window_s"] = self.watcher.window_s
+        append_event(self.events, "notice", **fields)
+        preempt = notice.kind == PREEMPT
+        print(f"dqlctl: {notice.cloud} {notice.kind} notice ({notice.action}): "
+              + ("checkpointing and stopping the engine" if preempt
+                 else "checkpointing the engine"), flush=True)
+        if preempt and self.preempt is None:
+            self.preempt = notice
+        sig = signal.SIGTERM if preempt else signal.SIGUSR1
+        try:
+            if self.child.returncode is None:
+                self.child.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def ended(self) -> dict[str, object]:
+        """What exit.json says of the notice the run ended on (none: {}); acknowledged now that
+        the engine has uploaded its checkpoint and ended (Azure)."""
+        from providers.notices import Notice, NoticeError
+
+        self.stop.set()
+        notice = self.preempt
+        if not isinstance(notice, Notice):
+            return {}
+        try:
+            acknowledged = self.watcher.acknowledge(notice)
+        except NoticeError as exc:
+            print(f"dqlctl: could not acknowledge the notice: {exc}", flush=True)
+            acknowledged = False
+        if acknowledged:
+            append_event(self.events, "notice_acknowledged", cloud=notice.cloud,
+                         event_id=notice.event_id)
+        return {"notice": notice.fields(), "acknowledged": acknowledged,
+                "reason": f"preempted: {notice.cloud} {notice.action} notice"}
 
 
 def self_care(args: argparse.Namespace, workdir: Path, exit_code: int) -> int:
