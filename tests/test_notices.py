@@ -87,9 +87,8 @@ def test_gce_waits_for_the_change_and_sees_the_preemption(gce_meta: FakeGceMetad
     found: list[list[Notice]] = []
     waiting = threading.Thread(target=lambda: found.append(watcher.poll()))
     waiting.start()
-    while not any("wait_for_change" in p for _, p, _ in gce_meta.received) and \
-            len(gce_meta.received) < 2:
-        time.sleep(0.01)
+    wait_for(lambda: any("wait_for_change" in p for _, p, _ in gce_meta.received) or
+             len(gce_meta.received) >= 2)
     gce_meta.preempt()              # the blocked look returns at once, not after 30 s
     waiting.join(timeout=10)
     assert not waiting.is_alive()
@@ -132,24 +131,40 @@ def test_watch_reports_each_notice_once_and_survives_a_failing_service(
     thread.start()
     try:
         imds.notice()
-        while not seen:
-            time.sleep(0.01)
+        wait_for(lambda: bool(seen))
         reads = imds.notice_reads
-        while imds.notice_reads < reads + 6:     # it keeps looking, and says it once
-            time.sleep(0.01)
+        wait_for(lambda: imds.notice_reads >= reads + 6)    # it keeps looking, says it once
     finally:
         stop.set()
         thread.join(timeout=5)
     assert [n.kind for n in seen] == [PREEMPT] and errors == []
-    broken = AwsWatcher("http://127.0.0.1:9", poll_s=0.01)
+
+    class Counted(AwsWatcher):
+        looks = 0
+
+        def poll(self) -> list[Notice]:
+            Counted.looks += 1
+            return super().poll()
+
+    broken = Counted("http://127.0.0.1:9", poll_s=0.01)
     stop = threading.Event()
     thread = threading.Thread(target=watch, args=(broken, seen.append, stop),
                               kwargs={"on_error": errors.append})
     thread.start()
-    time.sleep(0.2)
-    stop.set()
-    thread.join(timeout=5)
+    try:
+        wait_for(lambda: Counted.looks >= 10)   # ten failed looks, one error said
+    finally:
+        stop.set()
+        thread.join(timeout=5)
     assert len(errors) == 1 and "cannot read aws preemption notices" in errors[0]
+
+
+def wait_for(condition: Any, timeout: float = 60) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` s (a hang, not a slow box)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
 
 
 # -- the supervisor on a notice --------------------------------------------------------------
