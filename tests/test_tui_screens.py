@@ -118,6 +118,35 @@ async def test_the_app_opens_on_a_run_and_esc_goes_to_the_dashboard(tmp_path: Pa
         await screen_of(pilot, app, DashboardScreen)
 
 
+@run_async
+async def test_h_shows_the_runs_history_with_its_capacity_moves(tmp_path: Path) -> None:
+    ctx = Context(home=tmp_path)
+    run = make_run(ctx, "moved", reg.SUCCEEDED)
+    ctx.registry.add_event(run.id, "capacity", {
+        "provider": "aws", "region": "us-east-1", "zone": "us-east-1a", "code":
+        "InsufficientInstanceCapacity",
+        "reason": "aws us-east-1/us-east-1a g4dn.xlarge: InsufficientInstanceCapacity"})
+    ctx.registry.add_event(run.id, "failover", {
+        "to": "us-west-2", "reason": "no capacity in us-east-1: trying us-west-2"})
+    ctx.close()
+    app = app_for(tmp_path)
+    app.first_run = run.id
+    async with app.run_test(size=(120, 40)) as pilot:
+        view = await screen_of(pilot, app, RunScreen)
+        await until(pilot, lambda: view.info is not None, "the run's header")
+        await pilot.press("h")
+        from dqlctl.tui.screens.modals import InfoScreen
+
+        modal = await screen_of(pilot, app, InfoScreen)
+        text = str(modal.query_one("#info-body", Static).render())
+        assert "capacity  (aws us-east-1/us-east-1a g4dn.xlarge: " \
+               "InsufficientInstanceCapacity)" in text
+        assert text.index("capacity") < text.index("failover  (no capacity in us-east-1: "
+                                                   "trying us-west-2)")
+        await pilot.press("escape")
+        await screen_of(pilot, app, RunScreen)
+
+
 def test_an_unknown_run_is_one_line_and_exit_2(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "dqlctl", "tui", "no-such-run"],
                          capture_output=True, text=True,

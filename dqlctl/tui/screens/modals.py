@@ -98,6 +98,7 @@ HELP: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("c", "sync the run's results here (the sync screen)"),
         ("o", "open the report (once the run has finished)"),
         ("p", "hide / show the curves and the equity plot"),
+        ("h", "history: states, capacity refusals, region moves, notices, recoveries"),
     )),
     ("Sync screen (ctrl+p sync)", (
         ("enter ctrl+r", "plan: what would be copied or deleted (a dry run)"),

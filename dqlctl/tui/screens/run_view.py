@@ -44,6 +44,7 @@ class RunScreen(Screen[None]):
         Binding("c", "sync_results", "Sync"),
         Binding("o", "open_report", "Report"),
         Binding("p", "toggle_plots", "Plots", show=False),
+        Binding("h", "history", "History", show=False),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -312,6 +313,17 @@ class RunScreen(Screen[None]):
         """Hide the curves and the equity plot (the log gets the width), or show them."""
         side = self.query_one("#side")
         side.display = not side.display
+
+    def action_history(self) -> None:
+        """The run's history as ``dqlctl show`` prints it: states, capacity refusals and
+        region moves, preemption notices, recoveries."""
+        from dqlctl.render import history_lines
+        from dqlctl.tui.screens.modals import InfoScreen
+
+        events = self.dql.ctx.registry.events(self.run_id)
+        lines = [line.strip() for line in history_lines(events)]
+        self.app.push_screen(InfoScreen(f"history of run {self.run_id}",
+                                        Text("\n".join(lines) or "no events yet")))
 
     def action_open_report(self) -> None:
         info = self.info
