@@ -50,6 +50,19 @@ class Rule:
             self.zone in (None, zone)
 
 
+def answer(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str],
+           data: bytes) -> None:
+    """Send one whole response and close the connection (what both test proxies do)."""
+    handler.send_response(status)
+    for key, value in headers.items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.wfile.write(data)
+    handler.close_connection = True
+
+
 class FaultProxy:
     """See the module docstring."""
 
@@ -125,14 +138,7 @@ class FaultProxy:
                     conn.close()
 
             def _answer(self, status: int, headers: dict[str, str], data: bytes) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(data)
-                self.close_connection = True
+                answer(self, status, headers, data)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any
 

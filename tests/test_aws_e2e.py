@@ -96,8 +96,10 @@ def launch_args(*extra: str) -> list[str]:
             "--image-id", ami(), *extra, "--", "--n_envs", "4"]
 
 
-def leftovers(run_id: str) -> dict[str, list[str]]:
-    ec2, iam = boto3.client("ec2"), boto3.client("iam")
+def leftovers(run_id: str, region: str | None = None) -> dict[str, list[str]]:
+    """What the run left: instances, key pairs and groups in ``region`` (the default one), and
+    IAM's (global) profiles and roles."""
+    ec2, iam = boto3.client("ec2", region_name=region), boto3.client("iam")
     live = [i["InstanceId"] for r in ec2.describe_instances(
         Filters=[{"Name": "tag:dqlctl:run", "Values": [run_id]}])["Reservations"]
         for i in r["Instances"] if i["State"]["Name"] != "terminated"]

@@ -24,29 +24,10 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from tests.fake_imds import FakeImds
 from tests.fault_proxy import FaultProxy
-from tests.test_aws_e2e import NOTHING, launch_args, make_home
+from tests.test_aws_e2e import NOTHING, launch_args, leftovers, make_home
 from tests.vm import AWS_KEYS, vm_sshd
 
 LANDING = "us-west-2"
-
-
-def leftovers_in(region: str, run_id: str) -> dict[str, list[str]]:
-    """What the run left in one region (and IAM, which is global)."""
-    ec2, iam = boto3.client("ec2", region_name=region), boto3.client("iam")
-    live = [i["InstanceId"] for r in ec2.describe_instances(
-        Filters=[{"Name": "tag:dqlctl:run", "Values": [run_id]}])["Reservations"]
-        for i in r["Instances"] if i["State"]["Name"] != "terminated"]
-    return {
-        "instances": live,
-        "key_pairs": [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]
-                      if k["KeyName"].startswith("dqlctl-")],
-        "security_groups": [g["GroupName"] for g in ec2.describe_security_groups()
-                            ["SecurityGroups"] if g["GroupName"].startswith("dqlctl-")],
-        "profiles": [p["InstanceProfileName"] for p in iam.list_instance_profiles()
-                     ["InstanceProfiles"] if p["InstanceProfileName"].startswith("dqlctl-")],
-        "roles": [r["RoleName"] for r in iam.list_roles()["Roles"]
-                  if r["RoleName"].startswith("dqlctl-")],
-    }
 
 
 @pytest.fixture()
@@ -102,7 +83,7 @@ def test_no_capacity_in_the_cheapest_region_lands_in_the_next(
     raw = boto3.client("ec2", region_name=LANDING).describe_instances(
         InstanceIds=run.instance_ids)["Reservations"][0]["Instances"][0]
     assert raw["InstanceType"] == "g4dn.xlarge" and raw.get("InstanceLifecycle") == "spot"
-    east = leftovers_in("us-east-1", run.id)
+    east = leftovers(run.id, "us-east-1")
     assert east["instances"] == east["key_pairs"] == east["security_groups"] == []
 
     final = runs.follow(Context(home=home[0]), run)
@@ -115,7 +96,7 @@ def test_no_capacity_in_the_cheapest_region_lands_in_the_next(
     assert f"capacity  (aws us-east-1/{zones[0]} g4dn.xlarge: InsufficientInstanceCapacity)" \
         in shown
     for region in ("us-east-1", LANDING):
-        assert leftovers_in(region, run.id) == NOTHING
+        assert leftovers(run.id, region) == NOTHING
 
 
 def test_an_error_no_region_can_fix_stops_at_once(
@@ -132,7 +113,7 @@ def test_an_error_no_region_can_fix_stops_at_once(
     assert launches == [("us-east-1", True)]          # one zone, one region: no walk
     assert not [e for e in ctx.registry.events(run.id) if e["kind"] in ("failover", "capacity")]
     for region in ("us-east-1", LANDING):
-        assert leftovers_in(region, run.id) == NOTHING
+        assert leftovers(run.id, region) == NOTHING
 
 
 def test_a_pinned_region_only_walks_its_zones(
@@ -148,4 +129,4 @@ def test_a_pinned_region_only_walks_its_zones(
         {"us-east-1"}
     (run,) = ctx.registry.list()
     assert run.state == reg.FAILED
-    assert leftovers_in("us-east-1", run.id) == NOTHING
+    assert leftovers(run.id, "us-east-1") == NOTHING

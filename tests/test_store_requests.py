@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from providers.storage import Store, open_store
+from tests.fault_proxy import answer
 from tests.test_storage_conformance import new_bucket
 
 MIB = 1024 * 1024
@@ -76,15 +77,8 @@ class _ForwardProxy(BaseHTTPRequestHandler):
         resp = conn.getresponse()
         data = resp.read()
         self.server.hits.append(f"{self.command} {url.path}")  # type: ignore[attr-defined]
-        self.send_response(resp.status, resp.reason)
-        for key, value in resp.getheaders():
-            if key.lower() not in ("connection", "transfer-encoding", "content-length"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-        self.close_connection = True
+        answer(self, resp.status, {k: v for k, v in resp.getheaders() if k.lower() not in (
+            "connection", "transfer-encoding", "content-length")}, data)
         conn.close()
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
