@@ -127,7 +127,8 @@ def test_every_launch_flag_reaches_the_run(tmp_path: Path) -> None:
     assert (spec["image"], spec["instance_type"], spec["region"]) == ("img:1", "x1", "r1")
     assert (spec["spot"], spec["runtime"]) == (False, "native")
     assert spec["extra"] == {"keep": True, "max_recoveries": 0, "max_cost": 100.0,
-                             "idle_minutes": 5.0, "collect_grace_minutes": 2.0}
+                             "idle_minutes": 5.0, "collect_grace_minutes": 2.0,
+                             "region_pinned": True}     # --region: no capacity failover
     code, _, err = dqlctl(tmp_path, "logs", "-f", "flags")
     assert code == 0, err
     done = show(tmp_path, "flags")

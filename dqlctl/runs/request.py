@@ -189,11 +189,19 @@ def plan(ctx: Context, req: LaunchRequest) -> dict[str, Any]:
     spec = build_spec(ctx, req, "dry-run")
     provider = ctx.provider(req.provider)
     out: dict[str, Any] = {"name": spec.name, "data": spec.job.data_file,
-                           "engine": " ".join(spec.job.engine_args)}
+                           "engine": " ".join(spec.job.engine_args),
+                           "results": req.results_dir or "the run's folder here "
+                           "(runs/<run id>/results under dqlctl's home)"}
+    if req.image:
+        out["image"] = req.image
     try:
         out.update(provider.plan(spec))
     except ProviderError as exc:
         raise ProviderFailure(str(exc), field=exc.field) from None
+    if Capability.LOCAL_JOB not in provider.capabilities:
+        out["capacity"] = (f"only {out.get('region') or req.region}'s zones (--region pins it)"
+                           if spec.extra.get("region_pinned") else
+                           "the next zone, then the next region offering it, cheapest first")
     itype, region = out.get("instance_type"), out.get("region")
     if Capability.PRICES in provider.capabilities and itype and region:
         from providers.prices.estimate import lookup
