@@ -7,16 +7,13 @@ import os
 import socket
 from pathlib import Path
 
+from providers.procs import pid_exists, start_ticks
+
 
 def _proc_start_ticks(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
+    ticks = start_ticks(pid)
+    return None if ticks is None else str(ticks)
 
 
 def process_owner() -> str:
@@ -36,16 +33,6 @@ def owner_gone(owner: str) -> bool:
     if host != socket.gethostname():
         return False
     if not Path("/proc").is_dir():  # pragma: no cover - elsewhere only a vanished pid is known
-        return not _signalable(pid)
+        return not pid_exists(pid)
     now = _proc_start_ticks(pid)
     return now is None or (ticks != "-" and now != ticks)
-
-
-def _signalable(pid: int) -> bool:  # pragma: no cover - non-Linux
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        pass
-    return True

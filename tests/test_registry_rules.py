@@ -487,10 +487,12 @@ def test_the_folder_is_made_however_deep(tmp_path: Path) -> None:
     assert path.exists() and path.parent.stat().st_mode & 0o777 == 0o700
 
 
-def test_signalable_where_there_is_no_proc() -> None:
+def test_pid_exists_where_there_is_no_proc() -> None:
     """The check used on systems without /proc (callable here too)."""
-    assert controllers._signalable(os.getpid()) is True
-    assert controllers._signalable(2**22 + 12345) is False
+    from providers.procs import pid_exists
+
+    assert pid_exists(os.getpid()) is True
+    assert pid_exists(2**22 + 12345) is False
 
 
 def test_the_fault_hook_signals_this_process(tmp_path: Path,

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from providers.procs import pid_exists
 from providers.storage.base import (
     EXIT_BAD_INPUT,
     MD5,
@@ -33,17 +34,6 @@ from providers.storage.keys import local_path
 from providers.storage.streams import HashingReader, source_reader
 
 TMP_RE = re.compile(r"^\.dqlctl-(\d+)-[0-9a-f]{12}\.tmp$")
-
-
-def pid_exists(pid: int) -> bool:
-    """A process ``pid`` exists (someone else's counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LocalStore(Store):
