@@ -441,3 +441,12 @@ def test_two_processes_adopting_one_run_one_wins(tmp_path: Path) -> None:
     assert sorted(won) == [False] * (n - 1) + [True]
     adopted = [e for e in ctx.registry.events(run.id) if e["kind"] == "adopted"]
     assert len(adopted) == 1 and adopted[0]["data"]["from"] == DEAD
+
+
+def test_the_cost_report_bills_the_states_the_registry_bills() -> None:
+    """Two copies of one set (the registry's is kept light for start-up): they must agree, or
+    `dqlctl cost`'s months and `show`'s cost would price different hours."""
+    from dqlctl.states import BILLED
+    from providers.prices.estimate import BILLED_STATES
+
+    assert BILLED == BILLED_STATES
