@@ -182,16 +182,21 @@ class RemoteJobHandle:
         """Tell the VM's supervisor the results are safe ("collected, shut down now"): it shuts
         the machine down at once instead of waiting out its collect grace. False when the job
         has not ended (the supervisor only looks once the engine is done)."""
-        from providers.ssh import q
-
-        def touch(s: Any) -> bool:
-            if not s.exists(f"{self.workdir}/exit.json"):
-                return False
-            code, _, _ = s.run(f"touch {q(self.workdir + '/collected')}", timeout=30)
-            return code == 0
-        return bool(self._call(touch))
+        return bool(self._call(lambda s: mark_collected(s, self.workdir)))
 
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+def mark_collected(session: Any, workdir: str) -> bool:
+    """Over an SSH ``session``: touch ``workdir/collected`` once the job has ended (its
+    ``exit.json`` is there): the VM's supervisor shuts the machine down at once. False when the
+    job has not ended."""
+    from providers.ssh import q
+
+    if not session.exists(f"{workdir}/exit.json"):
+        return False
+    code, _, _ = session.run(f"touch {q(workdir + '/collected')}", timeout=30)
+    return bool(code == 0)

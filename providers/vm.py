@@ -327,12 +327,18 @@ class SshVm:
                 for rel, size in files:
                     with session.open_reader(f"{source}/{rel}", size) as reader:
                         store.put(f"{prefix.rstrip('/')}/{rel}", reader, size=size)
-                return
-            for rel, size in files:  # streamed to a temp name, renamed when complete
-                path = local_path(dest, rel)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                part = path.with_name(f"{path.name}.part")
-                with session.open_reader(f"{source}/{rel}", size) as reader, \
-                        open(part, "wb") as out:
-                    shutil.copyfileobj(reader, out, 2**20)
-                os.replace(part, path)
+            else:
+                for rel, size in files:  # streamed to a temp name, renamed when complete
+                    path = local_path(dest, rel)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    part = path.with_name(f"{path.name}.part")
+                    with session.open_reader(f"{source}/{rel}", size) as reader, \
+                            open(part, "wb") as out:
+                        shutil.copyfileobj(reader, out, 2**20)
+                    os.replace(part, path)
+            # the results are safe: the VM's supervisor may shut down now rather than after its
+            # collect grace (should the terminate that follows fail, the VM still goes)
+            if instance.extra.get("workdir"):
+                from providers.jobs import mark_collected
+
+                mark_collected(session, instance.extra["workdir"])

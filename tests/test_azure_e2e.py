@@ -150,6 +150,8 @@ def test_launch_train_collect_and_tear_down(home: Path, arm: FakeAzure,
     assert kinds.count("episode") == 2 and kinds[-1] == "finished"
     assert arm.leftovers() == NOTHING and not key.exists()
     workdir = Path(final.instance["extra"]["workdir"])
+    # once its results were copied home, the VM was told it may go (should terminate fail)
+    assert (workdir / "collected").exists()
     assert SECRET not in (workdir / "engine.log").read_text()
     assert SECRET.encode() not in (home / "registry.db").read_bytes()
 
