@@ -359,11 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         by_module: dict[str, dict[str, int]] = {}
         changes: dict[str, dict[str, list[tuple[str, str]]]] = {}
+        broken: list[str] = []
         for n, (mods, tests) in enumerate(groups(args.only)):
             folder = work / f"group{n}"
             found = run_group(folder, mods, tests, args.max_children)
             if found is None:
-                return 2
+                broken += mods
+                continue
             by_module.update(found)
             changes.update({m: mutant_changes(folder, m) for m in found})
         rows = report({m: by_module[m] for m in modules() if m in by_module}, args.min,
@@ -371,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.monotonic() - started
         print(f"\nwall time {wall:.0f} s"
               + (f"; work folder kept: {work}" if args.keep else ""))
+        if broken:
+            print(f"mutmut failed on: {', '.join(broken)} (see above)", file=sys.stderr)
+            return 2
         if args.report:
             write_report(args.report, rows, command, wall)
             print(f"table written to {args.report}")

@@ -255,9 +255,9 @@ def test_no_data_means_no_egress_rate() -> None:
 @pytest.mark.parametrize("kwargs", [{"hours": -1}, {"hours": 1, "data_gb": -1},
                                     {"hours": 1, "checkpoint_interval_h": -0.1}])
 def test_negative_inputs_are_refused(kwargs: dict[str, float]) -> None:
-    hours = kwargs.pop("hours")
+    rest = {k: v for k, v in kwargs.items() if k != "hours"}
     with pytest.raises(est.PriceError, match="must not be negative"):
-        est.estimate(offer(), hours, **kwargs)
+        est.estimate(offer(), kwargs["hours"], **rest)
 
 
 def test_zero_is_a_valid_amount_of_everything() -> None:
