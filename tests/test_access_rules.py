@@ -95,8 +95,8 @@ class FakeIam:
         if url == SA_URL and method == "GET":
             emails = sorted(self.accounts)
             start = int(kwargs.get("params", {}).get("pageToken") or 0)
-            page: dict[str, Any] = {"accounts": [self.accounts[e] for e in
-                                                 emails[start:start + self.page_size]]}
+            chunk = [self.accounts[e] for e in emails[start:start + self.page_size]]
+            page: dict[str, Any] = {"accounts": chunk} if chunk else {}  # IAM omits it
             if start + self.page_size < len(emails):
                 page["nextPageToken"] = str(start + self.page_size)
             return Reply(200, page)
@@ -220,7 +220,9 @@ class Gce(GceAccess):
     def _credentials(self) -> tuple[Any, str]:
         from google.auth.credentials import AnonymousCredentials
 
-        return AnonymousCredentials(), "proj"
+        if not hasattr(self, "creds"):
+            self.creds = AnonymousCredentials()
+        return self.creds, "proj"
 
 
 def test_ssh_is_let_in_from_the_operator_only_above_a_deny_for_everyone() -> None:
@@ -365,8 +367,14 @@ def test_a_deleted_self_delete_role_is_undeleted() -> None:
     gce.iam.roles["dqlctlSelfDelete"] = {"name": "projects/proj/roles/dqlctlSelfDelete",
                                          "deleted": True}
     assert gce._self_delete_role() == "projects/proj/roles/dqlctlSelfDelete"
-    assert gce.iam.calls[-1][:2] == ("POST", f"{ROLES_URL}/dqlctlSelfDelete:undelete")
+    assert gce.iam.calls[-1] == ("POST", f"{ROLES_URL}/dqlctlSelfDelete:undelete", {"json": {}})
     assert gce.iam.roles["dqlctlSelfDelete"]["deleted"] is False
+
+
+def test_the_role_is_named_as_iam_names_it() -> None:
+    gce = Gce()
+    gce.iam.roles["dqlctlSelfDelete"] = {"name": "projects/123456/roles/dqlctlSelfDelete"}
+    assert gce._self_delete_role() == "projects/123456/roles/dqlctlSelfDelete"
 
 
 def test_a_role_answer_without_a_name_still_names_the_role() -> None:
@@ -420,6 +428,7 @@ def test_the_sessions_and_clients_are_made_once(monkeypatch: pytest.MonkeyPatch)
     session = gce._session()
     assert gce._session() is session
     assert type(session).__name__ == "AuthorizedSession"
+    assert session.credentials is gce.creds
     client = gce._storage()
     assert gce._storage() is client
     assert client.project == "proj"
@@ -440,8 +449,12 @@ def test_without_google_cloud_storage_the_error_says_what_to_install(
     monkeypatch.setattr(builtins, "__import__", no_storage)
     gce = Gce()
     gce._clients = {}
-    with pytest.raises(ProviderError, match="^the GCP provider needs google-cloud-storage: "):
+    from providers.base import install_hint
+
+    with pytest.raises(ProviderError) as info:
         gce._storage()
+    assert str(info.value) == ("the GCP provider needs google-cloud-storage: "
+                               f"{install_hint('gcp')}")
 
 
 def test_a_firewall_already_gone_is_done_other_errors_are_not() -> None:
@@ -501,6 +514,29 @@ def test_an_account_without_buckets_in_its_description_leaves_no_policy_to_edit(
     (account,) = gce._access_resources({"dqlctl-run": "r1"})
     gce._delete_access(account)
     assert gce.iam.accounts == {} and gce.storage.sets == 0
+
+
+def test_an_account_without_a_description_is_listed_and_removed() -> None:
+    gce = Gce()
+    gce.iam.accounts["dqlctl-old@proj.iam.gserviceaccount.com"] = {
+        "email": "dqlctl-old@proj.iam.gserviceaccount.com"}
+    gce.iam.accounts["no-email"] = {"description": WORDS}
+    (found,) = gce._access_resources({})
+    assert (found.resource_id, found.tags, found.extra) == (
+        "dqlctl-old@proj.iam.gserviceaccount.com", {}, {"description": ""})
+    gce._delete_access(found)
+    assert list(gce.iam.accounts) == ["no-email"]
+
+
+def test_an_account_named_without_its_description_is_removed() -> None:
+    gce = Gce()
+    gce._create_service_account("r1", [], CORE)
+    gce._delete_access(Resource("gcp", "service-account", gce._sa_email("r1")))
+    assert gce.iam.accounts == {}
+
+
+def test_an_empty_project_has_no_access_pieces() -> None:
+    assert Gce()._access_resources({"dqlctl-run": "r1"}) == []
 
 
 def test_a_kind_the_access_half_does_not_own_is_refused() -> None:

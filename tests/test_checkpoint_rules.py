@@ -115,6 +115,33 @@ def test_atomic_writes_make_the_folder_and_return_the_path(tmp_path: Path) -> No
     assert torch.equal(torch.load(saved, weights_only=True)["t"], torch.ones(2))
 
 
+def test_a_write_in_progress_is_a_hidden_temporary_that_prune_would_clear(
+        tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+
+    def write(fh: Any) -> None:
+        fh.write(b"x")
+        seen.append([p.name for p in tmp_path.iterdir()])
+        # what prune clears after a crash mid-write
+        assert [p.name for p in tmp_path.glob(".ckpt-*.tmp")] == seen[0]
+
+    ckpt.atomic_write(tmp_path / "ckpt-000000000001.pt", write)
+    ((name,),) = seen
+    assert name.startswith(".ckpt-000000000001.pt.") and name.endswith(".tmp")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt-000000000001.pt"]
+
+
+def test_a_checkpoint_another_process_pruned_meanwhile_is_no_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for steps in (1, 2, 3):
+        ckpt.save({"s": steps}, tmp_path, steps, keep=3)
+    listed = ckpt.list_checkpoints(tmp_path)
+    listed[-1].unlink()                                      # gone between listing and prune
+    monkeypatch.setattr(ckpt, "list_checkpoints", lambda folder: listed)
+    assert [p.name for p in ckpt.prune(tmp_path, keep=1)] == [
+        "ckpt-000000000002.pt", "ckpt-000000000001.pt"]
+
+
 def test_fsync_of_a_missing_folder_is_no_error(tmp_path: Path) -> None:
     ckpt.fsync_dir(tmp_path / "missing")
     ckpt.fsync_dir(tmp_path)
@@ -154,26 +181,52 @@ def test_an_unreadable_files_reason_is_its_first_line_cut_short(tmp_path: Path,
         ckpt.load(tmp_path / "a.pt")
 
 
+def mapped(state: dict[str, Any], path: Path) -> bool:
+    """Whether the checkpoint's file is mapped into this process (its tensors not read)."""
+    assert state["w"] is not None
+    return str(path) in Path("/proc/self/maps").read_text()
+
+
 def test_load_maps_onto_the_device_asked_and_may_map_the_file(tmp_path: Path) -> None:
     path = ckpt.save({"w": torch.ones(4)}, tmp_path, 1)
     state = ckpt.load(path, "meta")
     assert state["w"].device.type == "meta"
-    mapped = ckpt.load(path, mmap=True)
-    assert torch.equal(mapped["w"], torch.ones(4))
+    assert not mapped(ckpt.load(path), path)                # read, by default
+    state = ckpt.load(path, mmap=True)
+    assert torch.equal(state["w"], torch.ones(4)) and mapped(state, path)
+    del state
     found = ckpt.load_latest(tmp_path, print, "meta", mmap=True)
     assert found is not None and found[0]["w"].device.type == "meta"
+    del found
+    found = ckpt.load_latest(tmp_path, print)
+    assert found is not None and not mapped(found[0], path)
+    assert found[0]["w"].device.type == "cpu"
+    found = ckpt.load_latest(tmp_path, print, mmap=True)
+    assert found is not None and mapped(found[0], path)
+
+
+class Payload:
+    """Not a tensor, not a plain container: what weights_only loading refuses to rebuild."""
+
+
+def test_a_checkpoint_holding_arbitrary_objects_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt-000000000001.pt"
+    torch.save({"format": ckpt.FORMAT, "x": Payload()}, path)
+    with pytest.raises(ValueError, match=r"^ckpt-000000000001\.pt: unreadable \("):
+        ckpt.load(path)
 
 
 def test_the_newest_readable_checkpoint_is_used_the_broken_ones_named(tmp_path: Path) -> None:
-    ckpt.save({"s": 1}, tmp_path, 100, keep=3)
-    ckpt.save({"s": 2}, tmp_path, 200, keep=3)
-    newest = ckpt.save({"s": 3}, tmp_path, 300, keep=3)
+    ckpt.save({"s": 1, "w": torch.ones(1)}, tmp_path, 100, keep=3)
+    ckpt.save({"s": 2, "w": torch.ones(1)}, tmp_path, 200, keep=3)
+    newest = ckpt.save({"s": 3, "w": torch.ones(1)}, tmp_path, 300, keep=3)
     newest.write_bytes(newest.read_bytes()[:40])             # truncated by a crash
     warnings: list[str] = []
     found = ckpt.load_latest(tmp_path, warnings.append)
     assert found is not None
     state, path = found
     assert state["s"] == 2 and path == tmp_path / "ckpt-000000000200.pt"
+    assert state["w"].device.type == "cpu"
     assert len(warnings) == 1
     assert warnings[0].startswith("skipping checkpoint ckpt-000000000300.pt: unreadable (")
     assert ckpt.load_latest(tmp_path / "none", warnings.append) is None
@@ -236,6 +289,18 @@ def test_the_environment_continues_exactly_with_its_dtypes(tmp_path: Path) -> No
         for x, y in zip(a, b, strict=True):
             assert np.array_equal(x, y)
     assert other._pos.dtype == np.int8 and other._ep_len.dtype == np.int32
+
+
+def test_one_saved_state_restores_two_environments_alike(tmp_path: Path) -> None:
+    env = Env()
+    env.step()
+    state = torch.load(ckpt.atomic_torch_save(ckpt.env_state(env), tmp_path / "env.pt"),
+                       weights_only=True)
+    first, second = Env(), Env()
+    ckpt.load_env_state(first, state)
+    first.step()                                  # stepping one must not move the saved state
+    ckpt.load_env_state(second, state)
+    assert np.array_equal(second._t, env._t) and np.array_equal(second._ep_ret, env._ep_ret)
 
 
 def test_an_environment_of_another_size_is_refused(tmp_path: Path) -> None:
@@ -312,6 +377,14 @@ def store(monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
     return memory
 
 
+def test_a_mirrors_location_is_normalised(store: MemoryStore, tmp_path: Path) -> None:
+    mirror = ckpt.RemoteMirror("s3://b//runs/expX//")
+    assert mirror.uri == "s3://b//runs/expX"
+    (tmp_path / "f").write_bytes(b"1")
+    mirror.put(tmp_path / "f", "a")
+    assert list(store.objects) == ["runs/expX/a"]
+
+
 def test_a_mirror_puts_and_deletes_under_its_prefix(tmp_path: Path, store: MemoryStore) -> None:
     mirror = ckpt.RemoteMirror("s3://bucket/runs/exp/")
     assert mirror.uri == "s3://bucket/runs/exp"
@@ -335,15 +408,15 @@ def test_a_mirror_at_the_buckets_root_uses_the_bare_names(tmp_path: Path,
 
 def test_resume_fetches_the_missing_files_and_keeps_the_local_ones(
         tmp_path: Path, store: MemoryStore) -> None:
-    store.objects = {"p/exp/": b"", "p/exp/config.json": b"{}", "p/exp/events.jsonl": b"remote",
+    store.objects = {"p/exp/": b"", "p/exp/config.json": b"{}", "p/exp/a.json": b"remote",
                      "p/exp/checkpoints/ckpt-000000000010.pt": b"c", "p/other/x": b"no"}
     local = tmp_path / "exp"
     local.mkdir()
-    (local / "events.jsonl").write_bytes(b"local")
+    (local / "a.json").write_bytes(b"local")                 # listed first, kept
     assert ckpt.RemoteMirror("s3://b/p/exp").fetch_all(local) == 2
     assert sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()) == [
-        "checkpoints/ckpt-000000000010.pt", "config.json", "events.jsonl"]
-    assert (local / "events.jsonl").read_bytes() == b"local"
+        "a.json", "checkpoints/ckpt-000000000010.pt", "config.json"]
+    assert (local / "a.json").read_bytes() == b"local"
     assert (local / "checkpoints" / "ckpt-000000000010.pt").read_bytes() == b"c"
 
 
@@ -356,7 +429,8 @@ def test_resume_refuses_an_unsafe_key_before_writing_anything(tmp_path: Path,
 
 
 def test_resume_fetches_only_missing_checkpoints(tmp_path: Path, store: MemoryStore) -> None:
-    store.objects = {"p/checkpoints/ckpt-000000000010.pt": b"ten",
+    store.objects = {"p/checkpoints/a-notes.txt": b"no",
+                     "p/checkpoints/ckpt-000000000010.pt": b"ten",
                      "p/checkpoints/ckpt-000000000020.pt": b"twenty",
                      "p/checkpoints/notes.txt": b"no", "p/checkpoints/old/x.pt": b"no",
                      "p/config.json": b"no"}
@@ -364,12 +438,13 @@ def test_resume_fetches_only_missing_checkpoints(tmp_path: Path, store: MemorySt
     (local.parent).mkdir()
     local.mkdir()
     (local / "ckpt-000000000020.pt").write_bytes(b"mine")
-    assert ckpt.RemoteMirror("s3://b/p").fetch_checkpoints(local) == 1
-    assert sorted(p.name for p in local.iterdir()) == ["ckpt-000000000010.pt",
-                                                       "ckpt-000000000020.pt"]
+    store.objects["p/checkpoints/ckpt-000000000030.pt"] = b"thirty"   # after one kept
+    assert ckpt.RemoteMirror("s3://b/p").fetch_checkpoints(local) == 2
+    assert sorted(p.name for p in local.iterdir()) == [
+        "ckpt-000000000010.pt", "ckpt-000000000020.pt", "ckpt-000000000030.pt"]
     assert (local / "ckpt-000000000010.pt").read_bytes() == b"ten"
     assert (local / "ckpt-000000000020.pt").read_bytes() == b"mine"
-    assert ckpt.RemoteMirror("s3://b/p").fetch_checkpoints(tmp_path / "x" / "y") == 2
+    assert ckpt.RemoteMirror("s3://b/p").fetch_checkpoints(tmp_path / "x" / "y") == 3
 
 
 def test_a_mirror_on_a_local_folder_round_trips(tmp_path: Path) -> None:

@@ -117,6 +117,44 @@ def test_runs_costs_split_at_month_ends_at_each_runs_price(tmp_path: Path) -> No
     assert by_run[b]["months"] == {"2026-12": (1.0, 1.0), "2027-01": (1.0, 1.0)}
 
 
+def test_only_the_hours_holding_a_machine_are_charged_not_the_gap(tmp_path: Path) -> None:
+    ctx, _, clock = ctx_at(tmp_path, NOV)
+    registry = ctx.registry
+    rid = billed_run(ctx, clock, "aws", NOV, 0, 1.0, end=False)
+    clock.t = NOV + 3600
+    registry.transition(rid, reg.PREEMPTED)                 # an hour, then taken back
+    clock.t = NOV + 5 * 3600
+    registry.transition(rid, reg.RECOVERING)
+    registry.transition(rid, reg.BOOTSTRAPPING)             # four hours later, a new machine
+    clock.t = NOV + 6 * 3600
+    registry.transition(rid, reg.RUNNING)
+    registry.transition(rid, reg.COLLECTING)
+    registry.transition(rid, reg.SUCCEEDED)
+    assert costs.run_costs(ctx, NOV + 86400)[0]["months"] == {"2026-11": (2.0, 2.0)}
+
+
+def test_months_are_utc_months_whatever_the_local_zone(tmp_path: Path) -> None:
+    import os
+    import time
+
+    ctx, _, clock = ctx_at(tmp_path, datetime(2026, 11, 1, 2, tzinfo=UTC).timestamp())
+    recorded = ctx.registry.create(name="n", provider="local", spec={})
+    ctx.registry.update(recorded.id, cost_usd=1.0)
+    idle = ctx.registry.create(name="n", provider="gcp", spec={})
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"                    # 1 Nov 02:00 UTC is 31 Oct there
+    time.tzset()
+    try:
+        by_run = {rc["run"]: rc["months"] for rc in costs.run_costs(ctx, clock.t + 60)}
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+    assert list(by_run[recorded.id]) == list(by_run[idle.id]) == ["2026-11"]
+
+
 def test_a_run_still_going_is_billed_up_to_now(tmp_path: Path) -> None:
     ctx, _, clock = ctx_at(tmp_path, NOV)
     rid = billed_run(ctx, clock, "aws", NOV, 0, 2.0, end=False)
@@ -173,13 +211,16 @@ def test_spend_by_month_sums_per_month_and_provider_newest_first(tmp_path: Path)
     c = billed_run(ctx, clock, "local", NOV, 3.0, None)
     d = billed_run(ctx, clock, "aws", NOV + 7200, 1 / 3, 1.0)
     e = billed_run(ctx, clock, "gcp", NOV, 1.0, 1.0)
+    f = billed_run(ctx, clock, "gcp", NOV + 86400 - 1800, 0, 2.0, end=False)   # still going
     rows = costs.spend_by_month(ctx, NOV + 86400)
     assert [(r["month"], r["provider"]) for r in rows] == [
         ("2026-11", "aws"), ("2026-11", "gcp"), ("2026-11", "local"), ("2026-10", "aws")]
     assert sorted(rows[0].pop("run_ids")) == sorted([b, d])     # in the registry's order
     assert rows[0] == {"month": "2026-11", "provider": "aws", "runs": 2,
                        "instance_hours": 1.3333, "cost_usd": 2.7989}
-    assert rows[1]["run_ids"] == [e] and rows[1]["runs"] == 1
+    assert sorted(rows[1].pop("run_ids")) == sorted([e, f])
+    assert rows[1] == {"month": "2026-11", "provider": "gcp", "runs": 2,
+                       "instance_hours": 1.5, "cost_usd": 2.0}
     assert rows[2] == {"month": "2026-11", "provider": "local", "runs": 1,
                        "instance_hours": 3.0, "cost_usd": 0.0, "run_ids": [c]}
     assert rows[3] == {"month": "2026-10", "provider": "aws", "runs": 1,

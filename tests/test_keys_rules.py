@@ -82,8 +82,8 @@ def test_a_whole_key_must_stay_under_the_path_limit() -> None:
     fits = long_key(PATH_MAX - 1, "x")                 # 4095 bytes
     assert check_key(fits) == fits
     too_long = fits + "x"
-    assert refusal(too_long).endswith(
-        f": the path would be longer than {PATH_MAX} bytes; nothing was written")
+    assert refusal(too_long) == (f"refusing object key {too_long!r}: the path would be longer "
+                                 f"than {PATH_MAX} bytes; nothing was written")
 
 
 def test_the_destination_folder_counts_towards_the_path_limit(tmp_path: Path) -> None:
@@ -111,13 +111,22 @@ def test_limits_fall_back_to_linux_defaults_where_the_filesystem_cannot_say() ->
 
 def test_a_filesystem_with_shorter_names_refuses_a_segment_past_its_limit(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(keys, "_limits", lambda root: (14, 1024))
+    asked: list[str] = []
+
+    def limits(root: str) -> tuple[int, int]:
+        asked.append(root)
+        return (14, 1024) if root == str(tmp_path) else (NAME_MAX, PATH_MAX)
+
+    monkeypatch.setattr(keys, "_limits", limits)
     assert check_key("a" * 14, tmp_path) == "a" * 14
     assert refusal("a" * 15, tmp_path).endswith(": a segment is longer than 14 bytes; "
                                                 "nothing was written")
     key = long_key(1024 - len(os.fsencode(str(tmp_path))) - 2, "b", 10)
     assert check_key(key, tmp_path) == key
     assert "longer than 1024 bytes" in refusal(key + "b", tmp_path)
+    assert set(asked) == {str(tmp_path)}
+    assert check_key("a" * 15) == "a" * 15          # no folder: Linux's limits, none asked
+    assert set(asked) == {str(tmp_path)}
 
 
 def test_local_path_is_the_key_under_the_folder(tmp_path: Path) -> None:
