@@ -39,6 +39,11 @@ class Cloud(FakeCloud):
     described: int = 0
     opened: int = 0
     closed: int = 0
+    specs: list[Any] = field(default_factory=list)      # the spec each job/collect was given
+
+    def collect(self, instance: Instance, spec: dict[str, Any]) -> None:
+        self.specs.append(spec)
+        super().collect(instance, spec)
 
     def describe(self, instance: Instance) -> Instance:
         self.described += 1
@@ -59,6 +64,7 @@ class Cloud(FakeCloud):
     def job(self, instance: Instance, spec: dict[str, Any]) -> Any:
         cloud, iid = self, instance.instance_id
         cloud.opened += 1
+        cloud.specs.append(spec)
 
         class Handle:
             def read(self, name: str, offset: int) -> bytes:
@@ -121,6 +127,7 @@ def test_a_job_that_exited_0_is_collected_released_and_succeeds(tmp_path: Path) 
     assert row.state == reg.SUCCEEDED and row.exit_code == 0
     assert cloud.collected == run.instance_ids and live(cloud) == []
     assert row.lease_owner is None and cloud.opened == cloud.closed == 1
+    assert cloud.specs == [run.spec, run.spec]             # the job's handle, the collect
 
 
 def test_a_failed_job_says_its_exit_code_and_last_log_line(tmp_path: Path) -> None:
@@ -247,7 +254,8 @@ def test_the_cloud_is_asked_first_and_a_machine_taken_back_is_lost(tmp_path: Pat
     run = running(ctx, cloud, done=False)
     cloud.instances[run.instance_ids[0]].state = "stopping"
     row = runs.reconcile(ctx, run)
-    assert row.state == reg.FAILED and "is stopping" in row.reason
+    assert row.state == reg.FAILED
+    assert row.reason == f"instance {run.instance_ids[0]} is stopping: no answer"
     assert cloud.opened == 0                     # no SSH tried on a machine that is gone
 
 
@@ -264,6 +272,20 @@ def test_a_pending_machine_is_still_there(tmp_path: Path) -> None:
     run = running(ctx, cloud, done=False)
     cloud.instances[run.instance_ids[0]].state = "pending"
     assert runs.reconcile(ctx, run).state == reg.RUNNING
+    assert cloud.opened == 1                     # its job was looked at
+
+
+def test_a_pending_machine_of_an_adopted_bring_up_is_brought_up(tmp_path: Path) -> None:
+    ctx, cloud, _ = setup(tmp_path)
+    run = put_in(ctx, cloud, reg.BOOTSTRAPPING, machine="pending")
+    assert runs.reconcile(ctx, run).state == reg.RUNNING
+
+
+def test_a_job_stopped_with_exit_code_1_is_still_a_stop(tmp_path: Path) -> None:
+    ctx, cloud, _ = setup(tmp_path)
+    run = running(ctx, cloud, exit_code=1)
+    ctx.registry.update(run.id, spec={**run.spec, "stop_requested": True})
+    assert runs.reconcile(ctx, ctx.registry.get(run.id)).state == reg.CANCELLED
 
 
 def test_a_local_job_is_not_described(tmp_path: Path) -> None:
@@ -311,8 +333,11 @@ def test_entering_a_state_is_its_last_state_event(tmp_path: Path) -> None:
     run = put_in(ctx, cloud, reg.RUNNING)
     clock.t += 50
     ctx.registry.transition(run.id, reg.COLLECTING)
+    entered = clock.t
     ctx.registry.add_event(run.id, "note", {})
-    assert rec.entered_at(ctx, ctx.registry.get(run.id)) == clock.t
+    clock.t += 30
+    ctx.registry.update(run.id, progress={"x": 0})
+    assert rec.entered_at(ctx, ctx.registry.get(run.id)) == entered
     clock.t += 70
     ctx.registry.update(run.id, progress={"x": 1})
     row = ctx.registry.get(run.id)
