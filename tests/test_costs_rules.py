@@ -17,6 +17,7 @@ from dqlctl.runs import costs
 from dqlctl.runs.leases import hold
 from providers.base import Offer
 from providers.prices import estimate as est
+from tests.test_estimate_rules import new_york  # noqa: F401 - a fixture: the local time zone
 from tests.test_lifecycle import DEAD, ELSEWHERE, Clock, FakeCloud, context, live, put_in
 
 OCT = datetime(2026, 10, 10, tzinfo=UTC).timestamp()
@@ -133,25 +134,14 @@ def test_only_the_hours_holding_a_machine_are_charged_not_the_gap(tmp_path: Path
     assert costs.run_costs(ctx, NOV + 86400)[0]["months"] == {"2026-11": (2.0, 2.0)}
 
 
+@pytest.mark.usefixtures("new_york")
 def test_months_are_utc_months_whatever_the_local_zone(tmp_path: Path) -> None:
-    import os
-    import time
-
     ctx, _, clock = ctx_at(tmp_path, datetime(2026, 11, 1, 2, tzinfo=UTC).timestamp())
     recorded = ctx.registry.create(name="n", provider="local", spec={})
     ctx.registry.update(recorded.id, cost_usd=1.0)
     idle = ctx.registry.create(name="n", provider="gcp", spec={})
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "America/New_York"                    # 1 Nov 02:00 UTC is 31 Oct there
-    time.tzset()
-    try:
-        by_run = {rc["run"]: rc["months"] for rc in costs.run_costs(ctx, clock.t + 60)}
-    finally:
-        if old is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = old
-        time.tzset()
+    # 1 Nov 02:00 UTC is 31 Oct in New York
+    by_run = {rc["run"]: rc["months"] for rc in costs.run_costs(ctx, clock.t + 60)}
     assert list(by_run[recorded.id]) == list(by_run[idle.id]) == ["2026-11"]
 
 

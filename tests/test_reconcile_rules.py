@@ -62,7 +62,8 @@ class Cloud(FakeCloud):
         return super().launch(spec)
 
     def job(self, instance: Instance, spec: dict[str, Any]) -> Any:
-        cloud, iid = self, instance.instance_id
+        """FakeCloud's handle, reading the job's files, failing when told, counting closes."""
+        cloud, iid, base = self, instance.instance_id, super().job(instance, spec)
         cloud.opened += 1
         cloud.specs.append(spec)
 
@@ -75,13 +76,10 @@ class Cloud(FakeCloud):
             def status(self) -> JobStatus:
                 if cloud.status_error:
                     raise ProviderError("ssh: no route to host")
-                job = cloud.jobs.get(iid)
-                if job is None:
-                    return JobStatus(False, None, "vanished")
-                return JobStatus(job.running, job.exit_code)
+                return base.status()
 
             def stop(self) -> bool:
-                return False
+                return base.stop()
 
             def close(self) -> None:
                 cloud.closed += 1
