@@ -406,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, metavar="MD", help="write the dated table "
                         "into this file (e.g. tests/MUTATION.md)")
     args = parser.parse_args(argv)
+    if args.report and args.only:
+        parser.error("--report writes the table of every module: run it without --only")
     command = shlex.join(["python", "tests/mutation.py",
                           *(sys.argv[1:] if argv is None else argv)])
     work = Path(tempfile.mkdtemp(prefix="dqlctl-mutation-"))
