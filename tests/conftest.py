@@ -36,9 +36,6 @@ import pytest  # noqa: E402
 
 from tests import servers  # noqa: E402
 
-AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1"}
-
 
 def _start(start: Callable[[], servers.Server]) -> servers.Server:
     try:
@@ -106,26 +103,21 @@ def moto_clean(moto_server: str) -> str:
 @pytest.fixture()
 def aws_env(moto_clean: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """boto3 pointed at a freshly reset moto server through AWS_ENDPOINT_URL; the endpoint."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_clean)
-    for key, value in AWS_TEST_ENV.items():
-        monkeypatch.setenv(key, value)
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(key, raising=False)
+    servers.point_aws(monkeypatch, moto_clean)
     return moto_clean
 
 
 @pytest.fixture()
 def gcs_env(fake_gcs: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """google-cloud-storage pointed at fake-gcs-server (STORAGE_EMULATOR_HOST); the endpoint."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "dqlctl-test")
+    servers.point_gcs(monkeypatch, fake_gcs)
     return fake_gcs
 
 
 @pytest.fixture()
 def azure_env(azurite: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """azure-storage-blob pointed at Azurite (AZURE_STORAGE_CONNECTION_STRING); the string."""
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)
+    servers.point_azure(monkeypatch, azurite)
     return azurite
 
 

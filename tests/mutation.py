@@ -7,7 +7,14 @@ run never reuses stale results. Then this prints, per module, how many mutants t
 (``EQUIVALENT`` below, each with why) and every survivor by name (``mutmut show NAME`` in the
 kept folder shows its diff).
 
-    python tests/mutation.py [--keep] [--max-children N] [--min 85]
+    python tests/mutation.py [--keep] [--max-children N] [--min 85] [--only MODULE ...]
+                             [--report tests/MUTATION.md]
+
+mutmut 3 takes one test selection per run, so the modules are mutated in groups (``TESTS_OF``
+below: a module and the fast tests its mutants run against), one mutmut run per group, each in
+its own copy; the modules not named there run against ``[tool.mutmut]``'s own selection.
+``--report`` rewrites the dated table of tests/MUTATION.md (the date, the command, the wall
+time, and per module: mutants, killed, equivalent excluded, survived, score).
 
 Exit 0 when every module reaches ``--min`` percent, 1 otherwise. Not part of ``make test``: it
 runs each module's tests once per mutant (minutes).
@@ -17,10 +24,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import datetime
 import difflib
 import json
 import os
+import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,6 +48,22 @@ COPIED = ("dqlctl", "providers", "engine", "tests", "data", "pyproject.toml")
 KILLED = {1, 3, 36, -24, 24, 152, 255, -9, -11}
 SURVIVED = {0}
 
+
+#: The fast tests each module's mutants run against (seconds a mutant; no cloud server): one
+#: mutmut run per distinct selection. Modules of ``only_mutate`` not named here use
+#: ``[tool.mutmut]``'s ``pytest_add_cli_args_test_selection`` less the files named here.
+TESTS_OF: dict[str, tuple[str, ...]] = {
+    "providers/sync/delete.py": ("tests/test_delete_rules.py",),
+    "providers/storage/keys.py": ("tests/test_keys_rules.py",),
+    "dqlctl/runs/costs.py": ("tests/test_costs_rules.py",),
+    "providers/prices/estimate.py": ("tests/test_prices.py", "tests/test_costs_rules.py",
+                                     "tests/test_estimate_rules.py"),
+    # (with tests/test_lifecycle.py too, mutmut's stats run stalled: its process tests)
+    "dqlctl/runs/reconciling.py": ("tests/test_reconcile_rules.py",),
+    "engine/checkpoint.py": ("tests/test_checkpoint_rules.py",),
+    "providers/gcp/access.py": ("tests/test_access_rules.py",),
+    "providers/azure/access.py": ("tests/test_access_rules.py",),
+}
 
 #: modules split out of dqlctl/registry.py after its rules were written: its rules apply to them
 FAMILY = {f"dqlctl/{name}.py": "dqlctl/registry.py"
@@ -123,12 +149,103 @@ EQUIVALENT: list[tuple[str, str, Any, str]] = [
      lambda o, n: True, "numeric inputs: every operation applied promotes them to float64"),
     ("engine/metrics.py", r"isinstance\(v, int \| float\) and v is not None",
      lambda o, n: True, "metric values are numbers, bools or None: both conditions keep the same"),
+    ("providers/storage/keys.py", r"code=EXIT_BAD_INPUT", lambda o, n: "code=" not in n,
+     "StorageError's default code is EXIT_BAD_INPUT: dropping it changes nothing"),
+    ("providers/storage/keys.py", r"raise UnsafeKey\(key, f\"it leaves \{base\}\"\)",
+     lambda o, n: True, "local_path's second check is never reached: check_key's lexical "
+     "checks already refuse every key that leaves the folder (it stays as a guard)"),
+    ("providers/prices/estimate.py", r"^if ts <= start:$|^if ts >= end:$|t < end:$",
+     lambda o, n: True, "a price change exactly at an interval's edge: the mutant adds a "
+     "zero-length piece (0 USD) instead of none, the total is the same"),
+    ("providers/prices/estimate.py", r"data_from\.split\(\"://\", 1\)\[0\]",
+     lambda o, n: "split(\"://\"" in n, "the first piece of a split is the scheme whatever "
+     "the number of splits"),
+    ("engine/checkpoint.py", r"encode\(\"utf-8\"\)", lambda o, n: _case_only(o, n),
+     "codec names ignore case"),
+    ("engine/checkpoint.py", r"weights_only=True, mmap=mmap",
+     lambda o, n: n in (o.replace("weights_only=True, ", ""),
+                        o.replace("weights_only=True", "weights_only=None"),
+                        o.replace("mmap=mmap", "mmap=None")),
+     "torch.load's default is weights_only=True (torch >= 2.6), and mmap=None reads like "
+     "mmap=False"),
+    ("engine/checkpoint.py", r"load\(path, map_location, mmap=mmap\)",
+     lambda o, n: n == o.replace("mmap=mmap", "mmap=None"),
+     "mmap=None reads like mmap=False, load_latest's own default"),
+    ("engine/checkpoint.py", r"folder\.glob\(\"\.ckpt-\*\.tmp\"\) if folder\.is_dir\(\)",
+     lambda o, n: True, "globbing a missing folder finds nothing, as the guard gives"),
+    ("engine/checkpoint.py", r"cuda", lambda o, n: True,
+     "the CUDA generators: make mutation runs where torch has no CUDA, so these lines never "
+     "act (untested here: it needs a GPU machine)"),
+    ("engine/checkpoint.py", r"np\.asarray\(n\[\"key\"\], dtype=np\.uint32\)",
+     lambda o, n: True, "numpy's set_state converts the key to uint32 itself"),
+    ("engine/checkpoint.py", r"get_state\(legacy=False\)", lambda o, n: "legacy=None" in n,
+     "legacy=None reads like legacy=False"),
+    ("engine/checkpoint.py", r"info\.key\.rsplit\(\"/\", 1\)\[-1\]", lambda o, n: True,
+     "the keys listed under the checkpoints/ prefix hold a '/': the last piece of the split "
+     "is the name whatever the count, and [+1] is [-1] of two pieces"),
+    ("providers/gcp/access.py", r"^token = None$", lambda o, n: n == 'token = ""',
+     "'' and None are both 'no page token yet'"),
+    ("providers/gcp/access.py", r"params=\{\"pageToken\": token\} if token else \{\}",
+     lambda o, n: "or True" in n, "requests leaves a None-valued parameter out of the URL"),
+    ("providers/gcp/access.py", r"tags_in\(account\.get\(\"description\", \"\"\)\)|"
+     r"description or \"\"|account\.get\(\"email\", \"\"\)|"
+     r"resource\.extra\.get\(\"description\", \"\"\)", lambda o, n: '"XXXX"' in n,
+     "a missing description or email read as 'XXXX' instead of '': neither holds dqlctl's "
+     "words or prefix, so the same pieces are found"),
+    ("providers/gcp/access.py", r"grant=False\)", lambda o, n: "grant=None" in n,
+     "grant=None is falsy like False"),
+    ("engine/checkpoint.py", r"astype\(current\.dtype, copy=True\)",
+     lambda o, n: n == o.replace("copy=True", ""), "astype copies by default"),
+    ("providers/gcp/access.py", r"tags_in\(account\.get\(\"description\", \"\"\)\)",
+     lambda o, n: "None" in n or '", )' in n, "tags_in reads a missing description (None) "
+     "as ''"),
+    ("providers/azure/access.py", r"split\(\"/\", 1\)\[0\]", lambda o, n: "split(\"/\"" in n,
+     "the first piece of a split is the container whatever the number of splits"),
+    ("providers/azure/access.py", r"for attempt in range\(20\)", lambda o, n: True,
+     "the loop gives up at attempt == 19: a longer range never runs another try"),
+    ("providers/azure/access.py", r"^principal = None$", lambda o, n: n == 'principal = ""',
+     "'' and None are both 'no identity' to the test after it"),
+    ("dqlctl/runs/reconciling.py", r"include_terminal=False", lambda o, n: "=None" in n,
+     "include_terminal=None is falsy like False"),
+    ("dqlctl/runs/reconciling.py", r"add_event\(run\.id, \"adopted_recovery\", \{\}\)",
+     lambda o, n: '"adopted_recovery", {}' not in n and "XX" not in n and "ADOPTED" not in n,
+     "add_event stores no data as {} (data or {})"),
+    ("dqlctl/runs/reconciling.py", r"ctx\.provider\(run\.provider\) if inst is not None",
+     lambda o, n: "or True" in n, "the provider is used only when the run has a machine"),
 ]
 
 
+def config() -> dict[str, Any]:
+    return dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"])
+
+
 def modules() -> list[str]:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
-    return list(config["only_mutate"])
+    return list(config()["only_mutate"])
+
+
+def groups(only: list[str] | None = None) -> list[tuple[list[str], list[str]]]:
+    """``[(modules, test files)]``: one mutmut run each (see ``TESTS_OF``), in
+    ``only_mutate``'s order; ``only`` keeps those modules."""
+    named = {t for tests in TESTS_OF.values() for t in tests}
+    default = [t for t in config()["pytest_add_cli_args_test_selection"] if t not in named]
+    out: dict[tuple[str, ...], list[str]] = {}
+    for module in modules():
+        if only and module not in only:
+            continue
+        out.setdefault(TESTS_OF.get(module, tuple(default)), []).append(module)
+    return [(mods, list(tests)) for tests, mods in out.items()]
+
+
+def configure(work: Path, mods: list[str], tests: list[str]) -> None:
+    """Point the copy's ``[tool.mutmut]`` at one group: these modules, these tests."""
+    path = work / "pyproject.toml"
+    text = path.read_text()
+    for key, values in (("only_mutate", mods), ("pytest_add_cli_args_test_selection", tests)):
+        text, n = re.subn(rf"(?ms)^{key} = \[.*?^\]|^{key} = \[[^\n]*\]",
+                          lambda _m, k=key, v=values: f"{k} = {json.dumps(v)}", text, count=1)
+        if n != 1:
+            raise SystemExit(f"pyproject.toml: no {key} in [tool.mutmut]")
+    path.write_text(text)
 
 
 def copy_tree(dest: Path) -> None:
@@ -142,10 +259,10 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
-def results(work: Path) -> dict[str, dict[str, int]]:
+def results(work: Path, mods: list[str]) -> dict[str, dict[str, int]]:
     """``module -> {mutant name: mutmut exit code}`` from the ``.meta`` files mutmut wrote."""
     out: dict[str, dict[str, int]] = {}
-    for module in modules():
+    for module in mods:
         meta = work / "mutants" / f"{module}.meta"
         data = json.loads(meta.read_text()) if meta.exists() else {}
         out[module] = dict(data.get("exit_code_by_key", {}))
@@ -196,9 +313,14 @@ def equivalent(module: str, changes: list[tuple[str, str]]) -> str | None:
 
 
 def report(by_module: dict[str, dict[str, int]], minimum: float,
-           changes: dict[str, dict[str, list[tuple[str, str]]]] | None = None) -> bool:
-    ok = True
-    print(f"\n{'module':<28} {'killed':>7} {'survived':>9} {'other':>6} {'equiv':>6} {'score':>7}")
+           changes: dict[str, dict[str, list[tuple[str, str]]]] | None = None
+           ) -> list[dict[str, Any]]:
+    """Print the table, the equivalent mutants' reasons and the survivors; the table's rows
+    (``module, mutants, killed, equivalent, survived, other, score, ok``)."""
+    rows: list[dict[str, Any]] = []
+    width = max([28, *map(len, by_module)])
+    print(f"\n{'module':<{width}} {'killed':>7} {'survived':>9} {'other':>6} {'equiv':>6} "
+          f"{'score':>7}")
     survivors: list[str] = []
     reasons: Counter[str] = Counter()
     for module, codes in by_module.items():
@@ -212,9 +334,12 @@ def report(by_module: dict[str, dict[str, int]], minimum: float,
         other = Counter(c for c in counted.values() if c not in KILLED | SURVIVED)
         tested = killed + len(survived) + sum(other.values())
         score = 100.0 * killed / tested if tested else 0.0
-        ok = ok and tested > 0 and score >= minimum
-        print(f"{module:<28} {killed:>7} {len(survived):>9} {sum(other.values()):>6} "
-              f"{len(equivalent_):>6} {score:>6.1f}%" + ("" if score >= minimum else "  < min"))
+        ok = tested > 0 and score >= minimum
+        rows.append({"module": module, "mutants": len(codes), "killed": killed,
+                     "equivalent": len(equivalent_), "survived": len(survived),
+                     "other": sum(other.values()), "score": score, "ok": ok})
+        print(f"{module:<{width}} {killed:>7} {len(survived):>9} {sum(other.values()):>6} "
+              f"{len(equivalent_):>6} {score:>6.1f}%" + ("" if ok else "  < min"))
         if other:
             print(f"    not killed, not survived (mutmut exit code: count): {dict(other)}")
         survivors += sorted(survived)
@@ -229,7 +354,56 @@ def report(by_module: dict[str, dict[str, int]], minimum: float,
             change = "; ".join(f"{o!r} -> {n!r}"
                                for o, n in (changes or {}).get(module, {}).get(name, []))
             print(f"  {name}: {change}")
-    return ok
+    return rows
+
+
+BEGIN, END = "<!-- mutation table: begin -->", "<!-- mutation table: end -->"
+
+
+def write_report(path: Path, rows: list[dict[str, Any]], command: str, wall_s: float) -> None:
+    """Rewrite the dated table between ``BEGIN`` and ``END`` in ``path`` (created with just the
+    table when missing); the text around it is kept."""
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [BEGIN, "",
+             f"Run on {today}, `{command}`, {wall_s / 60:.1f} min wall time on "
+             f"{os.cpu_count()} cores ({platform.python_implementation()} "
+             f"{platform.python_version()}).", "",
+             "| module | mutants | killed | equivalent excluded | survived | other | score |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| `{r['module']}` | {r['mutants']} | {r['killed']} | {r['equivalent']} "
+                     f"| {r['survived']} | {r['other']} | {r['score']:.1f} % |")
+    lines += ["", END]
+    table = "\n".join(lines)
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        text = old[:old.index(BEGIN)] + table + old[old.index(END) + len(END):]
+    else:
+        text = (old.rstrip() + "\n\n" if old.strip() else "") + table + "\n"
+    path.write_text(text)
+
+
+def run_group(work: Path, mods: list[str], tests: list[str], max_children: int
+              ) -> dict[str, dict[str, int]] | None:
+    """One mutmut run over ``mods`` with ``tests`` in a fresh copy under ``work``; the exit
+    codes per module, or None when mutmut failed (its log's tail printed)."""
+    work.mkdir(parents=True)
+    copy_tree(work)
+    configure(work, mods, tests)
+    env = {**os.environ, "PYTHONPATH": ""}  # mutmut puts mutants/ first on sys.path
+    log = work / "mutmut.log"
+    print(f"mutmut run {' '.join(mods)} against {' '.join(tests)} in {work} "
+          f"(its output: {log}) ...", flush=True)
+    with log.open("w") as out:
+        proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
+                               str(max_children)], cwd=work, env=env, check=False,
+                              stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-40:]
+        print("\n".join(tail), file=sys.stderr)
+        print(f"mutmut failed (exit {proc.returncode})", file=sys.stderr)
+        return None
+    return results(work, mods)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,28 +412,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--min", type=float, default=85.0, help="percent killed each module "
                         "must reach (default 85)")
+    parser.add_argument("--only", nargs="+", metavar="MODULE", choices=modules(),
+                        help="mutate these modules of only_mutate alone")
+    parser.add_argument("--report", type=Path, metavar="MD", help="write the dated table "
+                        "into this file (e.g. tests/MUTATION.md)")
     args = parser.parse_args(argv)
+    if args.report and args.only:
+        parser.error("--report writes the table of every module: run it without --only")
+    command = shlex.join(["python", "tests/mutation.py",
+                          *(sys.argv[1:] if argv is None else argv)])
     work = Path(tempfile.mkdtemp(prefix="dqlctl-mutation-"))
     started = time.monotonic()
     try:
-        copy_tree(work)
-        env = {**os.environ, "PYTHONPATH": ""}  # mutmut puts mutants/ first on sys.path
-        log = work / "mutmut.log"
-        print(f"mutmut run in {work} (its output: {log}) ...", flush=True)
-        with log.open("w") as out:
-            proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children",
-                                   str(args.max_children)], cwd=work, env=env, check=False,
-                                  stdout=out, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            tail = log.read_text(errors="replace").replace("\r", "\n").splitlines()[-40:]
-            print("\n".join(tail), file=sys.stderr)
-            print(f"mutmut failed (exit {proc.returncode})", file=sys.stderr)
-            return 2
-        by_module = results(work)
-        ok = report(by_module, args.min, {m: mutant_changes(work, m) for m in by_module})
-        print(f"\nwall time {time.monotonic() - started:.0f} s"
+        by_module: dict[str, dict[str, int]] = {}
+        changes: dict[str, dict[str, list[tuple[str, str]]]] = {}
+        broken: list[str] = []
+        for n, (mods, tests) in enumerate(groups(args.only)):
+            folder = work / f"group{n}"
+            found = run_group(folder, mods, tests, args.max_children)
+            if found is None:
+                broken += mods
+                continue
+            by_module.update(found)
+            changes.update({m: mutant_changes(folder, m) for m in found})
+        rows = report({m: by_module[m] for m in modules() if m in by_module}, args.min,
+                      changes)
+        wall = time.monotonic() - started
+        print(f"\nwall time {wall:.0f} s"
               + (f"; work folder kept: {work}" if args.keep else ""))
-        return 0 if ok else 1
+        if broken:
+            print(f"mutmut failed on: {', '.join(broken)} (see above)", file=sys.stderr)
+            return 2
+        if args.report:
+            write_report(args.report, rows, command, wall)
+            print(f"table written to {args.report}")
+        return 0 if all(r["ok"] for r in rows) else 1
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPS = ROOT / ".deps"
@@ -250,6 +251,40 @@ class SshVm:
     known_hosts_path: Path     # a known_hosts file holding just that line
     host_public_key: str       # "ssh-ed25519 AAAA..."
     workdir: Path
+
+
+# -- pointing the SDKs at the stand-ins --------------------------------------------------------
+
+AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+class Env(Protocol):
+    """What the SDK environment helpers need of pytest's ``monkeypatch`` (its undo restores
+    everything they set when the test ends)."""
+
+    def setenv(self, name: str, value: str) -> None: ...
+    def delenv(self, name: str, raising: bool = True) -> None: ...
+
+
+def point_aws(env: Env, endpoint: str) -> None:
+    """boto3 at ``endpoint`` (moto) with test keys, no profile or session token."""
+    env.setenv("AWS_ENDPOINT_URL", endpoint)
+    for key, value in AWS_TEST_ENV.items():
+        env.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        env.delenv(key, raising=False)
+
+
+def point_gcs(env: Env, endpoint: str) -> None:
+    """google-cloud-storage at ``endpoint`` (fake-gcs-server)."""
+    env.setenv("STORAGE_EMULATOR_HOST", endpoint)
+    env.setenv("GOOGLE_CLOUD_PROJECT", "dqlctl-test")
+
+
+def point_azure(env: Env, connection_string: str) -> None:
+    """azure-storage-blob at the account of ``connection_string`` (Azurite)."""
+    env.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string)
 
 
 def start_sshd(workdir: Path, username: str) -> tuple[Server, SshVm]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import servers
 from tests.servers import SshVm
 
 
@@ -40,10 +41,26 @@ def test_moto_reset_forgets_state(aws_env: str) -> None:
     assert [g["GroupName"] for g in groups if g["GroupName"] != "default"] == []
 
 
-def test_env_fixtures_do_not_leak() -> None:
-    for key in ("AWS_ENDPOINT_URL", "STORAGE_EMULATOR_HOST", "AZURE_STORAGE_CONNECTION_STRING"):
-        assert key not in os.environ, key
-    assert os.environ["OMP_NUM_THREADS"]
+def test_env_fixtures_do_not_leak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``aws_env``, ``gcs_env`` and ``azure_env`` set (tests.servers.point_*) is undone
+    when their test ends, whatever was set before. On its own: it used to check that no such
+    variable was set at its start, which held only when no earlier test (or the caller's own
+    shell) had left one, and so depended on the order the tests ran in."""
+    monkeypatch.setenv("AWS_PROFILE", "mine")              # the caller's own settings
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "my-project")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    before = dict(os.environ)
+    with pytest.MonkeyPatch.context() as fixture:
+        servers.point_aws(fixture, "http://127.0.0.1:1")
+        servers.point_gcs(fixture, "http://127.0.0.1:2")
+        servers.point_azure(fixture, "UseDevelopmentStorage=true")
+        assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
+        assert "AWS_PROFILE" not in os.environ             # no profile overrides the endpoint
+        assert os.environ["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:2"
+        assert os.environ["GOOGLE_CLOUD_PROJECT"] == "dqlctl-test"
+        assert os.environ["AZURE_STORAGE_CONNECTION_STRING"] == "UseDevelopmentStorage=true"
+    assert dict(os.environ) == before
+    assert os.environ["OMP_NUM_THREADS"]                   # conftest's default for every test
 
 
 def test_azurite_answers_blob_service_client(azure_env: str) -> None:
