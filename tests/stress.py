@@ -3,9 +3,8 @@
 Each round starts two busy loops (``python -c "while True: pass"``, one core each: the load of a
 shared 2-core CI machine), runs the files in an order shuffled from the round's seed, with
 pytest-randomly shuffling the tests inside them from the same seed where it is installed
-(``-p pytest_randomly --randomly-seed=SEED``, which pyproject's ``-p no:randomly`` leaves off
- otherwise; without the plugin only the files are
-shuffled), then kills the loops. Per round it prints the seed, passed/failed and the wall time;
+(``-p pytest_randomly --randomly-seed=SEED``; pyproject's ``-p no:randomly`` keeps it off
+otherwise; without the plugin only the files are shuffled), then kills the loops. Per round it prints the seed, passed/failed and the wall time;
 a failed round's seed reruns it in the same order (``--seed SEED --rounds 1``).
 
     python tests/stress.py [--rounds 5] [--seed S] [--busy 2] [FILE ...]
