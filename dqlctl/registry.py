@@ -60,6 +60,7 @@ from dqlctl.states import (
     TRANSITIONS,
     Run,
     bill,
+    priced,
 )
 
 # The lifecycle lives in dqlctl.states; it is read as ``registry.RUNNING`` etc. everywhere.
@@ -81,7 +82,8 @@ _JSON_FIELDS = ("instance_ids", "instance", "spec", "progress", "metrics")
 _UPDATABLE = frozenset({"region", "instance_type", "spot", "started_at", "ended_at",
                         "instance_ids", "instance", "results_uri", "price_per_hour", "cost_usd",
                         "exit_code", "reason", "spec", "progress", "metrics", "billed_s",
-                        "billed_since", "lease_owner", "lease_expires"})
+                        "billed_since", "lease_owner", "lease_expires", "cost_closed",
+                        "priced_s", "provider"})
 
 
 class RegistryError(Exception):
@@ -280,8 +282,8 @@ class Registry:
         """
         now = self.clock()
         with self._tx() as c:
-            row = c.execute("SELECT state, billed_s, billed_since, price_per_hour FROM runs"
-                            " WHERE id = ?", (run_id,)).fetchone()
+            row = c.execute("SELECT state, billed_s, billed_since, price_per_hour, "
+                            "cost_closed, priced_s FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise RegistryError(f"no run {run_id!r}")
             current = row["state"]
@@ -307,7 +309,8 @@ class Registry:
                 fields.update(billed_s=billed_s, billed_since=since)
                 price = fields.get("price_per_hour", row["price_per_hour"])
                 if price and "cost_usd" not in fields:
-                    fields["cost_usd"] = round(price * billed_s / 3600.0, 4)
+                    fields["cost_usd"] = priced(row["cost_closed"], row["priced_s"], price,
+                                                billed_s)
             self._set_fields(c, run_id, now, fields)
             c.execute("UPDATE runs SET state = ? WHERE id = ?", (to_state, run_id))
             payload = dict(data or {})
@@ -326,6 +329,25 @@ class Registry:
         replaces the stored one: to change part of one, use ``update_json`` or ``merge``."""
         with self._tx() as c:
             self._set_fields(c, run_id, self.clock(), fields)
+
+    def reprice(self, run_id: str, price_per_hour: float | None) -> None:
+        """The run is on a new machine at ``price_per_hour``: what it has been billed so far
+        stays at the old $/h (``cost_closed`` for ``priced_s`` seconds), what follows is billed
+        at the new one. So a run's cost adds up every machine it used, each at its own price."""
+        now = self.clock()
+        with self._tx() as c:
+            row = c.execute("SELECT billed_s, billed_since, price_per_hour, cost_closed, "
+                            "priced_s, cost_usd FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RegistryError(f"no run {run_id!r}")
+            open_s = max(0.0, now - row["billed_since"]) if row["billed_since"] is not None \
+                else 0.0
+            billed = row["billed_s"] + open_s
+            old = row["price_per_hour"]
+            closed = priced(row["cost_closed"], row["priced_s"], old, billed) if old \
+                else max(row["cost_closed"], row["cost_usd"])
+            self._set_fields(c, run_id, now, {"price_per_hour": price_per_hour,
+                                              "cost_closed": closed, "priced_s": billed})
 
     def update_json(self, run_id: str, field_name: str, fn: Any) -> Any:
         """Read-modify-write of one JSON field inside one ``BEGIN IMMEDIATE`` transaction:

@@ -85,9 +85,17 @@ def _v3_lease(c: sqlite3.Connection) -> None:
     _add_columns(c, {"lease_owner": "TEXT", "lease_expires": "REAL"})
 
 
+def _v4_prices(c: sqlite3.Connection) -> None:
+    """What a run's earlier machines cost at their own $/h (a recovery or a failover may land
+    on a dearer or cheaper one): ``cost_closed`` USD for the first ``priced_s`` billed seconds."""
+    _add_columns(c, {"cost_closed": "REAL NOT NULL DEFAULT 0",
+                     "priced_s": "REAL NOT NULL DEFAULT 0"})
+
+
 #: ``(version, step)`` in order: a database at version N gets every step above N. A database
 #: from before versioning (user_version 0) gets them all; each step tolerates what is there.
-_MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _v1_tables), (2, _v2_billing), (3, _v3_lease))
+_MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _v1_tables), (2, _v2_billing), (3, _v3_lease),
+                                           (4, _v4_prices))
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 

@@ -69,6 +69,8 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     billed_s: float = 0.0              # seconds in closed billed intervals
     billed_since: float | None = None  # start of the billed interval still open
+    cost_closed: float = 0.0           # USD of the first ``priced_s`` billed seconds, at the
+    priced_s: float = 0.0              # $/h of the machines before this one (``reprice``)
     lease_owner: str | None = None     # the controller working on the run (``LEASED`` states)
     lease_expires: float | None = None
 
@@ -82,14 +84,22 @@ class Run:
         return self.billed_s + open_s
 
     def cost_at(self, now: float) -> float:
-        """USD the run has cost up to ``now``: its billed time at its $/h, else the cost
-        recorded on it (a provider with no $/h)."""
+        """USD the run has cost up to ``now``: its earlier machines at their $/h, then its
+        billed time since at this one's, else the cost recorded on it (no $/h)."""
         if not self.price_per_hour:
             return self.cost_usd
-        return round(self.price_per_hour * self.billed_seconds(now) / 3600.0, 4)
+        return priced(self.cost_closed, self.priced_s, self.price_per_hour,
+                      self.billed_seconds(now))
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def priced(cost_closed: float, priced_s: float, price_per_hour: float,
+           billed_s: float) -> float:
+    """USD of ``billed_s`` seconds: the first ``priced_s`` cost ``cost_closed``, the rest at
+    ``price_per_hour``."""
+    return round(cost_closed + price_per_hour * max(0.0, billed_s - priced_s) / 3600.0, 4)
 
 
 def bill(closed_s: float, since: float | None, to_state: str,

@@ -507,3 +507,40 @@ def test_the_fault_hook_signals_this_process(tmp_path: Path,
     assert r.transition(run.id, reg.BOOTSTRAPPING)
     assert killed == [(os.getpid(), signal.SIGKILL)]
     assert r.get(run.id).state == reg.BOOTSTRAPPING       # committed before the kill
+
+
+def test_a_run_on_several_machines_pays_each_at_its_own_price(tmp_path: Path) -> None:
+    """A spot run preempted after an hour at $1/h, relaunched (a failover) at $3/h for half an
+    hour: it cost $2.50, not 1.5 h at the last price ($4.50) nor at the first ($1.50)."""
+    clock = Clock(0.0)
+    r = Registry(tmp_path / "registry.db", clock=clock)
+    run = r.create(name="moved", provider="aws", spec={})
+    r.transition(run.id, reg.PROVISIONING)
+    r.reprice(run.id, 1.0)
+    r.transition(run.id, reg.BOOTSTRAPPING)
+    r.transition(run.id, reg.RUNNING)
+    clock.t = 3600.0
+    assert r.get(run.id).cost_at(clock.t) == 1.0
+    r.transition(run.id, reg.PREEMPTED)
+    r.transition(run.id, reg.RECOVERING)
+    clock.t = 4000.0                                  # not billed while waiting
+    r.reprice(run.id, 3.0)
+    assert r.get(run.id).cost_at(clock.t) == 1.0      # the price changed, nothing more billed
+    r.transition(run.id, reg.BOOTSTRAPPING)
+    r.transition(run.id, reg.RUNNING)
+    clock.t = 4000.0 + 1800.0
+    live = r.get(run.id)
+    assert live.cost_at(clock.t) == 2.5 and live.billed_seconds(clock.t) == 5400.0
+    r.transition(run.id, reg.COLLECTING)
+    r.transition(run.id, reg.SUCCEEDED)
+    done = r.get(run.id)
+    assert done.cost_usd == 2.5 and done.cost_at(10**9) == 2.5
+    # repricing in the middle of a billed interval closes what ran so far at the old price
+    other = r.create(name="mid", provider="aws", spec={})
+    for state in (reg.PROVISIONING, reg.BOOTSTRAPPING, reg.RUNNING):
+        r.transition(other.id, state)
+    r.reprice(other.id, 2.0)
+    clock.t += 1800.0
+    r.reprice(other.id, 4.0)
+    clock.t += 900.0
+    assert r.get(other.id).cost_at(clock.t) == 2.0    # 0.5 h at 2 + 0.25 h at 4

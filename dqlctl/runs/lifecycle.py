@@ -102,7 +102,9 @@ def bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
         instance = launch_somewhere(ctx, run_id, provider, spec)  # capacity: the next region
         registry.update(run_id, instance=instance.to_dict(), instance_ids=[instance.instance_id],
                         region=instance.region, instance_type=instance.instance_type,
-                        spot=instance.spot, price_per_hour=provider.price_per_hour(instance))
+                        spot=instance.spot)
+        # a relaunch may cost another $/h: what was billed so far keeps its own price
+        registry.reprice(run_id, provider.price_per_hour(instance))
         _step(ctx, run_id, reg.BOOTSTRAPPING, on_state)
         return instance
 
