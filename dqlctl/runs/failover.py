@@ -17,10 +17,11 @@ cross-cloud move needs them copied first; see the README's spot section).
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from dqlctl.context import Context
-from providers.base import Capability, Instance, LaunchSpec, NoCapacity, refusals
+from providers.base import Capability, Instance, LaunchSpec, NoCapacity, ProviderError, refusals
 
 
 def next_regions(ctx: Context, provider: Any, spec: LaunchSpec, instance_type: str,
@@ -51,30 +52,136 @@ def next_regions(ctx: Context, provider: Any, spec: LaunchSpec, instance_type: s
     return list(dict.fromkeys(r for r in ranked if r not in tried))
 
 
-def launch_somewhere(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec) -> Instance:
-    """``provider.launch(spec)``, moving on to the next region on ``NoCapacity`` (see the
-    module docstring); the instance, or ``NoCapacity`` naming every refusal."""
+@dataclass
+class Placement:
+    """Where a run's machine came up: its provider (another cloud after a cross-cloud move),
+    the spec it was launched with, and the instance."""
+
+    provider: Any
+    spec: LaunchSpec
+    instance: Instance
+
+
+def launch_somewhere(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec) -> Placement:
+    """``provider.launch(spec)``, moving on to the next region, then (``failover_clouds``) the
+    next cloud, on ``NoCapacity`` (see the module docstring); where the machine came up, or
+    ``NoCapacity`` naming every refusal."""
     registry = ctx.registry
     attempts: list[dict[str, Any]] = []
-    current = spec
+    clouds = [provider.name]
+    base = current = spec
     while True:
         try:
             instance = provider.launch(current)
         except NoCapacity as exc:
             _record(registry, run_id, exc.attempts)
             attempts += exc.attempts
-            tried = {str(a.get("region")) for a in attempts}
-            itype = str(exc.attempts[-1].get("instance_type") or spec.instance_type or "")
-            ahead = next_regions(ctx, provider, spec, itype, tried)
-            if not ahead:
-                raise NoCapacity(_nowhere(itype, attempts, spec), attempts) from None
-            registry.add_event(run_id, "failover", {
-                "from": sorted(tried), "to": ahead[0], "instance_type": itype,
-                "reason": f"no capacity in {', '.join(sorted(tried))}: trying {ahead[0]}"})
-            current = dataclasses.replace(spec, region=ahead[0], instance_type=itype)
+            tried = {str(a.get("region")) for a in attempts if a.get("provider") == provider.name}
+            itype = str(exc.attempts[-1].get("instance_type") or base.instance_type or "")
+            ahead = next_regions(ctx, provider, base, itype, tried)
+            if ahead:
+                registry.add_event(run_id, "failover", {
+                    "from": sorted(tried), "to": ahead[0], "instance_type": itype,
+                    "reason": f"no capacity in {', '.join(sorted(tried))}: trying {ahead[0]}"})
+                current = dataclasses.replace(base, region=ahead[0], instance_type=itype)
+                continue
+            moved = next_cloud(ctx, run_id, base, clouds)
+            if moved is None:
+                raise NoCapacity(_nowhere(itype, attempts, base), attempts) from None
+            provider, base = moved
+            clouds.append(provider.name)
+            current = base
             continue
         _record(registry, run_id, instance.extra.pop("attempts", None) or [])
-        return instance
+        return Placement(provider, current, instance)
+
+
+def cloud_offers(ctx: Context, spec: LaunchSpec) -> list[tuple[str, str]]:
+    """(cloud, region) for the run's GPU on every cloud, cheapest first: priced offers, then
+    those whose catalog prices only the GPU (GCE's N1 + accelerator)."""
+    from providers import AUTO
+    from providers.prices.estimate import PriceError, PriceRequest, quote
+
+    name, _, count = (spec.gpu or "T4:1").partition(":")
+    try:
+        q = quote(PriceRequest(gpu=name, provider=AUTO, spot=spec.spot), home=ctx.home)
+    except (PriceError, ValueError):
+        return []
+    want = int(count or 1)
+    ranked = [(o.provider, o.region) for o in q.offers
+              if o.price_per_hour is not None and o.gpu_count == want]
+    rows = [r for r, _ in q.hidden if r.price_basis == "gpu_only" and r.gpu_count == want]
+    rows.sort(key=lambda r: (r.spot if spec.spot else r.on_demand) or float("inf"))
+    return ranked + [(r.provider, r.region) for r in rows]
+
+
+def next_cloud(ctx: Context, run_id: str, spec: LaunchSpec,
+               tried: list[str]) -> tuple[Any, LaunchSpec] | None:
+    """The next cloud for a run with ``failover_clouds`` that no region of ``tried`` could
+    take: the cheapest other cloud offering its GPU whose credentials work and where its
+    results can live (its own results folder, or ``--failover-results`` on that cloud for a
+    run whose results are in a bucket). A run resuming from a checkpoint has the run's folder
+    copied there first (the sync core), so the engine resumes from it. The registry row moves
+    to the new cloud before anything is created there; each cloud passed over is said why."""
+    from dqlctl.errors import DqlctlError
+    from dqlctl.runs.request import preflight
+
+    extra = spec.extra or {}
+    if not extra.get("failover_clouds"):
+        return None
+    registry = ctx.registry
+    results = spec.job.results_dir
+    in_bucket = "://" in results and not results.startswith("file://")
+    seen = set(tried)
+    for cloud, region in cloud_offers(ctx, spec):
+        if cloud in seen:
+            continue
+        seen.add(cloud)
+        target = (extra.get("failover_results") or {}).get(cloud) if in_bucket else results
+        if target is None:
+            registry.add_event(run_id, "failover_skipped", {
+                "cloud": cloud, "reason": f"{cloud}: no place for the results there (give "
+                                          f"--failover-results with a bucket on {cloud})"})
+            continue
+        try:
+            provider = ctx.provider(cloud)
+            preflight(provider)
+        except (DqlctlError, ProviderError) as exc:
+            registry.add_event(run_id, "failover_skipped", {"cloud": cloud, "reason": str(exc)})
+            continue
+        job = dataclasses.replace(spec.job, results_dir=target)
+        moved = dataclasses.replace(
+            spec, region=region, instance_type=None, job=job,
+            extra={k: v for k, v in extra.items() if k != "image_id"})  # images are per cloud
+        copied = _carry_results(spec, moved) if in_bucket and target != results else 0
+        registry.update(run_id, provider=cloud, results_uri=f"{target.rstrip('/')}/{spec.name}")
+        registry.merge(run_id, spec={"job": dataclasses.asdict(job), "region": region,
+                                     "instance_type": None, "extra": moved.extra})
+        registry.add_event(run_id, "failover", {
+            "from_cloud": tried[-1], "to_cloud": cloud, "to": region, "copied": copied,
+            "reason": f"no capacity on {', '.join(tried)}: moving to {cloud} {region}"
+                      + (f" ({copied} files of the run copied to {target})" if copied else "")})
+        return provider, moved
+    return None
+
+
+def _carry_results(old: LaunchSpec, new: LaunchSpec) -> int:
+    """Copy the run's results folder (checkpoints, events) from its old bucket to the new
+    one, so a resumed engine finds them; the number of files copied."""
+    from providers.storage import StorageError
+    from providers.sync import sync
+
+    src = f"{old.job.results_dir.rstrip('/')}/{old.job.experiment}"
+    dst = f"{new.job.results_dir.rstrip('/')}/{old.job.experiment}"
+    try:
+        result = sync(src, dst, allow_empty_source=True)
+    except StorageError as exc:
+        raise ProviderError(f"could not copy the run's checkpoint from {src} to {dst}: "
+                            f"{exc}") from None
+    if not result.ok:
+        raise ProviderError(f"could not copy the run's checkpoint from {src} to {dst}: "
+                            f"{'; '.join(result.errors[:3])}")
+    return int(result.copied)
 
 
 def _nowhere(itype: str, attempts: list[dict[str, Any]], spec: LaunchSpec) -> str:

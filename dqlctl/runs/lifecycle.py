@@ -19,11 +19,11 @@ from dqlctl import registry as reg
 from dqlctl.context import Context
 from dqlctl.errors import EXIT_RUN_FAILED, DqlctlError, ProviderFailure
 from dqlctl.registry import Run
-from dqlctl.runs.failover import launch_somewhere
+from dqlctl.runs.failover import Placement, launch_somewhere
 from dqlctl.runs.jobs import instance_of
 from dqlctl.runs.leases import hold
-from dqlctl.runs.request import LaunchRequest, build_spec, spec_of
-from providers.base import Capability, Instance, LaunchSpec, ProviderError
+from dqlctl.runs.request import LaunchRequest, build_spec, preflight, spec_of
+from providers.base import Instance, LaunchSpec, ProviderError
 
 # Secrets the engine may need, taken from the operator's environment. They go to the machine as
 # a 0600 file (or the process environment locally), never into a command line, log or registry.
@@ -58,18 +58,6 @@ def over_budget(run: Run, now: float) -> str | None:
     return f"budget reached: ${spent:.2f} of --max-cost ${float(budget):.2f}"
 
 
-def preflight(provider: Any) -> None:
-    """A cloud whose credentials (or SDK) do not work is refused before anything is recorded:
-    what its ``check()`` finds wrong (a provider that runs jobs here needs no credentials)."""
-    if Capability.LOCAL_JOB in provider.capabilities:
-        return
-    for item in provider.check().items:
-        if not item.ok:
-            fix = f" (fix: {item.fix})" if item.fix else ""
-            raise ProviderFailure(f"{provider.name}: {item.name}: {item.detail}{fix}",
-                                  field="provider")
-
-
 def launch(ctx: Context, req: LaunchRequest,
            on_state: Callable[[Run], None] | None = None) -> Run:
     """Create the run, start it on its provider; the run is RUNNING when this returns.
@@ -98,17 +86,19 @@ def bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
     ``running`` fields). Any failure (or Ctrl+C) tears down what was started and records why."""
     registry = ctx.registry
 
-    def machine() -> Instance:
-        instance = launch_somewhere(ctx, run_id, provider, spec)  # capacity: the next region
+    def machine() -> Placement:
+        # no capacity: the next zone, region or (failover_clouds) cloud
+        placed = launch_somewhere(ctx, run_id, provider, spec)
+        instance = placed.instance
         registry.update(run_id, instance=instance.to_dict(), instance_ids=[instance.instance_id],
                         region=instance.region, instance_type=instance.instance_type,
                         spot=instance.spot)
         # a relaunch may cost another $/h: what was billed so far keeps its own price
-        registry.reprice(run_id, provider.price_per_hour(instance))
+        registry.reprice(run_id, placed.provider.price_per_hour(instance))
         _step(ctx, run_id, reg.BOOTSTRAPPING, on_state)
-        return instance
+        return placed
 
-    _bring_up(ctx, run_id, provider, spec, machine, on_state, running)
+    _bring_up(ctx, run_id, machine, on_state, running)
 
 
 def finish_bring_up(ctx: Context, run: Run, on_state: Callable[[Run], None] | None = None) -> Run:
@@ -117,8 +107,8 @@ def finish_bring_up(ctx: Context, run: Run, on_state: Callable[[Run], None] | No
     inst = instance_of(run)
     assert inst is not None, "a BOOTSTRAPPING run has a machine"
     try:
-        _bring_up(ctx, run.id, ctx.provider(run.provider), spec_of(run), lambda: inst, on_state,
-                  {}, adopted=True)
+        placed = Placement(ctx.provider(run.provider), spec_of(run), inst)
+        _bring_up(ctx, run.id, lambda: placed, on_state, {}, adopted=True)
     except DqlctlError:
         pass  # recorded: FAILED with why (the caller sees the row)
     return ctx.registry.get(run.id)
@@ -131,17 +121,19 @@ def _step(ctx: Context, run_id: str, state: str, on_state: Callable[[Run], None]
         on_state(ctx.registry.get(run_id))
 
 
-def _bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
-              machine: Callable[[], Instance], on_state: Callable[[Run], None] | None,
-              running: dict[str, Any], adopted: bool = False) -> None:
-    """``machine()`` (a new one, BOOTSTRAPPING), then ready, the engine started (unless its job
-    is running already: ``adopted``), RUNNING; under the run's lease, torn down on every
-    failure."""
+def _bring_up(ctx: Context, run_id: str, machine: Callable[[], Placement],
+              on_state: Callable[[Run], None] | None, running: dict[str, Any],
+              adopted: bool = False) -> None:
+    """``machine()`` (a new one, BOOTSTRAPPING, on the provider it says), then ready, the
+    engine started (unless its job is running already: ``adopted``), RUNNING; under the run's
+    lease, torn down on every failure."""
     registry = ctx.registry
     instance: Instance | None = None
+    provider: Any = None
     try:
         with hold(ctx, run_id):
-            instance = machine()
+            placed = machine()
+            provider, spec, instance = placed.provider, placed.spec, placed.instance
             instance = provider.wait_ready(instance)
             for warning in instance.extra.pop("warnings", []):  # e.g. a host key taken unverified
                 registry.add_event(run_id, "warning", {"message": warning})
@@ -157,7 +149,7 @@ def _bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
         reason = one_line(exc) if not isinstance(exc, KeyboardInterrupt) else "interrupted"
         if isinstance(exc, BudgetReached):
             reason = str(exc)
-        if instance is not None:
+        if instance is not None and provider is not None:
             try:
                 provider.terminate(instance)
             except Exception as term_exc:  # keep the original error; say teardown failed

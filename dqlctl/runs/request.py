@@ -51,6 +51,20 @@ class LaunchRequest:
     max_cost: float | None = None     # stop the run (checkpoint first) before it costs more
     max_recoveries: int = 3           # relaunches after a spot preemption (see ``recover``)
     engine_args: list[str] = field(default_factory=list)
+    failover_clouds: bool = False     # no capacity anywhere on this cloud: the next cloud
+    failover_results: list[str] = field(default_factory=list)  # results URIs on other clouds
+
+
+def preflight(provider: Any) -> None:
+    """A cloud whose credentials (or SDK) do not work is refused before anything is recorded:
+    what its ``check()`` finds wrong (a provider that runs jobs here needs no credentials)."""
+    if Capability.LOCAL_JOB in provider.capabilities:
+        return
+    for item in provider.check().items:
+        if not item.ok:
+            fix = f" (fix: {item.fix})" if item.fix else ""
+            raise ProviderFailure(f"{provider.name}: {item.name}: {item.detail}{fix}",
+                                  field="provider")
 
 
 def resolve_auto(ctx: Context, req: LaunchRequest) -> None:
@@ -118,6 +132,24 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
         raise UsageError(str(exc), field="data") from None
 
 
+def failover_results(uris: list[str]) -> dict[str, str]:
+    """``--failover-results`` as {cloud: URI}: one bucket URI per cloud (s3://, gs://, az://)."""
+    from providers.prices.estimate import DATA_LOCATIONS
+
+    out: dict[str, str] = {}
+    for uri in uris:
+        scheme, sep, rest = uri.partition("://")
+        cloud = DATA_LOCATIONS.get(scheme) if sep and rest.strip("/") else None
+        if cloud is None:
+            raise UsageError(f"--failover-results {uri!r}: give a bucket URI (s3://, gs:// or "
+                             "az://BUCKET/PREFIX)", field="failover_results")
+        if cloud in out:
+            raise UsageError(f"--failover-results: two places on {cloud} ({out[cloud]!r}, "
+                             f"{uri!r}); give one per cloud", field="failover_results")
+        out[cloud] = uri.rstrip("/")
+    return out
+
+
 #: the most addresses ``--ssh-cidr`` may open port 22 to without ``--yes`` (a /24)
 SSH_CIDR_MAX_ADDRESSES = 256
 
@@ -151,6 +183,7 @@ def _engine_args(req: LaunchRequest, experiment: str) -> list[str]:
 def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     """The provider's launch spec for a validated request."""
     pinned = req.region is not None and req.provider != AUTO   # before auto picks one
+    clouds = req.failover_clouds or req.provider == AUTO
     data_path = validate_request(ctx, req)
     name = req.name or f"{Path(data_path).stem.lower().replace('_', '-')}-{req.agent_type}"
     workdir = ctx.run_dir(run_id)
@@ -160,6 +193,10 @@ def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     extra: dict[str, Any] = {"keep": req.keep, "max_recoveries": req.max_recoveries}
     if pinned:
         extra["region_pinned"] = True   # capacity failover stays in this region's zones
+    if clouds:
+        extra["failover_clouds"] = True
+    if req.failover_results:
+        extra["failover_results"] = failover_results(req.failover_results)
     if req.max_cost is not None:
         extra["max_cost"] = req.max_cost
     for key in ("idle_minutes", "collect_grace_minutes"):  # the VM's self-care

@@ -55,6 +55,12 @@ def register(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be created, create nothing")
     p.add_argument("--results-dir", help="where results go (default: the run's folder)")
+    p.add_argument("--failover-clouds", action="store_true",
+                   help="no capacity on this cloud in any region: go on to the next cloud "
+                   "offering the GPU, cheapest first (on with --provider auto)")
+    p.add_argument("--failover-results", action="append", default=[], metavar="URI",
+                   help="where results go on another cloud after a cross-cloud failover, e.g. "
+                   "gs://bucket/runs (repeat per cloud; the checkpoint is copied there)")
     p.add_argument("-f", "--follow", action="store_true",
                    help="stream progress until the run ends; exit with its status")
     p.add_argument("--json", action="store_true", help="print the run as JSON")
@@ -74,7 +80,8 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
         max_price=args.max_price, image=args.image, image_id=args.image_id,
         ssh_cidr=args.ssh_cidr, wide_ssh_ok=args.yes, keep=args.keep, max_cost=args.max_cost,
         idle_minutes=args.idle_minutes, collect_grace_minutes=args.collect_grace_minutes,
-        max_recoveries=args.max_recoveries, engine_args=args.engine_args)
+        max_recoveries=args.max_recoveries, engine_args=args.engine_args,
+        failover_clouds=args.failover_clouds, failover_results=args.failover_results)
     quiet = args.json
     if args.dry_run:
         plan = runs.plan(ctx, req)
