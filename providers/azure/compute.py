@@ -87,7 +87,9 @@ def vm_size_for(gpu: str | None, instance_type: str | None) -> str:
 class AzureProvider(AzureAccess, SshVm):
     name = "azure"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
-                              Capability.CONTAINER, Capability.PRICES})
+                              Capability.CONTAINER, Capability.PRICES,
+                              Capability.DIRECT_RESULTS})  # its identity: the container
+    direct_scheme = "az"
     self_delete = "azure"
 
     def __init__(self, home: str | os.PathLike[str] | None = None,
@@ -98,8 +100,10 @@ class AzureProvider(AzureAccess, SshVm):
                  remote_root: str = "dqlctl", remote_python: str = "python3",
                  ssh_cidr: str | None = None, ready_timeout: float = 600.0,
                  poll_interval: float = 2.0, os_disk_gb: int = 128,
-                 host_key_wait: float = 180.0, imds_endpoint: str | None = None) -> None:
+                 host_key_wait: float = 180.0, imds_endpoint: str | None = None,
+                 vm_env: dict[str, str] | None = None) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
+        self.extra_vm_env = dict(vm_env or {})  # test hook: the VM's blob endpoint and CA
         self.subscription_id = subscription_id
         self.imds_endpoint = imds_endpoint
         self.location = location
@@ -286,6 +290,19 @@ class AzureProvider(AzureAccess, SshVm):
             body.billing_profile = cm.BillingProfile(max_price=spec.max_price or -1)
         body.identity = cm.VirtualMachineIdentity(type="SystemAssigned")
         return body
+
+    def vm_env(self, instance: Instance) -> dict[str, str]:
+        """The engine's settings on the VM: the storage account (``storage_account_id``'s name)
+        and its credential, the VM's managed identity alone (``AZURE_TOKEN_CREDENTIALS``:
+        azure-identity's DefaultAzureCredential then asks IMDS for the token and tries nothing
+        else); no key or connection string. ``imds_endpoint`` (a test hook) points
+        azure-identity's IMDS client there (its ``AZURE_POD_IDENTITY_AUTHORITY_HOST``)."""
+        env = {"AZURE_TOKEN_CREDENTIALS": "ManagedIdentityCredential"}
+        if self.storage_account_id:
+            env["AZURE_STORAGE_ACCOUNT"] = self.storage_account_id.rstrip("/").rsplit("/", 1)[-1]
+        if self.imds_endpoint:
+            env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = self.imds_endpoint
+        return {**env, **self.extra_vm_env}
 
     def self_delete_env(self) -> dict[str, str]:
         """Where the VM's self-delete finds IMDS and ARM (when not Azure's own: the tests'
