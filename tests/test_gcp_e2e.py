@@ -125,8 +125,9 @@ def results_bucket(gcs_env: str) -> str:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    storage.Client(project="dqlctl-test", credentials=AnonymousCredentials()).create_bucket(
-        BUCKET)
+    client = storage.Client(project="dqlctl-test", credentials=AnonymousCredentials())
+    if client.lookup_bucket(BUCKET) is None:    # the server outlives a test (the session's)
+        client.create_bucket(BUCKET)
     return f"gs://{BUCKET}/runs"
 
 
