@@ -114,12 +114,13 @@ def taken_back(vm: dict[str, Any], run: Any, cloud: Cloud, release: Path) -> Non
 
 def recovered(home: Path, run: Any) -> Any:
     """A look at the run relaunches it; followed to its end (SUCCEEDED)."""
-    (row,) = runs.reconcile_all(Context(home=home))
-    assert row.state == reg.RUNNING and "recovered" in row.reason, row.reason
-    assert row.spec["extra"]["recoveries"] == 1 and "--resume" in row.spec["job"]["engine_args"]
-    history = [e["to_state"] for e in Context(home=home).registry.events(run.id)
-               if e["to_state"]]
-    assert history[-4:] == [reg.PREEMPTED, reg.RECOVERING, reg.BOOTSTRAPPING, reg.RUNNING]
+    ctx = Context(home=home)
+    (row,) = runs.reconcile_all(ctx)
+    assert (row.state, row.spec["extra"]["recoveries"]) == (reg.RUNNING, 1), row.reason
+    assert "recovered" in row.reason and "--resume" in row.spec["job"]["engine_args"]
+    moves = [e["to_state"] for e in ctx.registry.events(run.id)]
+    assert [m for m in moves if m][-4:] == [reg.PREEMPTED, reg.RECOVERING, reg.BOOTSTRAPPING,
+                                            reg.RUNNING], moves
     final = runs.follow(Context(home=home), row)
     assert final.state == reg.SUCCEEDED, final.reason
     assert final.instance["extra"]["direct"] is True

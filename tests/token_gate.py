@@ -137,6 +137,15 @@ def blob_policy(arm: FakeAzure, account_id: str) -> Policy:
     return check
 
 
+class _QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 (keep-alive, as the SDKs use it), no access log."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        return None
+
+
 class TokenGate:
     """See the module's docstring. ``target``: the stand-in's base URL."""
 
@@ -177,12 +186,7 @@ class TokenGate:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         gate = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(_QuietHandler):
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     out = b""

@@ -12,6 +12,12 @@ Contributor* on that VM only, with which the VM deletes itself when its run is o
 names an ``az://container/...`` URI, *Storage Blob Data Contributor* scoped to that container
 (the storage account is ``[providers.azure] storage_account_id``); nothing else.
 
+Results: a run whose ``--results-dir`` is an ``az://`` container has its engine on the VM write
+there itself (``Capability.DIRECT_RESULTS``), with the managed identity alone (its token from
+IMDS; no account key or connection string goes to the VM), so an evicted Spot VM's run is
+relaunched from its last checkpoint (dqlctl/runs/recovery.py). Any other results place is
+collected over SSH at the end.
+
 The VM's serial console goes to boot diagnostics (managed storage); its SSH host keys are read
 there (cloud-init's ``SSH HOST KEY FINGERPRINTS`` block) before the first connection.
 
@@ -25,7 +31,9 @@ Credentials come from ``DefaultAzureCredential`` (``az login``, a service princi
 subscription from ``AZURE_SUBSCRIPTION_ID``. SDKs are imported lazily. ``arm_endpoint`` points
 the clients elsewhere (the tests' local ARM server); over plain http the token is attached by a
 small policy, since the SDK's own refuses to send one without TLS. ``imds_endpoint`` (a test
-hook) is where the VM's self-delete finds IMDS; it reaches ARM at ``arm_endpoint``.
+hook) is where the VM's self-delete, notice watcher and azure-identity find IMDS; the
+self-delete reaches ARM at ``arm_endpoint``. ``vm_env`` (a test hook) adds settings to the
+engine's environment on the VM (the tests: the blob stand-in's URL and certificate).
 
 This module is the VM's lifecycle (launch across zones, describe, list, terminate); the run's
 group, network and role assignments are ``providers/azure/access.py``, the SDKs and their error

@@ -13,6 +13,12 @@ and its boot disk would go on billing; see providers/selfdelete.py), and the ins
 ``terminate`` removes all of it (idempotent). The VM's SSH host keys are read from its guest
 attributes (``hostkeys/``, written by the guest agent) before the first connection.
 
+Results: a run whose ``--results-dir`` is a ``gs://`` bucket has its engine on the VM write
+there itself (``Capability.DIRECT_RESULTS``): each checkpoint is uploaded as it is written, so a
+preempted Spot VM's run is relaunched from it (dqlctl/runs/recovery.py). The storage SDK's
+credentials are the instance's service account, its tokens from the metadata server; no key
+leaves the operator's machine. Any other results place is collected over SSH at the end.
+
 Capacity: zones of the region are tried in turn; ``ZONE_RESOURCE_POOL_EXHAUSTED`` and quota
 errors (from the insert call or from its long-running operation) fall through to the next zone.
 Operations are awaited with ``zoneOperations.wait`` / ``globalOperations.wait`` (server-side
@@ -24,7 +30,9 @@ Credentials are Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIAL
 them at a local server that answers the real REST shapes. The SSH half shared with
 the other VM clouds (key, wait for sshd, pin its host key, start/follow/collect the job) is
 ``SshVm`` in providers/vm.py. ``metadata_endpoint`` (a test hook) is where the VM's
-self-delete finds the metadata server; it reaches compute at ``compute_endpoint``.
+self-delete, notice watcher and google-auth find the metadata server; the self-delete reaches
+compute at ``compute_endpoint``. ``vm_env`` (a test hook) adds settings to the engine's
+environment on the VM (the tests: ``API_ENDPOINT_OVERRIDE``, the storage stand-in).
 """
 
 from __future__ import annotations
