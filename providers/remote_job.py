@@ -202,7 +202,8 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     """Prepare the VM and start the engine detached; what the handle needs to find it again.
 
     ``env``: settings for the engine's environment (not secret: the region, say). ``direct``:
-    the VM has an identity that can write the run's bucket (an instance role), so a native
+    the VM has an identity that can write the run's bucket (an AWS instance role, a GCE service
+    account, an Azure managed identity), so a native
     engine whose results go to object storage writes there itself: each checkpoint is uploaded
     as it is written and survives the VM (``--resume`` finds it), and nothing is left to
     collect. Otherwise the engine writes to the VM's disk and ``collect`` copies it home.

@@ -95,6 +95,9 @@ class SshVm:
     #: the cloud the VM asks to delete it once its run is over (``providers.selfdelete``), where
     #: a guest shutdown would not end the billing (GCE, Azure); None: the shutdown does (AWS)
     self_delete: str | None = None
+    #: the storage scheme the VM's own identity writes (``Capability.DIRECT_RESULTS``): results
+    #: under it go straight to the bucket from the VM; any other scheme is collected over SSH
+    direct_scheme: str | None = None
 
     _ready_sessions: dict[str, Any]
     capabilities: frozenset[Capability]
@@ -248,11 +251,17 @@ class SshVm:
                                     python=self.remote_python, runtime=runtime,
                                     secrets=secrets, image=spec.image,
                                     env=self.vm_env(instance),
-                                    direct=Capability.DIRECT_RESULTS in self.capabilities,
+                                    direct=self.writes_directly(spec.job.results_dir),
                                     selfcare=self.selfcare(spec),
                                     notices=self.notices(spec))
         instance.extra.update(info)
         return instance
+
+    def writes_directly(self, results_dir: str) -> bool:
+        """Whether the VM's engine writes ``results_dir`` itself, with the VM's identity (a
+        bucket of this cloud's ``direct_scheme``; the identity was granted that bucket alone)."""
+        return Capability.DIRECT_RESULTS in self.capabilities and bool(self.direct_scheme) \
+            and results_dir.startswith(f"{self.direct_scheme}://")
 
     def selfcare(self, spec: LaunchSpec) -> Any:
         """When the VM shuts itself down (``providers.remote_job.SelfCare``): the run's

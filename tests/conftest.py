@@ -5,6 +5,8 @@ Session-scoped servers (each starts on first use, on a free port, and is killed 
 - ``moto_server`` -> str: the endpoint URL of a moto server (AWS S3, EC2, IAM, ...).
 - ``azurite`` -> str: a connection string for an in-memory Azurite blob service.
 - ``fake_gcs`` -> str: the endpoint of an in-memory fake-gcs-server (STORAGE_EMULATOR_HOST).
+- ``azurite_oauth`` -> :class:`tests.servers.Server`: Azurite over HTTPS in OAuth mode (bearer
+  tokens accepted), its self-signed certificate in ``extra['cert']``.
 - ``sshd_vm`` -> :class:`tests.servers.SshVm`: an OpenSSH server acting as a VM (host, port,
   username, client key path, the known_hosts line that pins its host key).
 
@@ -61,6 +63,24 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = _start(lambda: servers.start_azurite(tmp_path_factory.mktemp("azurite")))
     try:
         yield server.extra["connection_string"]
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite_oauth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    """Azurite over HTTPS with ``--oauth basic`` (it takes bearer tokens too), shared by the
+    session: ``url`` (https), ``extra['connection_string']`` and ``extra['cert']`` (the
+    self-signed certificate a client must trust, e.g. REQUESTS_CA_BUNDLE)."""
+    from tests.token_gate import self_signed
+
+    workdir = tmp_path_factory.mktemp("azurite-oauth")
+    cert, key = self_signed(workdir / "tls")
+    server = _start(lambda: servers.start_azurite_oauth(workdir, cert, key))
+    server.extra["cert"] = str(cert)
+    server.extra["key"] = str(key)
+    try:
+        yield server
     finally:
         server.stop()
 

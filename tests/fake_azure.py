@@ -34,6 +34,7 @@ running VMs (the VM stand-in's sshd trusts those), ``evict(group, name)`` takes 
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import itertools
 import json
@@ -48,6 +49,7 @@ from typing import Any
 from tests.fake_gce import FakeHttpServer, HttpError, Request, Response
 
 TOKEN = "fake-azure-arm-token"
+TENANT = "72f988bf-0000-0000-0000-00000000d0c7"      # the tenant the fake's identities live in
 #: the built-in roles that may delete a VM: Virtual Machine Contributor, Contributor, Owner
 VM_DELETERS = ("9980e02c-c2be-4d73-94e8-173b1dc7cf3c", "b24988ac-6180-42a0-ab88-20f7382dd24c",
                "8e3af657-a8ff-443c-a75c-2fe8c4bcb635")
@@ -119,6 +121,7 @@ class FakeAzure(FakeHttpServer):
         #: through boot diagnostics; None: the log has no fingerprint block
         self.vm_host_keys: list[str] | None = None
         self.identity_tokens: dict[str, str] = {}            # token -> principal id
+        self.token_audience: dict[str, str] = {}             # token -> its aud claim
         self.deleted_by_identity: dict[str, str] = {}        # lower VM id -> principal id
         self.public_address: str | None = None              # else 20.n.n.n, one per IP
         self._n = itertools.count(1)
@@ -140,6 +143,10 @@ class FakeAzure(FakeHttpServer):
                 return Response(200, self.serial_log(req.path.split("/", 3)[3]))
             bearer = req.headers.get("authorization", "").removeprefix("Bearer ")
             if bearer in self.identity_tokens:
+                if self.token_audience.get(bearer, "").startswith("https://storage."):
+                    raise aerror(401, "InvalidAuthenticationTokenAudience",
+                                 "The access token has been obtained for wrong audience or "
+                                 "resource 'https://storage.azure.com'.")
                 return self._as_identity(req, self.identity_tokens[bearer])
             if req.headers.get("authorization") != f"Bearer {TOKEN}":
                 raise aerror(401, "AuthenticationFailed", "Authentication failed. The "
@@ -573,10 +580,25 @@ class FakeAzure(FakeHttpServer):
     # -- a VM's managed identity -------------------------------------------------------------
 
     def mint_identity_token(self, principal: str, resource: str) -> str:
-        """A token of the managed identity ``principal`` (what IMDS hands its VM)."""
+        """A token of the managed identity ``principal`` for ``resource`` (what IMDS hands its
+        VM): a JWT with Entra ID's claims (``aud`` the resource, ``iss`` the tenant's STS,
+        ``oid`` the principal, ``iat``/``nbf``/``exp``), which Azurite in OAuth mode checks; its
+        signature is a stand-in (no one here verifies one). ``token_audience`` says whom it
+        was for."""
+        now = int(time.time())
+        claims = {"aud": resource.rstrip("/"), "iss": f"https://sts.windows.net/{TENANT}/",
+                  "iat": now, "nbf": now, "exp": now + 86399, "oid": principal,
+                  "sub": principal, "tid": TENANT, "appid": principal, "idtyp": "app",
+                  "jti": uuid.uuid4().hex}
+
+        def part(value: dict[str, Any]) -> str:
+            raw = json.dumps(value, separators=(",", ":")).encode()
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        token = f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.ZmFrZQ"
         with self.lock:
-            token = f"fake-identity-{uuid.uuid4().hex}"
             self.identity_tokens[token] = principal
+            self.token_audience[token] = claims["aud"]
             return token
 
     def _as_identity(self, req: Request, principal: str) -> Response:

@@ -3,8 +3,10 @@
 
 ``FakeGceMetadata`` answers ``/computeMetadata/v1/...`` as GCE's metadata server does (only
 with ``Metadata-Flavor: Google``, echoed in the answer): the default service account's access
-token (JSON), ``project/project-id``, ``instance/zone`` (``projects/NUMBER/zones/ZONE``) and
-``instance/name`` (text). ``FakeAzureImds`` answers Azure IMDS (only with ``Metadata: true``):
+token (JSON) and its ``email``/``scopes`` (``service-accounts/default/?recursive=true``),
+``project/project-id``, ``instance/zone`` (``projects/NUMBER/zones/ZONE``), ``instance/name``
+and ``universe/universe-domain`` (text), and ``/`` with the flavor header, which is how
+google-auth tells it runs on GCE (``GCE_METADATA_HOST``/``GCE_METADATA_IP`` point it here). ``FakeAzureImds`` answers Azure IMDS (only with ``Metadata: true``):
 ``/metadata/identity/oauth2/token`` (the managed identity's token JSON, for the ``resource``
 asked) and ``/metadata/instance`` (``compute.resourceId`` and the rest of the shape).
 
@@ -60,6 +62,12 @@ class FakeGceMetadata(VmMetadata):
             self.preempted = True
             self.changed.notify_all()
 
+    def new_instance(self) -> None:
+        """Another instance stands here now: not preempted (yet)."""
+        with self.changed:
+            self.preempted = False
+            self.changed.notify_all()
+
     def _preempted(self, req: Request, flavor: dict[str, str]) -> Response:
         def value() -> str:
             return "TRUE" if self.preempted else "FALSE"
@@ -90,7 +98,11 @@ class FakeGceMetadata(VmMetadata):
             return Response(200, "ok")
         if req.headers.get("metadata-flavor") != "Google":
             return Response(403, "Missing required header: Metadata-Flavor", flavor)
+        if req.path == "/":     # google-auth's "am I on GCE?" look
+            return Response(200, "computeMetadata/\n", flavor)
         path = req.path.removeprefix("/computeMetadata/v1/")
+        if path == "universe/universe-domain":
+            return Response(200, "googleapis.com", flavor)
         if path == "instance/preempted":
             return self._preempted(req, flavor)
         if path == "project/project-id":
@@ -104,6 +116,11 @@ class FakeGceMetadata(VmMetadata):
             return Response(200, f"projects/{PROJECT_NUMBER}/zones/{zone}", flavor)
         if path == "instance/name":
             return Response(200, name, flavor)
+        accounts = (self.gce.instances.get((zone, name)) or {}).get("serviceAccounts") or []
+        if path in ("instance/service-accounts/default/",
+                    "instance/service-accounts/default") and accounts:
+            return Response(200, {"aliases": ["default"], "email": accounts[0]["email"],
+                                  "scopes": list(accounts[0].get("scopes", []))}, flavor)
         if path == "instance/service-accounts/default/token":
             try:
                 token = self.gce.mint_vm_token(zone, name)

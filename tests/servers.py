@@ -126,9 +126,11 @@ def wait_http(url: str, timeout: float = START_TIMEOUT,
         delay = min(delay * 2, 0.25)
 
 
-def _launch(name: str, make_argv: Callable[[int], list[str]], ready_path: str, workdir: Path,
-            tries: int = 3, env: dict[str, str] | None = None) -> Server:
-    """Start ``make_argv(port)`` and wait for ``http://127.0.0.1:<port><ready_path>``.
+def _launch(name: str, make_argv: Callable[[int], list[str]], ready_path: str | None,
+            workdir: Path, tries: int = 3, env: dict[str, str] | None = None,
+            scheme: str = "http") -> Server:
+    """Start ``make_argv(port)`` and wait for ``http://127.0.0.1:<port><ready_path>`` (for
+    the port to accept connections when ``ready_path`` is None).
 
     The free port may be taken between the probe and the server's bind; a server that exits
     early is retried on a fresh port, a few times.
@@ -143,9 +145,12 @@ def _launch(name: str, make_argv: Callable[[int], list[str]], ready_path: str, w
                                     stdin=subprocess.DEVNULL, cwd=workdir,
                                     start_new_session=True,
                                     env={**os.environ, **env} if env else None)
-        server = Server(name, proc, port, f"http://127.0.0.1:{port}", log)
+        server = Server(name, proc, port, f"{scheme}://127.0.0.1:{port}", log)
         try:
-            wait_http(server.url + ready_path, proc=proc)
+            if ready_path is None:
+                wait_tcp("127.0.0.1", port, proc=proc)
+            else:
+                wait_http(server.url + ready_path, proc=proc)
             return server
         except ServerFailed as exc:
             server.stop()
@@ -204,6 +209,24 @@ def start_azurite(workdir: Path) -> Server:
         "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry", "--silent"],
         f"/{AZURITE_ACCOUNT}?comp=list", workdir)
     server.extra["connection_string"] = azurite_connection_string(server.port)
+    return server
+
+
+def start_azurite_oauth(workdir: Path, cert: Path, key: Path) -> Server:
+    """Azurite's blob service in memory over HTTPS (``cert``/``key``) with ``--oauth basic``:
+    it also accepts a bearer token (issuer, audience and lifetime checked, not the signature
+    nor any role). ``url`` is https; ``extra['connection_string']`` its shared-key string
+    (the operator's side: the client must trust ``cert``, e.g. REQUESTS_CA_BUNDLE)."""
+    if not AZURITE_BIN.exists():
+        raise MissingTool(f"Azurite not found at {AZURITE_BIN}: run `make system-deps`")
+    server = _launch("azurite-oauth", lambda port: [
+        str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+        "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry", "--silent",
+        "--oauth", "basic", "--cert", str(cert), "--key", str(key)], None, workdir,
+        scheme="https")
+    server.extra["connection_string"] = (
+        f"DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};"
+        f"AccountKey={AZURITE_KEY};BlobEndpoint={server.url}/{AZURITE_ACCOUNT};")
     return server
 
 

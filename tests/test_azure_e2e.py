@@ -14,10 +14,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,12 @@ from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
 from dqlctl.owner import os_user, owner_tags
-from providers.base import JobSpec, LaunchSpec
+from providers.base import Instance, JobSpec, LaunchSpec
 from providers.ssh import fingerprint
 from tests.fake_azure import TOKEN, FakeAzure, write_fake_az
 from tests.fake_gce import FakeHttpServer, Request, Response
 from tests.fake_metadata import FakeAzureImds
+from tests.token_gate import TokenGate, blob_policy
 from tests.vm import controller_killed_mid_run, deleted_itself_record, vm_sshd
 
 CIDR = "198.51.100.7/32"
@@ -232,18 +235,59 @@ def test_dry_run_check_and_missing_credentials_exit_3(
     assert arm.leftovers() == NOTHING
 
 
-def test_results_land_in_the_runs_blob_container(home: Path, arm: FakeAzure, vm: dict[str, Any],
-                                                 azure_env: str) -> None:
+@contextmanager
+def blob_gate(arm: FakeAzure, home: Path, azurite_oauth: Any,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[TokenGate]:
+    """Azure Blob as the VM reaches it: Azurite in OAuth mode (HTTPS) behind a gate that lets
+    in only a managed identity's storage token whose principal holds Storage Blob Data
+    Contributor on the container (the account is the one of ``storage_account_id``). The VM's
+    SDK is pointed at the gate (``[providers.azure.vm_env]``, a test hook) and trusts the
+    stand-in's certificate; the operator's side (this process) uses Azurite's shared key."""
+    cert = azurite_oauth.extra["cert"]
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING",
+                       azurite_oauth.extra["connection_string"])
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+    config = home / "config.toml"
+    account = re.search(r'storage_account_id = "([^"]+)"', config.read_text()).group(1)  # type: ignore[union-attr]
+    with TokenGate(azurite_oauth.url, blob_policy(arm, account),
+                   tls=(Path(cert), Path(azurite_oauth.extra["key"])),
+                   upstream_ca=Path(cert)) as gate:
+        config.write_text(config.read_text() + "[providers.azure.vm_env]\n"
+                          f'AZURE_STORAGE_ACCOUNT_URL = "{gate.url}/devstoreaccount1"\n'
+                          f'REQUESTS_CA_BUNDLE = "{cert}"\n')
+        yield gate
+
+
+def test_results_land_in_the_runs_blob_container(
+        home: Path, arm: FakeAzure, vm: dict[str, Any], imds: FakeAzureImds,
+        azurite_oauth: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VM's engine writes its results to the container itself, with its managed
+    identity's token from IMDS: no key or connection string goes to the VM."""
     from azure.storage.blob import BlobServiceClient
 
-    blobs = BlobServiceClient.from_connection_string(azure_env)
-    blobs.create_container("results")
-    ctx = Context(home=home)
-    assert main(launch_args("--episodes", "2", "--name", "toblob", "--results-dir",
-                            "az://results/runs"), ctx=ctx) == 0
-    (run,) = Context(home=home).registry.list()
-    final = runs.follow(Context(home=home), run)
-    assert final.state == reg.SUCCEEDED, final.reason
+    with blob_gate(arm, home, azurite_oauth, monkeypatch) as gate:
+        blobs = BlobServiceClient.from_connection_string(
+            azurite_oauth.extra["connection_string"])
+        if not blobs.get_container_client("results").exists():
+            blobs.create_container("results")
+        ctx = Context(home=home)
+        assert main(launch_args("--episodes", "2", "--name", "toblob", "--results-dir",
+                                "az://results/runs"), ctx=ctx) == 0
+        (run,) = Context(home=home).registry.list()
+        group = f"dqlctl-{run.id}"
+        principal = arm.vm(group, group)["identity"]["principalId"]
+        final = runs.follow(Context(home=home), run)
+        assert final.state == reg.SUCCEEDED, final.reason
+        assert final.instance["extra"]["direct"] is True
+        assert imds.token_requests >= 1
+        assert gate.passed and {(who, c) for who, _, c in gate.passed} == \
+            {(principal, "results")}
+        assert gate.refused == []
+        shipped = Context(home=home).provider("azure").vm_env(Instance.from_dict(
+            final.instance))        # what the VM's environment file held
+        assert "AZURE_STORAGE_CONNECTION_STRING" not in shipped
+        assert not any("AccountKey" in v for v in shipped.values())
+        assert shipped["AZURE_TOKEN_CREDENTIALS"] == "ManagedIdentityCredential"
     container = blobs.get_container_client("results")
     names = {b.name for b in container.list_blobs(name_starts_with="runs/toblob/")}
     assert {"runs/toblob/events.jsonl", "runs/toblob/model.pth"} <= names

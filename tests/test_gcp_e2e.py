@@ -32,6 +32,7 @@ from providers.selfdelete import GCE_COMPUTE, GCE_METADATA
 from providers.storage import open_store
 from tests.fake_gce import FakeGce, serving_adc
 from tests.fake_metadata import FakeGceMetadata
+from tests.token_gate import TokenGate, gcs_policy
 from tests.vm import controller_killed_mid_run, deleted_itself_record, vm_sshd
 
 CIDR = "198.51.100.7/32"
@@ -63,8 +64,16 @@ def metadata(gce: FakeGce) -> Iterator[FakeGceMetadata]:
 
 
 @pytest.fixture()
+def gcs_gate(gce: FakeGce, fake_gcs: str) -> Iterator[TokenGate]:
+    """fake-gcs-server as the VM reaches it: behind a gate that lets in only a VM's token
+    (from the metadata server) whose service account the bucket's IAM policy names."""
+    with TokenGate(fake_gcs, gcs_policy(gce)) as gate:
+        yield gate
+
+
+@pytest.fixture()
 def home(tmp_path: Path, gce: FakeGce, vm: dict[str, Any], metadata: FakeGceMetadata,
-         monkeypatch: pytest.MonkeyPatch) -> Path:
+         gcs_gate: TokenGate, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "dqlctl-home"
     home.mkdir()
     (home / "config.toml").write_text(
@@ -77,7 +86,11 @@ def home(tmp_path: Path, gce: FakeGce, vm: dict[str, Any], metadata: FakeGceMeta
         f'remote_root = "{vm["root"]}"\n'
         f'remote_python = "{sys.executable}"\n'
         f'metadata_endpoint = "{metadata.url}"\n'   # test hook: the VM's metadata server
-        "ready_timeout = 60\npoll_interval = 0.1\n")
+        "ready_timeout = 60\npoll_interval = 0.1\n"
+        # test hook: the VM's storage SDK reaches GCS (fake-gcs-server) through the gate;
+        # its token comes from the metadata server above
+        "[providers.gcp.vm_env]\n"
+        f'API_ENDPOINT_OVERRIDE = "{gcs_gate.url}"\n')
     monkeypatch.setenv("DQLCTL_HOME", str(home))
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", SECRET)
     return home
@@ -112,13 +125,15 @@ def results_bucket(gcs_env: str) -> str:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    storage.Client(project="dqlctl-test", credentials=AnonymousCredentials()).create_bucket(
-        BUCKET)
+    client = storage.Client(project="dqlctl-test", credentials=AnonymousCredentials())
+    if client.lookup_bucket(BUCKET) is None:    # the server outlives a test (the session's)
+        client.create_bucket(BUCKET)
     return f"gs://{BUCKET}/runs"
 
 
-def test_launch_train_collect_to_gcs_and_tear_down(home: Path, gce: FakeGce,
-                                                   vm: dict[str, Any], results_bucket: str) -> None:
+def test_launch_train_write_to_gcs_and_tear_down(
+        home: Path, gce: FakeGce, vm: dict[str, Any], results_bucket: str,
+        metadata: FakeGceMetadata, gcs_gate: TokenGate) -> None:
     ctx = Context(home=home)
     args = launch_args("--episodes", "2", "--name", "e2e", "--results-dir", results_bucket,
                        "--json")
@@ -163,7 +178,12 @@ def test_launch_train_collect_to_gcs_and_tear_down(home: Path, gce: FakeGce,
 
     final = runs.follow(ctx, run)
     assert final.state == reg.SUCCEEDED, final.reason
-    # results came home to GCS (fake-gcs-server), through the storage layer
+    # the VM's engine wrote its results to GCS itself, with its service account's token
+    # from the metadata server (the gate let nothing else in); nothing was collected
+    assert final.instance["extra"]["direct"] is True
+    assert metadata.token_requests >= 1
+    assert gcs_gate.passed and {(who, bucket) for who, _, bucket in gcs_gate.passed} == \
+        {(email, BUCKET)}
     assert final.results_uri == f"{results_bucket}/e2e"
     store, prefix = open_store(final.results_uri)
     events = store.get_bytes(f"{prefix}/events.jsonl").decode().splitlines()

@@ -67,18 +67,20 @@ def preempted_by_notice(ctx: Context, run: Run, inst: Instance,
 
 def recoverable(ctx: Context, run: Run) -> str | None:
     """Why a PREEMPTED run cannot be relaunched on its own, or None when it can: a spot run whose
-    checkpoints survive the machine (its engine writes them to the bucket itself) and that has
-    recoveries left (``--max-recoveries``, 3 by default)."""
+    checkpoints survive the machine (its engine writes them to the bucket itself: a provider
+    with ``DIRECT_RESULTS``, and the job says it did) and that has recoveries left
+    (``--max-recoveries``, 3 by default)."""
     extra = run.spec.get("extra") or {}
     limit = int(extra.get("max_recoveries", 0))
     done = int(extra.get("recoveries", 0))
     results = str((run.spec.get("job") or {}).get("results_dir", ""))
     if done >= limit:
         return f"{done} of --max-recoveries {limit} used"
-    if "://" not in results or results.startswith("file://") or \
+    wrote_direct = ((run.instance or {}).get("extra") or {}).get("direct")
+    if "://" not in results or results.startswith("file://") or wrote_direct is False or \
             Capability.DIRECT_RESULTS not in ctx.provider(run.provider).capabilities:
-        return ("its checkpoints were on the machine's disk (give --results-dir a bucket to "
-                "have it relaunched from them)")
+        return ("its checkpoints were on the machine's disk (give --results-dir a bucket of "
+                "the run's cloud to have it relaunched from them)")
     return None
 
 

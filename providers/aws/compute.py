@@ -76,6 +76,7 @@ class AwsProvider(Ec2Access, SshVm):
                               Capability.CONTAINER, Capability.PRICES,
                               Capability.DIRECT_RESULTS,  # the role writes the run's bucket
                               Capability.IMAGE_REGISTRY})  # ECR (providers/aws/images.py)
+    direct_scheme = "s3"
 
     def __init__(self, home: str | os.PathLike[str] | None = None,
                  ssh_host_override: str | None = None, remote_root: str = "dqlctl",

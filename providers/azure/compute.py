@@ -12,6 +12,12 @@ Contributor* on that VM only, with which the VM deletes itself when its run is o
 names an ``az://container/...`` URI, *Storage Blob Data Contributor* scoped to that container
 (the storage account is ``[providers.azure] storage_account_id``); nothing else.
 
+Results: a run whose ``--results-dir`` is an ``az://`` container has its engine on the VM write
+there itself (``Capability.DIRECT_RESULTS``), with the managed identity alone (its token from
+IMDS; no account key or connection string goes to the VM), so an evicted Spot VM's run is
+relaunched from its last checkpoint (dqlctl/runs/recovery.py). Any other results place is
+collected over SSH at the end.
+
 The VM's serial console goes to boot diagnostics (managed storage); its SSH host keys are read
 there (cloud-init's ``SSH HOST KEY FINGERPRINTS`` block) before the first connection.
 
@@ -25,7 +31,9 @@ Credentials come from ``DefaultAzureCredential`` (``az login``, a service princi
 subscription from ``AZURE_SUBSCRIPTION_ID``. SDKs are imported lazily. ``arm_endpoint`` points
 the clients elsewhere (the tests' local ARM server); over plain http the token is attached by a
 small policy, since the SDK's own refuses to send one without TLS. ``imds_endpoint`` (a test
-hook) is where the VM's self-delete finds IMDS; it reaches ARM at ``arm_endpoint``.
+hook) is where the VM's self-delete, notice watcher and azure-identity find IMDS; the
+self-delete reaches ARM at ``arm_endpoint``. ``vm_env`` (a test hook) adds settings to the
+engine's environment on the VM (the tests: the blob stand-in's URL and certificate).
 
 This module is the VM's lifecycle (launch across zones, describe, list, terminate); the run's
 group, network and role assignments are ``providers/azure/access.py``, the SDKs and their error
@@ -87,7 +95,9 @@ def vm_size_for(gpu: str | None, instance_type: str | None) -> str:
 class AzureProvider(AzureAccess, SshVm):
     name = "azure"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
-                              Capability.CONTAINER, Capability.PRICES})
+                              Capability.CONTAINER, Capability.PRICES,
+                              Capability.DIRECT_RESULTS})  # its identity: the container
+    direct_scheme = "az"
     self_delete = "azure"
 
     def __init__(self, home: str | os.PathLike[str] | None = None,
@@ -98,8 +108,10 @@ class AzureProvider(AzureAccess, SshVm):
                  remote_root: str = "dqlctl", remote_python: str = "python3",
                  ssh_cidr: str | None = None, ready_timeout: float = 600.0,
                  poll_interval: float = 2.0, os_disk_gb: int = 128,
-                 host_key_wait: float = 180.0, imds_endpoint: str | None = None) -> None:
+                 host_key_wait: float = 180.0, imds_endpoint: str | None = None,
+                 vm_env: dict[str, str] | None = None) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
+        self.extra_vm_env = dict(vm_env or {})  # test hook: the VM's blob endpoint and CA
         self.subscription_id = subscription_id
         self.imds_endpoint = imds_endpoint
         self.location = location
@@ -286,6 +298,19 @@ class AzureProvider(AzureAccess, SshVm):
             body.billing_profile = cm.BillingProfile(max_price=spec.max_price or -1)
         body.identity = cm.VirtualMachineIdentity(type="SystemAssigned")
         return body
+
+    def vm_env(self, instance: Instance) -> dict[str, str]:
+        """The engine's settings on the VM: the storage account (``storage_account_id``'s name)
+        and its credential, the VM's managed identity alone (``AZURE_TOKEN_CREDENTIALS``:
+        azure-identity's DefaultAzureCredential then asks IMDS for the token and tries nothing
+        else); no key or connection string. ``imds_endpoint`` (a test hook) points
+        azure-identity's IMDS client there (its ``AZURE_POD_IDENTITY_AUTHORITY_HOST``)."""
+        env = {"AZURE_TOKEN_CREDENTIALS": "ManagedIdentityCredential"}
+        if self.storage_account_id:
+            env["AZURE_STORAGE_ACCOUNT"] = self.storage_account_id.rstrip("/").rsplit("/", 1)[-1]
+        if self.imds_endpoint:
+            env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = self.imds_endpoint
+        return {**env, **self.extra_vm_env}
 
     def self_delete_env(self) -> dict[str, str]:
         """Where the VM's self-delete finds IMDS and ARM (when not Azure's own: the tests'

@@ -100,10 +100,15 @@ class AzureStore(Store):
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
+        # azure-core passes its own ``verify`` on every request, which overrides the
+        # session's: a CA bundle (REQUESTS_CA_BUNDLE, as settle_environment honours it for
+        # the other stores) has to be the transport's
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        transport = RequestsTransport(session=session, session_owner=True,
+                                      **({"connection_verify": bundle} if bundle else {}))
         settings: dict[str, Any] = {"max_single_get_size": 4 * MIB,
                                     "max_chunk_get_size": 4 * MIB, "retry_total": 3,
-                                    "transport": RequestsTransport(session=session,
-                                                                   session_owner=True)}
+                                    "transport": transport}
         with self._errors("connect to"):
             service = self._service(service_class, settings)
         settle_environment(session, service.url)

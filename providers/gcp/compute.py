@@ -13,6 +13,12 @@ and its boot disk would go on billing; see providers/selfdelete.py), and the ins
 ``terminate`` removes all of it (idempotent). The VM's SSH host keys are read from its guest
 attributes (``hostkeys/``, written by the guest agent) before the first connection.
 
+Results: a run whose ``--results-dir`` is a ``gs://`` bucket has its engine on the VM write
+there itself (``Capability.DIRECT_RESULTS``): each checkpoint is uploaded as it is written, so a
+preempted Spot VM's run is relaunched from it (dqlctl/runs/recovery.py). The storage SDK's
+credentials are the instance's service account, its tokens from the metadata server; no key
+leaves the operator's machine. Any other results place is collected over SSH at the end.
+
 Capacity: zones of the region are tried in turn; ``ZONE_RESOURCE_POOL_EXHAUSTED`` and quota
 errors (from the insert call or from its long-running operation) fall through to the next zone.
 Operations are awaited with ``zoneOperations.wait`` / ``globalOperations.wait`` (server-side
@@ -24,7 +30,9 @@ Credentials are Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIAL
 them at a local server that answers the real REST shapes. The SSH half shared with
 the other VM clouds (key, wait for sshd, pin its host key, start/follow/collect the job) is
 ``SshVm`` in providers/vm.py. ``metadata_endpoint`` (a test hook) is where the VM's
-self-delete finds the metadata server; it reaches compute at ``compute_endpoint``.
+self-delete, notice watcher and google-auth find the metadata server; the self-delete reaches
+compute at ``compute_endpoint``. ``vm_env`` (a test hook) adds settings to the engine's
+environment on the VM (the tests: ``API_ENDPOINT_OVERRIDE``, the storage stand-in).
 """
 
 from __future__ import annotations
@@ -114,7 +122,9 @@ def buckets_of(*uris: str | None) -> list[str]:
 class GcpProvider(GceAccess, SshVm):
     name = "gcp"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
-                              Capability.CONTAINER, Capability.PRICES})
+                              Capability.CONTAINER, Capability.PRICES,
+                              Capability.DIRECT_RESULTS})  # its service account: the bucket
+    direct_scheme = "gs"
     self_delete = "gcp"
 
     def __init__(self, home: str | os.PathLike[str] | None = None, project: str | None = None,
@@ -126,8 +136,10 @@ class GcpProvider(GceAccess, SshVm):
                  remote_python: str = "python3", ssh_cidr: str | None = None,
                  ready_timeout: float = 600.0, poll_interval: float = 2.0,
                  boot_disk_gb: int = 100, operation_timeout: float = 600.0,
-                 host_key_wait: float = 120.0, metadata_endpoint: str | None = None) -> None:
+                 host_key_wait: float = 120.0, metadata_endpoint: str | None = None,
+                 vm_env: dict[str, str] | None = None) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
+        self.extra_vm_env = dict(vm_env or {})  # test hook: the VM's storage endpoint
         self.project = project
         self.metadata_endpoint = metadata_endpoint
         self.region = region
@@ -355,6 +367,17 @@ class GcpProvider(GceAccess, SshVm):
                 accelerator_type=f"zones/{zone}/acceleratorTypes/{accel}",
                 accelerator_count=count)]
         return body
+
+    def vm_env(self, instance: Instance) -> dict[str, str]:
+        """The engine's settings on the VM: the project for the storage SDK, whose credentials
+        are the instance's service account, its tokens from the metadata server (google-auth
+        finds it by itself; ``metadata_endpoint``, a test hook, points google-auth there through
+        its own ``GCE_METADATA_HOST``/``GCE_METADATA_IP``)."""
+        env = {"GOOGLE_CLOUD_PROJECT": str(instance.extra.get("project") or self.project_id)}
+        if self.metadata_endpoint:
+            host = self.metadata_endpoint.split("://", 1)[-1].rstrip("/")
+            env.update(GCE_METADATA_HOST=host, GCE_METADATA_IP=host)
+        return {**env, **self.extra_vm_env}
 
     def self_delete_env(self) -> dict[str, str]:
         """Where the VM's self-delete finds the metadata server and compute (when not Google's
