@@ -85,9 +85,38 @@ def _v3_lease(c: sqlite3.Connection) -> None:
     _add_columns(c, {"lease_owner": "TEXT", "lease_expires": "REAL"})
 
 
+def _v4_sweeps(c: sqlite3.Connection) -> None:
+    """Sweeps (``dqlctl.sweeps``): a ``sweeps`` row per sweep, its members' queue in
+    ``sweep_members`` (one row per member, its run id reserved, the run row made when the member
+    starts), and ``runs.sweep_id`` linking a member's run to its sweep."""
+    c.execute("""CREATE TABLE IF NOT EXISTS sweeps (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        provider    TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        ended_at    REAL,
+        concurrency INTEGER NOT NULL,
+        max_cost    REAL,
+        reason      TEXT,
+        spec        TEXT NOT NULL DEFAULT '{}')""")
+    c.execute("""CREATE TABLE IF NOT EXISTS sweep_members (
+        sweep_id   TEXT NOT NULL REFERENCES sweeps(id),
+        idx        INTEGER NOT NULL,
+        run_id     TEXT NOT NULL UNIQUE,
+        name       TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        request    TEXT NOT NULL DEFAULT '{}',
+        reason     TEXT,
+        PRIMARY KEY (sweep_id, idx))""")
+    _add_columns(c, {"sweep_id": "TEXT"})
+    c.execute("CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep_id)")
+
+
 #: ``(version, step)`` in order: a database at version N gets every step above N. A database
 #: from before versioning (user_version 0) gets them all; each step tolerates what is there.
-_MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _v1_tables), (2, _v2_billing), (3, _v3_lease))
+_MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _v1_tables), (2, _v2_billing), (3, _v3_lease),
+                                                 (4, _v4_sweeps))
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 

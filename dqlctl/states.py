@@ -71,6 +71,7 @@ class Run:
     billed_since: float | None = None  # start of the billed interval still open
     lease_owner: str | None = None     # the controller working on the run (``LEASED`` states)
     lease_expires: float | None = None
+    sweep_id: str | None = None        # the sweep the run is a member of (``dqlctl.sweeps``)
 
     @property
     def terminal(self) -> bool:
