@@ -107,19 +107,19 @@ def sweep_cost(ctx: Context, runs_: list[Run], now: float) -> float:
     return round(sum(run_cost(ctx, r, now) for r in runs_), 4)
 
 
-def look(ctx: Context, sweep: Sweep) -> tuple[Sweep, list[str]]:
+def look(ctx: Context, sweep: Sweep, reconcile: bool = True) -> tuple[Sweep, list[str]]:
     """Bring the sweep up to date: its live runs reconciled (each on its own: one that fails
-    hides no other), its budget checked, its queued members started into free slots. The sweep
-    after, and what went wrong."""
+    hides no other; ``reconcile=False`` when the caller just did), its budget checked, its queued
+    members started into free slots. The sweep after, and what went wrong."""
     from dqlctl.runs.lifecycle import one_line
-    from dqlctl.runs.reconciling import reconcile
+    from dqlctl.runs.reconciling import reconcile as reconcile_run
 
     registry = ctx.registry
     problems: list[str] = []
-    for run in registry.sweep_runs(sweep.id):
+    for run in registry.sweep_runs(sweep.id) if reconcile else []:
         if not run.terminal:
             try:
-                reconcile(ctx, run)
+                reconcile_run(ctx, run)
             except Exception as exc:  # noqa: BLE001 - said, the others still looked at
                 problems.append(f"{run.name} ({run.id}): {one_line(exc)}")
     sweep = registry.get_sweep(sweep.id)
@@ -133,12 +133,13 @@ def look(ctx: Context, sweep: Sweep) -> tuple[Sweep, list[str]]:
     return registry.get_sweep(sweep.id), problems
 
 
-def look_all(ctx: Context) -> list[str]:
-    """Every active sweep looked at (``dqlctl ps``, the TUI); what went wrong."""
+def look_all(ctx: Context, reconcile: bool = True) -> list[str]:
+    """Every active sweep looked at (``dqlctl ps``, the TUI: after reconciling every live run,
+    so ``reconcile=False``); what went wrong."""
     problems: list[str] = []
     for sweep in ctx.registry.list_sweeps(include_ended=False):
         try:
-            problems += look(ctx, sweep)[1]
+            problems += look(ctx, sweep, reconcile)[1]
         except Exception as exc:  # noqa: BLE001 - one sweep must not hide the others
             problems.append(f"sweep {sweep.name} ({sweep.id}): {type(exc).__name__}: {exc}")
     return problems
