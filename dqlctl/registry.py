@@ -40,7 +40,7 @@ from typing import Any
 
 from dqlctl.controllers import owner_gone, process_owner
 from dqlctl.errors import EXIT_RUN_FAILED, DqlctlError
-from dqlctl.registry_schema import _MIGRATIONS, SCHEMA_VERSION, private
+from dqlctl.registry_schema import _MIGRATIONS, SCHEMA_VERSION, RegistryError, private
 from dqlctl.registry_sweeps import SweepRegistry
 from dqlctl.states import (
     ACTIVE,
@@ -83,10 +83,6 @@ _UPDATABLE = frozenset({"region", "instance_type", "spot", "started_at", "ended_
                         "instance_ids", "instance", "results_uri", "price_per_hour", "cost_usd",
                         "exit_code", "reason", "spec", "progress", "metrics", "billed_s",
                         "billed_since", "lease_owner", "lease_expires"})
-
-
-class RegistryError(Exception):
-    pass
 
 
 class IllegalTransition(RegistryError):

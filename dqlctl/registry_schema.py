@@ -10,6 +10,10 @@ from typing import Any
 
 from dqlctl.states import bill
 
+
+class RegistryError(Exception):
+    """A registry row that is not there, or a change it refuses (``dqlctl.registry``)."""
+
 # The first version of the schema; every change since is a migration (``_MIGRATIONS``).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

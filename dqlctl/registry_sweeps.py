@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dqlctl.registry_schema import RegistryError
 from dqlctl.states import TERMINAL, Run
 
 SWEEP_ACTIVE, SWEEP_DONE, SWEEP_CANCELLED = "ACTIVE", "DONE", "CANCELLED"
@@ -110,8 +111,6 @@ class SweepRegistry:
     def get_sweep(self, sweep_id: str) -> Sweep:
         row = self._conn.execute("SELECT * FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
         if row is None:
-            from dqlctl.registry import RegistryError
-
             raise RegistryError(f"no sweep {sweep_id!r}")
         return _sweep(row)
 
@@ -123,8 +122,6 @@ class SweepRegistry:
 
     def resolve_sweep(self, ref: str) -> Sweep:
         """A sweep by id, unique id prefix, or name (the newest sweep of that name)."""
-        from dqlctl.registry import RegistryError
-
         rows = self._conn.execute("SELECT * FROM sweeps WHERE id = ? OR id LIKE ?"
                                   " ORDER BY id = ? DESC, created_at DESC",
                                   (ref, ref + "%", ref)).fetchall()

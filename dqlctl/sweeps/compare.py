@@ -38,9 +38,9 @@ def _total_return(results: Path) -> float | None:
     return float(got) if isinstance(got, int | float) else None
 
 
-def compare(ctx: Context, sweep: Sweep, runs: list[Run]) -> dict[str, Any]:
-    """See the module docstring: ``{"arms": [...], "compared": n, "not_compared": [...]}``."""
-    from dqlctl.sweeps.control import sweep_dir
+def compare(ctx: Context, sweep: Sweep, runs: list[Run], folder: Path) -> dict[str, Any]:
+    """See the module docstring (``folder``: the sweep's): ``{"arms": [...], "compared": n,
+    "not_compared": [...]}``."""
     from engine.aggregate import aggregate, records_from_run, write_summary
 
     info = sweep.spec.get("members", [])
@@ -74,10 +74,10 @@ def compare(ctx: Context, sweep: Sweep, runs: list[Run]) -> dict[str, Any]:
         for row in summary["markets"]:
             got = [x for x in arm["returns"].get(row["market"], []) if x is not None]
             row["agent_return_mean"] = sum(got) / len(got) if got else None
-        folder = sweep_dir(ctx, sweep.id) / (label if len(arms) > 1 else "")
+        where = folder / label if len(arms) > 1 else folder
         settings = {"sweep": f"{sweep.name} ({sweep.id})", "agent_type": arm["agent_type"],
                     **arm["settings"], "members compared": len(arm["records"])}
-        paths = write_summary(summary, folder, title=f"Sweep {sweep.name}: {label}",
+        paths = write_summary(summary, where, title=f"Sweep {sweep.name}: {label}",
                               settings=settings)
         out.append({"label": label, "agent_type": arm["agent_type"],
                     "settings": arm["settings"], "summary": summary,

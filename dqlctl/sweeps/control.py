@@ -218,5 +218,6 @@ def summary(ctx: Context, sweep: Sweep, now: float, *, compare: bool = True) -> 
     if compare:
         from dqlctl.sweeps.compare import compare as compare_members
 
-        out["comparison"] = compare_members(ctx, sweep, list(runs_.values()))
+        out["comparison"] = compare_members(ctx, sweep, list(runs_.values()),
+                                            sweep_dir(ctx, sweep.id))
     return out
