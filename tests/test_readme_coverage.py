@@ -139,7 +139,7 @@ def readme_claims() -> set[tuple[str, str | None]]:
                     continue
                 verb = tokens[0]
                 if verb in NESTED_VERBS and len(tokens) > 1 and not tokens[1].startswith("-"):
-                    verb = f"image {tokens[1]}"
+                    verb = f"{verb} {tokens[1]}"
                 current = verb
                 claims.add((verb, None))
                 for flag in _flags(tokens[1:]):
