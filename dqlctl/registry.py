@@ -40,7 +40,8 @@ from typing import Any
 
 from dqlctl.controllers import owner_gone, process_owner
 from dqlctl.errors import EXIT_RUN_FAILED, DqlctlError
-from dqlctl.registry_schema import _MIGRATIONS, SCHEMA_VERSION, private
+from dqlctl.registry_schema import _MIGRATIONS, SCHEMA_VERSION, RegistryError, private
+from dqlctl.registry_sweeps import SweepRegistry
 from dqlctl.states import (
     ACTIVE,
     BILLED,
@@ -86,10 +87,6 @@ _UPDATABLE = frozenset({"region", "instance_type", "spot", "started_at", "ended_
                         "priced_s", "provider"})
 
 
-class RegistryError(Exception):
-    pass
-
-
 class IllegalTransition(RegistryError):
     pass
 
@@ -118,8 +115,8 @@ def new_run_id() -> str:
     return secrets.token_hex(4)
 
 
-class Registry:
-    """The SQLite registry at ``<home>/registry.db``."""
+class Registry(SweepRegistry):
+    """The SQLite registry at ``<home>/registry.db`` (its sweep tables: ``SweepRegistry``)."""
 
     def __init__(self, path: str | os.PathLike[str], clock: Any = time.time) -> None:
         self.path = Path(path)
@@ -240,18 +237,27 @@ class Registry:
     def create(self, *, name: str, provider: str, spec: dict[str, Any], region: str | None = None,
                instance_type: str | None = None, spot: bool = False,
                results_uri: str | None = None, run_id: str | None = None) -> Run:
-        now = self.clock()
         rid = run_id or new_run_id()
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO runs (id, name, provider, region, instance_type, spot, state,"
-                " created_at, updated_at, results_uri, spec, lease_owner, lease_expires)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rid, name, provider, region, instance_type, int(spot), PENDING, now, now,
-                 results_uri, json.dumps(spec), self.owner, now + LEASE_S))
-            c.execute("INSERT INTO events (run_id, ts, kind, to_state, data) VALUES (?,?,?,?,?)",
-                      (rid, now, "created", PENDING, json.dumps({"name": name})))
+            self._insert_run(c, rid, name=name, provider=provider, spec=spec, region=region,
+                             instance_type=instance_type, spot=spot, results_uri=results_uri)
         return self.get(rid)
+
+    def _insert_run(self, c: sqlite3.Connection, rid: str, *, name: str, provider: str,
+                    spec: dict[str, Any], region: str | None = None,
+                    instance_type: str | None = None, spot: bool = False,
+                    results_uri: str | None = None, sweep_id: str | None = None) -> None:
+        """A new PENDING row (and its ``created`` event) inside the caller's transaction, its
+        controller lease held by this process."""
+        now = self.clock()
+        c.execute(
+            "INSERT INTO runs (id, name, provider, region, instance_type, spot, state,"
+            " created_at, updated_at, results_uri, spec, lease_owner, lease_expires, sweep_id)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rid, name, provider, region, instance_type, int(spot), PENDING, now, now,
+             results_uri, json.dumps(spec), self.owner, now + LEASE_S, sweep_id))
+        c.execute("INSERT INTO events (run_id, ts, kind, to_state, data) VALUES (?,?,?,?,?)",
+                  (rid, now, "created", PENDING, json.dumps({"name": name})))
 
     def _set_fields(self, c: sqlite3.Connection, run_id: str, now: float,
                     fields: dict[str, Any]) -> None:

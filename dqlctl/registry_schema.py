@@ -10,6 +10,10 @@ from typing import Any
 
 from dqlctl.states import bill
 
+
+class RegistryError(Exception):
+    """A registry row that is not there, or a change it refuses (``dqlctl.registry``)."""
+
 # The first version of the schema; every change since is a migration (``_MIGRATIONS``).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -85,7 +89,35 @@ def _v3_lease(c: sqlite3.Connection) -> None:
     _add_columns(c, {"lease_owner": "TEXT", "lease_expires": "REAL"})
 
 
-def _v4_prices(c: sqlite3.Connection) -> None:
+def _v4_sweeps(c: sqlite3.Connection) -> None:
+    """Sweeps (``dqlctl.sweeps``): a ``sweeps`` row per sweep, its members' queue in
+    ``sweep_members`` (one row per member, its run id reserved, the run row made when the member
+    starts), and ``runs.sweep_id`` linking a member's run to its sweep."""
+    c.execute("""CREATE TABLE IF NOT EXISTS sweeps (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        provider    TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        ended_at    REAL,
+        concurrency INTEGER NOT NULL,
+        max_cost    REAL,
+        reason      TEXT,
+        spec        TEXT NOT NULL DEFAULT '{}')""")
+    c.execute("""CREATE TABLE IF NOT EXISTS sweep_members (
+        sweep_id   TEXT NOT NULL REFERENCES sweeps(id),
+        idx        INTEGER NOT NULL,
+        run_id     TEXT NOT NULL UNIQUE,
+        name       TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        request    TEXT NOT NULL DEFAULT '{}',
+        reason     TEXT,
+        PRIMARY KEY (sweep_id, idx))""")
+    _add_columns(c, {"sweep_id": "TEXT"})
+    c.execute("CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep_id)")
+
+
+def _v5_prices(c: sqlite3.Connection) -> None:
     """What a run's earlier machines cost at their own $/h (a recovery or a failover may land
     on a dearer or cheaper one): ``cost_closed`` USD for the first ``priced_s`` billed seconds."""
     _add_columns(c, {"cost_closed": "REAL NOT NULL DEFAULT 0",
@@ -95,7 +127,7 @@ def _v4_prices(c: sqlite3.Connection) -> None:
 #: ``(version, step)`` in order: a database at version N gets every step above N. A database
 #: from before versioning (user_version 0) gets them all; each step tolerates what is there.
 _MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _v1_tables), (2, _v2_billing), (3, _v3_lease),
-                                           (4, _v4_prices))
+                                           (4, _v4_sweeps), (5, _v5_prices))
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 

@@ -73,6 +73,7 @@ class Run:
     priced_s: float = 0.0              # $/h of the machines before this one (``reprice``)
     lease_owner: str | None = None     # the controller working on the run (``LEASED`` states)
     lease_expires: float | None = None
+    sweep_id: str | None = None        # the sweep the run is a member of (``dqlctl.sweeps``)
 
     @property
     def terminal(self) -> bool:

@@ -46,6 +46,9 @@ NOT_THE_VERBS = {
     ("launch", "--resume"): "the engine's --resume a recovery starts it with (after `--`)",
 }
 
+#: verbs whose next word is a verb of their own (``image build``, ``sweep launch``)
+NESTED_VERBS = ("image", "sweep")
+
 FLAG_RE = re.compile(r"^\[?(-{1,2}[A-Za-z][\w-]*)")
 
 
@@ -109,7 +112,8 @@ def _flags(tokens: list[str]) -> list[str]:
 
 def readme_claims() -> set[tuple[str, str | None]]:
     """``(verb, flag)`` for every flag the README shows, ``(verb, None)`` for every verb;
-    ``verb`` is ``""`` for dqlctl's global flags and ``image build`` / ``image push``."""
+    ``verb`` is ``""`` for dqlctl's global flags, and two words for ``NESTED_VERBS``
+    (``image build``, ``sweep launch``)."""
     verbs = _verbs()
     globals_ = {"--debug", "--version"}
     claims: set[tuple[str, str | None]] = set()
@@ -134,8 +138,8 @@ def readme_claims() -> set[tuple[str, str | None]]:
                 if not tokens or tokens[0] not in verbs:
                     continue
                 verb = tokens[0]
-                if verb == "image" and len(tokens) > 1 and not tokens[1].startswith("-"):
-                    verb = f"image {tokens[1]}"
+                if verb in NESTED_VERBS and len(tokens) > 1 and not tokens[1].startswith("-"):
+                    verb = f"{verb} {tokens[1]}"
                 current = verb
                 claims.add((verb, None))
                 for flag in _flags(tokens[1:]):

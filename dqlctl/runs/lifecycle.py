@@ -69,15 +69,24 @@ def launch(ctx: Context, req: LaunchRequest,
     spec = build_spec(ctx, req, run_id)
     provider = ctx.provider(req.provider)
     preflight(provider)
-    name, job = spec.name, spec.job
-    registry = ctx.registry
     with hold(ctx, run_id):  # from its first row on, this process is the run's controller
-        registry.create(name=name, provider=req.provider, spec=asdict(spec), region=req.region,
-                        instance_type=req.instance_type, spot=req.spot,
-                        results_uri=f"{job.results_dir.rstrip('/')}/{name}", run_id=run_id)
-        _step(ctx, run_id, reg.PROVISIONING, on_state)
-        bring_up(ctx, run_id, provider, spec, on_state)
-    return registry.get(run_id)
+        ctx.registry.create(run_id=run_id, **row_fields(req, spec))
+        start(ctx, run_id, provider, spec, on_state)
+    return ctx.registry.get(run_id)
+
+
+def row_fields(req: LaunchRequest, spec: LaunchSpec) -> dict[str, Any]:
+    """The registry row's fields of a new run (``Registry.create``, ``Registry.claim``)."""
+    return {"name": spec.name, "provider": req.provider, "spec": asdict(spec),
+            "region": req.region, "instance_type": req.instance_type, "spot": req.spot,
+            "results_uri": f"{spec.job.results_dir.rstrip('/')}/{spec.name}"}
+
+
+def start(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
+          on_state: Callable[[Run], None] | None = None) -> None:
+    """A PENDING run this process created (and holds): PROVISIONING, then ``bring_up``."""
+    _step(ctx, run_id, reg.PROVISIONING, on_state)
+    bring_up(ctx, run_id, provider, spec, on_state)
 
 
 def bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,

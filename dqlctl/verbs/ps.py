@@ -1,6 +1,7 @@
-"""``dqlctl ps``: runs that are not finished (``--all``: every run), each reconciled first;
-``--orphans``: resources tagged by dqlctl that no live run owns (instances, and what a failed
-launch left: security groups, key pairs, roles, firewalls...), this registry's and others'."""
+"""``dqlctl ps``: runs that are not finished (``--all``: every run), each reconciled first, then
+active sweeps' queued members started into free slots; ``--orphans``: resources tagged by dqlctl
+that no live run owns (instances, and what a failed launch left: security groups, key pairs,
+roles, firewalls...), this registry's and others'."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def cmd_ps(ctx: Any, args: argparse.Namespace) -> int:
                   file=ctx.stdout)
         return 0
     runs.reconcile_all(ctx)
+    from dqlctl.sweeps import look_all
+
+    for problem in look_all(ctx, reconcile=False):  # queued sweep members into free slots
+        print(f"warning: {problem}", file=ctx.stderr)
     rows = ctx.registry.list(include_terminal=args.all)
     now = ctx.clock()
     if args.json:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dqlctl import runs
@@ -36,6 +36,8 @@ class RunRow:
     cost: str
     terminal: bool
     reason: str | None = None
+    sweep: str = ""          # the name of the sweep the run is a member of
+
 
     def cells(self) -> tuple[str, ...]:
         return tuple(getattr(self, key) for key, _ in COLUMNS)
@@ -44,7 +46,7 @@ class RunRow:
         """The ``/`` filter: a case-insensitive substring of the id or any shown field."""
         if not needle:
             return True
-        hay = " ".join((self.id, *self.cells())).lower()
+        hay = " ".join((self.id, self.sweep, *self.cells())).lower()
         return all(part in hay for part in needle.lower().split())
 
 
@@ -91,5 +93,32 @@ def dashboard_rows(ctx: Context, reconcile: bool = True) -> tuple[list[RunRow], 
                 runs.reconcile(ctx, run)
             except Exception as exc:
                 problems.append(f"{run.name} ({run.id}): {one_line(exc)}")
+        from dqlctl.sweeps import look_all
+
+        problems += look_all(ctx, reconcile=False)  # queued sweep members into free slots
     now = ctx.clock()
-    return [run_row(ctx, run, now) for run in ctx.registry.list()], problems
+    return grouped_rows(ctx, ctx.registry.list(), now), problems
+
+
+#: the NAME cell of a sweep member starts with this, under its sweep's other members
+MEMBER_MARK = "\u21b3 "
+
+
+def grouped_rows(ctx: Context, listed: list[Run], now: float) -> list[RunRow]:
+    """The rows, newest first, a sweep's members together (in member order) where its newest
+    member would be, each named with ``MEMBER_MARK`` and filterable by the sweep's name."""
+    rows: list[RunRow] = []
+    shown: set[str] = set()
+    for run in listed:
+        if run.sweep_id is None:
+            rows.append(run_row(ctx, run, now))
+            continue
+        if run.sweep_id in shown:
+            continue
+        shown.add(run.sweep_id)
+        sweep = ctx.registry.get_sweep(run.sweep_id)
+        for member in ctx.registry.sweep_runs(run.sweep_id):
+            row = run_row(ctx, member, now)
+            rows.append(replace(row, name=MEMBER_MARK + row.name,
+                                sweep=f"{sweep.name} {sweep.id}"))
+    return rows
