@@ -311,4 +311,4 @@ def test_an_older_registry_gains_the_sweep_tables(tmp_path: Path) -> None:
     con.close()
     r = Registry(path)
     assert r.get("r1").sweep_id is None and r.list_sweeps() == []
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 4
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == registry_schema.SCHEMA_VERSION
