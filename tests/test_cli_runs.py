@@ -229,3 +229,20 @@ def test_check_json_and_version(tmp_path: Path, capsys: pytest.CaptureFixture[st
     from dqlctl import __version__
 
     assert exited.value.code == 0 and capsys.readouterr().out == f"dqlctl {__version__}\n"
+
+
+@pytest.mark.parametrize("uris, why", [
+    (["gs://"], "give a bucket URI"),
+    (["/tmp/results"], "give a bucket URI"),
+    (["gs://a/runs", "gs://b/runs"], "two places on gcp"),
+])
+def test_failover_results_must_be_one_bucket_per_cloud(tmp_path: Path, uris: list[str],
+                                                       why: str) -> None:
+    flags = [x for uri in uris for x in ("--failover-results", uri)]
+    code, out, err = dqlctl(tmp_path, "launch", "--provider", "local", "--data",
+                            "test_small.csv", "--failover-clouds", *flags, "--dry-run")
+    assert code == 2 and out == "", err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("dqlctl: error: --failover-results") and why in line
+    code, out, _ = dqlctl(tmp_path, "ps", "--all", "--json")
+    assert code == 0 and json.loads(out) == []           # nothing was recorded
