@@ -3,7 +3,8 @@
 The stand-ins of both clouds at once: AWS (moto server, EC2 behind tests/fault_proxy.py, an sshd
 VM trusting EC2's key pairs, the instance role's credentials from tests/fake_imds.py) and GCE
 (tests/fake_gce.py, an sshd VM trusting its keys, the metadata server's tokens, fake-gcs-server
-behind the token gate). The run is launched on AWS with ``--failover-clouds`` and
+behind the token gate). The run is launched with ``--provider auto`` (the
+cheapest T4 is Azure's, whose credentials are missing here, so AWS's) and
 ``--failover-results gs://...``; its engine writes to S3 and holds mid-episode 5, after its
 periodic checkpoint of episode 3. The cloud takes the machine back; from then on EC2 refuses
 every RunInstances for capacity, in every region. A look at the run relaunches it: every AWS
@@ -83,6 +84,7 @@ def home(tmp_path: Path, aws_env: str, proxy: FaultProxy, aws_vm: dict[str, Any]
     held = write_python(home / "held-python", flow.HOLD_AFTER, home / "release")
     imds = FakeImds()
     imds.start()
+    ami = boto3.client("ec2").describe_images()["Images"][0]["ImageId"]
     (home / "config.toml").write_text(
         "[providers.gcp]\n"
         f'compute_endpoint = "{gce.url}"\n'
@@ -97,6 +99,7 @@ def home(tmp_path: Path, aws_env: str, proxy: FaultProxy, aws_vm: dict[str, Any]
         "[providers.gcp.vm_env]\n"
         f'API_ENDPOINT_OVERRIDE = "{gcs_gate.url}"\n'
         "[providers.aws]\n"
+        f'image_id = "{ami}"\n'        # the operator's own AMI (moto has no DLAMI parameter)
         f'ssh_host_override = "127.0.0.1:{aws_vm["port"]}"\n'
         'ssh_user = "root"\n'
         f'remote_root = "{aws_vm["root"]}"\n'
@@ -116,11 +119,11 @@ def test_a_run_preempted_on_aws_with_no_capacity_left_resumes_on_gce(
         home: Path, proxy: FaultProxy, aws_vm: dict[str, Any], gce: FakeGce,
         gcs_gate: TokenGate, results_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
     boto3.client("s3").create_bucket(Bucket="dqlctl-results")
-    ami = boto3.client("ec2").describe_images()["Images"][0]["ImageId"]
-    assert main(["launch", "--provider", "aws", "--gpu", "T4:1", "--data", "test_small.csv",
+    # auto: the cheapest T4 is Azure's, which has no credentials here: AWS is next
+    assert main(["launch", "--provider", "auto", "--gpu", "T4:1", "--data", "test_small.csv",
                  "--agent-type", "dql", "--command", "train", "--ssh-cidr", "198.51.100.7/32",
-                 "--image-id", ami, "--episodes", str(flow.EPISODES), "--name", NAME,
-                 "--results-dir", "s3://dqlctl-results/runs", "--failover-clouds",
+                 "--episodes", str(flow.EPISODES), "--name", NAME,
+                 "--results-dir", "s3://dqlctl-results/runs",
                  "--failover-results", results_bucket, "--",
                  "--n_envs", "4", "--checkpoint_every", str(flow.CHECKPOINT_EVERY)],
                 ctx=Context(home=home)) == 0
@@ -142,8 +145,8 @@ def test_a_run_preempted_on_aws_with_no_capacity_left_resumes_on_gce(
     events = ctx.registry.events(run.id)
     refused = {e["data"]["region"] for e in events if e["kind"] == "capacity"}
     assert refused == {"us-east-1", "us-west-2", "eu-west-1"}     # every AWS region it offers
-    (skipped,) = [e["data"] for e in events if e["kind"] == "failover_skipped"]
-    assert skipped["cloud"] == "azure"
+    skipped = [e["data"]["cloud"] for e in events if e["kind"] == "failover_skipped"]
+    assert skipped == ["azure", "azure"]        # at launch, and again at the move
     (moved,) = [e["data"] for e in events if e["kind"] == "failover" and "to_cloud" in e["data"]]
     # the checkpoint and the events so far went from S3 to GCS before the GCE VM started
     assert (moved["from_cloud"], moved["to_cloud"]) == ("aws", "gcp") and moved["copied"] >= 2

@@ -17,6 +17,7 @@ cross-cloud move needs them copied first; see the README's spot section).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,51 +116,74 @@ def cloud_offers(ctx: Context, spec: LaunchSpec) -> list[tuple[str, str]]:
     return ranked + [(r.provider, r.region) for r in rows]
 
 
-def next_cloud(ctx: Context, run_id: str, spec: LaunchSpec,
-               tried: list[str]) -> tuple[Any, LaunchSpec] | None:
-    """The next cloud for a run with ``failover_clouds`` that no region of ``tried`` could
-    take: the cheapest other cloud offering its GPU whose credentials work and where its
-    results can live (its own results folder, or ``--failover-results`` on that cloud for a
-    run whose results are in a bucket). A run resuming from a checkpoint has the run's folder
-    copied there first (the sync core), so the engine resumes from it. The registry row moves
-    to the new cloud before anything is created there; each cloud passed over is said why."""
+def usable_clouds(ctx: Context, spec: LaunchSpec, tried: list[str], fresh: bool,
+                  skipped: Callable[[str, str], None]) -> Iterator[tuple[Any, LaunchSpec]]:
+    """Other clouds for ``spec``, cheapest first by its GPU (``cloud_offers``): each cloud's
+    provider and the spec moved there (its cheapest region, the instance type left to the
+    provider, a VM image dropped: images are per cloud), when its credentials work and the
+    results have a place there; ``skipped(cloud, why)`` for each one passed over. A fresh run
+    keeps its results folder (collected home over SSH from anywhere) unless
+    ``--failover-results`` names one on that cloud; a run that resumes needs a bucket on that
+    cloud (``--failover-results``, or its own results bucket when it is there)."""
     from dqlctl.errors import DqlctlError
     from dqlctl.runs.request import preflight
+    from providers.prices.estimate import DATA_LOCATIONS
 
     extra = spec.extra or {}
-    if not extra.get("failover_clouds"):
-        return None
-    registry = ctx.registry
     results = spec.job.results_dir
-    in_bucket = "://" in results and not results.startswith("file://")
+    scheme = results.partition("://")[0] if "://" in results else "file"
     seen = set(tried)
     for cloud, region in cloud_offers(ctx, spec):
         if cloud in seen:
             continue
         seen.add(cloud)
-        target = (extra.get("failover_results") or {}).get(cloud) if in_bucket else results
+        target = (extra.get("failover_results") or {}).get(cloud)
+        if target is None and (fresh or DATA_LOCATIONS.get(scheme) == cloud):
+            target = results
         if target is None:
-            registry.add_event(run_id, "failover_skipped", {
-                "cloud": cloud, "reason": f"{cloud}: no place for the results there (give "
-                                          f"--failover-results with a bucket on {cloud})"})
+            skipped(cloud, f"{cloud}: no place for the run's checkpoints there (give "
+                           f"--failover-results with a bucket on {cloud})")
             continue
         try:
             provider = ctx.provider(cloud)
             preflight(provider)
         except (DqlctlError, ProviderError) as exc:
-            registry.add_event(run_id, "failover_skipped", {"cloud": cloud, "reason": str(exc)})
+            skipped(cloud, str(exc))
             continue
         job = dataclasses.replace(spec.job, results_dir=target)
-        moved = dataclasses.replace(
+        yield provider, dataclasses.replace(
             spec, region=region, instance_type=None, job=job,
-            extra={k: v for k, v in extra.items() if k != "image_id"})  # images are per cloud
-        copied = _carry_results(spec, moved) if in_bucket and target != results else 0
-        registry.update(run_id, provider=cloud, results_uri=f"{target.rstrip('/')}/{spec.name}")
-        registry.merge(run_id, spec={"job": dataclasses.asdict(job), "region": region,
-                                     "instance_type": None, "extra": moved.extra})
+            extra={k: v for k, v in extra.items() if k != "image_id"})
+
+
+def next_cloud(ctx: Context, run_id: str, spec: LaunchSpec,
+               tried: list[str]) -> tuple[Any, LaunchSpec] | None:
+    """The next cloud for a run with ``failover_clouds`` that no region of ``tried`` could
+    take (``usable_clouds``). A run resuming from a checkpoint has the run's folder copied to
+    the new place first (the sync core), so the engine resumes from it. The registry row moves
+    to the new cloud before anything is created there; each cloud passed over is said why."""
+    if not (spec.extra or {}).get("failover_clouds"):
+        return None
+    registry = ctx.registry
+    resuming = "--resume" in spec.job.engine_args
+
+    def skipped(cloud: str, why: str) -> None:
+        registry.add_event(run_id, "failover_skipped", {"cloud": cloud, "reason": why})
+
+    for provider, moved in usable_clouds(ctx, spec, tried, not resuming, skipped):
+        target = moved.job.results_dir
+        copied = _carry_results(spec, moved) if resuming and \
+            target != spec.job.results_dir else 0
+        registry.update(run_id, provider=provider.name,
+                        results_uri=f"{target.rstrip('/')}/{spec.name}")
+        registry.merge(run_id, spec={"job": dataclasses.asdict(moved.job),
+                                     "region": moved.region, "instance_type": None,
+                                     "extra": moved.extra})
         registry.add_event(run_id, "failover", {
-            "from_cloud": tried[-1], "to_cloud": cloud, "to": region, "copied": copied,
-            "reason": f"no capacity on {', '.join(tried)}: moving to {cloud} {region}"
+            "from_cloud": tried[-1], "to_cloud": provider.name, "to": moved.region,
+            "copied": copied,
+            "reason": f"no capacity on {', '.join(tried)}: moving to {provider.name} "
+                      f"{moved.region}"
                       + (f" ({copied} files of the run copied to {target})" if copied else "")})
         return provider, moved
     return None

@@ -19,7 +19,7 @@ from dqlctl import registry as reg
 from dqlctl.context import Context
 from dqlctl.errors import EXIT_RUN_FAILED, DqlctlError, ProviderFailure
 from dqlctl.registry import Run
-from dqlctl.runs.failover import Placement, launch_somewhere
+from dqlctl.runs.failover import Placement, launch_somewhere, usable_clouds
 from dqlctl.runs.jobs import instance_of
 from dqlctl.runs.leases import hold
 from dqlctl.runs.request import LaunchRequest, build_spec, preflight, spec_of
@@ -67,12 +67,37 @@ def launch(ctx: Context, req: LaunchRequest,
     """
     run_id = reg.new_run_id()
     spec = build_spec(ctx, req, run_id)
-    provider = ctx.provider(req.provider)
-    preflight(provider)
+    passed: list[tuple[str, str]] = []
+    provider, spec = _usable(ctx, req, spec, passed)
     with hold(ctx, run_id):  # from its first row on, this process is the run's controller
         ctx.registry.create(run_id=run_id, **row_fields(req, spec))
+        for cloud, why in passed:       # --provider auto: the cheaper clouds it could not use
+            ctx.registry.add_event(run_id, "failover_skipped", {"cloud": cloud, "reason": why})
         start(ctx, run_id, provider, spec, on_state)
     return ctx.registry.get(run_id)
+
+
+def _usable(ctx: Context, req: LaunchRequest, spec: LaunchSpec,
+            passed: list[tuple[str, str]]) -> tuple[Any, LaunchSpec]:
+    """The provider the request names, its credentials checked (``preflight``). With
+    ``--provider auto`` a cloud whose credentials do not work gives way to the next cheapest
+    that does (``failover.usable_clouds``); ``req`` then names it, and ``passed`` gets (cloud,
+    why) for each one passed over. Nothing is recorded yet."""
+    provider = ctx.provider(req.provider)
+    try:
+        preflight(provider)
+        return provider, spec
+    except ProviderFailure as exc:
+        if not (spec.extra or {}).get("auto"):
+            raise
+        passed.append((req.provider, str(exc)))
+    for other, moved in usable_clouds(ctx, spec, [req.provider], True,
+                                      lambda cloud, why: passed.append((cloud, why))):
+        req.provider, req.region, req.instance_type = other.name, moved.region, None
+        return other, moved
+    raise ProviderFailure(f"--provider auto: no cloud with working credentials offers "
+                          f"{spec.gpu or 'T4'} ({'; '.join(why for _, why in passed)})",
+                          field="provider")
 
 
 def row_fields(req: LaunchRequest, spec: LaunchSpec) -> dict[str, Any]:

@@ -183,7 +183,8 @@ def _engine_args(req: LaunchRequest, experiment: str) -> list[str]:
 def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
     """The provider's launch spec for a validated request."""
     pinned = req.region is not None and req.provider != AUTO   # before auto picks one
-    clouds = req.failover_clouds or req.provider == AUTO
+    auto = req.provider == AUTO
+    clouds = req.failover_clouds or auto
     data_path = validate_request(ctx, req)
     name = req.name or f"{Path(data_path).stem.lower().replace('_', '-')}-{req.agent_type}"
     workdir = ctx.run_dir(run_id)
@@ -195,6 +196,8 @@ def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
         extra["region_pinned"] = True   # capacity failover stays in this region's zones
     if clouds:
         extra["failover_clouds"] = True
+    if auto:
+        extra["auto"] = True        # the cloud was picked by price: another may stand in
     if req.failover_results:
         extra["failover_results"] = failover_results(req.failover_results)
     if req.max_cost is not None:
