@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,6 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from tests import servers
 from tests.fake_imds import FakeImds
-from tests.held_engine import write_python
 from tests.host_keys import seed_ec2_console
 from tests.vm import AWS_KEYS, AWS_KEYS_SIGNED, controller_killed_mid_run, vm_sshd
 
@@ -305,60 +303,6 @@ def test_ssh_trusts_only_the_pinned_key_and_stop_keeps_the_checkpoint(
     assert final.state == reg.CANCELLED, final.reason
     assert final.reason.startswith("stopped at episode") and "checkpoint" in final.reason
     assert list((Path(final.results_uri) / "checkpoints").glob("ckpt-*.pt"))
-    assert leftovers(run.id) == NOTHING
-
-
-def test_a_spot_run_taken_back_is_relaunched_and_resumes_from_its_bucket(
-        home: Path, vm: dict[str, Any], imds: FakeImds) -> None:
-    """The machine vanishes mid-run (instance terminated, its disk and processes gone): the
-    next look at the run relaunches it on a new instance, whose engine resumes from the last
-    checkpoint the old one uploaded, and the run ends SUCCEEDED with nothing left behind."""
-    s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="dqlctl-results")
-    # the first machine's engine holds in episode 4 (after its first checkpoint) until it is
-    # gone: it cannot have finished by the time the cloud takes it back
-    release = home / "release-engine"
-    held = write_python(home / "held-python", 3, release)
-    config = home / "config.toml"
-    config.write_text(config.read_text().replace(f'remote_python = "{sys.executable}"',
-                                                 f'remote_python = "{held}"'))
-    ctx = Context(home=home)
-    assert main(["launch", "--provider", "aws", "--gpu", "T4:1", "--data", "test_small.csv",
-                 "--agent-type", "dql", "--command", "train", "--ssh-cidr", CIDR,
-                 "--image-id", ami(), "--episodes", "60", "--name", "phoenix",
-                 "--results-dir", "s3://dqlctl-results/runs", "--",
-                 "--n_envs", "4", "--checkpoint_every", "3"], ctx=ctx) == 0
-    (run,) = Context(home=home).registry.list()
-    prefix = "runs/phoenix/checkpoints/"
-    deadline = time.monotonic() + 120
-    while not s3.list_objects_v2(Bucket="dqlctl-results", Prefix=prefix).get("KeyCount"):
-        assert time.monotonic() < deadline, "no checkpoint reached the bucket"
-        time.sleep(0.1)
-
-    # the cloud takes the machine back: the instance ends, its processes and disk are gone
-    boto3.client("ec2").terminate_instances(InstanceIds=run.instance_ids)
-    os.kill(vm["pid"], signal.SIGKILL)
-    kill_vm_processes(run.id)
-    shutil.rmtree(run.instance["extra"]["workdir"])
-    vm["restart"]()  # the address now answers for whatever instance comes next
-    release.touch()  # the next machine's engine runs on
-
-    (row,) = runs.reconcile_all(Context(home=home))
-    assert row.state == reg.RUNNING, row.reason
-    assert row.instance_ids != run.instance_ids and "recovered" in row.reason
-    assert row.spec["extra"]["recoveries"] == 1 and "--resume" in row.spec["job"]["engine_args"]
-    history = [e["to_state"] for e in Context(home=home).registry.events(run.id)
-               if e["to_state"]]
-    assert history[-4:] == [reg.PREEMPTED, reg.RECOVERING, reg.BOOTSTRAPPING, reg.RUNNING]
-
-    final = runs.follow(Context(home=home), row)
-    assert final.state == reg.SUCCEEDED, final.reason
-    log = (Path(final.instance["extra"]["workdir"]) / "engine.log").read_text()
-    assert "resumed from ckpt-" in log
-    body = s3.get_object(Bucket="dqlctl-results", Key="runs/phoenix/events.jsonl")["Body"]
-    episodes = [e["episode"] for e in map(json.loads, body.read().decode().splitlines())
-                if e["event"] == "episode"]
-    assert episodes[-1] == 60 and sorted(set(episodes)) == list(range(1, 61))
     assert leftovers(run.id) == NOTHING
 
 
