@@ -8,6 +8,7 @@ Standard library only: ``dqlctl --help`` and the headless verbs import this.
 from __future__ import annotations
 
 import re
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -178,7 +179,13 @@ def metric_lines(run: Any) -> list[str]:
     shown = [k for k in SUMMARY_METRICS if k in test]
     if not shown:
         return []
-    return ["  test metrics:", *(f"    {key:<20} {fmt(test[key])}" for key in shown)]
+    lines = ["  test metrics:", *(f"    {key:<20} {fmt(test[key])}" for key in shown)]
+    if test.get("bh_sharpe_ratio") is not None:
+        lines.append(f"    {'buy & hold sharpe':<20} {fmt(test['bh_sharpe_ratio'])}")
+    if test.get("verdict"):     # the engine's honest sentence: CI, seeds, deflated Sharpe
+        lines += ["  verdict:", *("    " + line for line in textwrap.wrap(
+            safe_text(str(test["verdict"])), 92))]
+    return lines
 
 
 def print_run_result(run: Any, out: TextIO) -> None:

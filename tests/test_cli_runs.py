@@ -69,6 +69,9 @@ def test_make_run_trains_the_full_workflow_and_every_verb_reads_the_result(
     run_id = run_line.split()[1]
     assert run_line == f"run {run_id} (quickstart) SUCCEEDED"
     assert "  test metrics:" in lines and any(x.split()[:1] == ["sharpe_ratio"] for x in lines)
+    # the engine's honest verdict, not a bare number: one seed says so
+    verdict = " ".join(x.strip() for x in lines[lines.index("  verdict:") + 1:])
+    assert "buy-and-hold" in verdict and "single seed" in verdict
     assert lines[-1].split() == ["report:", f"{tmp_path}/runs/{run_id}/results/quickstart/"
                                  "report.html"]
     detail = show(tmp_path, "quickstart")
