@@ -53,12 +53,13 @@ test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-# Mutation testing of the core modules (registry, sync plan, metrics, AWS access) against their
-# fast unit tests ([tool.mutmut] in pyproject.toml): the killed share per module, each >= 85 %.
-# Not part of `make test`: it runs the tests once per mutant (4-8 minutes on 2 cores).
+# Mutation testing of the core modules (tests/MUTATION.md lists them) against their fast unit
+# tests (TESTS_OF in tests/mutation.py): the killed share per module, each >= 85 %.
+# Not part of `make test`: it runs the tests once per mutant (about 9 minutes on 2 cores).
 mutation: install-dev
 	$(BIN)/python tests/mutation.py
 
+# The TUI, e2e and checkpoint test files, 5 rounds under two busy loops in a shuffled order.
 stress: install-dev
 	$(BIN)/python tests/stress.py --rounds 5
 
