@@ -75,7 +75,8 @@ def _case_only(old: str, new: str) -> bool:
     return old != new and old.lower() == new.lower()
 
 
-_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|PRAGMA|ORDER BY|WHERE|VALUES|SET|FROM)\b", re.I)
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|PRAGMA|ORDER BY|WHERE|VALUES|SET|FROM|CREATE|INDEX|"
+                  r"DEFAULT|NOT NULL)\b", re.I)
 _ROW_KEY = re.compile(r"\b(r|row)\[\"|= \?|^\" [a-z_]+(, [a-z_]+)*\)\"$")  # and SQL pieces
 
 #: Equivalent mutants: changes no test can observe, because the program cannot behave

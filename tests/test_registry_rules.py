@@ -544,3 +544,31 @@ def test_a_run_on_several_machines_pays_each_at_its_own_price(tmp_path: Path) ->
     r.reprice(other.id, 4.0)
     clock.t += 900.0
     assert r.get(other.id).cost_at(clock.t) == 2.0    # 0.5 h at 2 + 0.25 h at 4
+
+
+def test_a_run_is_on_demand_unless_said_and_reprice_names_an_unknown_run(tmp_path: Path) -> None:
+    r = Registry(tmp_path / "registry.db")
+    assert r.create(name="plain", provider="aws", spec={}).spot is False
+    with pytest.raises(RegistryError, match="no run 'nope'"):
+        r.reprice("nope", 1.0)
+
+
+def test_pid_exists_sends_no_signal(tmp_path: Path) -> None:
+    """It asks the kernel with signal 0: the process gets nothing (a child that blocks every
+    signal would have one pending otherwise)."""
+    from providers.procs import pid_exists
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, "
+         "set(signal.Signals)); print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        assert pid_exists(child.pid)
+        status = Path(f"/proc/{child.pid}/status").read_text()
+        pending = {k: v for k, v in (line.split(":\t") for line in status.splitlines()
+                                     if line.startswith(("SigPnd", "ShdPnd")))}
+        assert pending == {"SigPnd": "0" * 16, "ShdPnd": "0" * 16}, pending
+    finally:
+        child.kill()
+        child.wait()
