@@ -244,9 +244,8 @@ class Registry(SweepRegistry):
         return self.get(rid)
 
     def _insert_run(self, c: sqlite3.Connection, rid: str, *, name: str, provider: str,
-                    spec: dict[str, Any], region: str | None = None,
-                    instance_type: str | None = None, spot: bool = False,
-                    results_uri: str | None = None, sweep_id: str | None = None) -> None:
+                    spec: dict[str, Any], region: str | None, instance_type: str | None,
+                    spot: bool, results_uri: str | None, sweep_id: str | None = None) -> None:
         """A new PENDING row (and its ``created`` event) inside the caller's transaction, its
         controller lease held by this process."""
         now = self.clock()
