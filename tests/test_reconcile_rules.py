@@ -491,3 +491,21 @@ def test_an_interrupted_launch_says_in_which_state(tmp_path: Path, state: str) -
     ctx, cloud, _ = setup(tmp_path)
     row = runs.reconcile(ctx, put_in(ctx, cloud, state))
     assert row.reason == f"launch interrupted in {state} (its dqlctl process ended); cleaned up"
+
+
+# -- a look with a stale row: another process moved the run first ------------------------------
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_a_job_that_ended_on_a_run_another_process_preempted_is_left_preempted(
+        tmp_path: Path, exit_code: int) -> None:
+    """This look read RUNNING; meanwhile another dqlctl found the machine taken back and made
+    the run PREEMPTED (to relaunch it). The job's end seen here must neither collect nor fail
+    the run: the move is refused quietly, the other process's story stands."""
+    ctx, cloud, _ = setup(tmp_path)
+    run = running(ctx, cloud, exit_code=exit_code, log="episode 1\n")
+    ctx.registry.transition(run.id, reg.PREEMPTED, reason="taken back (the other look)")
+    row = rec.finish_if_ended(ctx, run)          # the stale RUNNING row
+    now = ctx.registry.get(run.id)
+    assert (now.state, now.reason) == (reg.PREEMPTED, "taken back (the other look)")
+    assert row.state == reg.PREEMPTED and cloud.collected == []
+
