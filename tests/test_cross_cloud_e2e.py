@@ -142,6 +142,9 @@ def test_a_run_preempted_on_aws_with_no_capacity_left_resumes_on_gce(
     (row,) = runs.reconcile_all(ctx)
     assert (row.provider, row.state) == ("gcp", reg.RUNNING), row.reason
     assert row.results_uri == f"{results_bucket}/{NAME}"
+    # should it have to move again, AWS's bucket is where it can go back to
+    assert row.spec["extra"]["failover_results"] == {"aws": "s3://dqlctl-results/runs",
+                                                     "gcp": results_bucket}
     events = ctx.registry.events(run.id)
     refused = {e["data"]["region"] for e in events if e["kind"] == "capacity"}
     assert refused == {"us-east-1", "us-west-2", "eu-west-1"}     # every AWS region it offers

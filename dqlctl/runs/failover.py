@@ -151,9 +151,13 @@ def usable_clouds(ctx: Context, spec: LaunchSpec, tried: list[str], fresh: bool,
             skipped(cloud, str(exc))
             continue
         job = dataclasses.replace(spec.job, results_dir=target)
-        yield provider, dataclasses.replace(
-            spec, region=region, instance_type=None, job=job,
-            extra={k: v for k, v in extra.items() if k != "image_id"})
+        moved_extra = {k: v for k, v in extra.items() if k != "image_id"}
+        left = DATA_LOCATIONS.get(scheme)
+        if left and tried and left == tried[-1]:   # a move back later finds the bucket it left
+            moved_extra["failover_results"] = {left: results,
+                                               **(extra.get("failover_results") or {})}
+        yield provider, dataclasses.replace(spec, region=region, instance_type=None, job=job,
+                                            extra=moved_extra)
 
 
 def next_cloud(ctx: Context, run_id: str, spec: LaunchSpec,
