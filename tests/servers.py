@@ -349,3 +349,12 @@ def start_sshd(workdir: Path, username: str) -> tuple[Server, SshVm]:
         return server, SshVm("127.0.0.1", port, username, workdir / "client_ed25519", kh_line,
                              kh_path, " ".join(host_pub.split()[:2]), workdir)
     raise ServerFailed(f"sshd did not start after 3 tries: {last}")
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child a test sends Ctrl+C (SIGINT) to: the default disposition,
+    even when the test runs in a background job (``make test &``), whose children start with
+    SIGINT ignored (POSIX), so Python would install no KeyboardInterrupt handler."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

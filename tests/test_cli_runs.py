@@ -23,6 +23,7 @@ from dqlctl import registry as reg
 from dqlctl.cli import main
 from dqlctl.context import Context
 from providers.local.compute import pid_alive
+from tests import servers
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--", "--n_envs", "4"]
@@ -38,7 +39,8 @@ def dqlctl(home: Path, *argv: str) -> tuple[int, str, str]:
 def dqlctl_process(home: Path, *args: str, **popen: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "DQLCTL_HOME": str(home), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "dqlctl", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=servers.interruptible, **popen)
 
 
 def show(home: Path, run: str) -> dict[str, Any]:

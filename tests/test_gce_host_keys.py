@@ -19,7 +19,15 @@ from dqlctl.owner import owner_tags
 from providers.base import OWNER_TAG
 from providers.ssh import fingerprint
 from tests.fake_gce import FakeGce
-from tests.test_gcp_e2e import NOTHING, gce, home, launch_args, metadata, vm  # noqa: F401
+from tests.test_gcp_e2e import (  # noqa: F401 (fixtures)
+    NOTHING,
+    gce,
+    gcs_gate,
+    home,
+    launch_args,
+    metadata,
+    vm,
+)
 
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDkZ6kAuY9jEk6ewhzQ0Y1bM0bmMY0KgBPrZfPr8a4Ws"
 
@@ -40,8 +48,9 @@ def test_a_vm_presenting_another_key_than_its_guest_attributes_is_refused(
 def test_no_published_key_is_trusted_on_first_use_with_a_warning_in_the_events(
         home: Path, gce: FakeGce, vm: dict[str, Any]) -> None:  # noqa: F811
     gce.vm_host_keys = None                            # the guest agent wrote nothing
-    with open(home / "config.toml", "a") as fh:        # [providers.gcp] is the last table
-        fh.write("host_key_wait = 0.5\n")
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace("[providers.gcp]\n",
+                                                 "[providers.gcp]\nhost_key_wait = 0.5\n", 1))
     assert main(launch_args("--episodes", "2", "--name", "tofu"), ctx=Context(home=home)) == 0
     ctx = Context(home=home)
     (run,) = ctx.registry.list()

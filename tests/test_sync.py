@@ -25,6 +25,7 @@ from providers.storage import MD5, ObjectInfo, StorageError, open_store
 from providers.storage.local import LocalStore
 from providers.sync import Progress, sync
 from providers.sync_cli import main
+from tests import servers
 from tests.test_storage_conformance import new_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -345,7 +346,7 @@ def _spawn(src: str, dst: str) -> subprocess.Popen[bytes]:
     (tests/stalled_sync.py): it is always still on the way when the test acts."""
     return subprocess.Popen([sys.executable, "-m", "tests.stalled_sync", src, dst, "--transfers",
                              "2"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=servers.interruptible)
 
 
 def _kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool],
