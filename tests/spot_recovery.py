@@ -100,6 +100,24 @@ def noticed(run: Any, cloud: Cloud) -> dict[str, Any]:
     return {"notice": notice, "checkpoint": checkpoint}
 
 
+def noticed_within(run: Any, cloud: Cloud, window_s: float) -> dict[str, Any]:
+    """``noticed``, and the checkpoint is in the run's bucket within the cloud's window."""
+    seen = noticed(run, cloud)
+    assert seen["checkpoint"]["path"].startswith(cloud.results.split("://")[0] + "://")
+    assert 0 <= seen["checkpoint"]["ts"] - seen["notice"]["ts"] < window_s
+    return seen
+
+
+def lost_no_more_than_allowed(figures: dict[str, Any], notice: bool) -> None:
+    """Each episode once over both machines; nothing after a notice lost, else at most one
+    checkpoint interval."""
+    assert figures["episode_repeats"] == 0 and figures["vms"] == 2, figures
+    if notice:
+        assert figures["episodes_lost"] == 0, figures
+    else:
+        assert 0 < figures["episodes_lost"] <= CHECKPOINT_EVERY, figures
+
+
 def taken_back(vm: dict[str, Any], run: Any, cloud: Cloud, release: Path) -> None:
     """The cloud takes the machine back, with nobody watching: the instance is deleted, its
     processes and disk are gone, the address answers for the next machine."""

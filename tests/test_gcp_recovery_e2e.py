@@ -51,17 +51,11 @@ def test_a_gce_spot_vm_taken_back_resumes_from_its_bucket(
     run, release = flow.held_run(home, spot, name)
     email = f"dqlctl-{run.id}@{gce.project}.iam.gserviceaccount.com"
     if notice:
-        seen = flow.noticed(run, spot)
-        assert seen["checkpoint"]["path"].startswith("gs://")
-        assert 0 <= seen["checkpoint"]["ts"] - seen["notice"]["ts"] < 30   # GCE gives 30 s
+        flow.noticed_within(run, spot, 30)   # the cloud's window
     flow.taken_back(vm, run, spot, release)
     final = flow.recovered(home, run)
     figures = flow.figures(home, final, spot, name, notice)
-    assert figures["episode_repeats"] == 0 and figures["vms"] == 2, figures   # each once
-    if notice:      # nothing after the notice lost
-        assert figures["episodes_lost"] == 0, figures
-    else:           # at most one checkpoint interval
-        assert 0 < figures["episodes_lost"] <= flow.CHECKPOINT_EVERY, figures
+    flow.lost_no_more_than_allowed(figures, notice)
     # both machines wrote with the run's service account's tokens from the metadata server,
     # to the run's bucket only
     assert metadata.token_requests >= 2
