@@ -44,10 +44,7 @@ def next_regions(ctx: Context, provider: Any, spec: LaunchSpec, instance_type: s
             name, _, count = spec.gpu.partition(":")
             q = quote(PriceRequest(provider=provider.name, gpu=name, spot=spec.spot),
                       home=ctx.home)
-            rows = [r for r, _ in q.hidden if r.price_basis == "gpu_only"
-                    and r.gpu_count == int(count or 1)]
-            rows.sort(key=lambda r: (r.spot if spec.spot else r.on_demand) or float("inf"))
-            ranked = [r.region for r in rows]
+            ranked = [region for _, region in _gpu_only(q, spec, int(count or 1))]
     except (PriceError, ValueError):
         return []
     return list(dict.fromkeys(r for r in ranked if r not in tried))
@@ -111,9 +108,15 @@ def cloud_offers(ctx: Context, spec: LaunchSpec) -> list[tuple[str, str]]:
     want = int(count or 1)
     ranked = [(o.provider, o.region) for o in q.offers
               if o.price_per_hour is not None and o.gpu_count == want]
-    rows = [r for r, _ in q.hidden if r.price_basis == "gpu_only" and r.gpu_count == want]
+    return ranked + _gpu_only(q, spec, want)
+
+
+def _gpu_only(q: Any, spec: LaunchSpec, count: int) -> list[tuple[str, str]]:
+    """(cloud, region) of the rows the quote left out because the catalog prices only their
+    GPU (GCE's N1 + accelerator), ranked by that GPU's price."""
+    rows = [r for r, _ in q.hidden if r.price_basis == "gpu_only" and r.gpu_count == count]
     rows.sort(key=lambda r: (r.spot if spec.spot else r.on_demand) or float("inf"))
-    return ranked + [(r.provider, r.region) for r in rows]
+    return [(r.provider, r.region) for r in rows]
 
 
 def usable_clouds(ctx: Context, spec: LaunchSpec, tried: list[str], fresh: bool,
