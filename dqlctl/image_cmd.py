@@ -1,11 +1,18 @@
 """``dqlctl image build|push``: the engine's container image.
 
 ``build`` uses whichever container engine answers (docker, then podman) on the Dockerfile at the
-project root. ``push --provider NAME`` asks the provider to push (the ``ImageRegistry`` verb
-``push_image``, for providers with the ``IMAGE_REGISTRY`` capability: ECR on aws) and prints
-where the image went; a provider without a registry is refused with the list of those that have
-one. ``--json`` prints the result as one JSON object (the container engine's own output goes to
-stderr). Standard library only at import time.
+project root, in a build context of its own (providers/containers.py ``build_context``):
+``--base IMAGE`` is the base (any Debian-like image with python3 >= 3.11 and venv), ``--wheels
+DIR`` makes it install from that folder of wheels alone, with no package index (an offline build).
+It prints the image's id, size and build time.
+
+``push --provider NAME`` asks the provider to push (the ``ImageRegistry`` verb ``push_image``, for
+providers with the ``IMAGE_REGISTRY`` capability: ECR on aws) and prints where the image went and
+its digest; a provider without a registry is refused with the list of those that have one. The
+push is remembered (``images.json`` in dqlctl's home): a later ``launch --runtime docker`` on that
+provider without ``--image`` runs it, pinned to its digest. ``--json`` prints the result as one
+JSON object (the container engine's own output goes to stderr). Standard library only at import
+time.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import argparse
 import json
 import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,11 @@ def register(sub: Any) -> None:
     b = isub.add_parser("build", help="build the image with docker or podman")
     b.add_argument("--tag", default=DEFAULT_TAG)
     b.add_argument("--cpu", action="store_true", help="CPU-only torch (smaller)")
+    b.add_argument("--base", metavar="IMAGE",
+                   help="base image (default python:3.11-slim-bookworm): Debian-like, python3 "
+                   ">= 3.11 with venv")
+    b.add_argument("--wheels", metavar="DIR",
+                   help="install from this folder of wheels only, no package index (offline)")
     b.add_argument("--engine", choices=("docker", "podman"), help="default: the first that works")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=cmd_image)
@@ -64,20 +78,61 @@ def registry_providers() -> list[str]:
 def cmd_image(ctx: Any, args: argparse.Namespace) -> int:
     if args.image_verb == "push":
         return cmd_push(ctx, args)
+    from providers.containers import build_context, image_facts
+
+    wheels = Path(args.wheels) if args.wheels else None
+    if wheels is not None and not any(wheels.glob("*.whl")):
+        raise DqlctlError(f"--wheels {args.wheels}: no *.whl files there (fill it with "
+                          "`pip download -d DIR ...` on a machine that reaches an index)")
     engine = container_engine(args.engine)
-    cmd = [engine, "build", "-t", args.tag, "-f", str(ROOT / "Dockerfile")]
-    if args.cpu:
-        cmd += ["--build-arg", "VARIANT=cpu"]
-    # with --json the engine's own output goes to stderr, so stdout is the result alone
-    proc = subprocess.run([*cmd, str(ROOT)], stdout=2 if args.json else None)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="dqlctl-build-") as tmp:
+        context = build_context(ROOT, Path(tmp), wheels)
+        cmd = [engine, "build", "-t", args.tag, "-f", str(context / "Dockerfile")]
+        if args.cpu:
+            cmd += ["--build-arg", "VARIANT=cpu"]
+        if args.base:
+            cmd += ["--build-arg", f"BASE={args.base}"]
+        # with --json the engine's own output goes to stderr, so stdout is the result alone
+        proc = subprocess.run([*cmd, str(context)], stdout=2 if args.json else None)
     if proc.returncode != 0:
         raise DqlctlError(f"{engine} build failed (exit {proc.returncode})", 1)
+    facts = {"tag": args.tag, "engine": engine, "cpu": bool(args.cpu), "base": args.base,
+             "offline": wheels is not None, **image_facts(engine, args.tag),
+             "seconds": round(time.monotonic() - started, 1)}
     if args.json:
-        print(json.dumps({"tag": args.tag, "engine": engine, "cpu": bool(args.cpu)}),
-              file=ctx.stdout)
+        print(json.dumps(facts), file=ctx.stdout)
     else:
-        print(f"built {args.tag} with {engine}", file=ctx.stdout)
+        size = facts.get("size_bytes")
+        about = f": {size / 1e9:.2f} GB, {facts['id']}" if size else ""
+        print(f"built {args.tag} with {engine}{about} ({facts['seconds']:.0f} s)",
+              file=ctx.stdout)
     return 0
+
+
+IMAGES_FILE = "images.json"
+
+
+def remember_push(home: Path, pushed: dict[str, Any]) -> None:
+    """The last image pushed to each provider (``launch --runtime docker``'s default)."""
+    path = home / IMAGES_FILE
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known[pushed["provider"]] = {**pushed, "pushed_at": time.time()}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    tmp.replace(path)
+
+
+def last_pushed(home: Path, provider: str) -> str | None:
+    """The digest-pinned reference of the last image pushed to ``provider``; None."""
+    try:
+        entry = json.loads((home / IMAGES_FILE).read_text()).get(provider) or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entry.get("pinned") or entry.get("reference")
 
 
 def cmd_push(ctx: Any, args: argparse.Namespace) -> int:
@@ -97,6 +152,7 @@ def cmd_push(ctx: Any, args: argparse.Namespace) -> int:
         pushed = ctx.provider(args.provider).push_image(args.tag, engine, region=args.region)
     except ProviderError as exc:
         raise DqlctlError(str(exc), exc.exit_code) from None
+    remember_push(ctx.home, pushed.to_dict())
     if args.json:
         print(json.dumps(pushed.to_dict()), file=ctx.stdout)
     else:

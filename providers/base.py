@@ -265,8 +265,13 @@ class ImagePush:
     def reference(self) -> str:
         return f"{self.repository}:{self.tag}"
 
+    @property
+    def pinned(self) -> str:
+        """``repository@digest``: what a run records and pulls (the tag may move later)."""
+        return f"{self.repository}@{self.digest}" if self.digest else self.reference
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "reference": self.reference}
+        return {**asdict(self), "reference": self.reference, "pinned": self.pinned}
 
 
 @dataclass(frozen=True)
@@ -332,6 +337,11 @@ class ImageRegistry(Protocol):
 
     def push_image(self, local_ref: str, engine: str,
                    region: str | None = None) -> ImagePush: ...
+
+    def registry_login(self, image: str, region: str) -> tuple[str, str | None] | None:
+        """(cloud, region) whose identity a VM in ``region`` logs in with to pull ``image``
+        (providers/image_pull.py); None when ``image`` is not in this provider's registry."""
+        ...
 
 
 # -- what to run to install a missing extra ---------------------------------------------------------

@@ -85,3 +85,17 @@ def staged_experiment_dir(staging_root: str, results_dir: str, experiment: str) 
     experiment ``experiment``: ``<staging_root>/<staging_key>/<experiment>``."""
     key = staging_key(experiment_uri(results_dir, experiment))
     return f"{staging_root.rstrip('/')}/{key}/{experiment}"
+
+
+def read_env_file(path: str, remove: bool) -> dict[str, str]:
+    """The run's settings file on its machine (``secrets.env``): KEY=VALUE lines (the value may
+    hold anything but a newline); deleted once read if asked."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            key, sep, value = line.rstrip("\n").partition("=")
+            if sep and key:
+                values[key] = value
+    if remove:
+        os.unlink(path)
+    return values

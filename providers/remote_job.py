@@ -142,20 +142,25 @@ def engine_argv(spec: LaunchSpec, runtime: str, *, python: str, workdir: str, da
                 results_arg: str, image: str | None) -> list[str]:
     """The engine's command on the VM, as argv (the supervisor runs it without a shell).
     ``--data_file=``/``--results_dir=`` are joined to their values so that a value starting
-    with ``-`` is still a value."""
+    with ``-`` is still a value. In a container (``docker``) the run's folder is mounted at the
+    same path, so the data, the results and the staging folder keep their paths
+    (providers/containers.py ``run_argv``)."""
     job = spec.job
     if runtime == "native":
         return [python, "-u", "-m", "engine", *job.engine_args,
                 f"--data_file={data_arg}", f"--results_dir={results_arg}"]
     if runtime == "docker":
+        from providers.containers import run_argv
+
         if not image:
             raise ProviderError("--runtime docker needs an engine image (dqlctl image push)")
-        if image.startswith("-"):
-            raise ProviderError(f"engine image {image!r} is not an image name", field="image")
-        data_in = f"/data/{PurePosixPath(data_arg).name}" if "://" not in data_arg else data_arg
-        return ["docker", "run", "--rm", f"--name=dqlctl-{spec.run_id}",
-                f"--volume={workdir}/data:/data:ro", f"--volume={results_arg}:/results", image,
-                *job.engine_args, f"--data_file={data_in}", "--results_dir=/results"]
+        try:
+            return run_argv("docker", name=f"dqlctl-{spec.run_id}", image=image,
+                            engine_args=list(job.engine_args), data_file=data_arg,
+                            results_dir=results_arg, mounts=[workdir], network="host",
+                            labels={"dqlctl.run": spec.run_id})
+        except ValueError as exc:
+            raise ProviderError(str(exc), field="image") from None
     raise ProviderError(f"unknown runtime {runtime!r} for a VM (native or docker)")
 
 
@@ -198,7 +203,8 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
                      image: str | None = None, start_timeout: float = 60.0,
                      env: dict[str, str] | None = None, direct: bool = False,
                      selfcare: SelfCare | None = None,
-                     notices: str | None = None) -> dict[str, Any]:
+                     notices: str | None = None,
+                     registry_login: tuple[str, str | None] | None = None) -> dict[str, Any]:
     """Prepare the VM and start the engine detached; what the handle needs to find it again.
 
     ``env``: settings for the engine's environment (not secret: the region, say). ``direct``:
@@ -210,6 +216,9 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     ``selfcare``: when the VM shuts itself down (None: never, as for a machine not ours).
     ``notices``: the cloud whose preemption notices the supervisor watches (a spot VM; its
     metadata endpoint comes from ``env`` or the self-care settings, providers/notices.py).
+    ``registry_login``: (cloud, region) whose identity logs the VM's container engine in to the
+    image's registry (``docker`` runtime; providers/image_pull.py). The image is pulled before
+    the engine starts and run by the digest pulled, which ``image`` in the result records.
     """
     job = spec.job
     workdir = remote_workdir(root, spec.run_id)
@@ -227,16 +236,20 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     results = f"{workdir}/results"
     env = dict(env or {})
     events_path = f"{results}/{job.experiment}/{EVENTS_FILE}"
-    direct = direct and runtime == "native" and "://" in job.results_dir \
+    direct = direct and "://" in job.results_dir \
         and not job.results_dir.startswith("file://")
     if direct:
         staging = f"{workdir}/staging"
         env[STAGING_ENV] = staging
         staged = staged_experiment_dir(staging, job.results_dir, job.experiment)
         events_path = f"{staged}/{EVENTS_FILE}"
+    _ship_code(session, workdir)  # the supervisor's code, and the engine's for native
+    session.put_bytes(_env_file({**env, **(secrets or {})}), f"{workdir}/secrets.env",
+                      mode=0o600)
+    if runtime == "docker" and image:
+        image = _pull_image(session, workdir, python, image, registry_login)
     engine = engine_argv(spec, runtime, python=python, workdir=workdir, data_arg=data_arg,
                          results_arg=job.results_dir if direct else results, image=image)
-    _ship_code(session, workdir)  # the supervisor's code, and the engine's for native
     if runtime == "native":
         code, _, err = session.run(f"{q(python)} -c 'import torch, numpy, pandas'", timeout=300)
         if code != 0:
@@ -245,8 +258,6 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
                 f"the VM's Python ({python}) cannot run the engine: {missing[0]}; use a "
                 "deep-learning image or --runtime docker")
 
-    session.put_bytes(_env_file({**env, **(secrets or {})}), f"{workdir}/secrets.env",
-                      mode=0o600)
     session.check(launch_line(spec, workdir=workdir, python=python, runtime=runtime,
                               engine=engine, selfcare=selfcare, direct=direct,
                               notices=notices, events_path=events_path),
@@ -258,5 +269,24 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
             last = [x for x in log.strip().splitlines() if x.strip()][-1:] or ["no output"]
             raise ProviderError(f"the engine did not start on the VM: {last[0]}")
         time.sleep(0.1)
-    return {"workdir": workdir, "events_path": events_path, "results_dir": results,
+    info = {"workdir": workdir, "events_path": events_path, "results_dir": results,
             "runtime": runtime, "direct": direct}
+    if runtime == "docker":
+        info["image"] = image
+    return info
+
+
+def _pull_image(session: SshSession, workdir: str, python: str, image: str,
+                login: tuple[str, str | None] | None) -> str:
+    """Pull the engine image on the VM (logged in with the VM's identity when ``login`` names
+    a cloud); the reference pinned to the digest pulled (providers/image_pull.py)."""
+    argv = ["env", f"PYTHONPATH={workdir}/app", python, "-m", "providers.image_pull",
+            "--engine", "docker", f"--env-file={workdir}/secrets.env"]
+    if login:
+        argv += ["--login", login[0]] + (["--region", login[1]] if login[1] else [])
+    code, out, err = session.run(" ".join(q(a) for a in [*argv, "--", image]), timeout=1800)
+    lines = out.strip().splitlines()
+    if code != 0 or not lines:
+        why = (err.strip().splitlines() or ["no output"])[-1]
+        raise ProviderError(f"the VM could not pull the engine image {image}: {why}")
+    return lines[-1].strip()

@@ -253,9 +253,17 @@ class SshVm:
                                     env=self.vm_env(instance),
                                     direct=self.writes_directly(spec.job.results_dir),
                                     selfcare=self.selfcare(spec),
-                                    notices=self.notices(spec))
+                                    notices=self.notices(spec),
+                                    registry_login=self.registry_login(spec.image,
+                                                                       instance.region)
+                                    if runtime == "docker" and spec.image else None)
         instance.extra.update(info)
         return instance
+
+    def registry_login(self, image: str, region: str) -> tuple[str, str | None] | None:
+        """(cloud, region) whose identity the VM logs in with to pull ``image``; None: pulled
+        as it is (no registry of this provider's, or none built for it yet)."""
+        return None
 
     def writes_directly(self, results_dir: str) -> bool:
         """Whether the VM's engine writes ``results_dir`` itself, with the VM's identity (a

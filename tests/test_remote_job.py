@@ -148,10 +148,15 @@ def test_hostile_values_never_run_and_reach_the_engine_exactly(tmp_path: Path,
             assert record["argv"] == [*case["engine_args"], f"--data_file={data_arg}",
                                       f"--results_dir={case['results_dir']}"]
         else:
-            added = [f"--env={k}" for k in sorted(case["env"])] + ["--gpus=all"]
+            added = [f"--user={os.getuid()}:{os.getgid()}",
+                     *(f"--env={k}" for k in sorted(case["env"])), "--gpus=all"]
             assert record["argv"] == ["run", *added, *engine[2:]]
-            assert record["argv"][len(added) + 5] == case["image"]
-            assert case["engine_args"] == record["argv"][len(added) + 6:-2]
+            n = len(case["engine_args"])
+            assert record["argv"][-n - 3] == case["image"]
+            assert case["engine_args"] == record["argv"][-n - 2:-2]
+            assert record["argv"][-2:] == [f"--data_file={data_arg}",
+                                           f"--results_dir={case['results_dir']}"]
+            assert f"--volume={workdir}:{workdir}" in record["argv"]
 
 
 def test_unsafe_values_are_refused_not_passed() -> None:
@@ -275,10 +280,17 @@ def test_hostile_values_over_ssh(tmp_path: Path, vm: tuple[SshTarget, dict[str, 
         assert record["argv"] == [*case["engine_args"],
                                   f"--data_file={workdir}/data/{case['data']}",
                                   f"--results_dir={case['results_dir']}"]
-    else:
-        (line,) = (Path(info["root"]) / "docker.log").read_text().splitlines()
-        record = json.loads(line)
-        assert case["image"] in record["argv"]
+    else:   # pulled first (no login: not a registry of ours), then run by the digest pulled
+        from providers.containers import pinned
+        from tests.vm import FAKE_DIGEST
+
+        calls = [json.loads(x) for x in (Path(info["root"]) / "docker.log").read_text()
+                 .splitlines()]
+        assert [c["argv"][0] for c in calls] == ["pull", "image", "run"]
+        assert calls[0]["argv"] == ["pull", case["image"]]
+        record = calls[-1]
+        assert out["image"] == pinned(case["image"], FAKE_DIGEST)
+        assert record["argv"][-(len(case["engine_args"]) + 3)] == out["image"]
         assert record["argv"][-(len(case["engine_args"]) + 2):-2] == case["engine_args"]
     for key, value in case["env"].items():
         assert record["env"][key] == value

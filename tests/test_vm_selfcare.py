@@ -118,12 +118,15 @@ def test_the_secrets_file_is_gone_once_read_and_the_engine_has_them(tmp_path: Pa
 
 
 def test_container_options_come_from_the_supervisor(tmp_path: Path) -> None:
+    import os
+
     from providers.local.supervisor import container_command
 
     cmd = ["docker", "run", "--rm", "img", "train"]
+    user = f"--user={os.getuid()}:{os.getgid()}"
     assert container_command(cmd, ["A", "B"], "all") == [
-        "docker", "run", "--env=A", "--env=B", "--gpus=all", "--rm", "img", "train"]
-    assert container_command(cmd, [], "none") == cmd
+        "docker", "run", user, "--env=A", "--env=B", "--gpus=all", "--rm", "img", "train"]
+    assert container_command(cmd, [], "none") == ["docker", "run", user, "--rm", "img", "train"]
 
 
 def test_a_vm_that_cannot_delete_itself_shuts_down_instead(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ to itself touches the test machine: ``sudo`` runs its arguments as they are (the
 ``shutdown`` records that it was called (one JSON line in ``<disk>/shutdown.log``: arguments and
 the caller's folder) and then runs ``<disk>/shutdown-hook`` when a test wrote one (the AWS e2e
 terminates the moto instance from it); ``docker`` records its argv and environment in
-``<disk>/docker.log`` and exits 0. When the stand-in ends, so does every process started under
+``<disk>/docker.log`` and exits 0 (to ``image inspect`` it answers a digest, ``FAKE_DIGEST``).
+When the stand-in ends, so does every process started under
 its disk (the supervisors a run left behind), as they would with the machine.
 
 ``controller_killed_mid_run`` starts a run from a dqlctl process and kills that process once
@@ -53,13 +54,17 @@ with urllib.request.urlopen(urllib.request.Request(req.url, body.encode(), dict(
 
 @contextmanager
 def vm_sshd(disk: Path, keys_url: str | None = None, keys_command: str | None = None,
-            address: str = "127.0.0.1", port: int | None = None) -> Iterator[dict[str, Any]]:
+            address: str = "127.0.0.1", port: int | None = None,
+            tools: dict[str, str] | None = None,
+            env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """An OpenSSH server standing in for a VM: it trusts exactly the public keys that
     ``keys_url`` lists (one per line), or that the shell command ``keys_command`` prints.
 
     ``disk`` is the VM's own folder (remote_root). It listens on ``address`` (any 127.x.y.z is
     this machine), at ``port`` (default: a free one; 22 where dqlctl is to find it by the
-    address alone, as on a cloud). Needs root (sshd, /run, port 22).
+    address alone, as on a cloud). Needs root (sshd, /run, port 22). ``tools``: commands on
+    its PATH that replace the fakes (name -> script; e.g. a real ``docker``); ``env``: more of
+    its sessions' environment (sshd ``SetEnv``; values without spaces or quotes).
     """
     keys_dir = Path("/run") / f"dqlctl-test-{uuid.uuid4().hex[:8]}"  # root-owned path
     keys_dir.mkdir(mode=0o755)
@@ -73,7 +78,7 @@ def vm_sshd(disk: Path, keys_url: str | None = None, keys_command: str | None = 
     disk = disk.resolve()
     bin_dir = keys_dir / "bin"
     bin_dir.mkdir()
-    for name, body in fakes(disk).items():
+    for name, body in {**fakes(disk), **(tools or {})}.items():
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(0o755)
     port = port or free_port()
@@ -84,7 +89,8 @@ def vm_sshd(disk: Path, keys_url: str | None = None, keys_command: str | None = 
         "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "Subsystem sftp internal-sftp\n"
         f"AuthorizedKeysCommand {script}\nAuthorizedKeysCommandUser root\n"
-        f"SetEnv PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n")
+        f"SetEnv PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        + "".join(f" {k}={v}" for k, v in (env or {}).items()) + "\n")
     Path("/run/sshd").mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     info: dict[str, Any] = {"address": address, "port": port, "root": disk}
@@ -128,8 +134,18 @@ def fakes(disk: Path) -> dict[str, str]:
         "sudo": '#!/bin/sh\nexec "$@"\n',
         "shutdown": recorder("shutdown.log", f"if os.access({hook!r}, os.X_OK):\n"
                                              f"    os.execv({hook!r}, [{hook!r}])\n"),
-        "docker": recorder("docker.log"),
+        "docker": recorder("docker.log", DOCKER_ANSWERS),
     }
+
+
+#: the fake ``docker``'s answer to ``image inspect`` (what providers/image_pull.py reads after a
+#: pull): the image's repository pinned to ``FAKE_DIGEST``
+FAKE_DIGEST = "sha256:" + "d1" * 32
+DOCKER_ANSWERS = (
+    f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+    "if sys.argv[1:3] == ['image', 'inspect']:\n"
+    "    from providers.containers import pinned\n"
+    f"    print(json.dumps([pinned(sys.argv[-1], {FAKE_DIGEST!r})]))\n")
 
 
 def kill_processes_under(disk: Path) -> None:

@@ -112,6 +112,16 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
                              f"(available: {known})", field="provider")
         raise UsageError(f"unknown provider {req.provider!r} (choose from: {known}, or auto)",
                          field="provider")
+    if req.runtime == "docker" and not req.image:
+        from dqlctl.image_cmd import last_pushed
+        from providers import capabilities_of
+
+        if Capability.LOCAL_JOB not in capabilities_of(req.provider):
+            req.image = last_pushed(ctx.home, req.provider)
+            if req.image is None:
+                raise UsageError(f"--runtime docker on {req.provider}: no engine image; push one "
+                                 f"with `dqlctl image push --provider {req.provider}` or give "
+                                 "--image", field="image")
     if req.agent_type not in AGENT_TYPES:
         raise UsageError(f"unknown agent type {req.agent_type!r} (choose from: "
                          f"{', '.join(AGENT_TYPES)})", field="agent_type")

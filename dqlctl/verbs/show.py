@@ -33,6 +33,7 @@ def cmd_show(ctx: Any, args: argparse.Namespace) -> int:
               ("age", fmt_duration(now - run.created_at)),
               ("progress", progress_text(run, episode_prefix="ep ")),
               ("cost", f"${runs.run_cost(ctx, run, now):.4f}"), ("results", run.results_uri),
+              ("image", safe_text(run.spec.get("image") or "")),
               ("reason", safe_text(run.reason or ""))]
     for key, value in fields:
         if value not in (None, ""):

@@ -44,6 +44,27 @@ def bucket_policy(buckets: list[str]) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def image_pull_statements(spec: LaunchSpec, registry: str | None,
+                          region: str | None = None) -> list[dict[str, Any]]:
+    """A ``--runtime docker`` run whose image is in ECR may pull that repository (and get the
+    registry token that takes), nothing else of ECR; none for any other run. ``region``: the
+    instance's (that of an image at the configured ``registry`` address)."""
+    from providers.aws.images import ECR_HOST, ecr_region
+    from providers.containers import split_reference
+
+    if spec.runtime != "docker" or not spec.image:
+        return []
+    found = ecr_region(spec.image, registry, region or spec.region or "*")
+    if found is None:
+        return []
+    host, repo, _, _ = split_reference(spec.image)
+    account = host.split(".", 1)[0] if ECR_HOST.match(host) else "*"
+    return [{"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {"Effect": "Allow", "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+                                           "ecr:BatchCheckLayerAvailability"],
+             "Resource": f"arn:aws:ecr:{found}:{account}:repository/{repo}"}]
+
+
 def delete_group(ec2: Any, group_id: str) -> None:
     """Delete a security group, waiting while an instance still uses it; gone is fine."""
     for attempt in range(30):  # the group stays in use until the instance is gone
@@ -60,6 +81,7 @@ class Ec2Access:
     """Key pair, security group, role and instance profile (see the module's docstring)."""
 
     name: str
+    registry: str | None = None   # ECR's configured address (AwsProvider's)
 
     if TYPE_CHECKING:  # AwsProvider's (and SshVm's), declared for the type checker only
         def _client(self, service: str, region: str | None = None) -> Any: ...
@@ -86,7 +108,8 @@ class Ec2Access:
             "IpRanges": [{"CidrIp": cidr, "Description": "dqlctl operator"}]}])
         return gid
 
-    def _ensure_role(self, spec: LaunchSpec, tags: list[dict[str, str]]) -> str:
+    def _ensure_role(self, spec: LaunchSpec, tags: list[dict[str, str]],
+                     region: str | None = None) -> str:
         iam = self._client("iam", spec.region)
         name = f"dqlctl-{spec.run_id}"
         trust = {"Version": "2012-10-17", "Statement": [{
@@ -94,8 +117,10 @@ class Ec2Access:
             "Action": "sts:AssumeRole"}]}
         iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Tags=tags,
                         Description=f"dqlctl run {spec.run_id}")
+        policy = bucket_policy(buckets_of(spec))
+        policy["Statement"] += image_pull_statements(spec, self.registry, region)
         iam.put_role_policy(RoleName=name, PolicyName="run-bucket",
-                            PolicyDocument=json.dumps(bucket_policy(buckets_of(spec))))
+                            PolicyDocument=json.dumps(policy))
         iam.create_instance_profile(InstanceProfileName=name, Tags=tags)
         iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
         return name

@@ -83,7 +83,8 @@ class AwsProvider(Ec2Access, SshVm):
                  remote_python: str = "python3", ssh_user: str = "ubuntu",
                  ssh_cidr: str | None = None, image_id: str | None = None,
                  ready_timeout: float = 600.0, poll_interval: float = 2.0,
-                 vm_env: dict[str, str] | None = None, host_key_wait: float = 180.0) -> None:
+                 vm_env: dict[str, str] | None = None, host_key_wait: float = 180.0,
+                 registry: str | None = None) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.extra_vm_env = dict(vm_env or {})  # test hook: e.g. AWS_ENDPOINT_URL for moto
         self.ssh_host_override = ssh_host_override
@@ -95,6 +96,7 @@ class AwsProvider(Ec2Access, SshVm):
         self.ready_timeout = ready_timeout
         self.poll_interval = poll_interval
         self.host_key_wait = host_key_wait
+        self.registry = registry    # ECR's address when not the account's (providers/aws/images.py)
         self._ready_sessions: dict[str, Any] = {}
 
     def vm_env(self, instance: Instance) -> dict[str, str]:
@@ -123,7 +125,15 @@ class AwsProvider(Ec2Access, SshVm):
         """Push the engine image to ECR (``ImageRegistry``; see providers/aws/images.py)."""
         from providers.aws.images import push_to_ecr
 
-        return push_to_ecr(self._client("ecr", region), local_ref, engine, self.name)
+        return push_to_ecr(self._client("ecr", region), local_ref, engine, self.name,
+                           self.registry)
+
+    def registry_login(self, image: str, region: str) -> tuple[str, str | None] | None:
+        """An image in ECR is pulled with the instance role's token (providers/image_pull.py)."""
+        from providers.aws.images import ecr_region
+
+        found = ecr_region(image, self.registry, region)
+        return ("aws", found) if found else None
 
     def check(self) -> CheckResult:
         def probe() -> str:
@@ -159,7 +169,7 @@ class AwsProvider(Ec2Access, SshVm):
             created["key_name"] = self._ensure_key(ec2, run_id, tags)
             created["security_group"] = self._ensure_security_group(
                 ec2, run_id, tags, spec.extra.get("ssh_cidr"))
-            created["instance_profile"] = self._ensure_role(spec, tags)
+            created["instance_profile"] = self._ensure_role(spec, tags, region)
             image = self._image(ec2, self._client("ssm", region), spec.extra.get("image_id"))
             zones = [z["ZoneName"] for z in
                      ec2.describe_availability_zones()["AvailabilityZones"]
@@ -210,7 +220,10 @@ class AwsProvider(Ec2Access, SshVm):
             "IamInstanceProfile": {"Name": created["instance_profile"]},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "volume", "Tags": tags}],
-            "MetadataOptions": {"HttpTokens": "required"},  # IMDSv2 only
+            # IMDSv2 only; a container's request crosses one more hop than the host's (docker's
+            # bridge), so a docker run needs a hop limit of 2 to reach the instance role
+            "MetadataOptions": {"HttpTokens": "required",
+                                "HttpPutResponseHopLimit": 2 if spec.runtime == "docker" else 1},
             # the VM shuts itself down when its run is over (providers/remote_job.py): a guest
             # shutdown must end the bill, not leave a stopped instance and its volume
             "InstanceInitiatedShutdownBehavior": "terminate",

@@ -38,7 +38,9 @@ from providers.containers import (
     CONTAINER_ENGINES,
     container_engine_available,
     container_engine_item,
+    container_env,
     image_present,
+    run_argv,
 )
 from providers.jobs import LocalJobHandle
 from providers.procs import pid_exists, start_ticks
@@ -117,12 +119,13 @@ class LocalProvider:
         if runtime == "native":
             return [self.python, "-u", "-m", "engine", *job.engine_args,
                     "--data_file", job.data_file, "--results_dir", job.results_dir]
-        data = Path(job.data_file)
-        return [runtime, "run", "--rm", "--name", f"dqlctl-{spec.run_id}",
-                "--label", f"dqlctl.run={spec.run_id}", "--network", "none",
-                "-v", f"{data.parent}:/data:ro", "-v", f"{job.results_dir}:/results",
-                spec.image or DEFAULT_IMAGE, *job.engine_args,
-                "--data_file", f"/data/{data.name}", "--results_dir", "/results"]
+        to_bucket = "://" in job.results_dir
+        return run_argv(runtime, name=f"dqlctl-{spec.run_id}", image=spec.image or DEFAULT_IMAGE,
+                        engine_args=list(job.engine_args), data_file=job.data_file,
+                        results_dir=job.results_dir,
+                        mounts=[] if to_bucket else [job.results_dir],
+                        network="host" if to_bucket else "none",
+                        labels={"dqlctl.run": spec.run_id})
 
     def launch(self, spec: LaunchSpec) -> Instance:
         if not spec.workdir:
@@ -135,10 +138,13 @@ class LocalProvider:
         log_path = workdir / "engine.log"
         env = {**os.environ, **spec.job.env, "PYTHONUNBUFFERED": "1"}
         tags = [f"--tag={k}={v}" for k, v in sorted(spec.tags.items())]
+        container: list[str] = []
+        if runtime != "native":  # the engine's settings go in by name (values stay in the env)
+            container = ["--container", *(f"--pass-env={k}" for k in container_env(env))]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [self.python, "-m", "providers.local.supervisor", "--workdir", str(workdir),
-                 *tags, "--", *command],
+                 *tags, *container, "--", *command],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, env=env,
                 cwd=str(Path(__file__).resolve().parents[2]))

@@ -17,7 +17,9 @@ shutdown command (``shlex``-split, run without a shell), and what the supervisor
                         command line); with ``--remove-env-file`` the file is deleted as soon as it
                         has been read, so no secret rests on the VM's disk.
 ``--container``         ARGV is ``<docker|podman> run ...``: the env file's keys are passed as
-                        ``-e KEY`` (the value comes from the environment, never argv), and with
+                        ``-e KEY`` (the value comes from the environment, never argv), the
+                        container runs as the supervisor's own user and group (``--user``: what
+                        it writes in the mounted run folder is the run owner's), and with
                         ``--gpus auto`` ``--gpus=all`` is added when ``nvidia-smi`` answers here.
 
 Self-care (the VM does not depend on its controller; only with ``--shutdown-command``): once the
@@ -61,6 +63,8 @@ import threading
 import time
 from pathlib import Path
 
+from providers.layout import read_env_file
+
 COLLECTED = "collected"     # touched by a controller that has collected the results
 POLL_S = 1.0
 
@@ -72,19 +76,6 @@ def write_json_atomic(path: Path, data: dict[str, object]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def read_env_file(path: str, remove: bool) -> dict[str, str]:
-    """KEY=VALUE lines (the value may hold anything but a newline); deleted once read if asked."""
-    values: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            key, sep, value = line.rstrip("\n").partition("=")
-            if sep and key:
-                values[key] = value
-    if remove:
-        os.unlink(path)
-    return values
 
 
 def gpus_here() -> bool:
@@ -103,7 +94,7 @@ def container_command(command: list[str], env_keys: list[str], gpus: str) -> lis
     """``<engine> run OPTIONS...`` with the supervisor's own options added right after ``run``."""
     if len(command) < 2 or command[1] != "run":
         raise ValueError(f"--container expects '<docker|podman> run ...', got {command[:2]}")
-    added = [f"--env={key}" for key in env_keys]
+    added = [f"--user={os.getuid()}:{os.getgid()}", *(f"--env={key}" for key in env_keys)]
     if gpus == "all" or (gpus == "auto" and gpus_here()):
         added.append("--gpus=all")
     return [*command[:2], *added, *command[2:]]
@@ -120,6 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--container", action="store_true",
                         help="the command is '<docker|podman> run ...': pass the env file's keys "
                         "with --env KEY and add --gpus=all per --gpus")
+    parser.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                        help="with --container: pass this variable of the supervisor's own "
+                        "environment on too (by name: its value never reaches a command line)")
     parser.add_argument("--gpus", choices=("auto", "all", "none"), default="none",
                         help="with --container: auto adds --gpus=all when nvidia-smi answers")
     parser.add_argument("--shutdown-command",
@@ -156,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             extra = read_env_file(args.env_file, args.remove_env_file)
         env.update(extra)
         if args.container:
-            command = container_command(command, sorted(extra), args.gpus)
+            keys = {*extra, *(k for k in args.pass_env if k in env)}
+            command = container_command(command, sorted(keys), args.gpus)
         child = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, env=env)
     except (OSError, ValueError) as exc:
         print(f"dqlctl: could not start the engine: {exc}", flush=True)

@@ -1,0 +1,222 @@
+"""The containerised engine for real: built here, pushed to a registry, pulled and run on a VM.
+
+* The CPU image is built with ``dqlctl image build --cpu --base ... --wheels ...`` by podman,
+  offline (a Debian base made here, wheels from a local folder: tests/containers.py).
+* ``dqlctl image push --provider aws`` pushes it to "ECR": moto's ECR API for the repository and
+  the token, Debian's registry v2 server for the bytes, which lets in only the user and password
+  that moto's GetAuthorizationToken hands out (``[providers.aws] registry`` names its address,
+  as one would name an ECR interface endpoint).
+* ``launch --provider aws --runtime docker`` on the sshd VM stand-in, whose ``docker`` is podman
+  with storage and logins of its own: the VM logs in with its instance role (IMDSv2 credentials,
+  a SigV4-signed GetAuthorizationToken: tests/fake_imds.py and moto), pulls, and runs the engine
+  by the digest it pulled; the engine in the container writes its checkpoints and results
+  straight to the moto bucket with the same role.
+* ``dqlctl stop`` reaches the engine inside the container (``--init``): it checkpoints and exits
+  143. A relaunch with ``--resume`` takes the checkpoint from the bucket and finishes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from dqlctl import registry as reg
+from dqlctl.cli import main
+from dqlctl.context import Context
+from tests import containers
+from tests.fake_imds import FakeImds
+from tests.host_keys import seed_ec2_console
+from tests.vm import AWS_KEYS, vm_sshd
+
+ROOT = Path(__file__).resolve().parents[1]
+TAG = "dqlctl-engine:test"
+CIDR = "198.51.100.7/32"
+
+
+@pytest.fixture(scope="session")
+def ecr_login(moto_server: str) -> tuple[str, str]:
+    """The user and password moto's GetAuthorizationToken gives (fixed per account)."""
+    ecr = boto3.client("ecr", endpoint_url=moto_server, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    token = ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]
+    user, _, password = base64.b64decode(token).decode().partition(":")
+    return user, password
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory,
+             ecr_login: tuple[str, str]) -> Iterator[str]:
+    missing = containers.tools_missing()
+    assert not missing, f"missing {missing}: `make system-deps` installs them"
+    server = containers.start_registry(tmp_path_factory.mktemp("registry"),
+                                       {ecr_login[0]: ecr_login[1]})
+    yield server.extra["address"]
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def operator_podman(tmp_path_factory: pytest.TempPathFactory, registry: str) -> dict[str, str]:
+    """The operator's podman: the image cache under .deps survives sessions (layers only)."""
+    return containers.podman_env(tmp_path_factory.mktemp("podman"),
+                                 containers.CACHE / "storage", registry)
+
+
+@pytest.fixture(scope="session")
+def built(operator_podman: dict[str, str]) -> dict[str, Any]:
+    """``dqlctl image build`` of the CPU image, offline; its JSON."""
+    base = containers.base_image(operator_podman)
+    wheels = containers.engine_wheels()
+    env = {**os.environ, **operator_podman}
+    proc = subprocess.run([sys.executable, "-m", "dqlctl", "image", "build", "--cpu",
+                           "--engine", "podman", "--base", base, "--wheels", str(wheels),
+                           "--tag", TAG, "--json"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout))
+
+
+@pytest.fixture()
+def podman_here(operator_podman: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in operator_podman.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_the_image_builds_offline_and_runs_a_local_run(built: dict[str, Any], podman_here: None,
+                                                       tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build says what it made; the local provider runs a training in it: files in the
+    results folder belong to the user who launched it, and the engine saw the data by path."""
+    assert built["offline"] and built["cpu"] and built["engine"] == "podman"
+    assert built["id"].startswith("sha256:") and built["size_bytes"] > 100_000_000
+    home = tmp_path / "home"
+    monkeypatch.setenv("DQLCTL_HOME", str(home))
+    code = main(["launch", "--provider", "local", "--runtime", "podman", "--image", TAG,
+                 "--data", "test_small.csv", "--agent-type", "dql", "--command", "train",
+                 "--episodes", "2", "--name", "boxed", "--follow"], ctx=Context(home=home))
+    (run,) = Context(home=home).registry.list()
+    assert code == 0 and run.state == reg.SUCCEEDED, run.reason
+    assert run.instance["extra"]["command"][:4] == ["podman", "run", "--rm", "--init"]
+    results = Path(run.results_uri)
+    assert (results / "model.pth").stat().st_uid == os.getuid()
+    events = [json.loads(x)["event"] for x in (results / "events.jsonl").read_text().split("\n")
+              if x]
+    assert events.count("episode") == 2 and events[-1] == "finished"
+
+
+@pytest.fixture()
+def vm(aws_env: str, tmp_path: Path, registry: str) -> Iterator[dict[str, Any]]:
+    """The VM stand-in whose ``docker`` is podman with a store and logins of its own."""
+    vm_podman = containers.podman_env(tmp_path / "vm-podman", tmp_path / "vm-storage", registry)
+    with vm_sshd(tmp_path / "vm-disk", keys_command=AWS_KEYS.format(endpoint=aws_env),
+                 tools={"docker": containers.docker_shim()}, env=vm_podman) as info:
+        info["podman"] = vm_podman
+        yield info
+    containers.podman(vm_podman, "rm", "--force", "--all", check=False)
+
+
+@pytest.fixture()
+def home(tmp_path: Path, vm: dict[str, Any], aws_env: str, registry: str,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    imds = FakeImds()
+    imds.start()
+    home = tmp_path / "dqlctl-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        "[providers.aws]\n"
+        f'ssh_host_override = "127.0.0.1:{vm["port"]}"\n'
+        f'registry = "{registry}"\n'
+        'ssh_user = "root"\n'
+        f'remote_root = "{vm["root"]}"\n'
+        f'remote_python = "{sys.executable}"\n'
+        "ready_timeout = 60\n"
+        "[providers.aws.vm_env]\n"
+        f'AWS_ENDPOINT_URL = "{aws_env}"\n'
+        f'AWS_EC2_METADATA_SERVICE_ENDPOINT = "{imds.url}"\n'
+        'AWS_METADATA_SERVICE_TIMEOUT = "10"\nAWS_METADATA_SERVICE_NUM_ATTEMPTS = "3"\n')
+    monkeypatch.setenv("DQLCTL_HOME", str(home))
+    seed_ec2_console(monkeypatch, [vm["host_key"]])
+    yield home
+    imds.stop()
+
+
+def launch(*extra: str) -> list[str]:
+    ami = boto3.client("ec2").describe_images()["Images"][0]["ImageId"]
+    return ["launch", "--provider", "aws", "--gpu", "T4:1", "--data", "test_small.csv",
+            "--agent-type", "dql", "--command", "train", "--ssh-cidr", CIDR, "--image-id", ami,
+            "--runtime", "docker", "--results-dir", "s3://engine-results/runs", "--name", "boxed",
+            *extra]
+
+
+def bucket_keys(prefix: str) -> set[str]:
+    listing = boto3.client("s3").list_objects_v2(Bucket="engine-results", Prefix=prefix)
+    return {o["Key"] for o in listing.get("Contents", [])}
+
+
+def test_push_pull_run_stop_and_resume_on_an_aws_vm(built: dict[str, Any], podman_here: None,
+                                                    home: Path, vm: dict[str, Any],
+                                                    registry: str, capsys: Any) -> None:
+    boto3.client("s3").create_bucket(Bucket="engine-results")
+    # push: the repository in "ECR", the bytes in the registry, the digest remembered
+    assert main(["image", "push", "--provider", "aws", "--engine", "podman", "--tag", TAG,
+                 "--region", "us-east-1", "--json"], ctx=Context(home=home)) == 0
+    pushed = json.loads(capsys.readouterr().out)
+    assert pushed["repository"] == f"{registry}/dqlctl-engine"
+    assert pushed["digest"].startswith("sha256:")
+    assert pushed["pinned"] == f"{registry}/dqlctl-engine@{pushed['digest']}"
+    assert boto3.client("ecr").describe_repositories()["repositories"][0][
+        "repositoryName"] == "dqlctl-engine"
+
+    # launch without --image: the image just pushed, by its digest
+    assert main(launch("--episodes", "400"), ctx=Context(home=home)) == 0
+    (run,) = Context(home=home).registry.list()
+    assert run.state == reg.RUNNING, run.reason
+    assert run.spec["image"] == pushed["pinned"]
+    policy = boto3.client("iam").get_role_policy(RoleName=f"dqlctl-{run.id}",
+                                                  PolicyName="run-bucket")["PolicyDocument"]
+    ecr = [st for st in policy["Statement"] if "ecr:BatchGetImage" in st["Action"]]
+    assert [st["Resource"] for st in ecr] == ["arn:aws:ecr:us-east-1:*:repository/dqlctl-engine"]
+    raw = boto3.client("ec2").describe_instances(InstanceIds=run.instance_ids)
+    options = raw["Reservations"][0]["Instances"][0]["MetadataOptions"]
+    assert options["HttpTokens"] == "required" and options["HttpPutResponseHopLimit"] == 2
+    # the VM logged in itself (its own auth file) and pulled the pushed digest
+    auth = json.loads(Path(vm["podman"]["REGISTRY_AUTH_FILE"]).read_text())
+    assert registry in auth.get("auths", {})
+    pulled = containers.podman(vm["podman"], "image", "inspect", "--format",
+                               "{{json .RepoDigests}}", pushed["pinned"])
+    assert pushed["pinned"] in json.loads(pulled.stdout)
+
+    # stop while it trains: the engine inside the container checkpoints and exits 143
+    events = Path(run.instance["extra"]["events_path"])
+    deadline = time.monotonic() + 180
+    while '"episode"' not in (events.read_text() if events.exists() else ""):
+        assert time.monotonic() < deadline, "no episode on the VM"
+        time.sleep(0.05)
+    assert main(["stop", run.id, "--wait", "120"], ctx=Context(home=home)) == 0
+    stopped = Context(home=home).registry.get(run.id)
+    assert stopped.state == reg.CANCELLED, stopped.reason
+    exit_record = json.loads((Path(run.instance["extra"]["workdir"]) / "exit.json").read_text())
+    assert exit_record["exit_code"] == 143 and exit_record["requested_stop"]
+    checkpoints = {k for k in bucket_keys("runs/boxed/checkpoints/") if k.endswith(".pt")}
+    assert checkpoints, "no checkpoint reached the bucket"
+
+    # a relaunch resumes from the bucket's checkpoint and finishes there
+    assert main(launch("--episodes", "400", "--follow", "--", "--resume"),
+                ctx=Context(home=home)) == 0
+    second = next(r for r in Context(home=home).registry.list() if r.id != run.id)
+    assert second.state == reg.SUCCEEDED, second.reason
+    log = (Path(second.instance["extra"]["workdir"]) / "engine.log").read_text()
+    assert "resumed from ckpt-" in log
+    assert {"runs/boxed/model.pth", "runs/boxed/events.jsonl"} <= bucket_keys("runs/boxed/")
+    capsys.readouterr()
+    assert main(["show", second.id], ctx=Context(home=home)) == 0
+    assert f"image          {pushed['pinned']}" in capsys.readouterr().out
