@@ -218,7 +218,7 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     metadata endpoint comes from ``env`` or the self-care settings, providers/notices.py).
     ``registry_login``: (cloud, region) whose identity logs the VM's container engine in to the
     image's registry (``docker`` runtime; providers/image_pull.py). The image is pulled before
-    the engine starts and run by the digest pulled, which ``image`` in the result records.
+    the engine starts and run by the digest pulled, which ``engine_image`` in the result records.
     """
     job = spec.job
     workdir = remote_workdir(root, spec.run_id)
@@ -272,7 +272,7 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     info = {"workdir": workdir, "events_path": events_path, "results_dir": results,
             "runtime": runtime, "direct": direct}
     if runtime == "docker":
-        info["image"] = image
+        info["engine_image"] = image      # pinned to the digest the VM pulled
     return info
 
 

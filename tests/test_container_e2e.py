@@ -33,6 +33,7 @@ import pytest
 from dqlctl import registry as reg
 from dqlctl.cli import main
 from dqlctl.context import Context
+from dqlctl.runs.request import spec_of
 from tests import containers
 from tests.fake_imds import FakeImds
 from tests.host_keys import seed_ec2_console
@@ -209,11 +210,13 @@ def test_push_pull_run_stop_and_resume_on_an_aws_vm(built: dict[str, Any], podma
     checkpoints = {k for k in bucket_keys("runs/boxed/checkpoints/") if k.endswith(".pt")}
     assert checkpoints, "no checkpoint reached the bucket"
 
-    # a relaunch resumes from the bucket's checkpoint and finishes there
-    assert main(launch("--episodes", "400", "--follow", "--", "--resume"),
-                ctx=Context(home=home)) == 0
+    # a relaunch by tag resumes from the bucket's checkpoint and finishes there; the run
+    # records the digest the VM pulled, which is what a recovery would pull (spec_of)
+    assert main(launch("--episodes", "400", "--image", f"{registry}/dqlctl-engine:test",
+                       "--follow", "--", "--resume"), ctx=Context(home=home)) == 0
     second = next(r for r in Context(home=home).registry.list() if r.id != run.id)
     assert second.state == reg.SUCCEEDED, second.reason
+    assert spec_of(second).image == pushed["pinned"]
     log = (Path(second.instance["extra"]["workdir"]) / "engine.log").read_text()
     assert "resumed from ckpt-" in log
     assert {"runs/boxed/model.pth", "runs/boxed/events.jsonl"} <= bucket_keys("runs/boxed/")

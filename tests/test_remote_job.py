@@ -289,8 +289,8 @@ def test_hostile_values_over_ssh(tmp_path: Path, vm: tuple[SshTarget, dict[str, 
         assert [c["argv"][0] for c in calls] == ["pull", "image", "run"]
         assert calls[0]["argv"] == ["pull", case["image"]]
         record = calls[-1]
-        assert out["image"] == pinned(case["image"], FAKE_DIGEST)
-        assert record["argv"][-(len(case["engine_args"]) + 3)] == out["image"]
+        assert out["engine_image"] == pinned(case["image"], FAKE_DIGEST)
+        assert record["argv"][-(len(case["engine_args"]) + 3)] == out["engine_image"]
         assert record["argv"][-(len(case["engine_args"]) + 2):-2] == case["engine_args"]
     for key, value in case["env"].items():
         assert record["env"][key] == value

@@ -178,10 +178,9 @@ def _bring_up(ctx: Context, run_id: str, machine: Callable[[], Placement],
             if not (adopted and _job_started(provider, instance, spec)):
                 instance = provider.start_job(instance, spec, secrets=_secrets())
                 registry.update(run_id, instance=instance.to_dict())
-                pulled = instance.extra.get("image")
+                pulled = instance.extra.get("engine_image")
                 if pulled and pulled != spec.image:
                     # the digest the VM pulled: a relaunch runs that, wherever the tag moved
-                    spec.image = pulled
                     registry.merge(run_id, spec={"image": pulled})
             _step(ctx, run_id, reg.RUNNING, on_state, **running)
     except BaseException as exc:
