@@ -38,13 +38,18 @@ run: install
 		exit $$rc
 
 # Servers and tools the tests use: OpenSSH (a VM stand-in) from Debian, Azurite from npm,
-# rclone (Debian's, the baseline of bench/sync_vs_rclone.py). moto and fake-gcs-server come
+# rclone (Debian's, the baseline of bench/sync_vs_rclone.py), podman + runc + catatonit (the
+# engine's container, built and run for real), debootstrap (its base image, made here) and
+# docker-registry (a registry v2 server behind the clouds' registry APIs). moto and fake-gcs-server come
 # with the dev extra. Missing tools fail loudly in conftest.
 system-deps: $(DEPS)/.system
 $(DEPS)/.system:
 	mkdir -p $(DEPS)
-	@if ! [ -x /usr/sbin/sshd ] || ! command -v tmux >/dev/null || ! command -v rclone >/dev/null || ! command -v curl >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server tmux rclone curl >/dev/null; fi
+	@if ! [ -x /usr/sbin/sshd ] || ! command -v tmux >/dev/null || ! command -v rclone >/dev/null || ! command -v curl >/dev/null \
+		|| ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null \
+		|| ! command -v docker-registry >/dev/null || ! [ -x /usr/libexec/podman/catatonit ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server tmux rclone curl \
+			podman runc catatonit debootstrap docker-registry >/dev/null; fi
 	@if ! [ -x $(DEPS)/azurite/node_modules/.bin/azurite-blob ]; then \
 		npm install --silent --no-audit --no-fund --prefix $(DEPS)/azurite azurite@3.35.0 >/dev/null; fi
 	touch $@
