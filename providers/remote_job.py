@@ -82,6 +82,8 @@ DIRECT_LINGER_S = 60.0          # direct results: the end is safe; a live contro
 DEFAULT_COLLECT_GRACE_S = 1800.0    # results on the VM's disk: how long to wait for a collector
 DEFAULT_IDLE_MINUTES = 30.0
 SUPERVISOR = "providers.local.supervisor"
+#: what an engine's supervisor leaves in the run's folder about that engine (providers/jobs.py)
+STALE_MARKERS = ("job.json", "exit.json", "collected")
 
 SHUTDOWN_NOTES = {
     "aws": "launched with InstanceInitiatedShutdownBehavior=terminate: `shutdown -h` terminates "
@@ -222,7 +224,10 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     """
     job = spec.job
     workdir = remote_workdir(root, spec.run_id)
-    session.check(f"mkdir -p {q(workdir + '/data')} {q(workdir + '/results')}",
+    # a folder left by an earlier engine of this run (the same machine again) must not speak
+    # for this one: its end, its pid and its collected mark go first
+    session.check(f"mkdir -p {q(workdir + '/data')} {q(workdir + '/results')} && "
+                  f"rm -f {' '.join(q(f'{workdir}/{n}') for n in STALE_MARKERS)}",
                   "creating the run's folder")
     # Resolve the work dir to an absolute path (SFTP and the shell agree on it from here on).
     workdir = session.check(f"cd {q(workdir)} && pwd -P", "resolving the run's folder").strip()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,12 +32,14 @@ import boto3
 import pytest
 
 from dqlctl import registry as reg
+from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
 from dqlctl.runs.request import spec_of
 from tests import containers
 from tests.fake_imds import FakeImds
 from tests.host_keys import seed_ec2_console
+from tests.test_aws_e2e import kill_vm_processes
 from tests.vm import AWS_KEYS, vm_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +95,12 @@ def podman_here(operator_podman: dict[str, str], monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv(key, value)
 
 
+def podman_env_of() -> dict[str, str]:
+    """The operator's podman settings (``podman_here`` put them in the environment)."""
+    return {k: os.environ[k] for k in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF",
+                                       "CONTAINERS_REGISTRIES_CONF", "REGISTRY_AUTH_FILE")}
+
+
 def test_the_image_builds_offline_and_runs_a_local_run(built: dict[str, Any], podman_here: None,
                                                        tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,10 +135,16 @@ def vm(aws_env: str, tmp_path: Path, registry: str) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture()
-def home(tmp_path: Path, vm: dict[str, Any], aws_env: str, registry: str,
-         monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    imds = FakeImds()
-    imds.start()
+def imds() -> Iterator[FakeImds]:
+    server = FakeImds()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def home(tmp_path: Path, vm: dict[str, Any], aws_env: str, registry: str, imds: FakeImds,
+         monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "dqlctl-home"
     home.mkdir()
     (home / "config.toml").write_text(
@@ -143,11 +158,11 @@ def home(tmp_path: Path, vm: dict[str, Any], aws_env: str, registry: str,
         "[providers.aws.vm_env]\n"
         f'AWS_ENDPOINT_URL = "{aws_env}"\n'
         f'AWS_EC2_METADATA_SERVICE_ENDPOINT = "{imds.url}"\n'
-        'AWS_METADATA_SERVICE_TIMEOUT = "10"\nAWS_METADATA_SERVICE_NUM_ATTEMPTS = "3"\n')
+        'AWS_METADATA_SERVICE_TIMEOUT = "10"\nAWS_METADATA_SERVICE_NUM_ATTEMPTS = "3"\n'
+        'DQLCTL_NOTICE_POLL_S = "0.1"\n')
     monkeypatch.setenv("DQLCTL_HOME", str(home))
     seed_ec2_console(monkeypatch, [vm["host_key"]])
-    yield home
-    imds.stop()
+    return home
 
 
 def launch(*extra: str) -> list[str]:
@@ -163,9 +178,17 @@ def bucket_keys(prefix: str) -> set[str]:
     return {o["Key"] for o in listing.get("Contents", [])}
 
 
-def test_push_pull_run_stop_and_resume_on_an_aws_vm(built: dict[str, Any], podman_here: None,
-                                                    home: Path, vm: dict[str, Any],
-                                                    registry: str, capsys: Any) -> None:
+def wait_for_episode(events: Path, after: int = 0) -> None:
+    """Until the engine on the VM has written an episode event beyond the first ``after``."""
+    deadline = time.monotonic() + 180
+    while (events.read_text() if events.exists() else "").count('"episode"') <= after:
+        assert time.monotonic() < deadline, "no episode on the VM"
+        time.sleep(0.05)
+
+
+def test_push_pull_run_stop_resume_and_recover_on_an_aws_vm(
+        built: dict[str, Any], podman_here: None, home: Path, vm: dict[str, Any],
+        imds: FakeImds, registry: str, capsys: Any) -> None:
     boto3.client("s3").create_bucket(Bucket="engine-results")
     # push: the repository in "ECR", the bytes in the registry, the digest remembered
     assert main(["image", "push", "--provider", "aws", "--engine", "podman", "--tag", TAG,
@@ -189,19 +212,15 @@ def test_push_pull_run_stop_and_resume_on_an_aws_vm(built: dict[str, Any], podma
     raw = boto3.client("ec2").describe_instances(InstanceIds=run.instance_ids)
     options = raw["Reservations"][0]["Instances"][0]["MetadataOptions"]
     assert options["HttpTokens"] == "required" and options["HttpPutResponseHopLimit"] == 2
-    # the VM logged in itself (its own auth file) and pulled the pushed digest
+    # the VM logged in itself (its own auth file), with its role, and pulled the pushed digest
     auth = json.loads(Path(vm["podman"]["REGISTRY_AUTH_FILE"]).read_text())
-    assert registry in auth.get("auths", {})
+    assert registry in auth.get("auths", {}) and imds.credential_requests >= 1
     pulled = containers.podman(vm["podman"], "image", "inspect", "--format",
                                "{{json .RepoDigests}}", pushed["pinned"])
     assert pushed["pinned"] in json.loads(pulled.stdout)
 
     # stop while it trains: the engine inside the container checkpoints and exits 143
-    events = Path(run.instance["extra"]["events_path"])
-    deadline = time.monotonic() + 180
-    while '"episode"' not in (events.read_text() if events.exists() else ""):
-        assert time.monotonic() < deadline, "no episode on the VM"
-        time.sleep(0.05)
+    wait_for_episode(Path(run.instance["extra"]["events_path"]))
     assert main(["stop", run.id, "--wait", "120"], ctx=Context(home=home)) == 0
     stopped = Context(home=home).registry.get(run.id)
     assert stopped.state == reg.CANCELLED, stopped.reason
@@ -210,14 +229,41 @@ def test_push_pull_run_stop_and_resume_on_an_aws_vm(built: dict[str, Any], podma
     checkpoints = {k for k in bucket_keys("runs/boxed/checkpoints/") if k.endswith(".pt")}
     assert checkpoints, "no checkpoint reached the bucket"
 
-    # a relaunch by tag resumes from the bucket's checkpoint and finishes there; the run
-    # records the digest the VM pulled, which is what a recovery would pull (spec_of)
+    # a relaunch by tag resumes from the bucket's checkpoint; the run records the digest the
+    # VM pulled
     assert main(launch("--episodes", "400", "--image", f"{registry}/dqlctl-engine:test",
-                       "--follow", "--", "--resume"), ctx=Context(home=home)) == 0
+                       "--", "--resume"), ctx=Context(home=home)) == 0
     second = next(r for r in Context(home=home).registry.list() if r.id != run.id)
-    assert second.state == reg.SUCCEEDED, second.reason
+    assert second.state == reg.RUNNING, second.reason
     assert spec_of(second).image == pushed["pinned"]
-    log = (Path(second.instance["extra"]["workdir"]) / "engine.log").read_text()
+    wait_for_episode(Path(second.instance["extra"]["events_path"]))
+
+    # the tag moves to another image; then the cloud announces the VM's end: the engine in the
+    # container checkpoints and exits 143; the VM goes; the recovery pulls the run's digest
+    containers.podman(podman_env_of(), "tag", containers.BASE_IMAGE, TAG)
+    capsys.readouterr()
+    assert main(["image", "push", "--provider", "aws", "--engine", "podman", "--tag", TAG,
+                 "--region", "us-east-1", "--json"], ctx=Context(home=home)) == 0
+    moved = json.loads(capsys.readouterr().out)
+    assert moved["digest"] != pushed["digest"]
+    workdir = Path(second.instance["extra"]["workdir"])
+    imds.notice("terminate", in_s=120)
+    deadline = time.monotonic() + 120
+    while not (workdir / "exit.json").exists():
+        assert time.monotonic() < deadline, "the engine did not end on the notice"
+        time.sleep(0.05)
+    ended = json.loads((workdir / "exit.json").read_text())
+    assert ended["exit_code"] == 143 and ended["notice"]["cloud"] == "aws", ended
+    boto3.client("ec2").terminate_instances(InstanceIds=second.instance_ids)
+    kill_vm_processes(second.id)
+    shutil.rmtree(workdir)           # the next machine has a disk of its own
+    imds.new_instance()
+    (row,) = runs.reconcile_all(Context(home=home))
+    assert row.state == reg.RUNNING and row.spec["extra"]["recoveries"] == 1, row.reason
+    assert row.instance["extra"]["engine_image"] == pushed["pinned"]
+    final = runs.follow(Context(home=home), row)
+    assert final.state == reg.SUCCEEDED, final.reason
+    log = (Path(final.instance["extra"]["workdir"]) / "engine.log").read_text()
     assert "resumed from ckpt-" in log
     assert {"runs/boxed/model.pth", "runs/boxed/events.jsonl"} <= bucket_keys("runs/boxed/")
     capsys.readouterr()

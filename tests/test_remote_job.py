@@ -294,3 +294,38 @@ def test_hostile_values_over_ssh(tmp_path: Path, vm: tuple[SshTarget, dict[str, 
         assert record["argv"][-(len(case["engine_args"]) + 2):-2] == case["engine_args"]
     for key, value in case["env"].items():
         assert record["env"][key] == value
+
+
+def test_an_earlier_engines_end_never_speaks_for_a_new_one(
+        tmp_path: Path, vm: tuple[SshTarget, dict[str, Any]]) -> None:
+    """The run's folder on the same machine again (a relaunch): the old engine's exit record,
+    pid and collected mark are gone before the new engine starts, so nobody reads its end."""
+    from providers.remote_job import remote_workdir
+    from providers.ssh import SshSession
+
+    target, info = vm
+    data = tmp_path / "d.csv"
+    data.write_text("date,close\n")
+    spec = LaunchSpec(run_id="again", name="n", job=JobSpec(["train"], str(data), "/r", "e"))
+    old = Path(remote_workdir(str(info["root"]), "again"))
+    old.mkdir(parents=True)
+    stale = {"exit_code": 143, "notice": {"cloud": "aws"}}
+    (old / "exit.json").write_text(json.dumps(stale))
+    (old / "job.json").write_text(json.dumps({"pid": 1}))
+    (old / "collected").touch()
+    release = tmp_path / "release"
+    python = tmp_path / "python"     # records, then waits for the test before it ends
+    python.write_text(f"#!{sys.executable}\nimport os, sys, time\n"
+                      "if sys.argv[1:4] != ['-u', '-m', 'engine']:\n"
+                      f"    os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])\n"
+                      f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.02)\n")
+    python.chmod(0o755)
+    with SshSession(target).connect() as session:
+        out = start_remote_job(session, spec, root=str(info["root"]), python=str(python),
+                               runtime="native", selfcare=None)
+    workdir = Path(out["workdir"])
+    assert not (workdir / "exit.json").exists() and not (workdir / "collected").exists()
+    assert json.loads((workdir / "job.json").read_text())["pid"] != 1
+    release.touch()
+    wait_for(workdir / "exit.json")
+    assert json.loads((workdir / "exit.json").read_text())["exit_code"] == 0
