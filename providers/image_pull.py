@@ -5,8 +5,9 @@ pull the engine image, and print the reference pinned to the digest that was pul
 
 * ``--login aws``: the password comes from ECR's GetAuthorizationToken, signed with the instance
   role's credentials from IMDSv2 (providers/vm_identity.py); nothing was shipped to the VM. It
-  goes to ``<engine> login --password-stdin`` on stdin, never on a command line. The registry
-  logged in to is the image's own host.
+  goes to ``<engine> login --password-stdin`` on stdin, never on a command line, and the engine
+  logs out again once the image is pulled (no registry token stays on the VM's disk). The
+  registry logged in to is the image's own host.
 * ``--env-file``: KEY=VALUE lines (the run's settings file) read for the identity's endpoints
   only; nothing of it reaches a command line or the container engine's environment.
 * Without ``--login`` the image is pulled as it is (a public image, or one the engine can
@@ -84,7 +85,12 @@ def pull(engine: str, image: str, login: str | None = None, region: str | None =
         user, password = credentials(login, region, os.environ if env is None else env)
         run([engine, "login", "--username", user, "--password-stdin", registry],
             stdin=password.encode())
-    run([engine, "pull", image], timeout=PULL_TIMEOUT_S)
+        try:
+            run([engine, "pull", image], timeout=PULL_TIMEOUT_S)
+        finally:     # the registry token is not left on the VM's disk once the image is here
+            subprocess.run([engine, "logout", registry], capture_output=True, timeout=60)
+    else:
+        run([engine, "pull", image], timeout=PULL_TIMEOUT_S)
     return pinned(image, digest_of(engine, image))
 
 

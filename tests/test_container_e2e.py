@@ -212,9 +212,11 @@ def test_push_pull_run_stop_resume_and_recover_on_an_aws_vm(
     raw = boto3.client("ec2").describe_instances(InstanceIds=run.instance_ids)
     options = raw["Reservations"][0]["Instances"][0]["MetadataOptions"]
     assert options["HttpTokens"] == "required" and options["HttpPutResponseHopLimit"] == 2
-    # the VM logged in itself (its own auth file), with its role, and pulled the pushed digest
+    # the VM logged in itself (its own logins: the registry admits only ECR's token, which
+    # its role got), pulled the pushed digest, and left no registry token on its disk
+    assert imds.credential_requests >= 1
     auth = json.loads(Path(vm["podman"]["REGISTRY_AUTH_FILE"]).read_text())
-    assert registry in auth.get("auths", {}) and imds.credential_requests >= 1
+    assert registry not in auth.get("auths", {})
     pulled = containers.podman(vm["podman"], "image", "inspect", "--format",
                                "{{json .RepoDigests}}", pushed["pinned"])
     assert pushed["pinned"] in json.loads(pulled.stdout)
@@ -269,3 +271,20 @@ def test_push_pull_run_stop_resume_and_recover_on_an_aws_vm(
     capsys.readouterr()
     assert main(["show", second.id], ctx=Context(home=home)) == 0
     assert f"image          {pushed['pinned']}" in capsys.readouterr().out
+
+
+def test_an_image_the_vm_cannot_pull_fails_the_run_in_one_line_and_leaves_nothing(
+        home: Path, vm: dict[str, Any], registry: str) -> None:
+    """A mistyped image: the VM logs in (its role), the registry has no such image; the run
+    is FAILED with why, and its instance, role, key and group are gone."""
+    from tests.test_aws_e2e import NOTHING, leftovers
+
+    boto3.client("s3").create_bucket(Bucket="engine-results")
+    assert main(launch("--episodes", "2", "--image", f"{registry}/dqlctl-engin:test"),
+                ctx=Context(home=home)) == 3        # a provider's error
+    (run,) = Context(home=home).registry.list()
+    assert run.state == reg.FAILED
+    assert run.reason.startswith(f"the VM could not pull the engine image {registry}/"
+                                 "dqlctl-engin:test: image pull: `docker pull` failed"), run.reason
+    assert "\n" not in run.reason
+    assert leftovers(run.id) == NOTHING
