@@ -65,6 +65,10 @@ def make_home(home: Path, vm: dict[str, Any], imds: FakeImds, endpoint: str,
         f'remote_root = "{vm["root"]}"\n'
         f'remote_python = "{sys.executable}"\n'
         "ready_timeout = 60\n"
+        # a controller in a process of its own (tests/test_chaos.py, controller_killed_mid_run)
+        # reads moto's bare console (seed_ec2_console patches this process only): it trusts the
+        # first key after this wait, not after ready_timeout; here the seeded keys come at once
+        "host_key_wait = 0.5\n"
         # test hook: the VM's SDK reaches moto, and the metadata service here (no keys)
         "[providers.aws.vm_env]\n"
         f'AWS_ENDPOINT_URL = "{endpoint}"\n'
