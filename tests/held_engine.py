@@ -54,6 +54,20 @@ def write_python(path: Path, episode: int, release: Path) -> Path:
     return path
 
 
+def hold_in(home: Path, episode: int, name: str = "") -> Path:
+    """The engine of every run ``home``'s config starts on a VM stand-in held mid-episode
+    ``episode + 1`` (its ``remote_python = "<this interpreter>"`` becomes :func:`write_python`'s);
+    the file whose creation releases it (``<file>.held`` appears when the hold begins)."""
+    release = home / f"release{'-' if name else ''}{name}"
+    held = write_python(home / f"held-python{'-' if name else ''}{name}", episode, release)
+    config = home / "config.toml"
+    text = config.read_text()
+    plain = f'remote_python = "{sys.executable}"'
+    assert plain in text, f"{config} names no {plain}"
+    config.write_text(text.replace(plain, f'remote_python = "{held}"'))
+    return release
+
+
 def main() -> None:
     episode, release, *args = sys.argv[1:]
     if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
-from tests.held_engine import write_python
+from tests.held_engine import hold_in
 from tests.test_aws_e2e import kill_vm_processes
 
 EPISODES = 8
@@ -64,11 +63,9 @@ def held_run(home: Path, cloud: Cloud, name: str) -> tuple[Any, Path]:
     """A spot run with its results in the bucket, its engine held mid-episode 5, notices
     polled every 0.1 s (``DQLCTL_NOTICE_POLL_S`` appended to the config's last table, the
     provider's ``vm_env``); the run and the file that releases the hold."""
-    release = home / f"release-{name}"
-    held = write_python(home / f"held-python-{name}", HOLD_AFTER, release)
+    release = hold_in(home, HOLD_AFTER, name)
     config = home / "config.toml"
-    text = config.read_text().replace(f'remote_python = "{sys.executable}"',
-                                      f'remote_python = "{held}"')
+    text = config.read_text()
     last_table = text.rsplit("\n[", 1)[-1].splitlines()[0]
     assert last_table.endswith(".vm_env]"), f"the config's last table is [{last_table}"
     config.write_text(text + 'DQLCTL_NOTICE_POLL_S = "0.1"\n')

@@ -9,6 +9,7 @@ engine's code is shipped over SFTP and runs under the VM's Python.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from tests import servers
 from tests.fake_imds import FakeImds
+from tests.held_engine import hold_in
 from tests.host_keys import seed_ec2_console
 from tests.vm import AWS_KEYS, AWS_KEYS_SIGNED, controller_killed_mid_run, vm_sshd
 
@@ -65,6 +67,10 @@ def make_home(home: Path, vm: dict[str, Any], imds: FakeImds, endpoint: str,
         f'remote_root = "{vm["root"]}"\n'
         f'remote_python = "{sys.executable}"\n'
         "ready_timeout = 60\n"
+        # a controller in a process of its own (tests/test_chaos.py, controller_killed_mid_run)
+        # reads moto's bare console (seed_ec2_console patches this process only): it trusts the
+        # first key after this wait, not after ready_timeout; here the seeded keys come at once
+        "host_key_wait = 0.5\n"
         # test hook: the VM's SDK reaches moto, and the metadata service here (no keys)
         "[providers.aws.vm_env]\n"
         f'AWS_ENDPOINT_URL = "{endpoint}"\n'
@@ -84,8 +90,18 @@ def home(tmp_path: Path, vm: dict[str, Any], imds: FakeImds, aws_env: str,
     return make_home(tmp_path / "dqlctl-home", vm, imds, aws_env, monkeypatch)
 
 
-def ami() -> str:
-    return boto3.client("ec2").describe_images()["Images"][0]["ImageId"]
+def ami(region: str | None = None) -> str:
+    """An image moto knows in ``region`` (default: the environment's), from the server
+    AWS_ENDPOINT_URL names. DescribeImages lists all of moto's ~1,300 bundled AMIs (a second
+    or more each time), and a reset brings the same ones back: asked once per server and
+    region."""
+    return _first_image(os.environ.get("AWS_ENDPOINT_URL"),
+                        region or os.environ.get("AWS_DEFAULT_REGION"))
+
+
+@functools.cache
+def _first_image(endpoint: str | None, region: str | None) -> str:
+    return boto3.client("ec2", region_name=region).describe_images()["Images"][0]["ImageId"]
 
 
 def launch_args(*extra: str) -> list[str]:
@@ -193,8 +209,9 @@ def test_a_run_without_a_bucket_gets_a_role_that_can_do_nothing(home: Path,
 
 
 def test_follow_survives_a_dropped_connection(home: Path, vm: dict[str, Any]) -> None:
+    release = hold_in(home, 1)    # the engine waits mid-episode 2 until the link has dropped
     ctx = Context(home=home)
-    assert main(launch_args("--episodes", "40", "--name", "drop"), ctx=ctx) == 0
+    assert main(launch_args("--episodes", "4", "--name", "drop"), ctx=ctx) == 0
     run = Context(home=home).registry.list()[0]
     seen: list[str] = []
     dropped = threading.Event()
@@ -207,6 +224,7 @@ def test_follow_survives_a_dropped_connection(home: Path, vm: dict[str, Any]) ->
             for pid in children:
                 os.kill(int(pid), signal.SIGKILL)
             dropped.set()
+            release.touch()     # the rest of the run comes while follow reconnects
 
     ctx = Context(home=home)
     final = runs.follow(ctx, run, on_event=on_event, on_log=seen.append)
@@ -333,8 +351,10 @@ def test_the_vm_shuts_itself_down_when_its_controller_is_gone(
     """The operator's dqlctl dies mid-run (the process and its SSH connection): the run ends on
     the VM, nobody collects, and after the collect grace the VM terminates itself."""
     self_terminating(vm, aws_env, imds)
+    release = hold_in(home, 1)    # the engine waits mid-episode 2 until the controller is dead
     run = controller_killed_mid_run(home, launch_args(
-        "--episodes", "60", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+        "--episodes", "3", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+    release.touch()
     ec2 = boto3.client("ec2")
     behaviour = ec2.describe_instance_attribute(InstanceId=run.instance_ids[0],
                                                 Attribute="instanceInitiatedShutdownBehavior")

@@ -35,6 +35,7 @@ from providers.ssh import fingerprint
 from tests.fake_azure import TOKEN, FakeAzure, write_fake_az
 from tests.fake_gce import FakeHttpServer, Request, Response
 from tests.fake_metadata import FakeAzureImds
+from tests.held_engine import hold_in
 from tests.token_gate import TokenGate, blob_policy
 from tests.vm import controller_killed_mid_run, deleted_itself_record, vm_sshd
 
@@ -301,8 +302,10 @@ def test_the_vm_deletes_itself_when_its_controller_is_gone(
     """The operator's dqlctl dies mid-run: the run ends on the VM, nobody collects, and after
     the collect grace the VM deletes itself (and its OS disk) through ARM with its managed
     identity's token from IMDS, not the operator's: nothing is left allocated."""
+    release = hold_in(home, 1)    # the engine waits mid-episode 2 until the controller is dead
     run = controller_killed_mid_run(home, launch_args(
-        "--episodes", "60", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+        "--episodes", "3", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+    release.touch()
     workdir = Path(run.instance["extra"]["workdir"])
 
     group = f"dqlctl-{run.id}"

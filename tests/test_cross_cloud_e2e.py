@@ -41,7 +41,7 @@ from tests.fault_proxy import FaultProxy
 from tests.held_engine import write_python
 from tests.host_keys import seed_ec2_console
 from tests.test_aws_e2e import NOTHING as AWS_NOTHING
-from tests.test_aws_e2e import kill_vm_processes, leftovers
+from tests.test_aws_e2e import ami, kill_vm_processes, leftovers
 from tests.token_gate import TokenGate
 from tests.vm import AWS_KEYS, vm_sshd
 
@@ -84,7 +84,7 @@ def home(tmp_path: Path, aws_env: str, proxy: FaultProxy, aws_vm: dict[str, Any]
     held = write_python(home / "held-python", flow.HOLD_AFTER, home / "release")
     imds = FakeImds()
     imds.start()
-    ami = boto3.client("ec2").describe_images()["Images"][0]["ImageId"]
+    image = ami()
     (home / "config.toml").write_text(
         "[providers.gcp]\n"
         f'compute_endpoint = "{gce.url}"\n'
@@ -99,7 +99,7 @@ def home(tmp_path: Path, aws_env: str, proxy: FaultProxy, aws_vm: dict[str, Any]
         "[providers.gcp.vm_env]\n"
         f'API_ENDPOINT_OVERRIDE = "{gcs_gate.url}"\n'
         "[providers.aws]\n"
-        f'image_id = "{ami}"\n'        # the operator's own AMI (moto has no DLAMI parameter)
+        f'image_id = "{image}"\n'        # the operator's own AMI (moto has no DLAMI parameter)
         f'ssh_host_override = "127.0.0.1:{aws_vm["port"]}"\n'
         'ssh_user = "root"\n'
         f'remote_root = "{aws_vm["root"]}"\n'

@@ -54,10 +54,6 @@ def home(tmp_path: Path, aws_env: str, proxy: FaultProxy,
     imds.stop()
 
 
-def ami() -> str:
-    return boto3.client("ec2").describe_images()["Images"][0]["ImageId"]
-
-
 def test_no_capacity_in_the_cheapest_region_lands_in_the_next(
         home: tuple[Path, dict[str, Any]], proxy: FaultProxy,
         capsys: pytest.CaptureFixture[str]) -> None:

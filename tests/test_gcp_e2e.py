@@ -32,6 +32,7 @@ from providers.selfdelete import GCE_COMPUTE, GCE_METADATA
 from providers.storage import open_store
 from tests.fake_gce import FakeGce, serving_adc
 from tests.fake_metadata import FakeGceMetadata
+from tests.held_engine import hold_in
 from tests.token_gate import TokenGate, gcs_policy
 from tests.vm import controller_killed_mid_run, deleted_itself_record, vm_sshd
 
@@ -302,8 +303,10 @@ def test_the_vm_deletes_itself_when_its_controller_is_gone(
     """The operator's dqlctl dies mid-run: the run ends on the VM, nobody collects, and after
     the collect grace the VM deletes its own instance (boot disk and all) with its service
     account's token from the metadata server, not the operator's: nothing is left stopped."""
+    release = hold_in(home, 1)    # the engine waits mid-episode 2 until the controller is dead
     run = controller_killed_mid_run(home, launch_args(
-        "--episodes", "60", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+        "--episodes", "3", "--name", "alone", "--collect-grace", "0.05", "--follow"), "alone")
+    release.touch()
     workdir = Path(run.instance["extra"]["workdir"])
 
     zone, name = run.instance["extra"]["zone"], run.instance_ids[0]

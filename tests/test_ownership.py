@@ -26,7 +26,7 @@ from providers.base import OWNER_TAG, RUN_TAG, ProviderError
 from providers.ssh import fingerprint, host_keys_in_console, matches_expected
 from providers.vm import SshVm
 from tests.host_keys import console_block
-from tests.test_aws_e2e import NOTHING, home, imds, launch_args, leftovers, vm  # noqa: F401
+from tests.test_aws_e2e import NOTHING, ami, home, imds, launch_args, leftovers, vm  # noqa: F401
 
 PUBLIC = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDkZ6kAuY9jEk6ewhzQ0Y1bM0bmMY0KgBPrZfPr8a4Ws")
 OTHER_REGISTRY = "0123456789abcdef"
@@ -68,10 +68,10 @@ def _leak(where: Path, run_id: str) -> None:
 def _colleagues_instance(run_id: str) -> str:
     """A live instance another registry launched, in us-west-2 (not the default region)."""
     ec2 = boto3.client("ec2", region_name="us-west-2")
-    ami = ec2.describe_images()["Images"][0]["ImageId"]
     tags = [{"Key": RUN_TAG, "Value": run_id}, {"Key": OWNER_TAG, "Value": OTHER_REGISTRY},
             {"Key": "dqlctl:user", "Value": "colleague"}]
-    reply = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+    reply = ec2.run_instances(ImageId=ami("us-west-2"), MinCount=1, MaxCount=1,
+                              InstanceType="t3.micro",
                               TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
     return reply["Instances"][0]["InstanceId"]
 

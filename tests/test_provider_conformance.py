@@ -34,6 +34,7 @@ from providers.layout import resolve_data_path
 from tests.fake_azure import FakeAzure, write_fake_az
 from tests.fake_gce import FakeGce, write_adc_key
 from tests.host_keys import seed_ec2_console
+from tests.test_aws_e2e import ami
 from tests.vm import AWS_KEYS, vm_sshd
 
 CIDR = "198.51.100.7/32"
@@ -69,7 +70,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path,
         command = AWS_KEYS.format(endpoint=endpoint)
         with vm_sshd(tmp_path / "vm", keys_command=command) as vm:
             seed_ec2_console(monkeypatch, [vm["host_key"]])
-            ami = boto3.client("ec2").describe_images()["Images"][0]["ImageId"]
+            image = ami()
 
             def aws_gone(run_id: str) -> bool:
                 ec2 = boto3.client("ec2")
@@ -81,7 +82,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path,
                 return not live and not groups
 
             yield World(get_provider("aws", home=str(home), **_vm_settings(vm)),
-                        {"ssh_cidr": CIDR, "image_id": ami}, aws_gone)
+                        {"ssh_cidr": CIDR, "image_id": image}, aws_gone)
         return
     if name == "gcp":
         with FakeGce() as gce:

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from dqlctl.context import Context
 from dqlctl.render import history_lines
 from tests import test_aws_e2e as aws
 from tests.fake_imds import FakeImds
-from tests.held_engine import write_python
+from tests.held_engine import hold_in
 from tests.test_aws_e2e import CIDR, NOTHING, ami, kill_vm_processes, leftovers
 
 vm, imds, home = aws.vm, aws.imds, aws.home     # its fixtures: the VM, its metadata, dqlctl's
@@ -43,12 +42,10 @@ def noticed_run(home: Path, name: str, *extra: str) -> tuple[Any, Path]:
     """A spot run with its results in the bucket, its engine held mid-episode 5, notices
     polled every 0.1 s; returns the run and the file that releases the hold."""
     boto3.client("s3").create_bucket(Bucket=BUCKET)
-    release = home / f"release-{name}"
-    held = write_python(home / f"held-python-{name}", HOLD_AFTER, release)
+    release = hold_in(home, HOLD_AFTER, name)
     config = home / "config.toml"
-    config.write_text(config.read_text().replace(
-        f'remote_python = "{sys.executable}"', f'remote_python = "{held}"')
-        + 'DQLCTL_NOTICE_POLL_S = "0.1"\n')     # in [providers.aws.vm_env], the last table
+    config.write_text(config.read_text()
+                      + 'DQLCTL_NOTICE_POLL_S = "0.1"\n')  # in [providers.aws.vm_env], the last table
     assert main(["launch", "--provider", "aws", "--gpu", "T4:1", "--data", "test_small.csv",
                  "--agent-type", "dql", "--command", "train", "--ssh-cidr", CIDR,
                  "--image-id", ami(), "--episodes", "8", "--name", name,
