@@ -178,3 +178,43 @@ def azure_token(resource: str, env: Mapping[str, str] | None = None) -> str:
     if not token:
         raise IdentityError("IMDS gave no access token (no managed identity?)")
     return str(token)
+
+
+# -- container registries: GCE's and Azure's logins -------------------------------------------
+
+ACR_EXCHANGE = "DQLCTL_ACR_EXCHANGE_URL"
+#: ACR takes an Azure AD token of Azure Resource Manager's audience in its exchange
+ARM_RESOURCE = "https://management.azure.com/"
+#: the user name that goes with an ACR refresh token (and with a GCE access token)
+ACR_USER = "00000000-0000-0000-0000-000000000000"
+GCR_USER = "oauth2accesstoken"
+
+
+def acr_refresh_token(registry: str, aad_token: str,
+                      env: Mapping[str, str] | None = None) -> str:
+    """ACR's refresh token for ``registry`` (its login server, ``NAME.azurecr.io``) in exchange
+    for an Azure AD access token (``POST https://REGISTRY/oauth2/exchange``, ``grant_type=
+    access_token``); it is the password of ``ACR_USER``. ``DQLCTL_ACR_EXCHANGE_URL`` in ``env``:
+    the exchange's base URL when not the registry's own (a stand-in)."""
+    env = os.environ if env is None else env
+    base = _endpoint(env, ACR_EXCHANGE, f"https://{registry}")
+    form = urllib.parse.urlencode({"grant_type": "access_token", "service": registry,
+                                   "access_token": aad_token}).encode()
+    token = call_json("POST", f"{base}/oauth2/exchange",
+                      {"Content-Type": "application/x-www-form-urlencoded"},
+                      form).get("refresh_token")
+    if not token:
+        raise IdentityError(f"the registry {registry} gave no refresh token")
+    return str(token)
+
+
+def registry_password(cloud: str, registry: str,
+                      env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(user, password) for GCE's Artifact Registry or Azure's ACR ``registry`` from this
+    machine's identity: the service account's access token on GCE, the managed identity's
+    token exchanged at ACR on Azure."""
+    if cloud == "gcp":
+        return GCR_USER, gce_token(env)
+    if cloud == "azure":
+        return ACR_USER, acr_refresh_token(registry, azure_token(ARM_RESOURCE, env), env)
+    raise IdentityError(f"no registry login for a {cloud} identity")

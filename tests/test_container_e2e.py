@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from tests.host_keys import seed_ec2_console
 from tests.vm import AWS_KEYS, vm_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
-TAG = "dqlctl-engine:test"
+TAG = containers.ENGINE_TAG
 CIDR = "198.51.100.7/32"
 
 
@@ -73,17 +72,10 @@ def operator_podman(tmp_path_factory: pytest.TempPathFactory, registry: str) -> 
 
 
 @pytest.fixture(scope="session")
-def built(operator_podman: dict[str, str]) -> dict[str, Any]:
-    """``dqlctl image build`` of the CPU image, offline; its JSON."""
-    base = containers.base_image(operator_podman)
-    wheels = containers.engine_wheels()
-    env = {**os.environ, **operator_podman}
-    proc = subprocess.run([sys.executable, "-m", "dqlctl", "image", "build", "--cpu",
-                           "--engine", "podman", "--base", base, "--wheels", str(wheels),
-                           "--tag", TAG, "--json"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(json.loads(proc.stdout))
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``dqlctl image build`` of the CPU image, offline; its JSON (tests/containers.py: built
+    once per test process, shared with tests/test_container_clouds_e2e.py)."""
+    return containers.engine_image(tmp_path_factory.mktemp("podman-build"))
 
 
 @pytest.fixture()
