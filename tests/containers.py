@@ -92,6 +92,11 @@ def podman_env(folder: Path, storage: Path, registry: str | list[str] | None = N
             "REGISTRY_AUTH_FILE": str(auth), "BUILDAH_ISOLATION": "chroot"}
 
 
+#: the variables ``podman_env`` sets
+PODMAN_VARS = ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF",
+               "REGISTRY_AUTH_FILE", "BUILDAH_ISOLATION")
+
+
 def podman(env: dict[str, str], *args: str, check: bool = True,
            timeout: float = 600) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(["podman", *args], env={**os.environ, **env}, capture_output=True,
