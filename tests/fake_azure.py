@@ -41,14 +41,16 @@ refresh token (``acr_refresh_tokens``), which tests/registry_gate.py checks as t
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import itertools
 import json
+import os
 import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,31 @@ def write_fake_az(bin_dir: Path) -> Path:
                   ', \"tokenType\": \"Bearer\", \"subscription\": \"x\"}'"'"'\n')
     az.chmod(0o755)
     return az
+
+
+#: what DefaultAzureCredential would find before ``az``: cleared while a fake ARM serves
+AZURE_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
+             "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE",
+             "AZURE_TOKEN_CREDENTIALS", "IDENTITY_ENDPOINT", "MSI_ENDPOINT")
+
+
+@contextlib.contextmanager
+def serving_arm(tmp_path: Path, monkeypatch: Any) -> Iterator[FakeAzure]:
+    """A ``FakeAzure`` started, with the operator's credentials pointed at it as ``az login``
+    would (a fake ``az`` on PATH, no other credential in the environment, the subscription set);
+    stopped after."""
+    fake = FakeAzure()
+    fake.start()
+    for key in AZURE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    write_fake_az(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", fake.subscription)
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-cli"))
+    try:
+        yield fake
+    finally:
+        fake.stop()
 
 
 def aerror(status: int, code: str, message: str) -> HttpError:

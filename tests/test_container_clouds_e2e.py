@@ -36,7 +36,7 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from providers.storage import open_store
 from tests import containers
-from tests.fake_azure import FakeAzure, write_fake_az
+from tests.fake_azure import FakeAzure, serving_arm
 from tests.fake_gce import FakeGce, serving_adc
 from tests.fake_metadata import FakeAzureImds, FakeGceMetadata
 from tests.registry_gate import RegistryGate, acr_policy, artifact_policy
@@ -45,9 +45,6 @@ from tests.vm import vm_sshd
 
 CIDR = "198.51.100.7/32"
 UPSTREAM = ("gate", "gate-secret-0451")
-AZURE_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
-             "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE",
-             "AZURE_TOKEN_CREDENTIALS", "IDENTITY_ENDPOINT", "MSI_ENDPOINT")
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +75,24 @@ def vm_podman(tmp_path: Path, gate: RegistryGate,
               volumes: list[str] | None = None) -> dict[str, str]:
     return containers.podman_env(tmp_path / "vm-podman", tmp_path / "vm-storage", gate.address,
                                  volumes)
+
+
+def dqlctl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: str,
+                vm: dict[str, Any], settings: dict[str, str],
+                vm_env: dict[str, str]) -> Path:
+    """dqlctl's home (``DQLCTL_HOME``) whose config points ``provider`` at the stand-ins: the
+    VM stand-in (``ssh_host_override``...), ``settings`` and the VM's ``vm_env`` test hook."""
+    home = tmp_path / "dqlctl-home"
+    home.mkdir()
+    table = {"ssh_host_override": f"127.0.0.1:{vm['port']}", "ssh_user": "root",
+             "remote_root": str(vm["root"]), "remote_python": sys.executable, **settings}
+    (home / "config.toml").write_text(
+        f"[providers.{provider}]\nready_timeout = 60\npoll_interval = 0.1\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+        + f"[providers.{provider}.vm_env]\n"
+        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in vm_env.items()))
+    monkeypatch.setenv("DQLCTL_HOME", str(home))
+    return home
 
 
 def push(provider: str, home: Path, built: dict[str, Any], capsys: Any) -> dict[str, Any]:
@@ -123,46 +138,26 @@ BUCKET = "dqlctl-boxed"
 LOCATION = "us-central1"
 
 
-@pytest.fixture()
-def gce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGce]:
-    with serving_adc(FakeGce(), tmp_path, monkeypatch) as fake:
-        yield fake
-
-
-@pytest.fixture()
-def ar_gate(gce: FakeGce, upstream: str) -> Iterator[RegistryGate]:
-    with RegistryGate(upstream, UPSTREAM, artifact_policy(gce, LOCATION)) as gate:
-        yield gate
-
-
 def test_push_to_artifact_registry_pull_with_the_service_account_and_run(
-        built: dict[str, Any], gce: FakeGce, ar_gate: RegistryGate, fake_gcs: str,
-        gcs_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+        built: dict[str, Any], upstream: str, fake_gcs: str, gcs_env: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     client = storage.Client(project="dqlctl-test", credentials=AnonymousCredentials())
     if client.lookup_bucket(BUCKET) is None:
         client.create_bucket(BUCKET)
-    operator_podman(tmp_path, ar_gate, monkeypatch)
-    podman = vm_podman(tmp_path, ar_gate)
-    with FakeGceMetadata(gce) as metadata, TokenGate(fake_gcs, gcs_policy(gce)) as gcs_gate, \
-            vm_sshd(tmp_path / "vm-disk", gce.keys_url(),
-                    tools={"docker": containers.docker_shim()}, env=podman) as vm:
+    with serving_adc(FakeGce(), tmp_path, monkeypatch) as gce, \
+            RegistryGate(upstream, UPSTREAM, artifact_policy(gce, LOCATION)) as ar_gate, \
+            FakeGceMetadata(gce) as metadata, TokenGate(fake_gcs, gcs_policy(gce)) as gcs_gate, \
+            vm_sshd(tmp_path / "vm-disk", gce.keys_url(), tools={"docker": containers.docker_shim()},
+                    env=(podman := vm_podman(tmp_path, ar_gate))) as vm:
         gce.vm_host_keys = [vm["host_key"]]
-        home = tmp_path / "dqlctl-home"
-        home.mkdir()
-        (home / "config.toml").write_text(
-            "[providers.gcp]\n"
-            f'compute_endpoint = "{gce.url}"\niam_endpoint = "{gce.url}"\n'
-            f'storage_endpoint = "{gce.url}"\nartifact_endpoint = "{gce.url}"\n'
-            f'registry = "{ar_gate.address}"\n'
-            f'ssh_host_override = "127.0.0.1:{vm["port"]}"\nssh_user = "root"\n'
-            f'remote_root = "{vm["root"]}"\nremote_python = "{sys.executable}"\n'
-            f'metadata_endpoint = "{metadata.url}"\nready_timeout = 60\npoll_interval = 0.1\n'
-            "[providers.gcp.vm_env]\n"
-            f'API_ENDPOINT_OVERRIDE = "{gcs_gate.url}"\n')
-        monkeypatch.setenv("DQLCTL_HOME", str(home))
+        operator_podman(tmp_path, ar_gate, monkeypatch)
+        home = dqlctl_home(tmp_path, monkeypatch, "gcp", vm, {
+            "compute_endpoint": gce.url, "iam_endpoint": gce.url, "storage_endpoint": gce.url,
+            "artifact_endpoint": gce.url, "registry": ar_gate.address,
+            "metadata_endpoint": metadata.url}, {"API_ENDPOINT_OVERRIDE": gcs_gate.url})
 
         # push: the repository made through Artifact Registry's API, the bytes in the registry
         pushed = push("gcp", home, built, capsys)
@@ -199,16 +194,8 @@ CONTAINER = "boxed"
 
 @pytest.fixture()
 def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
-    fake = FakeAzure()
-    fake.start()
-    for key in AZURE_ENV:
-        monkeypatch.delenv(key, raising=False)
-    write_fake_az(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", fake.subscription)
-    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-cli"))
-    yield fake
-    fake.stop()
+    with serving_arm(tmp_path, monkeypatch) as fake:
+        yield fake
 
 
 def test_push_to_acr_pull_with_the_managed_identity_and_run(
@@ -237,20 +224,12 @@ def test_push_to_acr_pull_with_the_managed_identity_and_run(
             vm_sshd(tmp_path / "vm-disk", arm.keys_url(),
                     tools={"docker": containers.docker_shim()}, env=podman) as vm:
         arm.vm_host_keys = [vm["host_key"]]
-        home = tmp_path / "dqlctl-home"
-        home.mkdir()
-        (home / "config.toml").write_text(
-            "[providers.azure]\n"
-            f'arm_endpoint = "{arm.url}"\nstorage_account_id = "{account}"\n'
-            f'registry = "{gate.address}"\nregistry_id = "{registry_id}"\n'
-            f'acr_exchange_endpoint = "{arm.url}"\n'
-            f'ssh_host_override = "127.0.0.1:{vm["port"]}"\nssh_user = "root"\n'
-            f'remote_root = "{vm["root"]}"\nremote_python = "{sys.executable}"\n'
-            f'imds_endpoint = "{imds.url}"\nready_timeout = 60\npoll_interval = 0.05\n'
-            "[providers.azure.vm_env]\n"
-            f'AZURE_STORAGE_ACCOUNT_URL = "{blob_gate.url}/devstoreaccount1"\n'
-            f'REQUESTS_CA_BUNDLE = "{cert}"\n')
-        monkeypatch.setenv("DQLCTL_HOME", str(home))
+        home = dqlctl_home(tmp_path, monkeypatch, "azure", vm, {
+            "arm_endpoint": arm.url, "storage_account_id": account, "registry": gate.address,
+            "registry_id": registry_id, "acr_exchange_endpoint": arm.url,
+            "imds_endpoint": imds.url}, {
+            "AZURE_STORAGE_ACCOUNT_URL": f"{blob_gate.url}/devstoreaccount1",
+            "REQUESTS_CA_BUNDLE": str(cert)})
 
         pushed = push("azure", home, built, capsys)
         assert pushed["repository"] == f"{gate.address}/dqlctl-engine"
