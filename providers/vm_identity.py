@@ -7,6 +7,10 @@ under the VM's Python, with no SDK installed).
   signed with those credentials by ``sigv4``: AWS Signature Version 4, as the SDKs sign).
 * GCE: an OAuth2 access token of the VM's service account from the metadata server.
 * Azure: a managed-identity token for a resource from IMDS.
+* Registries (``registry_password``): Artifact Registry takes user ``oauth2accesstoken`` and the
+  service account's token; ACR takes user ``00000000-0000-0000-0000-000000000000`` and the
+  refresh token its ``/oauth2/exchange`` trades for an Azure AD token (``acr_refresh_token``,
+  also what dqlctl's own push uses; ``DQLCTL_ACR_EXCHANGE_URL``: a stand-in's exchange).
 
 Endpoints come from the environment, as the SDKs read them: ``AWS_EC2_METADATA_SERVICE_ENDPOINT``
 and ``AWS_ENDPOINT_URL_ECR``/``AWS_ENDPOINT_URL`` (botocore's), ``DQLCTL_GCE_METADATA_URL`` and
