@@ -10,6 +10,12 @@ pull the engine image, and print the reference pinned to the digest that was pul
   registry logged in to is the image's own host.
 * ``--env-file``: KEY=VALUE lines (the run's settings file) read for the identity's endpoints
   only; nothing of it reaches a command line or the container engine's environment.
+* ``--login gcp``: user ``oauth2accesstoken``, the password the VM's service account's access
+  token from the metadata server (Artifact Registry's own scheme).
+* ``--login azure``: the managed identity's token from IMDS (for Azure Resource Manager),
+  exchanged at the registry's ``/oauth2/exchange`` for an ACR refresh token, the password of
+  user ``00000000-0000-0000-0000-000000000000`` (``DQLCTL_ACR_EXCHANGE_URL``: the exchange's
+  base URL when not the registry's own).
 * Without ``--login`` the image is pulled as it is (a public image, or one the engine can
   already read).
 
@@ -29,7 +35,7 @@ import sys
 from collections.abc import Mapping
 
 from providers.containers import pinned, split_reference
-from providers.vm_identity import IdentityError, ecr_authorization
+from providers.vm_identity import IdentityError, ecr_authorization, registry_password
 
 PULL_TIMEOUT_S = 1800.0
 
@@ -38,14 +44,19 @@ class PullError(Exception):
     pass
 
 
-def credentials(cloud: str, region: str | None, env: Mapping[str, str]) -> tuple[str, str]:
-    """(user, password) for the cloud's registry, from this machine's identity."""
+def credentials(cloud: str, region: str | None, env: Mapping[str, str],
+                registry: str = "") -> tuple[str, str]:
+    """(user, password) for the cloud's registry ``registry``, from this machine's identity
+    (providers/vm_identity.py): ECR's token signed with the instance role, the GCE service
+    account's access token, or ACR's refresh token for the managed identity's token."""
     if cloud == "aws":
         if not region:
             raise PullError("--login aws needs --region")
         user, password, _ = ecr_authorization(region, env)
         return user, password
-    raise PullError(f"registry login with a {cloud} identity is not built yet (aws only)")
+    if cloud in ("gcp", "azure"):
+        return registry_password(cloud, registry, env)
+    raise PullError(f"no registry login with a {cloud} identity")
 
 
 def run(argv: list[str], *, stdin: bytes | None = None, timeout: float = 300.0) -> str:
@@ -82,7 +93,8 @@ def pull(engine: str, image: str, login: str | None = None, region: str | None =
     if login:
         if not registry:
             raise PullError(f"image {image!r} names no registry to log in to")
-        user, password = credentials(login, region, os.environ if env is None else env)
+        user, password = credentials(login, region, os.environ if env is None else env,
+                                     registry)
         run([engine, "login", "--username", user, "--password-stdin", registry],
             stdin=password.encode())
         try:

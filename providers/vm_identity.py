@@ -7,6 +7,10 @@ under the VM's Python, with no SDK installed).
   signed with those credentials by ``sigv4``: AWS Signature Version 4, as the SDKs sign).
 * GCE: an OAuth2 access token of the VM's service account from the metadata server.
 * Azure: a managed-identity token for a resource from IMDS.
+* Registries (``registry_password``): Artifact Registry takes user ``oauth2accesstoken`` and the
+  service account's token; ACR takes user ``00000000-0000-0000-0000-000000000000`` and the
+  refresh token its ``/oauth2/exchange`` trades for an Azure AD token (``acr_refresh_token``,
+  also what dqlctl's own push uses; ``DQLCTL_ACR_EXCHANGE_URL``: a stand-in's exchange).
 
 Endpoints come from the environment, as the SDKs read them: ``AWS_EC2_METADATA_SERVICE_ENDPOINT``
 and ``AWS_ENDPOINT_URL_ECR``/``AWS_ENDPOINT_URL`` (botocore's), ``DQLCTL_GCE_METADATA_URL`` and
@@ -178,3 +182,43 @@ def azure_token(resource: str, env: Mapping[str, str] | None = None) -> str:
     if not token:
         raise IdentityError("IMDS gave no access token (no managed identity?)")
     return str(token)
+
+
+# -- container registries: GCE's and Azure's logins -------------------------------------------
+
+ACR_EXCHANGE = "DQLCTL_ACR_EXCHANGE_URL"
+#: ACR takes an Azure AD token of Azure Resource Manager's audience in its exchange
+ARM_RESOURCE = "https://management.azure.com/"
+#: the user name that goes with an ACR refresh token (and with a GCE access token)
+ACR_USER = "00000000-0000-0000-0000-000000000000"
+GCR_USER = "oauth2accesstoken"
+
+
+def acr_refresh_token(registry: str, aad_token: str,
+                      env: Mapping[str, str] | None = None) -> str:
+    """ACR's refresh token for ``registry`` (its login server, ``NAME.azurecr.io``) in exchange
+    for an Azure AD access token (``POST https://REGISTRY/oauth2/exchange``, ``grant_type=
+    access_token``); it is the password of ``ACR_USER``. ``DQLCTL_ACR_EXCHANGE_URL`` in ``env``:
+    the exchange's base URL when not the registry's own (a stand-in)."""
+    env = os.environ if env is None else env
+    base = _endpoint(env, ACR_EXCHANGE, f"https://{registry}")
+    form = urllib.parse.urlencode({"grant_type": "access_token", "service": registry,
+                                   "access_token": aad_token}).encode()
+    token = call_json("POST", f"{base}/oauth2/exchange",
+                      {"Content-Type": "application/x-www-form-urlencoded"},
+                      form).get("refresh_token")
+    if not token:
+        raise IdentityError(f"the registry {registry} gave no refresh token")
+    return str(token)
+
+
+def registry_password(cloud: str, registry: str,
+                      env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(user, password) for GCE's Artifact Registry or Azure's ACR ``registry`` from this
+    machine's identity: the service account's access token on GCE, the managed identity's
+    token exchanged at ACR on Azure."""
+    if cloud == "gcp":
+        return GCR_USER, gce_token(env)
+    if cloud == "azure":
+        return ACR_USER, acr_refresh_token(registry, azure_token(ARM_RESOURCE, env), env)
+    raise IdentityError(f"no registry login for a {cloud} identity")

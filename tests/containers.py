@@ -27,6 +27,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from tests import servers
 
@@ -66,16 +67,22 @@ def overlay_works(scratch: Path) -> bool:
     return ok
 
 
-def podman_env(folder: Path, storage: Path, registry: str | None = None) -> dict[str, str]:
-    """Configuration files in ``folder`` (see the module docstring); the env pointing at them."""
+def podman_env(folder: Path, storage: Path, registry: str | list[str] | None = None,
+               volumes: list[str] | None = None) -> dict[str, str]:
+    """Configuration files in ``folder`` (see the module docstring); the env pointing at them.
+    ``registry``: the plain-HTTP registries (addresses) it may use; ``volumes``: host folders
+    every container gets at the same path, read-only (a VM image's own files: a CA bundle)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "containers.conf").write_text(CONTAINERS_CONF)
+    mounts = [f"{v}:{v}:ro" for v in volumes or []]
+    (folder / "containers.conf").write_text(CONTAINERS_CONF.replace(
+        "[engine]", f"volumes={json.dumps(mounts)}\n[engine]") if mounts else CONTAINERS_CONF)
     driver = "overlay" if overlay_works(folder / "overlay-probe") else "vfs"
     (folder / "storage.conf").write_text(
         f'[storage]\ndriver = "{driver}"\ngraphroot = "{storage}/root"\n'
         f'runroot = "{storage}/run"\n')
+    plain = [registry] if isinstance(registry, str) else registry or []
     (folder / "registries.conf").write_text(
-        f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n' if registry else "")
+        "".join(f'[[registry]]\nlocation = "{r}"\ninsecure = true\n' for r in plain))
     auth = folder / "auth.json"
     auth.write_text("{}")
     auth.chmod(0o600)
@@ -83,6 +90,11 @@ def podman_env(folder: Path, storage: Path, registry: str | None = None) -> dict
             "CONTAINERS_STORAGE_CONF": str(folder / "storage.conf"),
             "CONTAINERS_REGISTRIES_CONF": str(folder / "registries.conf"),
             "REGISTRY_AUTH_FILE": str(auth), "BUILDAH_ISOLATION": "chroot"}
+
+
+#: the variables ``podman_env`` sets
+PODMAN_VARS = ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF",
+               "REGISTRY_AUTH_FILE", "BUILDAH_ISOLATION")
 
 
 def podman(env: dict[str, str], *args: str, check: bool = True,
@@ -159,3 +171,29 @@ def start_registry(workdir: Path, users: dict[str, str]) -> servers.Server:
     server = servers._launch("registry", argv, "/v2/", workdir)
     server.extra["address"] = f"127.0.0.1:{server.port}"
     return server
+
+
+#: the tag the e2e tests build the CPU engine image as
+ENGINE_TAG = "dqlctl-engine:test"
+_built: dict[str, Any] = {}
+
+
+def engine_image(folder: Path) -> dict[str, Any]:
+    """``dqlctl image build --cpu`` of the engine image, offline, into the operator's store
+    (``CACHE/storage``, whose layers survive sessions), once per test process (every e2e file
+    that runs the engine in a container shares it); the build's JSON. ``folder``: where the
+    build's podman configuration goes (the first caller's)."""
+    if not _built:
+        missing = tools_missing()
+        assert not missing, f"missing {missing}: `make system-deps` installs them"
+        env = podman_env(folder, CACHE / "storage")
+        base = base_image(env)
+        wheels = engine_wheels()
+        proc = subprocess.run([sys.executable, "-m", "dqlctl", "image", "build", "--cpu",
+                               "--engine", "podman", "--base", base, "--wheels", str(wheels),
+                               "--tag", ENGINE_TAG, "--json"], cwd=ROOT,
+                              env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _built.update(json.loads(proc.stdout))
+    return dict(_built)

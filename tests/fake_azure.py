@@ -30,18 +30,27 @@ Test hooks: ``public_address`` (when set, the address every public IP gets: wher
 listens), ``GET /_fake/ssh-keys`` lists the ``osProfile.linuxConfiguration.ssh.publicKeys`` of
 running VMs (the VM stand-in's sshd trusts those), ``evict(group, name)`` takes a Spot VM away
 (eviction policy Delete), ``leftovers()`` lists what exists. The server runs in the test's process.
+
+Azure Container Registry's token exchange (``POST /oauth2/exchange``, form ``grant_type=
+access_token&service=REGISTRY&access_token=AAD``; on Azure it is the registry's own host): the
+operator's token or a managed identity's token for Azure Resource Manager is traded for a
+refresh token (``acr_refresh_tokens``), which tests/registry_gate.py checks as the password of
+``00000000-0000-0000-0000-000000000000``, with the identity's *AcrPull* role assignments here.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import itertools
 import json
+import os
 import re
 import time
+import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +99,31 @@ def write_fake_az(bin_dir: Path) -> Path:
     return az
 
 
+#: what DefaultAzureCredential would find before ``az``: cleared while a fake ARM serves
+AZURE_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
+             "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE",
+             "AZURE_TOKEN_CREDENTIALS", "IDENTITY_ENDPOINT", "MSI_ENDPOINT")
+
+
+@contextlib.contextmanager
+def serving_arm(tmp_path: Path, monkeypatch: Any) -> Iterator[FakeAzure]:
+    """A ``FakeAzure`` started, with the operator's credentials pointed at it as ``az login``
+    would (a fake ``az`` on PATH, no other credential in the environment, the subscription set);
+    stopped after."""
+    fake = FakeAzure()
+    fake.start()
+    for key in AZURE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    write_fake_az(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", fake.subscription)
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-cli"))
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
 def aerror(status: int, code: str, message: str) -> HttpError:
     return HttpError(Response(status, {"error": {"code": code, "message": message}},
                               {"x-ms-error-code": code}))
@@ -124,6 +158,9 @@ class FakeAzure(FakeHttpServer):
         self.token_audience: dict[str, str] = {}             # token -> its aud claim
         self.deleted_by_identity: dict[str, str] = {}        # lower VM id -> principal id
         self.public_address: str | None = None              # else 20.n.n.n, one per IP
+        #: ACR refresh tokens from ``/oauth2/exchange``: token -> (principal id, or None for
+        #: the operator, and the registry it is for)
+        self.acr_refresh_tokens: dict[str, tuple[str | None, str]] = {}
         self._n = itertools.count(1)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -141,6 +178,8 @@ class FakeAzure(FakeHttpServer):
                 return Response(200, self.ssh_keys())
             if req.path.startswith("/_fake/serial/"):  # a SAS URL: no bearer token
                 return Response(200, self.serial_log(req.path.split("/", 3)[3]))
+            if req.path == "/oauth2/exchange" and req.method == "POST":
+                return self._acr_exchange(req)
             bearer = req.headers.get("authorization", "").removeprefix("Bearer ")
             if bearer in self.identity_tokens:
                 if self.token_audience.get(bearer, "").startswith("https://storage."):
@@ -576,6 +615,29 @@ class FakeAzure(FakeHttpServer):
                            "principalType": props.get("principalType", "ServicePrincipal"),
                            "scope": scope}}
         return Response(201, self.role_assignments[key])
+
+    # -- Azure Container Registry's token exchange --------------------------------------------
+
+    def _acr_exchange(self, req: Request) -> Response:
+        """``POST /oauth2/exchange`` as ACR answers it (the registry's own host there): an
+        Azure AD token for Azure Resource Manager (the operator's, or a managed identity's)
+        in, an ACR refresh token for ``service`` out; 401 in ACR's error shape otherwise."""
+        form = dict(urllib.parse.parse_qsl(req.raw.decode(errors="replace")))
+        token, service = form.get("access_token", ""), form.get("service", "")
+        if form.get("grant_type") != "access_token" or not service:
+            return Response(400, {"errors": [{"code": "UNSUPPORTED", "message":
+                                              "grant_type access_token and service needed"}]})
+        if token == TOKEN:
+            who: str | None = None
+        elif token in self.identity_tokens and \
+                self.token_audience.get(token, "").rstrip("/") == "https://management.azure.com":
+            who = self.identity_tokens[token]
+        else:
+            return Response(401, {"errors": [{"code": "UNAUTHORIZED", "message":
+                                              "the access token is not valid for ACR"}]})
+        refresh = f"acr-refresh-{uuid.uuid4().hex}"
+        self.acr_refresh_tokens[refresh] = (who, service)
+        return Response(200, {"refresh_token": refresh})
 
     # -- a VM's managed identity -------------------------------------------------------------
 

@@ -34,6 +34,13 @@ whose IAM policy (``instances.setIamPolicy``) binds the account to a role holdin
 ``roles/compute.instanceAdmin.v1``), with the compute scope; anything else is a 403.
 ``deleted_by[(zone, name)]`` says who deleted an instance (``operator`` or the account).
 
+Artifact Registry's API (``/v1/projects/P/locations/L/repositories``): a Docker repository
+created by a long-running operation (``/v1/projects/P/locations/L/operations/ID``, ``done``
+after ``op_seconds``), got, and its IAM policy read and set (``:getIamPolicy``,
+``:setIamPolicy``, an etag guarding the write); ``repositories``, ``repository_policies``. The
+registry itself (the image bytes) is Debian's docker-registry behind tests/registry_gate.py,
+which lets in a token of this server for what its account's bindings here allow.
+
 This module also holds the test helpers the GCE and Azure suites share: ``FakeHttpServer`` (the
 threaded JSON server both fakes build on), ``write_adc_key`` (a service-account key file) and
 ``serving_adc`` (a fake GCE started, with credentials pointed at it).
@@ -295,6 +302,11 @@ class FakeGce(FakeHttpServer):
         self.instance_policies: dict[tuple[str, str], dict[str, Any]] = {}
         self.roles: dict[str, dict[str, Any]] = {}                   # custom roles by name
         self.deleted_by: dict[tuple[str, str], str] = {}
+        #: Artifact Registry: repositories by name (``projects/P/locations/L/repositories/R``),
+        #: their IAM policies, and the creations' long-running operations (name -> done at)
+        self.repositories: dict[str, dict[str, Any]] = {}
+        self.repository_policies: dict[str, dict[str, Any]] = {}
+        self.ar_operations: dict[str, tuple[float, dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._ips = itertools.count(10)
 
@@ -420,6 +432,7 @@ class FakeGce(FakeHttpServer):
         p = r"/compute/v1/projects/(?P<project>[^/]+)"
         z = p + r"/zones/(?P<zone>[^/]+)"
         sa = r"/v1/projects/(?P<project>[^/]+)/serviceAccounts"
+        ar = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
         return [
             (p + r"/regions/(?P<region>[^/]+)", "GET", self.region_get),
             (z + r"/instances", "POST", self.instance_insert),
@@ -446,6 +459,11 @@ class FakeGce(FakeHttpServer):
             (r"/v1/projects/(?P<project>[^/]+)/roles/(?P<role>[^/:]+)", "GET", self.role_get),
             (r"/v1/projects/(?P<project>[^/]+)/roles/(?P<role>[^/:]+):undelete", "POST",
              self.role_undelete),
+            (ar + r"/repositories", "POST", self.repo_create),
+            (ar + r"/repositories/(?P<repo>[^/:]+)", "GET", self.repo_get),
+            (ar + r"/repositories/(?P<repo>[^/:]+):getIamPolicy", "GET", self.repo_iam_get),
+            (ar + r"/repositories/(?P<repo>[^/:]+):setIamPolicy", "POST", self.repo_iam_set),
+            (ar + r"/operations/(?P<op>[^/]+)", "GET", self.ar_operation_get),
             (r"/storage/v1/b/(?P<bucket>[^/]+)/iam", "GET", self.bucket_iam_get),
             (r"/storage/v1/b/(?P<bucket>[^/]+)/iam", "PUT", self.bucket_iam_set),
         ]
@@ -817,6 +835,83 @@ class FakeGce(FakeHttpServer):
                   "etag": f"CA{next(self._ids)}="}
         self.bucket_policies[bucket] = policy
         return Response(200, policy)
+
+    # -- Artifact Registry (artifactregistry.googleapis.com v1) ---------------------------------
+
+    def repo_create(self, req: Request, project: str, location: str) -> Response:
+        """A Docker repository, made by a long-running operation (``done`` after
+        ``op_seconds``); 409 when it exists, 400 for a bad id or format."""
+        self._project(project)
+        repo_id = req.query.get("repositoryId", "")
+        if not re.fullmatch(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", repo_id):
+            raise ierror(400, "INVALID_ARGUMENT", f"invalid repository id {repo_id!r}")
+        if (req.body or {}).get("format") != "DOCKER":
+            raise ierror(400, "INVALID_ARGUMENT", "format must be DOCKER here")
+        name = f"projects/{project}/locations/{location}/repositories/{repo_id}"
+        if name in self.repositories or any(r["name"] == name
+                                            for _, r in self.ar_operations.values()):
+            raise ierror(409, "ALREADY_EXISTS", f"the repository already exists: {name}")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        repo = {"name": name, "format": "DOCKER", "mode": "STANDARD_REPOSITORY",
+                "description": (req.body or {}).get("description", ""), "createTime": now,
+                "updateTime": now}
+        op = f"projects/{project}/locations/{location}/operations/{uuid.uuid4()}"
+        self.ar_operations[op] = (time.time() + self.op_seconds, repo)
+        return Response(200, {"name": op, "metadata": {
+            "@type": "type.googleapis.com/google.devtools.artifactregistry.v1"
+                     ".OperationMetadata"}})
+
+    def ar_operation_get(self, req: Request, project: str, location: str,
+                         op: str) -> Response:
+        name = f"projects/{project}/locations/{location}/operations/{op}"
+        if name not in self.ar_operations:
+            raise ierror(404, "NOT_FOUND", f"operation {name} not found")
+        done_at, repo = self.ar_operations[name]
+        if time.time() < done_at:
+            return Response(200, {"name": name, "done": False})
+        self.repositories.setdefault(repo["name"], repo)
+        return Response(200, {"name": name, "done": True, "response": {
+            "@type": "type.googleapis.com/google.devtools.artifactregistry.v1.Repository",
+            **repo}})
+
+    def _repo(self, project: str, location: str, repo: str) -> str:
+        self._project(project)
+        name = f"projects/{project}/locations/{location}/repositories/{repo}"
+        if name not in self.repositories:
+            raise ierror(404, "NOT_FOUND", f"Requested entity was not found: {name}")
+        return name
+
+    def repo_get(self, req: Request, project: str, location: str, repo: str) -> Response:
+        return Response(200, self.repositories[self._repo(project, location, repo)])
+
+    def repo_iam_get(self, req: Request, project: str, location: str, repo: str) -> Response:
+        name = self._repo(project, location, repo)
+        return Response(200, json.loads(json.dumps(
+            self.repository_policies.get(name, {"version": 1, "etag": "ACAB"}))))
+
+    def repo_iam_set(self, req: Request, project: str, location: str, repo: str) -> Response:
+        """An etag that is not the policy's own: 409 ABORTED (concurrent changes)."""
+        name = self._repo(project, location, repo)
+        policy = dict((req.body or {}).get("policy") or {})
+        current = self.repository_policies.get(name, {"etag": "ACAB"})
+        if policy.get("etag") and policy["etag"] != current["etag"]:
+            raise ierror(409, "ABORTED", "There were concurrent policy changes. Please retry "
+                         "the whole read-modify-write with exponential backoff.")
+        for binding in policy.get("bindings", []):
+            for member in binding.get("members", []):
+                email = member.split(":", 1)[-1]
+                if email.startswith("dqlctl-") and email not in self.service_accounts:
+                    raise ierror(400, "INVALID_ARGUMENT", f"Invalid member {member}")
+        self.repository_policies[name] = {"version": 1, "bindings": policy.get("bindings", []),
+                                          "etag": f"BwY{next(self._ids)}="}
+        return Response(200, self.repository_policies[name])
+
+    def repository_readers(self, name: str) -> list[str]:
+        """The members holding ``roles/artifactregistry.reader`` on repository ``name``."""
+        with self.lock:
+            return sorted(m for b in self.repository_policies.get(name, {}).get("bindings", [])
+                          if b.get("role") == "roles/artifactregistry.reader"
+                          for m in b.get("members", []))
 
     # -- a VM's own identity: instance IAM policies, custom roles, its tokens -----------------
 

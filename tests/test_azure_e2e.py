@@ -32,7 +32,7 @@ from dqlctl.context import Context
 from dqlctl.owner import os_user, owner_tags
 from providers.base import Instance, JobSpec, LaunchSpec
 from providers.ssh import fingerprint
-from tests.fake_azure import TOKEN, FakeAzure, write_fake_az
+from tests.fake_azure import TOKEN, FakeAzure, serving_arm
 from tests.fake_gce import FakeHttpServer, Request, Response
 from tests.fake_metadata import FakeAzureImds
 from tests.held_engine import hold_in
@@ -44,23 +44,12 @@ SECRET = "123456:telegram-secret-token-do-not-leak"
 NOTHING: dict[str, list[str]] = {"groups": [], "resources": [], "role_assignments": []}
 VM_CONTRIBUTOR = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c"
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
-AZURE_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
-             "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_FEDERATED_TOKEN_FILE",
-             "AZURE_TOKEN_CREDENTIALS", "IDENTITY_ENDPOINT", "MSI_ENDPOINT")
 
 
 @pytest.fixture()
 def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAzure]:
-    fake = FakeAzure()
-    fake.start()
-    for key in AZURE_ENV:
-        monkeypatch.delenv(key, raising=False)
-    write_fake_az(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", fake.subscription)
-    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-cli"))
-    yield fake
-    fake.stop()
+    with serving_arm(tmp_path, monkeypatch) as fake:
+        yield fake
 
 
 @pytest.fixture()

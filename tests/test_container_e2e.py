@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -43,7 +42,8 @@ from tests.test_aws_e2e import ami, kill_vm_processes
 from tests.vm import AWS_KEYS, vm_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
-TAG = "dqlctl-engine:test"
+TAG = containers.ENGINE_TAG
+AWS_TAG = "dqlctl-engine:aws-e2e"
 CIDR = "198.51.100.7/32"
 
 
@@ -76,17 +76,10 @@ def operator_podman(tmp_path_factory: pytest.TempPathFactory, registry: str) -> 
 
 
 @pytest.fixture(scope="session")
-def built(operator_podman: dict[str, str]) -> dict[str, Any]:
-    """``dqlctl image build`` of the CPU image, offline; its JSON."""
-    base = containers.base_image(operator_podman)
-    wheels = containers.engine_wheels()
-    env = {**os.environ, **operator_podman}
-    proc = subprocess.run([sys.executable, "-m", "dqlctl", "image", "build", "--cpu",
-                           "--engine", "podman", "--base", base, "--wheels", str(wheels),
-                           "--tag", TAG, "--json"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(json.loads(proc.stdout))
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``dqlctl image build`` of the CPU image, offline; its JSON (tests/containers.py: built
+    once per test process, shared with tests/test_container_clouds_e2e.py)."""
+    return containers.engine_image(tmp_path_factory.mktemp("podman-build"))
 
 
 @pytest.fixture()
@@ -190,7 +183,9 @@ def test_push_pull_run_stop_resume_and_recover_on_an_aws_vm(
         imds: FakeImds, registry: str, capsys: Any) -> None:
     boto3.client("s3").create_bucket(Bucket="engine-results")
     # push: the repository in "ECR", the bytes in the registry, the digest remembered
-    assert main(["image", "push", "--provider", "aws", "--engine", "podman", "--tag", TAG,
+    # a tag of this test's own: its later move touches no other test's image
+    containers.podman(podman_env_of(), "tag", built["id"], AWS_TAG)
+    assert main(["image", "push", "--provider", "aws", "--engine", "podman", "--tag", AWS_TAG,
                  "--region", "us-east-1", "--json"], ctx=Context(home=home)) == 0
     pushed = json.loads(capsys.readouterr().out)
     assert pushed["repository"] == f"{registry}/dqlctl-engine"
@@ -232,7 +227,7 @@ def test_push_pull_run_stop_resume_and_recover_on_an_aws_vm(
 
     # a relaunch by tag resumes from the bucket's checkpoint; the run records the digest the
     # VM pulled
-    assert main(launch("--episodes", "400", "--image", f"{registry}/dqlctl-engine:test",
+    assert main(launch("--episodes", "400", "--image", f"{registry}/dqlctl-engine:aws-e2e",
                        "--", "--resume"), ctx=Context(home=home)) == 0
     second = next(r for r in Context(home=home).registry.list() if r.id != run.id)
     assert second.state == reg.RUNNING, second.reason
@@ -241,9 +236,9 @@ def test_push_pull_run_stop_resume_and_recover_on_an_aws_vm(
 
     # the tag moves to another image; then the cloud announces the VM's end: the engine in the
     # container checkpoints and exits 143; the VM goes; the recovery pulls the run's digest
-    containers.podman(podman_env_of(), "tag", containers.BASE_IMAGE, TAG)
+    containers.podman(podman_env_of(), "tag", containers.BASE_IMAGE, AWS_TAG)
     capsys.readouterr()
-    assert main(["image", "push", "--provider", "aws", "--engine", "podman", "--tag", TAG,
+    assert main(["image", "push", "--provider", "aws", "--engine", "podman", "--tag", AWS_TAG,
                  "--region", "us-east-1", "--json"], ctx=Context(home=home)) == 0
     moved = json.loads(capsys.readouterr().out)
     assert moved["digest"] != pushed["digest"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 import datetime
 import io
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
 from dqlctl.cli import main
 from dqlctl.context import Context
-from providers.base import JobSpec, LaunchSpec
+from providers.base import JobSpec, LaunchSpec, ProviderError
 from providers.containers import container_env, pinned, run_argv, split_reference
 from providers.vm_identity import AwsCredentials, IdentityError, aws_credentials, sigv4
 from tests.fake_imds import FakeImds
@@ -157,3 +158,121 @@ def test_docker_on_a_cloud_without_a_pushed_image_is_refused_before_anything(
                               "with `dqlctl image push --provider aws` or give --image\n")
     assert Context(home=tmp_path).registry.list() == []
     assert boto3.client("ec2").describe_instances()["Reservations"] == []
+
+
+# -- Artifact Registry and ACR: which images, the VMs' logins, what the registry lets in --------
+
+def test_which_images_are_in_artifact_registry_and_in_acr() -> None:
+    from providers.azure.compute import AzureProvider
+    from providers.gcp.compute import GcpProvider
+    from providers.gcp.images import repository_of
+
+    ar = "europe-west4-docker.pkg.dev/proj/dqlctl/dqlctl-engine@sha256:ab"
+    assert repository_of(ar, None, "us-central1") == ("proj", "europe-west4", "dqlctl")
+    assert repository_of("10.0.0.5:5000/p/r/e:1", "10.0.0.5:5000", "us-east1") == \
+        ("p", "us-east1", "r")
+    assert repository_of("docker.io/library/python:3.11", None, "us-east1") is None
+    gcp = GcpProvider(registry="10.0.0.5:5000")
+    assert gcp.registry_login(ar, "us-central1") == ("gcp", None)
+    assert gcp.registry_login("ghcr.io/x/y:1", "us-central1") is None
+    assert gcp._pulls_from(spec(ar)) == \
+        "projects/proj/locations/europe-west4/repositories/dqlctl"
+    assert gcp._pulls_from(spec(ar, runtime="native")) is None
+
+    azure = AzureProvider(registry="DqlReg")
+    assert azure.registry_login("dqlreg.azurecr.io/dqlctl-engine@sha256:ab", "eastus") == \
+        ("azure", None)
+    assert azure.registry_login("ghcr.io/x/y:1", "eastus") is None
+    # AcrPull needs the registry's id: refused before anything is made
+    with pytest.raises(ProviderError, match="registry_id"):
+        azure._pull_scope(spec("dqlreg.azurecr.io/dqlctl-engine@sha256:ab"))
+    reg_id = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ContainerRegistry/" \
+             "registries/dqlreg"
+    azure = AzureProvider(registry_id=reg_id)       # the name comes from the id
+    assert azure._pull_scope(spec("dqlreg.azurecr.io/e@sha256:ab")) == reg_id
+    with pytest.raises(ProviderError, match="registry_id"):   # another ACR: no grant there
+        azure._pull_scope(spec("other.azurecr.io/e@sha256:ab"))
+    assert azure._pull_scope(spec("dqlreg.azurecr.io/e:1", runtime="native")) is None
+
+
+def test_a_gce_vm_logs_in_to_artifact_registry_with_its_service_account() -> None:
+    from providers.image_pull import credentials
+    from tests.fake_gce import FakeGce
+    from tests.fake_metadata import FakeGceMetadata
+
+    with FakeGce() as gce, FakeGceMetadata(gce) as metadata:
+        gce.instances[("us-central1-a", "dqlctl-r1")] = {"status": "RUNNING", "serviceAccounts": [
+            {"email": "dqlctl-r1@p.iam.gserviceaccount.com", "scopes": ["s"]}]}
+        user, password = credentials("gcp", None, {"DQLCTL_GCE_METADATA_URL": metadata.url},
+                                     "us-central1-docker.pkg.dev")
+    assert user == "oauth2accesstoken"
+    assert gce.vm_tokens[password] == ("dqlctl-r1@p.iam.gserviceaccount.com", ["s"])
+
+
+def test_an_azure_vm_trades_its_identity_token_at_acr() -> None:
+    from providers.image_pull import credentials
+    from providers.vm_identity import acr_refresh_token
+    from tests.fake_azure import FakeAzure
+    from tests.fake_metadata import FakeAzureImds
+
+    with FakeAzure() as arm, FakeAzureImds(arm) as imds:
+        arm.resources["vm"] = {"type": "Microsoft.Compute/virtualMachines", "id": "/x/vm",
+                               "name": "vm", "location": "eastus",
+                               "properties": {"provisioningState": "Succeeded"},
+                               "identity": {"principalId": "p1"}}
+        env = {"DQLCTL_AZURE_IMDS_URL": imds.url, "DQLCTL_ACR_EXCHANGE_URL": arm.url}
+        user, password = credentials("azure", None, env, "reg.azurecr.io")
+        assert user == "00000000-0000-0000-0000-000000000000"
+        assert arm.acr_refresh_tokens[password] == ("p1", "reg.azurecr.io")
+        storage = arm.mint_identity_token("p1", "https://storage.azure.com/")
+        with pytest.raises(IdentityError, match="HTTP 401"):   # ARM's audience only
+            acr_refresh_token("reg.azurecr.io", storage, env)
+
+
+def test_the_registry_gates_let_a_vm_pull_only_what_it_was_granted() -> None:
+    from tests.fake_azure import FakeAzure
+    from tests.fake_gce import FakeGce
+    from tests.registry_gate import Refused, acr_policy, artifact_policy
+
+    gce = FakeGce()
+    repo = "projects/dqlctl-test/locations/us-central1/repositories/dqlctl"
+    gce.repositories[repo] = {"name": repo}
+    gce.tokens.add("op")
+    gce.vm_tokens.update({"vm": ("sa@x", ["https://www.googleapis.com/auth/devstorage.read_only"]),
+                          "bare": ("sa@x", ["https://www.googleapis.com/auth/compute"])})
+    check = artifact_policy(gce, "us-central1")
+    path = "/v2/dqlctl-test/dqlctl/dqlctl-engine/manifests/sha256:ab"
+
+    def refused(policy: Any, method: str, where: str, user: str, password: str) -> int:
+        with pytest.raises(Refused) as exc:
+            policy(method, where, user, password)
+        return exc.value.status
+
+    assert check("PUT", path, "oauth2accesstoken", "op") == ("operator", path[4:].split(
+        "/manifests")[0])
+    assert refused(check, "GET", path, "oauth2accesstoken", "vm") == 403     # no binding yet
+    gce.repository_policies[repo] = {"bindings": [
+        {"role": "roles/artifactregistry.reader", "members": ["serviceAccount:sa@x"]}]}
+    assert check("GET", path, "oauth2accesstoken", "vm")[0] == "sa@x"
+    assert refused(check, "PUT", path, "oauth2accesstoken", "vm") == 403      # pull only
+    assert refused(check, "GET", path, "oauth2accesstoken", "bare") == 403    # no read scope
+    assert refused(check, "GET", path, "oauth2accesstoken", "forged") == 401
+    assert refused(check, "GET", path.replace("/dqlctl/", "/other/"), "oauth2accesstoken",
+                   "op") == 404
+
+    arm = FakeAzure()
+    reg_id = f"{arm.sub_id}/resourceGroups/img/providers/Microsoft.ContainerRegistry/" \
+             "registries/r"
+    arm.acr_refresh_tokens.update({"op": (None, "r.azurecr.io"), "mi": ("p1", "r.azurecr.io"),
+                                   "elsewhere": ("p1", "other.azurecr.io")})
+    acr = acr_policy(arm, "r.azurecr.io", reg_id)
+    user = "00000000-0000-0000-0000-000000000000"
+    path = "/v2/dqlctl-engine/blobs/sha256:ab"
+    assert acr("PUT", path, user, "op") == ("operator", "dqlctl-engine")
+    assert refused(acr, "GET", path, user, "mi") == 403                        # no AcrPull
+    arm.role_assignments["a"] = {"properties": {
+        "principalId": "p1", "scope": f"{arm.sub_id}/resourceGroups/img",
+        "roleDefinitionId": "/x/roleDefinitions/7f951dda-4ed3-4680-a7ca-43fe172d538d"}}
+    assert acr("GET", path, user, "mi") == ("p1", "dqlctl-engine")
+    assert refused(acr, "PATCH", path, user, "mi") == 403
+    assert refused(acr, "GET", path, user, "elsewhere") == 401

@@ -10,7 +10,9 @@ login off). The VM gets a system-assigned managed identity that holds *Virtual M
 Contributor* on that VM only, with which the VM deletes itself when its run is over
 (providers/selfdelete.py: a powered-off Azure VM stays allocated and bills), and, when the run
 names an ``az://container/...`` URI, *Storage Blob Data Contributor* scoped to that container
-(the storage account is ``[providers.azure] storage_account_id``); nothing else.
+(the storage account is ``[providers.azure] storage_account_id``), and *AcrPull* on the
+configured registry when its engine image is pulled from there (``--runtime docker``:
+providers/azure/images.py); nothing else.
 
 Results: a run whose ``--results-dir`` is an ``az://`` container has its engine on the VM write
 there itself (``Capability.DIRECT_RESULTS``), with the managed identity alone (its token from
@@ -49,11 +51,13 @@ from typing import Any
 
 from providers.azure.access import VM_CONTRIBUTOR, AzureAccess
 from providers.azure.api import ARM_SCOPE, CAPACITY_CODES, code, plain_bearer, sdk
+from providers.azure.images import ACR_PULL
 from providers.base import (
     RUN_LABEL,
     RUN_TAG,
     Capability,
     CheckResult,
+    ImagePush,
     Instance,
     LaunchSpec,
     NoCapacity,
@@ -96,7 +100,8 @@ class AzureProvider(AzureAccess, SshVm):
     name = "azure"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER, Capability.PRICES,
-                              Capability.DIRECT_RESULTS})  # its identity: the container
+                              Capability.DIRECT_RESULTS,  # its identity: the container
+                              Capability.IMAGE_REGISTRY})  # an existing ACR (azure/images.py)
     direct_scheme = "az"
     self_delete = "azure"
 
@@ -109,9 +114,16 @@ class AzureProvider(AzureAccess, SshVm):
                  ssh_cidr: str | None = None, ready_timeout: float = 600.0,
                  poll_interval: float = 2.0, os_disk_gb: int = 128,
                  host_key_wait: float = 180.0, imds_endpoint: str | None = None,
-                 vm_env: dict[str, str] | None = None) -> None:
+                 vm_env: dict[str, str] | None = None, registry: str | None = None,
+                 registry_id: str | None = None,
+                 acr_exchange_endpoint: str | None = None) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.extra_vm_env = dict(vm_env or {})  # test hook: the VM's blob endpoint and CA
+        # the ACR images go to (providers/azure/images.py): its name or address, its ARM id
+        # (what a run's identity is granted AcrPull on), and a stand-in's token exchange
+        self.registry = registry
+        self.registry_id = registry_id
+        self.acr_exchange_endpoint = acr_exchange_endpoint
         self.subscription_id = subscription_id
         self.imds_endpoint = imds_endpoint
         self.location = location
@@ -172,6 +184,44 @@ class AzureProvider(AzureAccess, SshVm):
 
     # -- verbs -------------------------------------------------------------------------------------
 
+    def push_image(self, local_ref: str, engine: str, region: str | None = None) -> ImagePush:
+        """Push the engine image to the configured ACR (``ImageRegistry``; see
+        providers/azure/images.py)."""
+        from providers.azure.images import exchange_env, login_server, push_to_acr
+
+        server = login_server(self.registry, self.registry_id)
+        if not server:
+            raise ProviderError("no Azure Container Registry configured: set registry (its "
+                                "name) or registry_id under [providers.azure] in config.toml "
+                                "(dqlctl does not create one: `az acr create`)",
+                                field="registry")
+        return push_to_acr(self._cred().get_token(ARM_SCOPE).token, local_ref, engine, server,
+                           exchange_env(self.acr_exchange_endpoint), self.name)
+
+    def registry_login(self, image: str, region: str) -> tuple[str, str | None] | None:
+        """An image in ACR is pulled with the VM's managed identity (providers/image_pull.py)."""
+        from providers.azure.images import in_registry, login_server
+
+        return ("azure", None) if in_registry(
+            image, login_server(self.registry, self.registry_id)) else None
+
+    def _pull_scope(self, spec: LaunchSpec) -> str | None:
+        """The registry (ARM id) the run's identity is granted AcrPull on: the configured one,
+        when the run's engine image is in it (``--runtime docker``). ProviderError, before
+        anything is made, for an ACR image the identity could not be let to pull."""
+        from providers.azure.images import in_registry, login_server
+
+        server = login_server(self.registry, self.registry_id)
+        if spec.runtime != "docker" or not in_registry(spec.image, server):
+            return None
+        if not self.registry_id or not spec.image or not spec.image.startswith(f"{server}/"):
+            raise ProviderError(
+                f"the engine image {spec.image} is in an Azure Container Registry: set "
+                "registry_id under [providers.azure] in config.toml (/subscriptions/.../"
+                "registries/NAME) to that registry's id, so that the VM's identity can be "
+                "granted AcrPull on it", field="image")
+        return self.registry_id
+
     def check(self) -> CheckResult:
         def probe() -> str:
             sub = self.subscription
@@ -190,6 +240,7 @@ class AzureProvider(AzureAccess, SshVm):
         """What launch would create, without creating anything (``--dry-run``)."""
         cidr = spec.extra.get("ssh_cidr") or self.ssh_cidr or "your address/32"
         scopes = self._scopes(spec)
+        pulls = self._pull_scope(spec)
         return {
             "provider": self.name, "region": spec.region or self.location,
             "instance_type": vm_size_for(spec.gpu, spec.instance_type),
@@ -202,7 +253,8 @@ class AzureProvider(AzureAccess, SshVm):
             "identity": "system-assigned; Virtual Machine Contributor on its own VM (it "
                         "deletes itself)" + (f"; Storage Blob Data Contributor on "
                                              f"{', '.join(s.rsplit('/', 1)[-1] for s in scopes)}"
-                                             if scopes else ""),
+                                             if scopes else "")
+                        + (f"; AcrPull on {pulls.rsplit('/', 1)[-1]}" if pulls else ""),
             "ssh_key": f"dqlctl-{spec.run_id} (ed25519, private key kept here, 0600)",
             "tags": " ".join(f"{k}={v}" for k, v in
                              cloud_labels({**spec.tags, TAG: spec.run_id}).items()),
@@ -216,6 +268,7 @@ class AzureProvider(AzureAccess, SshVm):
         location = spec.region or self.location
         size = vm_size_for(spec.gpu, spec.instance_type)
         scopes = self._scopes(spec)
+        pulls = self._pull_scope(spec)
         compute = self._client("compute")
         name = f"dqlctl-{run_id}"
         tags = cloud_labels({**spec.tags, TAG: run_id})  # run, owner (registry id), user
@@ -250,6 +303,9 @@ class AzureProvider(AzureAccess, SshVm):
             if scopes:
                 self._grant(run_id, vm.identity.principal_id, scopes)
                 created["role_scopes"] = scopes
+            if pulls:
+                self._grant(run_id, vm.identity.principal_id, [pulls], ACR_PULL)
+                created["registry_id"] = pulls
             return Instance(
                 provider=self.name, instance_id=name, state="pending", region=location,
                 instance_type=size, spot=spec.spot, launched_at=time.time(),
@@ -309,7 +365,14 @@ class AzureProvider(AzureAccess, SshVm):
         if self.storage_account_id:
             env["AZURE_STORAGE_ACCOUNT"] = self.storage_account_id.rstrip("/").rsplit("/", 1)[-1]
         if self.imds_endpoint:
+            from providers.vm_identity import AZURE_IMDS
+
             env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = self.imds_endpoint
+            env[AZURE_IMDS] = self.imds_endpoint      # the image pull's token (vm_identity)
+        if self.acr_exchange_endpoint:
+            from providers.vm_identity import ACR_EXCHANGE
+
+            env[ACR_EXCHANGE] = self.acr_exchange_endpoint
         return {**env, **self.extra_vm_env}
 
     def self_delete_env(self) -> dict[str, str]:

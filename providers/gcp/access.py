@@ -1,7 +1,8 @@
 """Who may reach a run's GCE VM and what the VM may reach: the firewall rules for tcp:22 (the
 operator's address allowed, everyone else denied above the default network's open rule) and the
 run's own service account (every run has one), holding ``roles/storage.objectAdmin`` on the
-run's bucket(s) only, granted through the bucket's IAM policy (google-cloud-storage; the service
+run's bucket(s) only (and ``roles/artifactregistry.reader`` on the Artifact Registry repository
+its engine image is pulled from, for ``--runtime docker``: providers/gcp/images.py), granted through the bucket's IAM policy (google-cloud-storage; the service
 accounts themselves through IAM's REST API), and on its own instance only the custom role
 ``SELF_DELETE_ROLE_ID`` (``compute.instances.delete``, nothing else), bound through the instance's
 IAM policy, so that the VM can delete itself when its run is over (providers/selfdelete.py).
@@ -30,6 +31,8 @@ from providers.gcp.api import compute_sdk, not_found
 from providers.vm import has_tags
 
 BUCKET_ROLE = "roles/storage.objectAdmin"
+#: in a service account's description: the image repository it reads (removed with it)
+IMAGE_WORD = "pulls"
 #: the project's custom role that a run's service account holds on its own instance only
 SELF_DELETE_ROLE_ID = "dqlctlSelfDelete"
 SELF_DELETE_PERMISSIONS = ["compute.instances.delete"]
@@ -60,6 +63,7 @@ class GceAccess:
     project_id: str
     iam_endpoint: str
     storage_endpoint: str
+    artifact_endpoint: str
     _clients: dict[str, Any]
 
     if TYPE_CHECKING:  # GcpProvider's, declared for the type checker only (never shadowed)
@@ -125,19 +129,26 @@ class GceAccess:
         return f"dqlctl-{run_id}@{self.project_id}.iam.gserviceaccount.com"
 
     def _create_service_account(self, run_id: str, buckets: list[str],
-                                tags: dict[str, str]) -> str:
+                                tags: dict[str, str], repository: str | None = None) -> str:
         """A service account for this run alone, allowed objects in the run's bucket(s) only
         (none: no storage at all; it may still delete its own instance, see
-        ``_let_delete_itself``)."""
+        ``_let_delete_itself``), and reading the Artifact Registry ``repository`` its engine
+        image is pulled from (``projects/P/locations/L/repositories/R``), when there is one."""
         project = self.project_id
         reach = f"{', '.join(buckets)} only" if buckets else "no bucket"
+        pulls = f" [{IMAGE_WORD} {repository}]" if repository else ""
         self._rest("POST", f"{self.iam_endpoint}/v1/projects/{project}/serviceAccounts",
                    json={"accountId": f"dqlctl-{run_id}", "serviceAccount": {
                        "displayName": f"dqlctl run {run_id}",
-                       "description": f"dqlctl run {run_id}: {reach} ({owner_words(tags)})"}})
+                       "description": f"dqlctl run {run_id}: {reach} ({owner_words(tags)})"
+                                      f"{pulls}"}})
         email = self._sa_email(run_id)
         for bucket in buckets:
             self._edit_bucket_policy(bucket, email, grant=True)
+        if repository:
+            from providers.gcp.images import edit_reader
+
+            edit_reader(self._rest, self.artifact_endpoint, repository, email, grant=True)
         return email
 
     def _self_delete_role(self) -> str:
@@ -234,10 +245,16 @@ class GceAccess:
             if not not_found(exc):
                 raise
 
-    def _delete_service_account(self, email: str, buckets: list[str]) -> None:
-        """Take ``email`` out of the buckets' policies, then delete it ('not found' is done)."""
+    def _delete_service_account(self, email: str, buckets: list[str],
+                                repository: str | None = None) -> None:
+        """Take ``email`` out of the buckets' and the image repository's policies, then delete
+        it ('not found' is done)."""
         for bucket in buckets:
             self._edit_bucket_policy(bucket, email, grant=False)
+        if repository:
+            from providers.gcp.images import edit_reader
+
+            edit_reader(self._rest, self.artifact_endpoint, repository, email, grant=False)
         self._rest("DELETE", f"{self.iam_endpoint}/v1/projects/{self.project_id}/"
                    f"serviceAccounts/{email}", ok_missing=True)
 
@@ -273,8 +290,11 @@ class GceAccess:
         elif resource.kind == "service-account":
             import re
 
-            found = re.search(r": (.+?) only \(", resource.extra.get("description", ""))
+            description = resource.extra.get("description", "")
+            found = re.search(r": (.+?) only \(", description)
+            pulls = re.search(rf"\[{IMAGE_WORD} (projects/[^\]\s]+)\]", description)
             self._delete_service_account(resource.resource_id,
-                                         found.group(1).split(", ") if found else [])
+                                         found.group(1).split(", ") if found else [],
+                                         pulls.group(1) if pulls else None)
         else:
             raise ProviderError(f"gcp: no such kind of resource: {resource.kind}")

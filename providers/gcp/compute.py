@@ -47,6 +47,7 @@ from providers.base import (
     RUN_TAG,
     Capability,
     CheckResult,
+    ImagePush,
     Instance,
     LaunchSpec,
     NoCapacity,
@@ -69,6 +70,12 @@ from providers.gcp.access import (
     owner_words,
 )
 from providers.gcp.api import GceError, codes, compute_sdk, is_capacity, not_found
+from providers.gcp.images import (
+    DEFAULT_REPOSITORY,
+    READER_ROLE,
+    repository_name,
+    repository_of,
+)
 from providers.vm import DEFAULT_GPU, SshVm, parse_gpu, quiet_logger, smallest_for_gpu
 
 TAG = RUN_TAG                # the run's tag as dqlctl's core knows it (Instance.tags)
@@ -92,6 +99,8 @@ GPU_MACHINES: dict[str, dict[int, tuple[str, str | None]]] = {
 DEFAULT_IMAGE = ("projects/deeplearning-platform-release/global/images/family/"
                  "pytorch-2-7-cu128-ubuntu-2204-nvidia-570")
 STORAGE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
+#: reading Artifact Registry (a run that pulls its image and names no bucket)
+READ_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"   # the VM deletes itself
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 NO_CREDENTIALS = ("no Google Cloud credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a "
@@ -123,7 +132,8 @@ class GcpProvider(GceAccess, SshVm):
     name = "gcp"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.SSH,
                               Capability.CONTAINER, Capability.PRICES,
-                              Capability.DIRECT_RESULTS})  # its service account: the bucket
+                              Capability.DIRECT_RESULTS,  # its service account: the bucket
+                              Capability.IMAGE_REGISTRY})  # Artifact Registry (gcp/images.py)
     direct_scheme = "gs"
     self_delete = "gcp"
 
@@ -137,9 +147,19 @@ class GcpProvider(GceAccess, SshVm):
                  ready_timeout: float = 600.0, poll_interval: float = 2.0,
                  boot_disk_gb: int = 100, operation_timeout: float = 600.0,
                  host_key_wait: float = 120.0, metadata_endpoint: str | None = None,
-                 vm_env: dict[str, str] | None = None) -> None:
+                 vm_env: dict[str, str] | None = None, registry: str | None = None,
+                 registry_location: str | None = None,
+                 registry_repository: str = DEFAULT_REPOSITORY,
+                 artifact_endpoint: str | None = None) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.extra_vm_env = dict(vm_env or {})  # test hook: the VM's storage endpoint
+        # Artifact Registry (providers/gcp/images.py): the address when not
+        # LOCATION-docker.pkg.dev, the location (default: the region), the repository, the API
+        self.registry = registry
+        self.registry_location = registry_location
+        self.registry_repository = registry_repository
+        self.artifact_endpoint = (artifact_endpoint
+                                  or "https://artifactregistry.googleapis.com").rstrip("/")
         self.project = project
         self.metadata_endpoint = metadata_endpoint
         self.region = region
@@ -234,6 +254,39 @@ class GcpProvider(GceAccess, SshVm):
 
     # -- verbs -------------------------------------------------------------------------------------
 
+    def push_image(self, local_ref: str, engine: str, region: str | None = None) -> ImagePush:
+        """Push the engine image to Artifact Registry (``ImageRegistry``; see
+        providers/gcp/images.py)."""
+        from google.auth.transport.requests import Request
+
+        from providers.gcp.images import push_to_artifact_registry
+
+        creds, project = self._credentials()
+        if not creds.valid:
+            creds.refresh(Request())
+        return push_to_artifact_registry(
+            self._rest, self.artifact_endpoint, str(creds.token), local_ref, engine,
+            project=project, location=region or self.registry_location or self.region,
+            repository=self.registry_repository, registry=self.registry, provider=self.name)
+
+    def registry_login(self, image: str, region: str) -> tuple[str, str | None] | None:
+        """An image in Artifact Registry is pulled with the VM's service account's token
+        (providers/image_pull.py)."""
+        return ("gcp", None) if self._image_repository(image, region) else None
+
+    def _image_repository(self, image: str | None, region: str) -> str | None:
+        """The Artifact Registry repository (``projects/P/locations/L/repositories/R``) a VM
+        in ``region`` pulls ``image`` from; None when it is not in Artifact Registry."""
+        found = repository_of(image, self.registry, self.registry_location or region) \
+            if image else None
+        return repository_name(*found) if found else None
+
+    def _pulls_from(self, spec: LaunchSpec) -> str | None:
+        """The repository the run's VM pulls its engine image from (``--runtime docker``)."""
+        if spec.runtime != "docker":
+            return None
+        return self._image_repository(spec.image, spec.region or self.region)
+
     def check(self) -> CheckResult:
         def probe() -> str:
             creds, project = self._credentials()
@@ -262,6 +315,7 @@ class GcpProvider(GceAccess, SshVm):
         self._no_price_cap(spec)
         machine, accel, count = machine_for(spec.gpu, spec.instance_type)
         buckets = buckets_of(spec.job.results_dir, spec.job.data_file)
+        pulls = self._pulls_from(spec)
         cidr = spec.extra.get("ssh_cidr") or self.ssh_cidr or "your address/32"
         return {
             "provider": self.name, "region": spec.region or self.region,
@@ -274,6 +328,7 @@ class GcpProvider(GceAccess, SshVm):
                         f"else denied (priority {DENY_PRIORITY})",
             "service_account": f"dqlctl-{spec.run_id}: "
                                + (f"{BUCKET_ROLE} on {', '.join(buckets)}; " if buckets else "")
+                               + (f"{READER_ROLE} on {pulls}; " if pulls else "")
                                + "may delete its own instance (nothing else)",
             "ssh_key": f"dqlctl-{spec.run_id} (ed25519, private key kept here, 0600)",
             "labels": owner_words({**spec.tags, TAG: spec.run_id}),
@@ -293,8 +348,10 @@ class GcpProvider(GceAccess, SshVm):
             self._create_firewall(run_id, self._operator_cidr(spec.extra.get("ssh_cidr")),
                                   {**spec.tags, TAG: run_id})
             created["firewall"] = f"dqlctl-{run_id}"
+            created["image_repository"] = self._pulls_from(spec)
             created["service_account"] = self._create_service_account(
-                run_id, created["buckets"], {**spec.tags, TAG: run_id})
+                run_id, created["buckets"], {**spec.tags, TAG: run_id},
+                created["image_repository"])
             tried: list[dict[str, Any]] = []
             for zone in self._zones(region):  # capacity errors fall through to the next zone
                 created["zone"] = zone
@@ -361,6 +418,7 @@ class GcpProvider(GceAccess, SshVm):
             service_accounts=[compute_v1.ServiceAccount(
                 email=created["service_account"],
                 scopes=[STORAGE_SCOPE, COMPUTE_SCOPE] if created["buckets"]
+                else [READ_SCOPE, COMPUTE_SCOPE] if created.get("image_repository")
                 else [COMPUTE_SCOPE])])
         if accel:
             body.guest_accelerators = [compute_v1.AcceleratorConfig(
@@ -375,8 +433,11 @@ class GcpProvider(GceAccess, SshVm):
         its own ``GCE_METADATA_HOST``/``GCE_METADATA_IP``)."""
         env = {"GOOGLE_CLOUD_PROJECT": str(instance.extra.get("project") or self.project_id)}
         if self.metadata_endpoint:
+            from providers.vm_identity import GCE_METADATA
+
             host = self.metadata_endpoint.split("://", 1)[-1].rstrip("/")
             env.update(GCE_METADATA_HOST=host, GCE_METADATA_IP=host)
+            env[GCE_METADATA] = self.metadata_endpoint  # the image pull's token (vm_identity)
         return {**env, **self.extra_vm_env}
 
     def self_delete_env(self) -> dict[str, str]:
@@ -498,5 +559,6 @@ class GcpProvider(GceAccess, SshVm):
             self._delete_firewall(name)
         # every run has a service account (before the VMs deleted themselves, only runs that
         # named a bucket did: 'not found' is done)
-        self._delete_service_account(self._sa_email(run_id), extra.get("buckets") or [])
+        self._delete_service_account(self._sa_email(run_id), extra.get("buckets") or [],
+                                     extra.get("image_repository"))
         self._forget_key(run_id)
