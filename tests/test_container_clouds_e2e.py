@@ -116,11 +116,12 @@ def launch(provider: str, results: str) -> list[str]:
 
 
 def pulled(vm: dict[str, str], gate: RegistryGate, pinned: str) -> bool:
-    """The VM logged in itself (its own auth file) and holds the pushed digest."""
+    """The VM holds the pushed digest and, logged out again, no registry token on its disk
+    (that it logged in with its own identity, the gate's ``pulled_by`` shows)."""
     auth = json.loads(Path(vm["REGISTRY_AUTH_FILE"]).read_text())
     found = containers.podman(vm, "image", "inspect", "--format", "{{json .RepoDigests}}",
                               pinned)
-    return gate.address in auth.get("auths", {}) and pinned in json.loads(found.stdout)
+    return gate.address not in auth.get("auths", {}) and pinned in json.loads(found.stdout)
 
 
 def finished(results_uri: str) -> bool:
