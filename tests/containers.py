@@ -139,6 +139,24 @@ def engine_wheels() -> Path:
     return folder
 
 
+_VM_STORE: list[Path] = []
+
+
+def vm_store() -> Path:
+    """The image store every VM stand-in of this test process shares, as VMs started from one
+    machine image would: the first VM to pull the engine image fetches every layer, later ones
+    only the manifest (still with their own login: the registry checks it). Not the operator's
+    store, so a VM never finds an image it did not pull. Removed when the process ends."""
+    if not _VM_STORE:
+        import atexit
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="dqlctl-vm-store-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _VM_STORE.append(folder)
+    return _VM_STORE[0]
+
+
 def docker_shim() -> str:
     """The VM's ``docker``: podman under that name (Debian's podman-docker does the same)."""
     return '#!/bin/sh\nexec podman "$@"\n'

@@ -15,8 +15,9 @@ results straight to the bucket.
   AcrPull on ``registry_id``, its IMDS token exchanged on the VM (``DQLCTL_ACR_EXCHANGE_URL``);
   the engine writes to Azurite through the blob gate (TLS: its CA is mounted into every
   container of the VM's podman, as a VM image would carry it).
-* Each VM stand-in's ``docker`` is podman with a store and logins of its own, so it really
-  pulls, with its own login. The engine image is the one the AWS e2e builds (built once).
+* Each VM stand-in's ``docker`` is podman with logins of its own, so it pulls with its own
+  login; the VMs share one image store (``containers.vm_store``: the first pull of the
+  session fetches the layers, later ones the manifest). The engine image is the one the AWS e2e builds (built once).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def operator_podman(tmp_path: Path, gate: RegistryGate,
 
 def vm_podman(tmp_path: Path, gate: RegistryGate,
               volumes: list[str] | None = None) -> dict[str, str]:
-    return containers.podman_env(tmp_path / "vm-podman", tmp_path / "vm-storage", gate.address,
+    return containers.podman_env(tmp_path / "vm-podman", containers.vm_store(), gate.address,
                                  volumes)
 
 

@@ -8,7 +8,8 @@
   as one would name an ECR interface endpoint).
 * ``launch --provider aws --runtime docker`` on the sshd VM stand-in, whose ``docker`` is podman
   with storage and logins of its own: the VM logs in with its instance role (IMDSv2 credentials,
-  a SigV4-signed GetAuthorizationToken: tests/fake_imds.py and moto), pulls, and runs the engine
+  a SigV4-signed GetAuthorizationToken: tests/fake_imds.py and moto), pulls (into the image
+  store the session's VM stand-ins share), and runs the engine
   by the digest it pulled; the engine in the container writes its checkpoints and results
   straight to the moto bucket with the same role.
 * ``dqlctl stop`` reaches the engine inside the container (``--init``): it checkpoints and exits
@@ -118,8 +119,9 @@ def test_the_image_builds_offline_and_runs_a_local_run(built: dict[str, Any], po
 
 @pytest.fixture()
 def vm(aws_env: str, tmp_path: Path, registry: str) -> Iterator[dict[str, Any]]:
-    """The VM stand-in whose ``docker`` is podman with a store and logins of its own."""
-    vm_podman = containers.podman_env(tmp_path / "vm-podman", tmp_path / "vm-storage", registry)
+    """The VM stand-in whose ``docker`` is podman with logins of its own (and the VMs' shared
+    image store, tests/containers.py ``vm_store``)."""
+    vm_podman = containers.podman_env(tmp_path / "vm-podman", containers.vm_store(), registry)
     with vm_sshd(tmp_path / "vm-disk", keys_command=AWS_KEYS.format(endpoint=aws_env),
                  tools={"docker": containers.docker_shim()}, env=vm_podman) as info:
         info["podman"] = vm_podman
