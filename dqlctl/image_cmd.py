@@ -7,7 +7,8 @@ DIR`` makes it install from that folder of wheels alone, with no package index (
 It prints the image's id, size and build time.
 
 ``push --provider NAME`` asks the provider to push (the ``ImageRegistry`` verb ``push_image``, for
-providers with the ``IMAGE_REGISTRY`` capability: ECR on aws) and prints where the image went and
+providers with the ``IMAGE_REGISTRY`` capability: ECR on aws, Artifact Registry on gcp, ACR on
+azure) and prints where the image went and
 its digest; a provider without a registry is refused with the list of those that have one. The
 push is remembered (``images.json`` in dqlctl's home): a later ``launch --runtime docker`` on that
 provider without ``--image`` runs it, pinned to its digest. ``--json`` prints the result as one
@@ -46,7 +47,8 @@ def register(sub: Any) -> None:
     b.add_argument("--engine", choices=("docker", "podman"), help="default: the first that works")
     b.add_argument("--json", action="store_true", help="print the result as JSON")
     b.set_defaults(func=cmd_image)
-    u = isub.add_parser("push", help="push the image to the provider's registry (ECR on aws)")
+    u = isub.add_parser("push", help="push the image to the provider's registry (ECR, Artifact "
+                         "Registry, ACR)")
     u.add_argument("--provider", default="aws")
     u.add_argument("--tag", default=DEFAULT_TAG)
     u.add_argument("--engine", choices=("docker", "podman"))
