@@ -22,7 +22,6 @@ import base64
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +36,9 @@ from dqlctl.cli import main
 from dqlctl.context import Context
 from dqlctl.runs.request import spec_of
 from tests import containers
+from tests import test_aws_e2e as aws
 from tests.fake_imds import FakeImds
-from tests.host_keys import seed_ec2_console
-from tests.test_aws_e2e import ami, kill_vm_processes
+from tests.test_aws_e2e import ami, kill_vm_processes, make_home
 from tests.vm import AWS_KEYS, vm_sshd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,34 +128,19 @@ def vm(aws_env: str, tmp_path: Path, registry: str) -> Iterator[dict[str, Any]]:
     containers.podman(vm_podman, "rm", "--force", "--all", check=False)
 
 
-@pytest.fixture()
-def imds() -> Iterator[FakeImds]:
-    server = FakeImds()
-    server.start()
-    yield server
-    server.stop()
+imds = aws.imds      # the instance metadata service the VM's role credentials come from
 
 
 @pytest.fixture()
 def home(tmp_path: Path, vm: dict[str, Any], aws_env: str, registry: str, imds: FakeImds,
          monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "dqlctl-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        "[providers.aws]\n"
-        f'ssh_host_override = "127.0.0.1:{vm["port"]}"\n'
-        f'registry = "{registry}"\n'
-        'ssh_user = "root"\n'
-        f'remote_root = "{vm["root"]}"\n'
-        f'remote_python = "{sys.executable}"\n'
-        "ready_timeout = 60\n"
-        "[providers.aws.vm_env]\n"
-        f'AWS_ENDPOINT_URL = "{aws_env}"\n'
-        f'AWS_EC2_METADATA_SERVICE_ENDPOINT = "{imds.url}"\n'
-        'AWS_METADATA_SERVICE_TIMEOUT = "10"\nAWS_METADATA_SERVICE_NUM_ATTEMPTS = "3"\n'
-        'DQLCTL_NOTICE_POLL_S = "0.1"\n')
-    monkeypatch.setenv("DQLCTL_HOME", str(home))
-    seed_ec2_console(monkeypatch, [vm["host_key"]])
+    """The AWS e2e's home (tests/test_aws_e2e.py), with ECR's address and notices polled every
+    0.1 s on the VM."""
+    home = make_home(tmp_path / "dqlctl-home", vm, imds, aws_env, monkeypatch)
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace(
+        "[providers.aws]\n", f'[providers.aws]\nregistry = "{registry}"\n', 1)
+        + 'DQLCTL_NOTICE_POLL_S = "0.1"\n')
     return home
 
 
