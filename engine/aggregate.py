@@ -23,7 +23,7 @@ import html
 import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,10 @@ from engine import stats
 SUMMARY_JSON, SUMMARY_CSV, SUMMARY_HTML = "benchmark.json", "benchmark.csv", "benchmark.html"
 MARKET_COLUMNS = ("market", "n_seeds", "agent_sharpe_mean", "agent_sharpe_std",
                   "agent_sharpe_min", "agent_sharpe_max", "bh_sharpe", "sharpe_vs_bh",
-                  "ci_low", "ci_high", "beats_bh", "val_sharpe_mean", "val_test_gap")
+                  "ci_low", "ci_high", "beats_bh", "best_baseline", "best_baseline_sharpe",
+                  "beats_all", "val_sharpe_mean", "val_test_gap")
+#: strategies of ``strategy_comparison.csv`` that are not baselines of their own here
+NOT_BASELINES = ("agent", "buy_and_hold")
 
 
 @dataclass
@@ -48,6 +51,8 @@ class Record:
     bars_per_year: float
     val_sharpe: float | None = None
     run_dir: str = ""
+    #: the other baselines' test Sharpe on this market (label -> Sharpe)
+    baselines: dict[str, float] = field(default_factory=dict)
 
 
 def _read_series(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +72,25 @@ def _json(path: Path) -> dict[str, Any]:
         return doc if isinstance(doc, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _baselines(path: Path) -> dict[str, float]:
+    """Label -> test Sharpe of every strategy of ``strategy_comparison.csv`` but the agent and
+    buy-and-hold (none when the file is missing)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for row in rows:
+        try:
+            value = float(row.get("sharpe_ratio") or "nan")
+        except ValueError:
+            continue
+        if row.get("strategy") not in NOT_BASELINES and math.isfinite(value):
+            out[row.get("label") or str(row.get("strategy"))] = value
+    return out
 
 
 def records_from_run(run_dir: str | Path) -> list[Record]:
@@ -91,7 +115,8 @@ def records_from_run(run_dir: str | Path) -> list[Record]:
         bpy = float(_json(folder / "test_metrics.json").get("bars_per_year") or 252.0)
         out.append(Record(market=name, seed=seed, agent=agent, bench=bench, bars_per_year=bpy,
                           val_sharpe=val if isinstance(val, int | float) else None,
-                          run_dir=str(run)))
+                          run_dir=str(run),
+                          baselines=_baselines(folder / "strategy_comparison.csv")))
     return out
 
 
@@ -121,11 +146,17 @@ def aggregate(records: list[Record], *, n_boot: int = 2000, alpha: float = 0.05,
         lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
         vals = [r.val_sharpe for r in recs if r.val_sharpe is not None]
         val_mean = float(np.mean(vals)) if vals else None
+        # the baselines are the same for every seed (the random one: a mean over its seeds)
+        others = recs[0].baselines
+        best = max(others, key=lambda k: others[k]) if others else None
         rows.append({"market": market, "n_seeds": s["n"], "agent_sharpe_mean": s["mean"],
                      "agent_sharpe_std": s["std"], "agent_sharpe_min": s["min"],
                      "agent_sharpe_max": s["max"], "bh_sharpe": bh,
                      "sharpe_vs_bh": float(s["mean"] - bh), "ci_low": float(lo),
                      "ci_high": float(hi), "beats_bh": bool(s["mean"] > bh),
+                     "baselines": dict(others), "best_baseline": best,
+                     "best_baseline_sharpe": others[best] if best else None,
+                     "beats_all": bool(s["mean"] > max([bh, *others.values()])),
                      "val_sharpe_mean": val_mean,
                      "val_test_gap": None if val_mean is None else val_mean - s["mean"]})
     reps_all /= len(rows)
@@ -140,10 +171,11 @@ def aggregate(records: list[Record], *, n_boot: int = 2000, alpha: float = 0.05,
         "bh_sharpe_mean": float(np.mean([r["bh_sharpe"] for r in rows])),
         "sharpe_vs_bh": ci["diff"], "ci_low": ci["low"], "ci_high": ci["high"],
         "p_le_0": ci["p_le_0"], "markets_beaten": int(sum(r["beats_bh"] for r in rows)),
+        "markets_beating_all": int(sum(r["beats_all"] for r in rows)),
         "val_test_gap_mean": float(np.mean(gaps)) if gaps else None,
         "verdict": stats.verdict_text(ci, n_seeds=n_seeds, n_markets=len(rows)) +
         f" The seed mean beat buy-and-hold's Sharpe on {sum(r['beats_bh'] for r in rows)} of "
-        f"{len(rows)} markets.",
+        f"{len(rows)} markets, and every baseline's on {sum(r['beats_all'] for r in rows)}.",
         "markets": rows,
     }
 
@@ -173,7 +205,8 @@ def write_summary(summary: dict[str, Any], out_dir: str | Path, *, title: str = 
     lo, hi = summary["ci_low"], summary["ci_high"]
     cls = "good" if lo > 0 else "bad" if hi < 0 else "neutral"
     keys = ("n_markets", "n_seeds", "agent_sharpe_mean", "bh_sharpe_mean", "sharpe_vs_bh",
-            "ci_low", "ci_high", "p_le_0", "markets_beaten", "val_test_gap_mean")
+            "ci_low", "ci_high", "p_le_0", "markets_beaten", "markets_beating_all",
+            "val_test_gap_mean")
     kv = "".join(f"<div><span>{k}</span><span>{_cell(summary.get(k))}</span></div>" for k in keys)
     sett = "".join(f"<div><span>{html.escape(str(k))}</span><span>{html.escape(str(v))}</span>"
                    "</div>" for k, v in (settings or {}).items())
@@ -186,7 +219,9 @@ def write_summary(summary: dict[str, Any], out_dir: str | Path, *, title: str = 
 <section><h2>Per market</h2><div class="scroll"><table><thead><tr>{head}</tr></thead>
 <tbody>{body}</tbody></table></div><p class="note">Sharpe ratios annualised; agent: mean over
 seeds; CI: 95% stationary-bootstrap interval of the seed-mean Sharpe difference against
-buy-and-hold.</p></section>
+buy-and-hold; best baseline: the best of the other strategies (sell and hold, MA crossover, RSI,
+Bollinger, random); beats all: the seed mean beats buy-and-hold and every one of them.</p>
+</section>
 <section><h2>Settings</h2><div class="kv">{sett}</div></section>
 </main></body></html>
 """

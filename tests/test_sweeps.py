@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import multiprocessing as mp
 import os
@@ -96,9 +97,11 @@ def test_a_3x2_sweep_runs_two_at_a_time_and_its_comparison_is_the_members_metric
 
     # the comparison is the members' own test metrics
     metrics: dict[str, list[dict[str, Any]]] = {}
+    folders: dict[str, Path] = {}
     for run in listed:
         doc = json.loads((Path(run["results_uri"]) / "test_metrics.json").read_text())
         metrics.setdefault(Path(doc["data_file"]).stem, []).append(doc)
+        folders.setdefault(Path(doc["data_file"]).stem, Path(run["results_uri"]))
     shown = json.loads(dqlctl(home, "sweep", "show", "fx", "--json").stdout)
     (arm,) = shown["comparison"]["arms"]
     report = json.loads((Path(shown["folder"]) / "benchmark.json").read_text())
@@ -115,6 +118,18 @@ def test_a_3x2_sweep_runs_two_at_a_time_and_its_comparison_is_the_members_metric
             assert rows[market]["bh_sharpe"] == pytest.approx(docs[0]["bh_sharpe_ratio"])
             assert rows[market]["beats_bh"] == (sum(sharpes) / 2 > docs[0]["bh_sharpe_ratio"])
         assert summary["markets_beaten"] == sum(r["beats_bh"] for r in rows.values())
+        # the other baselines, from each market's strategy_comparison.csv
+        for market, docs in metrics.items():
+            with open(folders[market] / "strategy_comparison.csv") as fh:
+                table = {row["label"]: float(row["sharpe_ratio"]) for row in csv.DictReader(fh)
+                         if row["strategy"] not in ("agent", "buy_and_hold")}
+            best = max(table, key=table.__getitem__)
+            assert (rows[market]["best_baseline"], rows[market]["best_baseline_sharpe"]) == \
+                (best, pytest.approx(table[best]))
+            assert rows[market]["beats_all"] == (
+                sum(d["sharpe_ratio"] for d in docs) / 2 > max(table[best],
+                                                               docs[0]["bh_sharpe_ratio"]))
+        assert summary["markets_beating_all"] == sum(r["beats_all"] for r in rows.values())
         assert summary["ci_low"] <= summary["sharpe_vs_bh"] <= summary["ci_high"]
     returns = {r["market"]: r["agent_return_mean"] for r in arm["summary"]["markets"]}
     for market, docs in metrics.items():

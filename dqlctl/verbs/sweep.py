@@ -18,7 +18,7 @@ SWEEP_COLUMNS = ("ID", "NAME", "PROVIDER", "STATE", "MEMBERS", "RUNNING", "QUEUE
                  "FAILED", "AGE", "COST")
 MEMBER_COLUMNS = ("RUN", "NAME", "MARKET", "AGENT", "SEED", "STATE", "RESULT")
 MARKET_COLUMNS = ("MARKET", "SEEDS", "SHARPE MEAN", "SPREAD (SD)", "B&H SHARPE", "VS B&H",
-                  "95% CI", "BEATS B&H", "RETURN MEAN")
+                  "95% CI", "BEATS B&H", "BEST OTHER BASELINE", "BEATS ALL", "RETURN MEAN")
 
 
 def register(sub: Any) -> None:
@@ -243,18 +243,28 @@ def _print_show(ctx: Any, data: dict[str, Any]) -> None:
                   fmt(r["agent_sharpe_std"], ".3f"), fmt(r["bh_sharpe"], ".3f"),
                   fmt(r["sharpe_vs_bh"], "+.3f"),
                   f"[{fmt(r['ci_low'], '+.3f')}, {fmt(r['ci_high'], '+.3f')}]",
-                  "yes" if r["beats_bh"] else "no", fmt(r.get("agent_return_mean"), "+.4f")]
+                  "yes" if r["beats_bh"] else "no", _best(r),
+                  "yes" if r.get("beats_all") else "no", fmt(r.get("agent_return_mean"), "+.4f")]
                  for r in s["markets"]]
         print(render_table(table, MARKET_COLUMNS), file=out)
         print(f"  markets beating buy-and-hold: {s['markets_beaten']} of {s['n_markets']}; "
               f"mean Sharpe difference {s['sharpe_vs_bh']:+.3f}, 95% CI "
               f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]", file=out)
+        print(f"  markets beating every baseline: {s.get('markets_beating_all', 0)} of "
+              f"{s['n_markets']}", file=out)
         print(f"  verdict: {s['verdict']}", file=out)
         print(f"  report:  {arm['report']}", file=out)
     missing = comparison.get("not_compared") or []
     if missing:
         print(f"\nnot compared: {', '.join(m['name'] + ' (' + m['why'] + ')' for m in missing)}",
               file=out)
+
+
+def _best(row: dict[str, Any]) -> str:
+    """The best of the other baselines on a market: its label and Sharpe ("-": none)."""
+    if not row.get("best_baseline"):
+        return "-"
+    return f"{safe_text(str(row['best_baseline']))} {fmt(row.get('best_baseline_sharpe'), '.3f')}"
 
 
 def _result(member: dict[str, Any]) -> str:
