@@ -201,5 +201,6 @@ def verdict_text(ci: dict[str, Any], *, n_seeds: int, n_markets: int = 1,
         text += (f" Deflated Sharpe ratio of the selected model on validation {dsr:.2f} (the "
                  "probability its validation Sharpe is not the luck of the trials).")
     if val_test_gap is not None:
-        text += f" Validation Sharpe exceeded test Sharpe by {val_test_gap:+.2f}."
+        how = "exceeded" if val_test_gap >= 0 else "fell short of"
+        text += f" Validation Sharpe {how} test Sharpe by {abs(val_test_gap):.2f}."
     return text

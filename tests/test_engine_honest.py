@@ -82,6 +82,11 @@ def test_sharpe_difference_interval_contains_zero_without_an_edge_and_not_with_o
     better = bench + np.abs(rng.normal(0.002, 0.001, 750))
     ci2 = stats.sharpe_diff_ci(better, bench, 252.0)
     assert ci2["low"] > 0 and "beat buy-and-hold" in stats.verdict_text(ci2, n_seeds=3)
+    # the validation-test gap, said the way round it is
+    assert stats.verdict_text(ci, n_seeds=3, val_test_gap=0.8).endswith(
+        "Validation Sharpe exceeded test Sharpe by 0.80.")
+    assert stats.verdict_text(ci, n_seeds=3, val_test_gap=-0.47).endswith(
+        "Validation Sharpe fell short of test Sharpe by 0.47.")
     # Several markets: the mean difference.
     ci3 = stats.sharpe_diff_ci([same, better], [bench, bench], [252.0, 252.0])
     assert ci3["diff"] == pytest.approx((ci["diff"] + ci2["diff"]) / 2)
