@@ -10,7 +10,7 @@ It prints the image's id, size and build time.
 providers with the ``IMAGE_REGISTRY`` capability: ECR on aws, Artifact Registry on gcp, ACR on
 azure) and prints where the image went and
 its digest; a provider without a registry is refused with the list of those that have one. The
-push is remembered (``images.json`` in dqlctl's home): a later ``launch --runtime docker`` on that
+push is remembered (dqlctl/pushed_images.py): a later ``launch --runtime docker`` on that
 provider without ``--image`` runs it, pinned to its digest. ``--json`` prints the result as one
 JSON object (the container engine's own output goes to stderr). Standard library only at import
 time.
@@ -112,31 +112,6 @@ def cmd_image(ctx: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-IMAGES_FILE = "images.json"
-
-
-def remember_push(home: Path, pushed: dict[str, Any]) -> None:
-    """The last image pushed to each provider (``launch --runtime docker``'s default)."""
-    path = home / IMAGES_FILE
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    known[pushed["provider"]] = {**pushed, "pushed_at": time.time()}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(known, indent=1))
-    tmp.replace(path)
-
-
-def last_pushed(home: Path, provider: str) -> str | None:
-    """The digest-pinned reference of the last image pushed to ``provider``; None."""
-    try:
-        entry = json.loads((home / IMAGES_FILE).read_text()).get(provider) or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    return entry.get("pinned") or entry.get("reference")
-
-
 def cmd_push(ctx: Any, args: argparse.Namespace) -> int:
     from providers import capabilities_of, provider_names
     from providers.base import Capability, ProviderError
@@ -154,6 +129,8 @@ def cmd_push(ctx: Any, args: argparse.Namespace) -> int:
         pushed = ctx.provider(args.provider).push_image(args.tag, engine, region=args.region)
     except ProviderError as exc:
         raise DqlctlError(str(exc), exc.exit_code) from None
+    from dqlctl.pushed_images import remember_push
+
     remember_push(ctx.home, pushed.to_dict())
     if args.json:
         print(json.dumps(pushed.to_dict()), file=ctx.stdout)

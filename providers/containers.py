@@ -24,6 +24,7 @@ How the engine's container runs (``run_argv``), the same on this machine and on 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -98,6 +99,27 @@ def pinned(ref: str, digest: str) -> str:
     """``ref`` pinned to ``digest``: ``REGISTRY/REPO@sha256:...`` (any tag dropped)."""
     registry, repo, _, _ = split_reference(ref)
     return f"{registry + '/' if registry else ''}{repo}@{digest}"
+
+
+def recorded_digest(engine: str, image: str) -> str | None:
+    """The registry digest (``sha256:...``) ``engine`` recorded for ``image``'s repository after
+    pushing or pulling it (its RepoDigests); the reference's own digest when it has one; None
+    when the engine recorded none."""
+    registry, repo, _, digest = split_reference(image)
+    if digest:
+        return digest
+    try:
+        proc = subprocess.run([engine, "image", "inspect", "--format", "{{json .RepoDigests}}",
+                               image], capture_output=True, text=True, timeout=60)
+        entries = json.loads(proc.stdout or "null") if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    want = f"{registry + '/' if registry else ''}{repo}"
+    for entry in entries if isinstance(entries, list) else []:
+        name, _, found = str(entry).partition("@")
+        if name == want and found:
+            return found
+    return None
 
 
 def run_argv(engine: str, *, name: str, image: str, engine_args: list[str], data_file: str,

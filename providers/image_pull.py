@@ -28,35 +28,19 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Mapping
 
-from providers.containers import pinned, split_reference
-from providers.vm_identity import IdentityError, ecr_authorization, registry_password
+from providers.containers import pinned, recorded_digest, split_reference
+from providers.vm_identity import IdentityError, registry_password
 
 PULL_TIMEOUT_S = 1800.0
 
 
 class PullError(Exception):
     pass
-
-
-def credentials(cloud: str, region: str | None, env: Mapping[str, str],
-                registry: str = "") -> tuple[str, str]:
-    """(user, password) for the cloud's registry ``registry``, from this machine's identity
-    (providers/vm_identity.py): ECR's token signed with the instance role, the GCE service
-    account's access token, or ACR's refresh token for the managed identity's token."""
-    if cloud == "aws":
-        if not region:
-            raise PullError("--login aws needs --region")
-        user, password, _ = ecr_authorization(region, env)
-        return user, password
-    if cloud in ("gcp", "azure"):
-        return registry_password(cloud, registry, env)
-    raise PullError(f"no registry login with a {cloud} identity")
 
 
 def run(argv: list[str], *, stdin: bytes | None = None, timeout: float = 300.0) -> str:
@@ -72,16 +56,10 @@ def run(argv: list[str], *, stdin: bytes | None = None, timeout: float = 300.0) 
 
 def digest_of(engine: str, image: str) -> str:
     """The registry digest the engine recorded for ``image``'s repository when it pulled it."""
-    registry, repo, _, digest = split_reference(image)
-    if digest:
-        return digest
-    out = run([engine, "image", "inspect", "--format", "{{json .RepoDigests}}", image])
-    want = f"{registry + '/' if registry else ''}{repo}"
-    for entry in json.loads(out or "[]") or []:
-        name, _, found = str(entry).partition("@")
-        if name == want and found:
-            return found
-    raise PullError(f"{engine} recorded no digest for {image} after pulling it")
+    found = recorded_digest(engine, image)
+    if not found:
+        raise PullError(f"{engine} recorded no digest for {image} after pulling it")
+    return found
 
 
 def pull(engine: str, image: str, login: str | None = None, region: str | None = None,
@@ -93,16 +71,15 @@ def pull(engine: str, image: str, login: str | None = None, region: str | None =
     if login:
         if not registry:
             raise PullError(f"image {image!r} names no registry to log in to")
-        user, password = credentials(login, region, os.environ if env is None else env,
-                                     registry)
+        user, password = registry_password(login, registry, os.environ if env is None else env,
+                                           region)
         run([engine, "login", "--username", user, "--password-stdin", registry],
             stdin=password.encode())
-        try:
-            run([engine, "pull", image], timeout=PULL_TIMEOUT_S)
-        finally:     # the registry token is not left on the VM's disk once the image is here
-            subprocess.run([engine, "logout", registry], capture_output=True, timeout=60)
-    else:
+    try:
         run([engine, "pull", image], timeout=PULL_TIMEOUT_S)
+    finally:     # the registry token is not left on the VM's disk once the image is here
+        if login:
+            subprocess.run([engine, "logout", registry], capture_output=True, timeout=60)
     return pinned(image, digest_of(engine, image))
 
 

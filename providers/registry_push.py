@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from providers.base import ImagePush, ProviderError
+from providers.containers import recorded_digest
 
 
 class EngineFailed(ProviderError):
@@ -55,20 +56,5 @@ def push(engine: str, local_ref: str, repository: str, tag: str, provider: str) 
             if subprocess.run(step, stdout=2).returncode != 0:
                 raise EngineFailed(f"`{' '.join(step[:2])}` failed")
         digest = digest_file.read_text().strip() if digest_file.exists() else None
-    return ImagePush(provider, repository, tag, digest or repo_digest(engine, pushed.reference))
-
-
-def repo_digest(engine: str, reference: str) -> str | None:
-    """The pushed image's registry digest (``sha256:...``) as the engine records it; None."""
-    try:
-        proc = subprocess.run([engine, "image", "inspect", "--format",
-                               "{{range .RepoDigests}}{{println .}}{{end}}", reference],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    repository = reference.rsplit(":", 1)[0]
-    for line in proc.stdout.split() if proc.returncode == 0 else []:
-        name, _, digest = line.partition("@")
-        if name == repository and digest:
-            return digest
-    return None
+    return ImagePush(provider, repository, tag,
+                     digest or recorded_digest(engine, pushed.reference))

@@ -150,7 +150,11 @@ def ecr_authorization(region: str, env: Mapping[str, str] | None = None) -> tupl
         "Content-Type": "application/x-amz-json-1.1",
         "X-Amz-Target": "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"},
         body, service="ecr", region=region, creds=aws_credentials(env))
-    answer = call_json("POST", endpoint + "/", headers, body)
+    return ecr_login(call_json("POST", endpoint + "/", headers, body))
+
+
+def ecr_login(answer: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(user, password, registry) from GetAuthorizationToken's answer (the SDK's or our own)."""
     data = (answer.get("authorizationData") or [{}])[0]
     try:
         user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
@@ -212,11 +216,16 @@ def acr_refresh_token(registry: str, aad_token: str,
     return str(token)
 
 
-def registry_password(cloud: str, registry: str,
-                      env: Mapping[str, str] | None = None) -> tuple[str, str]:
-    """(user, password) for GCE's Artifact Registry or Azure's ACR ``registry`` from this
-    machine's identity: the service account's access token on GCE, the managed identity's
-    token exchanged at ACR on Azure."""
+def registry_password(cloud: str, registry: str, env: Mapping[str, str] | None = None,
+                      region: str | None = None) -> tuple[str, str]:
+    """(user, password) for the cloud's registry ``registry`` from this machine's identity:
+    ECR's token signed with the instance role (AWS, in ``region``), the service account's
+    access token (GCE), the managed identity's token exchanged at ACR (Azure)."""
+    if cloud == "aws":
+        if not region:
+            raise IdentityError("an ECR login needs the registry's region")
+        user, password, _ = ecr_authorization(region, env)
+        return user, password
     if cloud == "gcp":
         return GCR_USER, gce_token(env)
     if cloud == "azure":

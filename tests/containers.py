@@ -213,5 +213,7 @@ def engine_image(folder: Path) -> dict[str, Any]:
                               env={**os.environ, **env}, capture_output=True, text=True,
                               timeout=1800)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        # the layers earlier builds left untagged go: the cache under .deps keeps one image
+        podman(env, "image", "prune", "--force", check=False)
         _built.update(json.loads(proc.stdout))
     return dict(_built)

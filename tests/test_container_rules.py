@@ -104,6 +104,13 @@ def test_the_vm_gets_ecr_credentials_with_its_instance_role(aws_env: str) -> Non
         imds.stop()
 
 
+def test_an_ecr_login_without_a_region_is_refused() -> None:
+    from providers.vm_identity import registry_password
+
+    with pytest.raises(IdentityError, match="needs the registry's region"):
+        registry_password("aws", "123456789012.dkr.ecr.us-east-1.amazonaws.com", {}, None)
+
+
 def test_a_vm_without_a_role_says_so_in_one_line(tmp_path: Path) -> None:
     """No metadata service: one line naming the call, no traceback."""
     import subprocess
@@ -196,22 +203,21 @@ def test_which_images_are_in_artifact_registry_and_in_acr() -> None:
 
 
 def test_a_gce_vm_logs_in_to_artifact_registry_with_its_service_account() -> None:
-    from providers.image_pull import credentials
+    from providers.vm_identity import registry_password
     from tests.fake_gce import FakeGce
     from tests.fake_metadata import FakeGceMetadata
 
     with FakeGce() as gce, FakeGceMetadata(gce) as metadata:
         gce.instances[("us-central1-a", "dqlctl-r1")] = {"status": "RUNNING", "serviceAccounts": [
             {"email": "dqlctl-r1@p.iam.gserviceaccount.com", "scopes": ["s"]}]}
-        user, password = credentials("gcp", None, {"DQLCTL_GCE_METADATA_URL": metadata.url},
-                                     "us-central1-docker.pkg.dev")
+        user, password = registry_password("gcp", "us-central1-docker.pkg.dev",
+                                           {"DQLCTL_GCE_METADATA_URL": metadata.url})
     assert user == "oauth2accesstoken"
     assert gce.vm_tokens[password] == ("dqlctl-r1@p.iam.gserviceaccount.com", ["s"])
 
 
 def test_an_azure_vm_trades_its_identity_token_at_acr() -> None:
-    from providers.image_pull import credentials
-    from providers.vm_identity import acr_refresh_token
+    from providers.vm_identity import acr_refresh_token, registry_password
     from tests.fake_azure import FakeAzure
     from tests.fake_metadata import FakeAzureImds
 
@@ -221,7 +227,7 @@ def test_an_azure_vm_trades_its_identity_token_at_acr() -> None:
                                "properties": {"provisioningState": "Succeeded"},
                                "identity": {"principalId": "p1"}}
         env = {"DQLCTL_AZURE_IMDS_URL": imds.url, "DQLCTL_ACR_EXCHANGE_URL": arm.url}
-        user, password = credentials("azure", None, env, "reg.azurecr.io")
+        user, password = registry_password("azure", "reg.azurecr.io", env)
         assert user == "00000000-0000-0000-0000-000000000000"
         assert arm.acr_refresh_tokens[password] == ("p1", "reg.azurecr.io")
         storage = arm.mint_identity_token("p1", "https://storage.azure.com/")

@@ -26,7 +26,7 @@ case "$1" in
   login) cat > "{log}.stdin"; exit 0 ;;
   image) case "$4" in
            "{{{{.Id}}}} {{{{.Size}}}}") echo "sha256:feedbeef 1234567890" ;;
-           *) echo "${{5%:*}}@sha256:0123abcd" ;;
+           *) printf '["%s@sha256:0123abcd"]\n' "${{5%:*}}" ;;
          esac; exit 0 ;;
   push) echo "pushing $2"; exit {push_rc} ;;
 esac

@@ -113,7 +113,7 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
         raise UsageError(f"unknown provider {req.provider!r} (choose from: {known}, or auto)",
                          field="provider")
     if req.runtime == "docker" and not req.image:
-        from dqlctl.image_cmd import last_pushed
+        from dqlctl.pushed_images import last_pushed
         from providers import capabilities_of
 
         if Capability.LOCAL_JOB not in capabilities_of(req.provider):

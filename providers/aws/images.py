@@ -13,12 +13,12 @@ with its instance role (providers/image_pull.py); ``ecr_region`` says which imag
 
 from __future__ import annotations
 
-import base64
 import re
 from typing import Any
 
-from providers.base import ImagePush
+from providers.base import ImagePush, ProviderError
 from providers.registry_push import image_name, login, push
+from providers.vm_identity import IdentityError, ecr_login
 
 ECR_HOST = re.compile(r"^\d{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 
@@ -43,12 +43,14 @@ def push_to_ecr(ecr: Any, local_ref: str, engine: str, provider: str = "aws",
         repo = ecr.describe_repositories(repositoryNames=[repo_name])["repositories"][0]
     except ecr.exceptions.RepositoryNotFoundException:
         repo = ecr.create_repository(repositoryName=repo_name)["repository"]
-    auth = ecr.get_authorization_token()["authorizationData"][0]
-    user, _, password = base64.b64decode(auth["authorizationToken"]).decode().partition(":")
+    try:
+        user, password, endpoint = ecr_login(ecr.get_authorization_token())
+    except IdentityError as exc:
+        raise ProviderError(str(exc)) from None
     uri = repo["repositoryUri"]
     if registry:       # the same repository, at the address configured for the registry
         uri = f"{registry}/{uri.split('/', 1)[1]}"
     else:
-        registry = auth["proxyEndpoint"].removeprefix("https://")
+        registry = endpoint
     login(engine, registry, user, password)
     return push(engine, local_ref, uri, tag, provider)

@@ -1,9 +1,10 @@
 """Who may reach a run's GCE VM and what the VM may reach: the firewall rules for tcp:22 (the
 operator's address allowed, everyone else denied above the default network's open rule) and the
 run's own service account (every run has one), holding ``roles/storage.objectAdmin`` on the
-run's bucket(s) only (and ``roles/artifactregistry.reader`` on the Artifact Registry repository
-its engine image is pulled from, for ``--runtime docker``: providers/gcp/images.py), granted through the bucket's IAM policy (google-cloud-storage; the service
-accounts themselves through IAM's REST API), and on its own instance only the custom role
+run's bucket(s) only, granted through the bucket's IAM policy (google-cloud-storage; the service
+accounts themselves through IAM's REST API), ``roles/artifactregistry.reader`` on the Artifact
+Registry repository its engine image is pulled from (``--runtime docker``: through that
+repository's IAM policy, providers/gcp/images.py), and on its own instance only the custom role
 ``SELF_DELETE_ROLE_ID`` (``compute.instances.delete``, nothing else), bound through the instance's
 IAM policy, so that the VM can delete itself when its run is over (providers/selfdelete.py).
 Firewall rules and service accounts are found again by the tags in their description (orphans)

@@ -28,13 +28,12 @@ from typing import Any
 
 from providers.base import ImagePush, ProviderError
 from providers.registry_push import image_name, login, push
+from providers.vm_identity import GCR_USER
 
 #: ``LOCATION-docker.pkg.dev``: an Artifact Registry Docker host
 AR_HOST = re.compile(r"^([a-z0-9-]+)-docker\.pkg\.dev$")
 READER_ROLE = "roles/artifactregistry.reader"
 DEFAULT_REPOSITORY = "dqlctl"
-#: an access token for Artifact Registry: its user name in the container engine's login
-TOKEN_USER = "oauth2accesstoken"
 
 #: (method, url, json body or None, ok_missing) -> the answer (None: 404 and ok_missing)
 Rest = Callable[..., "dict[str, Any] | None"]
@@ -94,7 +93,7 @@ def push_to_artifact_registry(rest: Rest, api: str, token: str, local_ref: str, 
     ensure_repository(rest, api, repository_name(project, location, repository),
                       "dqlctl: the engine's container images")
     host = registry or f"{location}-docker.pkg.dev"
-    login(engine, host, TOKEN_USER, token)
+    login(engine, host, GCR_USER, token)
     return push(engine, local_ref, f"{host}/{project}/{repository}/{image}", tag, provider)
 
 
