@@ -19,6 +19,10 @@ SUMMARY_METRICS = ("total_return", "annual_return", "annual_volatility", "sharpe
 
 PS_COLUMNS = ("ID", "NAME", "PROVIDER", "STATE", "PROGRESS", "AGE", "COST", "RESULT")
 ORPHAN_COLUMNS = ("PROVIDER", "KIND", "ID", "RUN", "OWNER", "REGION")
+SWEEP_MEMBER_COLUMNS = ("RUN", "NAME", "MARKET", "AGENT", "SEED", "STATE", "RESULT")
+SWEEP_MARKET_COLUMNS = ("MARKET", "SEEDS", "SHARPE MEAN", "SPREAD (SD)", "B&H SHARPE", "VS B&H",
+                        "95% CI", "BEATS B&H", "BEST OTHER BASELINE", "BEATS ALL",
+                        "RETURN MEAN")
 
 
 # What a VM or an engine writes must not drive the operator's terminal: escape sequences (CSI,
@@ -87,6 +91,46 @@ def render_table(rows: list[list[str]], headers: tuple[str, ...]) -> str:
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
+
+
+def sweep_member_cells(member: dict[str, Any]) -> list[str]:
+    """One member of ``sweeps.summary`` as cells (``SWEEP_MEMBER_COLUMNS``): its result is the
+    test Sharpe, or for a member that ended badly its exit code and why."""
+    if member.get("test_sharpe") is not None:
+        result = f"sharpe {member['test_sharpe']:.2f}"
+    elif member["state"] in ("FAILED", "CANCELLED") and member.get("reason"):
+        code = member.get("exit_code")
+        result = (f"exit {code}: " if code not in (None, 0) else "") + \
+            safe_text(member["reason"])[:50]
+    else:
+        result = "-"
+    return [member["run_id"], safe_text(member["name"]), safe_text(member["market"] or "-"),
+            member["agent_type"] or "-", str(member["seed"]), member["state"], result]
+
+
+def sweep_market_cells(row: dict[str, Any]) -> list[str]:
+    """One market of a sweep comparison (``engine.aggregate``) as cells
+    (``SWEEP_MARKET_COLUMNS``)."""
+    best = "-"
+    if row.get("best_baseline"):
+        best = f"{safe_text(str(row['best_baseline']))} {fmt(row.get('best_baseline_sharpe'), '.3f')}"
+    return [safe_text(row["market"]), str(row["n_seeds"]), fmt(row["agent_sharpe_mean"], ".3f"),
+            fmt(row["agent_sharpe_std"], ".3f"), fmt(row["bh_sharpe"], ".3f"),
+            fmt(row["sharpe_vs_bh"], "+.3f"),
+            f"[{fmt(row['ci_low'], '+.3f')}, {fmt(row['ci_high'], '+.3f')}]",
+            "yes" if row["beats_bh"] else "no", best, "yes" if row.get("beats_all") else "no",
+            fmt(row.get("agent_return_mean"), "+.4f")]
+
+
+def sweep_arm_lines(summary: dict[str, Any]) -> list[str]:
+    """What a sweep comparison concludes over its markets, a line each."""
+    s = summary
+    return [f"markets beating buy-and-hold: {s['markets_beaten']} of {s['n_markets']}; "
+            f"mean Sharpe difference {s['sharpe_vs_bh']:+.3f}, 95% CI "
+            f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]",
+            f"markets beating every baseline: {s.get('markets_beating_all', 0)} of "
+            f"{s['n_markets']}",
+            f"verdict: {s['verdict']}"]
 
 
 def ps_row(run: Any, cost_usd: float, now: float) -> list[str]:

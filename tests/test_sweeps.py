@@ -327,3 +327,68 @@ def test_an_older_registry_gains_the_sweep_tables(tmp_path: Path) -> None:
     r = Registry(path)
     assert r.get("r1").sweep_id is None and r.list_sweeps() == []
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == registry_schema.SCHEMA_VERSION
+
+
+def test_the_tui_sweep_view_drives_the_sweep_and_shows_the_members_comparison(
+        tmp_path: Path) -> None:
+    """From the dashboard, ``w`` on a member opens its sweep: the view's refreshes are looks
+    (the queued member starts once the first has ended), the comparison that appears is the
+    members' own test metrics, and Enter on a member opens its run view."""
+    pytest.importorskip("textual")
+    from textual.widgets import DataTable
+
+    from dqlctl.render import SWEEP_MARKET_COLUMNS, SWEEP_MEMBER_COLUMNS
+    from dqlctl.tui.screens.dashboard import DashboardScreen
+    from dqlctl.tui.screens.run_view import RunScreen
+    from dqlctl.tui.screens.sweep import SweepScreen
+    from tests.test_tui import app_for, run_async, screen_of, until
+
+    home = tmp_path / "home"
+    data = tmp_path / "SMALL.csv"
+    data.write_text("\n".join((ROOT / "data" / "test_small.csv").read_text()
+                              .splitlines()[:1000]) + "\n")
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(f'name = "tui"\ndata = ["{data}"]\nseeds = [5, 6]\nagent_type = "dql"\n'
+                    'episodes = 1\ncommand = "train"\nconcurrency = 1\n'
+                    'engine_args = ["--n_envs", "4", "--test"]\n')
+    proc = dqlctl(home, "sweep", "launch", str(spec), "--json")
+    assert proc.returncode == 0, proc.stderr
+    launched = json.loads(proc.stdout)
+    assert [m["state"] for m in launched["members"]] == [reg.RUNNING, QUEUED]
+
+    def cells(table: Any, row: int) -> list[str]:
+        return [str(c) for c in table.get_row_at(row)]
+
+    @run_async
+    async def drive() -> None:
+        app = app_for(home)
+        async with app.run_test(size=(140, 45)) as pilot:
+            await screen_of(pilot, app, DashboardScreen)
+            await until(pilot, lambda: app.screen.query_one("#runs", DataTable).row_count == 2,
+                        "the two members on the dashboard")
+            await pilot.press("w")
+            screen = await screen_of(pilot, app, SweepScreen)
+            view = await until(pilot, lambda: screen.view is not None
+                               and screen.view.state == SWEEP_DONE and screen.view.arms
+                               and screen.view, "the sweep done and compared", timeout=240)
+            members = screen.query_one("#members", DataTable)
+            state = SWEEP_MEMBER_COLUMNS.index("STATE")
+            assert [cells(members, i)[state] for i in range(members.row_count)] == \
+                [reg.SUCCEEDED, reg.SUCCEEDED]
+            markets = screen.query_one("#markets", DataTable)
+            assert markets.row_count == 1
+            row = dict(zip(SWEEP_MARKET_COLUMNS, cells(markets, 0), strict=True))
+            docs = [json.loads((Path(r.results_uri) / "test_metrics.json").read_text())
+                    for r in Context(home=home).registry.sweep_runs(view.id)]
+            assert row["MARKET"] == "SMALL" and row["SEEDS"] == "2"
+            assert row["SHARPE MEAN"] == f"{sum(d['sharpe_ratio'] for d in docs) / 2:.3f}"
+            assert row["B&H SHARPE"] == f"{docs[0]['bh_sharpe_ratio']:.3f}"
+            verdict = str(screen.query_one("#verdict").render())
+            assert "markets beating buy-and-hold" in verdict and "verdict:" in verdict
+            first = cells(members, 0)[0]
+            members.focus()
+            await pilot.press("enter")
+            run_screen = await screen_of(pilot, app, RunScreen)
+            assert run_screen.run_id == first
+
+    drive()

@@ -1,5 +1,5 @@
-"""The dqlctl Textual app: it routes between the screens (dashboard, run view, launch form, sync,
-check, cost; ``screens/``) and holds the verbs of the command palette and the confirmations.
+"""The dqlctl Textual app: it routes between the screens (dashboard, run view, sweep view, launch
+form, sync, check, cost; ``screens/``) and holds the verbs of the command palette and the confirmations.
 
 Everything that touches the registry or a provider runs in a thread worker with its own
 ``Context`` (``models.common.worker_context``) and posts small dataclass messages back, so the
@@ -32,6 +32,7 @@ from dqlctl.tui.screens.dashboard import DashboardScreen
 from dqlctl.tui.screens.launch import LaunchScreen
 from dqlctl.tui.screens.modals import ConfirmScreen, InfoScreen, help_screen
 from dqlctl.tui.screens.run_view import RunScreen
+from dqlctl.tui.screens.sweep import SweepScreen
 from dqlctl.tui.screens.sync import SyncScreen
 
 
@@ -76,6 +77,9 @@ class DqlApp(App[int]):
 
     def open_run(self, run_id: str) -> None:
         self.push_screen(RunScreen(run_id))
+
+    def open_sweep(self, sweep_id: str) -> None:
+        self.push_screen(SweepScreen(sweep_id))
 
     def action_launch(self) -> None:
         if not isinstance(self.screen, LaunchScreen):

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from dqlctl.tui.models.launch import Checked
     from dqlctl.tui.models.offers import FormOptions
     from dqlctl.tui.models.run_view import RunInfo
+    from dqlctl.tui.models.sweep import SweepView
     from providers.sync import Progress, SyncResult
 
 
@@ -125,3 +126,11 @@ class OptionsReady(_Msg):
     key: OptionsKey
     options: FormOptions
     elapsed_s: float
+
+
+@dataclass(eq=False)
+class SweepRefreshed(_Msg):
+    """The sweep screen's figures, or why there are none."""
+
+    view: SweepView | None
+    error: str | None = None

@@ -11,14 +11,20 @@ import sys
 from typing import Any
 
 from dqlctl.errors import UsageError
-from dqlctl.render import fmt, fmt_duration, render_table, safe_text
+from dqlctl.render import (
+    SWEEP_MARKET_COLUMNS,
+    SWEEP_MEMBER_COLUMNS,
+    fmt_duration,
+    render_table,
+    safe_text,
+    sweep_arm_lines,
+    sweep_market_cells,
+    sweep_member_cells,
+)
 from dqlctl.verbs import print_json
 
 SWEEP_COLUMNS = ("ID", "NAME", "PROVIDER", "STATE", "MEMBERS", "RUNNING", "QUEUED", "DONE",
                  "FAILED", "AGE", "COST")
-MEMBER_COLUMNS = ("RUN", "NAME", "MARKET", "AGENT", "SEED", "STATE", "RESULT")
-MARKET_COLUMNS = ("MARKET", "SEEDS", "SHARPE MEAN", "SPREAD (SD)", "B&H SHARPE", "VS B&H",
-                  "95% CI", "BEATS B&H", "BEST OTHER BASELINE", "BEATS ALL", "RETURN MEAN")
 
 
 def register(sub: Any) -> None:
@@ -229,49 +235,20 @@ def _print_show(ctx: Any, data: dict[str, Any]) -> None:
                        ("folder", data["folder"])):
         if value not in (None, ""):
             print(f"  {key:<12} {value}", file=out)
-    rows = [[m["run_id"], m["name"], m["market"] or "-", m["agent_type"] or "-",
-             str(m["seed"]), m["state"], _result(m)] for m in data["members"]]
-    print(render_table(rows, MEMBER_COLUMNS), file=out)
+    rows = [sweep_member_cells(m) for m in data["members"]]
+    print(render_table(rows, SWEEP_MEMBER_COLUMNS), file=out)
     comparison = data.get("comparison") or {}
     for arm in comparison.get("arms", []):
         print(f"\ncomparison: {arm['label']}", file=out)
         if "error" in arm:
             print(f"  cannot compare: {arm['error']}", file=out)
             continue
-        s = arm["summary"]
-        table = [[r["market"], str(r["n_seeds"]), fmt(r["agent_sharpe_mean"], ".3f"),
-                  fmt(r["agent_sharpe_std"], ".3f"), fmt(r["bh_sharpe"], ".3f"),
-                  fmt(r["sharpe_vs_bh"], "+.3f"),
-                  f"[{fmt(r['ci_low'], '+.3f')}, {fmt(r['ci_high'], '+.3f')}]",
-                  "yes" if r["beats_bh"] else "no", _best(r),
-                  "yes" if r.get("beats_all") else "no", fmt(r.get("agent_return_mean"), "+.4f")]
-                 for r in s["markets"]]
-        print(render_table(table, MARKET_COLUMNS), file=out)
-        print(f"  markets beating buy-and-hold: {s['markets_beaten']} of {s['n_markets']}; "
-              f"mean Sharpe difference {s['sharpe_vs_bh']:+.3f}, 95% CI "
-              f"[{s['ci_low']:+.3f}, {s['ci_high']:+.3f}]", file=out)
-        print(f"  markets beating every baseline: {s.get('markets_beating_all', 0)} of "
-              f"{s['n_markets']}", file=out)
-        print(f"  verdict: {s['verdict']}", file=out)
+        table = [sweep_market_cells(r) for r in arm["summary"]["markets"]]
+        print(render_table(table, SWEEP_MARKET_COLUMNS), file=out)
+        for line in sweep_arm_lines(arm["summary"]):
+            print(f"  {line}", file=out)
         print(f"  report:  {arm['report']}", file=out)
     missing = comparison.get("not_compared") or []
     if missing:
         print(f"\nnot compared: {', '.join(m['name'] + ' (' + m['why'] + ')' for m in missing)}",
               file=out)
-
-
-def _best(row: dict[str, Any]) -> str:
-    """The best of the other baselines on a market: its label and Sharpe ("-": none)."""
-    if not row.get("best_baseline"):
-        return "-"
-    return f"{safe_text(str(row['best_baseline']))} {fmt(row.get('best_baseline_sharpe'), '.3f')}"
-
-
-def _result(member: dict[str, Any]) -> str:
-    if member.get("test_sharpe") is not None:
-        return f"sharpe {member['test_sharpe']:.2f}"
-    if member["state"] in ("FAILED", "CANCELLED") and member.get("reason"):
-        code = member.get("exit_code")
-        return (f"exit {code}: " if code not in (None, 0) else "") + \
-            safe_text(member["reason"])[:50]
-    return "-"

@@ -37,6 +37,7 @@ class RunRow:
     terminal: bool
     reason: str | None = None
     sweep: str = ""          # the name of the sweep the run is a member of
+    sweep_id: str | None = None
 
 
     def cells(self) -> tuple[str, ...]:
@@ -120,5 +121,5 @@ def grouped_rows(ctx: Context, listed: list[Run], now: float) -> list[RunRow]:
         for member in ctx.registry.sweep_runs(run.sweep_id):
             row = run_row(ctx, member, now)
             rows.append(replace(row, name=MEMBER_MARK + row.name,
-                                sweep=f"{sweep.name} {sweep.id}"))
+                                sweep=f"{sweep.name} {sweep.id}", sweep_id=sweep.id))
     return rows

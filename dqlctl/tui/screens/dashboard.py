@@ -33,6 +33,7 @@ class DashboardScreen(Screen[None]):
         Binding("a", "toggle_finished", "Finished"),
         Binding("l", "app.launch", "Launch"),
         Binding("d", "down", "Down"),
+        Binding("w", "sweep", "Sweep"),
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
@@ -224,6 +225,14 @@ class DashboardScreen(Screen[None]):
             self.notify("no run selected", severity="warning")
             return
         self.dql.confirm_down(row.id, row.name, row.state)
+
+    def action_sweep(self) -> None:
+        row = self.highlighted_row()
+        if row is None or row.sweep_id is None:
+            self.notify("the selected run is not a sweep member (`dqlctl sweep launch` starts "
+                        "one)", severity="warning", timeout=4)
+            return
+        self.dql.open_sweep(row.sweep_id)
 
     def action_refresh(self) -> None:
         self.refresh_now()

@@ -86,6 +86,14 @@ HELP: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("a", "show / hide finished runs"),
         ("l", "launch a run"),
         ("d", "down: stop the run and release its machine (asks first)"),
+        ("w", "open the selected member's sweep: members, comparison"),
+    )),
+    ("Sweep view", (
+        ("↑ ↓ enter", "move among the members, open one's run view"),
+        ("tab", "to the comparison table (per market: seeds' mean Sharpe vs the baselines)"),
+        ("o", "open the sweep's report"),
+        ("d", "down the sweep: cancel queued members, stop running ones (asks first)"),
+        ("esc", "back to the dashboard"),
     )),
     ("Run view", (
         ("esc", "back to the dashboard"),
