@@ -83,7 +83,9 @@ DEFAULT_COLLECT_GRACE_S = 1800.0    # results on the VM's disk: how long to wait
 DEFAULT_IDLE_MINUTES = 30.0
 SUPERVISOR = "providers.local.supervisor"
 #: what an engine's supervisor leaves in the run's folder about that engine (providers/jobs.py)
-STALE_MARKERS = ("job.json", "exit.json", "collected", "next")
+#: a sweep pool's handover file in the last engine's folder (the supervisor's ``NEXT``)
+POOL_NEXT = "next"
+STALE_MARKERS = ("job.json", "exit.json", "collected", POOL_NEXT)
 
 SHUTDOWN_NOTES = {
     "aws": "launched with InstanceInitiatedShutdownBehavior=terminate: `shutdown -h` terminates "
@@ -291,10 +293,8 @@ def hand_over(session: SshSession, workdir: str, run_id: str) -> bool:
     folder next to that one) by creating ``workdir/next`` exclusively; False when the last
     engine's supervisor created it first, shutting the machine down
     (providers/local/supervisor.py: ``--pool``)."""
-    from providers.local.supervisor import NEXT
-
     target = str(PurePosixPath(workdir).parent / run_id)
-    marker = f"{workdir}/{NEXT}"
+    marker = f"{workdir}/{POOL_NEXT}"
     out = session.check(f"(set -C; printf '%s\\n' {q(target)} > {q(marker)}) 2>/dev/null "
                         f"&& echo handed || cat {q(marker)}", "handing the machine over")
     return out.strip().splitlines()[-1:] == ["handed"]

@@ -152,7 +152,9 @@ def supervise(workdir: Path, *extra: str) -> Any:
 
 def test_a_handed_over_supervisor_exits_once_the_next_engine_started(tmp_path: Path) -> None:
     from providers.local.supervisor import NEXT
+    from providers.remote_job import POOL_NEXT
 
+    assert NEXT == POOL_NEXT        # the controller's and the supervisor's name for the file
     first, second = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
     proc = supervise(first, "--end-grace", "30")
     while not (first / "exit.json").exists():
