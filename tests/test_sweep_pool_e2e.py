@@ -111,11 +111,18 @@ def test_four_members_on_two_vms(home: Path, tmp_path: Path) -> None:
         assert (Path(r.results_uri) / "events.jsonl").exists()
 
 
-def test_sweep_down_mid_sweep_leaves_no_instance(home: Path, tmp_path: Path) -> None:
+def test_sweep_down_mid_sweep_leaves_no_instance(home: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
     from dqlctl.runs.reconciling import reconcile
 
     ctx = Context(home=home)
-    assert main(["sweep", "launch", str(spec_file(tmp_path, "halt")), "--json"], ctx=ctx) == 0
+    spec = str(spec_file(tmp_path, "halt"))
+    assert main(["sweep", "launch", spec, "--dry-run", "--json"], ctx=ctx) == 0
+    planned = json.loads(capsys.readouterr().out)
+    assert "at most 2 aws VM(s) (g4dn.xlarge" in planned["where"] and not launched()
+    assert main(["sweep", "launch", spec, "--json"], ctx=ctx) == 0
     ctx = Context(home=home)
     (sweep,) = ctx.registry.list_sweeps()
     deadline = time.monotonic() + 90
