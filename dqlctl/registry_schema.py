@@ -124,10 +124,32 @@ def _v5_prices(c: sqlite3.Connection) -> None:
                      "priced_s": "REAL NOT NULL DEFAULT 0"})
 
 
+def _v6_pool_vms(c: sqlite3.Connection) -> None:
+    """A sweep's VM pool (``dqlctl.sweeps.pool``): one ``pool_vms`` row per VM its members
+    share, with the member on it now (or last), its state (BUSY, IDLE, RETIRING, GONE) and the
+    instance record as the last member left it. A member's run row keeps the VM's record in
+    ``runs.instance`` as every run does."""
+    c.execute("""CREATE TABLE IF NOT EXISTS pool_vms (
+        instance_id TEXT PRIMARY KEY,
+        sweep_id    TEXT NOT NULL REFERENCES sweeps(id),
+        provider    TEXT NOT NULL,
+        owner_run   TEXT NOT NULL,
+        run_id      TEXT,
+        state       TEXT NOT NULL,
+        instance    TEXT NOT NULL DEFAULT '{}',
+        members     INTEGER NOT NULL DEFAULT 1,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        ended_at    REAL,
+        reason      TEXT)""")
+    c.execute("CREATE INDEX IF NOT EXISTS pool_vms_sweep ON pool_vms(sweep_id, state)")
+
+
 #: ``(version, step)`` in order: a database at version N gets every step above N. A database
 #: from before versioning (user_version 0) gets them all; each step tolerates what is there.
 _MIGRATIONS: tuple[tuple[int, Any], ...] = ((1, _v1_tables), (2, _v2_billing), (3, _v3_lease),
-                                           (4, _v4_sweeps), (5, _v5_prices))
+                                           (4, _v4_sweeps), (5, _v5_prices),
+                                           (6, _v6_pool_vms))
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 

@@ -10,6 +10,10 @@ the sweep is active, the member still queued and fewer than ``concurrency`` of t
 unfinished, then creates the member's run row (PENDING, its controller lease held by this
 process) and marks the member STARTED. So however many dqlctl processes pump a sweep at once,
 no member starts twice and the sweep never has more than ``concurrency`` runs unfinished.
+
+A VM-pool sweep (``dqlctl.sweeps.pool``) also has ``pool_vms``: one row per VM its members
+share (BUSY with a member, IDLE between members, RETIRING, GONE). ``claim(vm=...)`` hands an IDLE
+VM to the member in the same transaction, so one VM never takes two members.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from dqlctl.states import TERMINAL, Run
 
 SWEEP_ACTIVE, SWEEP_DONE, SWEEP_CANCELLED = "ACTIVE", "DONE", "CANCELLED"
 QUEUED, STARTED, NOT_STARTED = "QUEUED", "STARTED", "CANCELLED"
+#: a pool VM's states (``dqlctl.sweeps.pool``): a member runs on it; its member ended and it
+#: waits for the next (or its end); being terminated; terminated
+VM_BUSY, VM_IDLE, VM_RETIRING, VM_GONE = "BUSY", "IDLE", "RETIRING", "GONE"
 
 
 @dataclass
@@ -60,6 +67,33 @@ class Member:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class PoolVm:
+    """One VM of a sweep's pool (``dqlctl.sweeps.pool``)."""
+
+    instance_id: str
+    sweep_id: str
+    provider: str
+    owner_run: str                   # the member it was launched for: its tags and access
+    run_id: str | None               # the member on it now (BUSY), or the last one
+    state: str                       # BUSY, IDLE, RETIRING, GONE
+    instance: dict[str, Any]         # its record as the last member left it (workdir...)
+    members: int                     # how many members it has taken
+    created_at: float
+    updated_at: float
+    ended_at: float | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _vm(row: sqlite3.Row) -> PoolVm:
+    data = dict(row)
+    data["instance"] = json.loads(data["instance"] or "{}")
+    return PoolVm(**data)
 
 
 _TERMINAL_SQL = ",".join(f"'{s}'" for s in sorted(TERMINAL))
@@ -156,9 +190,10 @@ class SweepRegistry:
     def claim(self, sweep_id: str, idx: int, *, name: str, provider: str,
               spec: dict[str, Any], results_uri: str | None = None,
               region: str | None = None, instance_type: str | None = None,
-              spot: bool = False) -> bool:
+              spot: bool = False, vm: str | None = None) -> bool:
         """Start member ``idx`` if the sweep is active, the member queued and a slot free: its
         run row created (PENDING, leased by this process), the member STARTED; whether it was.
+        With ``vm``: also only if that pool VM is IDLE, which becomes BUSY with the member.
         One transaction (see the module docstring)."""
         with self._tx() as c:
             sweep = c.execute("SELECT state, concurrency FROM sweeps WHERE id = ?",
@@ -171,6 +206,11 @@ class SweepRegistry:
             live = c.execute(f"SELECT COUNT(*) FROM runs WHERE sweep_id = ? AND state NOT IN"
                              f" ({_TERMINAL_SQL})", (sweep_id,)).fetchone()[0]
             if live >= sweep["concurrency"]:
+                return False
+            if vm is not None and c.execute(
+                    "UPDATE pool_vms SET state = ?, run_id = ?, members = members + 1,"
+                    " updated_at = ? WHERE instance_id = ? AND state = ?",
+                    (VM_BUSY, member["run_id"], self.clock(), vm, VM_IDLE)).rowcount == 0:
                 return False
             self._insert_run(c, member["run_id"], name=name, provider=provider, spec=spec,
                              region=region, instance_type=instance_type, spot=spot,
@@ -200,3 +240,64 @@ class SweepRegistry:
                       " state = ?", (NOT_STARTED, reason, sweep_id, QUEUED))
         return True
 
+
+    # -- the VM pool (dqlctl.sweeps.pool) --------------------------------------------------------
+
+    def add_pool_vm(self, *, sweep_id: str, provider: str, run_id: str,
+                    instance: dict[str, Any]) -> PoolVm:
+        """A VM launched for member run ``run_id`` joins the sweep's pool, BUSY with it."""
+        now = self.clock()
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO pool_vms (instance_id, sweep_id, provider,"
+                      " owner_run, run_id, state, instance, created_at, updated_at)"
+                      " VALUES (?,?,?,?,?,?,?,?,?)",
+                      (instance["instance_id"], sweep_id, provider, run_id, run_id, VM_BUSY,
+                       json.dumps(instance), now, now))
+        vm = self.pool_vm(instance["instance_id"])
+        assert vm is not None
+        return vm
+
+    def pool_vm(self, instance_id: str) -> PoolVm | None:
+        row = self._conn.execute("SELECT * FROM pool_vms WHERE instance_id = ?",
+                                 (instance_id,)).fetchone()
+        return _vm(row) if row is not None else None
+
+    def pool_vms(self, sweep_id: str, states: tuple[str, ...] | None = None) -> list[PoolVm]:
+        """The sweep's pool VMs (in ``states``), oldest first."""
+        rows = self._conn.execute("SELECT * FROM pool_vms WHERE sweep_id = ?"
+                                  " ORDER BY created_at, instance_id", (sweep_id,))
+        return [v for v in map(_vm, rows) if states is None or v.state in states]
+
+    def pool_vm_idle(self, instance_id: str, run_id: str, instance: dict[str, Any]) -> bool:
+        """Member ``run_id`` is done with the VM: BUSY -> IDLE, its record as the member left it
+        kept (the next member's handover reads its folder there). False when the VM was not
+        BUSY with that member."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE pool_vms SET state = ?, instance = ?, updated_at = ?"
+                            " WHERE instance_id = ? AND state = ? AND run_id = ?",
+                            (VM_IDLE, json.dumps(instance), self.clock(), instance_id,
+                             VM_BUSY, run_id))
+        return cur.rowcount > 0
+
+    def pool_vm_retiring(self, instance_id: str, reason: str, expect: str = VM_IDLE) -> bool:
+        """``expect`` (IDLE) -> RETIRING: to be terminated; False when another process took it
+        first."""
+        with self._tx() as c:
+            cur = c.execute("UPDATE pool_vms SET state = ?, reason = ?, updated_at = ?"
+                            " WHERE instance_id = ? AND state = ?",
+                            (VM_RETIRING, reason, self.clock(), instance_id, expect))
+        return cur.rowcount > 0
+
+    def pool_vm_gone(self, instance_id: str, reason: str) -> None:
+        """The VM is terminated (or found gone): GONE with why (the first why is kept)."""
+        now = self.clock()
+        with self._tx() as c:
+            c.execute("UPDATE pool_vms SET state = ?, reason = COALESCE(reason, ?),"
+                      " ended_at = ?, updated_at = ? WHERE instance_id = ? AND state != ?",
+                      (VM_GONE, reason, now, now, instance_id, VM_GONE))
+
+    def pool_holds(self, run_id: str) -> bool:
+        """Whether a pool VM not yet gone was launched for ``run_id`` (it carries that run's
+        tags, key, group and role, which stay while another member uses the VM)."""
+        return self._conn.execute("SELECT 1 FROM pool_vms WHERE owner_run = ? AND state != ?",
+                                  (run_id, VM_GONE)).fetchone() is not None

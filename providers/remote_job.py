@@ -83,7 +83,9 @@ DEFAULT_COLLECT_GRACE_S = 1800.0    # results on the VM's disk: how long to wait
 DEFAULT_IDLE_MINUTES = 30.0
 SUPERVISOR = "providers.local.supervisor"
 #: what an engine's supervisor leaves in the run's folder about that engine (providers/jobs.py)
-STALE_MARKERS = ("job.json", "exit.json", "collected")
+#: a sweep pool's handover file in the last engine's folder (the supervisor's ``NEXT``)
+POOL_NEXT = "next"
+STALE_MARKERS = ("job.json", "exit.json", "collected", POOL_NEXT)
 
 SHUTDOWN_NOTES = {
     "aws": "launched with InstanceInitiatedShutdownBehavior=terminate: `shutdown -h` terminates "
@@ -112,6 +114,8 @@ class SelfCare:
     self_delete: str | None = None
     #: settings for the supervisor's own environment (the self-delete endpoints; not secret)
     env: dict[str, str] = field(default_factory=dict)
+    #: a sweep pool's VM: handed from member to member (``hand_over``), checked before a shutdown
+    pool: bool = False
 
     @classmethod
     def from_extra(cls, extra: dict[str, Any], **settings: Any) -> SelfCare:
@@ -123,6 +127,7 @@ class SelfCare:
             idle = DEFAULT_IDLE_MINUTES
         if extra.get("collect_grace_minutes") is not None:
             settings["collect_grace_s"] = float(extra["collect_grace_minutes"]) * 60
+        settings.setdefault("pool", bool(extra.get("pool")))
         return cls(keep=keep, idle_minutes=float(idle) if idle is not None else None,
                    **settings)
 
@@ -137,6 +142,8 @@ class SelfCare:
             out += ["--end-grace", f"{DIRECT_LINGER_S if direct else self.collect_grace_s:g}"]
         if self.idle_minutes is not None:
             out += ["--idle-minutes", f"{self.idle_minutes:g}"]
+        if self.pool:
+            out.append("--pool")
         return out
 
 
@@ -279,6 +286,18 @@ def start_remote_job(session: SshSession, spec: LaunchSpec, *, root: str, python
     if runtime == "docker":
         info["engine_image"] = image      # pinned to the digest the VM pulled
     return info
+
+
+def hand_over(session: SshSession, workdir: str, run_id: str) -> bool:
+    """A sweep pool's VM whose last engine ran in ``workdir``: hand it to run ``run_id`` (its
+    folder next to that one) by creating ``workdir/next`` exclusively; False when the last
+    engine's supervisor created it first, shutting the machine down
+    (providers/local/supervisor.py: ``--pool``)."""
+    target = str(PurePosixPath(workdir).parent / run_id)
+    marker = f"{workdir}/{POOL_NEXT}"
+    out = session.check(f"(set -C; printf '%s\\n' {q(target)} > {q(marker)}) 2>/dev/null "
+                        f"&& echo handed || cat {q(marker)}", "handing the machine over")
+    return out.strip().splitlines()[-1:] == ["handed"]
 
 
 def _pull_image(session: SshSession, workdir: str, python: str, image: str,

@@ -260,6 +260,16 @@ class SshVm:
         instance.extra.update(info)
         return instance
 
+    def hand_over(self, instance: Instance, run_id: str) -> bool:
+        """A sweep pool's VM whose last engine has ended (its folder is ``extra["workdir"]``):
+        hand it to run ``run_id``; False when its supervisor is shutting it down already
+        (``providers.remote_job.hand_over``)."""
+        from providers.remote_job import hand_over
+        from providers.ssh import SshSession
+
+        with SshSession(self.ssh_target(instance)).connect() as session:
+            return hand_over(session, instance.extra["workdir"], run_id)
+
     def registry_login(self, image: str, region: str) -> tuple[str, str | None] | None:
         """(cloud, region) whose identity the VM logs in with to pull ``image``; None: pulled
         as it is (no registry of this provider's, or none built for it yet)."""
@@ -354,8 +364,9 @@ class SshVm:
                         shutil.copyfileobj(reader, out, 2**20)
                     os.replace(part, path)
             # the results are safe: the VM's supervisor may shut down now rather than after its
-            # collect grace (should the terminate that follows fail, the VM still goes)
-            if instance.extra.get("workdir"):
+            # collect grace (should the terminate that follows fail, the VM still goes); not a
+            # sweep pool's VM, which may take the next member (``hand_over``)
+            if instance.extra.get("workdir") and not (spec.get("extra") or {}).get("pool"):
                 from providers.jobs import mark_collected
 
                 mark_collected(session, instance.extra["workdir"])

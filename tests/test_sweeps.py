@@ -225,7 +225,7 @@ def test_a_dry_run_lists_the_members_and_creates_nothing(tmp_path: Path, markets
     ('data = "markets/SMALL.csv"\nname = "no spaces"\n', [], "name"),
     ('data = [\n', [], ""),
     ('data = "markets/SMALL.csv"\n', ["--max-cost", "-1"], "max_cost"),
-    ('data = "markets/SMALL.csv"\n', ["--provider", "aws"], "provider"),
+    ('data = "markets/SMALL.csv"\n', ["--provider", "auto"], "provider"),
 ])
 def test_a_bad_spec_is_one_line_naming_the_file_and_field(
         tmp_path: Path, markets: Path, body: str, flags: list[str], field: str,
@@ -238,7 +238,7 @@ def test_a_bad_spec_is_one_line_naming_the_file_and_field(
     assert len(err.splitlines()) == 1 and err.startswith("dqlctl: error: ")
     where = "flags" if flags else str(spec)
     if field == "provider":
-        assert "not built yet" in err and "AWS Batch" in err
+        assert "not built yet" in err and "cheapest cloud" in err
     else:
         assert f"{where}: {field}" in err
     assert not (home / "runs").exists() and not (home / "sweeps").exists()

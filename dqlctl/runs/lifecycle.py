@@ -1,6 +1,8 @@
 """A run's machine coming and going: ``launch`` (a new run), ``bring_up`` (a machine with its
-engine started, also used by recovery), ``finish_bring_up`` (the same from BOOTSTRAPPING, for a
-run adopted from a controller that died) with teardown on every failure, and ``down``.
+engine started, also used by recovery; or on a sweep pool's VM handed over to it),
+``finish_bring_up`` (the same from BOOTSTRAPPING, for a run adopted from a controller that died)
+with teardown on every failure, ``release_machine`` (a run done with its machine: terminated, or a
+pool VM back to its pool), and ``down``.
 
 Each step is committed to the registry *before* it is acted on, and teardown runs on every exit
 path of ``bring_up`` (an exception, a failed bootstrap, Ctrl+C, the budget spent). The process
@@ -19,6 +21,7 @@ from dqlctl import registry as reg
 from dqlctl.context import Context
 from dqlctl.errors import EXIT_RUN_FAILED, DqlctlError, ProviderFailure
 from dqlctl.registry import Run
+from dqlctl.registry_sweeps import VM_BUSY
 from dqlctl.runs.failover import Placement, launch_somewhere, usable_clouds
 from dqlctl.runs.jobs import instance_of
 from dqlctl.runs.leases import hold
@@ -115,14 +118,18 @@ def start(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
 
 
 def bring_up(ctx: Context, run_id: str, provider: Any, spec: LaunchSpec,
-             on_state: Callable[[Run], None] | None = None, **running: Any) -> None:
+             on_state: Callable[[Run], None] | None = None, *, vm: Instance | None = None,
+             **running: Any) -> None:
     """A machine for the run, ready, with its engine started: BOOTSTRAPPING, then RUNNING (with
-    ``running`` fields). Any failure (or Ctrl+C) tears down what was started and records why."""
+    ``running`` fields). ``vm``: a machine that is there already (a sweep pool's, handed over to
+    this run) instead of a new one. Any failure (or Ctrl+C) tears down what was started and
+    records why."""
     registry = ctx.registry
 
     def machine() -> Placement:
         # no capacity: the next zone, region or (failover_clouds) cloud
-        placed = launch_somewhere(ctx, run_id, provider, spec)
+        placed = Placement(provider, spec, vm) if vm is not None else \
+            launch_somewhere(ctx, run_id, provider, spec)
         instance = placed.instance
         registry.update(run_id, instance=instance.to_dict(), instance_ids=[instance.instance_id],
                         region=instance.region, instance_type=instance.instance_type,
@@ -189,7 +196,7 @@ def _bring_up(ctx: Context, run_id: str, machine: Callable[[], Placement],
             reason = str(exc)
         if instance is not None and provider is not None:
             try:
-                provider.terminate(instance)
+                release_machine(ctx, run_id, instance, provider)
             except Exception as term_exc:  # keep the original error; say teardown failed
                 reason += f"; teardown failed: {one_line(term_exc)}"
         state = reg.CANCELLED if isinstance(exc, KeyboardInterrupt | BudgetReached) \
@@ -216,9 +223,30 @@ def _job_started(provider: Any, instance: Instance, spec: LaunchSpec) -> bool:
     return status.running or status.exit_code is not None
 
 
+def release_machine(ctx: Context, run_id: str, inst: Instance, provider: Any, *,
+                    reusable: bool = False, reason: str | None = None) -> None:
+    """The run is done with its machine: terminated, unless it is a sweep pool's VM
+    (``dqlctl.sweeps.pool``). A pool VM this run holds (BUSY with it) goes back to its pool when
+    ``reusable`` (the run's engine ended and the machine is sound: the next look hands it the
+    next member, or terminates it), else is terminated and marked GONE; a pool VM the run no
+    longer holds (another member's now, idle, or being terminated) is left alone."""
+    registry = ctx.registry
+    vm = registry.pool_vm(inst.instance_id)
+    if vm is not None and (vm.run_id != run_id or vm.state != VM_BUSY):
+        return
+    if vm is not None and reusable and registry.pool_vm_idle(inst.instance_id, run_id,
+                                                             inst.to_dict()):
+        registry.add_event(run_id, "pool_vm_released", {"instance": inst.instance_id})
+        return
+    provider.terminate(inst)
+    if vm is not None:
+        registry.pool_vm_gone(inst.instance_id, reason or f"terminated with run {run_id}")
+
+
 def down(ctx: Context, run: Run, reason: str = "stopped by `dqlctl down`") -> Run:
-    """Stop a run and release its instance; idempotent. (The registry prices the run as it
-    leaves its billed state.)"""
+    """Stop a run and release its instance (``release_machine``: a sweep pool's VM that another
+    member runs on now is left alone); idempotent. (The registry prices the run as it leaves its
+    billed state.)"""
     registry = ctx.registry
     inst = instance_of(run)
     provider = ctx.provider(run.provider)
@@ -228,7 +256,7 @@ def down(ctx: Context, run: Run, reason: str = "stopped by `dqlctl down`") -> Ru
         registry.transition(run.id, reg.CANCELLED, reason=reason)
     if inst is not None:
         try:
-            provider.terminate(inst)
+            release_machine(ctx, run.id, inst, provider, reason=reason)
         except ProviderError as exc:
             raise ProviderFailure(f"could not terminate {inst.instance_id}: {exc}") from None
     registry.add_event(run.id, "down", {"instance": inst.instance_id if inst else None})

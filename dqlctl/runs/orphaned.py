@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from dqlctl import registry as reg
 from dqlctl.context import Context
+from dqlctl.registry_sweeps import VM_BUSY
 from providers import DEFAULT_PROVIDER
 from providers import provider_names as all_providers
 from providers.base import RUN_TAG, Instance, ProviderError, Resource, instance_resource
@@ -61,6 +62,8 @@ def orphans(ctx: Context, provider_names: list[str] | None = None,
                 run = _run(ctx, res.run_id)
                 if run is not None and not run.terminal:
                     continue  # a live run's own
+                if run is not None and ctx.registry.pool_holds(run.id):
+                    continue  # a sweep pool's VM launched for it (and its access), in use
             found.append(res)
     return found
 
@@ -93,7 +96,13 @@ def release_run(ctx: Context, run: reg.Run) -> list[Resource]:
     controller that died mid-launch created, of every kind. ProviderError when the provider
     cannot be asked."""
     found = ctx.provider(run.provider).list_resources({RUN_TAG: run.id})
-    if run.instance and not any(r.kind == "instance" and r.resource_id ==
-                                run.instance.get("instance_id") for r in found):
+    vm = ctx.registry.pool_vm(run.instance["instance_id"]) if run.instance else None
+    if vm is not None and (vm.run_id != run.id or vm.state != VM_BUSY):
+        pass  # a sweep pool's VM the run no longer holds: the pool's, not the run's
+    elif run.instance and not any(r.kind == "instance" and r.resource_id ==
+                                  run.instance.get("instance_id") for r in found):
         found.append(instance_resource(Instance.from_dict(run.instance)))
-    return remove(ctx, found)
+    removed = remove(ctx, found)
+    if vm is not None and vm.run_id == run.id and vm.state == VM_BUSY:
+        ctx.registry.pool_vm_gone(vm.instance_id, f"released with run {run.id}")
+    return removed

@@ -29,7 +29,7 @@ from dqlctl.runs.jobs import (
     read_all_lines,
 )
 from dqlctl.runs.leases import hold
-from dqlctl.runs.lifecycle import bring_up, finish_bring_up, one_line
+from dqlctl.runs.lifecycle import bring_up, finish_bring_up, one_line, release_machine
 from dqlctl.runs.orphaned import release_run
 from dqlctl.runs.recovery import machine_lost, preempted_by_notice, recover, recoverable
 from dqlctl.runs.request import spec_of
@@ -82,7 +82,7 @@ def finish_if_ended(ctx: Context, run: Run, handle: JobHandle | None = None) -> 
                 last = last_log_line(handle)
                 if last:
                     reason += f": {last}"
-            provider.terminate(inst)
+            release_machine(ctx, run.id, inst, provider, reusable=True)  # a pool's: the next
             registry.transition(run.id, reg.FAILED, expect={reg.RUNNING, reg.COLLECTING},
                                 reason=reason, exit_code=code)
         return registry.get(run.id)
@@ -129,7 +129,7 @@ def collect_and_finish(ctx: Context, run: Run, inst: Instance, provider: Any) ->
             end, fields = reg.FAILED, {"reason": f"results not collected within "
                                                  f"{COLLECT_DEADLINE_S // 60} min: {failed}"}
         if not keep or end == reg.FAILED:
-            provider.terminate(inst)
+            release_machine(ctx, run.id, inst, provider, reusable=end != reg.FAILED)
         registry.transition(run.id, end, expect={reg.COLLECTING}, **fields)
     return registry.get(run.id)
 

@@ -16,7 +16,7 @@ from dqlctl.context import Context
 from dqlctl.errors import DqlctlError
 from dqlctl.registry import Run
 from dqlctl.runs.leases import hold
-from dqlctl.runs.lifecycle import bring_up
+from dqlctl.runs.lifecycle import bring_up, release_machine
 from dqlctl.runs.request import spec_of
 from providers.base import Capability, Instance, ProviderError
 
@@ -42,7 +42,7 @@ def machine_lost(ctx: Context, run: Run, inst: Instance, exc: Exception) -> Run:
         ctx.registry.transition(
             run.id, reg.FAILED, expect={reg.RUNNING, reg.COLLECTING},
             reason=f"instance {inst.instance_id} is {inst.state}: {exc}")
-    provider.terminate(inst)  # release whatever the run created around it
+    release_machine(ctx, run.id, inst, provider)  # and whatever the run created around it
     return recover(ctx, ctx.registry.get(run.id))
 
 
@@ -61,7 +61,7 @@ def preempted_by_notice(ctx: Context, run: Run, inst: Instance,
                f"({notice.get('action', 'preempt')}){by}: checkpointed and stopped; " + (
                    "relaunching it from that checkpoint" if why_not is None else
                    f"not relaunched: {why_not}; relaunch with -- --resume"))
-    ctx.provider(run.provider).terminate(inst)
+    release_machine(ctx, run.id, inst, ctx.provider(run.provider))
     return recover(ctx, ctx.registry.get(run.id))
 
 

@@ -5,6 +5,8 @@ backend, compared together.
 - ``backends``  the backend seam (``SweepBackend``) and the registry of backends by provider
 - ``queue``     the ``local`` backend: members as ordinary runs, at most ``concurrency`` at
                 once, queued in the registry; ``pump`` starts the next ones
+- ``pool``      the VM-pool backend (``aws``, ``gcp``, ``azure``): at most ``concurrency`` VMs,
+                each taking members one after another, terminated when none is left for it
 - ``control``   prepare, plan (``--dry-run``), launch, look (reconcile + pump), follow, down,
                 summary
 - ``compare``   the comparison of finished members through ``engine.aggregate``

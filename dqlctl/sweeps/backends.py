@@ -7,14 +7,16 @@ A backend takes a sweep whose members are queued in the registry and gets them r
   goes, the cost estimate); creates nothing;
 - ``pump(ctx, sweep)``: start queued members while the sweep has free slots (called by every
   look at the sweep: ``sweep launch``/``--follow``, ``sweep ps``/``show``, ``dqlctl ps``, the
-  TUI); the run ids started.
+  TUI); the run ids started;
+- ``release(ctx, sweep)`` (optional): what ``sweep down`` frees after the members' runs (the
+  pool's idle VMs).
 
 Backends are named by import string (nothing loads before it is used), keyed by the sweep's
 ``--provider``. ``local`` is the queue backend (``dqlctl.sweeps.queue``): each member an
-ordinary run on this machine, at most ``concurrency`` at once. Not built yet, and refused with
-one line: AWS Batch (``aws``: the guide's ``DQL-Training`` job definition, array jobs), a VM
-pool on any SSH cloud (N VMs taking members from the sweep's queue), Google Cloud Batch and
-Azure Batch. Each would be one module here and one line in ``BACKENDS``.
+ordinary run on this machine, at most ``concurrency`` at once. ``aws``, ``gcp`` and ``azure`` are
+the VM pool (``dqlctl.sweeps.pool``): at most ``concurrency`` VMs, each taking members from the
+queue one after another. Not built yet, and refused with one line: ``auto``, Google Cloud Batch
+and Azure Batch. Each would be one module here and one line in ``BACKENDS``.
 """
 
 from __future__ import annotations
@@ -41,12 +43,11 @@ class SweepBackend(Protocol):
 
 
 #: provider name -> "module:Class" of its sweep backend
-BACKENDS: dict[str, str] = {"local": "dqlctl.sweeps.queue:QueueBackend"}
+BACKENDS: dict[str, str] = {"local": "dqlctl.sweeps.queue:QueueBackend",
+                            **dict.fromkeys(("aws", "gcp", "azure"),
+                                            "dqlctl.sweeps.pool:PoolBackend")}
 #: providers with a sweep backend planned but not built: why, in one line
 PLANNED: dict[str, str] = {
-    "aws": "AWS Batch (the guide's DQL-Training job definition, array jobs on spot)",
-    "gcp": "Google Cloud Batch, or a pool of GCE VMs taking members from the queue",
-    "azure": "Azure Batch, or a pool of Azure VMs taking members from the queue",
     "auto": "the cheapest cloud's backend",
 }
 

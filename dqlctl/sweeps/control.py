@@ -155,6 +155,9 @@ def down(ctx: Context, sweep: Sweep, reason: str = "stopped by `dqlctl sweep dow
     for run in registry.sweep_runs(sweep.id):
         if not run.terminal:
             down_run(ctx, run, reason=reason)
+    release = getattr(backend(sweep.provider), "release", None)
+    if release is not None:  # what the backend holds besides runs (a pool's idle VMs)
+        release(ctx, registry.get_sweep(sweep.id))
     return registry.get_sweep(sweep.id)
 
 

@@ -14,12 +14,16 @@ pumping the same sweep never start a member twice nor exceed the concurrency.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from dqlctl.context import Context
 from dqlctl.errors import DqlctlError
 from dqlctl.registry_sweeps import QUEUED, SWEEP_ACTIVE, SWEEP_DONE, Member, Sweep
 from dqlctl.sweeps.spec import MemberPlan, SweepSpec
+
+if TYPE_CHECKING:
+    from providers.base import LaunchSpec
 
 
 class QueueBackend:
@@ -63,10 +67,16 @@ def pump(ctx: Context, sweep: Sweep) -> list[str]:
     return started
 
 
-def start_member(ctx: Context, sweep: Sweep, member: Member) -> bool:
+def start_member(ctx: Context, sweep: Sweep, member: Member, *,
+                 extra: dict[str, Any] | None = None, vm: str | None = None,
+                 run: Callable[[Context, str, Any, LaunchSpec], None] | None = None) -> bool:
     """Claim a slot for ``member`` and launch it as an ordinary run; False when there was no
     slot (or another process started it). A member whose request is refused is CANCELLED with
-    why; one whose launch fails is its run's FAILED with why: neither stops the sweep."""
+    why; one whose launch fails is its run's FAILED with why: neither stops the sweep.
+
+    For other backends: ``extra`` goes into the run's ``spec.extra``; ``vm``: the slot comes
+    with that pool VM (``Registry.claim``); ``run(ctx, run_id, provider, spec)`` starts the
+    claimed (PENDING) run instead of ``lifecycle.start``."""
     from dqlctl.runs.leases import hold
     from dqlctl.runs.lifecycle import row_fields, start
     from dqlctl.runs.request import LaunchRequest, build_spec
@@ -78,12 +88,13 @@ def start_member(ctx: Context, sweep: Sweep, member: Member) -> bool:
     except DqlctlError as exc:
         registry.skip_member(sweep.id, member.idx, str(exc))
         return False
+    spec.extra.update(extra or {})
     provider = ctx.provider(req.provider)
     with hold(ctx, member.run_id):
-        if not registry.claim(sweep.id, member.idx, **row_fields(req, spec)):
+        if not registry.claim(sweep.id, member.idx, vm=vm, **row_fields(req, spec)):
             return False
         try:
-            start(ctx, member.run_id, provider, spec)
+            (run or start)(ctx, member.run_id, provider, spec)
         except Exception:  # noqa: BLE001 - recorded on the run: FAILED with why
             pass
     return True

@@ -38,6 +38,15 @@ first asks its cloud to delete it, with its own identity (``python -m providers.
 CLOUD``, same Python, same ``PYTHONPATH``), and runs the shutdown command only when that fails.
 What happened is written to ``DIR/selfcare.json``.
 
+A sweep pool's VM (``--pool``, dqlctl/sweeps/pool.py) takes one member after another, each under
+a supervisor of its own. Between members the controller hands the machine over by writing the
+next run's folder to ``DIR/next`` (created exclusively: ``set -C``); a supervisor about to shut
+the machine down creates the same file first, with ``shutdown`` in it. Whoever creates it first
+wins: the controller that finds ``shutdown`` there gives the next member a new VM; the supervisor
+that finds a folder there waits (``HANDOVER_S``) for that run's engine to start, whose supervisor
+then carries the machine's self-care, and exits without shutting down. Should that engine never
+start (the controller vanished mid-handover), it shuts the machine down after all.
+
 Preemption notices (``--notices CLOUD``, a spot VM; see providers/notices.py): a thread watches
 the cloud's metadata service. On a notice it appends a ``notice`` event (cloud, kind, action,
 deadline) to the run's events (``--events FILE``, the engine's events.jsonl: it reaches dqlctl
@@ -66,6 +75,9 @@ from pathlib import Path
 from providers.layout import read_env_file
 
 COLLECTED = "collected"     # touched by a controller that has collected the results
+NEXT = "next"               # pool: the run the machine was handed to, or "shutdown"
+SHUTDOWN_CLAIM = "shutdown"
+HANDOVER_S = 900.0          # pool: how long a handed-over machine waits for the next engine
 POLL_S = 1.0
 
 
@@ -128,6 +140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "after this many seconds (absent: not on the run's end, e.g. --keep)")
     parser.add_argument("--idle-minutes", type=float, metavar="M",
                         help="shut down M minutes after the engine ended, whatever else")
+    parser.add_argument("--pool", action="store_true",
+                        help="a sweep pool's machine: DIR/next hands it to the next run (see "
+                        "the module's docstring); checked before every shutdown")
     parser.add_argument("--notices", metavar="CLOUD", choices=("aws", "gcp", "azure"),
                         help="watch CLOUD's preemption notices (providers/notices.py): "
                         "checkpoint and stop the engine on one")
@@ -280,7 +295,11 @@ def self_care(args: argparse.Namespace, workdir: Path, exit_code: int) -> int:
     why = None
     while why is None:
         now = time.monotonic()
-        if end_at is not None and marker.exists():
+        if args.pool and (workdir / NEXT).exists():
+            why = handed_over(workdir)
+            if why is None:
+                return 0
+        elif end_at is not None and marker.exists():
             why = "collected"
         elif end_at is not None and now >= end_at:
             why = f"run ended {args.end_grace:.0f} s ago"
@@ -289,6 +308,10 @@ def self_care(args: argparse.Namespace, workdir: Path, exit_code: int) -> int:
         else:
             deadlines = [d for d in (end_at, idle_at) if d is not None]
             time.sleep(max(0.0, min(POLL_S, min(deadlines) - now)))
+    if args.pool and not claim_shutdown(workdir):
+        why = handed_over(workdir)
+        if why is None:
+            return 0
     argv = shlex.split(args.shutdown_command)
     record: dict[str, object] = {"reason": why, "command": argv, "at": time.time(),
                                  "engine_exit_code": exit_code}
@@ -304,6 +327,37 @@ def self_care(args: argparse.Namespace, workdir: Path, exit_code: int) -> int:
         record["error"] = str(exc)
     write_json_atomic(workdir / "selfcare.json", record)
     return 0
+
+
+def claim_shutdown(workdir: Path) -> bool:
+    """Pool: create ``DIR/next`` saying ``shutdown`` (no controller may hand the machine over
+    from now on); False when a controller handed it over first."""
+    try:
+        fd = os.open(workdir / NEXT, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return (workdir / NEXT).read_text(encoding="utf-8").strip() == SHUTDOWN_CLAIM
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(SHUTDOWN_CLAIM + "\n")
+    return True
+
+
+def handed_over(workdir: Path, wait_s: float | None = None) -> str | None:
+    """Pool: the machine was handed to the run whose folder ``DIR/next`` names. None once that
+    run's engine has started (its supervisor carries the self-care now: recorded in
+    ``selfcare.json``); why to shut down when it has not within ``HANDOVER_S``."""
+    text = (workdir / NEXT).read_text(encoding="utf-8").strip()
+    if text == SHUTDOWN_CLAIM or not text:
+        return "shutting down already"
+    target = Path(text)
+    deadline = time.monotonic() + (HANDOVER_S if wait_s is None else wait_s)
+    while not ((target / "job.json").exists() or (target / "exit.json").exists()):
+        if time.monotonic() >= deadline:
+            return f"handed over to {target.name}, whose engine never started"
+        time.sleep(POLL_S)
+    write_json_atomic(workdir / "selfcare.json", {"reason": "handed over", "next": str(target),
+                                                  "at": time.time()})
+    print(f"dqlctl: the machine was handed over to {target.name}", flush=True)
+    return None
 
 
 def delete_self(cloud: str, workdir: Path, why: str, record: dict[str, object]) -> bool:
