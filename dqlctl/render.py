@@ -122,6 +122,16 @@ def sweep_market_cells(row: dict[str, Any]) -> list[str]:
             fmt(row.get("agent_return_mean"), "+.4f")]
 
 
+def sweep_vms_text(vms: list[dict[str, Any]]) -> str | None:
+    """A sweep pool's VMs in one line ("2 VMs: i-1 BUSY (3 members), i-2 GONE"); None for a
+    sweep without a pool."""
+    if not vms:
+        return None
+    return f"{len(vms)} VM(s): " + ", ".join(
+        f"{safe_text(v['instance_id'])} {v['state']} ({v['members']} member"
+        f"{'s' if v['members'] != 1 else ''})" for v in vms)
+
+
 def sweep_arm_lines(summary: dict[str, Any]) -> list[str]:
     """What a sweep comparison concludes over its markets, a line each."""
     s = summary

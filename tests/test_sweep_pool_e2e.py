@@ -62,6 +62,11 @@ def launched() -> dict[str, str]:
         for i in r["Instances"]}
 
 
+def summary_of(ctx: Context, sweep: Any) -> dict[str, Any]:
+    """What `sweep show --json` says of the sweep (its pool VMs among it)."""
+    return sweeps.summary(ctx, ctx.registry.get_sweep(sweep.id), ctx.clock(), compare=False)
+
+
 def test_four_members_on_two_vms(home: Path, tmp_path: Path) -> None:
     ctx = Context(home=home)
     assert main(["sweep", "launch", str(spec_file(tmp_path, "pool")), "--json"], ctx=ctx) == 0
@@ -109,6 +114,9 @@ def test_four_members_on_two_vms(home: Path, tmp_path: Path) -> None:
         assert leftovers(v.owner_run) == NOTHING
     for r in runs_:  # every member's results came home
         assert (Path(r.results_uri) / "events.jsonl").exists()
+    shown = summary_of(ctx, sweep)
+    assert sorted((v["instance_id"], v["state"], v["members"]) for v in shown["vms"]) == \
+        sorted((v.instance_id, VM_GONE, v.members) for v in vms)
 
 
 def test_sweep_down_mid_sweep_leaves_no_instance(home: Path, tmp_path: Path,

@@ -216,7 +216,10 @@ def summary(ctx: Context, sweep: Sweep, now: float, *, compare: bool = True) -> 
         "cost_usd": sweep_cost(ctx, list(runs_.values()), now),
         "wall_s": (max(b for _, b in closed) - min(a for a, _ in spans)) if closed else None,
         "members_s": round(sum(b - a for a, b in closed), 1) if closed else None,
-        "members": members}
+        "members": members,
+        "vms": [{"instance_id": vm.instance_id, "state": vm.state, "run_id": vm.run_id,
+                 "members": vm.members, "reason": vm.reason}
+                for vm in registry.pool_vms(sweep.id)]}
     out.pop("spec", None)
     if compare:
         from dqlctl.sweeps.compare import compare as compare_members

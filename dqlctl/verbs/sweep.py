@@ -20,6 +20,7 @@ from dqlctl.render import (
     sweep_arm_lines,
     sweep_market_cells,
     sweep_member_cells,
+    sweep_vms_text,
 )
 from dqlctl.verbs import print_json
 
@@ -232,6 +233,7 @@ def _print_show(ctx: Any, data: dict[str, Any]) -> None:
                        ("time", f"{fmt_duration(wall)} wall, {fmt_duration(summed)} summed "
                         "over members" if wall is not None and summed is not None else None),
                        ("reason", safe_text(data.get("reason") or "")),
+                       ("vms", sweep_vms_text(data.get("vms") or [])),
                        ("folder", data["folder"])):
         if value not in (None, ""):
             print(f"  {key:<12} {value}", file=out)

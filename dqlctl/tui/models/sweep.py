@@ -18,6 +18,7 @@ from dqlctl.render import (
     sweep_arm_lines,
     sweep_market_cells,
     sweep_member_cells,
+    sweep_vms_text,
 )
 from dqlctl.states import SUCCEEDED
 
@@ -56,6 +57,9 @@ def _facts(data: dict[str, Any]) -> list[tuple[str, str]]:
                             "members"))
     if data.get("reason"):
         out.append(("reason", safe_text(data["reason"])))
+    vms = sweep_vms_text(data.get("vms") or [])
+    if vms:
+        out.append(("vms", vms))
     out.append(("folder", data["folder"]))
     return out
 
