@@ -46,6 +46,8 @@ REPORT = ("SP500", "NASDAQ", "SYN_RANDOM_WALK", "SYN_AR")
 BASE = {"agent_type": "custom", "transaction_cost": 0.001, "position_levels": 1, "excess_reward": False,
         "weight_decay": 0.0, "dropout": 0.0, "obs_noise": 0.0, "val_folds": 1,
         "select_from": 0.0, "ensemble": 1}
+_F = {"val_folds": 4, "select_from": 0.5, "obs_noise": 0.1, "dropout": 0.1, "weight_decay": 1e-4,
+      "excess_reward": True, "position_levels": 2, "long_only": True}
 VARIANTS: dict[str, dict[str, Any]] = {
     "A main (predecessor defaults)": {},
     "B +walk-forward folds, select late": {"val_folds": 4, "select_from": 0.5},
@@ -56,6 +58,18 @@ VARIANTS: dict[str, dict[str, Any]] = {
                          "weight_decay": 1e-4, "excess_reward": True},
     "E +half positions": {"val_folds": 4, "select_from": 0.5, "obs_noise": 0.1, "dropout": 0.1,
                           "weight_decay": 1e-4, "excess_reward": True, "position_levels": 2},
+    "F E, long only": {"val_folds": 4, "select_from": 0.5, "obs_noise": 0.1, "dropout": 0.1,
+                       "weight_decay": 1e-4, "excess_reward": True, "position_levels": 2,
+                       "long_only": True},
+    "G E, long only, plain profit reward": {"val_folds": 4, "select_from": 0.5, "obs_noise": 0.1,
+                                            "dropout": 0.1, "weight_decay": 1e-4,
+                                            "excess_reward": False, "position_levels": 2,
+                                            "long_only": True},
+    "H F, differential Sharpe reward": {**_F, "reward_goal": "sharpe_ratio"},
+    "I F, gamma 0.9": {**_F, "gamma": 0.9},
+    "J F, quarter positions": {**_F, "position_levels": 4},
+    "K F, no noise/dropout/decay": {**_F, "obs_noise": 0.0, "dropout": 0.0, "weight_decay": 0.0},
+    "L F, lr 1e-4": {**_F, "lr": 1e-4},
 }
 
 
