@@ -11,8 +11,8 @@ A backend takes a sweep whose members are queued in the registry and gets them r
 
 Backends are named by import string (nothing loads before it is used), keyed by the sweep's
 ``--provider``. ``local`` is the queue backend (``dqlctl.sweeps.queue``): each member an
-ordinary run on this machine, at most ``concurrency`` at once. Not built yet, and refused with
-one line: AWS Batch (``aws``: the guide's ``DQL-Training`` job definition, array jobs), a VM
+ordinary run on this machine, at most ``concurrency`` at once. ``aws-batch`` is the same queue
+over AWS Batch jobs (``dqlctl.sweeps.batch``). Not built yet, and refused with one line: a VM
 pool on any SSH cloud (N VMs taking members from the sweep's queue), Google Cloud Batch and
 Azure Batch. Each would be one module here and one line in ``BACKENDS``.
 """
@@ -41,10 +41,11 @@ class SweepBackend(Protocol):
 
 
 #: provider name -> "module:Class" of its sweep backend
-BACKENDS: dict[str, str] = {"local": "dqlctl.sweeps.queue:QueueBackend"}
+BACKENDS: dict[str, str] = {"local": "dqlctl.sweeps.queue:QueueBackend",
+                            "aws-batch": "dqlctl.sweeps.batch:BatchBackend"}
 #: providers with a sweep backend planned but not built: why, in one line
 PLANNED: dict[str, str] = {
-    "aws": "AWS Batch (the guide's DQL-Training job definition, array jobs on spot)",
+    "aws": "a pool of EC2 VMs taking members from the queue; AWS Batch is --provider aws-batch",
     "gcp": "Google Cloud Batch, or a pool of GCE VMs taking members from the queue",
     "azure": "Azure Batch, or a pool of Azure VMs taking members from the queue",
     "auto": "the cheapest cloud's backend",
