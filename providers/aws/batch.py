@@ -147,7 +147,8 @@ class AwsBatchProvider:
     def __init__(self, home: str | None = None, bucket: str | None = None,
                  image: str | None = None, registry: str | None = None,
                  job_env: dict[str, str] | None = None, max_vcpus: int = 256,
-                 vcpus: int = 4, memory_mib: int = 15000, poll_interval: float = 1.0) -> None:
+                 vcpus: int = 4, memory_mib: int = 15000, poll_interval: float = 1.0,
+                 stop_wait_s: float = 120.0) -> None:
         self.home = Path(home) if home else Path.home() / ".local/share/dqlctl"
         self.bucket = bucket.rstrip("/") if bucket else None   # s3://BUCKET[/PREFIX]
         self.image = image                  # else the newest image in ECR's dqlctl-engine
@@ -157,6 +158,7 @@ class AwsBatchProvider:
         self.vcpus = vcpus
         self.memory_mib = memory_mib
         self.poll_interval = poll_interval
+        self.stop_wait_s = stop_wait_s      # how long terminate waits for the job to end
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -310,9 +312,8 @@ class AwsBatchProvider:
         own = job_command(spec.job.engine_args)
         if own is not None:
             overrides["command"] = own
-        env = {**self.job_env, **spec.job.env}
-        if env:
-            overrides["environment"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+        env = {"AWS_DEFAULT_REGION": region, **self.job_env, **spec.job.env}
+        overrides["environment"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
         batch = self._client("batch", region)
         kwargs: dict[str, Any] = {
             "jobName": f"dqlctl-{spec.run_id}", "jobQueue": instance.extra["queue"],
@@ -348,19 +349,30 @@ class AwsBatchProvider:
                               LOG_GROUP)
 
     def terminate(self, instance: Instance) -> None:
-        """End the job (idempotent; an ended or unknown job is left as it is). The reusable
-        queue and compute environment stay: they cost nothing idle (``gc`` removes them)."""
+        """End the job and wait (up to ``stop_wait_s``) until Batch says it ended: its
+        container stopped, its host released to the compute environment (idempotent; an ended or
+        unknown job is left as it is). The reusable queue and compute environment stay: they
+        cost nothing idle (``gc`` removes them)."""
         if not instance.instance_id.startswith(UNSUBMITTED):
             batch = self._client("batch", instance.region)
+            deadline = time.monotonic() + self.stop_wait_s
             try:
                 job = describe_job(batch, instance.instance_id)
                 if job is not None and job.get("status") in ACTIVE:
                     batch.terminate_job(jobId=instance.instance_id,
                                         reason="dqlctl: run brought down")
+                while job is not None and job.get("status") in ACTIVE and \
+                        time.monotonic() < deadline:
+                    time.sleep(self.poll_interval)
+                    job = describe_job(batch, instance.instance_id)
             except Exception as exc:
                 if not code(exc):
                     raise
                 raise ProviderError(f"AWS Batch: terminate_job: {code(exc)}") from None
+            if job is not None and job.get("status") in ACTIVE:
+                raise ProviderError(f"AWS Batch job {instance.instance_id} is still "
+                                    f"{job.get('status')} {self.stop_wait_s:.0f} s after "
+                                    "terminate_job")
         instance.state = "terminated"
 
     def collect(self, instance: Instance, spec: dict[str, Any]) -> None:
@@ -550,11 +562,14 @@ class AwsBatchProvider:
         batch = self._client("batch", region)
         found = batch.describe_job_definitions(jobDefinitionName=JOB_DEFINITION,
                                                status="ACTIVE").get("jobDefinitions", [])
+        def needs(items: list[dict[str, str]]) -> list[tuple[str, str]]:
+            return sorted((str(r.get("type")), str(r.get("value"))) for r in items)
+
         for known in sorted(found, key=lambda d: -int(d.get("revision", 0))):
             props = known.get("containerProperties") or {}
-            if all(props.get(k) == v for k, v in container.items() if k != "resourceRequirements") \
-                    and sorted(map(str, props.get("resourceRequirements") or [])) == \
-                    sorted(map(str, resources)):
+            if all(props.get(k) == v for k, v in container.items()
+                   if k != "resourceRequirements") and \
+                    needs(props.get("resourceRequirements") or []) == needs(resources):
                 return str(known["jobDefinitionArn"])
         return str(batch.register_job_definition(
             jobDefinitionName=JOB_DEFINITION, type="container", containerProperties=container,
