@@ -28,13 +28,10 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -44,6 +41,7 @@ from dqlctl.context import Context
 from providers.aws.batch import GUIDE_COMMAND, JOB_DEFINITION, RUN_FLAGS
 from providers.layout import resolve_data_path
 from tests import containers, servers
+from tests.fake_gce import FakeHttpServer, Request, Response
 
 pytestmark = pytest.mark.skipif(
     bool(containers.tools_missing()),
@@ -73,21 +71,14 @@ main(sys.argv[1:])
 """
 
 
-class _Credentials(BaseHTTPRequestHandler):
-    """The container credentials endpoint: moto's test keys, as a role's would be."""
+class ContainerCredentials(FakeHttpServer):
+    """The container credentials endpoint: moto's test keys, as the job role's would be."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = json.dumps({"AccessKeyId": "testing", "SecretAccessKey": "testing",
-                           "Token": "testing", "Expiration": expires}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+    def handle(self, req: Request) -> Response:
+        expires = datetime.now(UTC) + timedelta(hours=1)
+        return Response(200, {"AccessKeyId": "testing", "SecretAccessKey": "testing",
+                              "Token": "testing",
+                              "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +125,8 @@ def batch_moto(tmp_path_factory: pytest.TempPathFactory, image: str) -> Iterator
 
 @pytest.fixture(scope="module")
 def credentials_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Credentials)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/role-credentials"
-    server.shutdown()
+    with ContainerCredentials() as server:
+        yield f"{server.url}/role-credentials"
 
 
 @pytest.fixture()

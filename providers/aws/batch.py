@@ -51,9 +51,9 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from providers.aws.access import bucket_of, bucket_policy, delete_group
+from providers.aws.access import Ec2Access, bucket_of, bucket_policy, delete_group
 from providers.aws.api import boto3_sdk, code, quietly, tags_of
 from providers.aws.batch_jobs import (
     ACTIVE,
@@ -67,16 +67,13 @@ from providers.base import (
     OWNER_TAG,
     RUN_TAG,
     Capability,
-    CheckItem,
     CheckResult,
     Instance,
     LaunchSpec,
     Offer,
     ProviderError,
     Resource,
-    SshTarget,
     core_tags,
-    install_hint,
     instance_resource,
 )
 from providers.vm import has_tags, parse_gpu
@@ -102,6 +99,10 @@ SERVICE_ROLE = "dqlctl-batch-service"
 SECURITY_GROUP = "dqlctl-batch"
 ROLE_PREFIX = "dqlctl-batch-"
 MANAGED = "arn:aws:iam::aws:policy/service-role/"
+#: the run that made a shared security group, role or instance profile (and the tag of the
+#: compute environment's hosts): the ``aws`` provider lists those kinds by ``RUN_TAG``, and
+#: its ``gc`` would take them from under a running queue (reported here as ``RUN_TAG``)
+BATCH_TAG = "dqlctl:batch-run"
 #: what gc removes, in this order (after the jobs, which are ``instance``s)
 KINDS = ("job-queue", "compute-environment", "job-definition", "batch-secret", "batch-role",
          "batch-instance-profile", "batch-security-group")
@@ -110,6 +111,11 @@ KINDS = ("job-queue", "compute-environment", "job-definition", "batch-secret", "
 def infra_name(instance_type: str) -> str:
     """The compute environment's and queue's name for ``instance_type``."""
     return f"dqlctl-spot-{instance_type.replace('.', '-')}"
+
+
+def infra_tags(tags: dict[str, str]) -> list[dict[str, str]]:
+    """``tags`` for a shared security group, role or host: ``RUN_TAG`` as ``BATCH_TAG``."""
+    return [{"Key": BATCH_TAG if k == RUN_TAG else k, "Value": v} for k, v in tags.items()]
 
 
 def split_engine_args(args: list[str]) -> tuple[str, dict[str, str], list[str]]:
@@ -137,8 +143,9 @@ def job_command(args: list[str]) -> list[str] | None:
     return [command, *GUIDE_COMMAND[1:], *RUN_FLAGS, *extra]
 
 
-class AwsBatchProvider:
-    """Runs as AWS Batch jobs (see the module docstring)."""
+class AwsBatchProvider(Ec2Access):
+    """Runs as AWS Batch jobs (see the module docstring); roles are removed as ``aws``
+    removes its own (``Ec2Access``)."""
 
     name = "aws-batch"
     capabilities = frozenset({Capability.SPOT, Capability.GPU, Capability.CONTAINER,
@@ -220,6 +227,8 @@ class AwsBatchProvider:
     # -- verbs -----------------------------------------------------------------------------------
 
     def check(self) -> CheckResult:
+        from providers.base import CheckItem, install_hint
+
         try:
             boto3_sdk()
         except ProviderError as exc:
@@ -389,7 +398,7 @@ class AwsBatchProvider:
         if not done.ok:
             raise ProviderError(f"copying the results from {results} failed")
 
-    def ssh_target(self, instance: Instance) -> SshTarget:
+    def ssh_target(self, instance: Instance) -> NoReturn:
         raise ProviderError("aws-batch jobs are not reached over SSH (`dqlctl logs` reads "
                             "CloudWatch)")
 
@@ -455,7 +464,7 @@ class AwsBatchProvider:
         vpc = vpcs[0]["VpcId"]
         subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[
             {"Name": "vpc-id", "Values": [vpc]}])["Subnets"]]
-        tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
+        tag_list = infra_tags(tags)
         groups = ec2.describe_security_groups(Filters=[
             {"Name": "group-name", "Values": [SECURITY_GROUP]},
             {"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]
@@ -473,7 +482,8 @@ class AwsBatchProvider:
                 "type": "SPOT", "allocationStrategy": "SPOT_CAPACITY_OPTIMIZED",
                 "minvCpus": 0, "desiredvCpus": 0, "maxvCpus": self.max_vcpus,
                 "instanceTypes": [itype], "subnets": subnets, "securityGroupIds": [group],
-                "instanceRole": profile, "tags": dict(tags)},
+                "instanceRole": profile,
+                "tags": {t["Key"]: t["Value"] for t in tag_list}},
             tags=dict(tags))["computeEnvironmentArn"]
         self._wait(lambda: (batch.describe_compute_environments(computeEnvironments=[name])[
             "computeEnvironments"] or [{}])[0].get("status"), "compute environment " + name)
@@ -518,7 +528,7 @@ class AwsBatchProvider:
     def _ensure_job_role(self, region: str, spec: LaunchSpec, owner: str) -> str:
         """The job role of the run's bucket(s): the buckets, and the owner's SSM parameters
         (read as the execution role, for the container's ``secrets``)."""
-        tag_list = [{"Key": k, "Value": v} for k, v in spec.tags.items()]
+        tag_list = infra_tags(spec.tags)
         arn = self._role(self._role_name(spec), "ecs-tasks.amazonaws.com", tag_list)
         account = arn.split(":")[4]
         policy = bucket_policy(self.buckets(spec))
@@ -628,6 +638,8 @@ class AwsBatchProvider:
                 {"Name": "group-name", "Values": [SECURITY_GROUP]}])["SecurityGroups"]:
             found.append(("batch-security-group", group["GroupId"], tags_of(group)))
         for kind, rid, tags in found:
+            if BATCH_TAG in tags:
+                tags = {**tags, RUN_TAG: tags[BATCH_TAG]}
             if RUN_TAG in tags and has_tags({**tags, **in_use}, tag):
                 out.append(Resource(self.name, kind, rid, region,
                                     {**core_tags(tags), **in_use}))
@@ -666,8 +678,8 @@ class AwsBatchProvider:
             quietly(self._client("ssm", region).delete_parameter, Name=rid)
         elif kind == "batch-security-group":
             delete_group(self._client("ec2", region), rid)
-        else:
-            self._delete_iam(kind, rid)
+        else:       # as ``aws`` removes its own roles and profiles
+            self._delete_access(Resource(self.name, kind.removeprefix("batch-"), rid))
 
     def _delete_batch(self, kind: str, rid: str, region: str | None) -> None:
         batch = self._client("batch", region)
@@ -692,27 +704,3 @@ class AwsBatchProvider:
             if time.monotonic() > deadline:
                 raise ProviderError(f"AWS Batch: {kind} {rid} is not gone after 5 min")
             time.sleep(self.poll_interval)
-
-    def _delete_iam(self, kind: str, rid: str) -> None:
-        iam = self._client("iam")
-        if kind == "batch-instance-profile":
-            quietly(iam.remove_role_from_instance_profile, InstanceProfileName=rid,
-                    RoleName=INSTANCE_ROLE)
-            quietly(iam.delete_instance_profile, InstanceProfileName=rid)
-            return
-        try:
-            policies = iam.list_role_policies(RoleName=rid)["PolicyNames"]
-            attached = iam.list_attached_role_policies(RoleName=rid)["AttachedPolicies"]
-            profiles = iam.list_instance_profiles_for_role(RoleName=rid)["InstanceProfiles"]
-        except Exception as exc:
-            if code(exc) == "NoSuchEntity":
-                return
-            raise
-        for profile in profiles:
-            quietly(iam.remove_role_from_instance_profile,
-                    InstanceProfileName=profile["InstanceProfileName"], RoleName=rid)
-        for policy in policies:
-            quietly(iam.delete_role_policy, RoleName=rid, PolicyName=policy)
-        for item in attached:
-            quietly(iam.detach_role_policy, RoleName=rid, PolicyArn=item["PolicyArn"])
-        quietly(iam.delete_role, RoleName=rid)
