@@ -70,7 +70,6 @@ from providers.base import (
     CheckResult,
     Instance,
     LaunchSpec,
-    Offer,
     ProviderError,
     Resource,
     core_tags,
@@ -198,6 +197,10 @@ class AwsBatchProvider(Ec2Access):
                             "s3://BUCKET/PREFIX, or set `bucket = \"s3://BUCKET/PREFIX\"` under "
                             "[providers.aws-batch] in dqlctl's config", field="results_dir")
 
+    def _shown_place(self, spec: LaunchSpec) -> str:
+        place = self.results_place(spec)
+        return place if spec.job.results_dir.startswith("s3://") else f"{self.bucket}/<run id>"
+
     def buckets(self, spec: LaunchSpec) -> list[str]:
         found = {bucket_of(self.results_place(spec)), bucket_of(spec.job.data_file)}
         return sorted(b for b in found if b)
@@ -245,7 +248,10 @@ class AwsBatchProvider(Ec2Access):
                                "none configured: each run needs --results-dir s3://..."))
         return CheckResult(self.name, all(i.ok for i in items), items)
 
-    def offers(self, spec: LaunchSpec) -> list[Offer]:
+    def offers(self, spec: LaunchSpec) -> list[Any]:
+        """One offer: the instance type's, at its spot price (from the catalog)."""
+        from providers.base import Offer
+
         gpu, count = parse_gpu(spec.gpu)
         region = self._region(spec)
         itype = self.instance_type(spec)
@@ -277,7 +283,7 @@ class AwsBatchProvider(Ec2Access):
                               f"{' '.join(RUN_FLAGS)}; retried when the spot host goes",
             "image": spec.image or self.image or
             f"the newest in ECR {IMAGE_REPOSITORY} (`dqlctl image push --provider aws`)",
-            "results": f"{self.results_place(spec)} (written by the job itself)",
+            "results": f"{self._shown_place(spec)} (written by the job itself)",
             "job_role": f"{self._role_name(spec)}: s3 on {', '.join(self.buckets(spec))}",
             "price": f"${price:.4f}/h while it runs (spot, catalog)" if price is not None
             else "unknown (not in the price catalog)",
