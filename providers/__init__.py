@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # the registry stays free of imports: `dqlctl --help` passes 
 COMPUTE_PROVIDERS: dict[str, str] = {
     "local": "providers.local.compute:LocalProvider",
     "aws": "providers.aws.compute:AwsProvider",
+    "aws-batch": "providers.aws.batch:AwsBatchProvider",
     "gcp": "providers.gcp.compute:GcpProvider",
     "azure": "providers.azure.compute:AzureProvider",
 }

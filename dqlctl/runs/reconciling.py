@@ -162,9 +162,9 @@ def reconcile(ctx: Context, run: Run) -> Run:
 def _reconcile_running(ctx: Context, run: Run) -> Run:
     inst = instance_of(run)
     provider = ctx.provider(run.provider) if inst is not None else None
-    if inst is not None and provider is not None and \
-            Capability.LOCAL_JOB not in provider.capabilities:
-        # ask the cloud first (one call): a machine taken back is not worth SSH retries
+    if inst is not None and provider is not None and Capability.SSH in provider.capabilities:
+        # ask the cloud first (one call): a machine taken back is not worth SSH retries (a job
+        # not reached over SSH, a local one or a Batch job, says itself how it ended)
         try:
             described = provider.describe(Instance.from_dict(run.instance or {}))
         except ProviderError:

@@ -15,8 +15,9 @@ Backends are named by import string (nothing loads before it is used), keyed by 
 ``--provider``. ``local`` is the queue backend (``dqlctl.sweeps.queue``): each member an
 ordinary run on this machine, at most ``concurrency`` at once. ``aws``, ``gcp`` and ``azure`` are
 the VM pool (``dqlctl.sweeps.pool``): at most ``concurrency`` VMs, each taking members from the
-queue one after another. Not built yet, and refused with one line: ``auto``, Google Cloud Batch
-and Azure Batch. Each would be one module here and one line in ``BACKENDS``.
+queue one after another. ``aws-batch`` (``--backend batch`` on aws) is the queue backend over
+AWS Batch jobs (``dqlctl.sweeps.batch``). Not built yet, and refused with one line: ``auto``,
+Google Cloud Batch and Azure Batch. Each would be one module here and one line in ``BACKENDS``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class SweepBackend(Protocol):
 #: provider name -> "module:Class" of its sweep backend
 BACKENDS: dict[str, str] = {"local": "dqlctl.sweeps.queue:QueueBackend",
                             **dict.fromkeys(("aws", "gcp", "azure"),
-                                            "dqlctl.sweeps.pool:PoolBackend")}
+                                            "dqlctl.sweeps.pool:PoolBackend"),
+                            "aws-batch": "dqlctl.sweeps.batch:BatchBackend"}
 #: providers with a sweep backend planned but not built: why, in one line
 PLANNED: dict[str, str] = {
     "auto": "the cheapest cloud's backend",

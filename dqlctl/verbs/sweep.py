@@ -38,7 +38,11 @@ def register(sub: Any) -> None:
     lp = verbs.add_parser("launch", help="start a sweep from a spec file and/or flags")
     lp.add_argument("spec", metavar="SPEC", nargs="?", help="a TOML sweep spec (flags given "
                     "as well replace its keys)")
-    lp.add_argument("--provider", help="where members run: local (default)")
+    lp.add_argument("--provider", help="where members run: local (default); aws, gcp or azure "
+                    "(a pool of at most --concurrency VMs); aws-batch (each member an AWS Batch "
+                    "job)")
+    lp.add_argument("--backend", choices=("batch",), help="the cloud's batch service: "
+                    "--provider aws --backend batch is --provider aws-batch")
     lp.add_argument("--data", action="append", metavar="PATH", help="market data: a file, a "
                     "folder of *.csv/*.parquet or a glob; repeat for more")
     lp.add_argument("--seeds", metavar="N|S,S,...", help="a count (seeds 1..N) or a list")
@@ -97,7 +101,13 @@ def _spec(args: argparse.Namespace) -> Any:
 
     spec = sweeps.load_spec(args.spec) if args.spec else sweeps.SweepSpec()
     flags: dict[str, Any] = {}
-    for key, value in (("provider", args.provider), ("data", args.data),
+    provider = args.provider
+    if args.backend == "batch":
+        if (provider or "aws") not in ("aws", "aws-batch"):
+            raise UsageError(f"--backend batch: only AWS Batch is built (--provider aws); "
+                             f"not {provider}", field="provider")
+        provider = "aws-batch"
+    for key, value in (("provider", provider), ("data", args.data),
                        ("seeds", args.seeds), ("agent_type", args.agent_type),
                        ("episodes", args.episodes), ("command", args.command),
                        ("concurrency", args.concurrency), ("max_cost", args.max_cost),
