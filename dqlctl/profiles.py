@@ -124,3 +124,37 @@ def measure(home: str | os.PathLike[str], settings: dict[str, Any],
         raise ShapeError(str(exc)) from None
     record = engine_measure(cfg, seconds)
     return save_profile(home, record, where="dqlctl profile")
+
+
+def run_estimate(home: str | os.PathLike[str], req: Any, plan: dict[str, Any], *,
+                 prices: Any = None, now: float | None = None) -> dict[str, str]:
+    """``duration`` and ``run cost`` of a launch request (``runs.LaunchRequest``) on the
+    instance type and region its plan names (``launch --dry-run``, the TUI's launch form):
+    ``providers.prices.estimate.quote`` for the run's shape; {} where the plan names no priced
+    machine, and the reason in ``duration`` when the run's length cannot be known here."""
+    from providers.prices.estimate import PriceError, PriceRequest, quote
+    from providers.prices.profiles import fmt_duration
+
+    itype, region = plan.get("instance_type"), plan.get("region")
+    if not itype or not region:
+        return {}
+    try:
+        shape = run_shape(req.data, req.episodes, req.agent_type, req.engine_args)
+    except ShapeError as exc:
+        return {"duration": f"unknown: {str(exc).splitlines()[0]}"}
+    try:
+        found = quote(PriceRequest(provider=req.provider, instance_type=str(itype),
+                                   region=str(region), spot=req.spot, run=shape),
+                      home=home, prices=prices, now=now).offers
+    except PriceError:
+        return {}
+    if not found:
+        return {}
+    offer = found[0]
+    d, est = offer.extra["duration"], offer.extra["estimate"]
+    out = {"duration": f"{fmt_duration(d['hours'])} ({d['env_steps']:,} env steps, "
+                       f"{d['bring_up_h'] * 60:g} min bring-up; {d['provenance']})"}
+    if est["total_usd"] is not None and d["hours"] is not None:
+        out["run cost"] = (f"~${est['total_usd']:,.4f} at ${offer.price_per_hour:g}/h "
+                           f"{offer.extra['priced_at']}")
+    return out

@@ -190,8 +190,20 @@ class DqlApp(App[int]):
             self.push_screen(CheckScreen())
 
     def action_cost(self) -> None:
+        """The cost screen; from the launch form, priced for the form's run."""
         if not isinstance(self.screen, CostScreen):
-            self.push_screen(CostScreen())
+            self.push_screen(CostScreen(self._form_request()))
+
+    def _form_request(self) -> runs.LaunchRequest | None:
+        """The launch form's request when the launch form is showing and reads; else None."""
+        from dqlctl.tui.models.launch import FormError, build_request
+
+        if not isinstance(self.screen, LaunchScreen):
+            return None
+        try:
+            return build_request(self.screen.values())
+        except FormError:
+            return None
 
     def open_path(self, path: str) -> None:
         """Show where a file is, and open it with the desktop's viewer when there is one."""

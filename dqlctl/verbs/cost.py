@@ -169,11 +169,6 @@ def _money(value: float | None) -> str:
     return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
 
 
-def gpus_cell(offer: Any) -> str:
-    """``T4 x1``; ``none`` for a machine without a GPU."""
-    return f"{offer.gpu} x{offer.gpu_count}" if offer.gpu_count else "none"
-
-
 def _basis(offer: Any) -> str:
     d = offer.extra.get("duration") or {}
     pm = d.get("plus_minus")
@@ -191,6 +186,8 @@ def run_line(run: Any) -> str:
 
 
 def render_offers(q: Any, limit: int = 0, without_gpu: Any = None) -> str:
+    from providers.prices.estimate import gpu_label
+
     req = q.request
     shown = q.offers[:limit] if limit else q.offers
     egress = bool(req.data_gb)
@@ -211,7 +208,7 @@ def render_offers(q: Any, limit: int = 0, without_gpu: Any = None) -> str:
         saving = o.extra["saving_pct"]
         if o.extra.get("priced_at", "").startswith("on-demand (") and total != "-":
             total += "°"
-        row = [o.provider, o.region, o.instance_type, gpus_cell(o), str(o.vcpus),
+        row = [o.provider, o.region, o.instance_type, gpu_label(o.gpu, o.gpu_count), str(o.vcpus),
                f"{o.memory_gib:g}", fmt_price(o.extra["on_demand"]),
                fmt_price(o.extra["spot_price"]), "-" if saving is None else f"{saving:.0f}%",
                _interrupt(o)]

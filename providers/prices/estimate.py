@@ -85,6 +85,11 @@ GPU_ALIASES = {"A100-40GB": "A100", "V100-16GB": "V100", "H100-80GB": "H100"}
 CPU_ONLY = ("none", "cpu")          # --gpu none: the machines without a GPU
 
 
+def gpu_label(gpu: str, count: int) -> str:
+    """``T4 x1``; ``none`` for a machine without a GPU (a CPU instance type)."""
+    return f"{gpu} x{count}" if count else "none"
+
+
 class PriceError(Exception):
     exit_code = 2
 
