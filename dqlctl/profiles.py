@@ -42,15 +42,14 @@ def engine_overrides(engine_args: Sequence[str]) -> dict[str, str]:
 
 
 def count_bars(path: str) -> int:
-    """Rows of a market file: a CSV's non-blank lines after the header (no parsing); other
-    formats through the engine's loader."""
-    if path.lower().endswith(".csv"):
-        with open(path, "rb") as fh:
-            lines = sum(1 for line in fh if line.strip())
-        return max(0, lines - 1)
-    from engine.data import load_market_data
+    """Bars of a market file as the engine reads it (``engine.data.load_market_data``: rows it
+    drops, such as repeated timestamps, are not counted); ShapeError when it does not load."""
+    from engine.data import DataError, load_market_data
 
-    return int(load_market_data(path).n)
+    try:
+        return int(load_market_data(path).n)
+    except DataError as exc:
+        raise ShapeError(str(exc).splitlines()[0]) from None
 
 
 def run_shape(data: str, episodes: int, agent_type: str,

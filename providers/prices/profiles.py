@@ -107,7 +107,7 @@ class Profile:
                     torch_threads=int(rec.get("torch_threads") or 1),
                     measured_at=str(rec.get("measured_at") or ""),
                     source=str(rec.get("source") or "profile"),
-                    where=str(rec.get("where") or where))
+                    where=where or str(rec.get("where") or ""))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a throughput profile: {exc}") from None
         if not (p.steps_per_s > 0 and math.isfinite(p.steps_per_s)) or p.batch_size <= 0 \
@@ -315,7 +315,7 @@ def run_duration(shape: RunShape, gpu: str, gpu_count: int, profiles: Iterable[P
         return Duration(None, None, bring_up_h, steps, None, "none",
                         "no CPU profile (`dqlctl profile` measures one)", None)
     run_h = steps / sps * (1.0 + val) / 3600.0
-    return Duration(round(run_h + bring_up_h, 6), round(run_h, 6), bring_up_h, steps,
+    return Duration(run_h + bring_up_h, run_h, bring_up_h, steps,
                     round(sps, 1), basis, f"{text}, +-{pm:.0%}", pm)
 
 
