@@ -230,8 +230,9 @@ class DqlApp(App[int]):
                             self.action_check)
         yield SystemCommand("sync", "Copy datasets and results between stores (local, s3://, "
                             "gs://, az://)", self.action_sync)
-        yield SystemCommand("cost", "GPU offers across clouds, cheapest first, and what runs "
-                            "cost", self.action_cost)
+        yield SystemCommand("cost", "Offers across clouds (GPU and CPU), cheapest first (from "
+                            "the launch form: for its run), and what runs cost",
+                            self.action_cost)
         yield SystemCommand("help", "Keys and screens", self.action_help)
         try:
             rows = self.dashboard.rows

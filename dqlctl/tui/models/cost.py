@@ -58,6 +58,11 @@ def _basis(duration: dict[str, Any]) -> str:
     return short + (f" ±{pm:.0%}" if pm is not None else "")
 
 
+def on_demand_priced(offer: Any) -> bool:
+    """A spot request priced at on-demand: the spot price of that row is not known."""
+    return str(offer.extra.get("priced_at", "")).startswith("on-demand (")
+
+
 def cost_view(ctx: Context, request: Any = None) -> CostView:
     """Every priced spot offer for ``HOURS`` of work, cheapest first, and the runs' spend; for
     the run of ``request`` (a ``runs.LaunchRequest``) when one is given and its data is local."""
@@ -88,10 +93,10 @@ def cost_view(ctx: Context, request: Any = None) -> CostView:
             notes.setdefault(duration["provenance"], []).append(o.gpu or "CPU")
         cells = {"cloud": o.provider, "region": o.region, "instance_type": o.instance_type,
                  "gpu": gpu_label(o.gpu, o.gpu_count),
-                 "spot": usd(o.price_per_hour) + ("°" if x.get("priced_at", "").startswith(
-                     "on-demand (") else ""),
-                 "estimate": (f"${est:,.4f}" if shape is not None and est < 1 else
-                              f"${est:,.2f}") if est is not None else "-",
+                 "spot": usd(x.get("spot_price")),
+                 "estimate": ((f"${est:,.4f}" if shape is not None and est < 1 else
+                               f"${est:,.2f}") + ("°" if on_demand_priced(o) else ""))
+                 if est is not None else "-",
                  "duration": fmt_duration(duration.get("hours")),
                  "basis": _basis(duration),
                  "on_demand": usd(x.get("on_demand")),
@@ -109,8 +114,7 @@ def cost_view(ctx: Context, request: Any = None) -> CostView:
                f"{shape.agent_type} {sizes}, batch {shape.batch_size}, {shape.n_envs} envs")
         lines = [f"duration ({', '.join(dict.fromkeys(kinds))}): {text}"
                  for text, kinds in notes.items()]
-    if any("°" in row[[k for k, _, _ in (RUN_OFFER_COLUMNS if shape is not None else
-                                             OFFER_COLUMNS)].index("spot")] for row in offers):
+    if any(on_demand_priced(o) for o in q.offers):
         lines.append("° spot price unknown: priced at on-demand (an upper bound)")
     return CostView(offers, spend, [*warnings, *q.warnings],
                     RUN_OFFER_COLUMNS if shape is not None else OFFER_COLUMNS, run, lines)

@@ -38,7 +38,7 @@ def _fill(table: DataTable[str | Text], columns: tuple[tuple[str, str, bool], ..
 
 
 class CostScreen(Screen[None]):
-    SUB_TITLE = "cost: GPU offers and what runs cost"
+    SUB_TITLE = "cost: offers and what runs cost"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("tab", "app.focus_next", "Next table", show=False),
