@@ -267,15 +267,45 @@ def test_the_cost_screen_prices_a_known_request(tmp_path: Path) -> None:
     assert labels and " none " in labels[0] and "x0" not in labels[0]
 
 
-def test_the_real_profiler_makes_a_well_formed_record() -> None:
-    from engine.config import Config
-    from engine.profile import measure
-
-    rec = measure(Config(data_file="test_small.csv", agent_type="dql", hidden_sizes=(16,),
-                         batch_size=32, n_envs=4, learning_starts=64, device="cpu",
-                         torch_threads=1), seconds=0.3)
+def test_dqlctl_profile_measures_for_real_and_keeps_a_well_formed_record(
+        tmp_path: Path) -> None:
+    """The one test that runs the profiler (a fraction of a second of loop time): only the
+    record's form is checked, never its rate."""
+    code, out, err = dqlctl(tmp_path, "profile", "--agent-type", "dql", "--hidden-sizes", "16",
+                            "--batch-size", "32", "--n-envs", "4", "--data", "test_small.csv",
+                            "--device", "cpu", "--threads", "1", "--seconds", "0.3", "--json")
+    assert code == 0, err
+    rec = json.loads(out)
     p = Profile.from_dict(rec)
     assert p.steps_per_s > 0 and p.updates_per_s > 0 and p.val_overhead >= 0
-    assert (p.agent_type, p.hidden_sizes, p.batch_size, p.n_envs, p.device) == (
-        "dql", (16,), 32, 4, "cpu")
-    assert p.device_name and rec["source"] == "profile" and rec["env_steps"] > 0
+    assert (p.agent_type, p.hidden_sizes, p.batch_size, p.n_envs, p.device, p.torch_threads) \
+        == ("dql", (16,), 32, 4, "cpu", 1)
+    assert p.device_name and rec["source"] == "profile" and p.where == "dqlctl profile"
+    code, out, _ = dqlctl(tmp_path, "profile", "--list", "--json")
+    assert code == 0 and p.to_dict() in json.loads(out)
+    code, out, _ = dqlctl(tmp_path, "profile", "--list")
+    assert code == 0 and out.startswith("AGENT") and "dqlctl profile" in out
+    code, _, err = dqlctl(tmp_path, "profile", "--seconds", "0")
+    assert code == 2 and "--seconds" in err
+    code, _, err = dqlctl(tmp_path, "profile", "--data", "nosuch.csv", "--seconds", "1")
+    assert code == 2 and "nosuch.csv" in err
+
+
+def test_cost_per_run_takes_the_engine_settings(tmp_path: Path) -> None:
+    """--agent-type, --batch-size and --n-envs shape the run; the nearest profile prices it."""
+    save_profile(tmp_path, profile(agent="dql", sizes=(128, 128), batch=32, n_envs=16,
+                                   sps=1600.0, val=0.0, when="2099-01-01T00:00:00Z"))
+    code, out, err = dqlctl(tmp_path, "cost", "--gpu", "none", "--provider", "aws", "--region",
+                            "us-east-1", "--episodes", "10", "--data", "test_small.csv",
+                            "--agent-type", "dql", "--batch-size", "32", "--n-envs", "16",
+                            "--json", "--limit", "1")
+    assert code == 0, err
+    q = json.loads(out)
+    steps = 10 * math.ceil(q["run"]["train_bars"] / 16) * 16
+    assert (q["run"]["agent_type"], q["run"]["batch_size"], q["run"]["n_envs"],
+            q["run"]["env_steps"]) == ("dql", 32, 16, steps)
+    best = q["offers"][0]
+    assert best["gpu_count"] == 0 and best["instance_type"] == "c7i.large"
+    assert best["extra"]["duration"]["hours"] == pytest.approx(steps / 1600.0 / 3600
+                                                               + RESTART_OVERHEAD_H)
+    assert q["without_gpu"] is None                    # asked for CPU machines already
