@@ -67,6 +67,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.config import Config  # noqa: E402
+from engine.profile import loop_seconds  # noqa: E402
 from engine.train import PreparedData, greedy_pass, prepare_data, run_training  # noqa: E402
 
 REPLAY_RATIO = 16.0  # SB3: train_freq 4 x batch 64
@@ -103,10 +104,7 @@ def run_ours(data: PreparedData, seed: int, env_steps: int, batch: int,
     t0 = time.perf_counter()
     result = run_training(cfg, data=data, log=lambda _m: None)
     wall = time.perf_counter() - t0
-    loop_time = sum((h["env_steps"] - prev) / h["steps_per_s"]
-                    for h, prev in zip(result.history, [0] + [h["env_steps"]
-                                                             for h in result.history[:-1]],
-                                       strict=True))
+    loop_time, _, _ = loop_seconds(result.history)  # the trainer's own timing (engine.profile)
     _, ret = greedy_pass(result.net, data, data.test, cfg)
     return {"env_steps": result.env_steps, "steps_per_s": result.env_steps / loop_time,
             "wall_steps_per_s": result.env_steps / wall, "updates": result.updates,

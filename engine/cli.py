@@ -43,6 +43,8 @@ COMMANDS: dict[str, str] = {
     "report": "(re)build the report of an evaluated experiment",
     "compare": "compare evaluated experiments side by side",
     "check-dependencies": "show which packages, device and threads the engine would use",
+    "profile": "measure env steps/s and gradient updates/s of this configuration on this machine "
+               "for --seconds (a short training run, nothing written); the record as JSON",
     "benchmark": "train and test on every market of --data_dir with --seeds seeds, in parallel; "
                  "one comparison report (seed spread, bootstrap CI against buy-and-hold)",
 }
@@ -57,6 +59,7 @@ EXAMPLES = """examples:
   dql-trading train --config run.toml --resume      # continue from the newest checkpoint
   dql-trading train --data_file 'markets/*.csv' --agent_type custom --test   # one agent, many
   dql-trading benchmark --data_dir markets/ --seeds 3 --agent_type custom --episodes 40
+  dql-trading profile --agent_type dql --batch_size 1024 --n_envs 256 --seconds 5
 """
 
 
@@ -116,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "compare":
             p.add_argument("--experiments", nargs="+", metavar="NAME", default=[],
                            help="experiments under --results_dir (default: every evaluated one)")
+        if name == "profile":
+            p.add_argument("--seconds", type=float, default=5.0, metavar="S",
+                           help="loop time to measure, after learning has started (default: 5)")
         if name == "benchmark":
             p.add_argument("--data_dir", required=True, metavar="DIR",
                            help="folder of market files (*.csv, *.parquet)")
@@ -147,6 +153,25 @@ def _error(message: str) -> int:
     return 2
 
 
+def _profile(cfg: Config, seconds: float) -> int:
+    """``profile``: one line on stderr, the record (engine.profile) as JSON on stdout."""
+    import json
+
+    from engine.profile import describe, measure
+
+    if not seconds > 0:
+        raise BadInput(f"--seconds must be more than 0, got {seconds:g}")
+    from engine.data import DataError
+
+    try:
+        record = measure(cfg, seconds)
+    except DataError as exc:
+        raise BadInput(str(exc)) from None
+    print(describe(record), file=sys.stderr, flush=True)
+    print(json.dumps(record), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -170,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_benchmark(cfg, ns.data_dir, ns.seeds, workers=ns.workers,
                                  pooled=ns.pooled)
+        if ns.command == "profile":
+            return _profile(cfg, ns.seconds)
         from engine.workflow import run_command
 
         return run_command(ns.command, cfg, given=given,

@@ -11,6 +11,8 @@ Kinds and their fields:
 - ``stage``: name (``tune`` | ``train`` | ``evaluate`` | ``report``)
 - ``episode``: episode (1-based), episodes, reward, loss, epsilon, val_sharpe, steps_per_s, env_steps
 - ``trial``: trial, trials, params, score (tuning)
+- ``throughput``: after training, its profile record (``engine.profile``: agent_type,
+  hidden_sizes, batch_size, n_envs, device, device_name, steps_per_s, updates_per_s, ...)
 - ``checkpoint``: episode, path
 - ``evaluation``: split, metrics (a dict)
 - ``equity``: split (``val`` | ``test``), episode (the model's episode; None for the final test),

@@ -83,6 +83,31 @@ def memory_gb() -> float | None:
     return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7R13 Processor", "Intel(R) Xeon(R) Platinum 8488C"):
+    ``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS, else what ``platform`` says; the key of
+    a CPU throughput profile (engine.profile)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        import subprocess
+
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                                 capture_output=True, text=True, timeout=5).stdout.strip()
+            if out:
+                return out
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
 def default_threads(cores: int) -> int:
     """Torch threads when none are asked for."""
     return 1 if cores <= SMALL_MACHINE_CORES else THREADS_ON_LARGE_MACHINES
@@ -132,7 +157,7 @@ def detect(device: str = "auto", threads: int = 0) -> RuntimeInfo:
     elif dev == "mps":
         name = "Apple MPS"
     else:
-        name = platform.processor() or platform.machine() or "CPU"
+        name = cpu_model()
     return RuntimeInfo(device=dev, device_name=name, torch_threads=n_threads,
                        cpu_count=cpu_count(), memory_gb=memory_gb(), gpu_memory_gb=gpu_mem,
                        torch_version=torch.__version__, python=sys.version.split()[0],

@@ -405,6 +405,20 @@ class _Stop:
     checkpoint_now: bool = False
 
 
+def _emit_throughput(events: EventWriter, cfg: Config, rt: Any, result: Any) -> None:
+    """The ``throughput`` event: the run's profile record (engine.profile), which the control
+    center keeps as a measured profile of this configuration on this device."""
+    from engine.profile import throughput_record
+
+    try:
+        record = throughput_record(cfg, rt, result)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:  # never fails a run
+        events.emit("warning", message=f"no throughput record: {type(exc).__name__}: {exc}")
+        return
+    if record is not None:
+        events.emit("throughput", **record)
+
+
 def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, stop: _Stop,
             model_bundle: Any) -> dict[str, Any] | None:
     """The stages of the command; returns the test metrics (None when not evaluated)."""
@@ -455,6 +469,7 @@ def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, s
     best = "n/a" if result.best_val_sharpe is None else f"{result.best_val_sharpe:.3f}"
     log(f"trained: {result.env_steps:,} env steps, {result.updates:,} updates in "
         f"{result.wall_s:.1f}s; best validation Sharpe {best} at episode {result.best_episode}")
+    _emit_throughput(events, cfg, rt, result)
     if result.val_metrics is not None:
         events.emit("evaluation", split="val", metrics=result.val_metrics)
     if command == "train" and not cfg.test:

@@ -118,6 +118,10 @@ def apply_engine_events(ctx: Context, run: Run, events: list[dict[str, Any]]) ->
                 progress["best_episode"] = ev.get("episode")
         elif kind == "stage":
             progress["stage"] = ev.get("name")
+        elif kind == "throughput":  # the run's measured rate: a profile (dqlctl.profiles)
+            from dqlctl.profiles import record_from_events
+
+            record_from_events(ctx.home, [ev], run.id)
         elif kind == "trial":
             progress.update({"trial": ev.get("trial"), "trials": ev.get("trials")})
         elif kind == "evaluation" and isinstance(ev.get("metrics"), dict):

@@ -190,8 +190,20 @@ class DqlApp(App[int]):
             self.push_screen(CheckScreen())
 
     def action_cost(self) -> None:
+        """The cost screen; from the launch form, priced for the form's run."""
         if not isinstance(self.screen, CostScreen):
-            self.push_screen(CostScreen())
+            self.push_screen(CostScreen(self._form_request()))
+
+    def _form_request(self) -> runs.LaunchRequest | None:
+        """The launch form's request when the launch form is showing and reads; else None."""
+        from dqlctl.tui.models.launch import FormError, build_request
+
+        if not isinstance(self.screen, LaunchScreen):
+            return None
+        try:
+            return build_request(self.screen.values())
+        except FormError:
+            return None
 
     def open_path(self, path: str) -> None:
         """Show where a file is, and open it with the desktop's viewer when there is one."""
@@ -218,8 +230,9 @@ class DqlApp(App[int]):
                             self.action_check)
         yield SystemCommand("sync", "Copy datasets and results between stores (local, s3://, "
                             "gs://, az://)", self.action_sync)
-        yield SystemCommand("cost", "GPU offers across clouds, cheapest first, and what runs "
-                            "cost", self.action_cost)
+        yield SystemCommand("cost", "Offers across clouds (GPU and CPU), cheapest first (from "
+                            "the launch form: for its run), and what runs cost",
+                            self.action_cost)
         yield SystemCommand("help", "Keys and screens", self.action_help)
         try:
             rows = self.dashboard.rows

@@ -15,7 +15,7 @@ from typing import Any
 VERB_MODULES: tuple[str, ...] = (
     "dqlctl.verbs.launch", "dqlctl.verbs.ps", "dqlctl.verbs.show", "dqlctl.verbs.logs",
     "dqlctl.verbs.down", "dqlctl.verbs.gc", "dqlctl.verbs.stop", "dqlctl.verbs.ssh", "dqlctl.verbs.check",
-    "dqlctl.image_cmd", "dqlctl.verbs.cost", "dqlctl.verbs.sync", "dqlctl.verbs.sweep",
+    "dqlctl.image_cmd", "dqlctl.verbs.cost", "dqlctl.verbs.profile", "dqlctl.verbs.sync", "dqlctl.verbs.sweep",
     "dqlctl.verbs.tui")
 
 

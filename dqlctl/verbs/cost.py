@@ -5,6 +5,19 @@
     dqlctl cost --gpu A100 --data-gb 200 --data-from s3   adds egress out of S3 to other clouds
     dqlctl cost --refresh --gpu A100                  live prices first (cached in the data dir)
     dqlctl cost --runs                                spend per provider and month, from runs
+    dqlctl cost --gpu T4 --episodes 100 --data data/STOCKS_GOOGL.csv   cost of that run per offer
+
+Cost per run (``--episodes N --data FILE [--agent-type T] [--batch-size B] [--n-envs E]``): the
+hours of each offer become the run's duration on it, from the nearest throughput profile
+(``providers.prices.profiles``: env steps = episodes x training bars rounded up to whole
+vectorised steps; duration = env steps / the profile's steps/s x (1 + its validation share) +
+bring-up), so offers rank by the estimated cost of the run, with a DURATION column and each
+duration's basis (measured on a CPU model, or for a GPU without a profile a guess from a
+launch-bound model, said as such) explained under the table. CPU instance types are offers like
+any other. With ``--gpu``, the best offer without a GPU is priced for the same run on a line of its
+own, "cheaper without a GPU: ..." when it beats the cheapest GPU offer ("without a GPU: ...,
+not cheaper" otherwise), so a small batch that a GPU cannot speed up shows its cheaper machine.
+``--gpu none`` lists only the machines without a GPU.
 
 The figures come from ``providers.prices`` (the same estimate launch and the TUI use) and, for
 ``--runs``, from ``dqlctl.runs.costs``; this module only renders them. Standard library only at import time.
@@ -28,12 +41,18 @@ examples:
   dqlctl cost --gpu A100:8 --hours 24 --data-gb 500 --data-from gs
   dqlctl cost --refresh --gpu L4
   dqlctl cost --runs
+  dqlctl cost --gpu T4 --episodes 100 --data data/STOCKS_GOOGL.csv
+  dqlctl cost --episodes 50 --data data/STOCKS_GOOGL.csv --agent-type dql --batch-size 64
 
 estimate = hours x $/h x (1 + interruption overhead) + egress. The overhead (spot) is the work
 lost per interruption (half a checkpoint interval + 6 min to restart) times the interruption
 rate of the offer's band (AWS spot advisor, Azure eviction rate) where one is known; '*' marks
 estimates without it. Egress is charged when --data-from is another cloud than the offer's.
 Live prices are cached in $DQLCTL_HOME/prices/; prices older than 3 days are marked stale.
+
+With --episodes and --data the hours are each offer's duration for that run, from the nearest
+throughput profile (`dqlctl profile` measures one here; runs record theirs): env steps /
+steps per second x (1 + validation) + 6 min bring-up; offers rank by the cost of the run.
 """
 
 
@@ -43,7 +62,8 @@ def register(sub: Any) -> None:
                                    "on-demand, spot, saving\nand the estimate for a run; or "
                                    "(--runs) what runs cost, by provider and month.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpu", help="GPU model and optional count, e.g. A100 (any count) or A100:8")
+    p.add_argument("--gpu", help="GPU model and optional count, e.g. A100 (any count) or A100:8; "
+                                 "none: machines without a GPU")
     p.add_argument("--instance-type", help="one instance type (also shows retired types)")
     p.add_argument("--provider", help="aws, gcp or azure (default: all three)")
     p.add_argument("--region", help="one region, e.g. us-east-1, us-central1, eastus")
@@ -59,6 +79,13 @@ def register(sub: Any) -> None:
                    help="where the dataset lives: egress is added for offers on other clouds")
     p.add_argument("--checkpoint-min", type=float, default=15.0,
                    help="minutes between checkpoints, for the interruption overhead (default 15)")
+    p.add_argument("--episodes", type=int,
+                   help="price a run of N episodes (with --data): its duration on each offer")
+    p.add_argument("--data", help="the run's market file (its training split sets the length)")
+    p.add_argument("--agent-type", default="custom", choices=("dql", "custom", "memory"),
+                   help="the run's agent (default custom, as launch)")
+    p.add_argument("--batch-size", type=int, help="the run's --batch_size (default: the engine's)")
+    p.add_argument("--n-envs", type=int, help="the run's --n_envs (default: the engine's)")
     p.add_argument("--refresh", action="store_true",
                    help="read live prices first (AWS, Azure, GCP price APIs) into the cache")
     p.add_argument("--limit", type=int, default=0, help="show only the N cheapest offers")
@@ -88,7 +115,25 @@ def _request(args: argparse.Namespace) -> Any:
     return PriceRequest(gpu=args.gpu, instance_type=args.instance_type, provider=args.provider,
                         region=args.region, hours=args.hours, spot=args.spot,
                         data_gb=args.data_gb, data_from=args.data_from,
-                        checkpoint_interval_h=args.checkpoint_min / 60.0)
+                        checkpoint_interval_h=args.checkpoint_min / 60.0, run=_run(args))
+
+
+def _run(args: argparse.Namespace) -> Any:
+    """The run to price (``--episodes`` + ``--data``), or None."""
+    if args.episodes is None and args.data is None:
+        return None
+    if args.episodes is None or args.data is None:
+        raise DqlctlError("--episodes and --data go together: the run to price", EXIT_USAGE)
+    from dqlctl.profiles import ShapeError, run_shape
+
+    engine_args = []
+    for flag, value in (("--batch_size", args.batch_size), ("--n_envs", args.n_envs)):
+        if value is not None:
+            engine_args += [flag, str(value)]
+    try:
+        return run_shape(args.data, args.episodes, args.agent_type, engine_args)
+    except ShapeError as exc:
+        raise DqlctlError(str(exc), EXIT_USAGE) from None
 
 
 def fmt_price(value: float | None) -> str:
@@ -118,17 +163,40 @@ def _age(offer: Any) -> str:
 
 
 def _money(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.2f}"
+    """``$12.34``; under a dollar to the cent's hundredth (``$0.0123``): runs are cheap."""
+    if value is None:
+        return "-"
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
 
 
-def render_offers(q: Any, limit: int = 0) -> str:
+def _basis(offer: Any) -> str:
+    d = offer.extra.get("duration") or {}
+    pm = d.get("plus_minus")
+    short = {"measured": "measured", "nearest": "near", "cpu-other": "CPU",
+             "gpu-guess": "guess"}.get(d.get("basis", ""), "n/a")
+    return short + (f" ±{pm:.0%}" if pm is not None else "")
+
+
+def run_line(run: Any) -> str:
+    """What the run is: episodes, data, env steps and the engine configuration."""
+    sizes = "-".join(map(str, run.hidden_sizes))
+    return (f"run: {run.episodes} episodes x {run.train_bars:,} training bars of {run.data} "
+            f"({run.env_steps:,} env steps), {run.agent_type} {sizes}, batch {run.batch_size}, "
+            f"{run.n_envs} envs")
+
+
+def render_offers(q: Any, limit: int = 0, without_gpu: Any = None) -> str:
+    from providers.prices.estimate import gpu_label
+
     req = q.request
     shown = q.offers[:limit] if limit else q.offers
     egress = bool(req.data_gb)
+    per_run = req.run is not None
     headers = ["PROVIDER", "REGION", "INSTANCE TYPE", "GPUS", "VCPUS", "MEM GiB",
                "ON-DEMAND $/H", "SPOT $/H", "SAVING", "INTERRUPTIONS"]
     headers += ["EGRESS"] if egress else []
-    headers += ["ESTIMATE", "PRICE AGE"]
+    headers += ["DURATION", "BASIS", "RUN COST"] if per_run else ["ESTIMATE"]
+    headers += ["PRICE AGE"]
     rows = []
     starred = False
     for o in shown:
@@ -138,17 +206,23 @@ def render_offers(q: Any, limit: int = 0) -> str:
             total += "*"
             starred = True
         saving = o.extra["saving_pct"]
-        row = [o.provider, o.region, o.instance_type, f"{o.gpu} x{o.gpu_count}", str(o.vcpus),
+        if o.extra.get("priced_at", "").startswith("on-demand (") and total != "-":
+            total += "°"
+        row = [o.provider, o.region, o.instance_type, gpu_label(o.gpu, o.gpu_count), str(o.vcpus),
                f"{o.memory_gib:g}", fmt_price(o.extra["on_demand"]),
                fmt_price(o.extra["spot_price"]), "-" if saving is None else f"{saving:.0f}%",
                _interrupt(o)]
         row += [_money(est["egress_usd"])] if egress else []
+        if per_run:
+            from providers.prices.profiles import fmt_duration
+
+            row += [fmt_duration((o.extra.get("duration") or {}).get("hours")), _basis(o)]
         row += [total, _age(o)]
         rows.append(row)
     kind = "spot" if req.spot else "on-demand"
-    what = req.gpu or req.instance_type or "all GPU types"
-    lines = [f"{what}, {kind}, {req.hours:g} h of work, checkpoint every "
-             f"{req.checkpoint_interval_h * 60:g} min"
+    what = req.gpu or req.instance_type or "all instance types"
+    work = run_line(req.run) if per_run else f"{req.hours:g} h of work"
+    lines = [f"{what}, {kind}, {work}, checkpoint every {req.checkpoint_interval_h * 60:g} min"
              + (f", {req.data_gb:g} GB from {req.data_from}" if egress else "")]
     groups: dict[str, list[str]] = {}
     for provider, f in q.freshness.items():
@@ -165,6 +239,12 @@ def render_offers(q: Any, limit: int = 0) -> str:
                                           if req.gpu else ""))
     if limit and len(q.offers) > limit:
         lines.append(f"{len(q.offers) - limit} more offers (--limit 0 shows all)")
+    if without_gpu is not None:
+        lines.append(without_gpu_line(q, without_gpu))
+    if per_run:
+        lines += duration_notes(shown + ([without_gpu] if without_gpu is not None else []))
+    if any(o.extra.get("priced_at", "").startswith("on-demand (") for o in shown):
+        lines.append("° spot price not in the catalog: priced at on-demand (an upper bound)")
     if starred:
         lines.append("* no interruption overhead in the estimate: the interruption band of "
                      "that type and region is not known")
@@ -181,6 +261,44 @@ def render_offers(q: Any, limit: int = 0) -> str:
             reasons[why] = reasons.get(why, 0) + 1
         lines.append("not shown: " + "; ".join(f"{n} {why}" for why, n in reasons.items()))
     return "\n".join(lines)
+
+
+def duration_notes(offers: list[Any]) -> list[str]:
+    """One line per basis of the durations shown: where each figure comes from."""
+    seen: dict[str, list[str]] = {}
+    for o in offers:
+        d = o.extra.get("duration")
+        if d:
+            seen.setdefault(d["provenance"], []).append(o.gpu if o.gpu_count else "CPU")
+    return [f"duration ({', '.join(dict.fromkeys(kinds))} offers): {text}"
+            for text, kinds in seen.items()]
+
+
+def without_gpu_line(q: Any, cpu: Any) -> str:
+    """The best offer without a GPU for the same run, against the cheapest GPU offer."""
+    from providers.prices.profiles import fmt_duration
+
+    total = cpu.extra["estimate"]["total_usd"]
+    best = next((o.extra["estimate"]["total_usd"] for o in q.offers
+                 if o.extra["estimate"]["total_usd"] is not None), None)
+    what = (f"{cpu.provider} {cpu.region} {cpu.instance_type} ({cpu.vcpus} vCPU), "
+            f"{fmt_duration(cpu.extra['duration']['hours'])}, {_money(total)} at "
+            f"{fmt_price(cpu.price_per_hour)}/h {cpu.extra['priced_at']}")
+    if total is not None and (best is None or total < best):
+        return f"cheaper without a GPU: {what}"
+    return f"without a GPU: {what}, not cheaper"
+
+
+def best_without_gpu(req: Any, home: Any, now: float) -> Any:
+    """The cheapest offer without a GPU for ``req``'s run (its other filters kept); None."""
+    import dataclasses
+
+    from providers.prices.estimate import quote
+
+    if req.run is None or not req.gpu or req.gpu_filter() == ("", 0) or req.instance_type:
+        return None
+    cpu = quote(dataclasses.replace(req, gpu="none"), home=home, now=now).offers
+    return next((o for o in cpu if o.extra["estimate"]["total_usd"] is not None), None)
 
 
 def _freshness_line(f: dict[str, Any]) -> str:
@@ -200,10 +318,10 @@ def _freshness_line(f: dict[str, Any]) -> str:
 
 def _refresh(ctx: Any, req: Any) -> list[Any]:
     from providers.prices import refresh as refresh_mod
-    from providers.prices.catalog import load_catalog
+    from providers.prices.catalog import all_rows
     from providers.prices.estimate import matching_rows
 
-    rows = matching_rows(req, load_catalog())
+    rows = matching_rows(req, all_rows())
     return refresh_mod.refresh(ctx.home, rows, req.providers(), now=ctx.clock())
 
 
@@ -218,19 +336,25 @@ def cmd_cost(ctx: Any, args: argparse.Namespace) -> int:
         req.gpu_filter()
         results = _refresh(ctx, req) if args.refresh else []
         q = quote(req, home=ctx.home, now=ctx.clock())
+        cpu = best_without_gpu(req, ctx.home, ctx.clock())
     except PriceError as exc:
         raise DqlctlError(str(exc), EXIT_USAGE) from None
     failed = [r for r in results if not r.ok]
     if args.json:
+        from dataclasses import asdict
+
         data = q.to_dict()
         data["refresh"] = [r.to_dict() for r in results]
+        if req.run is not None:
+            data["run"] = req.run.to_dict()
+            data["without_gpu"] = None if cpu is None else asdict(cpu)
         print(json.dumps(data, indent=2), file=ctx.stdout)
     else:
         for r in results:
             print(("warning: " if not r.ok else "") + r.message, file=ctx.stderr)
         for w in q.warnings:
             print(f"warning: {w}", file=ctx.stderr)
-        print(render_offers(q, args.limit), file=ctx.stdout)
+        print(render_offers(q, args.limit, cpu), file=ctx.stdout)
     if failed:
         return EXIT_PROVIDER
     return 0 if q.offers else EXIT_USAGE

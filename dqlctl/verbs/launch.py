@@ -85,6 +85,9 @@ def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
     quiet = args.json
     if args.dry_run:
         plan = runs.plan(ctx, req)
+        from dqlctl.profiles import run_estimate
+
+        plan.update(run_estimate(ctx.home, req, plan))  # the run's duration and cost there
         if args.json:
             print_json(ctx, plan)
         else:

@@ -1,7 +1,9 @@
 """The bundled price catalog, and the live-price cache laid over it.
 
 ``data/catalog.csv`` is built from the reference ``gpu_prices.csv`` by ``build_catalog.py`` (its
-quirks and sources are in ``data/SOURCES.md``). A live refresh (``dqlctl cost --refresh``)
+quirks and sources are in ``data/SOURCES.md``); ``data/cpu_catalog.csv`` adds CPU instance types
+(entered by hand, same columns, ``gpu`` empty and ``gpu_count`` 0). ``load_catalog()`` reads
+the GPU catalog; ``all_rows()`` and ``load_prices`` both. A live refresh (``dqlctl cost --refresh``)
 writes one JSON file per provider under ``<dqlctl home>/prices/``; ``load_prices(home)`` returns
 the catalog rows with the cached prices in their place, each price stamped with where it came
 from and when, so that a stale figure is shown as stale and never passes for a fresh one.
@@ -23,6 +25,8 @@ from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CATALOG_PATH = DATA_DIR / "catalog.csv"
+# CPU instance types (no GPU), entered by hand (data/SOURCES.md): not built from the reference.
+CPU_CATALOG_PATH = DATA_DIR / "cpu_catalog.csv"
 
 # The reference file does not record when its prices were read; the API examples that come with
 # it are dated 2025-11 (spot history 2025-11-27). The catalog is dated by the newest of them, so
@@ -96,6 +100,11 @@ def load_catalog(path: str | os.PathLike[str] | None = None) -> list[PriceRow]:
                 price_basis=rec["price_basis"], interruption_band=rec["interruption_band"],
                 status=rec["status"], notes=rec["notes"], source=rec["source"]))
     return rows
+
+
+def all_rows() -> list[PriceRow]:
+    """The GPU catalog's rows, then the CPU instance types'."""
+    return load_catalog() + load_catalog(CPU_CATALOG_PATH)
 
 
 # -- the live-price cache -------------------------------------------------------------------------
@@ -209,8 +218,9 @@ class PriceSet:
 
 def load_prices(home: str | os.PathLike[str] | None = None,
                 catalog: list[PriceRow] | None = None) -> PriceSet:
-    """The catalog with each provider's live cache (under ``home``) laid over it."""
-    rows = list(catalog if catalog is not None else load_catalog())
+    """The catalog (GPU and CPU rows) with each provider's live cache (under ``home``) laid
+    over it."""
+    rows = list(catalog if catalog is not None else all_rows())
     result = PriceSet(rows=rows)
     if home is None:
         return result

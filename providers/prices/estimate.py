@@ -12,6 +12,11 @@ Before a run::
   rates): the band is read as the share of instances interrupted in a month, at the band's upper
   bound (">20%" as 30%), so rate/h = -ln(1 - share) / 730. Where no band is known the overhead is
   unknown: shown as such, never guessed.
+- ``hours`` is what the operator says, or, when the request knows the run (``PriceRequest.run``:
+  data, episodes, agent, batch, n_envs), the run's duration on that offer from the nearest
+  throughput profile (``providers.prices.profiles.run_duration``, bring-up included): the
+  estimate is then the cost of the run, and offers rank by it.
+- CPU rows whose spot price is not known are priced at on-demand (an upper bound), and say so.
 - Egress is charged when the data lives in another cloud than the offer's (``--data-from``), at
   that cloud's internet egress $/GB (``EGRESS``; sources and date in data/SOURCES.md).
 
@@ -33,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from providers.base import Offer
+from providers.prices import profiles as profiles_mod
 from providers.prices.catalog import (
     CATALOG_AS_OF,
     PROVIDERS,
@@ -76,6 +82,12 @@ EGRESS: dict[str, EgressRate] = {
 DATA_LOCATIONS = {"s3": "aws", "gs": "gcp", "gcs": "gcp", "az": "azure", "aws": "aws",
                   "gcp": "gcp", "azure": "azure"}
 GPU_ALIASES = {"A100-40GB": "A100", "V100-16GB": "V100", "H100-80GB": "H100"}
+CPU_ONLY = ("none", "cpu")          # --gpu none: the machines without a GPU
+
+
+def gpu_label(gpu: str, count: int) -> str:
+    """``T4 x1``; ``none`` for a machine without a GPU (a CPU instance type)."""
+    return f"{gpu} x{count}" if count else "none"
 
 
 class PriceError(Exception):
@@ -170,10 +182,14 @@ class PriceRequest:
     data_gb: float = 0.0
     data_from: str | None = None         # s3 | gs | az
     checkpoint_interval_h: float = DEFAULT_CHECKPOINT_H
+    run: profiles_mod.RunShape | None = None   # the run: hours become its duration per offer
 
     def gpu_filter(self) -> tuple[str | None, int | None]:
+        """(GPU model, count); ``("", 0)`` for ``none``/``cpu`` (machines without a GPU)."""
         if not self.gpu:
             return None, None
+        if self.gpu.strip().casefold() in CPU_ONLY:
+            return "", 0
         name, _, count = self.gpu.partition(":")
         name = name.strip().upper()
         name = GPU_ALIASES.get(name, name)
@@ -229,7 +245,7 @@ def matching_rows(request: PriceRequest, rows: Iterable[PriceRow]) -> list[Price
             continue
         if itype and row.instance_type.casefold() != itype:
             continue
-        if gpu and row.gpu.upper() != gpu:
+        if gpu is not None and row.gpu.upper() != gpu:
             continue
         if count is not None and row.gpu_count != count:
             continue
@@ -241,11 +257,16 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def offer_for(row: PriceRow, request: PriceRequest, now: float) -> Offer:
-    """The row as an ``Offer`` for the request's capacity, its estimate in ``extra``."""
-    price = row.spot if request.spot else row.on_demand
-    as_of = row.spot_at if request.spot else row.on_demand_at
-    source = row.spot_source if request.spot else row.on_demand_source
+def offer_for(row: PriceRow, request: PriceRequest, now: float,
+              profiles: list[profiles_mod.Profile] | None = None) -> Offer:
+    """The row as an ``Offer`` for the request's capacity, its estimate in ``extra`` (for the
+    run's duration on it when the request knows the run: ``extra["duration"]``)."""
+    spot_price = request.spot
+    if request.spot and row.spot is None and row.gpu_count == 0 and row.on_demand is not None:
+        spot_price = False      # a CPU row without a known spot price: on-demand, an upper bound
+    price = row.spot if spot_price else row.on_demand
+    as_of = row.spot_at if spot_price else row.on_demand_at
+    source = row.spot_source if spot_price else row.on_demand_source
     saving = (round(100.0 * (1 - row.spot / row.on_demand), 1)
               if row.spot is not None and row.on_demand else None)
     extra: dict[str, Any] = {
@@ -253,12 +274,21 @@ def offer_for(row: PriceRow, request: PriceRequest, now: float) -> Offer:
         "spot_zone": row.spot_zone or None, "interruption_band": row.interruption_band or None,
         "price_basis": row.price_basis, "price_source": source, "price_as_of": _iso(as_of),
         "price_age_s": round(age_s(as_of, now)), "stale": is_stale(as_of, now),
-        "status": row.status, "notes": row.notes or None}
+        "status": row.status, "notes": row.notes or None,
+        "priced_at": ("on-demand (spot price unknown)" if spot_price != request.spot else
+                      "spot" if request.spot else "on-demand")}
     offer = Offer(provider=row.provider, region=row.region, instance_type=row.instance_type,
                   gpu=row.gpu, gpu_count=row.gpu_count, vcpus=row.vcpus,
                   memory_gib=row.memory_gib, spot=request.spot, price_per_hour=price,
                   extra=extra)
-    est = estimate(offer, request.hours, checkpoint_interval_h=request.checkpoint_interval_h,
+    hours = request.hours
+    if request.run is not None:
+        duration = profiles_mod.run_duration(request.run, row.gpu, row.gpu_count,
+                                             profiles or [], bring_up_h=RESTART_OVERHEAD_H,
+                                             now=now)
+        extra["duration"] = duration.to_dict()
+        hours = duration.hours if duration.hours is not None else request.hours
+    est = estimate(offer, hours, checkpoint_interval_h=request.checkpoint_interval_h,
                    data_gb=request.data_gb, data_from=request.data_from)
     extra["estimate"] = est.to_dict()
     return offer
@@ -271,15 +301,20 @@ def _sort_key(offer: Offer) -> tuple[Any, ...]:
 
 
 def quote(request: PriceRequest, *, home: str | os.PathLike[str] | None = None,
-          now: float | None = None, prices: PriceSet | None = None) -> Quote:
+          now: float | None = None, prices: PriceSet | None = None,
+          profiles: list[profiles_mod.Profile] | None = None) -> Quote:
     """Offers for ``request`` cheapest first (by estimate); those with no price last.
 
     ``home`` is dqlctl's data dir (for the live-price cache); without it, the bundled catalog.
     Retired types are left out unless asked for by ``instance_type``; GPU-only prices (GCP
     accelerators for N1, host VM not included) are always left out of the ranking: both are
-    listed in ``hidden`` with the reason.
+    listed in ``hidden`` with the reason. With ``request.run`` each offer is priced for the
+    run's duration on it (``profiles``: the throughput profiles, else the shipped ones and the
+    home's).
     """
     now = time.time() if now is None else now
+    if request.run is not None and profiles is None:
+        profiles = profiles_mod.load_profiles(home)
     request.gpu_filter()
     data_cloud(request.data_from)
     prices = prices if prices is not None else load_prices(home)
@@ -291,7 +326,7 @@ def quote(request: PriceRequest, *, home: str | os.PathLike[str] | None = None,
         elif row.status != "available" and not request.instance_type:
             result.hidden.append((row, row.status))
         else:
-            result.offers.append(offer_for(row, request, now))
+            result.offers.append(offer_for(row, request, now, profiles))
     result.offers.sort(key=_sort_key)
     for provider in request.providers():
         rows = [r for r in matched if r.provider == provider]

@@ -233,6 +233,7 @@ def check_fields(ctx: Context, values: FormValues) -> Checked:
             if problem:
                 errors["instance_type"] = problem
             cost = cost_lines(req, plan, _amount(values.hours, "hours", "hours"), prices)
+            cost += run_lines(ctx, req, plan, prices)
             if cost and cost[0][0] == "gpu":  # the catalog's, not the provider's default T4
                 plan = {**plan, "gpu": cost.pop(0)[1]}
             if values.provider == AUTO:
@@ -241,6 +242,15 @@ def check_fields(ctx: Context, values: FormValues) -> Checked:
                                 f"cheapest {market} offer that fits", **plan}
     return _checked(values, errors, plan=plan, cost=cost, target=target,
                     credentials="pending" if target else "n/a")
+
+
+def run_lines(ctx: Context, req: runs.LaunchRequest, plan: dict[str, Any],
+              prices: Any) -> list[tuple[str, str]]:
+    """The run's duration and cost on the planned machine, after its $/h
+    (``dqlctl.profiles.run_estimate``, as ``launch --dry-run``)."""
+    from dqlctl.profiles import run_estimate
+
+    return list(run_estimate(ctx.home, req, plan, prices=prices).items())
 
 
 def check_credentials(ctx: Context, checked: Checked, checks: CheckCache) -> Checked:

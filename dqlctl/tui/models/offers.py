@@ -10,6 +10,7 @@ from typing import Any
 from dqlctl import runs
 from dqlctl.tui.models.common import usd
 from providers import AUTO
+from providers.prices.estimate import gpu_label
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class FormOptions:
             return f"{o.provider} {itype}" if self.provider == AUTO else itype
 
         names = [name(o) for o in self.instances]
-        gpus = [f"{o.gpu} x{o.gpu_count}" for o in self.instances]
+        gpus = [gpu_label(o.gpu, o.gpu_count) for o in self.instances]
         lead = "" if self.region else ("from " if level == 0 else "≥")
         unit = "/h" if level < 3 else ""
         prices = [(f"{lead}{usd(o.on_demand, unit)}", usd(o.spot, unit))
@@ -103,7 +104,7 @@ def form_options(provider: str, region: str, spot: bool,
         return min(known) if known else None
 
     options = [InstanceOption(
-        provider=cloud, instance_type=itype, gpu=group[0].gpu or "-",
+        provider=cloud, instance_type=itype, gpu=group[0].gpu,
         gpu_count=group[0].gpu_count, on_demand=lowest([o.extra["on_demand"] for o in group]),
         spot=lowest([o.extra["spot_price"] for o in group]),
         regions=tuple(sorted({o.region for o in group})))
@@ -153,7 +154,7 @@ def cost_lines(req: runs.LaunchRequest, plan: dict[str, Any], hours: float | Non
     saving = f" (spot saves {extra['saving_pct']:.0f}%)" if extra.get("saving_pct") else ""
     source = (f"catalog {CATALOG_AS_OF}" if extra.get("price_source") == "catalog"
               else f"live {extra.get('price_as_of')}")
-    lines = [("gpu", f"{offer.gpu} x{offer.gpu_count}, {offer.vcpus} vCPU, "
+    lines = [("gpu", f"{gpu_label(offer.gpu, offer.gpu_count)}, {offer.vcpus} vCPU, "
                      f"{offer.memory_gib:g} GiB"),
              ("$/h", f"on-demand {usd(extra.get('on_demand'))} · spot "
                      f"{usd(extra.get('spot_price'))}{saving}; {source}"

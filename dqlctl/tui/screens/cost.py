@@ -1,4 +1,8 @@
-"""The cost screen: GPU offers across clouds, cheapest first, and what the runs have cost.
+"""The cost screen: offers across clouds, cheapest first, and what the runs have cost.
+
+Opened from the launch form (its request known, its data a local file), the offers are priced
+for that run: duration and run cost next to the $/h, ranked by the run's cost
+(``models.cost.cost_view(ctx, request)``).
 
 Both are tables that show every value in full (``DataTable`` sizes each column to its widest
 cell) and scroll sideways on a narrow terminal instead of cutting; the figures come from
@@ -7,7 +11,7 @@ cell) and scroll sideways on a narrow terminal instead of cutting; the figures c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
@@ -18,7 +22,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from dqlctl.tui.messages import CostReady
 from dqlctl.tui.models.common import one_line, worker_context
-from dqlctl.tui.models.cost import HOURS, OFFER_COLUMNS, SPEND_COLUMNS, cost_view
+from dqlctl.tui.models.cost import HOURS, SPEND_COLUMNS, cost_view
 
 if TYPE_CHECKING:
     from dqlctl.tui.app import DqlApp
@@ -34,11 +38,15 @@ def _fill(table: DataTable[str | Text], columns: tuple[tuple[str, str, bool], ..
 
 
 class CostScreen(Screen[None]):
-    SUB_TITLE = "cost: GPU offers and what runs cost"
+    SUB_TITLE = "cost: offers and what runs cost"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("tab", "app.focus_next", "Next table", show=False),
     ]
+
+    def __init__(self, request: Any = None) -> None:
+        super().__init__()
+        self.request = request      # a runs.LaunchRequest: price its run
 
     @property
     def dql(self) -> DqlApp:
@@ -46,9 +54,10 @@ class CostScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Header()
+        work = "the launch form's run" if self.request is not None else f"{HOURS:g} h of work"
         yield Static(Text.assemble(
-            ("GPU offers", "bold"),
-            (f"  spot, {HOURS:g} h of work, cheapest first  ·  ← → scroll  ·  tab: runs",
+            ("Offers", "bold"),
+            (f"  spot, {work}, cheapest first  ·  ← → scroll  ·  tab: runs",
              "dim")), id="offers-title", classes="cost-title")
         yield DataTable(id="offers", cursor_type="row", zebra_stripes=True)
         yield Static("", id="cost-notes")
@@ -68,7 +77,7 @@ class CostScreen(Screen[None]):
     def _load(self) -> None:
         try:
             with worker_context(self.dql.ctx) as ctx:
-                view = cost_view(ctx)
+                view = cost_view(ctx, self.request)
         except Exception as exc:
             self.post_message(CostReady(None, one_line(exc)))
             return
@@ -81,10 +90,17 @@ class CostScreen(Screen[None]):
             notes.update(Text(f"✗ {message.error}", style="bold red"))
             return
         offers: DataTable[str | Text] = self.query_one("#offers", DataTable)
-        _fill(offers, OFFER_COLUMNS, view.offers)
+        _fill(offers, view.columns, view.offers)
         offers.border_title = f"{len(view.offers)} offers"
-        notes.update(Text("\n".join(view.warnings), style="yellow"))
-        notes.display = bool(view.warnings)
+        if view.run is not None:
+            self.query_one("#offers-title", Static).update(Text.assemble(
+                ("Offers", "bold"), (f"  spot, run: {view.run}, cheapest run first  ·  ← → "
+                                     "scroll  ·  tab: runs", "dim")))
+        text = Text("\n".join(view.warnings), style="yellow")
+        if view.notes:
+            text.append(("\n" if view.warnings else "") + "\n".join(view.notes), style="dim")
+        notes.update(text)
+        notes.display = bool(view.warnings or view.notes)
         spend: DataTable[str | Text] = self.query_one("#spend", DataTable)
         spend.display = True
         if view.spend:

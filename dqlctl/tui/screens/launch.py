@@ -28,11 +28,13 @@ How it stays responsive (DESIGN.md, Style 8): nothing here waits on the event lo
   has to ask, the plan is posted first and the credentials after, so a slow cloud API never
   holds the plan back. Launch waits for a good answer.
 
-The cost estimate: the engine's run length is not known before it runs (it depends on the data,
-the episodes, the agent and the machine), and ``providers/prices/estimate.py`` has no model of it
-(``estimate(offer, hours)`` takes the hours). So the form asks: "Hours (est.)", 1 by default,
-feeds ``estimate`` (spot interruptions included where the catalog knows their rate; egress left
-out: the data's size is not known here). With a max cost the plan also says how many hours that
+The cost estimate: two figures. "Hours (est.)", 1 by default, feeds ``estimate(offer, hours)``
+(spot interruptions included where the catalog knows their rate; egress left out: the data's
+size is not known here). And, where the data is a local file, the run itself: its duration on
+the planned machine from the nearest throughput profile and what it costs there
+(``dqlctl.profiles.run_estimate``, the same lines as ``launch --dry-run``), with the profile's
+provenance (measured on a CPU model, or a GPU guess said as such). With a max cost the plan also
+says how many hours that
 budget buys at the offer's $/h, which is the figure the budget actually enforces.
 """
 

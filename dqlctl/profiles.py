@@ -1,0 +1,159 @@
+"""The control center's side of throughput profiles: the shape of a run it is asked about
+(``run_shape``: the data's training bars, episodes, the engine configuration the run would use),
+measuring a profile here (``measure``, for ``dqlctl profile``), and keeping the profile every
+run sends after training (``record_from_events``, from the event fold in ``runs.jobs``).
+
+The profiles themselves and the duration arithmetic are ``providers.prices.profiles``; the
+measuring is the engine's (``engine.profile``). The engine's modules load inside the functions:
+importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from providers.prices.profiles import Profile, RunShape, save_profile
+
+#: engine flags that change a run's length or rate, read from ``launch -- ENGINE_FLAGS``
+SHAPE_FLAGS = ("agent_type", "batch_size", "n_envs", "hidden_sizes", "replay_ratio",
+               "train_frac", "val_frac", "window", "feature_window")
+
+
+class ShapeError(ValueError):
+    """The run's shape cannot be known here (a data file that is not local, a bad flag)."""
+
+
+def engine_overrides(engine_args: Sequence[str]) -> dict[str, str]:
+    """The ``SHAPE_FLAGS`` among the engine flags (``--batch_size 64`` or ``--batch_size=64``)."""
+    out: dict[str, str] = {}
+    args = list(engine_args)
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            if name not in SHAPE_FLAGS:
+                continue
+            if eq:
+                out[name] = value
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                out[name] = args[i + 1]
+    return out
+
+
+def count_bars(path: str) -> int:
+    """Bars of a market file as the engine reads it (``engine.data.load_market_data``: rows it
+    drops, such as repeated timestamps, are not counted); ShapeError when it does not load."""
+    from engine.data import DataError, load_market_data
+
+    try:
+        return int(load_market_data(path).n)
+    except DataError as exc:
+        raise ShapeError(str(exc).splitlines()[0]) from None
+
+
+def run_shape(data: str, episodes: int, agent_type: str,
+              engine_args: Sequence[str] = ()) -> RunShape:
+    """The run ``launch`` would start: its training split's decision bars (as
+    ``engine.train.prepare_data`` counts them) and the engine configuration (agent defaults,
+    then ``engine_args``); ShapeError when it cannot be known here."""
+    from engine.config import Config, ConfigError, apply_overrides
+    from providers.layout import DataFileNotFound, is_uri, resolve_data_path
+
+    if episodes <= 0:
+        raise ShapeError(f"episodes must be a positive number, got {episodes}")
+    try:
+        path = resolve_data_path(data)
+    except DataFileNotFound as exc:
+        raise ShapeError(str(exc)) from None
+    if is_uri(path):
+        raise ShapeError(f"{data}: not a local file; the run's length is estimated from a "
+                         "local copy (give its path)")
+    overrides: dict[str, Any] = {"agent_type": agent_type, **engine_overrides(engine_args)}
+    try:
+        cfg = apply_overrides(Config(), overrides, source="engine flags").resolved()
+        cfg.validate()
+    except ConfigError as exc:
+        raise ShapeError(str(exc)) from None
+    from engine.data import split_indices
+    from engine.features import feature_warmup
+
+    n = count_bars(path)
+    try:
+        train, _, _ = split_indices(n, cfg.train_frac, cfg.val_frac)
+    except ValueError as exc:
+        raise ShapeError(f"{data}: {exc}") from None
+    start = max(feature_warmup(cfg.feature_window), cfg.window - 1)
+    bars = int(train.stop) - 1 - start
+    if bars <= 0:
+        raise ShapeError(f"{data}: {n} bars leave no training bars after the warm-up")
+    return RunShape(train_bars=bars, episodes=episodes, agent_type=cfg.agent_type,
+                    hidden_sizes=tuple(cfg.hidden_sizes or ()), batch_size=int(cfg.batch_size),
+                    n_envs=int(cfg.n_envs), replay_ratio=float(cfg.replay_ratio),
+                    data=os.path.basename(path))
+
+
+def record_from_events(home: str | os.PathLike[str], events: Iterable[dict[str, Any]],
+                       run_id: str) -> list[Profile]:
+    """Keep the profile of each ``throughput`` event among a run's ``events`` (the engine sends
+    one after training); a malformed one is skipped."""
+    kept = []
+    for ev in events:
+        if ev.get("event") != "throughput":
+            continue
+        try:
+            kept.append(save_profile(home, ev, where=f"run {run_id}"))
+        except (ValueError, OSError):
+            continue
+    return kept
+
+
+def measure(home: str | os.PathLike[str], settings: dict[str, Any],
+            seconds: float = 5.0) -> Profile:
+    """Measure the engine configuration ``settings`` (engine setting name -> value: agent_type,
+    data_file, batch_size, n_envs, hidden_sizes, device, torch_threads ...) here, for about
+    ``seconds`` (``engine.profile.measure``), and keep the profile in the home."""
+    from engine.config import Config, ConfigError, apply_overrides
+    from engine.profile import measure as engine_measure
+
+    try:
+        cfg = apply_overrides(Config(), settings, source="profile flags")
+        cfg.validate()
+    except ConfigError as exc:
+        raise ShapeError(str(exc)) from None
+    record = engine_measure(cfg, seconds)
+    return save_profile(home, record, where="dqlctl profile")
+
+
+def run_estimate(home: str | os.PathLike[str], req: Any, plan: dict[str, Any], *,
+                 prices: Any = None, now: float | None = None) -> dict[str, str]:
+    """``duration`` and ``run cost`` of a launch request (``runs.LaunchRequest``) on the
+    instance type and region its plan names (``launch --dry-run``, the TUI's launch form):
+    ``providers.prices.estimate.quote`` for the run's shape; {} where the plan names no priced
+    machine, and the reason in ``duration`` when the run's length cannot be known here."""
+    from providers.prices.estimate import PriceError, PriceRequest, quote
+    from providers.prices.profiles import fmt_duration
+
+    itype, region = plan.get("instance_type"), plan.get("region")
+    if not itype or not region:
+        return {}
+    try:
+        shape = run_shape(req.data, req.episodes, req.agent_type, req.engine_args)
+    except ShapeError as exc:
+        return {"duration": f"unknown: {str(exc).splitlines()[0]}"}
+    try:
+        found = quote(PriceRequest(provider=req.provider, instance_type=str(itype),
+                                   region=str(region), spot=req.spot, run=shape),
+                      home=home, prices=prices, now=now).offers
+    except PriceError:
+        return {}
+    if not found:
+        return {}
+    offer = found[0]
+    d, est = offer.extra["duration"], offer.extra["estimate"]
+    out = {"duration": f"{fmt_duration(d['hours'])} ({d['env_steps']:,} env steps, "
+                       f"{d['bring_up_h'] * 60:g} min bring-up; {d['provenance']})"}
+    if est["total_usd"] is not None and d["hours"] is not None:
+        out["run cost"] = (f"~${est['total_usd']:,.4f} at ${offer.price_per_hour:g}/h "
+                           f"{offer.extra['priced_at']}")
+    return out
