@@ -19,7 +19,8 @@ Protocol (no choice ever sees a reported test period):
   evidence.
 
 Writes ``<out>.jsonl`` (one line per job, appended as jobs finish: an interrupted ablation keeps
-what it did) and ``<out>.md`` (the tables). Processes run with one torch thread each.
+what it did) and ``<out>.md`` (the tables; prose below them, from its first ``## `` heading, is
+kept when the tables are rewritten). Processes run with one torch thread each.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ REPORT = ("SP500", "NASDAQ", "SYN_RANDOM_WALK", "SYN_AR")
 
 BASE = {"agent_type": "custom", "transaction_cost": 0.001, "position_levels": 1, "excess_reward": False,
         "weight_decay": 0.0, "dropout": 0.0, "obs_noise": 0.0, "val_folds": 1,
-        "select_from": 0.0, "ensemble": 1}
+        "select_from": 0.0, "ensemble": 1, "long_only": False, "lr": 3e-4}
 _F = {"val_folds": 4, "select_from": 0.5, "obs_noise": 0.1, "dropout": 0.1, "weight_decay": 1e-4,
       "excess_reward": True, "position_levels": 2, "long_only": True}
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -191,6 +192,8 @@ def summarise(jobs: list[dict[str, Any]]) -> str:
         j = next((by[k] for k in by if k[1] == m), None)
         bh_row.append(f"{j['bh_test_sharpe']:+.2f}" if j else "")
     for variant in VARIANTS:
+        if not any(k[0] == variant for k in by):
+            continue
         cells, choice, report, beats = [], [], [], []
         for m in markets:
             j = by.get((variant, m))
@@ -274,7 +277,10 @@ def main() -> int:
     jobs = [j for j in jobs if j.get("episodes") == args.episodes]
     head = "# Ablation of the custom agent (issue 15)\n\n```\n" + (__doc__ or "").strip() + \
         "\n```\n\n"
-    out.with_suffix(".md").write_text(head + summarise(jobs))
+    md = out.with_suffix(".md")
+    # the prose written by hand below the tables (from its first "## " heading) is kept
+    kept = md.read_text().partition("\n## ") if md.exists() else ("", "", "")
+    md.write_text(head + summarise(jobs) + (f"\n## {kept[2]}" if kept[1] else ""))
     print(summarise(jobs))
     return 0
 

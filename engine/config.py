@@ -85,8 +85,9 @@ class Config:
     reward_goal: str = "profit"
     """Per-step reward: profit (position x next log return - costs), sharpe_ratio (differential
     Sharpe ratio), sortino (differential downside deviation ratio), calmar (= sharpe_ratio)."""
-    long_only: bool = False
-    """Positions flat/long only (no shorts)."""
+    long_only: bool | None = None
+    """Positions flat/long only (no shorts); default: the agent type's own (custom: long only,
+    bench/ablation.md; --no-long_only allows shorts)."""
     position_levels: int | None = None
     """Position sizes per side: 1 = {-1, 0, 1}; k = multiples of 1/k, e.g. 2 = {-1, -0.5, 0,
     0.5, 1} (long only: 0..1); default: the agent type's own."""
@@ -109,8 +110,8 @@ class Config:
     """dql: DQN, MLP 128-128. custom: Double DQN + dueling heads + n-step returns, MLP
     256-128-64 (prioritised replay with --prioritized), and by default 4 walk-forward validation
     folds, no selection in the first half, observation noise 0.1, dropout 0.1, weight decay
-    1e-4, the excess reward and half positions (bench/ablation.md). memory: GRU Q-network over
-    the window."""
+    1e-4, the excess reward, half positions, long only and learning rate 1e-4
+    (bench/ablation.md). memory: GRU Q-network over the window."""
     hidden_sizes: tuple[int, ...] | None = None
     """Hidden layer widths of the MLP (e.g. 64,64); default: the agent type's own."""
     gru_hidden: int = 64
@@ -128,8 +129,9 @@ class Config:
     """Priority exponent of prioritised replay (0 = uniform)."""
     per_beta: float = 0.4
     """Initial importance-sampling exponent of prioritised replay; annealed to 1 over training."""
-    lr: float = 3e-4
-    """Adam learning rate."""
+    lr: float | None = None
+    """Adam learning rate; default: the agent type's own (3e-4; custom 1e-4,
+    bench/ablation.md)."""
     gamma: float = 0.99
     """Discount factor per bar."""
     batch_size: int = 256
@@ -270,7 +272,7 @@ class Config:
                               f"{self.train_frac} + {self.val_frac}")
         for key in ("transaction_cost", "slippage", "reward_scale", "max_grad_norm"):
             need(num(getattr(self, key)) and getattr(self, key) >= 0, key, "a number >= 0")
-        need(num(self.lr) and self.lr > 0, "lr", "a number > 0")
+        need(self.lr is None or (num(self.lr) and self.lr > 0), "lr", "a number > 0")
         need(num(self.gamma) and 0 <= self.gamma <= 1, "gamma", "in [0, 1]")
         need(num(self.replay_ratio) and self.replay_ratio > 0, "replay_ratio", "a number > 0")
         need(num(self.tau) and 0 < self.tau <= 1, "tau", "in (0, 1]")
@@ -298,7 +300,8 @@ class Config:
 
 COMMON_DEFAULTS: dict[str, Any] = {
     "position_levels": 1, "excess_reward": False, "weight_decay": 0.0, "dropout": 0.0,
-    "obs_noise": 0.0, "val_folds": 1, "select_from": 0.0, "ensemble": 1,
+    "obs_noise": 0.0, "val_folds": 1, "select_from": 0.0, "ensemble": 1, "long_only": False,
+    "lr": 3e-4,
 }
 """What the newer None settings resolve to unless the agent type says otherwise (the
 predecessor's behaviour: no regularisation, one validation stretch, one seed)."""
@@ -306,9 +309,11 @@ predecessor's behaviour: no regularisation, one validation stretch, one seed).""
 AGENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "dql": {"hidden_sizes": (128, 128), "double_dqn": False, "dueling": False, "n_step": 1},
     "custom": {"hidden_sizes": (256, 128, 64), "double_dqn": True, "dueling": True, "n_step": 3,
-               # bench/ablation.md, variant E: chosen on the choice markets' test years
+               # bench/ablation.md, variant L (E + long only + lr 1e-4): chosen on the choice
+               # markets' test years at the default 100 episodes
                "val_folds": 4, "select_from": 0.5, "obs_noise": 0.1, "dropout": 0.1,
-               "weight_decay": 1e-4, "excess_reward": True, "position_levels": 2},
+               "weight_decay": 1e-4, "excess_reward": True, "position_levels": 2,
+               "long_only": True, "lr": 1e-4},
     "memory": {"hidden_sizes": (64,), "double_dqn": True, "dueling": False, "n_step": 1},
 }
 """Per agent type, the values that None settings resolve to."""

@@ -133,7 +133,8 @@ def test_a_learnable_market_beats_buy_and_hold_clearly(tmp_path: Path) -> None:
     assert main(args) == 0
     test = json.loads((tmp_path / "ar" / "test_metrics.json").read_text())
     assert test["sharpe_vs_bh_ci_low"] > 0, test["verdict"]
-    assert test["sharpe_ratio"] > 2.0 and "beat buy-and-hold" in test["verdict"]
+    # custom is long only by default: it earns the rebounds, not the falls (long/short: > 2)
+    assert test["sharpe_ratio"] > 1.0 and "beat buy-and-hold" in test["verdict"]
     assert "single seed" in test["verdict"]
 
 
