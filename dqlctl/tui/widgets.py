@@ -16,12 +16,22 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import Label, Sparkline
+from textual.widgets import DataTable, Label, Sparkline
 
 from dqlctl.tui.models.run_view import Curves, Equity
 
 LOG_MAX_LINES = 200_000
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def cursor_key(table: DataTable[object]) -> str | None:
+    """The key of the row under a table's cursor; None for an empty table."""
+    if not table.row_count:
+        return None
+    try:
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+    except Exception:
+        return None
 
 
 def _clean(line: str) -> str:

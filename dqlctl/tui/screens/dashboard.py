@@ -17,6 +17,7 @@ from textual.worker import get_current_worker
 from dqlctl.tui.messages import RunsRefreshed
 from dqlctl.tui.models.common import STATE_STYLES, one_line, worker_context
 from dqlctl.tui.models.dashboard import COLUMNS, RunRow, dashboard_rows
+from dqlctl.tui.widgets import cursor_key
 
 if TYPE_CHECKING:
     from dqlctl.tui.app import DqlApp
@@ -163,14 +164,7 @@ class DashboardScreen(Screen[None]):
         self.query_one("#status", Static).update(status)
 
     def highlighted_id(self) -> str | None:
-        table: DataTable[str | Text] = self.query_one("#runs", DataTable)
-        if not table.row_count:
-            return None
-        try:
-            key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        except Exception:
-            return None
-        return key.value
+        return cursor_key(self.query_one("#runs", DataTable))
 
     def highlighted_row(self) -> RunRow | None:
         rid = self.highlighted_id()

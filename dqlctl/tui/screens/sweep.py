@@ -20,6 +20,7 @@ from dqlctl.render import SWEEP_MARKET_COLUMNS, SWEEP_MEMBER_COLUMNS
 from dqlctl.tui.messages import Notice, SweepRefreshed
 from dqlctl.tui.models.common import STATE_STYLES, one_line, worker_context
 from dqlctl.tui.models.sweep import SweepModel, SweepView
+from dqlctl.tui.widgets import cursor_key
 
 if TYPE_CHECKING:
     from dqlctl.tui.app import DqlApp
@@ -150,13 +151,7 @@ class SweepScreen(Screen[None]):
         verdict.update(lines)
 
     def highlighted_run(self) -> str | None:
-        table: DataTable[str | Text] = self.query_one("#members", DataTable)
-        if not table.row_count:
-            return None
-        try:
-            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        except Exception:
-            return None
+        return cursor_key(self.query_one("#members", DataTable))
 
     @on(DataTable.RowSelected, "#members")
     def _selected(self, event: DataTable.RowSelected) -> None:
