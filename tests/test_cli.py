@@ -21,7 +21,7 @@ def test_every_verb_module_registers_its_verb() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "verb")
     verbs = list(sub.choices)  # type: ignore[attr-defined]
     assert verbs == ["launch", "ps", "show", "logs", "down", "gc", "stop", "ssh", "check", "image",
-                     "cost", "sync", "sweep", "tui"]
+                     "cost", "profile", "sync", "sweep", "tui"]
     assert len(VERB_MODULES) == len(verbs)
     for verb, parser in sub.choices.items():  # type: ignore[attr-defined]
         if verb != "image":  # `image` has actions below it, each with its func

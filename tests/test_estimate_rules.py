@@ -69,7 +69,8 @@ def test_a_spot_offer_carries_its_prices_their_source_and_age() -> None:
                      "spot_zone": "us-east-1b", "interruption_band": "5-10%",
                      "price_basis": "host_vm+gpu", "price_source": "live",
                      "price_as_of": "2026-11-28T12:00:00Z", "price_age_s": 172800,
-                     "stale": False, "status": "available", "notes": "n"}
+                     "stale": False, "status": "available", "notes": "n",
+                     "priced_at": "spot"}
     assert estimate == est.estimate(offer, 2, checkpoint_interval_h=0.5, data_gb=10,
                                     data_from="gs").to_dict()
     assert estimate["egress_usd"] == pytest.approx(1.118)
