@@ -14,31 +14,12 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from dqlctl.render import fmt_hours
 from providers.prices.profiles import Profile, RunShape, save_profile
-
-#: engine flags that change a run's length or rate, read from ``launch -- ENGINE_FLAGS``
-SHAPE_FLAGS = ("agent_type", "batch_size", "n_envs", "hidden_sizes", "replay_ratio",
-               "train_frac", "val_frac", "window", "feature_window")
 
 
 class ShapeError(ValueError):
     """The run's shape cannot be known here (a data file that is not local, a bad flag)."""
-
-
-def engine_overrides(engine_args: Sequence[str]) -> dict[str, str]:
-    """The ``SHAPE_FLAGS`` among the engine flags (``--batch_size 64`` or ``--batch_size=64``)."""
-    out: dict[str, str] = {}
-    args = list(engine_args)
-    for i, arg in enumerate(args):
-        if arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
-            if name not in SHAPE_FLAGS:
-                continue
-            if eq:
-                out[name] = value
-            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-                out[name] = args[i + 1]
-    return out
 
 
 def count_bars(path: str) -> int:
@@ -57,7 +38,8 @@ def run_shape(data: str, episodes: int, agent_type: str,
     """The run ``launch`` would start: its training split's decision bars (as
     ``engine.train.prepare_data`` counts them) and the engine configuration (agent defaults,
     then ``engine_args``); ShapeError when it cannot be known here."""
-    from engine.config import Config, ConfigError, apply_overrides
+    from engine.cli import UsageError, build_parser, config_from_args
+    from engine.config import BadInput
     from providers.layout import DataFileNotFound, is_uri, resolve_data_path
 
     if episodes <= 0:
@@ -69,12 +51,12 @@ def run_shape(data: str, episodes: int, agent_type: str,
     if is_uri(path):
         raise ShapeError(f"{data}: not a local file; the run's length is estimated from a "
                          "local copy (give its path)")
-    overrides: dict[str, Any] = {"agent_type": agent_type, **engine_overrides(engine_args)}
-    try:
-        cfg = apply_overrides(Config(), overrides, source="engine flags").resolved()
-        cfg.validate()
-    except ConfigError as exc:
-        raise ShapeError(str(exc)) from None
+    try:  # the engine's own parser: its flags, spellings and --config file, exactly
+        ns, _ = build_parser().parse_known_args(["train", "--agent_type", agent_type,
+                                                 *engine_args])
+        cfg = config_from_args(ns)[0].resolved()
+    except (UsageError, BadInput, OSError) as exc:
+        raise ShapeError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     from engine.data import split_indices
     from engine.features import feature_warmup
 
@@ -132,7 +114,6 @@ def run_estimate(home: str | os.PathLike[str], req: Any, plan: dict[str, Any], *
     ``providers.prices.estimate.quote`` for the run's shape; {} where the plan names no priced
     machine, and the reason in ``duration`` when the run's length cannot be known here."""
     from providers.prices.estimate import PriceError, PriceRequest, quote
-    from providers.prices.profiles import fmt_duration
 
     itype, region = plan.get("instance_type"), plan.get("region")
     if not itype or not region:
@@ -151,7 +132,7 @@ def run_estimate(home: str | os.PathLike[str], req: Any, plan: dict[str, Any], *
         return {}
     offer = found[0]
     d, est = offer.extra["duration"], offer.extra["estimate"]
-    out = {"duration": f"{fmt_duration(d['hours'])} ({d['env_steps']:,} env steps, "
+    out = {"duration": f"{fmt_hours(d['hours'])} ({d['env_steps']:,} env steps, "
                        f"{d['bring_up_h'] * 60:g} min bring-up; {d['provenance']})"}
     if est["total_usd"] is not None and d["hours"] is not None:
         out["run cost"] = (f"~${est['total_usd']:,.4f} at ${offer.price_per_hour:g}/h "

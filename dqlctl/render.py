@@ -63,6 +63,11 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
 
 
+def fmt_hours(hours: float | None) -> str:
+    """An estimated duration given in hours, as ``fmt_duration`` writes it; ``n/a`` unknown."""
+    return "n/a" if hours is None else fmt_duration(hours * 3600)
+
+
 def progress_text(run: Any, episode_prefix: str = "") -> str:
     """Where a run is: ``3/20`` episodes, ``trial 4/20`` while tuning, else its stage."""
     p = run.progress or {}

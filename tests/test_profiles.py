@@ -19,13 +19,13 @@ import pytest
 
 import dqlctl.cli as cli
 from dqlctl.context import Context
-from dqlctl.profiles import engine_overrides, record_from_events, run_estimate, run_shape
+from dqlctl.profiles import ShapeError, record_from_events, run_estimate, run_shape
+from dqlctl.render import fmt_hours
 from providers.prices.catalog import PriceRow, PriceSet, all_rows, load_catalog
 from providers.prices.estimate import RESTART_OVERHEAD_H, PriceRequest, quote
 from providers.prices.profiles import (
     Profile,
     RunShape,
-    fmt_duration,
     gpu_guess_steps_per_s,
     load_profiles,
     run_duration,
@@ -182,8 +182,10 @@ def test_run_shape_counts_the_training_bars_as_the_engine_does() -> None:
     cfg = Config(data_file="test_small.csv", agent_type="dql")
     assert shape.train_bars == prepare_data(cfg).train_steps
     assert (shape.batch_size, shape.n_envs, shape.hidden_sizes) == (32, 4, (128, 128))
-    assert engine_overrides(["--n_envs=2", "--lr", "0.1", "--window", "5"]) == {
-        "n_envs": "2", "window": "5"}
+    # the engine's own parser reads the flags: either spelling, and a bad value is one line
+    assert run_shape("test_small.csv", 7, "dql", ["--n_envs=2", "--lr", "0.1"]).n_envs == 2
+    with pytest.raises(ShapeError, match="n_envs"):
+        run_shape("test_small.csv", 7, "dql", ["--n_envs", "zero"])
 
 
 def test_run_estimate_for_a_plan(tmp_path: Path) -> None:
@@ -195,7 +197,7 @@ def test_run_estimate_for_a_plan(tmp_path: Path) -> None:
     out = run_estimate(tmp_path, req, {"instance_type": "c7i.large", "region": "us-east-1"},
                        now=NOW)
     hours = 148_800 / 2000.0 * 1.1 / 3600 + RESTART_OVERHEAD_H
-    assert out["duration"].startswith(fmt_duration(hours) + " (148,800 env steps")
+    assert out["duration"].startswith(fmt_hours(hours) + " (148,800 env steps")
     assert out["run cost"].startswith(f"~${hours * 0.08925:,.4f} at $0.08925/h on-demand")
     req.data = "s3://bkt/x.csv"
     assert run_estimate(tmp_path, req, {"instance_type": "c7i.large",

@@ -32,7 +32,7 @@ import json
 from typing import Any
 
 from dqlctl.errors import EXIT_PROVIDER, EXIT_USAGE, DqlctlError
-from dqlctl.render import render_table
+from dqlctl.render import fmt_hours, render_table
 
 EPILOG = """\
 examples:
@@ -214,9 +214,8 @@ def render_offers(q: Any, limit: int = 0, without_gpu: Any = None) -> str:
                _interrupt(o)]
         row += [_money(est["egress_usd"])] if egress else []
         if per_run:
-            from providers.prices.profiles import fmt_duration
 
-            row += [fmt_duration((o.extra.get("duration") or {}).get("hours")), _basis(o)]
+            row += [fmt_hours((o.extra.get("duration") or {}).get("hours")), _basis(o)]
         row += [total, _age(o)]
         rows.append(row)
     kind = "spot" if req.spot else "on-demand"
@@ -276,13 +275,12 @@ def duration_notes(offers: list[Any]) -> list[str]:
 
 def without_gpu_line(q: Any, cpu: Any) -> str:
     """The best offer without a GPU for the same run, against the cheapest GPU offer."""
-    from providers.prices.profiles import fmt_duration
 
     total = cpu.extra["estimate"]["total_usd"]
     best = next((o.extra["estimate"]["total_usd"] for o in q.offers
                  if o.extra["estimate"]["total_usd"] is not None), None)
     what = (f"{cpu.provider} {cpu.region} {cpu.instance_type} ({cpu.vcpus} vCPU), "
-            f"{fmt_duration(cpu.extra['duration']['hours'])}, {_money(total)} at "
+            f"{fmt_hours(cpu.extra['duration']['hours'])}, {_money(total)} at "
             f"{fmt_price(cpu.price_per_hour)}/h {cpu.extra['priced_at']}")
     if total is not None and (best is None or total < best):
         return f"cheaper without a GPU: {what}"

@@ -317,17 +317,3 @@ def run_duration(shape: RunShape, gpu: str, gpu_count: int, profiles: Iterable[P
     run_h = steps / sps * (1.0 + val) / 3600.0
     return Duration(run_h + bring_up_h, run_h, bring_up_h, steps,
                     round(sps, 1), basis, f"{text}, +-{pm:.0%}", pm)
-
-
-def fmt_duration(hours: float | None) -> str:
-    """``1h05``, ``12m``, ``3d04h``; ``n/a`` when unknown."""
-    if hours is None:
-        return "n/a"
-    minutes = round(hours * 60)
-    if minutes < 60:
-        return f"{max(minutes, 1)}m"
-    h, m = divmod(minutes, 60)
-    if h < 48:
-        return f"{h}h{m:02d}"
-    d, h = divmod(h, 24)
-    return f"{d}d{h:02d}h"

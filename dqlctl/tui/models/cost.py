@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dqlctl.context import Context
+from dqlctl.render import fmt_hours
 from dqlctl.tui.models.common import usd
 
 HOURS = 10.0  # the work the estimate column prices (spot interruptions included)
@@ -68,7 +69,6 @@ def cost_view(ctx: Context, request: Any = None) -> CostView:
     the run of ``request`` (a ``runs.LaunchRequest``) when one is given and its data is local."""
     from dqlctl.runs import spend_by_month
     from providers.prices.estimate import PriceRequest, gpu_label, quote
-    from providers.prices.profiles import fmt_duration
 
     shape, warnings = None, []
     if request is not None:
@@ -97,7 +97,7 @@ def cost_view(ctx: Context, request: Any = None) -> CostView:
                  "estimate": ((f"${est:,.4f}" if shape is not None and est < 1 else
                                f"${est:,.2f}") + ("°" if on_demand_priced(o) else ""))
                  if est is not None else "-",
-                 "duration": fmt_duration(duration.get("hours")),
+                 "duration": fmt_hours(duration.get("hours")),
                  "basis": _basis(duration),
                  "on_demand": usd(x.get("on_demand")),
                  "save": f"{saving:.0f}%" if saving is not None else "-",
