@@ -54,6 +54,7 @@ class Fake:
         self.hash_types = {"s3": frozenset({MD5}), "gs": frozenset({MD5, CRC32C}),
                            "az": frozenset({MD5}), "file": frozenset()}[scheme]
         self.computable_hashes = frozenset({MD5}) if scheme == "file" else frozenset()
+        self.lists_upload_time = scheme == "s3"  # (providers.storage.Store)
         self.stats: list[str] = []
         self.hashed: list[str] = []
         self.stale: list[object] = []

@@ -17,6 +17,7 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
@@ -75,10 +76,30 @@ def _no_continue_when_small(model: Any, params: dict[str, Any], **_: Any) -> Non
         params["headers"].pop("Expect", None)
 
 
+def fast_timestamp(value: Any) -> Any:
+    """botocore's timestamp parser, fast for the ISO 8601 times S3 listings carry.
+
+    botocore parses every ``LastModified`` of a listing with dateutil, about 70 us each: 35 ms
+    of a 500-key no-op sync, a third of its client time. ``datetime.fromisoformat`` reads the
+    same ``2026-11-30T23:59:59.000Z`` in about 1 us; anything else (HTTP dates in headers,
+    epoch numbers) goes to botocore's own parser. Timezone-aware either way."""
+    if isinstance(value, str) and len(value) >= 20 and value[10:11] == "T":
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    from botocore.utils import parse_timestamp
+
+    return parse_timestamp(value)
+
+
 class S3Store(Store):
     scheme = "s3"
     hash_types = frozenset({MD5})
     wants_md5_first = True
+    lists_upload_time = True
     # A file up to 200 MiB (rclone's upload_cutoff) goes up in one streamed PUT: its ETag is
     # its MD5, so listings can compare it without a HEAD. Larger files, and streams that
     # cannot seek beyond ``buffer_limit``, go up as multipart uploads of 8 MiB parts (the AWS
@@ -100,7 +121,10 @@ class S3Store(Store):
         # each transfer sends at once.
         def build() -> Any:
             with self._errors("connect"):
-                client = botocore.session.get_session().create_client("s3", config=Config(
+                session = botocore.session.get_session()
+                session.get_component("response_parser_factory").set_parser_defaults(
+                    timestamp_parser=fast_timestamp)
+                client = session.create_client("s3", config=Config(
                     max_pool_connections=max(32, 4 * self.part_concurrency),
                     retries={"mode": "standard", "max_attempts": 4},
                     parameter_validation=False,     # we build every request ourselves

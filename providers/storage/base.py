@@ -99,6 +99,9 @@ class Store(ABC):
     computable_hashes: ClassVar[frozenset[str]] = frozenset()
     #: the store records an md5 only if told before the upload starts (S3 metadata)
     wants_md5_first: ClassVar[bool] = False
+    #: the listing carries only the upload time, not the source's stored mtime (S3): a
+    #: same-size pair is then settled by a hash (or a HEAD), never by the listing's times
+    lists_upload_time: ClassVar[bool] = False
     #: files larger than this go up in parts (multipart, blocks, resumable chunks)
     multipart_threshold: int = 16 * MIB
     #: the most of a stream that cannot seek read into memory for a one-request upload;

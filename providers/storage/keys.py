@@ -37,8 +37,10 @@ class UnsafeKey(StorageError):
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def _limits(root: str) -> tuple[int, int]:
-    """The filesystem's name and path limits at ``root`` (or its nearest existing parent)."""
+    """The filesystem's name and path limits at ``root`` (or its nearest existing parent);
+    kept per root (a sync checks every key against the same one: three syscalls a key)."""
     path = root
     while path and not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
@@ -48,7 +50,7 @@ def _limits(root: str) -> tuple[int, int]:
         return NAME_MAX, PATH_MAX
 
 
-def check_key(key: str, root: Path | None = None) -> str:
+def check_key(key: str, root: str | os.PathLike[str] | None = None) -> str:
     """``key`` unchanged when it is a safe relative path (see the module docstring), else
     UnsafeKey. ``root`` (the destination folder) sets the filesystem's name limits."""
     if not key:
@@ -61,7 +63,8 @@ def check_key(key: str, root: Path | None = None) -> str:
         raise UnsafeKey(key, "it contains a backslash")
     if key.startswith("/"):
         raise UnsafeKey(key, "it is absolute")
-    name_max, path_max = _limits(str(root)) if root is not None else (NAME_MAX, PATH_MAX)
+    root = os.fspath(root) if root is not None else None
+    name_max, path_max = _limits(root) if root is not None else (NAME_MAX, PATH_MAX)
     for segment in key.split("/"):
         if segment == "":
             raise UnsafeKey(key, "it has an empty path segment")
@@ -70,7 +73,7 @@ def check_key(key: str, root: Path | None = None) -> str:
         # a character is at most 4 bytes in the filesystem's encoding: most keys need no encode
         if len(segment) * 4 > name_max and len(os.fsencode(segment)) > name_max:
             raise UnsafeKey(key, f"a segment is longer than {name_max} bytes")
-    base = len(os.fsencode(str(root))) + 1 if root is not None else 0
+    base = len(os.fsencode(root)) + 1 if root is not None else 0
     if base + len(os.fsencode(key)) >= path_max:
         raise UnsafeKey(key, f"the path would be longer than {path_max} bytes")
     return key
@@ -78,10 +81,15 @@ def check_key(key: str, root: Path | None = None) -> str:
 
 def local_path(root: str | os.PathLike[str], key: str) -> Path:
     """Where ``key`` lives under the folder ``root``; UnsafeKey if it would leave it."""
-    base = Path(root)
-    check_key(key, base)
+    return Path(local_file(os.fspath(root), key))
+
+
+def local_file(root: str, key: str) -> str:
+    """:func:`local_path` as a string (what a sync asks for once per file: no pathlib)."""
+    check_key(key, root)
     # belt and braces: the lexical checks above already exclude every way out
-    inside = os.path.abspath(base)
-    if not os.path.normpath(os.path.join(inside, key)).startswith(inside.rstrip("/") + "/"):
-        raise UnsafeKey(key, f"it leaves {base}")
-    return base / key
+    inside = os.path.abspath(root)
+    path = os.path.normpath(os.path.join(inside, key))
+    if not path.startswith(inside.rstrip("/") + "/"):
+        raise UnsafeKey(key, f"it leaves {root}")
+    return os.path.join(root, key)

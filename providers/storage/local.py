@@ -30,7 +30,7 @@ from providers.storage.base import (
     StorageError,
     Store,
 )
-from providers.storage.keys import local_path
+from providers.storage.keys import local_file
 from providers.storage.streams import HashingReader, source_reader
 
 TMP_RE = re.compile(r"^\.dqlctl-(\d+)-[0-9a-f]{12}\.tmp$")
@@ -44,6 +44,7 @@ class LocalStore(Store):
     def __init__(self, bucket: str = "/", **options: Any) -> None:
         super().__init__(bucket, **options)
         self.root = Path(bucket).resolve()
+        self._root_s = str(self.root)
 
     def uri(self, key: str = "") -> str:
         return str(self.root / key) if key else str(self.root)
@@ -51,7 +52,11 @@ class LocalStore(Store):
     def path(self, key: str) -> Path:
         """The file of ``key``; UnsafeKey (exit 2, nothing touched) for a key that would leave
         the root or cannot be a file name here (``providers.storage.keys``)."""
-        return local_path(self.root, key) if key else self.root
+        return Path(self._file(key)) if key else self.root
+
+    def _file(self, key: str) -> str:
+        """:meth:`path` as a string, for the calls a sync makes once per file."""
+        return local_file(self._root_s, key)
 
     def _key(self, path: str) -> str:
         rel = os.path.relpath(path, self.root)
@@ -101,7 +106,7 @@ class LocalStore(Store):
                                    code=EXIT_BAD_INPUT) from None
 
     def readable(self, key: str) -> bool:
-        return os.access(self.path(key), os.R_OK)
+        return os.access(self._file(key), os.R_OK)
 
     def stat(self, key: str) -> ObjectInfo:
         self._count("stat")
@@ -120,7 +125,7 @@ class LocalStore(Store):
             return super().compute_hash(key, kind)
         self._count("hash")
         try:
-            with open(self.path(key), "rb") as reader:
+            with open(self._file(key), "rb") as reader:
                 return hashlib.file_digest(reader, "md5").hexdigest()
         except OSError as exc:
             raise StorageError(f"cannot read {self.path(key)}: {exc.strerror or exc}",
@@ -130,7 +135,7 @@ class LocalStore(Store):
     def open_read(self, key: str) -> BinaryIO:
         self._count("read")
         try:
-            return open(self.path(key), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self._file(key), "rb")  # noqa: SIM115 - the caller closes it
         except OSError as exc:
             raise StorageError(f"cannot read {self.path(key)}: {exc.strerror or exc}",
                                code=EXIT_BAD_INPUT) from None
