@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> Any:
     if phase == "tune" and args.data is None:
         raise DqlctlError("--phase tune needs --data: the market file the trials train on",
                           EXIT_USAGE)
-    if phase is not None and (args.data is None or args.episodes is None):
+    if phase not in (None, "tune") and (args.data is None or args.episodes is None):
         raise DqlctlError(f"--phase {phase} needs --episodes and --data: the run to price",
                           EXIT_USAGE)
     if args.episodes is None and args.data is None:

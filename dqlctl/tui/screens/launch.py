@@ -66,6 +66,7 @@ from dqlctl.tui.models.check import CheckCache
 from dqlctl.tui.models.common import one_line, worker_context
 from dqlctl.tui.models.launch import (
     CLOUD_FIELDS,
+    COMMAND_CHOICES,
     FORM_FIELDS,
     Checked,
     FormValues,
@@ -157,7 +158,7 @@ class LaunchScreen(Screen[None]):
                 [(a, a) for a in runs.AGENT_TYPES], value=v.agent_type, allow_blank=False,
                 id="agent_type", compact=True))
             yield from self._row("command", "Command", Select(
-                [(c, c) for c in runs.ENGINE_COMMANDS], value=v.command, allow_blank=False,
+                COMMAND_CHOICES, value=v.command, allow_blank=False,
                 id="command", compact=True))
             yield from self._row("episodes", "Episodes", Input(
                 v.episodes, type="integer", id="episodes", compact=True))
