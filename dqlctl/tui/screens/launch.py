@@ -33,7 +33,10 @@ The cost estimate: two figures. "Hours (est.)", 1 by default, feeds ``estimate(o
 size is not known here). And, where the data is a local file, the run itself: its duration on
 the planned machine from the nearest throughput profile and what it costs there
 (``dqlctl.profiles.run_estimate``, the same lines as ``launch --dry-run``), with the profile's
-provenance (measured on a CPU model, or a GPU guess said as such). With a max cost the plan also
+provenance (measured on a CPU model, or a GPU guess said as such). The command "full-workflow,
+tuning first" (``launch --tune``) shows both phases (the trials on the machine's vCPUs, then
+the training) and a ``split`` row when tuning on another machine of the cloud is cheaper. With a
+max cost the plan also
 says how many hours that
 budget buys at the offer's $/h, which is the figure the budget actually enforces.
 """
