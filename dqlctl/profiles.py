@@ -10,11 +10,12 @@ importing this module is cheap.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dqlctl.render import fmt_hours
+from dqlctl.render import fmt_hours, split_text
 from providers.prices.profiles import Profile, RunShape, save_profile
 
 
@@ -33,16 +34,23 @@ def count_bars(path: str) -> int:
         raise ShapeError(str(exc).splitlines()[0]) from None
 
 
+TUNING_COMMANDS = ("full-workflow", "tune")
+
+
 def run_shape(data: str, episodes: int, agent_type: str,
-              engine_args: Sequence[str] = ()) -> RunShape:
+              engine_args: Sequence[str] = (), *, command: str = "train") -> RunShape:
     """The run ``launch`` would start: its training split's decision bars (as
     ``engine.train.prepare_data`` counts them) and the engine configuration (agent defaults,
-    then ``engine_args``); ShapeError when it cannot be known here."""
+    then ``engine_args``, read for the engine ``command``); ShapeError when it cannot be known
+    here. A command that tunes first (``full-workflow`` without ``--skip_tuning``, ``tune``)
+    has ``trials`` (``--n_iter``; a grid search: at most the grid's size) of
+    ``trial_episodes`` (``--tuning_episodes``) episodes; ``tune`` trains nothing after them
+    (``episodes`` is then not used)."""
     from engine.cli import UsageError, build_parser, config_from_args
     from engine.config import BadInput
     from providers.layout import DataFileNotFound, is_uri, resolve_data_path
 
-    if episodes <= 0:
+    if episodes <= 0 and command != "tune":
         raise ShapeError(f"episodes must be a positive number, got {episodes}")
     try:
         path = resolve_data_path(data)
@@ -52,7 +60,7 @@ def run_shape(data: str, episodes: int, agent_type: str,
         raise ShapeError(f"{data}: not a local file; the run's length is estimated from a "
                          "local copy (give its path)")
     try:  # the engine's own parser: its flags, spellings and --config file, exactly
-        ns, _ = build_parser().parse_known_args(["train", "--agent_type", agent_type,
+        ns, _ = build_parser().parse_known_args([command, "--agent_type", agent_type,
                                                  *engine_args])
         cfg = config_from_args(ns)[0].resolved()
     except (UsageError, BadInput, OSError) as exc:
@@ -69,10 +77,27 @@ def run_shape(data: str, episodes: int, agent_type: str,
     bars = int(train.stop) - 1 - start
     if bars <= 0:
         raise ShapeError(f"{data}: {n} bars leave no training bars after the warm-up")
-    return RunShape(train_bars=bars, episodes=episodes, agent_type=cfg.agent_type,
-                    hidden_sizes=tuple(cfg.hidden_sizes or ()), batch_size=int(cfg.batch_size),
-                    n_envs=int(cfg.n_envs), replay_ratio=float(cfg.replay_ratio),
-                    data=os.path.basename(path))
+    trials = 0
+    if command == "tune" or (command == "full-workflow" and not cfg.skip_tuning):
+        trials = int(cfg.n_iter)
+        if cfg.search_method == "grid":
+            from engine.tune import search_space
+
+            trials = min(trials, math.prod(len(v) for v in search_space("grid").values()))
+    return RunShape(train_bars=bars, episodes=0 if command == "tune" else episodes,
+                    agent_type=cfg.agent_type, hidden_sizes=tuple(cfg.hidden_sizes or ()),
+                    batch_size=int(cfg.batch_size), n_envs=int(cfg.n_envs),
+                    replay_ratio=float(cfg.replay_ratio), data=os.path.basename(path),
+                    trials=trials, trial_episodes=int(cfg.tuning_episodes) if trials else 0)
+
+
+def launch_shape(req: Any) -> RunShape:
+    """:func:`run_shape` of a launch request (``runs.LaunchRequest``): its engine command, and
+    the tuning stage only with ``--tune`` (``launch`` adds ``--skip_tuning`` otherwise)."""
+    args = list(req.engine_args)
+    if req.command == "full-workflow" and not req.tune:
+        args.append("--skip_tuning")
+    return run_shape(req.data, req.episodes, req.agent_type, args, command=req.command)
 
 
 def record_from_events(home: str | os.PathLike[str], events: Iterable[dict[str, Any]],
@@ -112,29 +137,65 @@ def run_estimate(home: str | os.PathLike[str], req: Any, plan: dict[str, Any], *
     """``duration`` and ``run cost`` of a launch request (``runs.LaunchRequest``) on the
     instance type and region its plan names (``launch --dry-run``, the TUI's launch form):
     ``providers.prices.estimate.quote`` for the run's shape; {} where the plan names no priced
-    machine, and the reason in ``duration`` when the run's length cannot be known here."""
+    machine, and the reason in ``duration`` when the run's length cannot be known here. A run
+    that tunes first (``--tune``) shows both phases, and a ``split`` line when tuning on
+    another machine of the same cloud (the cheapest for the trials) and training on this one
+    costs less than both here."""
     from providers.prices.estimate import PriceError, PriceRequest, quote
+    from providers.prices.profiles import load_profiles
 
     itype, region = plan.get("instance_type"), plan.get("region")
     if not itype or not region:
         return {}
     try:
-        shape = run_shape(req.data, req.episodes, req.agent_type, req.engine_args)
+        shape = launch_shape(req)
     except ShapeError as exc:
         return {"duration": f"unknown: {str(exc).splitlines()[0]}"}
+    phase = "all" if shape.trials else "train"
+    here = PriceRequest(provider=req.provider, instance_type=str(itype), region=str(region),
+                        spot=req.spot, run=shape, phase=phase)
     try:
-        found = quote(PriceRequest(provider=req.provider, instance_type=str(itype),
-                                   region=str(region), spot=req.spot, run=shape),
-                      home=home, prices=prices, now=now).offers
+        if prices is None:
+            from providers.prices.catalog import load_prices
+
+            prices = load_prices(home)
+        profiles = load_profiles(home)
+        found = quote(here, home=home, prices=prices, now=now, profiles=profiles).offers
     except PriceError:
         return {}
     if not found:
         return {}
     offer = found[0]
     d, est = offer.extra["duration"], offer.extra["estimate"]
-    out = {"duration": f"{fmt_hours(d['hours'])} ({d['env_steps']:,} env steps, "
-                       f"{d['bring_up_h'] * 60:g} min bring-up; {d['provenance']})"}
+    if d.get("phase") == "all" and d.get("tune_hours") is not None:
+        what = (f"tune {fmt_hours(d['tune_hours'])} ({shape.trials} trials x "
+                f"{shape.trial_episodes} episodes, {d['workers']} at once, {d['waves']} wave"
+                f"{'s' if d['waves'] != 1 else ''}) + train {fmt_hours(d['train_hours'])} "
+                f"({shape.env_steps:,} env steps) + {d['bring_up_h'] * 60:g} min bring-up")
+        out = {"duration": f"{fmt_hours(d['hours'])}: {what}; {d['provenance']}"}
+    else:
+        out = {"duration": f"{fmt_hours(d['hours'])} ({d['env_steps']:,} env steps, "
+                           f"{d['bring_up_h'] * 60:g} min bring-up; {d['provenance']})"}
     if est["total_usd"] is not None and d["hours"] is not None:
         out["run cost"] = (f"~${est['total_usd']:,.4f} at ${offer.price_per_hour:g}/h "
                            f"{offer.extra['priced_at']}")
+        if phase == "all":
+            hint = _split_hint(offer, shape, req, prices, profiles, home, now)
+            if hint:
+                out["split"] = hint
     return out
+
+
+def _split_hint(offer: Any, shape: RunShape, req: Any, prices: Any, profiles: Any,
+                home: str | os.PathLike[str], now: float | None) -> str:
+    """Tuning on the cheapest machine of the same cloud for the trials, training on ``offer``
+    (the planned machine): the line when that costs less than both phases there; ''."""
+    from providers.prices.estimate import PhasePlan, PriceRequest, cheapest
+
+    kw: dict[str, Any] = {"home": home, "now": now, "prices": prices, "profiles": profiles}
+    tune = cheapest([PriceRequest(provider=offer.provider, spot=req.spot, run=shape)], "tune",
+                    **kw)
+    here = PriceRequest(provider=offer.provider, instance_type=offer.instance_type,
+                        region=offer.region, spot=req.spot, run=shape)
+    split = PhasePlan(single=offer, tune=tune, train=cheapest([here], "train", **kw))
+    return split_text(split, here=True) if split.cheaper else ""

@@ -68,6 +68,37 @@ def fmt_hours(hours: float | None) -> str:
     return "n/a" if hours is None else fmt_duration(hours * 3600)
 
 
+def fmt_money(value: float | None) -> str:
+    """``$12.34``; under a dollar to the cent's hundredth (``$0.0123``): runs are cheap."""
+    if value is None:
+        return "-"
+    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
+
+
+def _machine(offer: Any) -> str:
+    return f"{offer.provider} {offer.region} {offer.instance_type}"
+
+
+def split_text(plan: Any, here: bool = False) -> str:
+    """A split of a run that tunes first (``providers.prices.estimate.PhasePlan``): "tune on X
+    ($a, h1), train on Y ($b, h2): $a+b vs $c on one machine", and whether it is cheaper.
+    ``here``: the training machine is the one machine (a launch plan's): "train here"."""
+    def part(offer: Any) -> str:
+        return (f"{fmt_money(offer.extra['estimate']['total_usd'])}, "
+                f"{fmt_hours(offer.extra['duration']['hours'])}")
+
+    one = plan.single.extra["estimate"]["total_usd"]
+    text = (f"tune on {_machine(plan.tune)} ({part(plan.tune)}), "
+            f"{'train here' if here else 'train on ' + _machine(plan.train)} "
+            f"({part(plan.train)})")
+    where = "all here" if here else "on one machine"
+    if plan.cheaper:
+        return (f"{text}: {fmt_money(plan.split_usd)} vs {fmt_money(one)} {where}, "
+                f"{fmt_money(one - plan.split_usd)} less (two bring-ups counted)")
+    return f"{text} would cost {fmt_money(plan.split_usd)} vs {fmt_money(one)} {where} " \
+           "(two bring-ups)"
+
+
 def progress_text(run: Any, episode_prefix: str = "") -> str:
     """Where a run is: ``3/20`` episodes, ``trial 4/20`` while tuning, else its stage."""
     p = run.progress or {}

@@ -19,6 +19,25 @@ own, "cheaper without a GPU: ..." when it beats the cheapest GPU offer ("without
 not cheaper" otherwise), so a small batch that a GPU cannot speed up shows its cheaper machine.
 ``--gpu none`` lists only the machines without a GPU.
 
+Phases (``--phase tune|train|all``, ``--trials N``, ``--trial-episodes N``; defaults: the
+engine's ``--n_iter`` 20 and ``--tuning_episodes`` 20): a run that tunes first
+(``full-workflow``) has a tuning phase of N independent trials, run at once on the machine's
+vCPUs (workers = min(trials, vCPUs), waves = ceil(trials / workers), each trial one CPU
+thread: trials never use a GPU) and a training phase (the one sequential run above).
+``--phase tune`` / ``train`` rank offers for that phase alone; ``--phase all`` ranks them for
+the whole run on one machine and then says the cheapest machine for each phase, and whether
+the split (tune on one, train on the other, a second bring-up paid) is cheaper: "split: tune on
+X ($a, h1), train on Y ($b, h2): $a+b vs $c on one machine". Without ``--phase``, a request
+naming ``--trials`` or ``--trial-episodes`` is ``--phase all``; one naming neither prices the
+training alone, as before. The figures: ``providers.prices.profiles.phase_duration``.
+
+Running a split today: launch the tuning on the cheap machine (``dqlctl launch --tune
+--episodes 1 --instance-type X ...``: ``launch`` runs ``full-workflow`` or ``train``, so the
+tuning comes with a one-episode training), read the tuned settings from that run's
+``best_params.json`` (``params``), then ``dqlctl launch --command train --instance-type Y
+--episodes N ... -- --gamma G --lr L --batch_size B ...`` with them. (``--skip_tuning`` reads
+``best_params.json`` from the run's own results folder, which a new run does not have.)
+
 The figures come from ``providers.prices`` (the same estimate launch and the TUI use) and, for
 ``--runs``, from ``dqlctl.runs.costs``; this module only renders them. Standard library only at import time.
 Exit codes: 0; 2 bad input or nothing matches; 3 a refresh failed (offers are still printed,
@@ -32,7 +51,9 @@ import json
 from typing import Any
 
 from dqlctl.errors import EXIT_PROVIDER, EXIT_USAGE, DqlctlError
-from dqlctl.render import fmt_hours, render_table
+from dqlctl.render import fmt_hours, fmt_money, render_table, split_text
+
+PHASES = ("tune", "train", "all")        # providers.prices.profiles.PHASES (not imported here)
 
 EPILOG = """\
 examples:
@@ -53,6 +74,17 @@ Live prices are cached in $DQLCTL_HOME/prices/; prices older than 3 days are mar
 With --episodes and --data the hours are each offer's duration for that run, from the nearest
 throughput profile (`dqlctl profile` measures one here; runs record theirs): env steps /
 steps per second x (1 + validation) + 6 min bring-up; offers rank by the cost of the run.
+
+Phases of a run that tunes first (full-workflow: --trials trials of --trial-episodes episodes,
+default 20 x 20, then the training): --phase tune ranks offers for the trials (run at once on
+the vCPUs: ceil(trials / min(trials, vCPUs)) waves of one trial each), --phase train for the
+training, --phase all (the default with --trials or --trial-episodes) for both on one machine,
+then the cheapest machine per phase and whether a split pays for its second bring-up:
+  dqlctl cost --phase all --episodes 100 --data data/STOCKS_GOOGL.csv
+  dqlctl cost --phase tune --trials 40 --trial-episodes 10 --data data/STOCKS_GOOGL.csv
+A split today: `dqlctl launch --tune --episodes 1 --instance-type X ...` (the trials, and a
+one-episode training), then `dqlctl launch --command train --instance-type Y --episodes N ...
+-- --gamma G --lr L ...` with the `params` of the first run's best_params.json.
 """
 
 
@@ -86,6 +118,13 @@ def register(sub: Any) -> None:
                    help="the run's agent (default custom, as launch)")
     p.add_argument("--batch-size", type=int, help="the run's --batch_size (default: the engine's)")
     p.add_argument("--n-envs", type=int, help="the run's --n_envs (default: the engine's)")
+    p.add_argument("--phase", choices=PHASES,
+                   help="price one phase of a run that tunes first (tune, train) or all of it "
+                        "with the split per phase (all; the default with --trials)")
+    p.add_argument("--trials", type=int,
+                   help="tuning trials (the engine's --n_iter, default 20)")
+    p.add_argument("--trial-episodes", type=int,
+                   help="episodes per tuning trial (the engine's --tuning_episodes, default 20)")
     p.add_argument("--refresh", action="store_true",
                    help="read live prices first (AWS, Azure, GCP price APIs) into the cache")
     p.add_argument("--limit", type=int, default=0, help="show only the N cheapest offers")
@@ -115,23 +154,45 @@ def _request(args: argparse.Namespace) -> Any:
     return PriceRequest(gpu=args.gpu, instance_type=args.instance_type, provider=args.provider,
                         region=args.region, hours=args.hours, spot=args.spot,
                         data_gb=args.data_gb, data_from=args.data_from,
-                        checkpoint_interval_h=args.checkpoint_min / 60.0, run=_run(args))
+                        checkpoint_interval_h=args.checkpoint_min / 60.0, run=_run(args),
+                        phase=_phase(args) or "train")
+
+
+def _phase(args: argparse.Namespace) -> str | None:
+    """``--phase``; ``all`` when only ``--trials``/``--trial-episodes`` say the run tunes;
+    None: no phase named (the training alone, as before phases)."""
+    if args.phase:
+        return str(args.phase)
+    return "all" if args.trials is not None or args.trial_episodes is not None else None
 
 
 def _run(args: argparse.Namespace) -> Any:
-    """The run to price (``--episodes`` + ``--data``), or None."""
+    """The run to price (``--episodes`` + ``--data``; ``--phase tune``: ``--data``), or None."""
+    phase = _phase(args)
+    for flag, value in (("--trials", args.trials), ("--trial-episodes", args.trial_episodes)):
+        if value is not None and value < 1:
+            raise DqlctlError(f"{flag} must be at least 1, got {value}", EXIT_USAGE)
+    if phase == "tune" and args.data is None:
+        raise DqlctlError("--phase tune needs --data: the market file the trials train on",
+                          EXIT_USAGE)
+    if phase not in (None, "tune") and (args.data is None or args.episodes is None):
+        raise DqlctlError(f"--phase {phase} needs --episodes and --data: the run to price",
+                          EXIT_USAGE)
     if args.episodes is None and args.data is None:
         return None
-    if args.episodes is None or args.data is None:
+    if args.data is None or (args.episodes is None and phase != "tune"):
         raise DqlctlError("--episodes and --data go together: the run to price", EXIT_USAGE)
     from dqlctl.profiles import ShapeError, run_shape
 
     engine_args = []
-    for flag, value in (("--batch_size", args.batch_size), ("--n_envs", args.n_envs)):
+    for flag, value in (("--batch_size", args.batch_size), ("--n_envs", args.n_envs),
+                        ("--n_iter", args.trials), ("--tuning_episodes", args.trial_episodes)):
         if value is not None:
             engine_args += [flag, str(value)]
+    command = {None: "train", "train": "train", "tune": "tune"}.get(phase, "full-workflow")
     try:
-        return run_shape(args.data, args.episodes, args.agent_type, engine_args)
+        return run_shape(args.data, args.episodes or 0, args.agent_type, engine_args,
+                         command=command)
     except ShapeError as exc:
         raise DqlctlError(str(exc), EXIT_USAGE) from None
 
@@ -162,11 +223,7 @@ def _age(offer: Any) -> str:
     return text + (" STALE" if x["stale"] else "")
 
 
-def _money(value: float | None) -> str:
-    """``$12.34``; under a dollar to the cent's hundredth (``$0.0123``): runs are cheap."""
-    if value is None:
-        return "-"
-    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
+_money = fmt_money
 
 
 def _basis(offer: Any) -> str:
@@ -177,24 +234,41 @@ def _basis(offer: Any) -> str:
     return short + (f" ±{pm:.0%}" if pm is not None else "")
 
 
-def run_line(run: Any) -> str:
-    """What the run is: episodes, data, env steps and the engine configuration."""
+def run_line(run: Any, phase: str = "train") -> str:
+    """What the run is: episodes, data, env steps and the engine configuration; with a phase
+    that tunes, the trials."""
     sizes = "-".join(map(str, run.hidden_sizes))
-    return (f"run: {run.episodes} episodes x {run.train_bars:,} training bars of {run.data} "
-            f"({run.env_steps:,} env steps), {run.agent_type} {sizes}, batch {run.batch_size}, "
-            f"{run.n_envs} envs")
+    config = f"{run.agent_type} {sizes}, batch {run.batch_size}, {run.n_envs} envs"
+    trials = ""
+    if phase != "train" and run.trials:
+        trials = (f"{run.trials} tuning trials x {run.trial_episodes} episodes "
+                  f"({run.trial().env_steps:,} env steps each)")
+    if phase == "tune":
+        return f"phase tune: {trials} of {run.data}, {config}"
+    text = (f"run: {run.episodes} episodes x {run.train_bars:,} training bars of {run.data} "
+            f"({run.env_steps:,} env steps), {config}")
+    return f"phase all: {trials}, then {text[5:]}" if trials else text
 
 
-def render_offers(q: Any, limit: int = 0, without_gpu: Any = None) -> str:
+def _workers(offer: Any) -> str:
+    d = offer.extra.get("duration") or {}
+    if d.get("workers") is None:
+        return "-"
+    return f"{d['workers']} x{d['waves']}"
+
+
+def render_offers(q: Any, limit: int = 0, without_gpu: Any = None, plan: Any = None) -> str:
     from providers.prices.estimate import gpu_label
 
     req = q.request
     shown = q.offers[:limit] if limit else q.offers
     egress = bool(req.data_gb)
     per_run = req.run is not None
+    tunes = per_run and req.phase != "train" and req.run.trials > 0
     headers = ["PROVIDER", "REGION", "INSTANCE TYPE", "GPUS", "VCPUS", "MEM GiB",
                "ON-DEMAND $/H", "SPOT $/H", "SAVING", "INTERRUPTIONS"]
     headers += ["EGRESS"] if egress else []
+    headers += ["TRIALS AT ONCE x WAVES"] if tunes else []
     headers += ["DURATION", "BASIS", "RUN COST"] if per_run else ["ESTIMATE"]
     headers += ["PRICE AGE"]
     rows = []
@@ -213,14 +287,14 @@ def render_offers(q: Any, limit: int = 0, without_gpu: Any = None) -> str:
                fmt_price(o.extra["spot_price"]), "-" if saving is None else f"{saving:.0f}%",
                _interrupt(o)]
         row += [_money(est["egress_usd"])] if egress else []
+        row += [_workers(o)] if tunes else []
         if per_run:
-
             row += [fmt_hours((o.extra.get("duration") or {}).get("hours")), _basis(o)]
         row += [total, _age(o)]
         rows.append(row)
     kind = "spot" if req.spot else "on-demand"
     what = req.gpu or req.instance_type or "all instance types"
-    work = run_line(req.run) if per_run else f"{req.hours:g} h of work"
+    work = run_line(req.run, req.phase) if per_run else f"{req.hours:g} h of work"
     lines = [f"{what}, {kind}, {work}, checkpoint every {req.checkpoint_interval_h * 60:g} min"
              + (f", {req.data_gb:g} GB from {req.data_from}" if egress else "")]
     groups: dict[str, list[str]] = {}
@@ -240,6 +314,8 @@ def render_offers(q: Any, limit: int = 0, without_gpu: Any = None) -> str:
         lines.append(f"{len(q.offers) - limit} more offers (--limit 0 shows all)")
     if without_gpu is not None:
         lines.append(without_gpu_line(q, without_gpu))
+    if plan is not None:
+        lines += phase_lines(plan)
     if per_run:
         lines += duration_notes(shown + ([without_gpu] if without_gpu is not None else []))
     if any(o.extra.get("priced_at", "").startswith("on-demand (") for o in shown):
@@ -260,6 +336,34 @@ def render_offers(q: Any, limit: int = 0, without_gpu: Any = None) -> str:
             reasons[why] = reasons.get(why, 0) + 1
         lines.append("not shown: " + "; ".join(f"{n} {why}" for why, n in reasons.items()))
     return "\n".join(lines)
+
+
+def phase_lines(plan: Any) -> list[str]:
+    """``--phase all``: the cheapest machine for the whole run and for each phase, and the
+    split line (only when the split is cheaper; else why not)."""
+    def what(offer: Any) -> str:
+        if offer is None:
+            return "none priced"
+        d = offer.extra["duration"]
+        at_once = f", {d['workers']} trials at once x{d['waves']}" if d.get("workers") and \
+            d.get("phase") == "tune" else ""
+        return (f"{offer.provider} {offer.region} {offer.instance_type} ({offer.vcpus} vCPU, "
+                f"GPU {offer.gpu or 'none'}{at_once}), {fmt_hours(d['hours'])}, "
+                f"{fmt_money(offer.extra['estimate']['total_usd'])}")
+
+    lines = [f"one machine for all of it: {what(plan.single)}",
+             f"tune phase alone: {what(plan.tune)}", f"train phase alone: {what(plan.train)}"]
+    if plan.single is None or plan.tune is None or plan.train is None \
+            or plan.split_usd is None:
+        return lines
+    if plan.cheaper:
+        lines.append(f"split: {split_text(plan)}")
+    elif (plan.tune.provider, plan.tune.region, plan.tune.instance_type) == (
+            plan.train.provider, plan.train.region, plan.train.instance_type):
+        lines.append("no split: both phases are cheapest on the same machine")
+    else:
+        lines.append(f"no split: {split_text(plan)}")
+    return lines
 
 
 def duration_notes(offers: list[Any]) -> list[str]:
@@ -299,6 +403,21 @@ def best_without_gpu(req: Any, home: Any, now: float) -> Any:
     return next((o for o in cpu if o.extra["estimate"]["total_usd"] is not None), None)
 
 
+def phase_plan_of(req: Any, home: Any, now: float) -> Any:
+    """``--phase all`` of a run that tunes: the cheapest machine for all of it and per phase,
+    among the request's offers and, with ``--gpu``, the machines without a GPU; else None."""
+    import dataclasses
+
+    from providers.prices.estimate import phase_plan
+
+    if req.run is None or req.phase != "all" or req.run.trials <= 0:
+        return None
+    requests = [req]
+    if req.gpu and req.gpu_filter() != ("", 0) and not req.instance_type:
+        requests.append(dataclasses.replace(req, gpu="none"))
+    return phase_plan(requests, home=home, now=now)
+
+
 def _freshness_line(f: dict[str, Any]) -> str:
     from providers.prices.catalog import fmt_age
 
@@ -335,6 +454,7 @@ def cmd_cost(ctx: Any, args: argparse.Namespace) -> int:
         results = _refresh(ctx, req) if args.refresh else []
         q = quote(req, home=ctx.home, now=ctx.clock())
         cpu = best_without_gpu(req, ctx.home, ctx.clock())
+        plan = phase_plan_of(req, ctx.home, ctx.clock())
     except PriceError as exc:
         raise DqlctlError(str(exc), EXIT_USAGE) from None
     failed = [r for r in results if not r.ok]
@@ -346,13 +466,16 @@ def cmd_cost(ctx: Any, args: argparse.Namespace) -> int:
         if req.run is not None:
             data["run"] = req.run.to_dict()
             data["without_gpu"] = None if cpu is None else asdict(cpu)
+        if _phase(args) is not None:
+            data["phase"] = req.phase
+            data["phases"] = None if plan is None else plan.to_dict()
         print(json.dumps(data, indent=2), file=ctx.stdout)
     else:
         for r in results:
             print(("warning: " if not r.ok else "") + r.message, file=ctx.stderr)
         for w in q.warnings:
             print(f"warning: {w}", file=ctx.stderr)
-        print(render_offers(q, args.limit, cpu), file=ctx.stdout)
+        print(render_offers(q, args.limit, cpu, plan), file=ctx.stdout)
     if failed:
         return EXIT_PROVIDER
     return 0 if q.offers else EXIT_USAGE

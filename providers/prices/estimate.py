@@ -16,6 +16,11 @@ Before a run::
   data, episodes, agent, batch, n_envs), the run's duration on that offer from the nearest
   throughput profile (``providers.prices.profiles.run_duration``, bring-up included): the
   estimate is then the cost of the run, and offers rank by it.
+- ``PriceRequest.phase`` (train | tune | all) picks which part of a run that tunes first is
+  priced (``profiles.phase_duration``): the training alone (the default), the tuning trials
+  alone (spread over the offer's vCPUs), or both on one machine. ``PhasePlan`` holds the
+  cheapest machine for the whole run and for each phase, and what a split costs (each phase on
+  its own cheapest machine: two bring-ups) against the one machine.
 - CPU rows whose spot price is not known are priced at on-demand (an upper bound), and say so.
 - Egress is charged when the data lives in another cloud than the offer's (``--data-from``), at
   that cloud's internet egress $/GB (``EGRESS``; sources and date in data/SOURCES.md).
@@ -33,7 +38,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -183,6 +188,7 @@ class PriceRequest:
     data_from: str | None = None         # s3 | gs | az
     checkpoint_interval_h: float = DEFAULT_CHECKPOINT_H
     run: profiles_mod.RunShape | None = None   # the run: hours become its duration per offer
+    phase: str = "train"                 # with run: train | tune | all (profiles.PHASES)
 
     def gpu_filter(self) -> tuple[str | None, int | None]:
         """(GPU model, count); ``("", 0)`` for ``none``/``cpu`` (machines without a GPU)."""
@@ -203,6 +209,14 @@ class PriceRequest:
                 raise PriceError(f"--gpu {self.gpu!r}: the count must be at least 1")
             return name, n
         return name, None
+
+    def check_phase(self) -> None:
+        """PriceError when ``phase`` is not one, or names a tuning phase the run has not."""
+        if self.phase not in profiles_mod.PHASES:
+            raise PriceError(f"phase must be one of {', '.join(profiles_mod.PHASES)}, "
+                             f"got {self.phase!r}")
+        if self.phase == "tune" and (self.run is None or self.run.trials <= 0):
+            raise PriceError("phase tune: the run has no tuning trials")
 
     def providers(self) -> tuple[str, ...]:
         if self.provider in (None, "", "auto", "all"):
@@ -283,9 +297,9 @@ def offer_for(row: PriceRow, request: PriceRequest, now: float,
                   extra=extra)
     hours = request.hours
     if request.run is not None:
-        duration = profiles_mod.run_duration(request.run, row.gpu, row.gpu_count,
-                                             profiles or [], bring_up_h=RESTART_OVERHEAD_H,
-                                             now=now)
+        duration = profiles_mod.phase_duration(request.run, request.phase, row.gpu,
+                                               row.gpu_count, row.vcpus, profiles or [],
+                                               bring_up_h=RESTART_OVERHEAD_H, now=now)
         extra["duration"] = duration.to_dict()
         hours = duration.hours if duration.hours is not None else request.hours
     est = estimate(offer, hours, checkpoint_interval_h=request.checkpoint_interval_h,
@@ -316,6 +330,7 @@ def quote(request: PriceRequest, *, home: str | os.PathLike[str] | None = None,
     if request.run is not None and profiles is None:
         profiles = profiles_mod.load_profiles(home)
     request.gpu_filter()
+    request.check_phase()
     data_cloud(request.data_from)
     prices = prices if prices is not None else load_prices(home)
     result = Quote(request=request, offers=[], warnings=list(prices.warnings))
@@ -333,6 +348,87 @@ def quote(request: PriceRequest, *, home: str | os.PathLike[str] | None = None,
         if rows:
             result.freshness[provider] = freshness(rows, prices, provider, now)
     return result
+
+
+def _total(offer: Offer | None) -> float | None:
+    return None if offer is None else offer.extra["estimate"]["total_usd"]
+
+
+def _hours(offer: Offer | None) -> float | None:
+    return None if offer is None else (offer.extra.get("duration") or {}).get("hours")
+
+
+@dataclass
+class PhasePlan:
+    """A run that tunes first: the cheapest machine for all of it (``single``), the cheapest
+    for each phase (``tune``, ``train``), and the split: each phase on its machine, each paying
+    its own bring-up, against the one machine."""
+
+    single: Offer | None
+    tune: Offer | None
+    train: Offer | None
+
+    @property
+    def split_usd(self) -> float | None:
+        a, b = _total(self.tune), _total(self.train)
+        return None if a is None or b is None else round(a + b, 6)
+
+    @property
+    def split_hours(self) -> float | None:
+        a, b = _hours(self.tune), _hours(self.train)
+        return None if a is None or b is None else a + b
+
+    @property
+    def cheaper(self) -> bool:
+        """The split costs less than the one machine (never when both phases pick the same
+        type, or a figure is unknown)."""
+        split, one = self.split_usd, _total(self.single)
+        if split is None or one is None or self.tune is None or self.train is None:
+            return False
+        same = (self.tune.provider, self.tune.region, self.tune.instance_type) == (
+            self.train.provider, self.train.region, self.train.instance_type)
+        return not same and split < one
+
+    def to_dict(self) -> dict[str, Any]:
+        one = _total(self.single)
+        split = self.split_usd
+        return {"single": None if self.single is None else asdict(self.single),
+                "tune": None if self.tune is None else asdict(self.tune),
+                "train": None if self.train is None else asdict(self.train),
+                "split": {"usd": split, "hours": self.split_hours, "cheaper": self.cheaper,
+                          "saving_usd": (round(one - split, 6) if one is not None
+                                         and split is not None else None)}}
+
+
+def cheapest(requests: Iterable[PriceRequest], phase: str, *,
+             home: str | os.PathLike[str] | None = None, now: float | None = None,
+             prices: PriceSet | None = None,
+             profiles: list[profiles_mod.Profile] | None = None) -> Offer | None:
+    """The offer with the lowest known estimate for ``phase`` among every request's offers
+    (e.g. the operator's filters and the same without a GPU); None when none is priced."""
+    best: Offer | None = None
+    for req in requests:
+        q = quote(replace(req, phase=phase), home=home, now=now, prices=prices,
+                  profiles=profiles)
+        found = next((o for o in q.offers if _total(o) is not None), None)
+        if found is not None and (best is None or _sort_key(found) < _sort_key(best)):
+            best = found
+    return best
+
+
+def phase_plan(requests: Sequence[PriceRequest], *, home: str | os.PathLike[str] | None = None,
+               now: float | None = None, prices: PriceSet | None = None,
+               profiles: list[profiles_mod.Profile] | None = None) -> PhasePlan:
+    """The cheapest machine for the whole run and for each phase among ``requests``' offers
+    (their ``run`` tunes first)."""
+    now = time.time() if now is None else now
+    if profiles is None:
+        profiles = profiles_mod.load_profiles(home)
+    prices = prices if prices is not None else load_prices(home)
+    kw: dict[str, Any] = {"home": home, "now": now, "prices": prices, "profiles": profiles}
+    return PhasePlan(single=cheapest(requests, "all", **kw),
+                     tune=cheapest(requests, "tune", **kw),
+                     train=cheapest(requests, "train", **kw))
 
 
 def freshness(rows: list[PriceRow], prices: PriceSet, provider: str, now: float

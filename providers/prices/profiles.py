@@ -17,6 +17,25 @@ batch, n_envs)::
     run hours  = env steps / steps_per_s x (1 + val_overhead) / 3600
     hours      = run hours + bring-up (estimate.RESTART_OVERHEAD_H: machine, bootstrap)
 
+Phases (``phase_duration``; ``RunShape.trials`` > 0 when the run tunes first: ``full-workflow``
+without ``--skip_tuning``, or ``tune``). The tuning phase is ``trials`` (``--n_iter``; a grid
+search: at most the grid's size) independent trials of ``trial_episodes``
+(``--tuning_episodes``) episodes each, run by ``engine.tune`` in worker processes, one torch
+thread each, on the CPU cores (``--device auto``: trials never use the GPU)::
+
+    workers    = min(trials, the offer's vCPUs)          (engine.tune.default_workers)
+    waves      = ceil(trials / workers)
+    tune hours = waves x one trial's run hours           (a trial: episodes = trial_episodes,
+                                                          on the nearest CPU profile)
+    phase tune : tune hours + bring-up
+    phase train: run hours + bring-up                    (as above: today's figure)
+    phase all  : tune hours + run hours + bring-up       (one machine: one bring-up)
+
+A split (tune on one machine, train on another) pays two bring-ups: the two phases' figures
+added (``estimate.PhasePlan``). vCPUs are hardware threads: two trials on one core's two
+threads each run slower than the 1-thread profile says, so the tune figure errs short on
+machines with more trials than cores (``TUNE_SMT_PM`` widens its +-).
+
 ``steps_per_s`` is the nearest profile's, by device:
 
 - a CPU offer: the nearest CPU profile (same agent and network first, then the closest batch
@@ -35,6 +54,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -59,6 +79,8 @@ GPU_GUESS_PM = 0.6
 CPU_OTHER_PM = 0.5          # the offer's CPU is not the profile's
 CPU_SAME_PM = 0.25          # the same CPU model (run-to-run and load)
 DEFAULT_VAL_OVERHEAD = 0.05
+TUNE_SMT_PM = 0.25          # trials on both threads of a core: slower than the 1-thread profile
+PHASES = ("train", "tune", "all")
 
 
 @dataclass(frozen=True)
@@ -201,11 +223,18 @@ class RunShape:
     n_envs: int
     replay_ratio: float = 16.0
     data: str = ""
+    trials: int = 0                 # tuning trials first (0: no tuning phase)
+    trial_episodes: int = 0         # episodes of each trial
 
     @property
     def env_steps(self) -> int:
         """As the trainer counts them: every episode is ceil(L / n) vectorised steps of n."""
         return self.episodes * math.ceil(self.train_bars / self.n_envs) * self.n_envs
+
+    def trial(self) -> RunShape:
+        """One tuning trial: this configuration for ``trial_episodes`` episodes."""
+        return dataclasses.replace(self, episodes=self.trial_episodes, trials=0,
+                                   trial_episodes=0)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -226,6 +255,11 @@ class Duration:
     basis: str                      # measured | nearest | cpu-other | gpu-guess | none
     provenance: str                 # what the table prints
     plus_minus: float | None        # relative uncertainty (0.5 = +-50%)
+    phase: str = "train"            # train | tune | all
+    tune_hours: float | None = None   # tune and all: the tuning phase's hours (no bring-up)
+    train_hours: float | None = None  # all: the training phase's hours (no bring-up)
+    workers: int | None = None      # tune and all: trials at once
+    waves: int | None = None        # tune and all: ceil(trials / workers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,3 +351,49 @@ def run_duration(shape: RunShape, gpu: str, gpu_count: int, profiles: Iterable[P
     run_h = steps / sps * (1.0 + val) / 3600.0
     return Duration(run_h + bring_up_h, run_h, bring_up_h, steps,
                     round(sps, 1), basis, f"{text}, +-{pm:.0%}", pm)
+
+
+def tune_workers(trials: int, vcpus: int) -> int:
+    """Trials at once on a machine with ``vcpus``, as ``engine.tune.default_workers`` picks
+    them there: one per core the process may use, at most one per trial."""
+    return max(1, min(int(trials), int(vcpus) if vcpus and vcpus > 0 else 1))
+
+
+def phase_duration(shape: RunShape, phase: str, gpu: str, gpu_count: int, vcpus: int,
+                   profiles: Iterable[Profile], *, bring_up_h: float,
+                   now: float | None = None) -> Duration:
+    """How long ``phase`` (train | tune | all) of ``shape`` runs on a machine with ``vcpus``
+    and ``gpu_count`` x ``gpu``: the formulas of the module docstring (bring-up once)."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+    profiles = list(profiles)
+    if phase == "train" or (phase == "all" and shape.trials <= 0):
+        d = run_duration(shape, gpu, gpu_count, profiles, bring_up_h=bring_up_h, now=now)
+        return d if phase == "train" else dataclasses.replace(d, phase="all",
+                                                              train_hours=d.run_hours)
+    if shape.trials <= 0 or shape.trial_episodes <= 0:
+        raise ValueError("the run has no tuning phase (trials and trial episodes must be >= 1)")
+    one = run_duration(shape.trial(), "", 0, profiles, bring_up_h=0.0, now=now)
+    workers = tune_workers(shape.trials, vcpus)
+    waves = math.ceil(shape.trials / workers)
+    tune_steps = shape.trials * one.env_steps
+    if one.run_hours is None or one.plus_minus is None:
+        return Duration(None, None, bring_up_h, tune_steps, None, "none", one.provenance, None,
+                        phase=phase, workers=workers, waves=waves)
+    tune_h = waves * one.run_hours
+    pm = one.plus_minus + (TUNE_SMT_PM if workers > max(1, vcpus // 2) else 0.0)
+    tune_text = f"tune trials: {one.provenance.rsplit(', +-', 1)[0]}, +-{pm:.0%}"
+    if phase == "tune":
+        return Duration(tune_h + bring_up_h, tune_h, bring_up_h, tune_steps, one.steps_per_s,
+                        one.basis, tune_text, pm, phase="tune", tune_hours=tune_h,
+                        workers=workers, waves=waves)
+    train = run_duration(shape, gpu, gpu_count, profiles, bring_up_h=bring_up_h, now=now)
+    if train.run_hours is None or train.plus_minus is None:
+        return dataclasses.replace(train, phase="all", tune_hours=tune_h, workers=workers,
+                                   waves=waves)
+    run_h = tune_h + train.run_hours
+    return Duration(run_h + bring_up_h, run_h, bring_up_h, tune_steps + train.env_steps,
+                    train.steps_per_s, train.basis,
+                    f"{tune_text}; train: {train.provenance}", max(pm, train.plus_minus),
+                    phase="all", tune_hours=tune_h, train_hours=train.run_hours,
+                    workers=workers, waves=waves)

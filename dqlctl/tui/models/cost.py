@@ -4,7 +4,8 @@ registry have cost by month: the same figures as ``dqlctl cost --hours 10`` and 
 
 Where a launch request is known (the cost screen opened from the launch form), the offers are
 priced for that run instead: its duration on each (``providers.prices.profiles``, the nearest
-throughput profile) and its cost, ranked by it, as ``dqlctl cost --episodes N --data FILE``."""
+throughput profile) and its cost, ranked by it, as ``dqlctl cost --episodes N --data FILE``
+(a run that tunes first: both phases on one machine, as ``--phase all``)."""
 
 from __future__ import annotations
 
@@ -72,14 +73,14 @@ def cost_view(ctx: Context, request: Any = None) -> CostView:
 
     shape, warnings = None, []
     if request is not None:
-        from dqlctl.profiles import ShapeError, run_shape
+        from dqlctl.profiles import ShapeError, launch_shape
 
         try:
-            shape = run_shape(request.data, request.episodes, request.agent_type,
-                              request.engine_args)
+            shape = launch_shape(request)
         except ShapeError as exc:
             warnings.append(f"priced per hour: the run's length is unknown ({exc})")
-    q = quote(PriceRequest(hours=HOURS, spot=True, run=shape), home=ctx.home)
+    phase = "all" if shape is not None and shape.trials else "train"   # tuning, then training
+    q = quote(PriceRequest(hours=HOURS, spot=True, run=shape, phase=phase), home=ctx.home)
     offers = []
     notes: dict[str, list[str]] = {}
     for o in q.offers:
@@ -112,6 +113,9 @@ def cost_view(ctx: Context, request: Any = None) -> CostView:
         sizes = "-".join(map(str, shape.hidden_sizes))
         run = (f"{shape.episodes} episodes of {shape.data} ({shape.env_steps:,} env steps), "
                f"{shape.agent_type} {sizes}, batch {shape.batch_size}, {shape.n_envs} envs")
+        if shape.trials:
+            run = (f"{shape.trials} tuning trials x {shape.trial_episodes} episodes on the "
+                   f"vCPUs, then {run}")
         lines = [f"duration ({', '.join(dict.fromkeys(kinds))}): {text}"
                  for text, kinds in notes.items()]
     if any(on_demand_priced(o) for o in q.offers):

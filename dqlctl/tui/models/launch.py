@@ -21,6 +21,11 @@ from providers.base import Capability
 FORM_FIELDS: tuple[str, ...] = ("provider", "region", "instance_type", "spot", "max_cost", "hours",
                                 "data", "agent_type", "command", "episodes", "name",
                                 "engine_flags")
+# The command row's choices: the engine commands launch runs, and full-workflow with its tuning
+# stage first (``launch --tune``): (label, value).
+TUNED = "full-workflow --tune"
+COMMAND_CHOICES: tuple[tuple[str, str], ...] = (
+    *((c, c) for c in runs.ENGINE_COMMANDS), ("full-workflow, tuning first", TUNED))
 # The form's rows that mean something only where instance types are priced (a cloud, or auto).
 CLOUD_FIELDS: tuple[str, ...] = ("region", "instance_type", "spot", "max_cost", "hours")
 
@@ -150,7 +155,8 @@ def build_request(values: FormValues) -> runs.LaunchRequest:
     cloud = values.cloud
     return runs.LaunchRequest(
         provider=values.provider, data=values.data.strip(), agent_type=values.agent_type,
-        command=values.command, episodes=int(values.episodes.strip()),
+        command="full-workflow" if values.command == TUNED else values.command,
+        tune=values.command == TUNED, episodes=int(values.episodes.strip()),
         name=values.name.strip() or None, engine_args=shlex.split(values.engine_flags),
         region=(values.region.strip() or None) if cloud else None,
         instance_type=(values.instance_type.strip() or None) if cloud else None,

@@ -33,7 +33,10 @@ The cost estimate: two figures. "Hours (est.)", 1 by default, feeds ``estimate(o
 size is not known here). And, where the data is a local file, the run itself: its duration on
 the planned machine from the nearest throughput profile and what it costs there
 (``dqlctl.profiles.run_estimate``, the same lines as ``launch --dry-run``), with the profile's
-provenance (measured on a CPU model, or a GPU guess said as such). With a max cost the plan also
+provenance (measured on a CPU model, or a GPU guess said as such). The command "full-workflow,
+tuning first" (``launch --tune``) shows both phases (the trials on the machine's vCPUs, then
+the training) and a ``split`` row when tuning on another machine of the cloud is cheaper. With a
+max cost the plan also
 says how many hours that
 budget buys at the offer's $/h, which is the figure the budget actually enforces.
 """
@@ -66,6 +69,7 @@ from dqlctl.tui.models.check import CheckCache
 from dqlctl.tui.models.common import one_line, worker_context
 from dqlctl.tui.models.launch import (
     CLOUD_FIELDS,
+    COMMAND_CHOICES,
     FORM_FIELDS,
     Checked,
     FormValues,
@@ -157,7 +161,7 @@ class LaunchScreen(Screen[None]):
                 [(a, a) for a in runs.AGENT_TYPES], value=v.agent_type, allow_blank=False,
                 id="agent_type", compact=True))
             yield from self._row("command", "Command", Select(
-                [(c, c) for c in runs.ENGINE_COMMANDS], value=v.command, allow_blank=False,
+                COMMAND_CHOICES, value=v.command, allow_blank=False,
                 id="command", compact=True))
             yield from self._row("episodes", "Episodes", Input(
                 v.episodes, type="integer", id="episodes", compact=True))
