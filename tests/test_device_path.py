@@ -2,15 +2,19 @@
 as the numpy host path for the same seed, the same training within float tolerance, and no
 device -> host conversion inside a training step (what would be a host sync on a GPU).
 
-``bench/gpu_check.sh`` runs these checks against CUDA where a GPU exists; here everything is
-CPU, so "device" tensors live on the CPU and the sync check records the conversions that would
+``DQL_TEST_DEVICE=cuda`` (what ``bench/gpu_check.sh`` sets where a GPU exists) puts the device
+path on that device: parity is then CPU host path vs the GPU, and the no-sync check runs the
+training steps under ``torch.cuda.set_sync_debug_mode("error")``. By default everything is CPU,
+the "device" tensors live on the CPU, and the no-sync check records the conversions that would
 synchronise a GPU's stream (``item``, ``tolist``, ``numpy``, ``__bool__``..., ``cpu``, and any
-``to``/``copy_`` to another device that is not ``non_blocking``).
+``to``/``copy_`` to another device that is not ``non_blocking``). ``DQL_TEST_COMPILE=1`` adds a
+real ``torch.compile`` of the update (~25 s on 2 CPU cores: not in the default run).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +31,8 @@ from engine.env import MultiMarketEnv, VecTradingEnv, evaluate_policy
 from engine.train import Trainer, prepare_data, run_training
 
 torch.set_num_threads(1)
+DEVICE = os.environ.get("DQL_TEST_DEVICE", "cpu")
+ON_GPU = DEVICE != "cpu"
 
 ENV_CASES = {
     "profit": {},
@@ -50,7 +56,8 @@ def _market(n: int = 300, f: int = 4, seed: int = 0) -> tuple[np.ndarray, np.nda
 def _env(on_device: bool, seed: int = 3, **kw: Any) -> VecTradingEnv:
     feats, close = _market()
     args: dict[str, Any] = {"n_envs": 5, "window": 6, "episode_length": 17, "seed": seed, **kw}
-    return VecTradingEnv(feats, close, step_on_device=on_device, **args)
+    return VecTradingEnv(feats, close, step_on_device=on_device,
+                         device=DEVICE if on_device else "cpu", **args)
 
 
 def _host(value: Any) -> np.ndarray:
@@ -77,7 +84,7 @@ def test_env_paths_give_the_same_trajectories(case: str) -> None:
     dones = 0
     for row in actions:
         step_h = host.step(row)
-        step_d = dev.step(torch.from_numpy(row))
+        step_d = dev.step(torch.from_numpy(row).to(DEVICE))
         _same_step(step_h, step_d)
         dones += int(_host(step_h[2]).sum())
         assert isinstance(step_d[3]["net_return"], torch.Tensor)  # stays on the device
@@ -91,14 +98,16 @@ def test_multi_market_paths_agree() -> None:
         feats2, close2 = _market(n=250, seed=9)
         return MultiMarketEnv([
             VecTradingEnv(feats, close, n_envs=3, window=6, episode_length=20, seed=1,
-                          reward="sortino", step_on_device=on_device),
+                          reward="sortino", step_on_device=on_device,
+                          device=DEVICE if on_device else "cpu"),
             VecTradingEnv(feats2, close2, n_envs=3, window=6, episode_length=30, seed=2,
-                          reward="sortino", step_on_device=on_device)])
+                          reward="sortino", step_on_device=on_device,
+                          device=DEVICE if on_device else "cpu")])
 
     host, dev = build(False), build(True)
     np.testing.assert_allclose(_host(host.reset(seed=4)), _host(dev.reset(seed=4)), atol=1e-6)
     for row in np.random.default_rng(2).integers(0, 3, (50, 6)):
-        _same_step(host.step(row), dev.step(torch.from_numpy(row)))
+        _same_step(host.step(row), dev.step(torch.from_numpy(row).to(DEVICE)))
 
 
 def test_device_path_checkpoint_round_trip_and_bounds() -> None:
@@ -114,6 +123,8 @@ def test_device_path_checkpoint_round_trip_and_bounds() -> None:
     for _ in range(25):
         act = torch.from_numpy(rng.integers(0, 3, env.n_envs))
         _same_step(env.step(act), other.step(act))
+    if ON_GPU:  # a device-side assert would end the CUDA context
+        return
     # the host path's range check is a sync; the device path relies on index_select's bounds
     with pytest.raises(IndexError):
         env.step(torch.full((env.n_envs,), 3))
@@ -127,7 +138,7 @@ def test_evaluate_policy_on_a_tensor_policy() -> None:
     w = torch.randn(6 * 5, 3)
 
     def policy(obs: torch.Tensor) -> torch.Tensor:
-        return (obs.flatten(1) @ w).argmax(dim=1)
+        return (obs.flatten(1) @ w.to(obs.device)).argmax(dim=1)
 
     pos, net = evaluate_policy(feats, close, policy, window=6)
     env = _env(True, n_envs=1, episode_length=None)
@@ -158,6 +169,7 @@ def _cfg(**kw: Any) -> Config:
     return Config(**{**base, **kw}).resolved()
 
 
+@pytest.mark.skipif(ON_GPU, reason="a GPU draws actions and samples from its own generator")
 def test_training_is_the_same_on_both_paths() -> None:
     md = _tiny_market()
     histories = []
@@ -172,6 +184,29 @@ def test_training_is_the_same_on_both_paths() -> None:
             assert d[key] == pytest.approx(h[key], rel=1e-4, abs=1e-6), key
         assert (d["env_steps"], d["updates"], d["best"]) == (h["env_steps"], h["updates"],
                                                              h["best"])
+
+
+def test_update_is_the_same_on_the_device() -> None:
+    """The same batch and weights give the same updates on the CPU and on DEVICE."""
+    from engine.agents import DQNAgent
+    from engine.replay import Batch
+
+    cfg = _cfg(agent_type="custom", compile="off")
+    gen = torch.Generator().manual_seed(0)
+    shape = (cfg.window, 5)
+    batch = (torch.randn(64, *shape, generator=gen), torch.randint(3, (64,), generator=gen),
+             torch.randn(64, generator=gen), torch.randn(64, *shape, generator=gen),
+             torch.full((64,), 0.9), torch.arange(64), torch.rand(64, generator=gen))
+    out = []
+    for device in ("cpu", DEVICE):
+        torch.manual_seed(1)
+        agent = DQNAgent(cfg, shape, 3, device)
+        losses = [agent.update(Batch(*(t.to(device) for t in batch)))[0] for _ in range(3)]
+        out.append(([float(v) for v in losses],
+                    {k: v.cpu() for k, v in agent.online.state_dict().items()}))
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-4)
+    for k, v in out[0][1].items():
+        torch.testing.assert_close(out[1][1][k], v, rtol=1e-4, atol=1e-5)
 
 
 # -- no host sync ----------------------------------------------------------------------------------
@@ -205,7 +240,16 @@ class SyncRecorder(TorchFunctionMode):
 
 @contextmanager
 def recording() -> Iterator[SyncRecorder]:
+    """The recorder on the CPU; on a GPU, CUDA's own sync check (an error at any sync)."""
     rec = SyncRecorder()
+    if ON_GPU:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield rec
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return
     with rec:
         yield rec
 
@@ -218,8 +262,8 @@ TRAIN_CASES = {
 
 
 def _trainer(**kw: Any) -> Trainer:
-    cfg = _cfg(step_on_device="on", **kw)
-    return Trainer(cfg, prepare_data(cfg, md=_tiny_market()), "cpu", log=lambda _m: None)
+    cfg = _cfg(step_on_device="on", device=DEVICE, **kw)
+    return Trainer(cfg, prepare_data(cfg, md=_tiny_market()), DEVICE, log=lambda _m: None)
 
 
 @pytest.mark.parametrize("case", sorted(TRAIN_CASES))
@@ -236,6 +280,7 @@ def test_training_steps_make_no_host_sync(case: str) -> None:
     assert rec.syncs == []
 
 
+@pytest.mark.skipif(ON_GPU, reason="the CPU's recorder")
 def test_the_recorder_sees_a_sync_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = _trainer()
     step = trainer.env.step
@@ -273,6 +318,19 @@ def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) ->
     assert trainer.agent.updates > 0 and not trainer.agent.compiled
     assert warnings == ["torch.compile of the update failed, running eager: RuntimeError: "
                         "no C++ compiler"]
+
+
+@pytest.mark.skipif(os.environ.get("DQL_TEST_COMPILE") != "1",
+                    reason="a real torch.compile takes ~25 s here (DQL_TEST_COMPILE=1)")
+def test_compiled_update_trains_like_eager() -> None:
+    losses = []
+    for mode in ("off", "on"):
+        trainer = _trainer(compile=mode, agent_type="dql", prioritized=False, obs_noise=0.0)
+        for _ in range(30):
+            trainer._step()
+        assert trainer.agent.compiled == (mode == "on")
+        losses.append(float(trainer.ep_loss) / max(1, trainer.s.ep_updates))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
 
 
 def test_settings_reach_the_environment() -> None:
