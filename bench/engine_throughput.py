@@ -219,6 +219,13 @@ def gpu_figures(data: PreparedData, env_steps: int, device: str = "cuda",
     out: dict[str, Any] = {"device": device, "device_name": name, "pairs": rows, "best": best}
     print(f"  best: n_envs {best['n_envs']}, batch {best['batch']}: {best['steps_per_s']:,.0f} "
           f"env steps/s = {best['fraction']:.2f} of the bare-update limit at that batch")
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        if sb3:
+            print("  SB3 DQN: stable-baselines3 is not installed here (bench/gpu_check.sh says "
+                  "how to bring its wheels)")
+        sb3 = False
     if sb3:
         s = run_sb3(data, 0, min(env_steps, 12_000), device)["steps_per_s"]
         out["sb3_steps_per_s"] = s
