@@ -37,14 +37,19 @@ shared vCPU, torch 2.13 CPU, batch 1,024, 256 environments, share of the trainin
 - Process start: constructing any ``torch.optim`` optimiser imports ``torch._dynamo`` (~4 s on
   this machine), so the agent uses its own foreach Adam (:class:`engine.agents.Adam`).
 
-What a GPU changes (an estimate, not measured: no GPU was available for this benchmark): the
-update becomes launch-bound, ~25 kernel launches or ~0.2-0.5 ms whatever the batch, so the
-batch can grow to 8-32k samples per update for about the same time and the limit moves up by
-10-30x. The replay buffer and the feature table already live on
-the device (observations are gathered there), so only bar indices, positions and rewards cross
-per step; the environment's numpy step (~20-40 us) and one host sync for the actions per
-vectorised step then become the ceiling, which more environments per step (1-4k) amortise.
-CUDA graphs for the update would cut the launch overhead further.
+On a GPU (where ``torch.cuda.is_available()``; else the run says "no GPU here"): the same
+run prints the GPU figures too (``--gpu_only``: only those): for (n_envs, batch) pairs at the
+same replay ratio (256/1,024 up to 8,192/32,768: 4 updates per vectorised step), ours env
+steps/s (the median episode of the second half, past torch.compile's warm-up), the bare-update
+limit at that batch on that GPU and ours as a fraction of it, the best pair, and SB3 DQN on the
+same GPU. ``--gpu_device cpu`` runs that code on the CPU (``bench/gpu_check.sh --cpu-dry-run``).
+What the GPU path does (engine.env, engine.train): the environment's step runs on the device
+with no host sync (positions, rewards, the differential-ratio state on the device; the host
+keeps only the deterministic schedule), replay and the update stay there (no ``.item()``
+anywhere in a step), and ``--compile auto`` compiles the update's loss with torch.compile on
+CUDA. Expected there: the update launch-bound (~25 kernels, ~0.2-0.5 ms whatever the batch), so
+large batches and many environments per step; not measured yet: no GPU was available to this
+work (``bench/gpu_check.sh`` is the prepared measurement).
 """
 
 from __future__ import annotations

@@ -14,6 +14,13 @@ Every agent: Huber loss (smooth L1, delta 1) weighted by the replay's importance
 gradient-norm clipping, Adam, and a target network updated every ``target_update_freq`` gradient
 updates, hard (``tau = 1``) or by Polyak averaging (``tau < 1``). Epsilon is scheduled on
 environment steps (:func:`epsilon_at`), never on gradient updates (the predecessor's bug).
+
+No host sync in acting or updating (nothing reads a tensor's value on the host; a GPU runs a
+step's kernels back to back). ``--compile`` (auto: on for CUDA only) runs the loss (forward and
+backward) through ``torch.compile``: on this repository's 2-core CPU machine a first compile took
+~24 s and the compiled update ran 2x slower than eager (3.7 vs 1.7 ms at batch 1,024), so the CPU
+stays eager; a compile that fails becomes a ``warning`` and eager. CUDA graphs
+(``mode="reduce-overhead"``) are not used: unmeasured without a GPU.
 """
 
 from __future__ import annotations

@@ -592,12 +592,13 @@ def evaluate_policy(features: np.ndarray, close: np.ndarray, policy_fn: PolicyFn
 
 
 def bench_env(n_envs: int, steps: int = 2000, n_bars: int = 5000, n_features: int = 10,
-              window: int = 10) -> float:
+              window: int = 10, step_on_device: bool | None = None) -> float:
     """Raw environment steps per second (batched steps x n_envs) with random actions."""
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((n_bars, n_features)).astype(np.float32)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n_bars)))
-    env = VecTradingEnv(feats, close, n_envs=n_envs, window=window, episode_length=500, seed=0)
+    env = VecTradingEnv(feats, close, n_envs=n_envs, window=window, episode_length=500, seed=0,
+                        step_on_device=step_on_device)
     env.reset()
     actions = torch.from_numpy(rng.integers(0, env.n_actions, (steps, n_envs)))
     t0 = time.perf_counter()
@@ -609,4 +610,5 @@ def bench_env(n_envs: int, steps: int = 2000, n_bars: int = 5000, n_features: in
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for n in (1, 256):
-        print(f"n_envs={n}: {bench_env(n):,.0f} env steps/s")
+        print(f"n_envs={n}: {bench_env(n):,.0f} env steps/s (host path), "
+              f"{bench_env(n, step_on_device=True):,.0f} (device path forced on the CPU)")

@@ -46,7 +46,16 @@ replay_ratio`` per step, ``batch_size`` per update), once ``learning_starts`` en
 collected. Determinism: every random draw comes from generators seeded by ``cfg.seed`` (torch
 global for network init, the trainer's own torch generator for actions and sampling, the
 environments' numpy generator for segment starts); a CPU run is bit-for-bit repeatable, and a
-resumed run continues bit-for-bit (the test kills one with SIGKILL and compares).
+resumed run continues bit-for-bit (the test kills one with SIGKILL and compares). On a GPU the
+trainer's generator is the GPU's (its own random stream): a run there follows other actions and
+samples than on the CPU; the environment, the update and the replay compute the same values on
+both within float tolerance for the same inputs (tests/test_device_path.py, bench/gpu_check.sh).
+
+On a device other than the CPU a vectorised step makes no host sync (``--step_on_device``:
+engine.env; no ``.item()`` or Python branch on a tensor in acting, the n-step accumulator, the
+replay buffer, prioritised sampling or the update). The syncs left are per episode: the
+episode's reward and loss read for its record, the validation pass (its greedy actions come to
+the host), best-weights copies, checkpoints.
 """
 
 from __future__ import annotations
