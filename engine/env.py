@@ -184,8 +184,8 @@ class _ObsBuilder:
             return obs if self.device.type == "cpu" else obs.to(self.device)
         if not isinstance(bars, torch.Tensor):
             bars = _upload(bars, self.device)
-        if not isinstance(positions, torch.Tensor):
-            positions = _upload(positions, self.device)
+        if not isinstance(positions, torch.Tensor):  # float32 on the host (mps has no float64)
+            positions = _upload(np.asarray(positions, dtype=np.float32), self.device)
         obs = self.dev_table[bars[:, None] + self.dev_offsets[None, :]]
         if self.noise > 0:
             obs[:, :, :-1] += _upload(self._noise(tuple(obs[:, :, :-1].shape)), self.device)
@@ -296,8 +296,9 @@ class VecTradingEnv:
         self._end = np.zeros(n, dtype=np.int64)  # last bar of the episode
         self._ep_len = np.zeros(n, dtype=np.int64)
         if self.on_device:
-            self._lr_x = torch.from_numpy(self._lr).to(self.device, self._dtype)
-            self._pos_table_x = torch.from_numpy(self._pos_of_action).to(self.device, self._dtype)
+            self._lr_x = torch.from_numpy(self._lr).to(self._dtype).to(self.device)
+            self._pos_table_x = torch.from_numpy(self._pos_of_action).to(self._dtype).to(
+                self.device)
             self._t_x = torch.zeros(n, dtype=torch.int64, device=self.device)  # copies of the
             self._end_x = torch.zeros(n, dtype=torch.int64, device=self.device)  # schedule
             self._sent: tuple[np.ndarray, np.ndarray] | None = None  # what _t_x/_end_x hold
@@ -323,7 +324,7 @@ class VecTradingEnv:
 
         def put(self: VecTradingEnv, value: np.ndarray) -> None:
             arr = np.array(value, dtype=np.float64)
-            setattr(self, name, torch.from_numpy(arr).to(self.device, self._dtype)
+            setattr(self, name, torch.from_numpy(arr).to(self._dtype).to(self.device)
                     if self.on_device else arr)
 
         return property(get, put)
