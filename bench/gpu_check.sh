@@ -23,8 +23,8 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-#     -d .whl stable-baselines3==2.9.2 gymnasium==1.2.2 farama-notifications==0.0.4
-# (any versions that fit: SB3's and gymnasium's pure-Python wheels). Without them the benchmark
+#     -d .whl stable-baselines3==2.9.2 gymnasium==1.4.0 farama-notifications==0.0.6
+# (the versions of this repository's venv; pure-Python wheels). Without them the benchmark
 # says so and gives the other figures. Run as one command, e.g.
 #   set -o pipefail; bench/gpu_check.sh 2>&1 | tee $OUT/check.log     (timeout_s 540)
 set -uo pipefail
