@@ -37,20 +37,26 @@ shared vCPU, torch 2.13 CPU, batch 1,024, 256 environments, share of the trainin
 - Process start: constructing any ``torch.optim`` optimiser imports ``torch._dynamo`` (~4 s on
   this machine), so the agent uses its own foreach Adam (:class:`engine.agents.Adam`).
 
-What a GPU changes (an estimate, not measured: no GPU was available for this benchmark): the
-update becomes launch-bound, ~25 kernel launches or ~0.2-0.5 ms whatever the batch, so the
-batch can grow to 8-32k samples per update for about the same time and the limit moves up by
-10-30x. The replay buffer and the feature table already live on
-the device (observations are gathered there), so only bar indices, positions and rewards cross
-per step; the environment's numpy step (~20-40 us) and one host sync for the actions per
-vectorised step then become the ceiling, which more environments per step (1-4k) amortise.
-CUDA graphs for the update would cut the launch overhead further.
+On a GPU (where ``torch.cuda.is_available()``; else the run says "no GPU here"): the same
+run prints the GPU figures too (``--gpu_only``: only those): for (n_envs, batch) pairs at the
+same replay ratio (256/1,024 up to 8,192/32,768: 4 updates per vectorised step), ours env
+steps/s (the median episode of the second half, past torch.compile's warm-up), the bare-update
+limit at that batch on that GPU and ours as a fraction of it, the best pair, and SB3 DQN on the
+same GPU. ``--gpu_device cpu`` runs that code on the CPU (``bench/gpu_check.sh --cpu-dry-run``).
+What the GPU path does (engine.env, engine.train): the environment's step runs on the device
+with no host sync (positions, rewards, the differential-ratio state on the device; the host
+keeps only the deterministic schedule), replay and the update stay there (no ``.item()``
+anywhere in a step), and ``--compile auto`` compiles the update's loss with torch.compile on
+CUDA. Expected there: the update launch-bound (~25 kernels, ~0.2-0.5 ms whatever the batch), so
+large batches and many environments per step; not measured yet: no GPU was available to this
+work (``bench/gpu_check.sh`` is the prepared measurement).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import statistics
@@ -78,14 +84,15 @@ LR = 3e-4
 DATA = "STOCKS_GOOGL.csv"
 
 
-def base_config(seed: int, batch: int, n_envs: int, episodes: int) -> Config:
+def base_config(seed: int, batch: int, n_envs: int, episodes: int, device: str = "cpu",
+                **extra: Any) -> Config:
     updates_between_targets = max(1, round(TARGET_EVERY_ENV_STEPS * REPLAY_RATIO / batch))
     return Config(data_file=DATA, agent_type="dql", hidden_sizes=(64, 64), seed=seed,
                   batch_size=batch, n_envs=n_envs, replay_ratio=REPLAY_RATIO, lr=LR,
-                  gamma=0.99, buffer_size=BUFFER, learning_starts=LEARNING_STARTS,
+                  gamma=0.99, buffer_size=max(BUFFER, 4 * batch), learning_starts=LEARNING_STARTS,
                   target_update_freq=updates_between_targets, eps_start=1.0, eps_end=0.05,
                   eps_fraction=0.5, episodes=episodes, checkpoint_every=0,
-                  torch_threads=1, device="cpu").resolved()
+                  torch_threads=1, device=device, **extra).resolved()
 
 
 def test_result(returns: np.ndarray, data: PreparedData) -> dict[str, float]:
@@ -97,13 +104,19 @@ def test_result(returns: np.ndarray, data: PreparedData) -> dict[str, float]:
 
 
 def run_ours(data: PreparedData, seed: int, env_steps: int, batch: int,
-             n_envs: int) -> dict[str, Any]:
+             n_envs: int, device: str = "cpu", **extra: Any) -> dict[str, Any]:
     per_episode = math.ceil(data.train_steps / n_envs) * n_envs
     episodes = max(1, math.ceil(env_steps / per_episode))
-    cfg = base_config(seed, batch, n_envs, episodes)
+    cfg = base_config(seed, batch, n_envs, episodes, device, **extra)
     t0 = time.perf_counter()
     result = run_training(cfg, data=data, log=lambda _m: None)
     wall = time.perf_counter() - t0
+    if device != "cpu":  # the median episode of the second half: past torch.compile's and the
+        # device's warm-up, which the first learning episodes pay
+        rates = [h["steps_per_s"] for h in result.history[len(result.history) // 2:]
+                 if h["steps_per_s"]]
+        return {"env_steps": result.env_steps, "steps_per_s": statistics.median(rates),
+                "wall_steps_per_s": result.env_steps / wall, "updates": result.updates}
     loop_time, _, _ = loop_seconds(result.history)  # the trainer's own timing (engine.profile)
     _, ret = greedy_pass(result.net, data, data.test, cfg)
     return {"env_steps": result.env_steps, "steps_per_s": result.env_steps / loop_time,
@@ -111,7 +124,8 @@ def run_ours(data: PreparedData, seed: int, env_steps: int, batch: int,
             "test": test_result(ret, data)}
 
 
-def run_sb3(data: PreparedData, seed: int, env_steps: int) -> dict[str, Any]:
+def run_sb3(data: PreparedData, seed: int, env_steps: int, device: str = "cpu"
+            ) -> dict[str, Any]:
     from stable_baselines3 import DQN
 
     from engine.gym_env import TradingGymEnv
@@ -127,7 +141,7 @@ def run_sb3(data: PreparedData, seed: int, env_steps: int) -> dict[str, Any]:
                 gamma=0.99, target_update_interval=TARGET_EVERY_ENV_STEPS,
                 exploration_fraction=0.5, exploration_initial_eps=1.0,
                 exploration_final_eps=0.05, max_grad_norm=10.0,
-                policy_kwargs={"net_arch": [64, 64]}, seed=seed, device="cpu", verbose=0)
+                policy_kwargs={"net_arch": [64, 64]}, seed=seed, device=device, verbose=0)
     from stable_baselines3.common.logger import Logger
 
     model.set_logger(Logger(folder=None, output_formats=[]))  # no SB3-* folder in /tmp
@@ -138,7 +152,7 @@ def run_sb3(data: PreparedData, seed: int, env_steps: int) -> dict[str, Any]:
     q_net.eval()
 
     def policy(obs: torch.Tensor) -> torch.Tensor:
-        return q_net(obs.reshape(obs.shape[0], -1)).argmax(dim=1)
+        return q_net(obs.reshape(obs.shape[0], -1).to(device)).argmax(dim=1)
 
     from engine.env import evaluate_policy
 
@@ -155,27 +169,74 @@ def _reward_scale(data: PreparedData) -> float:
     return 1.0 / float(np.std(np.diff(np.log(close))))
 
 
-def bare_update_limit(data: PreparedData, batch: int, seconds: float = 2.0) -> float:
+def bare_update_limit(data: PreparedData, batch: int, seconds: float = 2.0,
+                      device: str = "cpu", **extra: Any) -> float:
     """Samples per second of the update alone (same net, optimiser and batch size)."""
     from engine.agents import DQNAgent
     from engine.replay import Batch
 
-    cfg = base_config(0, batch, 1, 1)
+    cfg = base_config(0, batch, 1, 1, device, **extra)
     obs_shape = (cfg.window, data.features.shape[1] + 1)
-    agent = DQNAgent(cfg, obs_shape, 3, "cpu")
+    agent = DQNAgent(cfg, obs_shape, 3, device)
     gen = torch.Generator().manual_seed(0)
-    b = Batch(torch.randn(batch, *obs_shape, generator=gen),
-              torch.randint(3, (batch,), generator=gen), torch.randn(batch, generator=gen),
-              torch.randn(batch, *obs_shape, generator=gen), torch.full((batch,), 0.99),
-              torch.arange(batch), torch.ones(batch))
+    b = Batch(*(t.to(device) for t in (
+        torch.randn(batch, *obs_shape, generator=gen), torch.randint(3, (batch,), generator=gen),
+        torch.randn(batch, generator=gen), torch.randn(batch, *obs_shape, generator=gen),
+        torch.full((batch,), 0.99), torch.arange(batch), torch.ones(batch))))
+    wait = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(20):
         agent.update(b)
+    wait()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(20):
             agent.update(b)
+        wait()
         n += 20
     return n * batch / (time.perf_counter() - t0)
+
+
+GPU_PAIRS = ((256, 1024), (1024, 4096), (4096, 16384), (8192, 32768))  # (n_envs, batch)
+
+
+def gpu_figures(data: PreparedData, env_steps: int, device: str = "cuda",
+                pairs: tuple[tuple[int, int], ...] = GPU_PAIRS, sb3: bool = True,
+                seconds: float = 2.0) -> dict[str, Any]:
+    """The same figures on ``device`` (a GPU), in this run: for each (n_envs, batch) at the same
+    replay ratio, ours env steps/s and the bare-update limit at that batch; the best pair; SB3 on
+    the same device. ``device="cpu"`` runs the same code on the CPU (bench/gpu_check.sh's dry
+    run, with tiny sizes)."""
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU (dry run)"
+    print(f"\n{device} ({name}): dql 64-64, replay ratio {REPLAY_RATIO:g}, torch.compile of the "
+          f"update per --compile auto, the environment's step on the device")
+    rows = []
+    for n_envs, batch in pairs:
+        steps = max(env_steps, 8 * n_envs * math.ceil(data.train_steps / n_envs))
+        ours = run_ours(data, 0, steps, batch, n_envs, device, step_on_device="on")
+        limit = bare_update_limit(data, batch, seconds, device) / REPLAY_RATIO
+        rows.append({"n_envs": n_envs, "batch": batch, "steps_per_s": ours["steps_per_s"],
+                     "limit": limit, "fraction": ours["steps_per_s"] / limit,
+                     "updates": ours["updates"]})
+        print(f"  n_envs {n_envs:>5}, batch {batch:>6}: ours {ours['steps_per_s']:>12,.0f} env "
+              f"steps/s, limit {limit:>12,.0f}, ours/limit {rows[-1]['fraction']:.2f}",
+              flush=True)
+    best = max(rows, key=lambda r: r["steps_per_s"])
+    out: dict[str, Any] = {"device": device, "device_name": name, "pairs": rows, "best": best}
+    print(f"  best: n_envs {best['n_envs']}, batch {best['batch']}: {best['steps_per_s']:,.0f} "
+          f"env steps/s = {best['fraction']:.2f} of the bare-update limit at that batch")
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        if sb3:
+            print("  SB3 DQN: stable-baselines3 is not installed here (bench/gpu_check.sh says "
+                  "how to bring its wheels)")
+        sb3 = False
+    if sb3:
+        s = run_sb3(data, 0, min(env_steps, 12_000), device)["steps_per_s"]
+        out["sb3_steps_per_s"] = s
+        print(f"  SB3 DQN on the same device     {s:>10,.0f} env steps/s; ours (best) / SB3 "
+              f"{best['steps_per_s'] / s:,.1f}x")
+    return out
 
 
 def main() -> int:
@@ -187,6 +248,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip_sb3", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile one run of ours")
+    parser.add_argument("--gpu_only", action="store_true", help="only the GPU figures")
+    parser.add_argument("--gpu_device", default="cuda",
+                        help="device of the GPU figures (cpu: a dry run of their code)")
+    parser.add_argument("--gpu_pairs", default="",
+                        help="n_envs:batch pairs of the GPU figures, e.g. 1024:4096,4096:16384")
+    parser.add_argument("--json", default="", help="write the GPU figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     env_steps = args.env_steps or (12_000 if args.quick else 50_000)
@@ -206,6 +273,22 @@ def main() -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(20)
         return 0
 
+    if not args.gpu_only:
+        cpu_figures(data, args, env_steps)
+    if args.gpu_device == "cpu" or torch.cuda.is_available():
+        pairs = tuple(tuple(int(v) for v in p.split(":")) for p in args.gpu_pairs.split(",")
+                      if p) or GPU_PAIRS
+        figures = gpu_figures(data, env_steps, args.gpu_device, pairs,  # type: ignore[arg-type]
+                              sb3=not args.skip_sb3)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    else:
+        print("\nGPU: no GPU here (torch.cuda.is_available() is False): CPU figures only")
+    return 0
+
+
+def cpu_figures(data: PreparedData, args: argparse.Namespace, env_steps: int) -> None:
+    """The CPU figures: ours, SB3, the bare-update limit, test results (median of repeats)."""
     ours, sb3, limits = [], [], []
     for seed in range(args.repeats):
         # The limit is measured right before and after each run (other load on a shared machine
@@ -252,7 +335,6 @@ def main() -> int:
         print(f"    SB3   {med(sb3, 'test', 'log_return'):+.4f}  {med(sb3, 'test', 'sharpe'):+.2f}"
               f"   per seed: " + ", ".join(f"{r['test']['log_return']:+.3f}" for r in sb3))
     print(f"    buy and hold {hold:+.4f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from engine.config import (
     EPS_SCHEDULES,
     REWARD_GOALS,
     SEARCH_METHODS,
+    SWITCHES,
     BadInput,
     Config,
     ConfigError,
@@ -50,6 +51,7 @@ COMMANDS: dict[str, str] = {
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "agent_type": AGENT_TYPES, "reward_goal": REWARD_GOALS, "device": DEVICES,
+    "step_on_device": SWITCHES, "compile": SWITCHES,
     "eps_schedule": EPS_SCHEDULES, "search_method": SEARCH_METHODS,
 }
 EXAMPLES = """examples:

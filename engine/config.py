@@ -25,13 +25,14 @@ from typing import Any
 AGENT_TYPES = ("dql", "custom", "memory")
 REWARD_GOALS = ("profit", "sharpe_ratio", "sortino", "calmar")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SWITCHES = ("auto", "on", "off")
 EPS_SCHEDULES = ("linear", "exponential")
 SEARCH_METHODS = ("random", "grid")
 
 # Settings that do not change what a run computes: they may differ between a run and its resume.
 RESUME_FREE = frozenset({
     "resume", "events_stdout", "debug", "checkpoint_every", "notify", "device", "torch_threads",
-    "results_dir", "data_file", "test", "skip_tuning",
+    "results_dir", "data_file", "test", "skip_tuning", "step_on_device", "compile",
 })
 
 
@@ -66,6 +67,14 @@ class Config:
     """Where networks and replay live: auto (cuda, else mps, else cpu), cpu, cuda or mps."""
     torch_threads: int = 0
     """Torch CPU threads in this process; 0 = auto (1 on machines with <= 4 cores, else 4)."""
+    step_on_device: str = "auto"
+    """Where the environments' step runs: auto (on the device when it is not the CPU: no host
+    sync per step), on (also on the CPU: torch ops, for comparison; numpy is faster there) or off
+    (numpy on the host, actions and rewards crossing every step)."""
+    compile: str = "auto"
+    """torch.compile the gradient update: auto (on for CUDA, off elsewhere: on 2 CPU cores it
+    took ~24 s to compile and ran the update 2x slower), on, off; a failure to compile falls
+    back to eager with a warning."""
 
     # --- data ---------------------------------------------------------------------------------
     train_frac: float = 0.65
@@ -236,6 +245,8 @@ class Config:
         need(self.agent_type in AGENT_TYPES, "agent_type", "one of " + ", ".join(AGENT_TYPES))
         need(self.reward_goal in REWARD_GOALS, "reward_goal", "one of " + ", ".join(REWARD_GOALS))
         need(self.device in DEVICES, "device", "one of " + ", ".join(DEVICES))
+        for key in ("step_on_device", "compile"):
+            need(getattr(self, key) in SWITCHES, key, "one of " + ", ".join(SWITCHES))
         need(self.eps_schedule in EPS_SCHEDULES, "eps_schedule",
              "one of " + ", ".join(EPS_SCHEDULES))
         need(self.search_method in SEARCH_METHODS, "search_method",

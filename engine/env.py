@@ -45,12 +45,31 @@ Observation: ``(window, F + 1)`` float32, the feature rows plus one channel hold
 position, constant across the window (so an MLP over the flattened window and a GRU reading the
 rows both see it at every step).
 
-Design choice: state and reward math in numpy; tensors handed out on ``device``. The per-step
-math is a dozen tiny array operations, where numpy's ~1 us per call beats torch's ~5-10 us on CPU
-(measured: the same env with the observation gather in torch ran ~30% slower on CPU). On CPU the
-observation batch is gathered in numpy and handed out zero-copy (fresh memory every step, safe to
-keep in a replay buffer). On a GPU the feature table is copied there once and the batch is
-gathered there, so only bar indices, positions, rewards and done flags cross each step.
+Two paths, one step math. The per-step arithmetic (:func:`_step_math`, :meth:`_begin`) is
+written once over "backend arrays" and runs on numpy arrays (the host path) or on tensors (the
+device path), with the few functions that differ chosen per backend (:data:`_NUMPY`,
+:data:`_TORCH`).
+
+- Host path (the default on CPU): positions, the differential-ratio state and episode returns
+  are numpy float64; the per-step math is a dozen tiny array operations, where numpy's ~1 us per
+  call beats torch's ~5-10 us on CPU (measured: the same env in torch ran ~30% slower on CPU).
+  The observation batch is gathered in numpy and handed out zero-copy (fresh memory every step,
+  safe to keep in a replay buffer). On a non-CPU device with the host path forced
+  (``step_on_device=False``) actions come to the host and rewards go to the device every step.
+- Device path (the default on any other device; ``step_on_device=True`` forces it, also on CPU,
+  for tests and comparisons; ``--step_on_device on|off|auto`` in the engine): positions, A, B,
+  episode returns, the log-return and feature tables and a copy of the bar indices live on the
+  device as tensors (float64, float32 on mps); actions never leave it, and a step makes no host
+  sync. The host keeps the deterministic schedule: each environment's bar and episode end advance
+  by one per step whatever the actions, so when an episode ends, and which environments to
+  reset, is known on the host without asking the device; segment starts come from the same numpy
+  generator, so a seed gives the same starts on both paths. Host -> device copies happen only at
+  resets (new bars, which environments) and for ``obs_noise`` (drawn on the host from the same
+  generator), all ``non_blocking``. ``info`` then holds tensors on the device, except ``bar`` and
+  ``episode_length`` (the host schedule, numpy). The action-range check of the host path
+  (a ValueError) would be a sync: on the device path an out-of-range action instead fails the
+  bounds check of the position table's ``index_select`` (IndexError on CPU, a device-side assert
+  on CUDA), never silently.
 
 Measured here (2 shared vCPU, torch 2.13 CPU, 1 thread, random actions, F=10, window=10,
 ``python -m engine.env``): n_envs=1 about 20,000-34,000 steps/s; n_envs=256 about 8,000-14,000
@@ -63,7 +82,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -83,22 +102,69 @@ def action_positions(long_only: bool, levels: int = 1) -> np.ndarray:
     return np.arange(-k, k + 1, dtype=np.float64) / k
 
 
+class _Ops(NamedTuple):
+    """The functions of one backend that operators and methods do not cover."""
+
+    where: Callable[..., Any]  # where(cond, x, y)
+    at_least: Callable[[Any, float], Any]  # elementwise max(x, c)
+    at_most: Callable[[Any, float], Any]  # elementwise min(x, c)
+
+
+_NUMPY = _Ops(np.where, np.maximum, np.minimum)
+_TORCH = _Ops(torch.where, lambda x, c: x.clamp(min=c), lambda x, c: x.clamp(max=c))
+
+
+def _step_math(ops: _Ops, new_pos: Any, pos: Any, lr: Any, a: Any, b: Any, *, cost: float,
+               excess: bool, reward: str, eta: float, var_floor: float, scale: float
+               ) -> tuple[Any, Any, Any, Any]:
+    """One step's ``(net return, reward, A, B)`` from the new and old positions and the bar's log
+    return, on numpy arrays or tensors alike (the one copy of the formulas; module docstring)."""
+    net = new_pos * lr - cost * abs(new_pos - pos)
+    r = net - lr if excess else net
+    if reward == "profit":
+        out = r
+    elif reward == "sharpe_ratio":
+        d_a, d_b = r - a, r * r - b
+        var = ops.at_least(b - a * a, var_floor)
+        out = (b * d_a - 0.5 * a * d_b) / var ** 1.5
+        a, b = a + eta * d_a, b + eta * d_b
+    else:  # sortino: differential downside deviation ratio; b is the downside moment DD^2
+        dd2 = ops.at_least(b, var_floor)
+        dd = dd2 ** 0.5
+        up = (r - 0.5 * a) / dd
+        down = (dd2 * (r - 0.5 * a) - 0.5 * a * r * r) / (dd2 * dd)
+        out = ops.where(r > 0, up, down)
+        a, b = a + eta * (r - a), b + eta * (ops.at_most(r, 0.0) ** 2 - b)
+    if scale != 1.0:
+        out = out * scale
+    return net, out, a, b
+
+
+def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device`` without waiting for the device (a fresh copy is sent, so the
+    caller may change ``array`` at once)."""
+    return torch.from_numpy(np.array(array)).to(device, non_blocking=True)
+
+
 class _ObsBuilder:
     """Gathers observation windows: rows ``t-window+1..t`` plus a position channel.
 
-    On CPU the gather is numpy (handed out zero-copy as a tensor); elsewhere the feature table
-    lives on ``device`` and only bar indices and positions are sent there each step.
+    On the host path the gather is numpy (handed out zero-copy as a tensor); on the device path
+    the feature table lives on ``device``, and bars and positions are tensors there (host arrays
+    given are uploaded). ``on_host`` None: the host path exactly when ``device`` is the CPU.
     """
 
     def __init__(self, features: np.ndarray, window: int, device: torch.device,
-                 noise: float = 0.0, rng: np.random.Generator | None = None) -> None:
+                 noise: float = 0.0, rng: np.random.Generator | None = None,
+                 on_host: bool | None = None) -> None:
         feats = np.asarray(features, dtype=np.float32)
         self.table = np.zeros((feats.shape[0], feats.shape[1] + 1), dtype=np.float32)
         self.table[:, :-1] = feats
         self.offsets = np.arange(1 - window, 1, dtype=np.int64)
         self.device = device
-        self.on_cpu = device.type == "cpu"
-        self.dev_table = None if self.on_cpu else torch.from_numpy(self.table).to(device)
+        self.on_host = device.type == "cpu" if on_host is None else bool(on_host)
+        self.dev_table = torch.from_numpy(self.table).to(device)
+        self.dev_offsets = torch.from_numpy(self.offsets).to(device)
         self.noise = float(noise)
         self.rng = rng  # draws the augmentation noise (the environment's own generator)
 
@@ -106,20 +172,24 @@ class _ObsBuilder:
         assert self.rng is not None
         return (self.noise * self.rng.standard_normal(shape)).astype(np.float32)
 
-    def __call__(self, bars: np.ndarray, positions: np.ndarray) -> torch.Tensor:
-        idx = bars[:, None] + self.offsets[None, :]
-        if self.dev_table is None:
+    def __call__(self, bars: np.ndarray | torch.Tensor,
+                 positions: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if self.on_host:
+            idx = np.asarray(bars)[:, None] + self.offsets[None, :]
             obs_np = self.table[idx]  # (n, window, F + 1), fresh memory
             if self.noise > 0:
                 obs_np[:, :, :-1] += self._noise(obs_np[:, :, :-1].shape)
-            obs_np[:, :, -1] = positions[:, None]
-            return torch.from_numpy(obs_np)
-        obs = self.dev_table[torch.from_numpy(idx).to(self.device)]
+            obs_np[:, :, -1] = np.asarray(positions)[:, None]
+            obs = torch.from_numpy(obs_np)
+            return obs if self.device.type == "cpu" else obs.to(self.device)
+        if not isinstance(bars, torch.Tensor):
+            bars = _upload(bars, self.device)
+        if not isinstance(positions, torch.Tensor):  # float32 on the host (mps has no float64)
+            positions = _upload(np.asarray(positions, dtype=np.float32), self.device)
+        obs = self.dev_table[bars[:, None] + self.dev_offsets[None, :]]
         if self.noise > 0:
-            obs[:, :, :-1] += torch.from_numpy(self._noise(tuple(obs[:, :, :-1].shape))).to(
-                self.device)
-        pos = torch.from_numpy(positions.astype(np.float32)).to(self.device)
-        obs[:, :, -1] = pos[:, None]
+            obs[:, :, :-1] += _upload(self._noise(tuple(obs[:, :, :-1].shape)), self.device)
+        obs[:, :, -1] = positions.to(torch.float32)[:, None]
         return obs
 
 
@@ -129,6 +199,15 @@ def _to_numpy_actions(actions: Any) -> np.ndarray:
     return np.asarray(actions, dtype=np.int64).reshape(-1)
 
 
+def _to_device_actions(actions: Any, device: torch.device) -> torch.Tensor:
+    """Actions as an int64 tensor on ``device`` (a tensor already there is used as it is)."""
+    if isinstance(actions, torch.Tensor):
+        if actions.device != device:
+            actions = actions.to(device, non_blocking=True)
+        return (actions if actions.dtype == torch.int64 else actions.long()).reshape(-1)
+    return torch.from_numpy(np.asarray(actions, dtype=np.int64).reshape(-1)).to(device)
+
+
 class VecTradingEnv:
     """``n_envs`` trading environments over one market (see the module docstring).
 
@@ -136,7 +215,9 @@ class VecTradingEnv:
     ``start..stop-1``: ``start`` is raised to ``window - 1`` if lower (the first full window);
     pass ``start=feature_warmup(...)`` to skip the feature warm-up. ``stop`` (default T) lets the
     environment use a split of arrays computed over the whole series, so that observations at the
-    split's first bars see the (earlier) bars before it.
+    split's first bars see the (earlier) bars before it. ``step_on_device``: the device path
+    (True, also on CPU), the host path (False), or None: the device path exactly when ``device``
+    is not the CPU.
     """
 
     def __init__(self, features: np.ndarray, close: np.ndarray, n_envs: int = 1, window: int = 10,
@@ -144,7 +225,8 @@ class VecTradingEnv:
                  reward: str = "profit", episode_length: int | None = None, start: int = 0,
                  device: str = "cpu", seed: int | None = None, *, stop: int | None = None,
                  sharpe_eta: float = 0.01, reward_scale: float = 1.0, position_levels: int = 1,
-                 excess_reward: bool = False, obs_noise: float = 0.0) -> None:
+                 excess_reward: bool = False, obs_noise: float = 0.0,
+                 step_on_device: bool | None = None) -> None:
         feats = np.asarray(features, dtype=np.float32)
         prices = np.asarray(close, dtype=np.float64)
         if feats.ndim != 2:
@@ -202,21 +284,70 @@ class VecTradingEnv:
         self._b0 = max(float(np.mean(usable ** 2)), 1e-16)
         self._var_floor = 0.01 * self._b0
         self._rng = np.random.default_rng(seed)
-        self._obs = _ObsBuilder(feats, self.window, self.device, noise=obs_noise, rng=self._rng)
+        self.on_device = (self.device.type != "cpu" if step_on_device is None
+                          else bool(step_on_device))
+        self._ops = _TORCH if self.on_device else _NUMPY
+        self._dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self._obs = _ObsBuilder(feats, self.window, self.device, noise=obs_noise, rng=self._rng,
+                                on_host=not self.on_device)
 
         n = self.n_envs
-        self._t = np.zeros(n, dtype=np.int64)  # current bar
+        self._t = np.zeros(n, dtype=np.int64)  # current bar (the host schedule)
         self._end = np.zeros(n, dtype=np.int64)  # last bar of the episode
-        self._pos = np.zeros(n)  # position held coming into the current bar
-        self._a = np.zeros(n)  # differential Sharpe: moving mean of net returns
-        self._b = np.zeros(n)  # ... moving second moment (downside for sortino)
-        self._ep_ret = np.zeros(n)
         self._ep_len = np.zeros(n, dtype=np.int64)
+        if self.on_device:
+            self._lr_x = torch.from_numpy(self._lr).to(self._dtype).to(self.device)
+            self._pos_table_x = torch.from_numpy(self._pos_of_action).to(self._dtype).to(
+                self.device)
+            self._t_x = torch.zeros(n, dtype=torch.int64, device=self.device)  # copies of the
+            self._end_x = torch.zeros(n, dtype=torch.int64, device=self.device)  # schedule
+            self._sent: tuple[np.ndarray, np.ndarray] | None = None  # what _t_x/_end_x hold
+        # Backend arrays (numpy on the host path, tensors on the device path): the position held
+        # coming into the current bar, the differential ratios' moving mean A and (downside)
+        # second moment B, and the episode's return so far.
+        self._xpos = self._zeros()
+        self._xa = self._zeros()
+        self._xb = self._zeros()
+        self._xret = self._zeros()
         self._ready = False
 
+    def _zeros(self) -> Any:
+        if self.on_device:
+            return torch.zeros(self.n_envs, dtype=self._dtype, device=self.device)
+        return np.zeros(self.n_envs)
+
+    # The backend arrays as numpy (what engine.checkpoint saves and restores).
+    def _get(name: str) -> property:  # noqa: N805 (a property factory, run at class creation)
+        def get(self: VecTradingEnv) -> np.ndarray:
+            value = getattr(self, name)
+            return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+
+        def put(self: VecTradingEnv, value: np.ndarray) -> None:
+            arr = np.array(value, dtype=np.float64)
+            setattr(self, name, torch.from_numpy(arr).to(self._dtype).to(self.device)
+                    if self.on_device else arr)
+
+        return property(get, put)
+
+    _pos = _get("_xpos")
+    _a = _get("_xa")
+    _b = _get("_xb")
+    _ep_ret = _get("_xret")
+    del _get
+
+    def _schedule_x(self) -> torch.Tensor:
+        """The device's copy of the current bars (re-sent when the host's arrays were replaced,
+        as a checkpoint load does)."""
+        if self._sent is None or self._sent[0] is not self._t or self._sent[1] is not self._end:
+            self._t_x = _upload(self._t, self.device)
+            self._end_x = _upload(self._end, self.device)
+            self._sent = (self._t, self._end)
+        return self._t_x
+
     # -- episodes --------------------------------------------------------------------------
-    def _begin(self, which: np.ndarray) -> None:
-        """Start new episodes for the environments at indices ``which``."""
+    def _begin(self, which: np.ndarray) -> Any:
+        """Start new episodes for the environments at indices ``which``; returns ``which`` as
+        the backend's index (on the device on the device path)."""
         k = len(which)
         if self.episode_length is None:
             starts = np.full(k, self.start, dtype=np.int64)
@@ -226,11 +357,22 @@ class VecTradingEnv:
             ends = starts + self.episode_length
         self._t[which] = starts
         self._end[which] = ends
-        self._pos[which] = 0.0
-        self._a[which] = 0.0
-        self._b[which] = self._b0 if self.reward == "sharpe_ratio" else 0.5 * self._b0
-        self._ep_ret[which] = 0.0
         self._ep_len[which] = 0
+        idx: Any = which
+        if self.on_device:
+            idx = _upload(which, self.device)
+            self._sent = None  # the schedule changed: send it again
+        b0 = self._b0 if self.reward == "sharpe_ratio" else 0.5 * self._b0
+        # fresh arrays: what the last step handed out in ``info`` keeps its values
+        for name, value in (("_xpos", 0.0), ("_xa", 0.0), ("_xb", b0), ("_xret", 0.0)):
+            arr = getattr(self, name)
+            arr = arr.clone() if self.on_device else arr.copy()
+            arr[idx] = value
+            setattr(self, name, arr)
+        return idx
+
+    def _bars_x(self) -> Any:
+        return self._schedule_x() if self.on_device else self._t
 
     def reset(self, seed: int | None = None) -> torch.Tensor:
         """Start every environment afresh; ``seed`` reseeds the episode-start generator."""
@@ -239,84 +381,90 @@ class VecTradingEnv:
             self._obs.rng = self._rng
         self._begin(np.arange(self.n_envs))
         self._ready = True
-        return self._obs(self._t, self._pos)
+        return self._obs(self._bars_x(), self._xpos)
 
     def positions(self) -> torch.Tensor:
         """Position each environment holds coming into its current bar, (n_envs,) float32."""
-        return torch.from_numpy(self._pos.astype(np.float32)).to(self.device)
+        if self.on_device:
+            return self._xpos.to(torch.float32)
+        return torch.from_numpy(self._xpos.astype(np.float32)).to(self.device)
 
     def bars(self) -> np.ndarray:
         """Current bar index of each environment (a copy)."""
         return self._t.copy()
 
-    # -- rewards ---------------------------------------------------------------------------
-    def _shaped(self, r: np.ndarray) -> np.ndarray:
-        """Differential Sharpe / downside-deviation ratio of net returns ``r``; updates A, B."""
-        a, b = self._a, self._b
-        if self.reward == "sharpe_ratio":
-            d_a, d_b = r - a, r * r - b
-            var = np.maximum(b - a * a, self._var_floor)
-            out = (b * d_a - 0.5 * a * d_b) / var ** 1.5
-            self._a = a + self.eta * d_a
-            self._b = b + self.eta * d_b
-            return out
-        # sortino: differential downside deviation ratio; b is the downside second moment DD^2.
-        dd2 = np.maximum(b, self._var_floor)
-        dd = np.sqrt(dd2)
-        up = (r - 0.5 * a) / dd
-        down = (dd2 * (r - 0.5 * a) - 0.5 * a * r * r) / (dd2 * dd)
-        out = np.where(r > 0, up, down)
-        self._a = a + self.eta * (r - a)
-        self._b = b + self.eta * (np.minimum(r, 0.0) ** 2 - b)
-        return out
-
     # -- stepping --------------------------------------------------------------------------
-    def step(self, actions: torch.Tensor | np.ndarray
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Apply one action per environment (ints in ``0..n_actions-1``).
-
-        Returns ``(obs, reward, done, info)``: obs (n_envs, *obs_shape) float32, reward (n_envs,)
-        float32 and done (n_envs,) bool on ``device``. ``info`` holds numpy arrays
-        ``net_return`` (the profit of this step, costs included, unscaled), ``position``,
-        ``bar`` (the decision bar), ``terminated``, ``truncated``, ``episode_return`` and
-        ``episode_length`` (finished values where done), and the tensor ``final_obs``.
-        """
-        if not self._ready:
-            raise RuntimeError("call reset() before step()")
+    def _positions_of(self, actions: torch.Tensor | np.ndarray) -> Any:
+        """The positions the actions lead to, with the bounds check of the path (module
+        docstring)."""
+        if self.on_device:
+            act_x = _to_device_actions(actions, self.device)
+            if act_x.shape != (self.n_envs,):
+                raise ValueError(f"expected {self.n_envs} actions, got shape "
+                                 f"{tuple(act_x.shape)}")
+            return torch.index_select(self._pos_table_x, 0, act_x)
         act = _to_numpy_actions(actions)
         if act.shape != (self.n_envs,):
             raise ValueError(f"expected {self.n_envs} actions, got shape {tuple(act.shape)}")
         if act.min() < 0 or act.max() >= self.n_actions:
             raise ValueError(f"actions must be in 0..{self.n_actions - 1}, got {act.min()}..."
                              f"{act.max()}")
+        return self._pos_of_action[act]
+
+    def step(self, actions: torch.Tensor | np.ndarray
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Apply one action per environment (ints in ``0..n_actions-1``).
+
+        Returns ``(obs, reward, done, info)``: obs (n_envs, *obs_shape) float32, reward (n_envs,)
+        float32 and done (n_envs,) bool on ``device``. ``info`` holds ``net_return`` (the profit
+        of this step, costs included, unscaled), ``position``, ``bar`` (the decision bar),
+        ``terminated``, ``truncated``, ``episode_return`` and ``episode_length`` (finished
+        values where done): numpy arrays on the host path, tensors on the device on the device
+        path except ``bar`` and ``episode_length``; and the tensor ``final_obs``.
+        """
+        if not self._ready:
+            raise RuntimeError("call reset() before step()")
+        new_pos = self._positions_of(actions)
         bar = self._t
-        new_pos = self._pos_of_action[act]
-        net = new_pos * self._lr[bar] - self.cost * np.abs(new_pos - self._pos)
-        judged = net - self._lr[bar] if self.excess_reward else net
-        reward = judged if self.reward == "profit" else self._shaped(judged)
-        if self.reward_scale != 1.0:
-            reward = reward * self.reward_scale
-        self._pos = new_pos
+        on_device = self.on_device
+        if on_device:
+            bar_x = self._schedule_x()
+            lr = torch.index_select(self._lr_x, 0, bar_x)
+        else:
+            lr = self._lr[bar]
+        net, reward, self._xa, self._xb = _step_math(
+            self._ops, new_pos, self._xpos, lr, self._xa, self._xb, cost=self.cost,
+            excess=self.excess_reward, reward=self.reward, eta=self.eta,
+            var_floor=self._var_floor, scale=self.reward_scale)
+        self._xpos = new_pos
+        self._xret = self._xret + net
         self._t = bar + 1
-        self._ep_ret += net
         self._ep_len += 1
-        done = self._t >= self._end
-        terminated = done & (self._end >= self.stop - 1)
+        done = self._t >= self._end  # the host schedule: no need to ask the device
+        if on_device:
+            self._t_x = bar_x + 1
+            self._sent = (self._t, self._end)
+            done_x = self._t_x >= self._end_x
+            terminated = done_x & (self._end_x >= self.stop - 1)
+        else:
+            done_x = done
+            terminated = done & (self._end >= self.stop - 1)
         info: dict[str, Any] = {
             "net_return": net, "position": new_pos, "bar": bar, "terminated": terminated,
-            "truncated": done & ~terminated, "episode_return": self._ep_ret.copy(),
+            "truncated": done_x & ~terminated, "episode_return": self._xret,
             "episode_length": self._ep_len.copy(),
         }
-        next_obs = self._obs(self._t, self._pos)
+        next_obs = self._obs(self._bars_x(), self._xpos)
         info["final_obs"] = next_obs
         if done.any():
-            which = np.flatnonzero(done)
-            self._begin(which)
+            idx = self._begin(np.flatnonzero(done))
             obs = next_obs.clone()
-            obs[torch.from_numpy(which).to(self.device)] = self._obs(self._t[which],
-                                                                    self._pos[which])
+            rows = idx if on_device else torch.from_numpy(idx).to(self.device)
+            obs[rows] = self._obs(self._bars_x()[idx], self._xpos[idx])
         else:
             obs = next_obs
+        if on_device:
+            return obs, reward.to(torch.float32), done_x, info
         return (obs, torch.from_numpy(reward.astype(np.float32)).to(self.device),
                 torch.from_numpy(done).to(self.device), info)
 
@@ -342,6 +490,9 @@ class MultiMarketEnv:
         self.n_actions = envs[0].n_actions
         self.n_envs = sum(e.n_envs for e in envs)
         self.device = envs[0].device
+        self.on_device = envs[0].on_device
+        if len({e.on_device for e in envs}) != 1:
+            raise ValueError("markets differ in step_on_device")
         self.reward_note = envs[0].reward_note
         bounds = np.cumsum([0] + [e.n_envs for e in envs])
         self._slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:],
@@ -353,14 +504,16 @@ class MultiMarketEnv:
 
     def step(self, actions: torch.Tensor | np.ndarray
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        act = _to_numpy_actions(actions)
+        act = (_to_device_actions(actions, self.device) if self.envs[0].on_device
+               else _to_numpy_actions(actions))
         if act.shape != (self.n_envs,):
             raise ValueError(f"expected {self.n_envs} actions, got shape {tuple(act.shape)}")
         parts = [e.step(act[s]) for e, s in zip(self.envs, self._slices, strict=True)]
         info: dict[str, Any] = {}
         for key in parts[0][3]:
             vals = [p[3][key] for p in parts]
-            info[key] = torch.cat(vals) if key == "final_obs" else np.concatenate(vals)
+            info[key] = torch.cat(vals) if isinstance(vals[0], torch.Tensor) else \
+                np.concatenate(vals)
         return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
                 torch.cat([p[2] for p in parts]), info)
 
@@ -440,12 +593,13 @@ def evaluate_policy(features: np.ndarray, close: np.ndarray, policy_fn: PolicyFn
 
 
 def bench_env(n_envs: int, steps: int = 2000, n_bars: int = 5000, n_features: int = 10,
-              window: int = 10) -> float:
+              window: int = 10, step_on_device: bool | None = None) -> float:
     """Raw environment steps per second (batched steps x n_envs) with random actions."""
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((n_bars, n_features)).astype(np.float32)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n_bars)))
-    env = VecTradingEnv(feats, close, n_envs=n_envs, window=window, episode_length=500, seed=0)
+    env = VecTradingEnv(feats, close, n_envs=n_envs, window=window, episode_length=500, seed=0,
+                        step_on_device=step_on_device)
     env.reset()
     actions = torch.from_numpy(rng.integers(0, env.n_actions, (steps, n_envs)))
     t0 = time.perf_counter()
@@ -457,4 +611,5 @@ def bench_env(n_envs: int, steps: int = 2000, n_bars: int = 5000, n_features: in
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for n in (1, 256):
-        print(f"n_envs={n}: {bench_env(n):,.0f} env steps/s")
+        print(f"n_envs={n}: {bench_env(n):,.0f} env steps/s (host path), "
+              f"{bench_env(n, step_on_device=True):,.0f} (device path forced on the CPU)")

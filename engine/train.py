@@ -46,7 +46,16 @@ replay_ratio`` per step, ``batch_size`` per update), once ``learning_starts`` en
 collected. Determinism: every random draw comes from generators seeded by ``cfg.seed`` (torch
 global for network init, the trainer's own torch generator for actions and sampling, the
 environments' numpy generator for segment starts); a CPU run is bit-for-bit repeatable, and a
-resumed run continues bit-for-bit (the test kills one with SIGKILL and compares).
+resumed run continues bit-for-bit (the test kills one with SIGKILL and compares). On a GPU the
+trainer's generator is the GPU's (its own random stream): a run there follows other actions and
+samples than on the CPU; the environment, the update and the replay compute the same values on
+both within float tolerance for the same inputs (tests/test_device_path.py, bench/gpu_check.sh).
+
+On a device other than the CPU a vectorised step makes no host sync (``--step_on_device``:
+engine.env; no ``.item()`` or Python branch on a tensor in acting, the n-step accumulator, the
+replay buffer, prioritised sampling or the update). The syncs left are per episode: the
+episode's reward and loss read for its record, the validation pass (its greedy actions come to
+the host), best-weights copies, checkpoints.
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ MODEL_FORMAT = "dqlctl-model/1"
 MIN_TRAIN_STEPS = 20  # decision bars the training split must offer
 MIN_EVAL_BARS = 2  # bars a validation / test split must hold (one decision and its outcome)
 DEFAULT_SEGMENT = 100  # shortest auto episode_length (bars), when the split is that long
+STEP_ON_DEVICE = {"auto": None, "on": True, "off": False}  # --step_on_device -> env's
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -422,7 +432,8 @@ class Trainer:
                 reward=cfg.reward_goal, episode_length=segments[-1], start=market.start,
                 device=str(self.device), seed=cfg.seed + i, reward_scale=scales[-1],
                 position_levels=int(cfg.position_levels or 1),
-                excess_reward=bool(cfg.excess_reward), obs_noise=float(cfg.obs_noise or 0.0)))
+                excess_reward=bool(cfg.excess_reward), obs_noise=float(cfg.obs_noise or 0.0),
+                step_on_device=STEP_ON_DEVICE[cfg.step_on_device]))
         self.segment = segments[0]
         self.reward_scale = float(np.mean(scales))
         self.env: VecTradingEnv | MultiMarketEnv = envs[0] if k == 1 else MultiMarketEnv(envs)
@@ -431,7 +442,8 @@ class Trainer:
         self.obs_shape = tuple(self.env.obs_shape)
         self.total_env_steps = cfg.episodes * self.steps_per_episode * n
 
-        self.agent = DQNAgent(cfg, self.obs_shape, self.env.n_actions, self.device)
+        self.agent = DQNAgent(cfg, self.obs_shape, self.env.n_actions, self.device,
+                              warn=lambda m: _warn(self.events, self.log, m))
         self.buffer = ReplayBuffer(max(cfg.buffer_size, n), self.obs_shape, self.device,
                                    prioritized=cfg.prioritized, alpha=cfg.per_alpha)
         self.nstep = NStepAccumulator(int(cfg.n_step or 1), cfg.gamma, n, self.obs_shape,
@@ -462,7 +474,9 @@ class Trainer:
         eps = epsilon_at(s.env_steps, self.total_env_steps, cfg)
         actions = self.agent.act(self.obs, eps, self.gen)
         next_obs, reward, done, info = self.env.step(actions)
-        terminated = torch.from_numpy(info["terminated"]).to(self.device)
+        terminated = info["terminated"]  # a tensor on the device on the device path
+        if not isinstance(terminated, torch.Tensor):
+            terminated = torch.from_numpy(terminated).to(self.device)
         transition = self.nstep.push(self.obs, actions, reward, info["final_obs"], terminated,
                                      done)
         if transition is not None:
