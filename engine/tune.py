@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.config import BadInput
 from engine.metrics import score as metric_score
 from providers.layout import is_uri
 
@@ -477,6 +478,10 @@ def _write_doc(path: Path, doc: Mapping[str, Any]) -> Path:
     return path
 
 
+class ParamsNotFound(BadInput):
+    """A ``best_params.json`` that is not there (:func:`read_best_params`, ``strict``)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SavedParams:
     """A ``best_params.json`` that was read (:func:`read_best_params`)."""
@@ -512,14 +517,14 @@ def read_best_params(where: str | os.PathLike[str], *,
     None when there is nothing there (and not ``strict``). ``strict`` (a file the user named,
     ``--params_file``): a missing or unreadable file, one that is not JSON or holds no ``params``
     object is a :class:`engine.config.BadInput` naming the file; so is a folder without one.
-    Without ``strict`` a malformed file reads as nothing."""
-    from engine.config import BadInput
-
+    Without ``strict`` a malformed file reads as nothing. A file that is not there is
+    :class:`ParamsNotFound` (a BadInput)."""
     name, remote = _params_location(where)
 
     def bad(why: str) -> SavedParams | None:
         if strict:
-            raise BadInput(f"params file {name}: {why}")
+            raise (ParamsNotFound if why == "not found" else BadInput)(
+                f"params file {name}: {why}")
         return None
 
     if remote:
