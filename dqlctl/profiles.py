@@ -189,7 +189,9 @@ def run_estimate(home: str | os.PathLike[str], req: Any, plan: dict[str, Any], *
 def _split_hint(offer: Any, shape: RunShape, req: Any, prices: Any, profiles: Any,
                 home: str | os.PathLike[str], now: float | None) -> str:
     """Tuning on the cheapest machine of the same cloud for the trials, training on ``offer``
-    (the planned machine): the line when that costs less than both phases there; ''."""
+    (the planned machine): the line when that costs less than both phases there, with the two
+    launches that run it (``launch --command tune`` there, then ``launch --command train
+    --params-from`` that run here: ``render.split_text``); ''."""
     from providers.prices.estimate import PhasePlan, PriceRequest, cheapest
 
     kw: dict[str, Any] = {"home": home, "now": now, "prices": prices, "profiles": profiles}

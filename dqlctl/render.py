@@ -81,11 +81,17 @@ def _machine(offer: Any) -> str:
 
 def split_text(plan: Any, here: bool = False) -> str:
     """A split of a run that tunes first (``providers.prices.estimate.PhasePlan``): "tune on X
-    ($a, h1), train on Y ($b, h2): $a+b vs $c on one machine", and whether it is cheaper.
-    ``here``: the training machine is the one machine (a launch plan's): "train here"."""
+    ($a, h1), train on Y ($b, h2): $a+b vs $c on one machine", and whether it is cheaper; when
+    it is, the two launches that run it (``launch --command tune`` on X, then ``launch
+    --command train --params-from`` that run on Y), on lines of their own, or after "; " with
+    ``here``: the training machine is the one machine (a launch plan's row): "train here"."""
     def part(offer: Any) -> str:
         return (f"{fmt_money(offer.extra['estimate']['total_usd'])}, "
                 f"{fmt_hours(offer.extra['duration']['hours'])}")
+
+    def on(offer: Any) -> str:
+        return (f"--provider {offer.provider} --region {offer.region} --instance-type "
+                f"{offer.instance_type}")
 
     one = plan.single.extra["estimate"]["total_usd"]
     text = (f"tune on {_machine(plan.tune)} ({part(plan.tune)}), "
@@ -93,8 +99,12 @@ def split_text(plan: Any, here: bool = False) -> str:
             f"({part(plan.train)})")
     where = "all here" if here else "on one machine"
     if plan.cheaper:
+        tune = f"dqlctl launch --command tune {on(plan.tune)} ..."
+        train = f"dqlctl launch --command train --params-from <that run> {on(plan.train)} ..."
+        run = (f"; run it: `{tune}`, then `{train}`" if here
+               else f"\n  run it: {tune}\n  then:   {train}")
         return (f"{text}: {fmt_money(plan.split_usd)} vs {fmt_money(one)} {where}, "
-                f"{fmt_money(one - plan.split_usd)} less (two bring-ups counted)")
+                f"{fmt_money(one - plan.split_usd)} less (two bring-ups counted){run}")
     return f"{text} would cost {fmt_money(plan.split_usd)} vs {fmt_money(one)} {where} " \
            "(two bring-ups)"
 

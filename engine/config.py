@@ -206,6 +206,11 @@ class Config:
     """After `train`, evaluate on the test split."""
     skip_tuning: bool = False
     """full-workflow: skip tuning; reuse best_params.json from an earlier tune if present."""
+    params_file: str = ""
+    """train / full-workflow: train with the tuned settings (`params`) of this best_params.json,
+    a path or an s3://, gs:// or az:// URI (another run's: tune on one machine, train on
+    another), and its tuned training cost; full-workflow then skips tuning. Settings given as
+    flags win over the file's. A missing file, or one without params, is an error."""
     tuning_episodes: int = 20
     """Training episodes per tuning trial."""
     n_iter: int = 20

@@ -10,7 +10,10 @@ to ``events.jsonl``, so a watcher sees trials finish live. At the end:
 
 - ``tuning_results.csv``: one row per trial (parameters, score, headline validation metrics);
 - ``best_params.json``: the best trial's parameters and how they were found; ``--skip_tuning``
-  reuses them (:func:`load_best_params`, :func:`apply_best_params`).
+  reuses them from the run's own folder, ``--params_file PATH|URI`` from any file (another
+  run's, on another machine: tune on many CPU cores, train on a GPU). One reader for both,
+  :func:`read_best_params` (:func:`load_best_params`, :func:`apply_best_params` on top); a
+  run given ``--params_file`` keeps a copy in its folder (:func:`copy_best_params`).
 
 The search space (:data:`RANDOM_SPACE`, :data:`GRID_SPACE`) keeps the predecessor's ranges, mapped
 onto this engine's settings: ``gamma``, ``lr`` (its ``learning_rate``), ``eps_fraction`` (its
@@ -53,7 +56,9 @@ from typing import Any
 
 import numpy as np
 
+from engine.config import BadInput
 from engine.metrics import score as metric_score
+from providers.layout import is_uri
 
 BEST_PARAMS_FILE = "best_params.json"
 RESULTS_CSV = "tuning_results.csv"
@@ -454,55 +459,157 @@ def save_best_params(results_dir: str | os.PathLike[str], result: TuningResult, 
            "wall_s": round(result.wall_s, 3),
            "data_file": (base or {}).get("data_file"),
            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    path = Path(results_dir) / BEST_PARAMS_FILE
+    return _write_doc(Path(results_dir) / BEST_PARAMS_FILE, doc)
+
+
+def copy_best_params(results_dir: str | os.PathLike[str], found: SavedParams) -> Path:
+    """Keep the parameters a run was given (``--params_file``) in its own results folder as
+    ``best_params.json``, with ``params_from`` = where they were read: the report shows them,
+    and ``--skip_tuning`` / ``--resume`` of this run reuse them."""
+    doc = {**found.doc, "params": {**found.params}, "params_from": found.source}
+    doc.setdefault(TRAIN_COST_KEY, found.train_transaction_cost)
+    return _write_doc(Path(results_dir) / BEST_PARAMS_FILE, doc)
+
+
+def _write_doc(path: Path, doc: Mapping[str, Any]) -> Path:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
-def load_best_params(results_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The ``params`` of ``best_params.json`` in ``results_dir``; None when there is none.
-    Also reads the predecessor's ``optimal_parameters.json`` (agent_params + env_params)."""
-    d = Path(results_dir)
-    path = d / BEST_PARAMS_FILE
-    if path.is_file():
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        params = doc.get("params") if isinstance(doc, dict) else None
-        if not isinstance(params, dict):
-            return None
-        return {k: v for k, v in params.items() if k != TRAIN_COST_KEY}
-    legacy = d / "optimal_parameters.json"
-    if legacy.is_file():
-        doc = json.loads(legacy.read_text(encoding="utf-8"))
-        agent = dict(doc.get("agent_params") or {})
-        out: dict[str, Any] = {}
-        for old, new in (("gamma", "gamma"), ("learning_rate", "lr"), ("lr", "lr"),
-                         ("batch_size", "batch_size"), ("buffer_size", "buffer_size"),
-                         ("memory_size", "buffer_size")):
-            if old in agent:
-                out[new] = agent[old]
-        return out or None
-    return None
+class ParamsNotFound(BadInput):
+    """A ``best_params.json`` that is not there (:func:`read_best_params`, ``strict``)."""
 
 
-def load_train_transaction_cost(results_dir: str | os.PathLike[str]) -> float | None:
-    """The tuned training-environment cost saved in ``best_params.json``; None if none."""
-    path = Path(results_dir) / BEST_PARAMS_FILE
-    if not path.is_file():
+@dataclasses.dataclass(frozen=True)
+class SavedParams:
+    """A ``best_params.json`` that was read (:func:`read_best_params`)."""
+
+    params: dict[str, Any]
+    """Its run settings (setting -> value), the tuned training cost left out."""
+    train_transaction_cost: float | None
+    """The tuned training-environment cost, or None."""
+    source: str
+    """Where it was read from (a path or a storage URI)."""
+    doc: dict[str, Any]
+    """The whole document (metric, score, trial, n_trials ...; ``{}`` for the predecessor's)."""
+
+
+def _params_location(where: str | os.PathLike[str]) -> tuple[str, bool]:
+    """(the file to read, whether it is a storage URI): a results folder means its
+    ``best_params.json``; ``file://`` is a path."""
+    text = os.fspath(where)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if is_uri(text):
+        return text, True
+    path = Path(text).expanduser()
+    return str(path / BEST_PARAMS_FILE if path.is_dir() else path), False
+
+
+def read_best_params(where: str | os.PathLike[str], *,
+                     strict: bool = False) -> SavedParams | None:
+    """The tuned parameters at ``where``: a results folder (its ``best_params.json``, or the
+    predecessor's ``optimal_parameters.json``), a ``best_params.json`` path, or a storage URI
+    (s3://, gs://, az://; read through ``providers.storage``).
+
+    None when there is nothing there (and not ``strict``). ``strict`` (a file the user named,
+    ``--params_file``): a missing or unreadable file, one that is not JSON or holds no ``params``
+    object is a :class:`engine.config.BadInput` naming the file; so is a folder without one.
+    Without ``strict`` a malformed file reads as nothing. A file that is not there is
+    :class:`ParamsNotFound` (a BadInput)."""
+    name, remote = _params_location(where)
+
+    def bad(why: str) -> SavedParams | None:
+        if strict:
+            raise (ParamsNotFound if why == "not found" else BadInput)(
+                f"params file {name}: {why}")
         return None
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    value = doc.get(TRAIN_COST_KEY) if isinstance(doc, dict) else None
-    return float(value) if isinstance(value, int | float) else None
+
+    if remote:
+        from providers.storage import StorageError, open_store
+
+        try:
+            store, key = open_store(name)
+            if not store.exists(key):
+                return bad("not found")
+            raw = store.get_bytes(key)
+        except StorageError as exc:
+            return bad(f"cannot read it ({str(exc).strip().splitlines()[0]})")
+    else:
+        path = Path(name)
+        if not path.is_file():
+            legacy = path.parent / "optimal_parameters.json"
+            if path.name == BEST_PARAMS_FILE and legacy.is_file() and not strict:
+                return _legacy_params(legacy)
+            return bad("not found")
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            return bad(f"cannot read it ({exc.strerror or exc})")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return bad(f"not JSON ({str(exc).splitlines()[0]})")
+    params = doc.get("params") if isinstance(doc, dict) else None
+    if not isinstance(params, dict):
+        return bad("no 'params' object (expected a best_params.json written by tuning)")
+    cost = doc.get(TRAIN_COST_KEY)
+    if cost is None:
+        cost = params.get(TRAIN_COST_KEY)
+    if cost is not None and not (isinstance(cost, int | float) and not isinstance(cost, bool)
+                                 and math.isfinite(cost) and cost >= 0):
+        return bad(f"{TRAIN_COST_KEY} must be a number >= 0, got {cost!r}")
+    return SavedParams(params={k: v for k, v in params.items() if k != TRAIN_COST_KEY},
+                       train_transaction_cost=None if cost is None else float(cost),
+                       source=name, doc=doc)
 
 
-def apply_best_params(cfg: Any, results_dir: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+def _legacy_params(path: Path) -> SavedParams | None:
+    """The predecessor's ``optimal_parameters.json`` (agent_params + env_params)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    agent = dict(doc.get("agent_params") or {}) if isinstance(doc, dict) else {}
+    out: dict[str, Any] = {}
+    for old, new in (("gamma", "gamma"), ("learning_rate", "lr"), ("lr", "lr"),
+                     ("batch_size", "batch_size"), ("buffer_size", "buffer_size"),
+                     ("memory_size", "buffer_size")):
+        if old in agent:
+            out[new] = agent[old]
+    return SavedParams(params=out, train_transaction_cost=None, source=str(path),
+                       doc={}) if out else None
+
+
+def load_best_params(where: str | os.PathLike[str], *,
+                     strict: bool = False) -> dict[str, Any] | None:
+    """The ``params`` of the ``best_params.json`` at ``where`` (:func:`read_best_params`: a
+    results folder, a file, a URI); None when there is none. Also reads the predecessor's
+    ``optimal_parameters.json`` (agent_params + env_params) in a results folder."""
+    found = read_best_params(where, strict=strict)
+    return dict(found.params) if found is not None and found.params else None
+
+
+def load_train_transaction_cost(where: str | os.PathLike[str]) -> float | None:
+    """The tuned training-environment cost saved in ``best_params.json``; None if none."""
+    found = read_best_params(where)
+    return None if found is None else found.train_transaction_cost
+
+
+def apply_best_params(cfg: Any, where: str | os.PathLike[str] | SavedParams, *,
+                      strict: bool = False) -> tuple[Any, dict[str, Any]]:
     """``(cfg with the saved best settings applied, those settings)``; ``cfg`` unchanged and
-    ``{}`` when nothing was saved. The tuned training cost is not a setting of the run (the run
-    is always judged at its real costs): read it with :func:`load_train_transaction_cost`."""
-    params = load_best_params(results_dir) or {}
-    if not params:
+    ``{}`` when nothing was saved. ``where``: a results folder, a ``best_params.json`` path or
+    URI (``--params_file``), or what :func:`read_best_params` returned. A saved name that is not
+    a setting, or a value that does not fit it, is a ConfigError naming the file. The tuned
+    training cost is not a setting of the run (the run is always judged at its real costs): it
+    is :attr:`SavedParams.train_transaction_cost`."""
+    found = where if isinstance(where, SavedParams) else read_best_params(where, strict=strict)
+    if found is None or not found.params:
         return cfg, {}
     from engine.config import apply_overrides
 
-    return apply_overrides(cfg, params, source=str(Path(results_dir) / BEST_PARAMS_FILE)), params
+    return (apply_overrides(cfg, found.params, source=f"params file {found.source}"),
+            dict(found.params))

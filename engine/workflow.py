@@ -13,10 +13,15 @@
   process at once.
 
 Stages of ``full-workflow``: tune (``engine.tune``, unless ``--skip_tuning``; then the saved
-``best_params.json`` is reused) -> train -> evaluate (test split, with the baselines of
+``best_params.json`` is reused; or ``--params_file PATH|URI``: the ``params`` of that
+``best_params.json``, tuned elsewhere, and tuning is skipped) -> train -> evaluate (test split, with the baselines of
 ``engine.report``/``engine.baselines``) -> report (``engine.report.build_report``). Each stage's
 module is optional: when it is not importable, the stage is skipped with a ``warning`` event and
-the workflow still ends with the model and its test metrics.
+the workflow still ends with the model and its test metrics. ``train --params_file`` applies the
+file's parameters (and its tuned training cost) the same way before training; the file is read
+and checked before anything is written (a bad one is exit 2 naming it), ``run_started`` carries
+``params_from`` (where it was read), and the run keeps a copy as its own ``best_params.json``
+(with ``params_from``), which the report shows.
 
 Events (``<results_dir>/<experiment>/events.jsonl``; on stdout too with ``--events_stdout``):
 ``run_started`` -> ``warning`` (data quirks, skipped stages) -> ``stage`` (tune, train, evaluate,
@@ -296,6 +301,8 @@ class _Ctx:
     t0: float
     strategies: dict[str, Any] = dataclasses.field(default_factory=dict)
     report: Path | None = None
+    saved: Any = None
+    """The tuned parameters of ``--params_file`` (``engine.tune.SavedParams``), or None."""
 
 
 def _run(command: str, cfg: Config, given: frozenset[str], log: RunLog) -> int:
@@ -307,6 +314,7 @@ def _run(command: str, cfg: Config, given: frozenset[str], log: RunLog) -> int:
     model_bundle: Any = None
     if command == "evaluate":
         cfg, model_bundle = _evaluation_config(cfg, given, out)
+    saved = _params_file(command, cfg, given)
     try:  # a missing file fails here, before torch and pandas are imported
         files = local_data_files(cfg.data_file)
         # several markets: the local folder of a storage prefix's copies, else the folder/glob
@@ -333,7 +341,7 @@ def _run(command: str, cfg: Config, given: frozenset[str], log: RunLog) -> int:
     except RuntimeError as exc:
         raise BadInput(str(exc)) from None
     if cfg.resume and command in ("train", "full-workflow"):
-        _check_resume(cfg, out, uri)
+        _check_resume(cfg, out, uri, saved)
 
     # Input is good: from here on, outputs exist and every end is recorded as an event.
     if command in ("train", "full-workflow") and not cfg.resume:
@@ -342,10 +350,11 @@ def _run(command: str, cfg: Config, given: frozenset[str], log: RunLog) -> int:
     log.attach(out / "engine.log")
     events = EventWriter(out / "events.jsonl", echo_stdout=cfg.events_stdout)
     notifier = _notifier(cfg, events, log)
-    ctx = _Ctx(command, cfg, out, uri, events, log, notifier, time.perf_counter())
+    ctx = _Ctx(command, cfg, out, uri, events, log, notifier, time.perf_counter(), saved=saved)
     events.emit("run_started", experiment=cfg.experiment_name, command=command,
                 agent_type=cfg.agent_type, episodes=cfg.episodes, data_file=cfg.data_file,
-                device=rt.device, seed=cfg.seed, pid=os.getpid())
+                device=rt.device, seed=cfg.seed, pid=os.getpid(),
+                **({"params_from": saved.source} if saved is not None else {}))
     log(f"dql-trading {command}: experiment {cfg.experiment_name} -> {uri or out}")
     log(rt.line())
     for market in (data if isinstance(data, list) else [data]):
@@ -427,14 +436,15 @@ def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, s
     command, out, events, log = ctx.command, ctx.out, ctx.events, ctx.log
     tuned: dict[str, Any] = {}
     train_cost: float | None = None
-    if command in ("tune", "full-workflow"):
+    if command in ("tune", "full-workflow") or ctx.saved is not None:
         cfg, tuned = _tune_stage(ctx, cfg, given, data, stop)
         if command == "tune":
             return None
         tune = _optional("engine.tune")
         if tune is not None and "transaction_cost" not in given:
             # the tuned training-only cost (trials are always judged at the real costs)
-            train_cost = tune.load_train_transaction_cost(out)
+            train_cost = (ctx.saved.train_transaction_cost if ctx.saved is not None
+                          else tune.load_train_transaction_cost(out))
             if train_cost is not None:
                 tuned["train_transaction_cost"] = train_cost
     _check(stop)
@@ -499,7 +509,12 @@ def _tune_stage(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, stop: 
         return cfg, {}
     reuse = ctx.command == "full-workflow" and (
         cfg.skip_tuning or (cfg.resume and (ctx.out / tune.BEST_PARAMS_FILE).exists()))
-    if reuse:
+    if ctx.saved is not None:  # --params_file: tuned elsewhere (checked before outputs)
+        tuned_cfg, params = tune.apply_best_params(cfg, ctx.saved)
+        tune.copy_best_params(ctx.out, ctx.saved)
+        skipped = "; tuning skipped" if ctx.command == "full-workflow" else ""
+        ctx.log(f"tuned parameters from {ctx.saved.source}{skipped}: {params}")
+    elif reuse:
         tuned_cfg, params = tune.apply_best_params(cfg, ctx.out)
         if params:
             ctx.log(f"reusing tuned parameters from {tune.BEST_PARAMS_FILE}: {params}")
@@ -563,8 +578,32 @@ def _report_stage(ctx: _Ctx, cfg: Config) -> Path | None:
     return path
 
 
-def _check_resume(cfg: Config, out: Path, uri: str | None) -> None:
-    """Refuse --resume with settings other than the checkpoint's, before writing anything."""
+def _params_file(command: str, cfg: Config, given: frozenset[str]) -> Any:
+    """``--params_file`` of train / full-workflow, read and checked (``engine.tune``'s reader:
+    the file, its ``params`` all settings with usable values) before anything is written; a bad
+    one is BadInput naming it. None without one, and for evaluate (the model's own config may
+    name the file its training read)."""
+    if not cfg.params_file or command == "evaluate":
+        return None
+    if command == "tune":
+        raise BadInput("--params_file is for train and full-workflow: tune searches the "
+                       "settings itself")
+    tune = _optional("engine.tune")
+    if tune is None:
+        raise BadInput("--params_file: tuning is not available in this build (engine.tune is "
+                       "missing)")
+    saved = tune.read_best_params(cfg.params_file, strict=True)
+    tuned_cfg, _ = tune.apply_best_params(cfg, saved)  # a name that is no setting: ConfigError
+    try:
+        tuned_cfg.resolved()
+    except ConfigError as exc:
+        raise BadInput(f"params file {saved.source}: {exc}") from None
+    return saved
+
+
+def _check_resume(cfg: Config, out: Path, uri: str | None, saved: Any = None) -> None:
+    """Refuse --resume with settings other than the checkpoint's, before writing anything.
+    ``saved``: the ``--params_file`` parameters the run trains with."""
     from engine import checkpoint as ckpt
     from engine.train import check_resumable
 
@@ -573,10 +612,10 @@ def _check_resume(cfg: Config, out: Path, uri: str | None) -> None:
         ckpt.RemoteMirror(uri).fetch_all(out)
     found = ckpt.load_latest(folder, warn=lambda _m: None, mmap=True)
     if found is not None:  # tuned parameters are checked once they are applied (in training)
-        saved = dict(found[0]["config"])
-        tuned = _saved_params(out)
-        check_resumable(apply_overrides(cfg, {k: saved[k] for k in tuned if k in saved}),
-                        saved, found[1].name)
+        settings = dict(found[0]["config"])
+        tuned = list(saved.params) if saved is not None else _saved_params(out)
+        check_resumable(apply_overrides(cfg, {k: settings[k] for k in tuned if k in settings}),
+                        settings, found[1].name)
 
 
 def _saved_params(out: Path) -> list[str]:

@@ -3,6 +3,17 @@ from it, and ``plan`` (what ``launch --dry-run`` shows).
 
 Every ``UsageError`` raised here names the ``LaunchRequest`` field it is about (``field=``), so a
 form can show it on that row; a ``ProviderError`` from ``provider.plan`` keeps its field too.
+
+Tune on one machine, train on another (``dqlctl cost --phase all`` says when that is cheaper):
+``command="tune"`` runs the engine's ``tune`` alone (its trials are ``--n_iter`` and
+``--tuning_episodes`` among ``engine_args``; ``episodes`` is not passed: tune trains no final
+model); ``params_from`` (a run id or name, a path, a URI) names the ``best_params.json`` a
+``train`` or ``full-workflow`` run trains with (``--params_file``; tuning skipped). It is read
+and checked here (the engine's own reader, ``engine.tune.read_best_params``), and ``build_spec``
+of a real run copies it into the new run's results folder (``PARAMS_COPY``): the engine finds it
+there on any machine that can write its results, a cloud VM's role being allowed only its runs
+bucket. A cloud run whose results stay on the VM's disk (no bucket ``--results-dir``) cannot
+be given parameters that way and is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +31,10 @@ from providers import AUTO, DEFAULT_PROVIDER
 from providers.base import Capability, JobSpec, LaunchSpec, ProviderError
 
 AGENT_TYPES = ("dql", "custom", "memory")
-ENGINE_COMMANDS = ("full-workflow", "train")
+ENGINE_COMMANDS = ("full-workflow", "train", "tune")
+#: the copy of ``--params-from`` in the new run's experiment folder (the engine's --params_file)
+PARAMS_COPY = "params_from.json"
+DRY_RUN_ID = "dry-run"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -53,6 +67,7 @@ class LaunchRequest:
     engine_args: list[str] = field(default_factory=list)
     failover_clouds: bool = False     # no capacity anywhere on this cloud: the next cloud
     failover_results: list[str] = field(default_factory=list)  # results URIs on other clouds
+    params_from: str | None = None    # tuned parameters: a run id/name, a path or a URI
 
 
 def preflight(provider: Any) -> None:
@@ -87,6 +102,11 @@ def resolve_auto(ctx: Context, req: LaunchRequest) -> None:
 
 def validate_request(ctx: Context, req: LaunchRequest) -> str:
     """Check everything that can be checked before anything is created; the resolved data path."""
+    return _validated(ctx, req)[0]
+
+
+def _validated(ctx: Context, req: LaunchRequest) -> tuple[str, TunedParams | None]:
+    """``validate_request``: the resolved data path, and the ``--params-from`` parameters."""
     from providers import COMPUTE_PROVIDERS, PLANNED_PROVIDERS
 
     resolve_auto(ctx, req)
@@ -128,7 +148,7 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
     if req.command not in ENGINE_COMMANDS:
         raise UsageError(f"unknown engine command {req.command!r} (choose from: "
                          f"{', '.join(ENGINE_COMMANDS)})", field="command")
-    if req.episodes <= 0:
+    if req.episodes <= 0 and req.command != "tune":
         raise UsageError(f"--episodes must be a positive number of episodes, got {req.episodes}",
                          field="episodes")
     if req.name is not None and not _NAME_RE.match(req.name):
@@ -137,9 +157,104 @@ def validate_request(ctx: Context, req: LaunchRequest) -> str:
     from providers.layout import DataFileNotFound, resolve_data_path
 
     try:
-        return resolve_data_path(req.data)
+        data_path = resolve_data_path(req.data)
     except DataFileNotFound as exc:
         raise UsageError(str(exc), field="data") from None
+    return data_path, tuned_params(ctx, req)
+
+
+@dataclass(frozen=True)
+class TunedParams:
+    """The ``best_params.json`` that ``--params-from`` names, read and checked."""
+
+    source: str         # where it was read (a path or URI)
+    run_id: str | None  # the run it came from, when named by run
+    doc: dict[str, Any]  # the whole document (its ``params``, metric, score, ...)
+
+
+def tuned_params(ctx: Context, req: LaunchRequest) -> TunedParams | None:
+    """The parameters ``req.params_from`` names, read and checked like the engine does
+    (``engine.tune``): None without ``--params-from``; a UsageError (field ``params_from``) when
+    the request cannot use them or they are not there: one line."""
+    ref = req.params_from
+    if not ref:
+        return None
+
+    def bad(message: str) -> UsageError:
+        return UsageError(f"--params-from {ref}: {message}", field="params_from")
+
+    if req.command not in ("train", "full-workflow"):
+        raise bad(f"the engine's {req.command} takes no tuned parameters (train or "
+                  "full-workflow do)")
+    if req.tune:
+        raise bad("the run trains with these parameters instead of tuning; drop --tune")
+    from providers import capabilities_of
+    from providers.layout import is_uri
+
+    results = req.results_dir or ""
+    if Capability.LOCAL_JOB not in capabilities_of(req.provider) and not is_uri(results):
+        raise bad(f"on {req.provider} the VM reads the parameters from the run's bucket (its "
+                  "role may read nothing else): give --results-dir on a bucket (s3://, gs://, "
+                  "az://); they are copied there")
+    run = None
+    where = ref
+    if not is_uri(ref) and not Path(ref).expanduser().exists():
+        from dqlctl.registry import RegistryError
+
+        try:
+            run = ctx.registry.resolve(ref)
+        except RegistryError:
+            raise bad("no such run, file or URI (give a run id or name, a best_params.json "
+                      "path, or its s3://, gs:// or az:// URI)") from None
+        where = f"{run.results_uri.rstrip('/')}/best_params.json"
+    from engine.config import Config, ConfigError
+    from engine.tune import ParamsNotFound, apply_best_params, read_best_params
+
+    try:
+        found = read_best_params(where, strict=True)
+        assert found is not None
+        apply_best_params(Config(), found)[0].resolved()   # every name a setting, values fit
+    except ParamsNotFound as exc:
+        if run is None:
+            raise bad(str(exc)) from None
+        raise bad(f"run {run.id} ({run.name}, {run.state}) has not finished tuning: no "
+                  f"best_params.json in {run.results_uri}") from None
+    except ConfigError as exc:
+        raise bad(str(exc)) from None
+    return TunedParams(source=found.source, run_id=run.id if run else None, doc=found.doc)
+
+
+def params_copy(results_dir: str, experiment: str) -> str:
+    """Where a run's ``--params-from`` copy goes: its experiment folder (a path or a URI)."""
+    from providers.layout import experiment_uri
+
+    return f"{experiment_uri(results_dir, experiment)}/{PARAMS_COPY}"
+
+
+def write_params_copy(dest: str, tuned: TunedParams) -> None:
+    """Copy the parameters to ``dest`` (a path, or a URI written with this machine's
+    credentials), saying where they came from (``copied_from``, ``copied_from_run``)."""
+    import json
+
+    doc = {**tuned.doc, "copied_from": tuned.source}
+    if tuned.run_id:
+        doc["copied_from_run"] = tuned.run_id
+    data = (json.dumps(doc, indent=2) + "\n").encode()
+    from providers.layout import is_uri
+
+    if not is_uri(dest):
+        path = Path(dest.removeprefix("file://")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return
+    from providers.storage import StorageError, open_store
+
+    try:
+        store, key = open_store(dest)
+        store.put_bytes(key, data)
+    except StorageError as exc:
+        raise ProviderFailure(f"--params-from: cannot copy the parameters to {dest}: {exc}",
+                              field="params_from") from None
 
 
 def failover_results(uris: list[str]) -> dict[str, str]:
@@ -180,26 +295,36 @@ def checked_ssh_cidr(cidr: str, wide_ok: bool = False) -> str:
     return str(net)
 
 
-def _engine_args(req: LaunchRequest, experiment: str) -> list[str]:
-    args = [req.command, "--agent_type", req.agent_type, "--episodes", str(req.episodes),
-            "--experiment_name", experiment]
+def _engine_args(req: LaunchRequest, experiment: str, params_file: str | None) -> list[str]:
+    """The engine's command line (``tune`` trains no final model: no ``--episodes``)."""
+    args = [req.command, "--agent_type", req.agent_type]
+    if req.command != "tune":
+        args += ["--episodes", str(req.episodes)]
+    args += ["--experiment_name", experiment]
     if req.command == "full-workflow" and not req.tune:
         args.append("--skip_tuning")
+    if params_file:
+        args += ["--params_file", params_file]
     if req.seed is not None:
         args += ["--seed", str(req.seed)]
     return args + list(req.engine_args)
 
 
 def build_spec(ctx: Context, req: LaunchRequest, run_id: str) -> LaunchSpec:
-    """The provider's launch spec for a validated request."""
+    """The provider's launch spec for a validated request. For a real run (not
+    ``DRY_RUN_ID``) with ``params_from`` it writes one thing: the parameters' copy in the run's
+    results folder, which its ``--params_file`` names."""
     pinned = req.region is not None and req.provider != AUTO   # before auto picks one
     auto = req.provider == AUTO
     clouds = req.failover_clouds or auto
-    data_path = validate_request(ctx, req)
+    data_path, tuned = _validated(ctx, req)
     name = req.name or f"{Path(data_path).stem.lower().replace('_', '-')}-{req.agent_type}"
     workdir = ctx.run_dir(run_id)
     results_dir = req.results_dir or str(workdir / "results")
-    job = JobSpec(engine_args=_engine_args(req, name), data_file=data_path,
+    params_file = params_copy(results_dir, name) if tuned is not None else None
+    if tuned is not None and params_file and run_id != DRY_RUN_ID:
+        write_params_copy(params_file, tuned)
+    job = JobSpec(engine_args=_engine_args(req, name, params_file), data_file=data_path,
                   results_dir=results_dir, experiment=name)
     extra: dict[str, Any] = {"keep": req.keep, "max_recoveries": req.max_recoveries}
     if pinned:
@@ -236,12 +361,16 @@ def spec_of(run: Run) -> LaunchSpec:
 
 def plan(ctx: Context, req: LaunchRequest) -> dict[str, Any]:
     """What ``launch`` would do (``--dry-run``); creates nothing, not even a registry row."""
-    spec = build_spec(ctx, req, "dry-run")
+    spec = build_spec(ctx, req, DRY_RUN_ID)
     provider = ctx.provider(req.provider)
     out: dict[str, Any] = {"name": spec.name, "data": spec.job.data_file,
                            "engine": " ".join(spec.job.engine_args),
                            "results": req.results_dir or "the run's folder here "
                            "(runs/<run id>/results under dqlctl's home)"}
+    tuned = tuned_params(ctx, req)
+    if tuned is not None:
+        out["params"] = (f"{tuned.source}, copied to the run's results folder ({PARAMS_COPY})"
+                         + ("; tuning skipped" if req.command == "full-workflow" else ""))
     if req.image:
         out["image"] = req.image
     try:

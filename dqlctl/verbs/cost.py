@@ -31,12 +31,12 @@ X ($a, h1), train on Y ($b, h2): $a+b vs $c on one machine". Without ``--phase``
 naming ``--trials`` or ``--trial-episodes`` is ``--phase all``; one naming neither prices the
 training alone, as before. The figures: ``providers.prices.profiles.phase_duration``.
 
-Running a split today: launch the tuning on the cheap machine (``dqlctl launch --tune
---episodes 1 --instance-type X ...``: ``launch`` runs ``full-workflow`` or ``train``, so the
-tuning comes with a one-episode training), read the tuned settings from that run's
-``best_params.json`` (``params``), then ``dqlctl launch --command train --instance-type Y
---episodes N ... -- --gamma G --lr L --batch_size B ...`` with them. (``--skip_tuning`` reads
-``best_params.json`` from the run's own results folder, which a new run does not have.)
+Running a split: ``dqlctl launch --command tune --instance-type X ... -- --n_iter N
+--tuning_episodes M`` runs the trials alone on the cheap machine (its ``best_params.json`` in
+its results), then ``dqlctl launch --command train --params-from <that run> --instance-type Y
+--episodes E ...`` trains with them on the other (the file is copied into the new run's
+results, where its machine reads it: a cloud run needs ``--results-dir`` on a bucket). The
+split line prints the two commands with each machine's provider, region and instance type.
 
 The figures come from ``providers.prices`` (the same estimate launch and the TUI use) and, for
 ``--runs``, from ``dqlctl.runs.costs``; this module only renders them. Standard library only at import time.
@@ -82,9 +82,10 @@ training, --phase all (the default with --trials or --trial-episodes) for both o
 then the cheapest machine per phase and whether a split pays for its second bring-up:
   dqlctl cost --phase all --episodes 100 --data data/STOCKS_GOOGL.csv
   dqlctl cost --phase tune --trials 40 --trial-episodes 10 --data data/STOCKS_GOOGL.csv
-A split today: `dqlctl launch --tune --episodes 1 --instance-type X ...` (the trials, and a
-one-episode training), then `dqlctl launch --command train --instance-type Y --episodes N ...
--- --gamma G --lr L ...` with the `params` of the first run's best_params.json.
+A split runs as two launches (the split line prints them with each machine):
+  dqlctl launch --command tune --instance-type X ... -- --n_iter 20 --tuning_episodes 20
+  dqlctl launch --command train --params-from <that run> --instance-type Y --episodes N ...
+(a cloud run reads the tuned parameters from its bucket: give it --results-dir there).
 """
 
 

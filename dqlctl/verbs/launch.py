@@ -1,5 +1,12 @@
 """``dqlctl launch``: start a training run (``--dry-run``: say what would be created;
-``--follow``: stream its progress and exit with its status)."""
+``--follow``: stream its progress and exit with its status).
+
+Tune on one machine and train on another (``dqlctl cost --phase all`` says when it pays):
+``launch --command tune --instance-type X ... -- --n_iter 40 --tuning_episodes 10`` runs only
+the trials (``--episodes`` is refused there: tune trains no final model), then
+``launch --command train --params-from <that run> --instance-type Y --episodes N ...`` trains
+with its ``best_params.json`` (``dqlctl.runs.request``: read, checked, copied to the new run's
+results)."""
 
 from __future__ import annotations
 
@@ -18,11 +25,18 @@ def register(sub: Any) -> None:
     p.add_argument("--data", default="STOCKS_GOOGL.csv",
                    help="market data: a path, a bare name under data/ or $DQL_DATA_DIR, or a URI")
     p.add_argument("--agent-type", default="custom", help="dql, custom (default) or memory")
-    p.add_argument("--episodes", type=int, default=20, help="training episodes (default 20)")
+    p.add_argument("--episodes", type=int, help="training episodes (default 20; not with "
+                   "--command tune, whose trials are -- --n_iter N --tuning_episodes M)")
     p.add_argument("--name", help="a name for the run (default: from the data and agent)")
     p.add_argument("--command", default="full-workflow", help="engine command: full-workflow "
-                   "(default: train, evaluate, report) or train")
+                   "(default: train, evaluate, report), train, or tune (the trials alone: "
+                   "-- --n_iter N --tuning_episodes M; its best_params.json feeds "
+                   "--params-from)")
     p.add_argument("--tune", action="store_true", help="run the tuning stage first")
+    p.add_argument("--params-from", metavar="RUN|PATH|URI",
+                   help="train / full-workflow with tuned parameters: a run's (id or name: one "
+                   "that finished tuning, e.g. a --command tune run), or a best_params.json "
+                   "path or URI; copied to the run's results, tuning skipped")
     p.add_argument("--seed", type=int, help="random seed for the engine")
     p.add_argument("--runtime", default="auto",
                    help="auto (container if the engine image is present, else native), "
@@ -71,10 +85,15 @@ def register(sub: Any) -> None:
 
 def cmd_launch(ctx: Any, args: argparse.Namespace) -> int:
     from dqlctl import runs
+    from dqlctl.errors import UsageError
 
+    if args.command == "tune" and args.episodes is not None:
+        raise UsageError("--episodes: the engine's tune trains no final model; its trials are "
+                         "set by -- --n_iter N --tuning_episodes M", field="episodes")
     req = runs.LaunchRequest(
         provider=args.provider, data=args.data, agent_type=args.agent_type,
-        episodes=args.episodes, name=args.name, command=args.command, tune=args.tune,
+        episodes=20 if args.episodes is None else args.episodes, name=args.name,
+        command=args.command, tune=args.tune, params_from=args.params_from,
         runtime=args.runtime, region=args.region, instance_type=args.instance_type,
         gpu=args.gpu, spot=args.spot, seed=args.seed, results_dir=args.results_dir,
         max_price=args.max_price, image=args.image, image_id=args.image_id,
