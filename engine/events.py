@@ -7,7 +7,8 @@ this module on its fast path.
 Every event has ``v`` (schema version), ``ts`` (unix seconds, float) and ``event`` (its kind).
 Kinds and their fields:
 
-- ``run_started``: experiment, command, agent_type, episodes, data_file, device, seed, pid
+- ``run_started``: experiment, command, agent_type, episodes, data_file, device, seed, pid;
+  params_from (where `--params_file` took the tuned settings from), when given
 - ``stage``: name (``tune`` | ``train`` | ``evaluate`` | ``report``)
 - ``episode``: episode (1-based), episodes, reward, loss, epsilon, val_sharpe, steps_per_s, env_steps
 - ``trial``: trial, trials, params, score (tuning)

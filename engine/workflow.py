@@ -534,6 +534,20 @@ def _tune_stage(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, stop: 
     return tuned_cfg.resolved(), {k: v for k, v in params.items() if k not in kept}
 
 
+def _trials_searched(ctx: _Ctx, cfg: Config) -> int:
+    """How many tuning trials chose the parameters trained with (the deflated Sharpe's
+    count): the ``n_trials`` their ``best_params.json`` records (``--params_file``, or the
+    run's own when reused), else ``--n_iter``."""
+    doc = ctx.saved.doc if ctx.saved is not None else None
+    if doc is None:
+        try:
+            doc = json.loads((ctx.out / "best_params.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            doc = None
+    found = doc.get("n_trials") if isinstance(doc, dict) else None
+    return int(found) if isinstance(found, int) and found > 0 else int(cfg.n_iter)
+
+
 def _evaluate_stage(ctx: _Ctx, cfg: Config, data: Any, net: Any, device: str,
                     val_series: tuple[Any, Any] | None, *, result: Any = None,
                     tuned: bool = False) -> dict[str, Any]:
@@ -542,7 +556,7 @@ def _evaluate_stage(ctx: _Ctx, cfg: Config, data: Any, net: Any, device: str,
     from engine.evaluation import evaluate_markets
 
     ctx.events.emit("stage", name="evaluate")
-    n_iter = cfg.n_iter if tuned else 1
+    n_iter = _trials_searched(ctx, cfg) if tuned else 1
     done = evaluate_markets(ctx.out, cfg, data, net, device, val_series=val_series,
                             result=result, tuning_trials=n_iter)
     metrics = done["test_metrics"]

@@ -166,7 +166,7 @@ def test_engine_params_file_from_s3_skips_tuning_in_full_workflow(
 
     boto3.client("s3").create_bucket(Bucket="tuned")
     boto3.client("s3").put_object(Bucket="tuned", Key="t/best_params.json", Body=json.dumps(
-        {"params": PARAMS, "train_transaction_cost": 3e-4}).encode())
+        {"params": PARAMS, "train_transaction_cost": 3e-4, "n_trials": 7}).encode())
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     code = engine_main([*_engine_args(tmp_path, "full-workflow"), "--lr", "5e-4",
                         "--params_file", "s3://tuned/t/best_params.json"])
@@ -181,6 +181,9 @@ def test_engine_params_file_from_s3_skips_tuning_in_full_workflow(
     assert events[0]["params_from"] == "s3://tuned/t/best_params.json"
     assert "tune" not in [e.get("name") for e in events if e["event"] == "stage"]
     assert "s3://tuned/t/best_params.json" in (out / "report.html").read_text()  # says where
+    # the deflated Sharpe counts the 7 trials that chose these parameters elsewhere
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["n_trials"] == 1 * int(config.get("val_folds") or 1) * 7
 
 
 @pytest.mark.parametrize("content,needle", [
