@@ -213,6 +213,15 @@ def test_update_is_the_same_on_the_device() -> None:
 
 _CONVERSIONS = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__",
                 "__array__", "cpu"}
+# ops whose output size depends on the data: on a GPU the host must wait to learn it
+_DATA_SHAPED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive",
+                "nonzero_static"}
+
+
+def _bool_index(index: Any) -> bool:
+    """A boolean-mask index (``x[mask]``, ``x[mask] = v``): a nonzero() underneath."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in parts)
 
 
 class SyncRecorder(TorchFunctionMode):
@@ -227,8 +236,12 @@ class SyncRecorder(TorchFunctionMode):
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", str(func))
-        if name in _CONVERSIONS:
+        if name in _CONVERSIONS or name in _DATA_SHAPED:
             self.syncs.append(name)
+        elif name == "where" and len(args) == 1:        # where(cond): nonzero
+            self.syncs.append("where(cond)")
+        elif name in ("__getitem__", "__setitem__") and len(args) > 1 and _bool_index(args[1]):
+            self.syncs.append(f"{name}[bool mask]")
         elif name in ("to", "copy_"):
             moves = any(isinstance(a, torch.device | str) for a in args[1:]) or \
                 "device" in kwargs or name == "copy_"
@@ -297,8 +310,9 @@ def test_the_recorder_sees_a_sync_put_back(monkeypatch: pytest.MonkeyPatch) -> N
     with recording() as rec:
         torch.ones(2).to("cpu")
         torch.ones(2).to("cpu", non_blocking=True)
+        torch.ones(2)[torch.tensor([True, False])]
         torch.ones(2).tolist()
-    assert rec.syncs == ["to", "tolist"]
+    assert rec.syncs == ["to", "__getitem__[bool mask]", "tolist"]
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
