@@ -290,3 +290,27 @@ def test_the_launch_form_can_tune_and_the_cost_screen_prices_both_phases(
     view = cost_view(Context(home=tmp_path, clock=lambda: NOW), req)
     assert (view.run or "").startswith("20 tuning trials x 20 episodes on the vCPUs, then 100")
     assert any(n.split(": ", 1)[1].startswith("tune trials: ") for n in view.notes)
+
+
+def test_a_gpu_the_engine_cannot_use_is_priced_at_cpu_speed_and_an_arm64_host_not_at_all(
+        ) -> None:
+    """An AMD GPU (Azure NVv4) gives the CUDA engine nothing: the run is priced at the speed of
+    the machine's CPU and says why; an arm64 host (AWS g5g) cannot start the amd64 image, so a
+    run is not priced there (listed as not shown), though the per-hour list keeps it."""
+    prices = PriceSet(rows=[row("c7a.xlarge", "", 0, 4, 0.17, 0.07),
+                            row("NV4as_v4", "Radeon MI25", 1, 4, 0.23, 0.03),
+                            row("g5g.xlarge", "T4g", 1, 4, 0.42, 0.04)])
+    profiles = [Profile.from_dict(profile(sps=400.0)),
+                Profile.from_dict(profile(device="cuda", name="Tesla T4", sps=40_000.0))]
+    got = quote(PriceRequest(spot=True, run=shape(trials=0, trial_episodes=0)), now=NOW,
+                prices=prices, profiles=profiles)
+    offers = {o.instance_type: o.extra["duration"] for o in got.offers}
+    assert set(offers) == {"c7a.xlarge", "NV4as_v4"}
+    assert offers["NV4as_v4"]["steps_per_s"] == offers["c7a.xlarge"]["steps_per_s"] == 400.0
+    assert offers["NV4as_v4"]["provenance"].startswith("AMD GPU: the CUDA engine image does "
+                                                       "not use it, on its CPU: ")
+    assert [(r.instance_type, why) for r, why in got.hidden] == [
+        ("g5g.xlarge", "arm64 host (Graviton): needs an arm64 engine image")]
+    per_hour = quote(PriceRequest(spot=True), now=NOW, prices=prices)
+    assert {o.instance_type for o in per_hour.offers} == {"c7a.xlarge", "NV4as_v4",
+                                                          "g5g.xlarge"}

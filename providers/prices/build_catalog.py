@@ -16,6 +16,8 @@ import io
 import sys
 from pathlib import Path
 
+from providers.prices.catalog import gpu_unusable, host_unusable
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CATALOG_PATH = DATA_DIR / "catalog.csv"
 
@@ -94,10 +96,7 @@ def normalise(reference_csv: str) -> list[dict[str, str]]:
         if (provider, itype) in RETIRED:
             status = "retired"
             notes.append(RETIRED[(provider, itype)])
-        if gpu == "T4g":
-            notes.append("arm64 host (Graviton): needs an arm64 engine image")
-        if gpu.startswith("Radeon"):
-            notes.append("AMD GPU: the CUDA engine image does not use it")
+        notes += [why for why in (host_unusable(gpu), gpu_unusable(gpu)) if why]
         rows.append({
             "provider": provider, "region": src["region"].strip(), "instance_type": itype,
             "gpu": gpu, "gpu_count": count, "vcpus": _int(src["vcpus"]),

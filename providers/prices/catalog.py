@@ -41,6 +41,21 @@ PROVIDERS = ("aws", "azure", "gcp")
 CACHE_SCHEMA = 1
 
 
+def gpu_unusable(gpu: str) -> str:
+    """Why the engine cannot train on this GPU model ('' when it can): its image is built on
+    CUDA for amd64 hosts. (The catalog builder writes the same reasons into the rows' notes.)"""
+    if gpu.startswith("Radeon"):
+        return "AMD GPU: the CUDA engine image does not use it"
+    return ""
+
+
+def host_unusable(gpu: str) -> str:
+    """Why the engine's image cannot run on this machine at all ('' when it can)."""
+    if gpu == "T4g":
+        return "arm64 host (Graviton): needs an arm64 engine image"
+    return ""
+
+
 @dataclass(frozen=True)
 class PriceRow:
     """One instance type in one region, with its prices and where they came from."""

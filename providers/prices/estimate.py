@@ -50,6 +50,8 @@ from providers.prices.catalog import (
     PriceRow,
     PriceSet,
     age_s,
+    gpu_unusable,
+    host_unusable,
     is_stale,
     load_prices,
 )
@@ -297,9 +299,14 @@ def offer_for(row: PriceRow, request: PriceRequest, now: float,
                   extra=extra)
     hours = request.hours
     if request.run is not None:
-        duration = profiles_mod.phase_duration(request.run, request.phase, row.gpu,
-                                               row.gpu_count, row.vcpus, profiles or [],
+        # a GPU the engine cannot use leaves it the machine's CPU
+        usable = 0 if gpu_unusable(row.gpu) else row.gpu_count
+        duration = profiles_mod.phase_duration(request.run, request.phase, row.gpu, usable,
+                                               row.vcpus, profiles or [],
                                                bring_up_h=RESTART_OVERHEAD_H, now=now)
+        if usable != row.gpu_count:
+            duration = replace(duration, provenance=f"{gpu_unusable(row.gpu)}, on its CPU: "
+                                                    f"{duration.provenance}")
         extra["duration"] = duration.to_dict()
         hours = duration.hours if duration.hours is not None else request.hours
     est = estimate(offer, hours, checkpoint_interval_h=request.checkpoint_interval_h,
@@ -340,6 +347,8 @@ def quote(request: PriceRequest, *, home: str | os.PathLike[str] | None = None,
             result.hidden.append((row, "GPU-only price (the n1 host VM is not in the price)"))
         elif row.status != "available" and not request.instance_type:
             result.hidden.append((row, row.status))
+        elif request.run is not None and host_unusable(row.gpu):
+            result.hidden.append((row, host_unusable(row.gpu)))    # the run cannot start there
         else:
             result.offers.append(offer_for(row, request, now, profiles))
     result.offers.sort(key=_sort_key)
