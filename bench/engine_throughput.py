@@ -73,7 +73,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.config import Config  # noqa: E402
-from engine.profile import loop_seconds  # noqa: E402
+from engine.profile import GPU_PAIRS, loop_seconds  # noqa: E402
 from engine.train import PreparedData, greedy_pass, prepare_data, run_training  # noqa: E402
 
 REPLAY_RATIO = 16.0  # SB3: train_freq 4 x batch 64
@@ -194,9 +194,6 @@ def bare_update_limit(data: PreparedData, batch: int, seconds: float = 2.0,
         wait()
         n += 20
     return n * batch / (time.perf_counter() - t0)
-
-
-GPU_PAIRS = ((256, 1024), (1024, 4096), (4096, 16384), (8192, 32768))  # (n_envs, batch)
 
 
 def gpu_figures(data: PreparedData, env_steps: int, device: str = "cuda",
