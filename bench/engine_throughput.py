@@ -39,7 +39,8 @@ shared vCPU, torch 2.13 CPU, batch 1,024, 256 environments, share of the trainin
 
 On a GPU (where ``torch.cuda.is_available()``; else the run says "no GPU here"): the same
 run prints the GPU figures too (``--gpu_only``: only those): for (n_envs, batch) pairs at the
-same replay ratio (256/1,024 up to 8,192/32,768: 4 updates per vectorised step), ours env
+same replay ratio (``engine.profile.GPU_PAIRS``, the pairs ``profile --fill`` tries on a GPU:
+256/1,024 up to 8,192/32,768, 4 updates per vectorised step), ours env
 steps/s (the median episode of the second half, past torch.compile's warm-up), the bare-update
 limit at that batch on that GPU and ours as a fraction of it, the best pair, and SB3 DQN on the
 same GPU. ``--gpu_device cpu`` runs that code on the CPU (``bench/gpu_check.sh --cpu-dry-run``).
