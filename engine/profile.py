@@ -13,6 +13,11 @@ and ``device_name`` (the CPU model, ``engine.runtime.cpu_model``, or the GPU's n
 episodes after learning had started; all of them when none had), ``val_overhead`` (the time
 outside the loop, validation after each episode and set-up, as a fraction of the loop's),
 ``env_steps``, ``updates``, ``loop_s``, ``torch``, ``measured_at`` (UTC), ``source``.
+
+:func:`fill` (``profile --fill``) runs :func:`measure` at several (n_envs, batch) pairs at the
+configuration's replay ratio (its own, and :data:`CPU_PAIRS` or :data:`GPU_PAIRS` by the device)
+and ranks them: the speed-up each gives over the configuration's own. Those two settings change
+what a run learns, so the fastest is a recommendation for speed (:data:`LEARNING_CAVEAT`).
 """
 
 from __future__ import annotations
