@@ -39,7 +39,8 @@ shared vCPU, torch 2.13 CPU, batch 1,024, 256 environments, share of the trainin
 
 On a GPU (where ``torch.cuda.is_available()``; else the run says "no GPU here"): the same
 run prints the GPU figures too (``--gpu_only``: only those): for (n_envs, batch) pairs at the
-same replay ratio (256/1,024 up to 8,192/32,768: 4 updates per vectorised step), ours env
+same replay ratio (``engine.profile.GPU_PAIRS``, the pairs ``profile --fill`` tries on a GPU:
+256/1,024 up to 8,192/32,768, 4 updates per vectorised step), ours env
 steps/s (the median episode of the second half, past torch.compile's warm-up), the bare-update
 limit at that batch on that GPU and ours as a fraction of it, the best pair, and SB3 DQN on the
 same GPU. ``--gpu_device cpu`` runs that code on the CPU (``bench/gpu_check.sh --cpu-dry-run``).
@@ -73,7 +74,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.config import Config  # noqa: E402
-from engine.profile import loop_seconds  # noqa: E402
+from engine.profile import GPU_PAIRS, loop_seconds  # noqa: E402
 from engine.train import PreparedData, greedy_pass, prepare_data, run_training  # noqa: E402
 
 REPLAY_RATIO = 16.0  # SB3: train_freq 4 x batch 64
@@ -194,9 +195,6 @@ def bare_update_limit(data: PreparedData, batch: int, seconds: float = 2.0,
         wait()
         n += 20
     return n * batch / (time.perf_counter() - t0)
-
-
-GPU_PAIRS = ((256, 1024), (1024, 4096), (4096, 16384), (8192, 32768))  # (n_envs, batch)
 
 
 def gpu_figures(data: PreparedData, env_steps: int, device: str = "cuda",

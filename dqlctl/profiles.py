@@ -120,16 +120,38 @@ def measure(home: str | os.PathLike[str], settings: dict[str, Any],
     """Measure the engine configuration ``settings`` (engine setting name -> value: agent_type,
     data_file, batch_size, n_envs, hidden_sizes, device, torch_threads ...) here, for about
     ``seconds`` (``engine.profile.measure``), and keep the profile in the home."""
-    from engine.config import Config, ConfigError, apply_overrides
     from engine.profile import measure as engine_measure
+
+    record = engine_measure(_engine_config(settings), seconds)
+    return save_profile(home, record, where="dqlctl profile")
+
+
+def measure_fill(home: str | os.PathLike[str], settings: dict[str, Any], seconds: float = 5.0,
+                 *, pairs: Sequence[tuple[int, int]] | None = None,
+                 log: Any = None) -> list[dict[str, Any]]:
+    """:func:`measure` at several (n_envs, batch) pairs (``engine.profile.fill``: the
+    configuration's own and ``pairs``, default by the device), about ``seconds`` each; every
+    measured pair's profile is kept in the home (``dqlctl cost --batch-size B --n-envs N``
+    then finds it). The engine's records, fastest first, then the skipped pairs."""
+    from engine.profile import fill
+
+    records = fill(_engine_config(settings), seconds, pairs=pairs, log=log)
+    for rec in records:
+        if not rec.get("skipped"):
+            save_profile(home, rec, where="dqlctl profile --fill")
+    return records
+
+
+def _engine_config(settings: dict[str, Any]) -> Any:
+    """The engine's Config of ``settings``; ShapeError naming a bad one."""
+    from engine.config import Config, ConfigError, apply_overrides
 
     try:
         cfg = apply_overrides(Config(), settings, source="profile flags")
         cfg.validate()
     except ConfigError as exc:
         raise ShapeError(str(exc)) from None
-    record = engine_measure(cfg, seconds)
-    return save_profile(home, record, where="dqlctl profile")
+    return cfg
 
 
 def run_estimate(home: str | os.PathLike[str], req: Any, plan: dict[str, Any], *,

@@ -45,7 +45,8 @@ COMMANDS: dict[str, str] = {
     "compare": "compare evaluated experiments side by side",
     "check-dependencies": "show which packages, device and threads the engine would use",
     "profile": "measure env steps/s and gradient updates/s of this configuration on this machine "
-               "for --seconds (a short training run, nothing written); the record as JSON",
+               "for --seconds (a short training run, nothing written); the record as JSON; "
+               "--fill: the (n_envs, batch) pair that is fastest here",
     "benchmark": "train and test on every market of --data_dir with --seeds seeds, in parallel; "
                  "one comparison report (seed spread, bootstrap CI against buy-and-hold)",
 }
@@ -62,6 +63,7 @@ EXAMPLES = """examples:
   dql-trading train --data_file 'markets/*.csv' --agent_type custom --test   # one agent, many
   dql-trading benchmark --data_dir markets/ --seeds 3 --agent_type custom --episodes 40
   dql-trading profile --agent_type dql --batch_size 1024 --n_envs 256 --seconds 5
+  dql-trading profile --fill --device cuda --seconds 5   # the n_envs and batch fastest here
 """
 
 
@@ -123,7 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="experiments under --results_dir (default: every evaluated one)")
         if name == "profile":
             p.add_argument("--seconds", type=float, default=5.0, metavar="S",
-                           help="loop time to measure, after learning has started (default: 5)")
+                           help="loop time to measure, after learning has started (default: 5; "
+                                "with --fill: per pair)")
+            p.add_argument("--fill", action="store_true",
+                           help="measure several (n_envs, batch) pairs at this replay ratio "
+                                "(this configuration's own, and larger ones for the device) "
+                                "and name the fastest; the records as JSON, fastest first")
+            p.add_argument("--pairs", type=_pairs, default=None, metavar="N:B,...",
+                           help="with --fill: the n_envs:batch pairs to try, e.g. "
+                                "64:256,256:1024 (default: by the device)")
         if name == "benchmark":
             p.add_argument("--data_dir", required=True, metavar="DIR",
                            help="folder of market files (*.csv, *.parquet)")
@@ -155,20 +165,42 @@ def _error(message: str) -> int:
     return 2
 
 
-def _profile(cfg: Config, seconds: float) -> int:
-    """``profile``: one line on stderr, the record (engine.profile) as JSON on stdout."""
+def _pairs(text: str) -> tuple[tuple[int, int], ...]:
+    """``--pairs 64:256,256:1024``: (n_envs, batch) pairs (engine.profile.parse_pairs)."""
+    from engine.profile import parse_pairs
+
+    try:
+        return parse_pairs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _profile(cfg: Config, ns: argparse.Namespace) -> int:
+    """``profile``: one line on stderr, the record (engine.profile) as JSON on stdout; with
+    ``--fill``: a line per pair and the recommendation on stderr, the records as JSON."""
     import json
 
-    from engine.profile import describe, measure
+    from engine.profile import describe, fill, fill_lines, measure
 
+    seconds = ns.seconds
     if not seconds > 0:
         raise BadInput(f"--seconds must be more than 0, got {seconds:g}")
+    if ns.pairs and not ns.fill:
+        raise BadInput("--pairs goes with --fill")
     from engine.data import DataError
 
     try:
-        record = measure(cfg, seconds)
+        if ns.fill:
+            records = fill(cfg, seconds, pairs=ns.pairs,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+        else:
+            record = measure(cfg, seconds)
     except DataError as exc:
         raise BadInput(str(exc)) from None
+    if ns.fill:
+        print("\n".join(fill_lines(records)), file=sys.stderr, flush=True)
+        print(json.dumps(records), flush=True)
+        return 0
     print(describe(record), file=sys.stderr, flush=True)
     print(json.dumps(record), flush=True)
     return 0
@@ -198,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_benchmark(cfg, ns.data_dir, ns.seeds, workers=ns.workers,
                                  pooled=ns.pooled)
         if ns.command == "profile":
-            return _profile(cfg, ns.seconds)
+            return _profile(cfg, ns)
         from engine.workflow import run_command
 
         return run_command(ns.command, cfg, given=given,

@@ -3,6 +3,12 @@
     dqlctl profile                                      the default run (custom agent) here, 5 s
     dqlctl profile --agent-type dql --batch-size 1024 --n-envs 256 --seconds 10
     dqlctl profile --list                               the shipped and measured profiles
+    dqlctl profile --fill --device cuda --seconds 5     the n_envs and batch fastest here
+
+``--fill`` measures several (n_envs, batch) pairs at the configuration's replay ratio (its own,
+and larger ones for the device: ``engine.profile.fill``), keeps every one as a profile, and
+names the fastest; n_envs and batch change what a run learns, so that is a recommendation for
+speed, to be checked with ``dqlctl sweep`` before a default changes.
 
 A profile is env steps/s and updates/s of one engine configuration (agent, network, batch,
 n_envs) on one device (the CPU model, or the GPU's name): a short training run of the engine
@@ -28,6 +34,8 @@ examples:
   dqlctl profile
   dqlctl profile --agent-type dql --batch-size 1024 --n-envs 256 --hidden-sizes 64,64
   dqlctl profile --device cuda --batch-size 4096 --n-envs 1024 --seconds 10
+  dqlctl profile --fill --device cuda --seconds 5
+  dqlctl profile --fill --pairs 64:256,256:1024 --agent-type dql
   dqlctl profile --list --json
 """
 
@@ -50,7 +58,15 @@ def register(sub: Any) -> None:
     p.add_argument("--data", default="STOCKS_GOOGL.csv",
                    help="the market the run trains on (default STOCKS_GOOGL.csv)")
     p.add_argument("--seconds", type=float, default=5.0,
-                   help="loop time to measure once learning has started (default 5)")
+                   help="loop time to measure once learning has started (default 5; with "
+                        "--fill: per pair)")
+    p.add_argument("--fill", action="store_true",
+                   help="measure several --n-envs/--batch-size pairs at this replay ratio "
+                        "(this configuration's own and larger ones for the device), keep each, "
+                        "and name the fastest")
+    p.add_argument("--pairs", metavar="N:B,...",
+                   help="with --fill: the n_envs:batch pairs to try, e.g. 64:256,256:1024 "
+                        "(default: by the device)")
     p.add_argument("--list", action="store_true", help="list the profiles kept, do not measure")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
@@ -77,6 +93,11 @@ HEADERS = ("AGENT", "NETWORK", "BATCH", "ENVS", "DEVICE", "STEPS/S", "UPDATES/S"
 def cmd_profile(ctx: Any, args: argparse.Namespace) -> int:
     from providers.prices.profiles import load_profiles
 
+    if args.list and (args.fill or args.pairs):
+        raise DqlctlError(f"{'--fill' if args.fill else '--pairs'} measures; --list lists the "
+                          "kept profiles: give one of them", EXIT_USAGE)
+    if args.pairs and not args.fill:
+        raise DqlctlError("--pairs goes with --fill", EXIT_USAGE)
     if args.list:
         profiles = load_profiles(ctx.home)
         if args.json:
@@ -91,6 +112,8 @@ def cmd_profile(ctx: Any, args: argparse.Namespace) -> int:
     for key in ("batch_size", "n_envs", "hidden_sizes"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    if args.fill:
+        return _fill(ctx, args, settings)
     from dqlctl.profiles import ShapeError, measure
 
     if not args.json:
@@ -107,4 +130,39 @@ def cmd_profile(ctx: Any, args: argparse.Namespace) -> int:
     from providers.prices.profiles import store_path
 
     print(f"kept in {store_path(ctx.home)}", file=ctx.stdout)
+    return 0
+
+
+def _fill(ctx: Any, args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    """``profile --fill``: every pair measured and kept; a line each, the fastest, the caveat
+    (``engine.profile.fill_lines``, dqlctl's flag spellings); ``--json``: the records."""
+    from dqlctl.profiles import ShapeError, measure_fill
+    from engine.profile import fill_lines, parse_pairs
+
+    try:
+        pairs = parse_pairs(args.pairs) if args.pairs else None
+    except ValueError as exc:
+        raise DqlctlError(f"--pairs: {exc}", EXIT_USAGE) from None
+
+    def say(message: str) -> None:
+        if not args.json:
+            print(message, file=ctx.stderr, flush=True)
+
+    say(f"measuring {args.agent_type} on {args.data} at several n_envs and batch sizes, about "
+        f"{args.seconds:g} s each ...")
+    try:
+        records = measure_fill(ctx.home, settings, args.seconds, pairs=pairs, log=say)
+    except (ShapeError, ValueError, RuntimeError) as exc:
+        raise DqlctlError(str(exc).strip().splitlines()[0], EXIT_USAGE) from None
+    if args.json:
+        print(json.dumps(records, indent=2), file=ctx.stdout)
+        return 0
+    from providers.prices.profiles import store_path
+
+    lines = fill_lines(records, flag=lambda name: "--" + name.replace("_", "-"))
+    print("\n".join(lines), file=ctx.stdout)
+    kept = sum(1 for r in records if not r.get("skipped"))
+    print(f"kept {kept} profile{'s' if kept != 1 else ''} in {store_path(ctx.home)}: `dqlctl "
+          "cost --episodes E --data FILE --batch-size B --n-envs N` prices a run at any of "
+          "them", file=ctx.stdout)
     return 0
