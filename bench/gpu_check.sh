@@ -11,6 +11,8 @@
 #   bench.log        at one replay ratio, the bare-update limit on that GPU, ours / limit, SB3
 #                    on the same GPU
 #   gpu_profile.json `python -m engine profile --device cuda` (the record dqlctl profile stores)
+#   gpu_fill.json    `python -m engine profile --fill --device cuda`: the (n_envs, batch) pairs
+#                    fastest first (its lines and the recommendation appended to profile.log)
 #   profile.log, env.txt (torch, GPU, driver)
 #
 #   bench/gpu_check.sh                 # on the GPU machine
@@ -71,6 +73,12 @@ timeout 120 "$PY" -m engine profile --data_file STOCKS_GOOGL.csv --agent_type dq
   --hidden_sizes 64,64 "${PROFILE[@]}" >"$OUT/gpu_profile.json" 2>"$OUT/profile.log" \
   || failed+=(profile)
 cat "$OUT/profile.log" "$OUT/gpu_profile.json"
+
+echo "== fill ($DEVICE): the n_envs/batch pairs that make the engine fastest there"
+if [ "$DRY" = 1 ]; then FILL=(--device cpu --pairs 16:64 --seconds 1); else FILL=(--device cuda --seconds 5); fi
+timeout 240 "$PY" -m engine profile --fill --data_file STOCKS_GOOGL.csv "${FILL[@]}" \
+  >"$OUT/gpu_fill.json" 2>>"$OUT/profile.log" || failed+=(fill)
+tail -n 20 "$OUT/profile.log"
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "gpu_check: FAILED: ${failed[*]} (logs in $OUT)"
