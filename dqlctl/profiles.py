@@ -173,7 +173,7 @@ def run_estimate(home: str | os.PathLike[str], req: Any, plan: dict[str, Any], *
         shape = launch_shape(req)
     except ShapeError as exc:
         return {"duration": f"unknown: {str(exc).splitlines()[0]}"}
-    phase = "all" if shape.trials else "train"
+    phase = ("tune" if req.command == "tune" else "all") if shape.trials else "train"
     here = PriceRequest(provider=req.provider, instance_type=str(itype), region=str(region),
                         spot=req.spot, run=shape, phase=phase)
     try:
@@ -189,11 +189,13 @@ def run_estimate(home: str | os.PathLike[str], req: Any, plan: dict[str, Any], *
         return {}
     offer = found[0]
     d, est = offer.extra["duration"], offer.extra["estimate"]
-    if d.get("phase") == "all" and d.get("tune_hours") is not None:
+    if d.get("phase") in ("all", "tune") and d.get("tune_hours") is not None:
         what = (f"tune {fmt_hours(d['tune_hours'])} ({shape.trials} trials x "
                 f"{shape.trial_episodes} episodes, {d['workers']} at once, {d['waves']} wave"
-                f"{'s' if d['waves'] != 1 else ''}) + train {fmt_hours(d['train_hours'])} "
-                f"({shape.env_steps:,} env steps) + {d['bring_up_h'] * 60:g} min bring-up")
+                f"{'s' if d['waves'] != 1 else ''})")
+        if d["phase"] == "all":
+            what += f" + train {fmt_hours(d['train_hours'])} ({shape.env_steps:,} env steps)"
+        what += f" + {d['bring_up_h'] * 60:g} min bring-up"
         out = {"duration": f"{fmt_hours(d['hours'])}: {what}; {d['provenance']}"}
     else:
         out = {"duration": f"{fmt_hours(d['hours'])} ({d['env_steps']:,} env steps, "

@@ -187,6 +187,12 @@ def test_launch_dry_run_rows_show_both_phases_and_the_split_when_cheaper(
     assert launch_shape(req).trials == 0
     req.engine_args = ["--search_method", "grid", "--n_iter", "1000"]
     assert 0 < launch_shape(req).trials < 1000
+    # launch --command tune: the trials alone, no training phase and no split
+    tuner = LaunchRequest(provider="aws", data="STOCKS_GOOGL.csv", command="tune",
+                          engine_args=["--batch_size", "64", "--n_envs", "8"])
+    out = run_estimate(tmp_path, tuner, plan, prices=PRICES, now=NOW)
+    assert "20 trials x 20 episodes, 4 at once, 5 waves) + 6 min bring-up" in out["duration"]
+    assert "train" not in out["duration"].split(";")[0] and "split" not in out
 
 
 def dqlctl(home: Path, *argv: str) -> tuple[int, str, str]:
