@@ -31,6 +31,7 @@ from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
+from dqlctl.render import history_lines
 from tests.held_engine import hold_in
 from tests.test_aws_e2e import kill_vm_processes
 
@@ -162,6 +163,13 @@ def figures(home: Path, final: Any, cloud: Cloud, name: str, notice: bool) -> di
     lost = max(0.0, (at_hold - max(resumed_at, resumed_steps)) / per_episode)
     episode_s = (first[HOLD_AFTER]["ts"] - first[1]["ts"]) / (HOLD_AFTER - 1)
     marks = Context(home=home).registry.events(final.id)
+    # the run's history, as `dqlctl show` prints it: (notice -> checkpoint ->) PREEMPTED ->
+    # RECOVERING -> SUCCEEDED, in that order
+    lines = history_lines(marks)
+    order = (([f"  notice  ({cloud.provider} ", f"  checkpoint  (episode {HOLD_AFTER}, uploaded"]
+              if notice else []) + ["  PREEMPTED  (", "  RECOVERING", "  SUCCEEDED"])
+    at = [next((i for i, x in enumerate(lines) if m in x), -1) for m in order]
+    assert -1 not in at and at == sorted(at), "\n".join(lines)
     preempted = next(e["ts"] for e in marks if e["to_state"] == reg.PREEMPTED)
     running = next(e["ts"] for e in marks if e["to_state"] == reg.RUNNING
                    and e["ts"] > preempted)

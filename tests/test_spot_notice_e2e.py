@@ -6,15 +6,15 @@ lands in the middle of an episode, after the last periodic checkpoint: without t
 work since that checkpoint would be lost; with it the VM's supervisor (``--notices aws``) records
 the notice and stops the engine, which checkpoints mid-episode and uploads it to the run's bucket
 before it exits, well inside the two minutes EC2 gives.
+
+The notice, the resume from the notice's checkpoint losing nothing, and the history it leaves are
+tests/test_aws_recovery_e2e.py's ``notice`` case (tests/spot_recovery.py, one flow for the three
+clouds); this file keeps what only a controller watching at the moment of the notice sees.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
-from dqlctl.render import history_lines
 from tests import test_aws_e2e as aws
 from tests.fake_imds import FakeImds
 from tests.held_engine import hold_in
@@ -63,11 +62,6 @@ def wait_for(what: str, check: Any, seconds: float = 120) -> None:
         time.sleep(0.05)
 
 
-def bucket_events(name: str) -> list[dict[str, Any]]:
-    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"runs/{name}/events.jsonl")["Body"]
-    return [json.loads(x) for x in body.read().decode().splitlines()]
-
-
 def notice_and_checkpoint(imds: FakeImds, run: Any, release: Path) -> dict[str, Any]:
     """The cloud announces the end while the engine is mid-episode; once the engine has ended
     (its checkpoint uploaded): the notice and checkpoint events, from the VM's disk."""
@@ -83,57 +77,6 @@ def notice_and_checkpoint(imds: FakeImds, run: Any, release: Path) -> dict[str, 
     notice = events[kinds.index("notice")]
     checkpoint = events[kinds.index("checkpoint", kinds.index("notice"))]
     return {"notice": notice, "checkpoint": checkpoint, "events": events}
-
-
-def test_a_notice_mid_episode_checkpoints_and_the_run_resumes_losing_nothing(
-        home: Path, vm: dict[str, Any], imds: FakeImds) -> None:
-    run, release = noticed_run(home, "warned")
-    seen = notice_and_checkpoint(imds, run, release)
-    notice, checkpoint = seen["notice"], seen["checkpoint"]
-    # the checkpoint is mid-episode 5 (4 done), newer than the periodic one of episode 3, and
-    # it is in the bucket with the events so far, the notice among them
-    assert checkpoint["episode"] == HOLD_AFTER and checkpoint["path"].startswith("s3://")
-    to_checkpoint_s = checkpoint["ts"] - notice["ts"]
-    assert 0 <= to_checkpoint_s < 30, to_checkpoint_s
-    assert [e["event"] for e in bucket_events("warned")].count("notice") == 1
-    steps = int(re.search(r"ckpt-(\d+)\.pt", checkpoint["path"]).group(1))  # type: ignore
-    episode4 = next(e for e in seen["events"] if e["event"] == "episode"
-                    and e["episode"] == HOLD_AFTER)
-    assert steps > episode4["env_steps"]        # mid-episode: the half episode is kept
-
-    # the VM is then taken back, with nobody watching: its processes and disk are gone
-    boto3.client("ec2").terminate_instances(InstanceIds=run.instance_ids)
-    os.kill(vm["pid"], signal.SIGKILL)
-    kill_vm_processes(run.id)
-    shutil.rmtree(run.instance["extra"]["workdir"])
-    vm["restart"]()
-    imds.new_instance()     # the next machine's metadata announces nothing
-    release.touch()         # the next machine's engine runs on
-
-    (row,) = runs.reconcile_all(Context(home=home))
-    assert row.state == reg.RUNNING and "recovered" in row.reason, row.reason
-    final = runs.follow(Context(home=home), row)
-    assert final.state == reg.SUCCEEDED, final.reason
-    log = (Path(final.instance["extra"]["workdir"]) / "engine.log").read_text()
-    resumed = re.search(r"resumed from (ckpt-\d+\.pt): episode (\d+)/8, ([\d,]+) env steps", log)
-    assert resumed is not None, log[-2000:]
-    assert resumed.group(1) in checkpoint["path"] and int(resumed.group(2)) == HOLD_AFTER
-    assert int(resumed.group(3).replace(",", "")) == steps    # nothing after the notice lost
-    episodes = [e["episode"] for e in bucket_events("warned") if e["event"] == "episode"]
-    assert episodes == list(range(1, 9))        # each episode once
-
-    # the run's history: notice -> checkpoint -> PREEMPTED -> ... -> SUCCEEDED, with times
-    registry = Context(home=home).registry
-    lines = history_lines(registry.events(run.id))
-    marks = ["  notice  (aws preempt: terminate", "  checkpoint  (episode 4, uploaded",
-             "  PREEMPTED  (", "  RECOVERING", "  SUCCEEDED"]
-    at = [next((i for i, x in enumerate(lines) if m in x), -1) for m in marks]
-    assert -1 not in at and at == sorted(at), "\n".join(lines)
-    figures = {"episodes_lost": 0 if episodes == list(range(1, 9)) else None,
-               "notice_to_checkpoint_uploaded_s": round(to_checkpoint_s, 3),
-               "resumed_env_steps": steps, "episode4_env_steps": episode4["env_steps"]}
-    print(f"\nspot notice figures: {json.dumps(figures)}")
-    assert leftovers(run.id) == NOTHING
 
 
 def test_a_controller_that_sees_the_notice_makes_the_run_preempted_at_once(
