@@ -71,6 +71,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "J F, quarter positions": {**_F, "position_levels": 4},
     "K F, no noise/dropout/decay": {**_F, "obs_noise": 0.0, "dropout": 0.0, "weight_decay": 0.0},
     "L F, lr 1e-4": {**_F, "lr": 1e-4},
+    "M L, trend features (100 bars)": {**_F, "lr": 1e-4, "trend_window": 100},
+    "N L, trend features (200 bars)": {**_F, "lr": 1e-4, "trend_window": 200},
 }
 
 

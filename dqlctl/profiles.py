@@ -73,7 +73,7 @@ def run_shape(data: str, episodes: int, agent_type: str,
         train, _, _ = split_indices(n, cfg.train_frac, cfg.val_frac)
     except ValueError as exc:
         raise ShapeError(f"{data}: {exc}") from None
-    start = max(feature_warmup(cfg.feature_window), cfg.window - 1)
+    start = max(feature_warmup(cfg.feature_window, int(cfg.trend_window or 0)), cfg.window - 1)
     bars = int(train.stop) - 1 - start
     if bars <= 0:
         raise ShapeError(f"{data}: {n} bars leave no training bars after the warm-up")

@@ -85,6 +85,10 @@ class Config:
     """Bars of features in one observation (the agent sees the last `window` feature rows)."""
     feature_window: int = 20
     """Look-back of the rolling features (volatility, momentum, range position, volume z)."""
+    trend_window: int | None = None
+    """Look-back of the slow features (close against its average, long momentum, volatility
+    regime; engine/features.py); 0 = none; default: the agent type's own (none for all:
+    bench/ablation.md, variants M and N)."""
 
     # --- market / environment -----------------------------------------------------------------
     transaction_cost: float = 1e-4
@@ -265,6 +269,9 @@ class Config:
         need(_is_int(self.window) and self.window >= 1, "window", "an integer >= 1")
         need(_is_int(self.feature_window) and self.feature_window >= 2, "feature_window",
              "an integer >= 2")
+        need(self.trend_window is None or (_is_int(self.trend_window)
+                                            and (self.trend_window == 0 or self.trend_window >= 2)),
+             "trend_window", "0 (none) or an integer >= 2")
         need(self.n_step is None or (_is_int(self.n_step) and 1 <= self.n_step <= 100), "n_step",
              "an integer in 1..100")
         for key, top in (("position_levels", 10), ("val_folds", 20), ("ensemble", 32)):
@@ -317,7 +324,7 @@ class Config:
 COMMON_DEFAULTS: dict[str, Any] = {
     "position_levels": 1, "excess_reward": False, "weight_decay": 0.0, "dropout": 0.0,
     "obs_noise": 0.0, "val_folds": 1, "select_from": 0.0, "ensemble": 1, "long_only": False,
-    "lr": 3e-4,
+    "lr": 3e-4, "trend_window": 0,
 }
 """What the newer None settings resolve to unless the agent type says otherwise (the
 predecessor's behaviour: no regularisation, one validation stretch, one seed)."""

@@ -24,6 +24,14 @@ Columns (``FEATURE_NAMES``):
   ``window`` bars, from -1 (at the low) to 1 (at the high); 0 when that range is empty.
 - ``volume_z``: z-score of ``log(1 + volume)`` against the last ``window`` bars; 0 when the
   volume is constant (or absent).
+
+With ``trend_window`` N > 0 (``--trend_window``), three slow columns follow (``TREND_NAMES``), the
+regime a trend-following rule reads and the fast columns above cannot see:
+
+- ``trend``: ``log(close[t] / mean(close[t-N+1..t]))``, the close against its N-bar average.
+- ``trend_momentum``: ``log(close[t] / close[t-N])``.
+- ``vol_regime``: ``log(volatility / std of the last N log returns)``: is the market calmer or
+  wilder than usual.
 """
 
 from __future__ import annotations
@@ -39,19 +47,29 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_return", "volatility", "momentum", "rsi", "macd", "macd_signal", "macd_hist", "range",
     "close_position", "volume_z",
 )
+TREND_NAMES: tuple[str, ...] = ("trend", "trend_momentum", "vol_regime")
 RSI_PERIOD = 14
 MACD_FAST, MACD_SLOW, MACD_SIGNAL = 12, 26, 9
 
 
-def feature_warmup(window: int = 20) -> int:
-    """Number of leading rows of ``compute_features(md, window)`` that are warm-up zeros.
+def feature_names(trend_window: int = 0) -> tuple[str, ...]:
+    """The columns of ``compute_features(md, window, trend_window)``, in order."""
+    return FEATURE_NAMES + (TREND_NAMES if trend_window else ())
 
-    The longest look-back: ``window`` bars for the rolling features, and the MACD signal line's
-    26 + 9 - 1 = 34 bars for its exponential averages to settle.
+
+def feature_warmup(window: int = 20, trend_window: int = 0) -> int:
+    """Number of leading rows of ``compute_features(md, window, trend_window)`` that are warm-up
+    zeros.
+
+    The longest look-back: ``window`` bars for the rolling features, the MACD signal line's
+    26 + 9 - 1 = 34 bars for its exponential averages to settle, ``trend_window`` bars for the
+    slow columns.
     """
     if window < 2:
         raise ValueError(f"window must be >= 2, got {window}")
-    return max(window, RSI_PERIOD, MACD_SLOW + MACD_SIGNAL - 1)
+    if trend_window and trend_window < 2:
+        raise ValueError(f"trend_window must be 0 or >= 2, got {trend_window}")
+    return max(window, RSI_PERIOD, MACD_SLOW + MACD_SIGNAL - 1, trend_window)
 
 
 def _ema(x: np.ndarray, alpha: float) -> np.ndarray:
@@ -71,18 +89,19 @@ def _rolling(x: np.ndarray, window: int, fn: str) -> np.ndarray:
     return out
 
 
-def compute_features(md: MarketData, window: int = 20) -> np.ndarray:
-    """The ``(T, len(FEATURE_NAMES))`` float32 feature matrix of ``md`` (see the module docstring).
+def compute_features(md: MarketData, window: int = 20, trend_window: int = 0) -> np.ndarray:
+    """The ``(T, len(feature_names(trend_window)))`` float32 feature matrix of ``md`` (see the
+    module docstring).
 
-    Row ``t`` depends on bars ``0..t`` only; rows ``< feature_warmup(window)`` are 0.
+    Row ``t`` depends on bars ``0..t`` only; rows ``< feature_warmup(window, trend_window)`` are 0.
     """
-    warm = feature_warmup(window)
+    warm = feature_warmup(window, trend_window)
     close = np.asarray(md.close, dtype=np.float64)
     high = np.asarray(md.high, dtype=np.float64)
     low = np.asarray(md.low, dtype=np.float64)
     volume = np.asarray(md.volume, dtype=np.float64)
     n = len(close)
-    out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
+    out = np.zeros((n, len(feature_names(trend_window))), dtype=np.float32)
     if n <= warm:
         return out
     log_c = np.log(close)
@@ -117,11 +136,29 @@ def compute_features(md: MarketData, window: int = 20) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         v_z = np.where(v_std > 1e-12, (log_v - v_mean) / np.where(v_std > 1e-12, v_std, 1.0), 0.0)
 
-    columns = (lr, vol, mom, rsi, macd_line, signal, macd_line - signal, bar_range, pos, v_z)
+    columns: tuple[np.ndarray, ...] = (lr, vol, mom, rsi, macd_line, signal, macd_line - signal,
+                                       bar_range, pos, v_z)
+    if trend_window:
+        columns += _trend_columns(log_c, lr, vol, trend_window)
     for j, col in enumerate(columns):
         out[warm:, j] = col[warm:]
     out[~np.isfinite(out)] = 0.0
     return out
+
+
+def _trend_columns(log_c: np.ndarray, lr: np.ndarray, vol: np.ndarray, n: int
+                   ) -> tuple[np.ndarray, ...]:
+    """``trend``, ``trend_momentum`` and ``vol_regime`` over ``n`` bars (NaN without history)."""
+    close = np.exp(log_c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        trend = log_c - np.log(_rolling(close, n, "mean"))
+        momentum = np.full(len(log_c), np.nan)
+        momentum[n:] = log_c[n:] - log_c[:-n]
+        slow = _rolling(lr, n, "std")
+        regime = np.where((slow > 1e-12) & (vol > 1e-12),
+                          np.log(np.where(vol > 1e-12, vol, 1.0) / np.where(slow > 1e-12, slow,
+                                                                             1.0)), 0.0)
+    return trend, momentum, regime
 
 
 class Normalizer:

@@ -80,7 +80,13 @@ from engine.config import RESUME_FREE, Config, ConfigError
 from engine.data import DataError, MarketData, bars_per_year, load_market_data, split_indices
 from engine.env import MultiMarketEnv, VecTradingEnv, evaluate_policy
 from engine.events import EventWriter
-from engine.features import FEATURE_NAMES, Normalizer, compute_features, feature_warmup
+from engine.features import (
+    FEATURE_NAMES,
+    Normalizer,
+    compute_features,
+    feature_names,
+    feature_warmup,
+)
 from engine.replay import NStepAccumulator, ReplayBuffer
 from engine.runtime import RuntimeInfo, detect
 
@@ -106,6 +112,7 @@ class PreparedData:
     start: int  # first decision bar of the training split (after the feature warm-up)
     bars_per_year: float
     normalizer: Normalizer
+    feature_names: tuple[str, ...] = FEATURE_NAMES
 
     @property
     def train_steps(self) -> int:
@@ -123,7 +130,7 @@ class PreparedData:
                 "bars_per_year": self.bars_per_year, "warnings": list(self.md.warnings),
                 "first_train_decision_bar": self.start, "train": span(self.train),
                 "val": span(self.val), "test": span(self.test),
-                "features": list(FEATURE_NAMES)}
+                "features": list(self.feature_names)}
 
 
 Markets = list[PreparedData]
@@ -157,7 +164,8 @@ def prepare_data(cfg: Config, md: MarketData | None = None,
     if md is None:
         md = load_market_data(cfg.data_file)
     name = Path(md.source).name or cfg.data_file
-    warm = feature_warmup(cfg.feature_window)
+    trend = int(cfg.trend_window or 0)
+    warm = feature_warmup(cfg.feature_window, trend)
     start = max(warm, cfg.window - 1)
     try:
         train, val, test = split_indices(md.n, cfg.train_frac, cfg.val_frac)
@@ -168,15 +176,15 @@ def prepare_data(cfg: Config, md: MarketData | None = None,
         need = math.ceil((start + 1 + MIN_TRAIN_STEPS) / cfg.train_frac)
         raise DataError(f"{name}: {md.n} bars leave the training split {steps} decision bars "
                         f"after the {start}-bar warm-up (window {cfg.window}, feature window "
-                        f"{cfg.feature_window}); need at least {MIN_TRAIN_STEPS}, i.e. about "
-                        f"{need} bars (use a longer file or smaller windows)")
+                        f"{cfg.feature_window}, trend window {trend}); need at least "
+                        f"{MIN_TRAIN_STEPS}, i.e. about {need} bars (use a longer file or smaller windows)")
     for label, s in (("validation", val), ("test", test)):
         if cfg.val_frac == 0 and label == "validation":
             continue
         if int(s.stop) - int(s.start) < MIN_EVAL_BARS:
             raise DataError(f"{name}: the {label} split has {int(s.stop) - int(s.start)} bars of "
                             f"{md.n}; need at least {MIN_EVAL_BARS} (use a longer file)")
-    raw = compute_features(md, window=cfg.feature_window)
+    raw = compute_features(md, window=cfg.feature_window, trend_window=trend)
     norm = normalizer or Normalizer().fit(raw[start:int(train.stop)])
     feats = norm.transform(raw)
     try:
@@ -185,7 +193,7 @@ def prepare_data(cfg: Config, md: MarketData | None = None,
         raise DataError(f"{name}: {exc}") from None
     return PreparedData(md=md, features=feats, close=np.asarray(md.close, dtype=np.float64),
                         train=train, val=val, test=test, start=start, bars_per_year=bpy,
-                        normalizer=norm)
+                        normalizer=norm, feature_names=feature_names(trend))
 
 
 def greedy_pass(net: nn.Module, data: PreparedData, split: slice, cfg: Config,
@@ -297,7 +305,8 @@ def save_model(path: Path, net: nn.Module, cfg: Config, data: PreparedData | Mar
     bundle = {"format": MODEL_FORMAT, "agent_type": cfg.agent_type, "config": cfg.to_dict(),
               "obs_shape": list(obs_shape), "n_actions": int(n_actions),
               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-              "normalizer": markets[0].normalizer.state_dict(), "features": list(FEATURE_NAMES),
+              "normalizer": markets[0].normalizer.state_dict(),
+              "features": list(markets[0].feature_names),
               **extra}
     if isinstance(net, EnsembleQNet):
         bundle["ensemble_members"] = len(net.members)

@@ -250,8 +250,8 @@ def train_trial(cfg: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     config = dataclasses.replace(config, checkpoint_every=0, notify=False, events_stdout=False,
                                  test=False, resume=False, torch_threads=1,
                                  device="cpu" if config.device == "auto" else config.device)
-    key = (config.data_file, config.feature_window, config.window, config.train_frac,
-           config.val_frac)
+    key = (config.data_file, config.feature_window, config.trend_window, config.window,
+           config.train_frac, config.val_frac)
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
         files = market_files(config.data_file)  # several markets: one agent on all

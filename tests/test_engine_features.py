@@ -10,7 +10,14 @@ import torch
 
 from engine.data import MarketData, load_market_data
 from engine.env import VecTradingEnv
-from engine.features import FEATURE_NAMES, Normalizer, compute_features, feature_warmup
+from engine.features import (
+    FEATURE_NAMES,
+    TREND_NAMES,
+    Normalizer,
+    compute_features,
+    feature_names,
+    feature_warmup,
+)
 
 torch.set_num_threads(1)
 
@@ -92,6 +99,41 @@ def test_no_look_ahead_in_features_or_env_observations(t: int) -> None:
         assert np.array_equal(other_feats[: t + 1], feats[: t + 1])
         for a, b in zip(base_obs, observations(other_feats, other.close), strict=True):
             assert torch.equal(a, b)
+
+
+def test_trend_columns_follow_the_fast_ones_and_say_what_they_mean() -> None:
+    """--trend_window N appends trend, trend_momentum and vol_regime; the fast columns are the
+    same with or without them; the warm-up grows to N."""
+    md = synthetic(n=400)
+    fast = compute_features(md, window=20)
+    both = compute_features(md, window=20, trend_window=100)
+    names = feature_names(100)
+    assert names == FEATURE_NAMES + TREND_NAMES and feature_names(0) == FEATURE_NAMES
+    assert both.shape == (400, len(names)) and feature_warmup(20, 100) == 100
+    assert np.array_equal(both[100:, :len(FEATURE_NAMES)], fast[100:])
+    assert np.all(both[:100] == 0) and np.all(np.isfinite(both))
+    t, close = 250, md.close
+    trend = both[t, names.index("trend")]
+    assert trend == pytest.approx(np.log(close[t] / close[t - 99:t + 1].mean()), rel=1e-5)
+    momentum = both[t, names.index("trend_momentum")]
+    assert momentum == pytest.approx(np.log(close[t] / close[t - 100]), rel=1e-5)
+    lr = np.diff(np.log(close))
+    regime = both[t, names.index("vol_regime")]
+    expected = np.log(lr[t - 20:t].std() / lr[t - 100:t].std())
+    assert regime == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError):
+        feature_warmup(20, 1)
+
+
+@pytest.mark.parametrize("t", [100, 180, 398])
+def test_no_look_ahead_in_trend_columns(t: int) -> None:
+    md = synthetic(seed=t, n=400)
+    feats = compute_features(md, window=20, trend_window=100)
+    for k in range(3):
+        other = compute_features(perturb_after(md, t, np.random.default_rng(7 * t + k)),
+                                 window=20, trend_window=100)
+        assert np.array_equal(other[: t + 1], feats[: t + 1])
+        assert not np.array_equal(other[t + 1:], feats[t + 1:])
 
 
 def test_normalizer_fit_transform_and_state_dict() -> None:

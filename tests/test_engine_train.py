@@ -139,3 +139,39 @@ def test_too_short_data_is_a_data_error() -> None:
         prepare_data(Config(), md=synthetic("iid", n=60))
     cfg = dataclasses.replace(Config(), window=5, feature_window=5)
     assert prepare_data(cfg, md=synthetic("iid", n=150)).train_steps > 20
+
+
+def test_a_trend_window_model_keeps_its_features_through_save_and_load(tmp_path: Path) -> None:
+    """--trend_window N widens the observation by the slow columns; the saved model names them,
+    and a reload (an evaluation, a report) rebuilds the same features and acts the same."""
+    from engine.train import load_model
+
+    md = synthetic("mean_reverting", n=400, seed=5)
+    cfg = _small_cfg(trend_window=60, episodes=2)
+    data = prepare_data(cfg, md=md)
+    assert data.start == 60 and data.features.shape[1] == 13
+    result = run_training(cfg, data=data, out_dir=tmp_path, log=lambda _m: None)
+    net, saved, bundle = load_model(tmp_path / "model.pth")
+    assert saved.trend_window == 60 and bundle["features"][-3:] == ["trend", "trend_momentum",
+                                                                    "vol_regime"]
+    again = prepare_data(saved, md=md)
+    assert np.array_equal(again.features, data.features)
+    assert np.array_equal(greedy_pass(net, again, again.test, saved)[0],
+                          greedy_pass(result.net, data, data.test, cfg)[0])
+    # without the setting a run sees the ten fast columns, as before the setting existed
+    assert prepare_data(_small_cfg(), md=md).features.shape[1] == 10
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_neutral_value() -> None:
+    """A checkpoint's config that lacks the newer settings (trend_window, long_only, ...) ran
+    with their neutral values: a dql run resumes; asking for the slow features is refused with
+    the setting named."""
+    from engine.config import COMMON_DEFAULTS, ConfigError
+    from engine.train import check_resumable
+
+    cfg = _small_cfg()
+    old = {k: v for k, v in cfg.to_dict().items() if k not in COMMON_DEFAULTS}
+    old["hidden_sizes"] = list(cfg.hidden_sizes or ())
+    check_resumable(cfg, old, "ckpt-00000100.pt")
+    with pytest.raises(ConfigError, match=r"trend_window=0 \(now 60\)"):
+        check_resumable(_small_cfg(trend_window=60), old, "ckpt-00000100.pt")
