@@ -73,6 +73,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "L F, lr 1e-4": {**_F, "lr": 1e-4},
     "M L, trend features (100 bars)": {**_F, "lr": 1e-4, "trend_window": 100},
     "N L, trend features (200 bars)": {**_F, "lr": 1e-4, "trend_window": 200},
+    "O L, hold margin 0.1": {**_F, "lr": 1e-4, "hold_margin": 0.1},
+    "P L, hold margin 0.3": {**_F, "lr": 1e-4, "hold_margin": 0.3},
 }
 
 

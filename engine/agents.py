@@ -122,6 +122,18 @@ class EnsembleQNet(nn.Module):
         return torch.stack([m(obs) for m in self.members]).mean(dim=0)
 
 
+def greedy_holding(q: torch.Tensor, margin: float) -> torch.Tensor:
+    """The greedy actions of Q-values ``q`` (B, A), except that the last action (the fully long
+    position, buy-and-hold's) is taken unless another action's value beats it by more than
+    ``margin`` (``--hold_margin``, in the reward's units: a bar's return standard deviation for
+    the profit reward). 0 is the plain argmax. Torch ops only: no host sync on a device."""
+    best = q.argmax(dim=1)
+    if margin <= 0:
+        return best
+    keep = q[:, -1] >= q.max(dim=1).values - margin
+    return torch.where(keep, torch.full_like(best, q.shape[1] - 1), best)
+
+
 def epsilon_at(env_step: int, total_env_steps: int, cfg: Config) -> float:
     """Exploration rate after ``env_step`` environment steps of ``total_env_steps``.
 

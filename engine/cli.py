@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--workers", type=int, default=0, metavar="N",
                            help="worker processes, one torch thread each (default: the cores)")
             p.add_argument("--pooled", action="store_true",
-                           help="one multi-market agent per seed instead of one per market")
+                           help="one multi-market agent per seed for each bar interval (daily, "
+                                "hourly, ...) instead of one per market")
         _add_config_flags(p)
     return parser
 

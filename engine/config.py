@@ -125,6 +125,11 @@ class Config:
     folds, no selection in the first half, observation noise 0.1, dropout 0.1, weight decay
     1e-4, the excess reward, half positions, long only and learning rate 1e-4
     (bench/ablation.md). memory: GRU Q-network over the window."""
+    hold_margin: float | None = None
+    """When acting greedily (validation, test, reports), keep buy-and-hold's position (fully
+    long) unless another action's Q-value beats it by more than this, in the reward's units (a
+    bar's return standard deviation for the profit reward); 0 = plain argmax; default: the agent
+    type's own."""
     hidden_sizes: tuple[int, ...] | None = None
     """Hidden layer widths of the MLP (e.g. 64,64); default: the agent type's own."""
     gru_hidden: int = 64
@@ -277,7 +282,7 @@ class Config:
         for key, top in (("position_levels", 10), ("val_folds", 20), ("ensemble", 32)):
             v = getattr(self, key)
             need(v is None or (_is_int(v) and 1 <= v <= top), key, f"an integer in 1..{top}")
-        for key in ("weight_decay", "obs_noise"):
+        for key in ("weight_decay", "obs_noise", "hold_margin"):
             v = getattr(self, key)
             need(v is None or (_is_num(v) and v >= 0), key, "a number >= 0")
         for key in ("dropout", "select_from"):
@@ -324,7 +329,7 @@ class Config:
 COMMON_DEFAULTS: dict[str, Any] = {
     "position_levels": 1, "excess_reward": False, "weight_decay": 0.0, "dropout": 0.0,
     "obs_noise": 0.0, "val_folds": 1, "select_from": 0.0, "ensemble": 1, "long_only": False,
-    "lr": 3e-4, "trend_window": 0,
+    "lr": 3e-4, "trend_window": 0, "hold_margin": 0.0,
 }
 """What the newer None settings resolve to unless the agent type says otherwise (the
 predecessor's behaviour: no regularisation, one validation stretch, one seed)."""

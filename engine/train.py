@@ -199,13 +199,19 @@ def prepare_data(cfg: Config, md: MarketData | None = None,
 def greedy_pass(net: nn.Module, data: PreparedData, split: slice, cfg: Config,
                 device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """The greedy policy of ``net`` over one split, from flat: (positions, net returns) of the
-    split's ``stop - start - 1`` decision bars (the bars before the split are context only)."""
+    split's ``stop - start - 1`` decision bars (the bars before the split are context only).
+    With ``hold_margin`` the policy keeps buy-and-hold's position unless another beats it by
+    more than the margin (``engine.agents.greedy_holding``); validation, selection, tests and
+    reports all act through here."""
+    from engine.agents import greedy_holding
+
     a, b = int(split.start), int(split.stop)
     was_training = net.training
     net.eval()
+    margin = float(cfg.hold_margin or 0.0)
 
     def policy(obs: torch.Tensor) -> torch.Tensor:
-        return net(obs).argmax(dim=1)
+        return greedy_holding(net(obs), margin)
 
     try:
         pos, ret = evaluate_policy(data.features[:b], data.close[:b], policy, cfg.window,

@@ -217,3 +217,17 @@ def test_acting_draws_the_same_random_numbers_whatever_epsilon() -> None:
     assert torch.equal(g1.get_state(), g2.get_state())
     greedy = learner.act(_obs(4, 0), 0.0, g1)
     assert torch.equal(greedy, learner.greedy(_obs(4, 0)))
+
+
+def test_greedy_holding_keeps_buy_and_holds_position_unless_another_is_surely_better() -> None:
+    """--hold_margin: the fully long action (the last) is kept while no other action beats it by
+    more than the margin; 0 is the plain argmax."""
+    from engine.agents import greedy_holding
+
+    q = torch.tensor([[0.00, 0.05, 0.00],     # flat-ish best by 0.05: within 0.1, hold
+                      [0.50, 0.00, 0.20],     # flat best by 0.30: beyond 0.1, go flat
+                      [0.00, 0.00, 0.40],     # long is best anyway
+                      [0.28, 0.00, 0.20]])    # short of 0.1 again: hold
+    assert greedy_holding(q, 0.0).tolist() == [1, 0, 2, 0]
+    assert greedy_holding(q, 0.1).tolist() == [2, 0, 2, 2]
+    assert greedy_holding(q, 1.0).tolist() == [2, 2, 2, 2]

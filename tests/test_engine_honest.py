@@ -234,6 +234,34 @@ def test_benchmark_aggregates_markets_and_seeds(tmp_path: Path,
     assert "(4 already done)" in capsys.readouterr().out
 
 
+def test_pooled_benchmark_pools_markets_of_one_bar_interval_only(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--pooled trains one agent over the daily markets; an hourly market is never pooled with
+    them (it trains alone); every market still gets its own row."""
+    from engine.benchmark import bar_interval
+
+    data = _markets(tmp_path / "markets")
+    hourly = random_walk(tmp_path / "markets" / "FXH.csv", n=700, seed=13)
+    text = hourly.read_text().splitlines()
+    hours = np.datetime64("2017-01-02T00:00") + np.arange(len(text) - 1).astype("timedelta64[h]")
+    hourly.write_text("\n".join([text[0]] + [f"{str(h).replace('T', ' ')},{line.split(',', 1)[1]}"
+                                             for h, line in zip(hours, text[1:], strict=True)]))
+    assert [bar_interval(str(data / f)) for f in ("AAA.csv", "FXH.csv")] == ["1d", "1h"]
+    args = ["benchmark", "--data_dir", str(data), "--seeds", "1", "--workers", "2", "--pooled",
+            "--results_dir", str(tmp_path), "--experiment_name", "pool", "--agent_type",
+            "custom", "--episodes", "2", "--hidden_sizes", "16", "--n_envs", "4",
+            "--batch_size", "32", "--learning_starts", "100"]
+    assert main(args) == 0
+    out = tmp_path / "pool"
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["FXH", "pooled-1d"]
+    assert sorted(p.name for p in (out / "groups" / "1d").iterdir()) == ["AAA.csv", "BBB.csv"]
+    pooled = json.loads((out / "runs" / "pooled-1d" / "seed42" / "config.json").read_text())
+    assert pooled["data_file"] == str(out / "groups" / "1d")
+    doc = json.loads((out / "benchmark.json").read_text())
+    assert [m["market"] for m in doc["markets"]] == ["AAA", "BBB", "FXH"]
+    capsys.readouterr()
+
+
 def test_a_storage_prefix_names_several_markets(aws_env: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import boto3
