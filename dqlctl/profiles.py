@@ -66,14 +66,14 @@ def run_shape(data: str, episodes: int, agent_type: str,
     except (UsageError, BadInput, OSError) as exc:
         raise ShapeError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     from engine.data import split_indices
-    from engine.features import feature_warmup
+    from engine.features import first_decision_bar
 
     n = count_bars(path)
     try:
         train, _, _ = split_indices(n, cfg.train_frac, cfg.val_frac)
     except ValueError as exc:
         raise ShapeError(f"{data}: {exc}") from None
-    start = max(feature_warmup(cfg.feature_window, int(cfg.trend_window or 0)), cfg.window - 1)
+    start = first_decision_bar(cfg)
     bars = int(train.stop) - 1 - start
     if bars <= 0:
         raise ShapeError(f"{data}: {n} bars leave no training bars after the warm-up")

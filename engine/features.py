@@ -72,6 +72,12 @@ def feature_warmup(window: int = 20, trend_window: int = 0) -> int:
     return max(window, RSI_PERIOD, MACD_SLOW + MACD_SIGNAL - 1, trend_window)
 
 
+def first_decision_bar(cfg: Any) -> int:
+    """The first bar a run of config ``cfg`` can decide on: after the features' warm-up
+    (``feature_window``, ``trend_window``) and with a full observation ``window`` behind it."""
+    return max(feature_warmup(cfg.feature_window, int(cfg.trend_window or 0)), cfg.window - 1)
+
+
 def _ema(x: np.ndarray, alpha: float) -> np.ndarray:
     """Recursive exponential average ``y[t] = (1 - alpha) y[t-1] + alpha x[t]``, ``y[0] = x[0]``."""
     import pandas as pd

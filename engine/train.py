@@ -85,7 +85,7 @@ from engine.features import (
     Normalizer,
     compute_features,
     feature_names,
-    feature_warmup,
+    first_decision_bar,
 )
 from engine.replay import NStepAccumulator, ReplayBuffer
 from engine.runtime import RuntimeInfo, detect
@@ -165,8 +165,7 @@ def prepare_data(cfg: Config, md: MarketData | None = None,
         md = load_market_data(cfg.data_file)
     name = Path(md.source).name or cfg.data_file
     trend = int(cfg.trend_window or 0)
-    warm = feature_warmup(cfg.feature_window, trend)
-    start = max(warm, cfg.window - 1)
+    start = first_decision_bar(cfg)
     try:
         train, val, test = split_indices(md.n, cfg.train_frac, cfg.val_frac)
     except ValueError as exc:
@@ -177,7 +176,8 @@ def prepare_data(cfg: Config, md: MarketData | None = None,
         raise DataError(f"{name}: {md.n} bars leave the training split {steps} decision bars "
                         f"after the {start}-bar warm-up (window {cfg.window}, feature window "
                         f"{cfg.feature_window}, trend window {trend}); need at least "
-                        f"{MIN_TRAIN_STEPS}, i.e. about {need} bars (use a longer file or smaller windows)")
+                        f"{MIN_TRAIN_STEPS}, i.e. about {need} bars (use a longer file or "
+                        "smaller windows)")
     for label, s in (("validation", val), ("test", test)):
         if cfg.val_frac == 0 and label == "validation":
             continue

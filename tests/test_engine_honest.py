@@ -36,18 +36,20 @@ FAST = ["--agent_type", "custom", "--hidden_sizes", "32,32", "--torch_threads", 
         "--n_envs", "8", "--batch_size", "64", "--replay_ratio", "8", "--learning_starts", "200"]
 
 
-def _write(path: Path, close: np.ndarray) -> Path:
-    days = np.datetime64("2010-01-01") + np.arange(len(close)).astype("timedelta64[D]")
+def _write(path: Path, close: np.ndarray, bar: str = "D") -> Path:
+    """Bars of ``close``, one a day (``bar`` "D") or one an hour ("h")."""
+    times = np.datetime64("2010-01-01T00:00") + np.arange(len(close)).astype(f"timedelta64[{bar}]")
+    stamps = [str(t)[:10] if bar == "D" else str(t).replace("T", " ") for t in times]
     lines = ["date,open,high,low,close,volume"]
     lines += [f"{d},{c:.6f},{c * 1.002:.6f},{c * 0.998:.6f},{c:.6f},1000"
-              for d, c in zip(days, close, strict=True)]
+              for d, c in zip(stamps, close, strict=True)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def random_walk(path: Path, n: int = 3000, seed: int = 3) -> Path:
+def random_walk(path: Path, n: int = 3000, seed: int = 3, bar: str = "D") -> Path:
     rng = np.random.default_rng(seed)
-    return _write(path, 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n))))
+    return _write(path, 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n))), bar)
 
 
 def mean_reverting(path: Path, n: int = 3000, seed: int = 3, phi: float = -0.4) -> Path:
@@ -241,11 +243,7 @@ def test_pooled_benchmark_pools_markets_of_one_bar_interval_only(
     from engine.benchmark import bar_interval
 
     data = _markets(tmp_path / "markets")
-    hourly = random_walk(tmp_path / "markets" / "FXH.csv", n=700, seed=13)
-    text = hourly.read_text().splitlines()
-    hours = np.datetime64("2017-01-02T00:00") + np.arange(len(text) - 1).astype("timedelta64[h]")
-    hourly.write_text("\n".join([text[0]] + [f"{str(h).replace('T', ' ')},{line.split(',', 1)[1]}"
-                                             for h, line in zip(hours, text[1:], strict=True)]))
+    random_walk(tmp_path / "markets" / "FXH.csv", n=700, seed=13, bar="h")
     assert [bar_interval(str(data / f)) for f in ("AAA.csv", "FXH.csv")] == ["1d", "1h"]
     args = ["benchmark", "--data_dir", str(data), "--seeds", "1", "--workers", "2", "--pooled",
             "--results_dir", str(tmp_path), "--experiment_name", "pool", "--agent_type",
