@@ -1,5 +1,5 @@
 import sys
 
-from dqlctl.cli import main
+from dqlctl.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -127,6 +127,14 @@ def main(argv: list[str] | None = None, ctx: Any = None) -> int:
         ctx.close()
 
 
+def entry() -> int:
+    """The ``dqlctl`` command: ``main`` under a one-command process's garbage-collector policy
+    (``providers.oneshot``: fewer collections while SDKs load, none of what is alive at exit)."""
+    from providers.oneshot import run_once
+
+    return run_once(main)
+
+
 def _open_tui(parser: argparse.ArgumentParser) -> int:
     try:
         from dqlctl.tui import run_tui  # type: ignore[import-not-found]

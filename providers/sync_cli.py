@@ -110,4 +110,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from providers.oneshot import run_once
+
+    sys.exit(run_once(main))
