@@ -451,6 +451,29 @@ def test_python_m_providers_sync_json(tmp_path: Path, capsys: pytest.CaptureFixt
     assert out["copied"] == 0 and out["compare"] == {"size+mtime": len(SMALL_TREE)}
 
 
+def test_the_json_result_holds_every_field_and_is_a_copy() -> None:
+    """``--json`` is read by scripts: every field of the result and of each file, as
+    ``dataclasses.asdict`` would give them, plus ``ok``; changing the dict leaves the result."""
+    import dataclasses
+
+    from providers.sync.records import FileEntry, SyncResult
+
+    result = SyncResult("src", "s3://b/p", False, True, False, 4, copied=1, failed=1,
+                        files=[FileEntry("a", "copy", "missing", "md5", 3, "md5", "stream", 2,
+                                         "boom")],
+                        compare={"md5": 1}, errors=["e"], delete_skipped="a copy failed",
+                        stale_uploads=[{"key": "k", "upload_id": "u"}],
+                        requests={"dst": {"put": 2}}, refused="too many deletes")
+    out = result.to_dict()
+    assert out == {**dataclasses.asdict(result), "ok": False}
+    assert list(out) == [f.name for f in dataclasses.fields(SyncResult)] + ["ok"]
+    out["files"][0]["key"] = "x"
+    out["requests"]["dst"]["put"] = 0
+    out["stale_uploads"][0]["key"] = "x"
+    assert result.files[0].key == "a" and result.requests == {"dst": {"put": 2}}
+    assert result.stale_uploads[0]["key"] == "k"
+
+
 def test_an_error_says_which_end_of_the_sync_it_is_about(tmp_path: Path) -> None:
     """``StorageError.side``: what the sync screen marks (src or dst), from the core itself."""
     src = write_tree(tmp_path / "src", {"a.txt": b"a"})

@@ -5,7 +5,7 @@ and what it returns (:class:`SyncResult`). Plain data, no I/O: the CLI and the T
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -85,7 +85,14 @@ class SyncResult:
         return 0 if self.ok else 3
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """What ``dataclasses.asdict`` gives, and ``ok``, built directly: asdict deep-copies
+        field by field, 10 ms for the 500 entries of a no-op sync; these are flat records."""
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["files"] = [dict(vars(entry)) for entry in self.files]
+        out["compare"] = dict(self.compare)
+        out["errors"] = list(self.errors)
+        out["stale_uploads"] = [dict(upload) for upload in self.stale_uploads]
+        out["requests"] = {side: dict(counts) for side, counts in self.requests.items()}
         out["ok"] = self.ok
         return out
 
