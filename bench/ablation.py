@@ -6,9 +6,11 @@ Protocol (no choice ever sees a reported test period):
 
 - Markets (``/work/shared/data`` or ``--data_dir``), chronological 60/20/20 train/validation/test
   splits. CHOICE markets: GOOGL daily 2009-2014 (test = 2014) and EUR/USD hourly, its first
-  1,500 hours (January-March 2017). REPORT markets: S&P 500 and NASDAQ daily 2009-2018 (train
-  2009-2014, validation 2015-2016, test 2017-2018), and two synthetic daily markets: a random walk (no signal: nothing should beat buy-and-hold) and an AR(1) with
-  negative autocorrelation (a real, learnable pattern).
+  1,500 hours (January-March 2017); from round 5 also the S&P 500 and NASDAQ daily 1999-2004
+  (test late 2003-2004) and 2003-2008 (test late 2007-2008). REPORT markets: S&P 500 and
+  NASDAQ daily 2009-2018 (train 2009-2014, validation 2015-2016, test 2017-2018), and two
+  synthetic daily markets: a random walk (no signal: nothing should beat buy-and-hold) and an
+  AR(1) with negative autocorrelation (a real, learnable pattern).
 - Costs as the issue's measurement: 0.1% per unit of position changed (plus the default 0.02%
   slippage), long/short.
 - Each variant adds one thing to the previous one, so the table shows where a gain comes from.
@@ -41,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CHOICE = ("GOOGL_TO2014", "EURUSD_1H")
+CHOICE = ("GOOGL_TO2014", "EURUSD_1H", "SP500_9904", "SP500_0308", "NASDAQ_9904", "NASDAQ_0308")
 REPORT = ("SP500", "NASDAQ", "SYN_RANDOM_WALK", "SYN_AR")
 
 BASE = {"agent_type": "custom", "transaction_cost": 0.001, "position_levels": 1, "excess_reward": False,
@@ -136,6 +138,16 @@ def build_markets(data_dir: Path, work: Path) -> dict[str, str]:
         path = work / f"{name}.csv"
         _write_md(path, md, keep_fn(md))
         out[name] = str(path)
+    # round 5's wider choice set: the indices' early years, six years each (test 2003-2004, a
+    # recovery, and 2007-2008, a crash); no report market's or benchmark's test year
+    for index, file in (("SP500", "INDEX_SP500_1D.csv"), ("NASDAQ", "INDEX_NASDAQ_1D.csv")):
+        md = load_market_data(str(data_dir / file))
+        for first, last in ((1999, 2004), (2003, 2008)):
+            name = f"{index}_{first % 100:02d}{last % 100:02d}"
+            keep = (md.timestamps >= np.datetime64(f"{first}-01-01")) & \
+                (md.timestamps <= np.datetime64(f"{last}-12-31"))
+            _write_md(work / f"{name}.csv", md, keep)
+            out[name] = str(work / f"{name}.csv")
     days = np.datetime64("2009-01-01") + np.arange(1500).astype("timedelta64[D]")
     for kind in ("random_walk", "ar"):
         path = work / f"SYN_{kind.upper()}.csv"
@@ -213,8 +225,10 @@ def summarise(jobs: list[dict[str, Any]]) -> str:
             elif not m.startswith("SYN"):
                 report.append(ex)
                 beats.append(ex > 0)
+        # a variant run on only some of the choice markets says on how many
+        partial = f" ({len(choice)} of {len(CHOICE)})" if 0 < len(choice) < len(CHOICE) else ""
         lines.append(f"| {variant} | " + " | ".join(cells) +
-                     f" | {np.mean(choice) if choice else float('nan'):+.2f} | "
+                     f" | {np.mean(choice) if choice else float('nan'):+.2f}{partial} | "
                      f"{np.mean(report) if report else float('nan'):+.2f} | "
                      f"{sum(beats)}/{len(beats)} |")
     lines.append("| " + " | ".join(bh_row) + " | | | |")
