@@ -123,8 +123,8 @@ class Config:
     """dql: DQN, MLP 128-128. custom: Double DQN + dueling heads + n-step returns, MLP
     256-128-64 (prioritised replay with --prioritized), and by default 4 walk-forward validation
     folds, no selection in the first half, observation noise 0.1, dropout 0.1, weight decay
-    1e-4, the excess reward, half positions, long only and learning rate 1e-4
-    (bench/ablation.md). memory: GRU Q-network over the window."""
+    1e-4, the excess reward, half positions, long only, learning rate 1e-4 and a hold margin of
+    0.3 (bench/ablation.md). memory: GRU Q-network over the window."""
     hold_margin: float | None = None
     """When acting greedily (validation, test, reports), keep buy-and-hold's position (fully
     long) unless another action's Q-value beats it by more than this, in the reward's units (a
@@ -337,11 +337,12 @@ predecessor's behaviour: no regularisation, one validation stretch, one seed).""
 AGENT_DEFAULTS: dict[str, dict[str, Any]] = {
     "dql": {"hidden_sizes": (128, 128), "double_dqn": False, "dueling": False, "n_step": 1},
     "custom": {"hidden_sizes": (256, 128, 64), "double_dqn": True, "dueling": True, "n_step": 3,
-               # bench/ablation.md, variant L (E + long only + lr 1e-4): chosen on the choice
-               # markets' test years at the default 100 episodes
+               # bench/ablation.md, variant P (E + long only + lr 1e-4 + hold margin 0.3):
+               # chosen on the six choice markets' test years at the default 100 episodes
+               # (round 5)
                "val_folds": 4, "select_from": 0.5, "obs_noise": 0.1, "dropout": 0.1,
                "weight_decay": 1e-4, "excess_reward": True, "position_levels": 2,
-               "long_only": True, "lr": 1e-4},
+               "long_only": True, "lr": 1e-4, "hold_margin": 0.3},
     "memory": {"hidden_sizes": (64,), "double_dqn": True, "dueling": False, "n_step": 1},
 }
 """Per agent type, the values that None settings resolve to."""

@@ -41,7 +41,8 @@ def synthetic(kind: str, n: int = 2000, seed: int = 0) -> MarketData:
                       source=f"{kind}.csv")
 
 
-FAST = {"episodes": 5, "learning_starts": 500, "replay_ratio": 8.0, "batch_size": 128,
+# 10 episodes: custom's hold margin keeps a barely trained agent long (5 sufficed without it)
+FAST = {"episodes": 10, "learning_starts": 500, "replay_ratio": 8.0, "batch_size": 128,
         "train_frac": 0.6, "val_frac": 0.1}
 
 
