@@ -77,6 +77,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "N L, trend features (200 bars)": {**_F, "lr": 1e-4, "trend_window": 200},
     "O L, hold margin 0.1": {**_F, "lr": 1e-4, "hold_margin": 0.1},
     "P L, hold margin 0.3": {**_F, "lr": 1e-4, "hold_margin": 0.3},
+    "Q P, weight averaging": {**_F, "lr": 1e-4, "hold_margin": 0.3, "weight_average": True},
 }
 
 

@@ -328,3 +328,18 @@ class DQNAgent:
 def weights_copy(net: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of a network's weights (for best-so-far selection)."""
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def average_into(avg: dict[str, torch.Tensor] | None, net: nn.Module,
+                 n: int) -> dict[str, torch.Tensor]:
+    """The running mean of weights with ``net``'s as its ``n``-th member (n = 1 starts it):
+    avg + (w - avg) / n for floating-point tensors; other buffers take the latest value."""
+    if avg is None or n <= 1:
+        return weights_copy(net)
+    for key, value in net.state_dict().items():
+        mean = avg[key]
+        if mean.is_floating_point():
+            mean.add_(value.detach() - mean, alpha=1.0 / n)
+        else:
+            mean.copy_(value.detach())
+    return avg

@@ -205,6 +205,11 @@ class Config:
     ensemble: int | None = None
     """Agents trained with seeds seed, seed+1, ...; the model acts on their averaged Q-values,
     and the report shows the seeds' spread; default: the agent type's own."""
+    weight_average: bool | None = None
+    """The model is the mean of the network's weights at the end of every episode from
+    select_from on (stochastic weight averaging), not the best validation episode's weights:
+    no choice among episodes on validation noise. Validation still drives patience; default:
+    the agent type's own."""
     checkpoint_every: int = 10
     """Episodes between checkpoints (0 = only at the end and on SIGTERM/SIGINT)."""
     resume: bool = False
@@ -329,7 +334,7 @@ class Config:
 COMMON_DEFAULTS: dict[str, Any] = {
     "position_levels": 1, "excess_reward": False, "weight_decay": 0.0, "dropout": 0.0,
     "obs_noise": 0.0, "val_folds": 1, "select_from": 0.0, "ensemble": 1, "long_only": False,
-    "lr": 3e-4, "trend_window": 0, "hold_margin": 0.0,
+    "lr": 3e-4, "trend_window": 0, "hold_margin": 0.0, "weight_average": False,
 }
 """What the newer None settings resolve to unless the agent type says otherwise (the
 predecessor's behaviour: no regularisation, one validation stretch, one seed)."""

@@ -75,7 +75,7 @@ import torch
 from torch import nn
 
 from engine import checkpoint as ckpt
-from engine.agents import DQNAgent, EnsembleQNet, epsilon_at, weights_copy
+from engine.agents import DQNAgent, EnsembleQNet, average_into, epsilon_at, weights_copy
 from engine.config import RESUME_FREE, Config, ConfigError
 from engine.data import DataError, MarketData, bars_per_year, load_market_data, split_indices
 from engine.env import MultiMarketEnv, VecTradingEnv, evaluate_policy
@@ -378,6 +378,7 @@ class LoopState:
     best_val: float = -math.inf
     best_episode: int = 0
     since_best: int = 0
+    averaged: int = 0  # episodes in the weight average (--weight_average)
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -465,6 +466,8 @@ class Trainer:
                                       self.device)
         self.s = LoopState()
         self.best_weights: dict[str, torch.Tensor] | None = None
+        #: the running mean of the weights at eligible episodes' ends (--weight_average)
+        self.avg_weights: dict[str, torch.Tensor] | None = None
         self.ep_reward = torch.zeros((), dtype=torch.float64, device=self.device)
         self.ep_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self.obs = self.env.reset()
@@ -553,6 +556,9 @@ class Trainer:
             self.best_weights = weights_copy(self.agent.online)
         elif eligible:
             s.since_best += 1
+        if eligible and cfg.weight_average:
+            s.averaged += 1
+            self.avg_weights = average_into(self.avg_weights, self.agent.online, s.averaged)
         if cfg.patience and s.since_best >= cfg.patience:
             s.stopped_early = True
         loss = float(self.ep_loss) / s.ep_updates if s.ep_updates else None
@@ -607,6 +613,7 @@ class Trainer:
         return {"config": self.cfg.to_dict(), "loop": dataclasses.asdict(self.s),
                 "ep_reward": self.ep_reward.cpu(), "ep_loss": self.ep_loss.cpu(),
                 "agent": self.agent.state_dict(), "best_weights": self.best_weights,
+                "avg_weights": self.avg_weights,
                 "buffer": self.buffer.state_dict(), "nstep": self.nstep.state_dict(),
                 "env": ckpt.env_state(self.env), "obs": self.obs.cpu(),
                 "rng": ckpt.rng_state(), "generator": self.gen.get_state()}
@@ -649,6 +656,8 @@ class Trainer:
         self.s = LoopState(**state["loop"])
         bw = state["best_weights"]
         self.best_weights = None if bw is None else {k: v.to(dev) for k, v in bw.items()}
+        aw = state.get("avg_weights")       # absent in checkpoints from before the setting
+        self.avg_weights = None if aw is None else {k: v.to(dev) for k, v in aw.items()}
         self.ep_reward = state["ep_reward"].to(dev)
         self.ep_loss = state["ep_loss"].to(dev)
         ckpt.set_rng_state(state["rng"])
@@ -715,9 +724,15 @@ def run_training(cfg: Config, *, data: PreparedData | Markets | None = None,
     wall = time.perf_counter() - t_start
     s = trainer.s
 
-    # The best validation episode's weights are the model.
+    # The best validation episode's weights are the model, or with --weight_average the mean
+    # of the weights over the eligible episodes (its validation score is then the mean's).
     net = trainer.agent.online
-    if trainer.best_weights is not None:
+    if cfg.weight_average and trainer.avg_weights is not None:
+        net.load_state_dict(trainer.avg_weights)
+        net.eval()
+        _, score, _ = validate_net(net, as_markets(data), cfg, rt.device)
+        s.best_val, s.best_episode = score, s.episode
+    elif trainer.best_weights is not None:
         net.load_state_dict(trainer.best_weights)
     net.eval()
     val_metrics: dict[str, Any] | None = None

@@ -137,12 +137,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, root / "reference"
 
 
-def _start(data: Path, results: Path, name: str, held_after: int) -> subprocess.Popen[bytes]:
+def _start(data: Path, results: Path, name: str, held_after: int,
+           *extra: str) -> subprocess.Popen[bytes]:
     """The engine, held mid-way through the episode after ``held_after`` until it gets a stop
     signal (tests/held_engine.py): the signal always lands before the run can finish."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(ROOT / "tests" / "held_engine.py"),
-                             str(held_after), "-", *_args(data, results, name)],
+                             str(held_after), "-", *_args(data, results, name), *extra],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
 
@@ -173,6 +174,31 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(reference: tuple[Path,
     assert "finished" not in seen and seen.count("episode") < 8, "killed too late to test"
     assert main([*_args(data, tmp_path, "victim"), "--resume"]) == 0
     _assert_same(ref, tmp_path / "victim")
+
+
+def test_a_weight_averaged_run_killed_and_resumed_equals_the_uninterrupted_one(
+        reference: tuple[Path, Path], tmp_path: Path) -> None:
+    """--weight_average keeps a running mean across checkpoints: a run SIGKILLed after its
+    averaging began resumes to the same model as one never stopped."""
+    data, _ = reference
+    avg = ("--weight_average",)
+    assert main([*_args(data, tmp_path, "whole"), *avg]) == 0
+    # averaging begins at episode 5 of 8; held in episode 7, after the checkpoint of episode
+    # 6 (the third), which carries a mean of two
+    proc = _start(data, tmp_path, "victim", 6, *avg)
+    events = tmp_path / "victim" / "events.jsonl"
+    deadline = time.monotonic() + 120
+    while sum(e["event"] == "checkpoint" for e in read_events(events)) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, "no third checkpoint"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert "finished" not in [e["event"] for e in read_events(events)]
+    assert main([*_args(data, tmp_path, "victim"), *avg, "--resume"]) == 0
+    _assert_same(tmp_path / "whole", tmp_path / "victim")
+    whole, _, _, _ = _final(tmp_path / "whole")
+    ref, _, _, _ = _final(reference[1])
+    assert any(not torch.equal(whole[k], ref[k]) for k in whole)   # not the best episode's
 
 
 def test_sigterm_mid_episode_checkpoints_exits_143_and_resumes_exactly(

@@ -176,3 +176,31 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_neutral_val
     check_resumable(cfg, old, "ckpt-00000100.pt")
     with pytest.raises(ConfigError, match=r"trend_window=0 \(now 60\)"):
         check_resumable(_small_cfg(trend_window=60), old, "ckpt-00000100.pt")
+
+
+def test_weight_average_keeps_the_mean_of_the_eligible_episodes_weights() -> None:
+    """--weight_average: the model is the mean of the weights at the end of every episode from
+    select_from on (here episodes 3 and 4 of 4), not any one episode's; its validation score is
+    the mean's own."""
+    from engine.agents import weights_copy
+    from engine.train import Trainer, validate_net
+
+    md = synthetic("mean_reverting", n=900, seed=4)
+    cfg = Config(agent_type="custom", seed=4, episodes=4, select_from=0.5, weight_average=True,
+                 hidden_sizes=(16,), n_envs=4, learning_starts=100, batch_size=32,
+                 replay_ratio=4.0, train_frac=0.6, val_frac=0.2).resolved()
+    data = prepare_data(cfg, md=md)
+    trainer = Trainer(cfg, data, "cpu", log=lambda _m: None)
+    ends = []
+    while trainer.s.episode < cfg.episodes:
+        trainer._collect_episode()
+        trainer._end_episode()
+        ends.append(weights_copy(trainer.agent.online))
+    result = run_training(cfg, data=data, log=lambda _m: None)
+    model = result.net.state_dict()
+    for key, value in model.items():
+        assert torch.allclose(value, (ends[2][key] + ends[3][key]) / 2, atol=1e-6), key
+    assert not all(torch.equal(model[k], ends[3][k]) for k in model)    # not the last
+    assert not all(torch.equal(model[k], ends[2][k]) for k in model)
+    _, score, _ = validate_net(result.net, [data], cfg, "cpu")
+    assert result.best_val_sharpe == pytest.approx(score) and result.best_episode == 4
