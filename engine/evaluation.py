@@ -15,7 +15,8 @@ adds to the test metrics what tells skill from luck (:mod:`engine.stats`), as fl
 - ``val_sharpe``, ``val_test_gap``: the selected model's validation Sharpe and how much it
   exceeds the test Sharpe (selection bias shows here);
 - ``deflated_sharpe``, ``n_trials``: the deflated Sharpe ratio of the validation result after
-  ``n_trials`` = episodes x validation folds x tuning trials; ``test_psr``: the probabilistic
+  ``n_trials`` = episodes (1 with ``--weight_average``: no episode is chosen) x validation
+  folds x tuning trials; ``test_psr``: the probabilistic
   Sharpe ratio of the test result (P(true Sharpe > 0));
 - ``verdict``: :func:`engine.stats.verdict_text`.
 """
@@ -128,7 +129,9 @@ def _honest(cfg: Config, markets: list[Any], net: Any, device: str, agent_rets: 
     history = list(getattr(result, "history", None) or [])
     per_seed = max(1, len(members))
     episodes = max(1, len(history) // per_seed) if history else int(cfg.episodes)
-    n_trials = episodes * int(cfg.val_folds or 1) * max(1, int(tuning_trials))
+    # --weight_average keeps no one episode's model: the episodes were not tries to choose from
+    chosen_among = 1 if cfg.weight_average else episodes
+    n_trials = chosen_among * int(cfg.val_folds or 1) * max(1, int(tuning_trials))
     scale = math.sqrt(bpys[0])
     trial_sharpes = [h["val_sharpe"] / scale for h in history
                      if isinstance(h.get("val_sharpe"), int | float)]
