@@ -729,7 +729,6 @@ def run_training(cfg: Config, *, data: PreparedData | Markets | None = None,
     net = trainer.agent.online
     if cfg.weight_average and trainer.avg_weights is not None:
         net.load_state_dict(trainer.avg_weights)
-        net.eval()
         _, score, _ = validate_net(net, as_markets(data), cfg, rt.device)
         s.best_val, s.best_episode = score, s.episode
     elif trainer.best_weights is not None:

@@ -1,5 +1,7 @@
 """The garbage collector of a process that runs one command and exits: ``dqlctl``'s verbs and
-``python -m providers.sync_cli``. Standard library only (it runs before anything is imported).
+``python -m providers.sync_cli`` (the TUI too, which ``dqlctl`` opens: it freezes its own start
+and collects rarely, no harm in a long session). Standard library only (it runs before
+anything is imported).
 
 Two costs of CPython's defaults that such a process pays for nothing, measured on a no-op
 ``sync`` of 500 files to Azurite and moto (``bench/sync_vs_rclone.py``, this machine):

@@ -181,7 +181,7 @@ def test_a_weight_averaged_run_killed_and_resumed_equals_the_uninterrupted_one(
     """--weight_average keeps a running mean across checkpoints: a run SIGKILLed after its
     averaging began resumes to the same model as one never stopped."""
     data, _ = reference
-    avg = ("--weight_average",)
+    avg = ("--weight_average", "--test")
     assert main([*_args(data, tmp_path, "whole"), *avg]) == 0
     # averaging begins at episode 5 of 8; held in episode 7, after the checkpoint of episode
     # 6 (the third), which carries a mean of two
@@ -199,6 +199,9 @@ def test_a_weight_averaged_run_killed_and_resumed_equals_the_uninterrupted_one(
     whole, _, _, _ = _final(tmp_path / "whole")
     ref, _, _, _ = _final(reference[1])
     assert any(not torch.equal(whole[k], ref[k]) for k in whole)   # not the best episode's
+    # no episode was chosen: the deflated Sharpe's trials are the 4 validation folds alone
+    test = json.loads((tmp_path / "whole" / "test_metrics.json").read_text())
+    assert test["n_trials"] == 4
 
 
 def test_sigterm_mid_episode_checkpoints_exits_143_and_resumes_exactly(
