@@ -128,7 +128,7 @@ class Registry(SweepRegistry):
         self._conn.execute("PRAGMA busy_timeout = 30000")
         try:
             self._check_version(self._version())
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal()
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             if self._version() < SCHEMA_VERSION:
@@ -144,6 +144,22 @@ class Registry(SweepRegistry):
 
     def close(self) -> None:
         self._conn.close()
+
+    def _use_wal(self) -> None:
+        """Put the database in WAL mode, once: SQLite answers "database is locked" without
+        calling the busy handler when two processes switch a new database's journal mode at
+        the same moment, so that one statement is retried here (bounded, with backoff)."""
+        deadline, delay = time.monotonic() + 30.0, 0.002
+        while True:
+            try:
+                if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     def _version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])

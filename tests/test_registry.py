@@ -85,6 +85,38 @@ def test_concurrent_processes_one_winner_no_corruption(tmp_path: Path) -> None:
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def _open_fresh(root: str, n: int, barrier: mp.synchronize.Barrier, out: mp.Queue) -> None:
+    errors = []
+    for i in range(n):
+        barrier.wait()
+        try:
+            Registry(Path(root) / f"{i}.db").close()
+        except sqlite3.OperationalError as e:
+            errors.append(f"{i}.db: {e}")
+    out.put(errors)
+
+
+def test_processes_opening_a_new_registry_at_once_all_get_it(tmp_path: Path) -> None:
+    """The first commands on a machine race to create the database: SQLite answers "database is
+    locked" to a journal-mode switch without waiting, so each of these used to fail about one
+    race in ten (a flaky CI run showed it); every process must open the registry."""
+    ctx = mp.get_context("spawn")
+    k, n = 6, 100
+    barrier = ctx.Barrier(k)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_open_fresh, args=(str(tmp_path), n, barrier, out))
+             for _ in range(k)]
+    for p in procs:
+        p.start()
+    errors = [e for _ in procs for e in out.get(timeout=300)]
+    for p in procs:
+        p.join(timeout=60)
+    assert errors == []
+    con = sqlite3.connect(tmp_path / f"{n - 1}.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == registry_schema.SCHEMA_VERSION
+
+
 class _Clock:
     def __init__(self, t: float) -> None:
         self.t = t
