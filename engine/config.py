@@ -203,8 +203,9 @@ class Config:
     """Fraction of the episodes before which no model is selected (while exploration is high a
     good validation score is luck); default: the agent type's own."""
     ensemble: int | None = None
-    """Agents trained with seeds seed, seed+1, ...; the model acts on their averaged Q-values,
-    and the report shows the seeds' spread; default: the agent type's own."""
+    """Agents trained with seeds seed, seed+100003, ... (``train.member_seeds``); the model acts
+    on their averaged Q-values, and the report shows the seeds' spread; default: the agent
+    type's own."""
     weight_average: bool | None = None
     """The model is the mean of the network's weights at the end of every episode from
     select_from on (stochastic weight averaging), not the best validation episode's weights:

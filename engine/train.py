@@ -769,13 +769,24 @@ def run_training(cfg: Config, *, data: PreparedData | Markets | None = None,
                        model_path=model_path, resumed_from=trainer.resumed_from)
 
 
+MEMBER_SEED_STRIDE = 100_003
+
+
+def member_seeds(seed: int, k: int) -> list[int]:
+    """The seeds of an ensemble of ``k`` whose run seed is ``seed``: the first is ``seed`` itself
+    (an ensemble of one is the plain run), the others ``MEMBER_SEED_STRIDE`` apart, so runs with
+    seeds 1, 2, 3 (a benchmark's or a sweep's) are ensembles of nine distinct agents, not of
+    five shared ones whose spread would understate the seeds' noise."""
+    return [seed + i * MEMBER_SEED_STRIDE for i in range(k)]
+
+
 def train_agent(cfg: Config, *, data: PreparedData | Markets | None = None,
                 out_dir: Path | None = None, events: EventWriter | None = None,
                 log: Callable[[str], None] = print, stop: StopRequest | None = None,
                 runtime_info: RuntimeInfo | None = None,
                 mirror: ckpt.RemoteMirror | None = None,
                 train_transaction_cost: float | None = None) -> TrainResult:
-    """:func:`run_training`, or with ``ensemble`` K > 1 K of them (seeds ``seed .. seed+K-1``,
+    """:func:`run_training`, or with ``ensemble`` K > 1 K of them (seeds :func:`member_seeds`,
     each in ``<out_dir>/members/seed<S>/`` with its own checkpoints, so ``--resume`` continues
     each bit for bit) combined into one model that acts on their mean Q-values."""
     cfg = cfg.resolved()
@@ -790,8 +801,8 @@ def train_agent(cfg: Config, *, data: PreparedData | Markets | None = None,
     markets = as_markets(data or prepare_data(cfg))
     t0 = time.perf_counter()
     members: list[TrainResult] = []
-    for i in range(k):
-        seed = cfg.seed + i
+    seeds = member_seeds(cfg.seed, k)
+    for i, seed in enumerate(seeds):
         sub = None if out_dir is None else out_dir / "members" / f"seed{seed}"
         resume = cfg.resume and sub is not None and (sub / ckpt.CKPT_DIR).is_dir()
         mcfg = dataclasses.replace(cfg, seed=seed, ensemble=1, resume=resume)
@@ -814,11 +825,10 @@ def train_agent(cfg: Config, *, data: PreparedData | Markets | None = None,
         obs_shape = (cfg.window, markets[0].features.shape[1] + 1)
         n_actions = len(action_positions(cfg.long_only, int(cfg.position_levels or 1)))
         model_path = save_model(out_dir / "model.pth", net, cfg, markets, obs_shape, n_actions,
-                                {"val_sharpe": best, "member_seeds": [cfg.seed + i
-                                                                      for i in range(k)]})
+                                {"val_sharpe": best, "member_seeds": seeds})
         summary = {"agent_type": cfg.agent_type, "episodes": cfg.episodes, "ensemble": k,
                    "markets": [market_label(m) for m in markets],
-                   "members": [{"seed": cfg.seed + i, "best_episode": m.best_episode,
+                   "members": [{"seed": seeds[i], "best_episode": m.best_episode,
                                 "best_val_sharpe": m.best_val_sharpe,
                                 "episodes_run": len(m.history), "stopped_early": m.stopped_early}
                                for i, m in enumerate(members)],

@@ -127,7 +127,24 @@ def test_a_random_walk_shows_no_edge_and_the_report_says_so(tmp_path: Path) -> N
     assert stats.NOT_DISTINGUISHABLE in page and "Best of" not in page
     finished = [e for e in read_events(out / "events.jsonl") if e["event"] == "finished"][-1]
     assert finished["metrics"]["verdict"] == test["verdict"]
+    from engine.train import MEMBER_SEED_STRIDE, member_seeds
+
+    second = 42 + MEMBER_SEED_STRIDE  # the members' seeds are far apart (next test)
+    assert {p.name for p in (out / "members").iterdir()} == {"seed42", f"seed{second}"}
     assert (out / "members" / "seed42" / "model.pth").exists()
+    trained = json.loads((out / "train_metrics.json").read_text())
+    assert [m["seed"] for m in trained["members"]] == member_seeds(42, 2) == [42, second]
+
+
+def test_ensembles_of_neighbouring_seeds_share_no_member() -> None:
+    """``benchmark --seeds 3 --ensemble 3`` (or a sweep's seeds 1, 2, 3) runs seeds 1, 2, 3:
+    their ensembles must be nine agents, or the seeds' spread (and the verdict's CI) would
+    understate the noise; an ensemble of one is the plain run of its seed."""
+    from engine.train import member_seeds
+
+    groups = [set(member_seeds(s, 3)) for s in (1, 2, 3)]
+    assert len(set().union(*groups)) == 9
+    assert member_seeds(5, 1) == [5]
 
 
 def test_a_learnable_market_beats_buy_and_hold_clearly(tmp_path: Path) -> None:
