@@ -78,6 +78,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "O L, hold margin 0.1": {**_F, "lr": 1e-4, "hold_margin": 0.1},
     "P L, hold margin 0.3": {**_F, "lr": 1e-4, "hold_margin": 0.3},
     "Q P, weight averaging": {**_F, "lr": 1e-4, "hold_margin": 0.3, "weight_average": True},
+    "S Q, ensemble of 3": {**_F, "lr": 1e-4, "hold_margin": 0.3, "weight_average": True,
+                           "ensemble": 3},
 }
 
 
@@ -170,7 +172,7 @@ def run_job(variant: str, market: str, path: str, seeds: int, episodes: int,
     torch.set_num_threads(1)
     from engine.agents import EnsembleQNet
     from engine.config import Config, apply_overrides
-    from engine.train import buy_and_hold_returns, greedy_pass, prepare_data, run_training
+    from engine.train import buy_and_hold_returns, greedy_pass, prepare_data, train_agent
 
     t0 = time.perf_counter()
     cfg = apply_overrides(Config(), {**BASE, **VARIANTS[variant], **extra, "data_file": path,
@@ -182,7 +184,7 @@ def run_job(variant: str, market: str, path: str, seeds: int, episodes: int,
     _, bh_val = buy_and_hold_returns(data, data.val, cfg)
     rows, nets = [], []
     for k in range(seeds):
-        res = run_training(dataclasses.replace(cfg, seed=cfg.seed + k), data=data, log=lambda m: None)
+        res = train_agent(dataclasses.replace(cfg, seed=cfg.seed + k), data=data, log=lambda m: None)
         _, ret = greedy_pass(res.net, data, data.test, cfg)
         nets.append(res.net)
         rows.append({"seed": cfg.seed + k, "val_sharpe": res.best_val_sharpe,
@@ -229,9 +231,9 @@ def summarise(jobs: list[dict[str, Any]]) -> str:
         # a variant run on only some of the choice markets says on how many
         partial = f" ({len(choice)} of {len(CHOICE)})" if 0 < len(choice) < len(CHOICE) else ""
         lines.append(f"| {variant} | " + " | ".join(cells) +
-                     f" | {np.mean(choice) if choice else float('nan'):+.2f}{partial} | "
-                     f"{np.mean(report) if report else float('nan'):+.2f} | "
-                     f"{sum(beats)}/{len(beats)} |")
+                     f" | {f'{np.mean(choice):+.2f}' if choice else ''}{partial} | "
+                     f"{f'{np.mean(report):+.2f}' if report else ''} | "
+                     f"{f'{sum(beats)}/{len(beats)}' if beats else ''} |")
     lines.append("| " + " | ".join(bh_row) + " | | | |")
     lines.append("\nSelected model's validation Sharpe (seed mean) minus its test Sharpe: how much "
                  "selection flattered it.\n")
