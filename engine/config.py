@@ -44,6 +44,10 @@ class ConfigError(BadInput, ValueError):
     """A setting that cannot be used (the message names it and says what is allowed)."""
 
 
+SEED_MAX = 2**31 - 1
+"""The largest ``--seed``: with an ensemble's member strides it stays within numpy's 32 bits."""
+
+
 @dataclass
 class Config:
     """Everything a run needs; see each field's docstring."""
@@ -275,8 +279,11 @@ class Config:
                     "gru_hidden", "tuning_episodes", "n_iter"):
             need(_is_int(getattr(self, key)) and getattr(self, key) >= 1, key, "an integer >= 1")
         for key in ("learning_starts", "patience", "checkpoint_every", "episode_length",
-                    "torch_threads", "seed"):
+                    "torch_threads"):
             need(_is_int(getattr(self, key)) and getattr(self, key) >= 0, key, "an integer >= 0")
+        # numpy's legacy seeding takes < 2**32, and an ensemble's members add up to 31 strides
+        need(_is_int(self.seed) and 0 <= self.seed <= SEED_MAX, "seed",
+             f"an integer in 0..{SEED_MAX}")
         need(_is_int(self.window) and self.window >= 1, "window", "an integer >= 1")
         need(_is_int(self.feature_window) and self.feature_window >= 2, "feature_window",
              "an integer >= 2")

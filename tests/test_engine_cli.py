@@ -58,6 +58,7 @@ def _bad_csv(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("case,needle", [
     ("unknown_key", "unknown setting 'episodez'"),
     ("negative_episodes", "--episodes must be an integer >= 1"),
+    ("huge_seed", "--seed must be an integer in 0..2147483647"),
     ("missing_data", "no_such_file.csv"),
     ("bad_data", "bad.csv line 3, column 'close': non-positive price"),
     ("short_data", "decision bars"),
@@ -76,6 +77,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         argv = [*base, "--config", str(cfg)]
     elif case == "negative_episodes":
         argv = [*base, "--episodes", "-5"]
+    elif case == "huge_seed":  # numpy's seeding refused it after the data had loaded
+        argv = [*base, "--seed", str(2**32)]
     elif case == "missing_data":
         argv = [*base, "--data_file", "no_such_file.csv"]
     elif case == "bad_data":

@@ -145,6 +145,9 @@ def test_ensembles_of_neighbouring_seeds_share_no_member() -> None:
     groups = [set(member_seeds(s, 3)) for s in (1, 2, 3)]
     assert len(set().union(*groups)) == 9
     assert member_seeds(5, 1) == [5]
+    from engine.config import SEED_MAX
+
+    assert max(member_seeds(SEED_MAX, 32)) < 2**32  # numpy's seeding takes every member
 
 
 def test_a_learnable_market_beats_buy_and_hold_clearly(tmp_path: Path) -> None:
