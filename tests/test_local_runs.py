@@ -339,6 +339,8 @@ def test_the_kept_models_validation_sharpe_is_tracked(tmp_path: Path) -> None:
     ({"name": "no spaces"}, "name"),
     ({"max_cost": -1.0}, "max_cost"),
     ({"max_recoveries": -1}, "max_recoveries"),
+    ({"seed": 2**32}, "seed"),   # the engine would refuse it on the VM, after the launch
+    ({"seed": -1}, "seed"),
     ({"provider": "auto", "gpu": "NO-SUCH-GPU"}, "gpu"),
     ({"provider": "auto", "instance_type": "no.such"}, "instance_type"),
 ])

@@ -215,6 +215,8 @@ def test_a_dry_run_lists_the_members_and_creates_nothing(tmp_path: Path, markets
 
 @pytest.mark.parametrize("body,flags,field", [
     ('data = "markets/SMALL.csv"\nseeds = 0\n', [], "seeds"),
+    # the engine would refuse this one on its VM, after the first members had launched
+    ('data = "markets/SMALL.csv"\nseeds = [1, 4294967296]\n', [], "seeds"),
     ('data = "markets/SMALL.csv"\nsed = 3\n', [], "sed"),
     ('data = "markets/SMALL.csv"\n[grid]\nseed = [1, 2]\n', [], "grid.seed"),
     ('data = "markets/SMALL.csv"\n[grid]\nlearning_rate = [1]\n', [], "grid.learning_rate"),
