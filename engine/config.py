@@ -48,6 +48,14 @@ SEED_MAX = 2**31 - 1
 """The largest ``--seed``: with an ensemble's member strides it stays within numpy's 32 bits."""
 
 
+def seed_problem(seed: object) -> str | None:
+    """What is wrong with ``seed`` as a run's seed (None: nothing); the one rule the engine,
+    ``dqlctl launch --seed`` and a sweep's ``seeds`` all check, before anything starts."""
+    if not _is_int(seed) or not 0 <= seed <= SEED_MAX:  # type: ignore[operator]
+        return f"an integer in 0..{SEED_MAX}"
+    return None
+
+
 @dataclass
 class Config:
     """Everything a run needs; see each field's docstring."""
@@ -281,9 +289,7 @@ class Config:
         for key in ("learning_starts", "patience", "checkpoint_every", "episode_length",
                     "torch_threads"):
             need(_is_int(getattr(self, key)) and getattr(self, key) >= 0, key, "an integer >= 0")
-        # numpy's legacy seeding takes < 2**32, and an ensemble's members add up to 31 strides
-        need(_is_int(self.seed) and 0 <= self.seed <= SEED_MAX, "seed",
-             f"an integer in 0..{SEED_MAX}")
+        need(seed_problem(self.seed) is None, "seed", f"an integer in 0..{SEED_MAX}")
         need(_is_int(self.window) and self.window >= 1, "window", "an integer >= 1")
         need(_is_int(self.feature_window) and self.feature_window >= 2, "feature_window",
              "an integer >= 2")

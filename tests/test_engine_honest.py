@@ -140,13 +140,12 @@ def test_ensembles_of_neighbouring_seeds_share_no_member() -> None:
     """``benchmark --seeds 3 --ensemble 3`` (or a sweep's seeds 1, 2, 3) runs seeds 1, 2, 3:
     their ensembles must be nine agents, or the seeds' spread (and the verdict's CI) would
     understate the noise; an ensemble of one is the plain run of its seed."""
+    from engine.config import SEED_MAX
     from engine.train import member_seeds
 
     groups = [set(member_seeds(s, 3)) for s in (1, 2, 3)]
     assert len(set().union(*groups)) == 9
     assert member_seeds(5, 1) == [5]
-    from engine.config import SEED_MAX
-
     assert max(member_seeds(SEED_MAX, 32)) < 2**32  # numpy's seeding takes every member
 
 

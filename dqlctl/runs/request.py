@@ -120,11 +120,10 @@ def _validated(ctx: Context, req: LaunchRequest) -> tuple[str, TunedParams | Non
             raise UsageError(f"{flag} must be a positive number of minutes, got {value}",
                              field=name)
     if req.seed is not None:
-        from engine.config import SEED_MAX  # the engine's own bound (stdlib only)
+        from engine.config import seed_problem  # the engine's own rule (stdlib only)
 
-        if not 0 <= req.seed <= SEED_MAX:
-            raise UsageError(f"--seed must be an integer in 0..{SEED_MAX}, got {req.seed}",
-                             field="seed")
+        if problem := seed_problem(req.seed):
+            raise UsageError(f"--seed must be {problem}, got {req.seed}", field="seed")
     if req.max_cost is not None and req.max_cost <= 0:
         raise UsageError(f"--max-cost must be a positive amount of USD, got {req.max_cost}",
                          field="max_cost")

@@ -100,11 +100,11 @@ def parse_seeds(source: str, value: Any) -> list[int]:
         raise _bad(source, "seeds", "give a count or a non-empty list of integers")
     if len(set(value)) != len(value):
         raise _bad(source, "seeds", f"{value} repeats a seed")
-    from engine.config import SEED_MAX  # the engine's own bound (stdlib only)
+    from engine.config import seed_problem  # the engine's own rule (stdlib only)
 
     for seed in value:
-        if not 0 <= seed <= SEED_MAX:
-            raise _bad(source, "seeds", f"seed {seed} is not in 0..{SEED_MAX}")
+        if problem := seed_problem(seed):
+            raise _bad(source, "seeds", f"seed {seed}: give {problem}")
     return list(value)
 
 
