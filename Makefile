@@ -54,9 +54,12 @@ $(DEPS)/.system:
 		npm install --silent --no-audit --no-fund --prefix $(DEPS)/azurite azurite@3.35.0 >/dev/null; fi
 	touch $@
 
+# Two workers (pytest-xdist): most tests wait on servers and subprocesses, so two share 2 cores
+# well (README, "Tests and benchmarks"). Each test file runs whole in one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install-dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # Mutation testing of the core modules (tests/MUTATION.md lists them) against their fast unit
 # tests (TESTS_OF in tests/mutation.py): the killed share per module, each >= 85 %.

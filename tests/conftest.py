@@ -38,6 +38,21 @@ import pytest  # noqa: E402
 
 from tests import servers  # noqa: E402
 
+#: the files that run the engine's container image (tests/containers.py builds it once per
+#: process): one worker runs all of them, so the image is built once per session
+IMAGE_FILES = frozenset({"test_batch_e2e.py", "test_container_e2e.py",
+                         "test_container_clouds_e2e.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``make test`` runs the suite on two workers (pytest-xdist, ``--dist loadgroup``). Each
+    file is one unit of work, so its module fixtures (a trained model, a server of its own)
+    are made once, and the image files are one unit between them. A plain ``pytest`` run (no
+    ``-n``) ignores the marks."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("engine-image" if name in IMAGE_FILES else name))
+
 
 def _start(start: Callable[[], servers.Server]) -> servers.Server:
     try:

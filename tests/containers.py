@@ -20,6 +20,7 @@ them; CI starts from nothing and makes them (about 40 s and 5 s).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -200,20 +201,30 @@ def engine_image(folder: Path) -> dict[str, Any]:
     """``dqlctl image build --cpu`` of the engine image, offline, into the operator's store
     (``CACHE/storage``, whose layers survive sessions), once per test process (every e2e file
     that runs the engine in a container shares it); the build's JSON. ``folder``: where the
-    build's podman configuration goes (the first caller's)."""
+    build's podman configuration goes (the first caller's). Two test processes (pytest-xdist's
+    workers) build one after the other, under a lock on the cache: the second build finds every
+    layer cached, and neither prunes what the other is building."""
     if not _built:
         missing = tools_missing()
         assert not missing, f"missing {missing}: `make system-deps` installs them"
-        env = podman_env(folder, CACHE / "storage")
-        base = base_image(env)
-        wheels = engine_wheels()
-        proc = subprocess.run([sys.executable, "-m", "dqlctl", "image", "build", "--cpu",
-                               "--engine", "podman", "--base", base, "--wheels", str(wheels),
-                               "--tag", ENGINE_TAG, "--json"], cwd=ROOT,
-                              env={**os.environ, **env}, capture_output=True, text=True,
-                              timeout=1800)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        # the layers earlier builds left untagged go: the cache under .deps keeps one image
-        podman(env, "image", "prune", "--force", check=False)
-        _built.update(json.loads(proc.stdout))
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with open(CACHE / "build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _built.update(_build(folder))
     return dict(_built)
+
+
+def _build(folder: Path) -> dict[str, Any]:
+    """The build itself (the base image and the wheels first, cached); its JSON."""
+    env = podman_env(folder, CACHE / "storage")
+    base = base_image(env)
+    wheels = engine_wheels()
+    proc = subprocess.run([sys.executable, "-m", "dqlctl", "image", "build", "--cpu",
+                           "--engine", "podman", "--base", base, "--wheels", str(wheels),
+                           "--tag", ENGINE_TAG, "--json"], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the layers earlier builds left untagged go: the cache under .deps keeps one image
+    podman(env, "image", "prune", "--force", check=False)
+    return json.loads(proc.stdout)
