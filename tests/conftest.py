@@ -44,14 +44,16 @@ IMAGE_FILES = frozenset({"test_batch_e2e.py", "test_container_e2e.py",
                          "test_container_clouds_e2e.py"})
 
 
+@pytest.hookimpl(tryfirst=True)      # before xdist's own hook, which reads the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """``make test`` runs the suite on two workers (pytest-xdist, ``--dist loadgroup``). Each
     file is one unit of work, so its module fixtures (a trained model, a server of its own)
     are made once, and the image files are one unit between them. A plain ``pytest`` run (no
     ``-n``) ignores the marks."""
     for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("engine-image" if name in IMAGE_FILES else name))
+        path = item.nodeid.split("::", 1)[0]         # tests/test_x.py: unique, unlike a name
+        image = item.path.name in IMAGE_FILES
+        item.add_marker(pytest.mark.xdist_group("engine-image" if image else path))
 
 
 def _start(start: Callable[[], servers.Server]) -> servers.Server:
