@@ -128,6 +128,26 @@ def test_a_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(
     assert len(hits) == through, hits[through:]
 
 
+@pytest.mark.parametrize("kind", ["s3", "gcs", "azure"])
+def test_a_store_sends_only_the_requests_its_calls_need(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest,
+        proxy: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload, a read and a listing are three requests, and nothing else reaches the store,
+    also later: google-cloud-storage 3.x would GET the bucket's metadata from a thread of its own
+    to label trace spans that are off (``providers.gcp.storage.without_span_metadata``)."""
+    uri = new_bucket(kind, tmp_path, request)
+    hits: list[str] = proxy.hits  # type: ignore[attr-defined]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+    before = set(threading.enumerate())
+    store, _ = open_store(uri)
+    store.put_bytes("once.bin", b"x" * 1024)
+    assert _read(store, "once.bin") == b"x" * 1024
+    assert [info.key for info in store.list()] == ["once.bin"]
+    for thread in set(threading.enumerate()) - before:    # what the calls left running ends
+        thread.join(timeout=60)
+    assert len(hits) == 3, hits
+
+
 class _CutFirstListing(_ForwardProxy):
     """The forward proxy, except that the first List Blobs answer stops halfway through its
     body and the connection closes (a reset while a page streams)."""

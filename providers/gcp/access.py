@@ -189,9 +189,11 @@ class GceAccess:
             from google.api_core.client_options import ClientOptions
 
             creds, project = self._credentials()
-            self._clients["storage"] = storage.Client(
+            from providers.gcp.storage import without_span_metadata
+
+            self._clients["storage"] = without_span_metadata(storage.Client(
                 project=project, credentials=creds,
-                client_options=ClientOptions(api_endpoint=self.storage_endpoint))
+                client_options=ClientOptions(api_endpoint=self.storage_endpoint)))
         return self._clients["storage"]
 
     def _edit_bucket_policy(self, bucket: str, email: str, grant: bool) -> None:

@@ -43,6 +43,27 @@ from providers.storage.streams import (
 MIB = 1024 * 1024
 
 
+#: google-cloud-storage's switch for its OpenTelemetry traces (off unless set)
+TRACES_ENV = "ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES"
+
+
+def without_span_metadata(client: Any) -> Any:
+    """``client`` without the bucket-metadata fetches that only label trace spans.
+
+    Since 3.x, google-cloud-storage starts a thread on a client's first call about a bucket
+    that GETs the bucket's metadata (``_bucket_metadata_cache``), to label OpenTelemetry spans
+    with its project and location, and it does so with its traces off (the default), when the
+    labels go nowhere. That is one more request per bucket and process, a 403 in the audit log
+    of a VM whose service account may only use objects (``roles/storage.objectUser``), and a
+    request that can land after the operation that caused it returned (a test counting the
+    requests through a proxy saw it late under load). With ``ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES``
+    on, the client keeps it."""
+    traces = os.environ.get(TRACES_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    if not traces and getattr(client, "_bucket_metadata_cache", None) is not None:
+        client._bucket_metadata_cache = None        # the SDK checks it before each use
+    return client
+
+
 def _b64_to_hex(value: str | None) -> str | None:
     return base64.b64decode(value).hex() if value else None
 
@@ -77,7 +98,8 @@ class GcsStore(Store):
             raise missing_sdk("google-cloud-storage", "gcp", "gs") from None
         def build() -> Any:
             with self._errors("connect to"):
-                client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+                client = without_span_metadata(
+                    storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT")))
                 settle_environment(client._http, client._connection.API_BASE_URL)
                 return client
 
