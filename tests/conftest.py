@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = item.nodeid.split("::", 1)[0]         # tests/test_x.py: unique, unlike a name
         image = item.path.name in IMAGE_FILES
         item.add_marker(pytest.mark.xdist_group("engine-image" if image else path))
+
+
+def pytest_sessionfinish() -> None:
+    """What a session leaves outside its temporary folders goes (in each xdist worker too)."""
+    containers = sys.modules.get("tests.containers")
+    if containers is not None:
+        containers.remove_vm_store()
 
 
 def _start(start: Callable[[], servers.Server]) -> servers.Server:

@@ -147,15 +147,19 @@ def vm_store() -> Path:
     """The image store every VM stand-in of this test process shares, as VMs started from one
     machine image would: the first VM to pull the engine image fetches every layer, later ones
     only the manifest (still with their own login: the registry checks it). Not the operator's
-    store, so a VM never finds an image it did not pull. Removed when the process ends."""
+    store, so a VM never finds an image it did not pull. Removed at the end of the session
+    (``remove_vm_store``, from conftest: a pytest-xdist worker runs no ``atexit``)."""
     if not _VM_STORE:
-        import atexit
         import tempfile
 
-        folder = Path(tempfile.mkdtemp(prefix="dqlctl-vm-store-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        _VM_STORE.append(folder)
+        _VM_STORE.append(Path(tempfile.mkdtemp(prefix="dqlctl-vm-store-")))
     return _VM_STORE[0]
+
+
+def remove_vm_store() -> None:
+    """Remove this process's VM image store (hundreds of MB of layers), if it made one."""
+    while _VM_STORE:
+        shutil.rmtree(_VM_STORE.pop(), ignore_errors=True)
 
 
 def docker_shim() -> str:
