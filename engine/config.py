@@ -289,7 +289,8 @@ class Config:
         for key in ("learning_starts", "patience", "checkpoint_every", "episode_length",
                     "torch_threads"):
             need(_is_int(getattr(self, key)) and getattr(self, key) >= 0, key, "an integer >= 0")
-        need(seed_problem(self.seed) is None, "seed", f"an integer in 0..{SEED_MAX}")
+        problem = seed_problem(self.seed)
+        need(problem is None, "seed", problem or "")
         need(_is_int(self.window) and self.window >= 1, "window", "an integer >= 1")
         need(_is_int(self.feature_window) and self.feature_window >= 2, "feature_window",
              "an integer >= 2")

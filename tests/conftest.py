@@ -39,22 +39,17 @@ import pytest  # noqa: E402
 
 from tests import servers  # noqa: E402
 
-#: the files that run the engine's container image (tests/containers.py builds it once per
-#: process): one worker runs all of them, so the image is built once per session
-IMAGE_FILES = frozenset({"test_batch_e2e.py", "test_container_e2e.py",
-                         "test_container_clouds_e2e.py"})
-
 
 @pytest.hookimpl(tryfirst=True)      # before xdist's own hook, which reads the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """``make test`` runs the suite on two workers (pytest-xdist, ``--dist loadgroup``). Each
     file is one unit of work, so its module fixtures (a trained model, a server of its own)
-    are made once, and the image files are one unit between them. A plain ``pytest`` run (no
-    ``-n``) ignores the marks."""
+    are made once; a file that names a group of its own (the image files:
+    ``containers.IMAGE_GROUP``) shares it. A plain ``pytest`` run (no ``-n``) ignores them."""
     for item in items:
-        path = item.nodeid.split("::", 1)[0]         # tests/test_x.py: unique, unlike a name
-        image = item.path.name in IMAGE_FILES
-        item.add_marker(pytest.mark.xdist_group("engine-image" if image else path))
+        if item.get_closest_marker("xdist_group") is None:
+            file = item.nodeid.split("::", 1)[0]     # tests/test_x.py: unique, unlike a name
+            item.add_marker(pytest.mark.xdist_group(file))
 
 
 def pytest_sessionfinish() -> None:

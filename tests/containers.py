@@ -198,6 +198,9 @@ def start_registry(workdir: Path, users: dict[str, str]) -> servers.Server:
 
 #: the tag the e2e tests build the CPU engine image as
 ENGINE_TAG = "dqlctl-engine:test"
+#: the pytest-xdist group of every file that runs the image (``pytestmark``): one worker runs
+#: them all, so the image is built once per session (tests/conftest.py groups the rest by file)
+IMAGE_GROUP = "engine-image"
 _built: dict[str, Any] = {}
 
 

@@ -43,10 +43,10 @@ from providers.layout import resolve_data_path
 from tests import containers, servers
 from tests.fake_gce import FakeHttpServer, Request, Response
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.xdist_group(containers.IMAGE_GROUP), pytest.mark.skipif(
     bool(containers.tools_missing()),
     reason=f"AWS Batch stand-in needs {', '.join(containers.tools_missing())} "
-           "(`make system-deps` installs them)")
+           "(`make system-deps` installs them)")]
 
 TOKEN = "123456:telegram-token-that-must-not-leak"
 BUCKET = "batch-results"

@@ -45,6 +45,7 @@ from tests.token_gate import TokenGate, blob_policy, gcs_policy
 from tests.vm import vm_sshd
 
 CIDR = "198.51.100.7/32"
+pytestmark = pytest.mark.xdist_group(containers.IMAGE_GROUP)
 UPSTREAM = ("gate", "gate-secret-0451")
 
 

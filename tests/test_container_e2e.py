@@ -46,6 +46,7 @@ TAG = containers.ENGINE_TAG
 AWS_TAG = "dqlctl-engine:aws-e2e"
 EPISODES = "150"   # the stop and the notice land by about episode 30, even on 2 busy cores
 CIDR = "198.51.100.7/32"
+pytestmark = pytest.mark.xdist_group(containers.IMAGE_GROUP)
 
 
 @pytest.fixture(scope="session")
