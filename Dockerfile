@@ -4,7 +4,7 @@
 #   --cpu          CPU-only torch (VARIANT=cpu; the GPU build is the default)
 #   --base IMAGE   another base (BASE): any Debian-like image with python3 >= 3.11 and venv
 #   --wheels DIR   installs from that folder of wheels only (no index: an offline build)
-# A plain `docker build .` works too (online, no wheels).
+# A plain `docker build .` works too (online: the repository's wheels/ holds no wheel).
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
@@ -19,15 +19,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/dqlctl
 
-# Dependencies first: this layer is reused until pyproject.toml changes. The build context is
-# bound (not copied) so that a wheels/ folder in it never lands in a layer. C++ headers and the
-# packages' own test suites are not needed to run the engine (about 250 MB).
-COPY pyproject.toml README.md LICENSE ./
+# Dependencies first: this layer is reused until pyproject.toml or the wheels change. Its inputs
+# are pyproject.toml and the wheels/ folder alone: BuildKit (and recent buildah) key a bind
+# mount by its content, as a COPY, so binding the whole context would reinstall torch after any
+# edit. README.md and LICENSE (pip needs them only for the package itself) come later. wheels/
+# is bound, not copied, so no wheel lands in a layer. C++ headers and the packages' own test
+# suites are not needed to run the engine (about 250 MB).
+COPY pyproject.toml ./
 # $src is a list of pip options (word splitting wanted); versions are pinned by pyproject's ranges
 # hadolint ignore=SC2086,DL3013
-RUN --mount=type=bind,target=/ctx \
+RUN --mount=type=bind,source=wheels,target=/wheels \
     python3 -m venv /opt/venv \
- && if ls /ctx/wheels/*.whl >/dev/null 2>&1; then src="--no-index --find-links /ctx/wheels"; \
+ && if ls /wheels/*.whl >/dev/null 2>&1; then src="--no-index --find-links /wheels"; \
     elif [ "$VARIANT" = "cpu" ]; then src="--extra-index-url https://download.pytorch.org/whl/cpu"; \
     else src=""; fi \
  && pip install $src 'torch==2.13.*' 'numpy>=1.26' 'pandas>=2.1' 'pyarrow>=15' \
@@ -39,6 +42,7 @@ RUN --mount=type=bind,target=/ctx \
  && find "$site" -depth -type d -name tests -prune -exec rm -rf {} +
 
 # Then the code (small, changes often).
+COPY README.md LICENSE ./
 COPY engine ./engine
 COPY providers ./providers
 COPY dqlctl ./dqlctl
