@@ -294,6 +294,51 @@ def test_collect_streams_a_big_results_file(sshd_vm: SshVm, tmp_path: Path,
         ["big.pt", "empty", "events.jsonl"]  # no temp names left behind
 
 
+class _OddSftp:
+    """The calls of paramiko's SFTP client a read window makes, answering from ``data`` in ways
+    the protocol allows and this machine's OpenSSH never shows: the newest request first, every
+    other read with half the bytes asked, and end of file past the end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.waiting, self.number = data, [], 0
+
+    def _async_request(self, fileobj: Any, t: int, handle: bytes, offset: int,
+                       size: int) -> int:
+        self.number += 1
+        self.waiting.append((self.number, fileobj, int(offset), size))
+        return self.number
+
+    def _read_response(self) -> None:
+        from paramiko.sftp import CMD_DATA, CMD_STATUS
+
+        num, fileobj, offset, size = self.waiting.pop()
+        if offset >= len(self.data):
+            fileobj._async_response(CMD_STATUS, None, num)
+            return
+        size = size if num % 2 else max(1, size // 2)
+        answer = type("Msg", (), {"get_string": lambda _: self.data[offset:offset + size]})()
+        fileobj._async_response(CMD_DATA, answer, num)
+
+    def _convert_status(self, msg: Any) -> None:
+        raise EOFError()
+
+
+@pytest.mark.parametrize("told", [0, 100_000], ids=["exact", "file-shrank"])
+def test_a_download_is_reassembled_from_answers_out_of_order_and_short(told: int) -> None:
+    """SftpReader returns the file's bytes in order whatever order and sizes the server's
+    answers come in; a file shorter than its listed size ends early (the size check of the
+    caller then refuses it), never with bytes made up or repeated."""
+    from providers.ssh import SFTP_REQUEST, SftpReader
+
+    data = os.urandom(10 * SFTP_REQUEST + 12345)
+    handle = type("File", (), {"handle": b"h", "close": lambda _: None})()
+    handle.sftp = _OddSftp(data)
+    with SftpReader(handle, len(data) + told, window=4 * SFTP_REQUEST) as reader:
+        got = reader.read()
+    assert got == data
+    assert not handle.sftp.waiting       # every request answered, none left behind
+
+
 def test_upload_streams_a_big_data_file(sshd_vm: SshVm, tmp_path: Path) -> None:
     """put_file sends a 64 MiB data file without reading it into memory, atomically (a temp
     name renamed) and with its mode set before any byte lands."""
