@@ -36,7 +36,7 @@ def test_the_dependency_layer_depends_on_pyproject_and_the_wheels_only() -> None
     assert mounts == ["type=bind,source=wheels,target=/wheels"], mounts
     assert any(s.startswith("COPY engine") for s in steps[deps:])
     # the folder a plain `docker build .` binds is in the repository (git keeps no empty one)
-    assert (ROOT / "wheels").is_dir() and not list((ROOT / "wheels").glob("*.whl"))
+    assert (ROOT / "wheels").is_dir()
 
 
 def test_image_runs_unprivileged() -> None:
