@@ -43,10 +43,6 @@ from providers.storage.streams import (
 MIB = 1024 * 1024
 
 
-#: google-cloud-storage's switch for its OpenTelemetry traces (off unless set)
-TRACES_ENV = "ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES"
-
-
 def without_span_metadata(client: Any) -> Any:
     """``client`` without the bucket-metadata fetches that only label trace spans.
 
@@ -57,8 +53,10 @@ def without_span_metadata(client: Any) -> Any:
     of a VM whose service account may only use objects (``roles/storage.objectUser``), and a
     request that can land after the operation that caused it returned (a test counting the
     requests through a proxy saw it late under load). With ``ENABLE_GCS_PYTHON_CLIENT_OTEL_TRACES``
-    on, the client keeps it."""
-    traces = os.environ.get(TRACES_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    on, the client keeps it: the SDK's own reading of that variable decides."""
+    from google.cloud.storage import _opentelemetry_tracing
+
+    traces = getattr(_opentelemetry_tracing, "enable_otel_traces", False)
     if not traces and getattr(client, "_bucket_metadata_cache", None) is not None:
         client._bucket_metadata_cache = None        # the SDK checks it before each use
     return client
