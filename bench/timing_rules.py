@@ -46,9 +46,8 @@ def vol_target_positions(close: np.ndarray, first: int, window: int = 20) -> np.
     """``vol_target``'s positions for bars ``0..len(close)-2`` (flat before ``first``): each
     decided at a bar's close from the bars up to it."""
     r = np.diff(np.log(close))
-    sigma = np.full(len(close), np.nan)
-    for t in range(window, len(close)):
-        sigma[t] = np.std(r[t - window:t]) * math.sqrt(252)
+    sigma = np.full(len(close), np.nan)     # sigma[t]: returns r[t-window..t-1]
+    sigma[window:] = np.lib.stride_tricks.sliding_window_view(r, window).std(axis=1) * math.sqrt(252)
     v = float(np.nanmedian(sigma[max(window, first - 756):first]))
     pos = np.zeros(len(close) - 1)
     pos[first:] = np.round(np.minimum(1.0, v / sigma[first:len(close) - 1]) * 2) / 2
