@@ -264,6 +264,20 @@ def test_a_failed_upload_leaves_the_old_object_whole(store: Store) -> None:
     assert [o.key for o in store.list("a/")] == ["a/obj"]
 
 
+def test_a_file_whose_size_changed_since_it_was_listed_is_refused(store: Store,
+                                                                    tmp_path: Path) -> None:
+    """A sync puts a file with the size its listing saw: a file that grew or shrank since then
+    is refused (and may be retried), never cut to the old size or sent short."""
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"w" * 5000)
+    for listed in (4096, 6000):         # it grew since it was listed; it shrank
+        with pytest.raises(StorageError, match="changed"):
+            store.put(f"m/{listed}", str(path), size=listed)
+    assert [o.key for o in store.list("m/")] == []
+    info = store.put("m/ok", str(path), size=5000)
+    assert info.size == 5000 and store.get_bytes("m/ok") == b"w" * 5000
+
+
 @pytest.mark.parametrize("kind", CLOUDS)
 def test_a_missing_bucket_is_bad_input(kind: str, request: pytest.FixtureRequest) -> None:
     request.getfixturevalue({"s3": "aws_env", "gcs": "gcs_env", "azure": "azure_env"}[kind])

@@ -38,6 +38,7 @@ from providers.storage.base import (
 from providers.storage.streams import (
     StoreReader,
     md5_of_stream,
+    read_ahead,
     read_full,
     source_reader,
     source_size,
@@ -253,8 +254,8 @@ class S3Store(Store):
                 if known <= self.multipart_threshold:
                     return self._put_stream(key, reader, known, mtime, md5)
                 return self._put_multipart(key, reader, b"", known, mtime, md5)
-            first = read_full(reader, self.buffer_limit + 1)
-            if len(first) > self.buffer_limit:
+            first, fits = read_ahead(reader, known, self.buffer_limit)
+            if not fits:
                 return self._put_multipart(key, reader, first, size, mtime, md5)
             return self._put_single(key, first, size, mtime, md5)
 
