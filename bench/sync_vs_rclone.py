@@ -6,10 +6,15 @@ fake-gcs-server; see ../shared/reference/LOCAL_CLOUD.md), on the same trees, wit
     500 files x 4 KiB;  one 200 MiB file;  both
 
 For each case and store: a fresh sync into an empty bucket, then a no-op re-sync, as fresh
-processes; then the same no-op in a warm process (clients built, as the TUI calls it). Median of
-``--reps`` (3) runs, seconds, and the ratio ours/rclone (below 1.0: we are faster). Beside the
+processes; then the same no-op in a warm process (clients built, as the TUI calls it). Beside the
 CLI no-op, its floor: a fresh process that only imports the store's SDK and builds its client
 (``open_store``), and how far above it the no-op is (the target: 0.05 s at most).
+
+This machine's host is shared, and a run's speed drifts by 2x within minutes (seen as ``steal``
+in /proc/stat, printed per row). So the tools are paired: in each of ``--reps`` (3) repetitions
+both run the same case, each going first in every other one, and the ratio ours/rclone (below
+1.0: we are faster) is the median of the repetitions' ratios, printed with their range. Each
+no-op is paired with a floor run right after it, ``--noop-pairs`` (3) times per repetition.
 
     .venv/bin/python bench/sync_vs_rclone.py [--reps 3] [--only s3,gcs,azure] [--small]
 
@@ -233,9 +238,34 @@ def run_rclone(backend: Backend, tree: Path, remote: str) -> float:
     return took
 
 
+def spread(ratios: list[float]) -> str:
+    """The median of paired ratios and their range: "0.93 (0.71-1.20)"."""
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+class Steal:
+    """The share of this machine's CPU time that its host gave to other guests since this was
+    made (``steal`` in /proc/stat): a noisy neighbour shows here, not in our timings' names."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> list[int]:
+        with open("/proc/stat") as stat:
+            return [int(x) for x in stat.readline().split()[1:]]
+
+    def share(self) -> float:
+        now = self._read()
+        delta = [b - a for a, b in zip(self.start, now, strict=True)]
+        return delta[7] / max(1, sum(delta[:8]))        # steal over user..steal
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--noop-pairs", type=int, default=3,
+                        help="CLI no-op / floor pairs per repetition (they take a second)")
     parser.add_argument("--only", default="s3,gcs,azure")
     parser.add_argument("--cases", default="small,big,both", help="which trees to sync")
     parser.add_argument("--small", action="store_true", help="20 MiB and 100 files (a check)")
@@ -276,9 +306,12 @@ def main() -> int:
                 samples: dict[str, list[float]] = {
                     "ours fresh": [], "ours noop": [], "rclone fresh": [], "rclone noop": [],
                     "ours noop in-process": [], "floor": [], "server cpu ours": [],
-                    "server cpu rclone": [], "list alone": []}
-                for _ in range(args.reps):
-                    for tool in ("rclone", "ours"):
+                    "server cpu rclone": [], "list alone": [], "above": []}
+                stolen = Steal()
+                for rep in range(args.reps):
+                    # each tool goes first in every other repetition: a drift of the host's
+                    # speed within a repetition then favours neither
+                    for tool in ("rclone", "ours") if rep % 2 == 0 else ("ours", "rclone"):
                         bucket = f"bench-{uuid.uuid4().hex[:10]}"
                         backend.make(bucket)
                         try:
@@ -287,11 +320,15 @@ def main() -> int:
                                 samples["ours fresh"].append(
                                     run_ours(tree, backend.ours(bucket), counts[case], True))
                                 samples["server cpu ours"].append(backend.server_cpu() - cpu)
-                                samples["ours noop"].append(
-                                    run_ours(tree, backend.ours(bucket), counts[case], False))
                                 samples["ours noop in-process"].append(
                                     run_in_process(tree, backend.ours(bucket)))
-                                samples["floor"].append(run_floor(backend.ours(bucket)))
+                                for _ in range(args.noop_pairs):     # each no-op, its floor
+                                    noop = run_ours(tree, backend.ours(bucket), counts[case],
+                                                    False)
+                                    floor = run_floor(backend.ours(bucket))
+                                    samples["ours noop"].append(noop)
+                                    samples["floor"].append(floor)
+                                    samples["above"].append(noop - floor)
                                 samples["list alone"].append(backend.list_alone(bucket))
                             else:
                                 remote = backend.theirs(bucket)
@@ -301,28 +338,43 @@ def main() -> int:
                         finally:
                             backend.drop(bucket)
                 med = {k: statistics.median(v) for k, v in samples.items()}
-                rows.append((case, backend, med))
+                # ratios of the runs paired in one repetition, then their median and range
+                pairs = args.noop_pairs
+                ratios = {
+                    "fresh": [o / r for o, r in zip(samples["ours fresh"],
+                                                    samples["rclone fresh"], strict=True)],
+                    "noop": [statistics.median(samples["ours noop"][i * pairs:(i + 1) * pairs])
+                             / r for i, r in enumerate(samples["rclone noop"])],
+                    "in-process": [o / r for o, r in zip(samples["ours noop in-process"],
+                                                         samples["rclone noop"], strict=True)]}
+                rows.append((case, backend, med, ratios, stolen.share()))
                 print(f"  {case:28} {backend.name:16} fresh {med['ours fresh']:6.2f} / "
-                      f"{med['rclone fresh']:6.2f}   no-op {med['ours noop']:5.2f} / "
-                      f"{med['rclone noop']:5.2f}  floor {med['floor']:.2f}  (in-process "
+                      f"{med['rclone fresh']:6.2f} ({spread(ratios['fresh'])})   no-op "
+                      f"{med['ours noop']:5.2f} / {med['rclone noop']:5.2f}  floor "
+                      f"{med['floor']:.2f} above {med['above']:+.3f}  (in-process "
                       f"{med['ours noop in-process']:.3f})  server CPU "
                       f"{med['server cpu ours']:.2f} / {med['server cpu rclone']:.2f}  listing "
-                      f"alone {med['list alone']:.3f}", file=sys.stderr, flush=True)
-        print(f"\nMedian of {args.reps}, seconds, 4 transfers. ratio = ours / rclone (below "
-              "1.0: ours is faster). floor = a fresh process importing the store's SDK and "
-              "building its client; above = CLI no-op - floor (target <= 0.05). in-process = "
-              "the no-op in a warm process (clients built, as in the TUI).\n")
-        print("| data | store | ours fresh | rclone fresh | ratio | ours no-op | rclone no-op "
-              "| ratio | floor | above floor | in-process no-op | ratio |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for case, backend, med in rows:
-            inproc = med["ours noop in-process"]
+                      f"alone {med['list alone']:.3f}  stolen {stolen.share():.0%}",
+                      file=sys.stderr, flush=True)
+        print(f"\n{args.reps} repetitions, seconds, 4 transfers; each tool first in every "
+              "other one. Times are medians; ratio = ours / rclone (below 1.0: ours is faster), "
+              "the median of the ratios of the runs paired in one repetition, with their range "
+              "(the noise of this machine). floor = a fresh process importing the store's SDK "
+              "and building its client; above = CLI no-op - floor, the median of "
+              f"{args.noop_pairs} no-op / floor pairs per repetition (target <= 0.05). "
+              "in-process = the no-op in a warm process (clients built, as in the TUI). "
+              "stolen = the share of this machine's CPU time its host gave to others while "
+              "the row ran.\n")
+        print("| data | store | ours fresh | rclone fresh | ratio (range) | ours no-op | "
+              "rclone no-op | ratio | floor | above floor | in-process no-op | ratio | stolen |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for case, backend, med, ratios, stolen_share in rows:
             print(f"| {case} | {backend.name} | {med['ours fresh']:.2f} | "
-                  f"{med['rclone fresh']:.2f} | "
-                  f"{med['ours fresh'] / med['rclone fresh']:.2f} | {med['ours noop']:.2f} | "
-                  f"{med['rclone noop']:.2f} | {med['ours noop'] / med['rclone noop']:.2f} | "
-                  f"{med['floor']:.2f} | {med['ours noop'] - med['floor']:+.2f} | "
-                  f"{inproc:.3f} | {inproc / med['rclone noop']:.2f} |")
+                  f"{med['rclone fresh']:.2f} | {spread(ratios['fresh'])} | "
+                  f"{med['ours noop']:.2f} | {med['rclone noop']:.2f} | "
+                  f"{statistics.median(ratios['noop']):.2f} | {med['floor']:.2f} | "
+                  f"{med['above']:+.3f} | {med['ours noop in-process']:.3f} | "
+                  f"{statistics.median(ratios['in-process']):.2f} | {stolen_share:.0%} |")
         print("\nWhat the stand-ins allow. server CPU = CPU seconds the server spent on the "
               "fresh sync (ours / rclone's). A server on one core (moto, Azurite) cannot "
               "answer faster than that, so no client whose start costs the floor can finish "
@@ -332,12 +384,12 @@ def main() -> int:
         print("| data | store | server CPU ours | server CPU rclone | best fresh ratio possible "
               "| listing alone | above floor |")
         print("|---|---|---|---|---|---|---|")
-        for case, backend, med in rows:
+        for case, backend, med, _, _ in rows:
             best = (f"{(med['floor'] + med['server cpu ours']) / med['rclone fresh']:.2f}"
                     if backend.one_core else "- (server on many cores)")
             print(f"| {case} | {backend.name} | {med['server cpu ours']:.2f} | "
                   f"{med['server cpu rclone']:.2f} | {best} | {med['list alone']:.3f} | "
-                  f"{med['ours noop'] - med['floor']:+.2f} |")
+                  f"{med['above']:+.3f} |")
     finally:
         for server in started:
             server.stop()
