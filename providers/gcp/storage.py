@@ -72,10 +72,16 @@ def _blob_info(blob: Any) -> ObjectInfo:
         hashes[MD5] = _b64_to_hex(blob.md5_hash) or ""
     if blob.crc32c:
         hashes[CRC32C] = _b64_to_hex(blob.crc32c) or ""
-    mtime = blob.updated.timestamp() if blob.updated else 0.0
+    # the source's mtime stored at upload; else the object's own time. The SDK parses that
+    # time with strptime on every read of ``updated`` (30 us): a third of a 500-object
+    # listing's client time, spent on a time that objects dqlctl wrote never need.
+    mtime = None
     meta = blob.metadata or {}
-    with contextlib.suppress(ValueError, TypeError):
-        mtime = float(meta["mtime"]) if "mtime" in meta else mtime
+    with contextlib.suppress(KeyError, ValueError, TypeError):
+        mtime = float(meta["mtime"])
+    if mtime is None:
+        updated = blob.updated
+        mtime = updated.timestamp() if updated else 0.0
     return ObjectInfo(blob.name, int(blob.size or 0), mtime, hashes)
 
 
