@@ -227,8 +227,9 @@ def test_cost(snap_compare: Any, home: Path, size: tuple[int, int]) -> None:
         pilot.app.action_cost()
         await until(pilot, lambda: isinstance(pilot.app.screen, CostScreen)
                     and bool(pilot.app.screen.query("#offers"))
-                    and pilot.app.screen.query_one("#offers", DataTable).row_count > 0,
-                    "the offers")
+                    and pilot.app.screen.query_one("#offers", DataTable).row_count > 0
+                    and pilot.app.screen.query_one("#spend", DataTable).row_count > 0,
+                    "the offers and what runs cost")
         await steady(pilot)
 
     assert snap_compare(app_for(home), terminal_size=size, run_before=run_before)

@@ -37,6 +37,10 @@ def _fill(table: DataTable[str | Text], columns: tuple[tuple[str, str, bool], ..
                         for cell, (_, _, right) in zip(row, columns, strict=True)))
 
 
+#: the most lines the runs-cost table takes (its header and 7 months x providers), then it scrolls
+SPEND_MAX_LINES = 8
+
+
 class CostScreen(Screen[None]):
     SUB_TITLE = "cost: offers and what runs cost"
     BINDINGS = [
@@ -105,6 +109,11 @@ class CostScreen(Screen[None]):
         spend.display = True
         if view.spend:
             _fill(spend, SPEND_COLUMNS, view.spend)
+            # its height set here (header and rows, at most 8 as in the CSS), not "auto":
+            # an auto height is read from the table's measured size, and on a loaded machine
+            # the screen could be laid out before the table measured itself and keep it 0
+            # lines high (the table missing until the next resize)
+            spend.styles.height = min(1 + len(view.spend), SPEND_MAX_LINES)
         else:
             spend.display = False
             self.query_one("#spend-title", Static).update(Text.assemble(
