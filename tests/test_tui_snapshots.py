@@ -99,8 +99,7 @@ def app_for(home: Path) -> DqlApp:
 def tables_pending(pilot: Pilot[Any]) -> bool:
     """A DataTable of the screen has rows whose column widths it has not measured yet: it
     does so when it is next idle, so until then its pictures repeat with the old widths however
-    many are taken (seen on a loaded machine: three equal frames, every column cut to its
-    header's width). Textual keeps the flag private; textual is pinned (pyproject)."""
+    many are taken. Textual keeps the flag private; textual is pinned (pyproject)."""
     return any(table._require_update_dimensions for table in pilot.app.screen.query(DataTable))
 
 

@@ -109,10 +109,9 @@ class CostScreen(Screen[None]):
         spend.display = True
         if view.spend:
             _fill(spend, SPEND_COLUMNS, view.spend)
-            # its height set here (header and rows, at most 8 as in the CSS), not "auto":
-            # an auto height is read from the table's measured size, and on a loaded machine
-            # the screen could be laid out before the table measured itself and keep it 0
-            # lines high (the table missing until the next resize)
+            # a height from its rows, not "auto" (read from the table's own measurement): on
+            # a loaded machine the screen could be laid out before the table measured itself
+            # and keep it 0 lines high
             spend.styles.height = min(1 + len(view.spend), SPEND_MAX_LINES)
         else:
             spend.display = False
