@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import multiprocessing as mp
@@ -138,6 +139,36 @@ def test_a_3x2_sweep_runs_two_at_a_time_and_its_comparison_is_the_members_metric
     assert text.returncode == 0
     assert "markets beating buy-and-hold" in text.stdout and "verdict:" in text.stdout
     assert LocalProvider().list_instances({"dqlctl:run": ids[0]}) == []
+    shown_in_tui = asyncio.run(_sweep_screen(home, data["id"]))
+    assert shown_in_tui["members"] == set(ids) and shown_in_tui["markets"] == set(metrics)
+
+
+async def _sweep_screen(home: Path, sweep_id: str) -> dict[str, set[str]]:
+    """What the TUI's sweep screen shows at 80x24: every member's row and every market's row
+    of the comparison within the tables' visible lines (the comparison is wider than 80
+    columns, so it has a horizontal scrollbar below its rows)."""
+    pytest.importorskip("textual", reason="the TUI is the `tui` extra")
+    from textual.widgets import DataTable
+
+    from dqlctl.tui.screens.sweep import SweepScreen
+    from tests.test_tui import app_for, screen_of, until
+
+    app = app_for(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.open_sweep(sweep_id)
+        screen = await screen_of(pilot, app, SweepScreen)
+        members = screen.query_one("#members", DataTable)
+        markets = screen.query_one("#markets", DataTable)
+        await until(pilot, lambda: members.row_count and markets.row_count
+                    and markets.show_horizontal_scrollbar, "the sweep's tables")
+        await pilot.pause()
+        seen = {}
+        for name, table in (("members", members), ("markets", markets)):
+            bar = table.scrollbar_size_horizontal if table.show_horizontal_scrollbar else 0
+            assert table.size.height - bar == 1 + table.row_count, (name, table.size)
+            assert table.max_scroll_y == 0, name
+            seen[name] = {str(table.get_row_at(i)[0]) for i in range(table.row_count)}
+        return seen
 
 
 def test_a_sweep_nobody_follows_is_driven_by_later_looks(tmp_path: Path, markets: Path) -> None:

@@ -100,6 +100,46 @@ async def test_check_screen_says_what_each_provider_needs(tmp_path: Path,
         await screen_of(pilot, app, DashboardScreen)
 
 
+# -- tables as tall as their rows ------------------------------------------------------------
+
+
+@run_async
+async def test_a_fit_table_is_as_tall_as_its_rows_before_it_has_measured_itself(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cost and sweep screens' tables (FitTable) take their header and rows' height from
+    the first layout on. A DataTable measures itself when next idle; on a loaded machine the
+    screen can be laid out first, and its auto height stays 0 (seen in CI). Here the
+    measurement never comes."""
+    from textual.app import App, ComposeResult
+    from textual.widgets import DataTable
+
+    from dqlctl.tui.widgets import FitTable
+
+    monkeypatch.setattr(DataTable, "_update_dimensions", lambda self, rows: None)
+
+    class Tables(App[None]):
+        CSS = "DataTable { height: auto; max-height: 6; }"
+
+        def compose(self) -> ComposeResult:
+            yield FitTable(id="fit")
+            yield FitTable(id="long")
+            yield DataTable(id="plain")
+
+        def on_mount(self) -> None:
+            for table, rows in ((self.query_one("#fit", DataTable), 3),
+                                (self.query_one("#long", DataTable), 9),
+                                (self.query_one("#plain", DataTable), 3)):
+                table.add_column("market")
+                table.add_rows([(f"m{i}",) for i in range(rows)])
+
+    app = Tables()
+    async with app.run_test(size=(40, 30)) as pilot:
+        await pilot.pause()
+        assert app.query_one("#fit").size.height == 4           # header + 3 rows
+        assert app.query_one("#long").size.height == 6          # capped by max-height: scrolls
+        assert app.query_one("#plain").size.height == 0         # the failure FitTable is for
+
+
 # -- opening on a run -------------------------------------------------------------------------
 
 

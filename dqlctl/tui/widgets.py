@@ -17,6 +17,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import DataTable, Label, Sparkline
+from textual.widgets.data_table import CellType
 
 from dqlctl.tui.models.run_view import Curves, Equity
 
@@ -32,6 +33,20 @@ def cursor_key(table: DataTable[object]) -> str | None:
         return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
     except Exception:
         return None
+
+
+class FitTable(DataTable[CellType]):
+    """A DataTable whose auto height is its header and rows, known the moment they are added
+    (CSS ``max-height`` caps it, then it scrolls).
+
+    DataTable's own auto height is read from its measurement, made when it is next idle: on a
+    loaded machine the screen could be laid out before that and keep the table 0 lines high
+    (the cost screen's runs-cost table did, in CI). The horizontal scrollbar's line is still
+    Textual's to add, once the columns are measured."""
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        header = self.header_height if self.show_header else 0
+        return header + sum(row.height for row in self.rows.values())
 
 
 def _clean(line: str) -> str:

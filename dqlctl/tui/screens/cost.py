@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from dqlctl.tui.messages import CostReady
 from dqlctl.tui.models.common import one_line, worker_context
 from dqlctl.tui.models.cost import HOURS, SPEND_COLUMNS, cost_view
+from dqlctl.tui.widgets import FitTable
 
 if TYPE_CHECKING:
     from dqlctl.tui.app import DqlApp
@@ -35,10 +36,6 @@ def _fill(table: DataTable[str | Text], columns: tuple[tuple[str, str, bool], ..
     for row in rows:
         table.add_row(*(Text(cell, justify="right") if right else cell
                         for cell, (_, _, right) in zip(row, columns, strict=True)))
-
-
-#: the most lines the runs-cost table takes (its header and 7 months x providers), then it scrolls
-SPEND_MAX_LINES = 8
 
 
 class CostScreen(Screen[None]):
@@ -68,7 +65,7 @@ class CostScreen(Screen[None]):
         yield Static(Text.assemble(("What runs cost", "bold"), ("  by month and provider",
                                                                  "dim")),
                      id="spend-title", classes="cost-title")
-        yield DataTable(id="spend", cursor_type="row", zebra_stripes=True)
+        yield FitTable(id="spend", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -109,10 +106,6 @@ class CostScreen(Screen[None]):
         spend.display = True
         if view.spend:
             _fill(spend, SPEND_COLUMNS, view.spend)
-            # a height from its rows, not "auto" (read from the table's own measurement): on
-            # a loaded machine the screen could be laid out before the table measured itself
-            # and keep it 0 lines high
-            spend.styles.height = min(1 + len(view.spend), SPEND_MAX_LINES)
         else:
             spend.display = False
             self.query_one("#spend-title", Static).update(Text.assemble(

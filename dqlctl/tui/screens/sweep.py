@@ -20,7 +20,7 @@ from dqlctl.render import SWEEP_MARKET_COLUMNS, SWEEP_MEMBER_COLUMNS
 from dqlctl.tui.messages import Notice, SweepRefreshed
 from dqlctl.tui.models.common import STATE_STYLES, one_line, worker_context
 from dqlctl.tui.models.sweep import SweepModel, SweepView
-from dqlctl.tui.widgets import cursor_key
+from dqlctl.tui.widgets import FitTable, cursor_key
 
 if TYPE_CHECKING:
     from dqlctl.tui.app import DqlApp
@@ -53,13 +53,13 @@ class SweepScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(Text("reading the sweep ...", style="dim"), id="sweep-facts")
-        members: DataTable[str | Text] = DataTable(id="members", cursor_type="row",
+        members: DataTable[str | Text] = FitTable(id="members", cursor_type="row",
                                                    zebra_stripes=True)
         for heading in SWEEP_MEMBER_COLUMNS:
             members.add_column(heading, key=heading)
         yield members
         yield Static("", id="compare-title")
-        yield DataTable(id="markets", cursor_type="row", zebra_stripes=True)
+        yield FitTable(id="markets", cursor_type="row", zebra_stripes=True)
         yield Static("", id="verdict")
         yield Footer()
 
