@@ -80,6 +80,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "Q P, weight averaging": {**_F, "lr": 1e-4, "hold_margin": 0.3, "weight_average": True},
     "S Q, ensemble of 3": {**_F, "lr": 1e-4, "hold_margin": 0.3, "weight_average": True,
                            "ensemble": 3},
+    "T P, low-pass copy (5 bars)": {**_F, "lr": 1e-4, "hold_margin": 0.3, "augment_filter": 5},
+    "U P, stretched copies (x0.5, x1.5)": {**_F, "lr": 1e-4, "hold_margin": 0.3,
+                                           "augment_stretch": 0.5},
 }
 
 

@@ -187,6 +187,14 @@ class Config:
     obs_noise: float | None = None
     """Augmentation: std of Gaussian noise added to the normalised features of every training
     observation (validation and test see clean data); default: the agent type's own."""
+    augment_filter: int | None = None
+    """Augmentation (the TDQN paper's low-pass filter): K >= 2 trains also on a copy of each
+    market whose open, high, low and close are their K-bar trailing means (engine/augment.py);
+    0 = none; default: the agent type's own."""
+    augment_stretch: float | None = None
+    """Augmentation (the TDQN paper's stretching): S in (0, 1) trains also on two copies of each
+    market whose price moves are scaled by 1 - S and 1 + S (engine/augment.py); 0 = none;
+    default: the agent type's own."""
     max_grad_norm: float = 10.0
     """Gradient norm clip (0 = no clipping)."""
     eps_start: float = 1.0
@@ -305,6 +313,12 @@ class Config:
         for key in ("weight_decay", "obs_noise", "hold_margin"):
             v = getattr(self, key)
             need(v is None or (_is_num(v) and v >= 0), key, "a number >= 0")
+        need(self.augment_filter is None or (_is_int(self.augment_filter) and (
+            self.augment_filter == 0 or 2 <= self.augment_filter <= 250)),
+             "augment_filter", "0 (none) or an integer in 2..250")
+        need(self.augment_stretch is None or (_is_num(self.augment_stretch)
+                                              and 0 <= self.augment_stretch < 1),
+             "augment_stretch", "0 (none) or a number in (0, 1)")
         for key in ("dropout", "select_from"):
             v = getattr(self, key)
             need(v is None or (_is_num(v) and 0 <= v < 1), key, "in [0, 1)")
@@ -350,6 +364,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "position_levels": 1, "excess_reward": False, "weight_decay": 0.0, "dropout": 0.0,
     "obs_noise": 0.0, "val_folds": 1, "select_from": 0.0, "ensemble": 1, "long_only": False,
     "lr": 3e-4, "trend_window": 0, "hold_margin": 0.0, "weight_average": False,
+    "augment_filter": 0, "augment_stretch": 0.0,
 }
 """What the newer None settings resolve to unless the agent type says otherwise (the
 predecessor's behaviour: no regularisation, one validation stretch, one seed)."""

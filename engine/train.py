@@ -156,6 +156,14 @@ def prepare_markets(cfg: Config, files: list[str]) -> Markets:
     return [prepare_data(replace(cfg, data_file=f)) for f in files]
 
 
+def augmented_markets(cfg: Config, markets: Markets) -> Markets:
+    """The training-only copies of ``markets`` that ``--augment_filter`` / ``--augment_stretch``
+    ask for (engine/augment.py), each featurised and normalised on its own training split."""
+    from engine import augment
+
+    return [prepare_data(cfg, md) for m in markets for md in augment.copies(m.md, cfg)]
+
+
 def prepare_data(cfg: Config, md: MarketData | None = None,
                  normalizer: Normalizer | None = None) -> PreparedData:
     """Load (unless given), featurise, split and normalise (fitted on the training split, or
@@ -430,13 +438,16 @@ class Trainer:
         # Environments on the training split only: arrays end at its last bar.
         cost = (cfg.transaction_cost if train_transaction_cost is None
                 else float(train_transaction_cost))
-        k = len(self.markets)
+        # --augment_*: the training environments also step copies of each market (they share
+        # its step budget: L counts the real markets only); validation never sees them
+        trained = self.markets + augmented_markets(cfg, self.markets)
+        k = len(trained)
         per_market = cfg.n_envs if k == 1 else math.ceil(cfg.n_envs / k)
         n = per_market * k
         L = sum(m.train_steps for m in self.markets)
         self.steps_per_episode = math.ceil(L / n)
         scales, envs, segments = [], [], []
-        for i, market in enumerate(self.markets):
+        for i, market in enumerate(trained):
             Lm = market.train_steps
             seg = cfg.episode_length or max(self.steps_per_episode, min(Lm, DEFAULT_SEGMENT))
             segments.append(min(seg, Lm))

@@ -463,6 +463,7 @@ def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, s
         from engine.checkpoint import RemoteMirror
 
         mirror = RemoteMirror(ctx.uri)
+    from engine.augment import describe
     from engine.train import as_markets, train_agent
 
     markets = as_markets(data)
@@ -470,7 +471,7 @@ def _stages(ctx: _Ctx, cfg: Config, given: frozenset[str], data: Any, rt: Any, s
     seeds = f", an ensemble of {cfg.ensemble} seeds" if (cfg.ensemble or 1) > 1 else ""
     log(f"training {cfg.agent_type}: {cfg.episodes} episodes x "
         f"{sum(m.train_steps for m in markets):,} env steps on {cfg.n_envs} environments"
-        f"{where}{seeds}")
+        f"{where}{seeds}{describe(cfg)}")
     try:
         result = train_agent(cfg, data=data, out_dir=out, events=events, log=log, stop=stop,
                              runtime_info=rt, mirror=mirror, train_transaction_cost=train_cost)

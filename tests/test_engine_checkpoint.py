@@ -204,6 +204,26 @@ def test_a_weight_averaged_run_killed_and_resumed_equals_the_uninterrupted_one(
     assert test["n_trials"] == 4
 
 
+def test_an_augmented_run_killed_and_resumed_equals_the_uninterrupted_one(
+        reference: tuple[Path, Path], tmp_path: Path) -> None:
+    """--augment_filter / --augment_stretch train on copies of the market: a resumed run
+    rebuilds the same copies and their environments continue where they were."""
+    data, _ = reference
+    aug = ("--augment_filter", "5", "--augment_stretch", "0.3")
+    assert main([*_args(data, tmp_path, "whole"), *aug]) == 0
+    proc = _start(data, tmp_path, "victim", 3, *aug)
+    events = tmp_path / "victim" / "events.jsonl"
+    _wait_for_event(proc, events, "checkpoint")
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert "finished" not in [e["event"] for e in read_events(events)]
+    assert main([*_args(data, tmp_path, "victim"), *aug, "--resume"]) == 0
+    _assert_same(tmp_path / "whole", tmp_path / "victim")
+    whole, _, _, _ = _final(tmp_path / "whole")
+    ref, _, _, _ = _final(reference[1])
+    assert any(not torch.equal(whole[k], ref[k]) for k in whole)   # the copies were trained on
+
+
 def test_sigterm_mid_episode_checkpoints_exits_143_and_resumes_exactly(
         reference: tuple[Path, Path], tmp_path: Path) -> None:
     data, ref = reference
