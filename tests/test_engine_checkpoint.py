@@ -162,6 +162,23 @@ def _wait_for_event(proc: subprocess.Popen[bytes], events: Path, kind: str,
     raise AssertionError(f"no {kind} event in {timeout}s")
 
 
+def _killed_and_resumed(data: Path, results: Path, name: str, held_after: int,
+                        checkpoints: int, *extra: str) -> None:
+    """The engine with ``extra`` settings, SIGKILLed (held mid-way through the episode after
+    ``held_after``) once it has written ``checkpoints`` checkpoints, then resumed to its end in
+    this process."""
+    proc = _start(data, results, name, held_after, *extra)
+    events = results / name / "events.jsonl"
+    deadline = time.monotonic() + 120
+    while sum(e["event"] == "checkpoint" for e in read_events(events)) < checkpoints:
+        assert proc.poll() is None and time.monotonic() < deadline, f"no checkpoint {checkpoints}"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert "finished" not in [e["event"] for e in read_events(events)]
+    assert main([*_args(data, results, name), *extra, "--resume"]) == 0
+
+
 def test_sigkill_then_resume_equals_the_uninterrupted_run(reference: tuple[Path, Path],
                                                           tmp_path: Path) -> None:
     data, ref = reference
@@ -185,16 +202,7 @@ def test_a_weight_averaged_run_killed_and_resumed_equals_the_uninterrupted_one(
     assert main([*_args(data, tmp_path, "whole"), *avg]) == 0
     # averaging begins at episode 5 of 8; held in episode 7, after the checkpoint of episode
     # 6 (the third), which carries a mean of two
-    proc = _start(data, tmp_path, "victim", 6, *avg)
-    events = tmp_path / "victim" / "events.jsonl"
-    deadline = time.monotonic() + 120
-    while sum(e["event"] == "checkpoint" for e in read_events(events)) < 3:
-        assert proc.poll() is None and time.monotonic() < deadline, "no third checkpoint"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
-    assert "finished" not in [e["event"] for e in read_events(events)]
-    assert main([*_args(data, tmp_path, "victim"), *avg, "--resume"]) == 0
+    _killed_and_resumed(data, tmp_path, "victim", 6, 3, *avg)
     _assert_same(tmp_path / "whole", tmp_path / "victim")
     whole, _, _, _ = _final(tmp_path / "whole")
     ref, _, _, _ = _final(reference[1])
@@ -211,13 +219,7 @@ def test_an_augmented_run_killed_and_resumed_equals_the_uninterrupted_one(
     data, _ = reference
     aug = ("--augment_filter", "5", "--augment_stretch", "0.3")
     assert main([*_args(data, tmp_path, "whole"), *aug]) == 0
-    proc = _start(data, tmp_path, "victim", 3, *aug)
-    events = tmp_path / "victim" / "events.jsonl"
-    _wait_for_event(proc, events, "checkpoint")
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL
-    assert "finished" not in [e["event"] for e in read_events(events)]
-    assert main([*_args(data, tmp_path, "victim"), *aug, "--resume"]) == 0
+    _killed_and_resumed(data, tmp_path, "victim", 3, 1, *aug)
     _assert_same(tmp_path / "whole", tmp_path / "victim")
     whole, _, _, _ = _final(tmp_path / "whole")
     ref, _, _, _ = _final(reference[1])
