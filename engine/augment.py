@@ -24,6 +24,8 @@ rebuilds the same copies and continues bit-exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -63,25 +65,25 @@ def stretch(md: MarketData, factor: float) -> MarketData:
         source=f"{md.source}#stretch{factor:g}", warnings=[])
 
 
-def copies(md: MarketData, cfg: Config) -> list[MarketData]:
-    """The augmented copies of ``md`` that ``cfg`` (resolved) asks for, in a fixed order."""
-    out: list[MarketData] = []
+def _transforms(cfg: Config) -> list[tuple[str, Callable[[MarketData], MarketData]]]:
+    """The copies ``cfg`` (resolved) asks for, in a fixed order: (label, transformation)."""
+    out: list[tuple[str, Callable[[MarketData], MarketData]]] = []
     k = int(cfg.augment_filter or 0)
     if k >= 2:
-        out.append(low_pass(md, k))
+        out.append((f"{k}-bar low-pass", functools.partial(low_pass, k=k)))
     s = float(cfg.augment_stretch or 0.0)
     if s > 0:
-        out += [stretch(md, 1.0 - s), stretch(md, 1.0 + s)]
+        out += [(f"stretched x{f:g}", functools.partial(stretch, factor=f))
+                for f in (1.0 - s, 1.0 + s)]
     return out
+
+
+def copies(md: MarketData, cfg: Config) -> list[MarketData]:
+    """The augmented copies of ``md`` that ``cfg`` (resolved) asks for."""
+    return [transform(md) for _, transform in _transforms(cfg)]
 
 
 def describe(cfg: Config) -> str:
     """The copies ``cfg`` (resolved) asks for, for the log: ``""`` when none."""
-    parts = []
-    k = int(cfg.augment_filter or 0)
-    if k >= 2:
-        parts.append(f"{k}-bar low-pass")
-    s = float(cfg.augment_stretch or 0.0)
-    if s > 0:
-        parts.append(f"stretched x{1 - s:g} and x{1 + s:g}")
-    return ", also on copies: " + ", ".join(parts) if parts else ""
+    labels = [label for label, _ in _transforms(cfg)]
+    return ", also on copies: " + ", ".join(labels) if labels else ""

@@ -73,6 +73,9 @@ def test_copies_feed_training_only_and_cost_no_extra_steps() -> None:
     assert aug.markets == [data]            # what validation, selection and the test use
     envs = aug.env.envs                     # type: ignore[union-attr]
     assert len(envs) == 4                   # the market, its low-pass and two stretched copies
+    assert augment.describe(aug_cfg) == \
+        ", also on copies: 5-bar low-pass, stretched x0.5, stretched x1.5"   # the log says so
+    assert augment.describe(plain_cfg) == ""
     real = envs[0]._lr[data.start:int(data.train.stop) - 1]
     assert np.array_equal(real, np.diff(np.log(md.close[:int(data.train.stop)]))[data.start:])
     for copy in envs[1:]:
