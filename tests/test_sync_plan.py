@@ -13,6 +13,8 @@ mutant of plan.py. tests/test_sync*.py run the real backends end to end.
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -379,6 +381,83 @@ def test_list_sides_refuses_an_empty_source_and_hostile_keys(tmp_path: Path) -> 
     assert list_sides(pool, "x", Fake("s3", {"k": (b"1", 1.0)}), "", gs, "", Options())[2] == [
         "upload"]
     pool.shutdown()
+
+
+class ListsAfterAHead(Fake):
+    """An S3 bucket whose listing is still on its way when the first HEAD arrives: it
+    answers only once a HEAD has been asked (or after 10 s, and then says so)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.headed = threading.Event()
+        self.heads_before_listing: int | None = None
+
+    def stat(self, key: str) -> ObjectInfo:
+        info = super().stat(key)
+        self.headed.set()
+        return info
+
+    def list(self, prefix: str = ""):  # noqa: ANN201
+        self.headed.wait(timeout=10)
+        self.heads_before_listing = len(self.stats)
+        yield from super().list(prefix)
+
+
+def big_local_files(root: Path, names: list[str], mtime: float) -> LocalStore:
+    for name in names:
+        path = root / name
+        path.write_bytes(name.encode().ljust(BIG, b"."))
+        os.utime(path, (mtime, mtime))
+    return LocalStore(str(root))
+
+
+def test_the_heads_of_big_files_go_out_while_the_listing_is_on_its_way(tmp_path: Path) -> None:
+    # an S3 listing has only upload times: a big model's stored time costs a HEAD, sent
+    # beside the listing rather than after it (one round trip, not two, per no-op sync)
+    names = ["a.pt", "b.pt", "c.pt"]
+    local = big_local_files(tmp_path, names, 1_000.0)
+    s3 = ListsAfterAHead("s3", {n: (n.encode(), 1_000.0) for n in names}, size=BIG)
+    pool = ThreadPoolExecutor(3)
+    src, dst, _ = list_sides(pool, str(tmp_path), local, "", s3, "", Options(checkers=2))
+    assert s3.heads_before_listing is not None and s3.heads_before_listing >= 1
+    assert len(s3.stats) == 2               # no more HEADs ahead than checkers
+    entries = plan_files(local, s3, src, dst, Options(checkers=2))
+    assert {e.key: (e.action, e.compare) for e in entries} == {
+        n: ("skip", "size+mtime") for n in names}
+    assert sorted(s3.stats) == names        # each object HEADed once: none asked twice
+    # a file missing at DST wastes its HEAD and is copied; --checksum and --update send none
+    del s3.objects["c.pt"]
+    s3.stats.clear()
+    src, dst, _ = list_sides(pool, str(tmp_path), local, "", s3, "", Options())
+    assert "c.pt" not in dst and sorted(s3.stats) == names
+    for opts in (Options(checksum=True), Options(update=True)):
+        s3.stats.clear()
+        plain = Fake("s3", dict(s3.objects), size=BIG)
+        list_sides(pool, str(tmp_path), local, "", plain, "", opts)
+        assert plain.stats == []
+    pool.shutdown()
+
+
+def test_a_head_the_listing_contradicts_is_not_trusted(tmp_path: Path) -> None:
+    # a second operator rewrites the model (same size, other bytes) between the early HEAD and
+    # the listing: the HEAD's stored time is the old object's, the listing's ETag the new one's
+    local = big_local_files(tmp_path, ["model.pt"], 1_000.0)
+
+    class RewrittenAfterTheHead(ListsAfterAHead):
+        def stat(self, key: str) -> ObjectInfo:
+            info = super().stat(key)
+            if len(self.stats) == 1:
+                self.objects[key] = (b"other bytes", 1_500.0)
+            return info
+
+    s3 = RewrittenAfterTheHead("s3", {"model.pt": (b"model", 1_000.0)}, size=BIG)
+    pool = ThreadPoolExecutor(3)
+    src, dst, _ = list_sides(pool, str(tmp_path), local, "", s3, "", Options())
+    pool.shutdown()
+    assert dst["model.pt"].upload_time       # the listing's own entry, not the early HEAD
+    entries = plan_files(local, s3, src, dst, Options())
+    assert [(e.action, e.reason) for e in entries] == [("copy", "hash")]
+    assert s3.stats == ["model.pt", "model.pt"]
 
 
 def test_an_unreadable_local_source_file_refuses_the_sync(tmp_path: Path) -> None:

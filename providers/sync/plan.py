@@ -6,8 +6,9 @@ nothing is an error unless ``allow_empty_source``; every key bound for a local f
 (``providers.storage.keys``); SRC and DST may not overlap. Equal means equal (rclone's rule): the
 sizes agree and either a hash both listings carry agrees (md5, then crc32c) or the source's
 modification time equals the one stored with the copy (within ``MODIFY_WINDOW``). Pairs the
-listings cannot settle cost a HEAD or a local hash, in ``checkers`` threads; ``checksum`` compares
-by hashes only, ``update`` keeps the newer-only rule (``MTIME_TOLERANCE``).
+listings cannot settle cost a HEAD or a local hash, in ``checkers`` threads (the HEADs of big local
+files bound for S3 go out beside DST's listing: ``head_ahead``); ``checksum`` compares by hashes
+only, ``update`` keeps the newer-only rule (``MTIME_TOLERANCE``).
 """
 
 from __future__ import annotations
@@ -214,6 +215,53 @@ def prehash(store: Store, files: dict[str, ObjectInfo], until: Future[Any]) -> N
                 continue
 
 
+def _stat_or_none(store: Store, key: str) -> ObjectInfo | None:
+    try:
+        return store.stat(key)
+    except Exception:       # missing, or failing: the plan's own HEAD (if any) will say
+        return None
+
+
+def head_ahead(dst_store: Store, dst_prefix: str, src_files: dict[str, ObjectInfo],
+               checkers: int) -> dict[str, Future[ObjectInfo | None]]:
+    """HEADs of the copies of the big local source files, sent while DST's listing is still
+    on its way: their result, by relative key.
+
+    A destination whose listing has only upload times (S3) settles a same-size pair above
+    ``HASH_NOT_HEAD`` by the source time stored with the copy, which costs a HEAD. Sent after
+    the listing (as rclone does), that HEAD is a second round trip in every no-op sync of a
+    folder holding a model or a checkpoint; sent now, it rides along with the listing. At most
+    ``checkers`` of them go ahead (in their own threads, one each); the rest wait for the plan.
+    A HEAD for a copy that turns out missing is one wasted request, in a sync that uploads
+    that file anyway. ``use_heads`` keeps a result only where the listing agrees with it."""
+    big = [rel for rel, info in src_files.items() if info.size > HASH_NOT_HEAD][:checkers]
+    if not big:
+        return {}
+    ahead = ThreadPoolExecutor(len(big), thread_name_prefix="head")
+    heads = {rel: ahead.submit(_stat_or_none, dst_store, dst_prefix + rel) for rel in big}
+    ahead.shutdown(wait=False)          # the threads end with their HEAD
+    return heads
+
+
+def use_heads(heads: dict[str, Future[ObjectInfo | None]],
+              dst_files: dict[str, ObjectInfo]) -> None:
+    """Put the early HEADs' answers (``head_ahead``) in place of the listed objects they
+    describe. One is dropped (and its object HEADed again if the plan needs it) unless it and
+    the listing agree on the size and the md5 (the ETag of a single-part upload): an object
+    rewritten between the HEAD and the listing must not be judged by its old metadata."""
+    for rel, future in heads.items():
+        listed = dst_files.get(rel)
+        if listed is None:
+            continue                    # not there: nothing to wait for
+        head = future.result()
+        if head is None or head.size != listed.size:
+            continue
+        a, b = head.hashes.get(MD5), listed.hashes.get(MD5)
+        if a is not None and b is not None and a != b:
+            continue
+        dst_files[rel] = head
+
+
 def list_sides(pool: ThreadPoolExecutor, src: str, src_store: Store, src_prefix: str,
                dst_store: Store, dst_prefix: str, opts: Options
                ) -> tuple[dict[str, ObjectInfo], dict[str, ObjectInfo], list[PendingUpload]]:
@@ -223,13 +271,17 @@ def list_sides(pool: ThreadPoolExecutor, src: str, src_store: Store, src_prefix:
     src_list_f = pool.submit(listing, src_store, src_prefix, opts.include, opts.exclude)
     dst_list_f = pool.submit(listing, dst_store, dst_prefix, opts.include, opts.exclude)
     stale_f = pool.submit(dst_store.stale_uploads, dst_prefix)
+    heads: dict[str, Future[ObjectInfo | None]] = {}
     with side("src"):
         src_files, src_listed = src_list_f.result()
         if src_store.scheme == "file" and dst_store.lists_upload_time and not opts.update:
+            if not opts.checksum:
+                heads = head_ahead(dst_store, dst_prefix, src_files, opts.checkers)
             prehash(src_store, src_files, dst_list_f)
     with side("dst"):
         dst_files, _ = dst_list_f.result()
         stale = stale_f.result()
+        use_heads(heads, dst_files)
     if not src_listed and not opts.allow_empty_source:
         raise StorageError(f"source {src} lists nothing (no such folder or prefix?): "
                            "refusing to sync from it, which could delete everything at "
