@@ -134,6 +134,11 @@ EQUIVALENT: list[tuple[str, str, Any, str]] = [
      "listings)"),
     ("engine/metrics.py", r"if len\(eq\) > n >= 2:", lambda o, n: ">= n >= 2" in n,
      "thinning a curve of exactly n points to n points keeps every point"),
+    ("providers/sync/plan.py", r"ahead = ThreadPoolExecutor\(len\(big\)\)",
+     lambda o, n: "len(big)" not in n, "the default pool (min(32, cores + 4) threads) sends the "
+     "same HEADs (at most checkers, 8 by default); only how many go at once could differ"),
+    ("providers/sync/plan.py", r"ahead\.shutdown\(wait=False\)", lambda o, n: "wait=None" in n,
+     "shutdown(wait=None) does not wait either: None is false"),
     ("providers/sync/plan.py", r"strict=True", lambda o, n: True,
      "one verdict per pending pair by construction: zip's strictness never acts"),
     ("providers/sync/plan.py", r"b = _hash_of\(dst_store, d, kind\) if a is not None",

@@ -393,9 +393,10 @@ class ListsAfterAHead(Fake):
         self.heads_before_listing: int | None = None
 
     def stat(self, key: str) -> ObjectInfo:
-        info = super().stat(key)
-        self.headed.set()
-        return info
+        try:
+            return super().stat(key)
+        finally:
+            self.headed.set()
 
     def list(self, prefix: str = ""):  # noqa: ANN201
         self.headed.wait(timeout=10)
@@ -403,61 +404,140 @@ class ListsAfterAHead(Fake):
         yield from super().list(prefix)
 
 
-def big_local_files(root: Path, names: list[str], mtime: float) -> LocalStore:
-    for name in names:
+def local_files(root: Path, sizes: dict[str, int], mtime: float) -> LocalStore:
+    for name, size in sizes.items():
         path = root / name
-        path.write_bytes(name.encode().ljust(BIG, b"."))
+        path.write_bytes(name.encode().ljust(size, b"."))
         os.utime(path, (mtime, mtime))
     return LocalStore(str(root))
+
+
+def copies_of(root: Path, names: list[str]) -> dict[str, tuple[bytes, float]]:
+    """The objects of an S3 bucket holding what dqlctl uploaded of these files."""
+    return {n: (root.joinpath(n).read_bytes(), 1_000.0) for n in names}
 
 
 def test_the_heads_of_big_files_go_out_while_the_listing_is_on_its_way(tmp_path: Path) -> None:
     # an S3 listing has only upload times: a big model's stored time costs a HEAD, sent
     # beside the listing rather than after it (one round trip, not two, per no-op sync)
     names = ["a.pt", "b.pt", "c.pt"]
-    local = big_local_files(tmp_path, names, 1_000.0)
-    s3 = ListsAfterAHead("s3", {n: (n.encode(), 1_000.0) for n in names}, size=BIG)
+    local = local_files(tmp_path, {"edge.bin": HASH_NOT_HEAD} | dict.fromkeys(names, BIG),
+                        1_000.0)
+    s3 = ListsAfterAHead("s3", copies_of(tmp_path, ["edge.bin", *names]))
     pool = ThreadPoolExecutor(3)
     src, dst, _ = list_sides(pool, str(tmp_path), local, "", s3, "", Options(checkers=2))
     assert s3.heads_before_listing is not None and s3.heads_before_listing >= 1
-    assert len(s3.stats) == 2               # no more HEADs ahead than checkers
+    # no more HEADs ahead than checkers, and none for a file small enough to hash
+    assert sorted(s3.stats) == ["a.pt", "b.pt"]
     entries = plan_files(local, s3, src, dst, Options(checkers=2))
     assert {e.key: (e.action, e.compare) for e in entries} == {
-        n: ("skip", "size+mtime") for n in names}
+        "edge.bin": ("skip", "md5")} | {n: ("skip", "size+mtime") for n in names}
     assert sorted(s3.stats) == names        # each object HEADed once: none asked twice
-    # a file missing at DST wastes its HEAD and is copied; --checksum and --update send none
-    del s3.objects["c.pt"]
+    # a file missing at DST wastes its HEAD and is copied; the others' HEADs still count
+    del s3.objects["a.pt"]
     s3.stats.clear()
     src, dst, _ = list_sides(pool, str(tmp_path), local, "", s3, "", Options())
-    assert "c.pt" not in dst and sorted(s3.stats) == names
+    assert "a.pt" not in dst and sorted(s3.stats) == names
+    entries = plan_files(local, s3, src, dst, Options())
+    assert [(e.key, e.action) for e in entries if e.action == "copy"] == [("a.pt", "copy")]
+    assert sorted(s3.stats) == names
+    # --checksum and --update send none
     for opts in (Options(checksum=True), Options(update=True)):
-        s3.stats.clear()
-        plain = Fake("s3", dict(s3.objects), size=BIG)
+        plain = Fake("s3", dict(s3.objects))
         list_sides(pool, str(tmp_path), local, "", plain, "", opts)
         assert plain.stats == []
     pool.shutdown()
 
 
 def test_a_head_the_listing_contradicts_is_not_trusted(tmp_path: Path) -> None:
-    # a second operator rewrites the model (same size, other bytes) between the early HEAD and
+    # a second operator rewrites a model (same size, other bytes) between the early HEAD and
     # the listing: the HEAD's stored time is the old object's, the listing's ETag the new one's
-    local = big_local_files(tmp_path, ["model.pt"], 1_000.0)
+    local = local_files(tmp_path, {"a.pt": BIG, "b.pt": BIG, "c.pt": BIG}, 1_000.0)
 
     class RewrittenAfterTheHead(ListsAfterAHead):
         def stat(self, key: str) -> ObjectInfo:
             info = super().stat(key)
-            if len(self.stats) == 1:
-                self.objects[key] = (b"other bytes", 1_500.0)
+            if key == "a.pt" and self.stats.count(key) == 1:       # same size
+                self.objects[key] = (b"x" * BIG, 1_500.0)
+            if key == "b.pt" and self.stats.count(key) == 1:       # another size
+                self.objects[key] = (b"y" * (BIG + 5), 1_000.0)
             return info
 
-    s3 = RewrittenAfterTheHead("s3", {"model.pt": (b"model", 1_000.0)}, size=BIG)
+    s3 = RewrittenAfterTheHead("s3", copies_of(tmp_path, ["a.pt", "b.pt", "c.pt"]))
     pool = ThreadPoolExecutor(3)
     src, dst, _ = list_sides(pool, str(tmp_path), local, "", s3, "", Options())
     pool.shutdown()
-    assert dst["model.pt"].upload_time       # the listing's own entry, not the early HEAD
-    entries = plan_files(local, s3, src, dst, Options())
-    assert [(e.action, e.reason) for e in entries] == [("copy", "hash")]
-    assert s3.stats == ["model.pt", "model.pt"]
+    assert dst["a.pt"].upload_time and dst["b.pt"].upload_time   # the listing's own entries
+    assert not dst["c.pt"].upload_time                            # unchanged: its HEAD holds
+    entries = {e.key: (e.action, e.reason) for e in plan_files(local, s3, src, dst, Options())}
+    assert entries == {"a.pt": ("copy", "hash"), "b.pt": ("copy", "size"),
+                       "c.pt": ("skip", "same")}
+    assert sorted(s3.stats) == ["a.pt", "a.pt", "b.pt", "c.pt"]
+
+
+def test_an_early_head_that_fails_is_asked_again_by_the_plan(tmp_path: Path) -> None:
+    local = local_files(tmp_path, {"a.pt": BIG, "b.pt": BIG}, 1_000.0)
+
+    class FailsOnce(ListsAfterAHead):
+        def stat(self, key: str) -> ObjectInfo:
+            if key == "a.pt" and "a.pt" not in self.stats:
+                self.stats.append(key)
+                self.headed.set()
+                raise StorageError("s3://bkt/a.pt: connection reset", code=3)
+            return super().stat(key)
+
+    s3 = FailsOnce("s3", copies_of(tmp_path, ["a.pt", "b.pt"]))
+    pool = ThreadPoolExecutor(3)
+    src, dst, _ = list_sides(pool, str(tmp_path), local, "", s3, "", Options())
+    pool.shutdown()
+    assert dst["a.pt"].upload_time and not dst["b.pt"].upload_time
+    entries = {e.key: (e.action, e.compare) for e in plan_files(local, s3, src, dst, Options())}
+    assert entries == {"a.pt": ("skip", "size+mtime"), "b.pt": ("skip", "size+mtime")}
+    assert sorted(s3.stats) == ["a.pt", "a.pt", "b.pt"]
+
+
+def test_small_files_are_hashed_and_big_ones_headed_while_the_listing_is_on_its_way(
+        tmp_path: Path) -> None:
+    # the source's small files are hashed (for S3's ETags) while DST's listing is on its way,
+    # and at the same time as the HEADs of its big files: none waits for another
+    small = {f"s{i}.bin": 100 * (i + 1) for i in range(4)} | {"edge.bin": HASH_NOT_HEAD}
+    local = local_files(tmp_path, small | {"model.pt": BIG}, 1_000.0)
+    hashed: list[str] = []
+    all_hashed = threading.Event()
+    compute_hash = local.compute_hash
+
+    def counting(key: str, kind: str) -> str:
+        hashed.append(key)
+        if len(hashed) == len(small):
+            all_hashed.set()
+        if len(hashed) == 1:            # the first file it reads fails
+            raise StorageError(f"cannot read {tmp_path / key}")
+        return compute_hash(key, kind)
+
+    local.compute_hash = counting  # type: ignore[method-assign]
+
+    class Slow(Fake):
+        hashes_seen_by_head: int | None = None
+
+        def stat(self, key: str) -> ObjectInfo:
+            all_hashed.wait(timeout=10)
+            self.hashes_seen_by_head = len(hashed)
+            return super().stat(key)
+
+        def list(self, prefix: str = ""):  # noqa: ANN201
+            all_hashed.wait(timeout=10)
+            yield from super().list(prefix)
+
+    s3 = Slow("s3", copies_of(tmp_path, ["model.pt"]))
+    pool = ThreadPoolExecutor(3)
+    src, _, _ = list_sides(pool, str(tmp_path), local, "", s3, "", Options())
+    pool.shutdown()
+    assert s3.hashes_seen_by_head == len(small)      # the HEAD did not hold the hashing back
+    assert sorted(hashed) == sorted(small)           # every small file, past one that failed
+    for name in small:
+        want = md5(tmp_path.joinpath(name).read_bytes()) if name != hashed[0] else None
+        assert src[name].hashes.get(MD5) == want, name
+    assert MD5 not in src["model.pt"].hashes
 
 
 def test_an_unreadable_local_source_file_refuses_the_sync(tmp_path: Path) -> None:

@@ -237,7 +237,7 @@ def head_ahead(dst_store: Store, dst_prefix: str, src_files: dict[str, ObjectInf
     big = [rel for rel, info in src_files.items() if info.size > HASH_NOT_HEAD][:checkers]
     if not big:
         return {}
-    ahead = ThreadPoolExecutor(len(big), thread_name_prefix="head")
+    ahead = ThreadPoolExecutor(len(big))
     heads = {rel: ahead.submit(_stat_or_none, dst_store, dst_prefix + rel) for rel in big}
     ahead.shutdown(wait=False)          # the threads end with their HEAD
     return heads
