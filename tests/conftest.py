@@ -18,6 +18,9 @@ variables, via ``monkeypatch`` (nothing leaks into other tests):
 - ``gcs_env`` sets STORAGE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT.
 - ``azure_env`` sets AZURE_STORAGE_CONNECTION_STRING.
 - ``dqlctl_home`` sets DQLCTL_HOME to a fresh temporary folder.
+- ``iam_moto`` -> dict: a moto server of the test's own that enforces IAM (signatures and
+  policies), the environment set to its administrator's keys (``endpoint``, ``key``,
+  ``secret``, ``arn``).
 
 A server whose tool is missing fails the test with what to install; nothing is skipped.
 """
@@ -25,6 +28,7 @@ A server whose tool is missing fails the test with what to install; nothing is s
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -129,6 +133,42 @@ def sshd_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.SshVm]
     server = _start(start)
     try:
         yield holder[0]
+    finally:
+        server.stop()
+
+
+ADMIN = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+
+
+@pytest.fixture()
+def iam_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A moto server of its own that enforces IAM as AWS does (the shared one takes any key):
+    its three free actions make the operator, an administrator, whose keys then sign every
+    request here; a key moto does not know, a wrong signature, or a policy that does not
+    allow, is refused."""
+    import boto3
+
+    try:
+        server = servers.start_moto(tmp_path / "moto-iam", free_actions=3)
+    except (servers.MissingTool, servers.ServerFailed) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1",
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        user = iam.create_user(UserName="operator")["User"]
+        iam.put_user_policy(UserName="operator", PolicyName="admin",
+                            PolicyDocument=json.dumps(ADMIN))
+        key = iam.create_access_key(UserName="operator")["AccessKey"]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+            monkeypatch.delenv(name, raising=False)
+        # boto3's default session keeps the keys it first found (another test's): a new one
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+        yield {"endpoint": server.url, "key": key["AccessKeyId"],
+               "secret": key["SecretAccessKey"], "arn": user["Arn"]}
     finally:
         server.stop()
 

@@ -29,7 +29,6 @@ from dqlctl import registry as reg
 from dqlctl import runs
 from dqlctl.cli import main
 from dqlctl.context import Context
-from tests import servers
 from tests.fake_imds import FakeImds
 from tests.held_engine import hold_in
 from tests.host_keys import seed_ec2_console
@@ -384,39 +383,6 @@ def test_the_vm_shuts_itself_down_when_its_controller_is_gone(
     # what the VM left (its key, group and role) goes with the run's `down`
     assert main(["down", run.id, "--yes"], ctx=Context(home=home)) == 0
     assert leftovers(run.id) == NOTHING
-
-
-ADMIN = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-
-
-@pytest.fixture()
-def iam_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """A moto server of its own that enforces IAM as AWS does (the shared one takes any key):
-    its three free actions make the operator, an administrator, whose keys then sign every
-    request here; a key moto does not know, or a policy that does not allow, is refused."""
-    try:
-        server = servers.start_moto(tmp_path / "moto-iam", free_actions=3)
-    except (servers.MissingTool, servers.ServerFailed) as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1",
-                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
-        user = iam.create_user(UserName="operator")["User"]
-        iam.put_user_policy(UserName="operator", PolicyName="admin",
-                            PolicyDocument=json.dumps(ADMIN))
-        key = iam.create_access_key(UserName="operator")["AccessKey"]
-        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-            monkeypatch.delenv(name, raising=False)
-        # boto3's default session keeps the keys it first found (another test's): a new one
-        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
-        yield {"endpoint": server.url, "key": key["AccessKeyId"],
-               "secret": key["SecretAccessKey"], "arn": user["Arn"]}
-    finally:
-        server.stop()
 
 
 class InstanceRole:

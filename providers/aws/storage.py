@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from providers.storage import uploads
 from providers.storage.base import (
@@ -43,6 +43,9 @@ from providers.storage.streams import (
     source_reader,
     source_size,
 )
+
+if TYPE_CHECKING:
+    from providers.aws.direct_put import DirectPut
 
 AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
               "InvalidToken", "AllAccessDisabled", "AccountProblem"}
@@ -134,10 +137,15 @@ class S3Store(Store):
                 ))
             # last among the handlers of every S3 call: after botocore's own add_expect_header
             client.meta.events.register_last("before-call.s3", _no_continue_when_small)
-            return client
+            # the client's own credentials (the session keeps the one object it gave it)
+            return client, session.get_credentials()
 
-        self.client = shared_client(
+        self.client, self._credentials = shared_client(
             ("s3", env_key("AWS_", *REQUESTS_ENV), self.part_concurrency), build)
+        #: small PUTs without botocore's per-call CPU (``providers.aws.direct_put``): made at
+        #: the first small upload; off once one failed (botocore alone from then on)
+        self._direct: DirectPut | None = None
+        self._direct_off = False
 
     # -- errors -----------------------------------------------------------------------------
     def _translate(self, exc: Exception, what: str, key: str | None) -> StorageError:
@@ -297,15 +305,40 @@ class S3Store(Store):
         digest = raw.hex()
         self._check(key, len(data), size, digest, md5)
         self._count("put")
-        with self._errors("upload", key):
-            resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                          ContentMD5=base64.b64encode(raw).decode(),
-                                          Metadata=self._metadata(mtime, digest))
-        etag = _etag_md5(resp.get("ETag"))
-        if etag is not None and etag != digest and resp.get("ServerSideEncryption") != "aws:kms":
+        content_md5, metadata = base64.b64encode(raw).decode(), self._metadata(mtime, digest)
+        sent = self._put_direct(key, data, content_md5, metadata)
+        if sent is None:
+            with self._errors("upload", key):
+                resp = self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                              ContentMD5=content_md5, Metadata=metadata)
+            sent = resp.get("ETag"), resp.get("ServerSideEncryption")
+        etag = _etag_md5(sent[0])
+        if etag is not None and etag != digest and sent[1] != "aws:kms":
             raise StorageError(f"{self.uri(key)}: S3 stored md5 {etag}, sent {digest}",
                                code=EXIT_PROVIDER, transient=True)
         return ObjectInfo(key, len(data), mtime if mtime is not None else 0.0, {MD5: digest})
+
+    def _put_direct(self, key: str, data: bytes, content_md5: str,
+                    metadata: dict[str, str]) -> tuple[str | None, str | None] | None:
+        """A small PUT sent as one signed request (``DirectPut``): the ETag and server-side
+        encryption S3 answered, or None when it is for botocore to send (a large body, no
+        direct path, or this one failed: it is then sent again through botocore, which alone
+        sends the store's later PUTs)."""
+        if len(data) >= NO_CONTINUE_BELOW or self._direct_off:
+            return None
+        try:
+            direct = self._direct
+            if direct is None:
+                from providers.aws.direct_put import DirectPut
+
+                direct = self._direct = DirectPut(self.client, self._credentials, self.bucket)
+            headers = {"Content-MD5": content_md5,
+                       **{f"x-amz-meta-{name}": value for name, value in metadata.items()}}
+            answer = direct.put(key, data, headers)
+        except Exception:           # botocore sends it again, and says what went wrong
+            self._direct_off = True
+            return None
+        return answer.get("ETag"), answer.get("x-amz-server-side-encryption")
 
     def _put_multipart(self, key: str, reader: IO[bytes] | BinaryIO, first: bytes,
                        size: int | None, mtime: float | None, md5: str | None) -> ObjectInfo:
