@@ -102,3 +102,43 @@ def test_a_refused_direct_put_is_sent_by_botocore_which_sends_the_rest(
     missing, _ = open_store("s3://no-such-bucket-here/")
     with pytest.raises(Exception, match="does not exist"):
         missing.put("k", io.BytesIO(b"1"), size=1, mtime=1.0)
+
+
+class _Raw:
+    """The body of a short-circuited response: empty."""
+
+    def stream(self) -> Any:
+        return iter([b""])
+
+
+@pytest.mark.parametrize(("region", "config"), [
+    ("us-east-1", {}), ("eu-west-3", {}), ("eu-west-3", {"addressing_style": "path"}),
+    ("us-west-2", {"use_dualstack_endpoint": True}), ("ap-southeast-2", {"endpoint": "custom"})])
+def test_the_url_and_region_are_those_botocore_sends_a_put_object_to(
+        region: str, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # no request leaves: botocore's PutObject is stopped just before it would be sent, and
+    # what it would have sent is compared with what DirectPut makes of the presigned URL
+    import botocore.session
+    from botocore.awsrequest import AWSResponse
+    from botocore.config import Config
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    endpoint = "https://storage.example.net:9000" if config.pop("endpoint", None) else None
+    session = botocore.session.get_session()
+    session.set_credentials("AKIDEXAMPLE", "secret")
+    client = session.create_client("s3", region_name=region, endpoint_url=endpoint,
+                                   config=Config(s3=config))
+    sent: list[Any] = []
+
+    def stop(request: Any, **_: Any) -> AWSResponse:
+        sent.append(request)
+        return AWSResponse(request.url, 200, {"ETag": '"x"'}, _Raw())
+
+    client.meta.events.register("before-send.s3.PutObject", stop)
+    direct = DirectPut(client, session.get_credentials(), "my-bucket")
+    for key in KEYS:
+        client.put_object(Bucket="my-bucket", Key=key, Body=b"1")
+        assert direct.url(key) == sent[-1].url
+        scope = sent[-1].headers["Authorization"].decode().split("Credential=")[1].split("/")
+        assert direct.region == scope[2] == region

@@ -9,22 +9,43 @@ botocore's own SigV4 signer (``S3SigV4Auth``, with the payload signed exactly wh
 signs it) and the client's credentials (refreshed as they expire), and sends it through the
 client's own HTTP session: its connection pool, proxies, CA bundle and timeouts.
 
-The object's URL is the one botocore's endpoint rules give for the bucket (virtual-hosted or
-path style, a regional, FIPS, dual-stack or custom endpoint alike), learned once from a
-presigned URL (computed here, no request), and so is the region it signs for where that URL is
-SigV4 (else the client's region, which botocore signs its calls for). Anything but a 200
-raises ``DirectPutFailed``; the store then sends the same PUT through botocore (its retries,
-redirects and error messages) and keeps to botocore from then on (``S3Store._put_single``).
+The object's URL and the region it is signed for are the ones botocore's endpoint rules give for
+the bucket (virtual-hosted or path style; a regional, FIPS, dual-stack or custom endpoint alike):
+read once off a PutObject botocore builds and signs but does not send (``_stop_probe`` answers
+it in place of the network, in the probing thread only). Anything but a 200 raises
+``DirectPutFailed``; the store then sends the same PUT through botocore (its retries, redirects
+and error messages) and keeps to botocore from then on (``S3Store._put_single``).
 """
 
 from __future__ import annotations
 
+import threading
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-#: the key of the presigned URL the bucket's base URL is read from (no request is made)
+#: the key of the PutObject botocore builds to show its URL (never sent)
 PROBE = "dqlctl-direct-put-probe"
+_PROBING = threading.local()
+
+
+class _Empty:
+    """The body of the answer ``_stop_probe`` gives in place of S3's."""
+
+    def stream(self) -> Any:
+        return iter([b""])
+
+
+def _stop_probe(request: Any, **_: Any) -> Any:
+    """A ``before-send`` handler: in a thread probing (``DirectPut``), keep the request botocore
+    is about to send and answer it here, so that it is never sent; elsewhere, nothing."""
+    seen = getattr(_PROBING, "seen", None)
+    if seen is None:
+        return None
+    from botocore.awsrequest import AWSResponse
+
+    seen.append(request)
+    return AWSResponse(request.url, 200, {}, _Empty())
 
 
 class DirectPutFailed(Exception):
@@ -36,22 +57,25 @@ class DirectPut:
     beyond the bucket's URL and region."""
 
     def __init__(self, client: Any, credentials: Any, bucket: str) -> None:
-        """Raises ValueError where the bucket's URL cannot be read off a presigned URL (or
+        """Raises ValueError where the PutObject botocore builds has an unexpected shape (or
         the client has no HTTP session to send through): the store then uses botocore."""
         session = getattr(getattr(client, "_endpoint", None), "http_session", None)
         if session is None or credentials is None:
             raise ValueError("no HTTP session or no credentials to sign with")
-        url = client.generate_presigned_url("put_object",
-                                            Params={"Bucket": bucket, "Key": PROBE})
-        parts = urllib.parse.urlsplit(url)
-        if not parts.path.endswith("/" + PROBE):
-            raise ValueError(f"unexpected presigned URL shape: {parts.netloc}{parts.path}")
-        self.base = urllib.parse.urlunsplit(
-            (parts.scheme, parts.netloc, parts.path[:-len(PROBE)], "", ""))
-        # the region a SigV4 presigned URL was scoped to; botocore presigns some with SigV2
-        # (us-east-1), and then signs its calls for the client's region
-        scope = urllib.parse.parse_qs(parts.query).get("X-Amz-Credential", [""])[0].split("/")
-        self.region = scope[2] if len(scope) == 5 else client.meta.region_name
+        client.meta.events.register("before-send.s3.PutObject", _stop_probe, unique_id=PROBE)
+        _PROBING.seen = seen = []
+        try:
+            client.put_object(Bucket=bucket, Key=PROBE, Body=b"")
+        finally:
+            _PROBING.seen = None
+        url = seen[-1].url
+        auth = seen[-1].headers.get("Authorization", b"")
+        auth = auth.decode() if isinstance(auth, bytes) else str(auth)
+        scope = auth.partition("Credential=")[2].split(",")[0].split("/")
+        if not url.endswith("/" + PROBE) or len(scope) != 5 or scope[3] != "s3":
+            raise ValueError(f"unexpected PutObject shape: {url.partition('?')[0]}")
+        self.base = url[:-len(PROBE)]
+        self.region = scope[2]
         self.session = session
         self.credentials = credentials
 
