@@ -437,10 +437,12 @@ def test_the_heads_of_big_files_go_out_while_the_listing_is_on_its_way(tmp_path:
     del s3.objects["a.pt"]
     s3.stats.clear()
     src, dst, _ = list_sides(pool, str(tmp_path), local, "", s3, "", Options())
-    assert "a.pt" not in dst and sorted(s3.stats) == names
+    assert "a.pt" not in dst
     entries = plan_files(local, s3, src, dst, Options())
     assert [(e.key, e.action) for e in entries if e.action == "copy"] == [("a.pt", "copy")]
-    assert sorted(s3.stats) == names
+    # b and c HEADed once, early (a's early HEAD may still be on its way: nothing waits for it)
+    assert s3.stats.count("b.pt") == s3.stats.count("c.pt") == 1
+    assert s3.stats.count("a.pt") <= 1
     # --checksum and --update send none
     for opts in (Options(checksum=True), Options(update=True)):
         plain = Fake("s3", dict(s3.objects))
@@ -454,14 +456,29 @@ def test_a_head_the_listing_contradicts_is_not_trusted(tmp_path: Path) -> None:
     # the listing: the HEAD's stored time is the old object's, the listing's ETag the new one's
     local = local_files(tmp_path, {"a.pt": BIG, "b.pt": BIG, "c.pt": BIG}, 1_000.0)
 
-    class RewrittenAfterTheHead(ListsAfterAHead):
+    class RewrittenAfterTheHead(Fake):
+        """Answers the HEADs of a.pt and b.pt, then has them rewritten; lists only after
+        both (or after 10 s)."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            self.lock = threading.Lock()
+            self.rewritten = threading.Event()
+
         def stat(self, key: str) -> ObjectInfo:
-            info = super().stat(key)
-            if key == "a.pt" and self.stats.count(key) == 1:       # same size
-                self.objects[key] = (b"x" * BIG, 1_500.0)
-            if key == "b.pt" and self.stats.count(key) == 1:       # another size
-                self.objects[key] = (b"y" * (BIG + 5), 1_000.0)
-            return info
+            with self.lock:
+                info = super().stat(key)
+                if key == "a.pt" and self.stats.count(key) == 1:       # same size
+                    self.objects[key] = (b"x" * BIG, 1_500.0)
+                if key == "b.pt" and self.stats.count(key) == 1:       # another size
+                    self.objects[key] = (b"y" * (BIG + 5), 1_000.0)
+                if {"a.pt", "b.pt"} <= set(self.stats):
+                    self.rewritten.set()
+                return info
+
+        def list(self, prefix: str = ""):  # noqa: ANN201
+            self.rewritten.wait(timeout=10)
+            yield from super().list(prefix)
 
     s3 = RewrittenAfterTheHead("s3", copies_of(tmp_path, ["a.pt", "b.pt", "c.pt"]))
     pool = ThreadPoolExecutor(3)
