@@ -57,7 +57,8 @@ TESTS_OF: dict[str, tuple[str, ...]] = {
     "providers/storage/keys.py": ("tests/test_keys_rules.py",),
     "dqlctl/runs/costs.py": ("tests/test_costs_rules.py",),
     "providers/prices/estimate.py": ("tests/test_prices.py", "tests/test_costs_rules.py",
-                                     "tests/test_estimate_rules.py"),
+                                     "tests/test_estimate_rules.py",
+                                     "tests/test_cost_phases.py"),
     # (with tests/test_lifecycle.py too, mutmut's stats run stalled: its process tests)
     "dqlctl/runs/reconciling.py": ("tests/test_reconcile_rules.py",),
     "engine/checkpoint.py": ("tests/test_checkpoint_rules.py",),
@@ -165,8 +166,8 @@ EQUIVALENT: list[tuple[str, str, Any, str]] = [
      lambda o, n: "len(os.fsencode(segment)) > name_max" in n and (" * 4 >=" in n or " * 5 >" in n),
      "the fast path's bound: a larger or inclusive bound only encodes more segments; the "
      "encoded length decides"),
-    ("providers/storage/keys.py", r"raise UnsafeKey\(key, f\"it leaves \{base\}\"\)",
-     lambda o, n: True, "local_path's second check is never reached: check_key's lexical "
+    ("providers/storage/keys.py", r"raise UnsafeKey\(key, f\"it leaves \{root\}\"\)",
+     lambda o, n: True, "local_file's second check is never reached: check_key's lexical "
      "checks already refuse every key that leaves the folder (it stays as a guard)"),
     ("providers/prices/estimate.py", r"^if ts <= start:$|^if ts >= end:$|t < end:$",
      lambda o, n: True, "a price change exactly at an interval's edge: the mutant adds a "
