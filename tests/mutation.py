@@ -63,6 +63,8 @@ TESTS_OF: dict[str, tuple[str, ...]] = {
     "dqlctl/runs/reconciling.py": ("tests/test_reconcile_rules.py",),
     "engine/checkpoint.py": ("tests/test_checkpoint_rules.py",),
     "providers/gcp/access.py": ("tests/test_access_rules.py",),
+    # the instance role's ECR pull statements are checked with the other container rules
+    "providers/aws/access.py": ("tests/test_aws_access.py", "tests/test_container_rules.py"),
     "providers/azure/access.py": ("tests/test_access_rules.py",),
 }
 
