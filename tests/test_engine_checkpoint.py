@@ -149,10 +149,11 @@ def _start(data: Path, results: Path, name: str, held_after: int,
 
 
 def _wait_for_event(proc: subprocess.Popen[bytes], events: Path, kind: str,
-                    timeout: float = 120.0) -> None:
+                    timeout: float = 120.0, count: int = 1) -> None:
+    """Until ``events`` holds ``count`` events of ``kind``; fails if the engine exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(e["event"] == kind for e in read_events(events)):
+        if sum(e["event"] == kind for e in read_events(events)) >= count:
             return
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
@@ -169,10 +170,7 @@ def _killed_and_resumed(data: Path, results: Path, name: str, held_after: int,
     this process."""
     proc = _start(data, results, name, held_after, *extra)
     events = results / name / "events.jsonl"
-    deadline = time.monotonic() + 120
-    while sum(e["event"] == "checkpoint" for e in read_events(events)) < checkpoints:
-        assert proc.poll() is None and time.monotonic() < deadline, f"no checkpoint {checkpoints}"
-        time.sleep(0.005)
+    _wait_for_event(proc, events, "checkpoint", count=checkpoints)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert "finished" not in [e["event"] for e in read_events(events)]

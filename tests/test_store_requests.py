@@ -45,14 +45,14 @@ def test_a_small_s3_upload_does_not_wait_for_100_continue(
                          prepared.headers.get("Expect")))  # type: ignore[attr-defined]
         return send(prepared)
 
-    monkeypatch.setattr(session, "send", capture)
     small = tmp_path / "small.bin"
     small.write_bytes(os.urandom(4096))
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(2 * MIB))
-    store.put("small.bin", small, size=4096, mtime=1.0)
-    store.put("big.bin", big, mtime=1.0)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:        # the client is shared: undone at once
+        patch.setattr(session, "send", capture)
+        store.put("small.bin", small, size=4096, mtime=1.0)
+        store.put("big.bin", big, mtime=1.0)
     assert dict(sent) == {"small.bin": None, "big.bin": b"100-continue"}
     assert _read(store, "small.bin") == small.read_bytes()
     assert _read(store, "big.bin") == big.read_bytes()
